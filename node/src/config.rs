@@ -1,0 +1,152 @@
+//! Command-line flags of `roomshard-node`; every one can also come from an environment
+//! variable, which is how a pod passes them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use shard::NodeName;
+
+use crate::rooms::RoomSettings;
+use crate::snowflake::MAX_NODE_ID;
+use crate::state::{ConnectionLimits, NodeSettings};
+
+/// A roomshard chat node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "roomshard-node", version, about)]
+pub struct NodeConfig {
+    /// Address to serve clients (`/ws`, the chat page) and probes on.
+    #[arg(long, env = "ROOMSHARD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// This node's name; in Kubernetes the pod name, from the downward API.
+    #[arg(long, env = "ROOMSHARD_NODE_NAME", default_value = "node-0")]
+    pub name: String,
+    /// Node id in message ids (0..=1023); defaults to the ordinal at the end of the name.
+    #[arg(long, env = "ROOMSHARD_NODE_ID")]
+    pub node_id: Option<u16>,
+    /// Number of shards rooms are spread over (the cluster's `spec.shards`).
+    #[arg(long, env = "ROOMSHARD_SHARDS", default_value_t = 256)]
+    pub shards: u32,
+    /// Messages of history kept per room.
+    #[arg(long, env = "ROOMSHARD_HISTORY_PER_ROOM", default_value_t = 100)]
+    pub history_per_room: usize,
+    /// Largest message text, in bytes.
+    #[arg(long, env = "ROOMSHARD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub max_message_bytes: usize,
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "ROOMSHARD_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: usize,
+    /// Frames per second a connection may send on average.
+    #[arg(long, env = "ROOMSHARD_RATE_PER_SEC", default_value_t = 50)]
+    pub rate_per_sec: u32,
+    /// Frames a connection may send in a burst.
+    #[arg(long, env = "ROOMSHARD_RATE_BURST", default_value_t = 100)]
+    pub rate_burst: u32,
+    /// Frames queued per connection before it counts as a slow consumer and is closed.
+    #[arg(long, env = "ROOMSHARD_OUTGOING_QUEUE", default_value_t = 1024)]
+    pub outgoing_queue: usize,
+    /// Commands queued per room before senders wait (and then get `overloaded`).
+    #[arg(long, env = "ROOMSHARD_ROOM_QUEUE", default_value_t = 4096)]
+    pub room_queue: usize,
+    /// How long an empty room stays in memory after its last activity (e.g. `5m`, `30s`).
+    #[arg(long, env = "ROOMSHARD_PASSIVATE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub passivate_after: Duration,
+    /// How long shutdown waits for connections to close after telling them to reconnect.
+    #[arg(long, env = "ROOMSHARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// File holding the HS256 key that signs client tokens; when set, `?token=` is required.
+    #[arg(long, env = "ROOMSHARD_AUTH_KEY_FILE")]
+    pub auth_key_file: Option<PathBuf>,
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, env = "ROOMSHARD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The node name is not a valid pod name.
+    #[error("invalid node name: {0}")]
+    Name(#[from] shard::ShardError),
+    /// A numeric setting is out of range.
+    #[error("{0}")]
+    Range(String),
+    /// The auth key file could not be read.
+    #[error("cannot read auth key file {path}: {source}")]
+    AuthKey {
+        /// The file named by `--auth-key-file`.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+}
+
+impl NodeConfig {
+    /// Validate the flags into node settings; `peer_addr` is the bound address.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for an invalid name or an out-of-range setting.
+    pub fn settings(&self, bound: SocketAddr) -> Result<NodeSettings, ConfigError> {
+        let name = NodeName::new(self.name.clone())?;
+        let node_id = match self.node_id {
+            Some(id) => id,
+            None => shard::ordinal_of(&name).map_or(0, |o| (o % (u32::from(MAX_NODE_ID) + 1)) as u16),
+        };
+        if node_id > MAX_NODE_ID {
+            return Err(ConfigError::Range(format!("--node-id must be at most {MAX_NODE_ID}")));
+        }
+        if self.shards == 0 {
+            return Err(ConfigError::Range("--shards must be at least 1".into()));
+        }
+        if self.max_message_bytes == 0 || self.history_per_room == 0 {
+            return Err(ConfigError::Range(
+                "--max-message-bytes and --history-per-room must be at least 1".into(),
+            ));
+        }
+        // A frame carries the text plus JSON framing and escaping (up to 6 bytes per byte
+        // for control characters); frames past this are closed with 1009.
+        let max_frame_bytes = self.max_message_bytes.saturating_mul(6).saturating_add(4096);
+        Ok(NodeSettings {
+            name,
+            node_id,
+            shards: self.shards,
+            peer_addr: bound.to_string(),
+            rooms: RoomSettings {
+                history_limit: self.history_per_room,
+                queue: self.room_queue.max(1),
+                passivate_after: self.passivate_after,
+                send_timeout: Duration::from_secs(2),
+            },
+            limits: ConnectionLimits {
+                max_text_bytes: self.max_message_bytes,
+                max_frame_bytes,
+                max_rooms: self.max_rooms_per_connection,
+                rate_per_sec: self.rate_per_sec,
+                rate_burst: self.rate_burst.max(1),
+                outgoing_queue: self.outgoing_queue.max(1),
+                close_timeout: Duration::from_secs(5),
+            },
+        })
+    }
+
+    /// The token signing key, if authentication is on.
+    ///
+    /// # Errors
+    /// [`ConfigError::AuthKey`] when the file cannot be read.
+    pub fn auth_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.auth_key_file else {
+            return Ok(None);
+        };
+        let key = std::fs::read(path).map_err(|source| ConfigError::AuthKey {
+            path: path.clone(),
+            source,
+        })?;
+        // Keys mounted from Secrets often end with a newline that is not part of the key.
+        let trimmed = key.trim_ascii_end().to_vec();
+        if trimmed.is_empty() {
+            return Err(ConfigError::Range(format!("auth key file {} is empty", path.display())));
+        }
+        Ok(Some(trimmed))
+    }
+}

@@ -1,0 +1,312 @@
+//! One client connection: read frames, check them, send room operations to owners, and write
+//! what comes back.
+//!
+//! The socket is split into a reader (this task) and a writer task that drains the
+//! connection's bounded outgoing queue. Nothing else ever waits on a client: owners and the
+//! edge only `try_send` into the queue, and a full queue closes the connection as a slow
+//! consumer. The loop is generic over `Sink`/`Stream` so tests can drive it with channels.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use shard::RoomId;
+use tokio::sync::mpsc;
+
+use crate::edge::{
+    CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CloseReason, ConnControl, ConnHandle, ConnId,
+};
+use crate::protocol::{self, ClientOp, ErrorCode, Refusal};
+use crate::rate::TokenBucket;
+use crate::room::{MemberKey, RoomCommand};
+use crate::rooms::RouteError;
+use crate::state::NodeState;
+
+/// Serve one authenticated client until it leaves, is closed, or the node shuts down.
+pub async fn serve<W, R, E>(sink: W, mut stream: R, node: Arc<NodeState>, user: String)
+where
+    W: Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let limits = node.settings.limits.clone();
+    let (out, out_rx) = mpsc::channel(limits.outgoing_queue.max(1));
+    let control = Arc::new(ConnControl::default());
+    let handle = ConnHandle {
+        id: node.next_conn_id(),
+        out,
+        control: control.clone(),
+    };
+    node.hub.register(handle.clone());
+    node.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    node.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let writer = tokio::spawn(write_loop(sink, out_rx, control.clone(), limits.close_timeout));
+
+    let mut conn = Connection {
+        node: node.clone(),
+        handle,
+        user: user.into(),
+        joined: HashSet::new(),
+        bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst, Instant::now()),
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = control.closed() => break,
+            () = node.shutdown.cancelled() => {
+                conn.push(protocol::reconnect_frame("node shutting down", Some(0)));
+                control.close(CloseReason {
+                    code: CLOSE_GOING_AWAY,
+                    reason: "node shutting down".to_owned(),
+                    flush: true,
+                });
+                break;
+            }
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+                Some(Ok(Message::Binary(_))) => conn.refuse(Refusal::new(
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported: send json text frames",
+                )),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    let text = e.to_string();
+                    if is_too_big(&text) {
+                        control.close(CloseReason {
+                            code: CLOSE_TOO_BIG,
+                            reason: format!("message over {} bytes", limits.max_frame_bytes),
+                            flush: false,
+                        });
+                    }
+                    tracing::debug!(error = %text, "client read failed");
+                    break;
+                }
+            }
+        }
+    }
+    conn.depart().await;
+    // Dropping our queue handle lets the writer finish once it has flushed (or was told to close).
+    let Connection { handle, .. } = conn;
+    drop(handle);
+    if !control.is_closed() {
+        control.close(CloseReason {
+            code: 1000,
+            reason: String::new(),
+            flush: true,
+        });
+    }
+    let _ = writer.await;
+    node.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// tungstenite reports an over-limit message as a capacity error.
+fn is_too_big(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("space limit") || error.contains("too long") || error.contains("capacity")
+}
+
+/// The writer: drain the queue into the socket until the connection is closed, then send the
+/// close frame, all within `close_timeout` once closing starts.
+async fn write_loop<W>(
+    mut sink: W,
+    mut queue: mpsc::Receiver<Utf8Bytes>,
+    control: Arc<ConnControl>,
+    close_timeout: std::time::Duration,
+) where
+    W: Sink<Message> + Unpin,
+{
+    loop {
+        tokio::select! {
+            biased;
+            () = control.closed() => break,
+            frame = queue.recv() => {
+                let Some(frame) = frame else { break };
+                tokio::select! {
+                    sent = sink.send(Message::Text(frame)) => if sent.is_err() { return },
+                    () = control.closed() => break,
+                }
+            }
+        }
+    }
+    let reason = control.reason().unwrap_or(CloseReason {
+        code: 1000,
+        reason: String::new(),
+        flush: true,
+    });
+    let closing = async {
+        if reason.flush {
+            while let Ok(frame) = queue.try_recv() {
+                if sink.send(Message::Text(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let frame = CloseFrame {
+            code: reason.code,
+            reason: truncate_reason(&reason.reason).into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(close_timeout, closing).await;
+}
+
+/// A close frame's reason may hold at most 123 bytes.
+pub fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+struct Connection {
+    node: Arc<NodeState>,
+    handle: ConnHandle,
+    user: Arc<str>,
+    /// Rooms this connection asked to join and has not left: checked here, at the edge, so a
+    /// `send` to a room it is not in never travels to the owner.
+    joined: HashSet<RoomId>,
+    bucket: TokenBucket,
+}
+
+impl Connection {
+    fn member(&self) -> MemberKey {
+        MemberKey {
+            node: self.node.settings.name.clone(),
+            conn: self.handle.id,
+        }
+    }
+
+    fn id(&self) -> ConnId {
+        self.handle.id
+    }
+
+    fn push(&self, frame: String) {
+        self.node.hub.push(&self.handle, frame.into(), false);
+    }
+
+    fn refuse(&self, refusal: Refusal) {
+        self.node.metrics.error(refusal.code);
+        self.push(refusal.to_frame());
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        self.node.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+        let max_text = self.node.settings.limits.max_text_bytes;
+        let op = match protocol::parse_client_frame(text, max_text) {
+            Ok(op) => op,
+            Err(refusal) => return self.refuse(refusal),
+        };
+        if !self.bucket.try_take(Instant::now()) {
+            let wait = self.bucket.retry_after().as_millis();
+            return self.refuse(refusal_for(
+                &op,
+                ErrorCode::RateLimited,
+                format!("too many frames: retry in {wait} ms"),
+            ));
+        }
+        match op {
+            ClientOp::Ping { cid } => self.push(protocol::pong_frame(cid.as_deref())),
+            ClientOp::Join { room, since } => {
+                let max_rooms = self.node.settings.limits.max_rooms;
+                if !self.joined.contains(&room) && self.joined.len() >= max_rooms {
+                    let message = format!("too many rooms: a connection may join at most {max_rooms}");
+                    return self.refuse(refusal_for(
+                        &ClientOp::Join { room, since },
+                        ErrorCode::Forbidden,
+                        message,
+                    ));
+                }
+                let fresh = self.joined.insert(room.clone());
+                let command = RoomCommand::Join {
+                    member: self.member(),
+                    user: self.user.clone(),
+                    since,
+                };
+                if let Err(e) = self.node.route(&room, command).await {
+                    if fresh {
+                        self.joined.remove(&room);
+                    }
+                    self.refuse_route(e, Some(room), None);
+                }
+            }
+            ClientOp::Leave { room } => {
+                if !self.joined.remove(&room) {
+                    return self.refuse(not_joined(room, None));
+                }
+                let command = RoomCommand::Leave {
+                    member: self.member(),
+                    reply: true,
+                };
+                if let Err(e) = self.node.route(&room, command).await {
+                    self.refuse_route(e, Some(room), None);
+                }
+            }
+            ClientOp::Send { room, text, cid } => {
+                if !self.joined.contains(&room) {
+                    return self.refuse(not_joined(room, cid));
+                }
+                let command = RoomCommand::Post {
+                    member: self.member(),
+                    user: self.user.clone(),
+                    text,
+                    cid: cid.clone(),
+                };
+                if let Err(e) = self.node.route(&room, command).await {
+                    self.refuse_route(e, Some(room), cid);
+                }
+            }
+        }
+    }
+
+    fn refuse_route(&self, error: RouteError, room: Option<RoomId>, cid: Option<String>) {
+        let code = match error {
+            RouteError::Overloaded => ErrorCode::Overloaded,
+            RouteError::Unavailable => ErrorCode::RoomUnavailable,
+        };
+        self.refuse(Refusal {
+            code,
+            message: error.to_string(),
+            cid,
+            room,
+        });
+    }
+
+    /// Leave every room (without `left` answers: nobody is listening) and stop deliveries.
+    async fn depart(&mut self) {
+        let rooms: Vec<RoomId> = self.joined.drain().collect();
+        self.node.hub.unregister(self.id(), rooms.iter().cloned());
+        for room in rooms {
+            let command = RoomCommand::Leave {
+                member: self.member(),
+                reply: false,
+            };
+            if let Err(e) = self.node.route(&room, command).await {
+                tracing::warn!(%room, error = %e, "could not tell the owner a member left");
+            }
+        }
+    }
+}
+
+fn refusal_for(op: &ClientOp, code: ErrorCode, message: String) -> Refusal {
+    Refusal {
+        code,
+        message,
+        cid: op.cid().map(str::to_owned),
+        room: op.room().cloned(),
+    }
+}
+
+fn not_joined(room: RoomId, cid: Option<String>) -> Refusal {
+    Refusal {
+        code: ErrorCode::NotJoined,
+        message: format!("not a member of room `{room}`: join it first"),
+        cid,
+        room: Some(room),
+    }
+}

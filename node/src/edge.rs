@@ -1,0 +1,374 @@
+//! The edge: this node's local client connections and the rooms they are in.
+//!
+//! Room owners (local actors now, remote owners over peer links later) send one [`EdgeEvent`]
+//! per node, never one per member; the edge fans it out to its own members. Delivery never
+//! waits: each connection has a bounded outgoing queue, and a connection whose queue is full is
+//! disconnected as a slow consumer, so one client that stops reading cannot slow anybody else.
+//!
+//! Events for one room arrive in the owner's order and are applied in that order under a lock,
+//! so a member sees its `joined` before any message after it, and messages in `seq` order.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use shard::RoomId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// A connection's id, unique within its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Why a connection is being closed by the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code (1001 going away, 1008 policy, 1013 try again later).
+    pub code: u16,
+    /// Human-readable reason, at most 123 bytes on the wire.
+    pub reason: String,
+    /// Whether frames already queued are sent before the close frame (shutdown: yes, so the
+    /// `reconnect` frame gets out; slow consumer: no, the queue is the problem).
+    pub flush: bool,
+}
+
+/// Close code for a client that does not read fast enough.
+pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
+/// Close code for a node going away.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a frame over the hard size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a policy violation (no identity).
+pub const CLOSE_POLICY: u16 = 1008;
+
+/// The node's side of one connection's lifecycle: set once, read by its writer task.
+#[derive(Debug, Default)]
+pub struct ConnControl {
+    closed: CancellationToken,
+    reason: Mutex<Option<CloseReason>>,
+}
+
+impl ConnControl {
+    /// Ask the connection to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let mut slot = lock(&self.reason);
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        drop(slot);
+        self.closed.cancel();
+    }
+
+    /// Resolves once [`ConnControl::close`] was called.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// Whether a close was asked for.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// The reason given to [`ConnControl::close`].
+    pub fn reason(&self) -> Option<CloseReason> {
+        lock(&self.reason).clone()
+    }
+}
+
+/// What the edge keeps for a connection: where to queue its frames.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// The connection's id.
+    pub id: ConnId,
+    /// Its bounded outgoing queue (drained by its writer task).
+    pub out: mpsc::Sender<Utf8Bytes>,
+    /// Its close switch.
+    pub control: Arc<ConnControl>,
+}
+
+/// Something an owner tells the edge about a room.
+#[derive(Debug, Clone)]
+pub enum EdgeEvent {
+    /// `conn` is now a member of `room`; `frame` is its `joined` answer.
+    Joined {
+        room: RoomId,
+        conn: ConnId,
+        frame: Utf8Bytes,
+    },
+    /// `conn` is no longer a member; `frame` (the `left` answer) when it asked to leave.
+    Left {
+        room: RoomId,
+        conn: ConnId,
+        frame: Option<Utf8Bytes>,
+    },
+    /// A frame for one connection only (an `error` answer).
+    ToConn { conn: ConnId, frame: Utf8Bytes },
+    /// A frame for every local member of `room` but `skip`.
+    Broadcast {
+        room: RoomId,
+        frame: Utf8Bytes,
+        skip: Option<ConnId>,
+        is_msg: bool,
+    },
+}
+
+/// Rooms and connections are spread over stripes so that owners delivering to different rooms
+/// rarely contend for one lock.
+const STRIPES: usize = 64;
+
+#[derive(Debug, Default)]
+struct Stripe {
+    rooms: HashMap<RoomId, HashMap<ConnId, ConnHandle>>,
+    conns: HashMap<ConnId, ConnHandle>,
+}
+
+/// The local delivery hub of a node.
+#[derive(Debug)]
+pub struct EdgeHub {
+    stripes: Vec<Mutex<Stripe>>,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain maps behind, still consistent enough to use.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl EdgeHub {
+    /// An empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> EdgeHub {
+        EdgeHub {
+            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            metrics,
+        }
+    }
+
+    fn room_stripe(&self, room: &RoomId) -> MutexGuard<'_, Stripe> {
+        let index = (shard::room_hash(room.as_str()) % STRIPES as u64) as usize;
+        lock(&self.stripes[index])
+    }
+
+    fn conn_stripe(&self, conn: ConnId) -> MutexGuard<'_, Stripe> {
+        lock(&self.stripes[(conn.0 % STRIPES as u64) as usize])
+    }
+
+    /// Make a connection reachable for [`EdgeEvent::Joined`] and [`EdgeEvent::ToConn`].
+    pub fn register(&self, handle: ConnHandle) {
+        self.conn_stripe(handle.id).conns.insert(handle.id, handle);
+    }
+
+    /// Forget a connection: it stops receiving from `rooms` and from owners' replies.
+    pub fn unregister(&self, conn: ConnId, rooms: impl IntoIterator<Item = RoomId>) {
+        for room in rooms {
+            let mut stripe = self.room_stripe(&room);
+            if let Some(members) = stripe.rooms.get_mut(&room) {
+                members.remove(&conn);
+                if members.is_empty() {
+                    stripe.rooms.remove(&room);
+                }
+            }
+        }
+        self.conn_stripe(conn).conns.remove(&conn);
+    }
+
+    /// Number of local members of `room`.
+    pub fn local_members(&self, room: &RoomId) -> usize {
+        self.room_stripe(room).rooms.get(room).map_or(0, HashMap::len)
+    }
+
+    /// Apply one event from a room's owner.
+    pub fn deliver(&self, event: EdgeEvent) {
+        match event {
+            EdgeEvent::Joined { room, conn, frame } => {
+                let Some(handle) = self.conn_stripe(conn).conns.get(&conn).cloned() else {
+                    return; // the connection went away meanwhile; its leave is on its way
+                };
+                let mut stripe = self.room_stripe(&room);
+                // Queue the answer while holding the room's lock, so that no broadcast for the
+                // room can slip in ahead of `joined`.
+                self.push(&handle, frame, false);
+                stripe.rooms.entry(room).or_default().insert(conn, handle);
+            }
+            EdgeEvent::Left { room, conn, frame } => {
+                let removed = {
+                    let mut stripe = self.room_stripe(&room);
+                    let removed = stripe.rooms.get_mut(&room).and_then(|m| m.remove(&conn));
+                    if stripe.rooms.get(&room).is_some_and(HashMap::is_empty) {
+                        stripe.rooms.remove(&room);
+                    }
+                    removed
+                };
+                let handle = removed.or_else(|| self.conn_stripe(conn).conns.get(&conn).cloned());
+                if let (Some(handle), Some(frame)) = (handle, frame) {
+                    self.push(&handle, frame, false);
+                }
+            }
+            EdgeEvent::ToConn { conn, frame } => {
+                let handle = self.conn_stripe(conn).conns.get(&conn).cloned();
+                if let Some(handle) = handle {
+                    self.push(&handle, frame, false);
+                }
+            }
+            EdgeEvent::Broadcast {
+                room,
+                frame,
+                skip,
+                is_msg,
+            } => {
+                let stripe = self.room_stripe(&room);
+                if let Some(members) = stripe.rooms.get(&room) {
+                    for handle in members.values() {
+                        if Some(handle.id) != skip {
+                            self.push(handle, frame.clone(), is_msg);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queue a frame for one connection without waiting; a full queue disconnects it.
+    pub fn push(&self, handle: &ConnHandle, frame: Utf8Bytes, is_msg: bool) -> bool {
+        match handle.out.try_send(frame) {
+            Ok(()) => {
+                self.metrics.frames_delivered.fetch_add(1, Ordering::Relaxed);
+                if is_msg {
+                    self.metrics.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.queue_drops.fetch_add(1, Ordering::Relaxed);
+                if !handle.control.is_closed() {
+                    self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(conn = handle.id.0, "disconnecting slow consumer");
+                }
+                handle.control.close(CloseReason {
+                    code: CLOSE_SLOW_CONSUMER,
+                    reason: "slow consumer: outgoing queue full".to_owned(),
+                    flush: false,
+                });
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(name: &str) -> RoomId {
+        RoomId::new(name).expect("valid room")
+    }
+
+    fn conn(hub: &EdgeHub, id: u64, capacity: usize) -> (ConnHandle, mpsc::Receiver<Utf8Bytes>) {
+        let (out, rx) = mpsc::channel(capacity);
+        let handle = ConnHandle {
+            id: ConnId(id),
+            out,
+            control: Arc::default(),
+        };
+        hub.register(handle.clone());
+        (handle, rx)
+    }
+
+    fn broadcast(room_name: &str, text: &str, skip: Option<ConnId>) -> EdgeEvent {
+        EdgeEvent::Broadcast {
+            room: room(room_name),
+            frame: text.into(),
+            skip,
+            is_msg: true,
+        }
+    }
+
+    #[test]
+    fn a_member_gets_joined_first_then_broadcasts_and_non_members_get_nothing() {
+        let hub = EdgeHub::new(Arc::default());
+        let (_a, mut a_rx) = conn(&hub, 1, 8);
+        let (_b, mut b_rx) = conn(&hub, 2, 8);
+        hub.deliver(broadcast("r", "before", None));
+        hub.deliver(EdgeEvent::Joined {
+            room: room("r"),
+            conn: ConnId(1),
+            frame: "joined".into(),
+        });
+        hub.deliver(broadcast("r", "m1", None));
+        assert_eq!(a_rx.try_recv().expect("joined").as_str(), "joined");
+        assert_eq!(a_rx.try_recv().expect("m1").as_str(), "m1");
+        assert!(b_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn broadcast_skips_the_named_connection() {
+        let hub = EdgeHub::new(Arc::default());
+        let (_a, mut a_rx) = conn(&hub, 1, 8);
+        let (_b, mut b_rx) = conn(&hub, 2, 8);
+        for id in [1, 2] {
+            hub.deliver(EdgeEvent::Joined {
+                room: room("r"),
+                conn: ConnId(id),
+                frame: "j".into(),
+            });
+        }
+        hub.deliver(broadcast("r", "presence", Some(ConnId(1))));
+        assert_eq!(a_rx.try_recv().map(|f| f.to_string()), Ok("j".to_owned()));
+        assert!(a_rx.try_recv().is_err());
+        assert_eq!(b_rx.try_recv().map(|f| f.to_string()), Ok("j".to_owned()));
+        assert_eq!(b_rx.try_recv().map(|f| f.to_string()), Ok("presence".to_owned()));
+    }
+
+    #[test]
+    fn a_full_queue_disconnects_only_that_slow_consumer() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = EdgeHub::new(metrics.clone());
+        let (slow, _slow_rx) = conn(&hub, 1, 2);
+        let (fast, mut fast_rx) = conn(&hub, 2, 64);
+        for id in [1, 2] {
+            hub.deliver(EdgeEvent::Joined {
+                room: room("r"),
+                conn: ConnId(id),
+                frame: "j".into(),
+            });
+        }
+        for i in 0..10 {
+            hub.deliver(broadcast("r", &format!("m{i}"), None));
+        }
+        assert!(slow.control.is_closed());
+        assert_eq!(slow.control.reason().map(|r| r.code), Some(CLOSE_SLOW_CONSUMER));
+        assert!(!fast.control.is_closed());
+        assert_eq!(std::iter::from_fn(|| fast_rx.try_recv().ok()).count(), 11);
+        assert_eq!(metrics.slow_consumers.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.queue_drops.load(Ordering::Relaxed), 9);
+    }
+
+    #[test]
+    fn leaving_and_unregistering_stop_delivery() {
+        let hub = EdgeHub::new(Arc::default());
+        let (_a, mut a_rx) = conn(&hub, 1, 8);
+        hub.deliver(EdgeEvent::Joined {
+            room: room("r"),
+            conn: ConnId(1),
+            frame: "j".into(),
+        });
+        hub.deliver(EdgeEvent::Left {
+            room: room("r"),
+            conn: ConnId(1),
+            frame: Some("left".into()),
+        });
+        hub.deliver(broadcast("r", "after", None));
+        let got: Vec<String> = std::iter::from_fn(|| a_rx.try_recv().ok().map(|f| f.to_string())).collect();
+        assert_eq!(got, ["j", "left"]);
+        assert_eq!(hub.local_members(&room("r")), 0);
+        hub.unregister(ConnId(1), []);
+        hub.deliver(EdgeEvent::ToConn {
+            conn: ConnId(1),
+            frame: "err".into(),
+        });
+        assert!(a_rx.try_recv().is_err());
+    }
+}

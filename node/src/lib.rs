@@ -1,0 +1,33 @@
+//! # roomshard node
+//!
+//! A chat node: it serves WebSocket clients (protocol v1, `shared/PROTOCOL.md`), hosts the
+//! actors of the rooms it owns and delivers their messages to its own clients.
+//!
+//! A tour, from the wire inwards:
+//! - [`protocol`]: the wire format; every client frame is parsed into one enum here.
+//! - [`auth`]: who a connection is (`?user=` or a signed `?token=`).
+//! - [`connection`]: one client: reader, writer, limits (size, rate, rooms), slow consumers.
+//! - [`edge`]: this node's clients per room; owners deliver to it once per node.
+//! - [`room`]: a room's state on its owner (seq, history, members) as a pure state machine.
+//! - [`rooms`]: the room actors, started on demand and passivated when idle.
+//! - [`state`]: the node's shared state and routing to a room's owner.
+//! - [`server`]: HTTP routes and [`server::run`] with graceful shutdown.
+//! - [`config`]: flags and environment variables.
+//! - [`snowflake`], [`rate`], [`metrics`]: message ids, token buckets, counters.
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod edge;
+pub mod metrics;
+pub mod protocol;
+pub mod rate;
+pub mod room;
+pub mod rooms;
+pub mod server;
+pub mod snowflake;
+pub mod state;
+
+pub use config::{ConfigError, NodeConfig};
+pub use server::run;
+pub use state::{NodeSettings, NodeState};

@@ -1,0 +1,526 @@
+//! The client wire protocol, version 1 (`shared/PROTOCOL.md`), in one place.
+//!
+//! Incoming text frames are parsed into one enum, [`ClientOp`], at the edge of the node, so
+//! nothing deeper ever sees raw JSON from a client. Outgoing frames are built here too, as
+//! JSON text that is serialized once and then shared by every recipient.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use shard::RoomId;
+
+/// Error codes of protocol v1. The connection stays open after every one of them; the codes
+/// that end a connection are WebSocket close codes, not `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame could not be understood (malformed JSON, unknown op, missing field).
+    BadRequest,
+    /// The identity was not accepted.
+    Unauthorized,
+    /// The request is understood but not allowed (for example too many rooms).
+    Forbidden,
+    /// `send` or `leave` for a room the connection has not joined.
+    NotJoined,
+    /// `text` is over the configured size limit.
+    TooLarge,
+    /// The connection is sending faster than its token bucket allows.
+    RateLimited,
+    /// The room's owner cannot take the request right now (hand-off, owner gone); retry.
+    RoomUnavailable,
+    /// The node is over a capacity limit (a room's queue is full); retry later.
+    Overloaded,
+    /// A bug or an unexpected failure inside the node.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in a fixed order (metrics export them all, even at zero).
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotJoined,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::RoomUnavailable,
+        ErrorCode::Overloaded,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RoomUnavailable => "room_unavailable",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Position in [`ErrorCode::ALL`], used to index per-code counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A client request, parsed and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    /// Join a room, optionally replaying history after `since`.
+    Join { room: RoomId, since: Option<u64> },
+    /// Leave a room.
+    Leave { room: RoomId },
+    /// Post a message to a joined room.
+    Send {
+        room: RoomId,
+        text: String,
+        cid: Option<String>,
+    },
+    /// Liveness check.
+    Ping { cid: Option<String> },
+}
+
+impl ClientOp {
+    /// The room the request is about, if any (echoed in errors).
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            ClientOp::Join { room, .. } | ClientOp::Leave { room } | ClientOp::Send { room, .. } => {
+                Some(room)
+            }
+            ClientOp::Ping { .. } => None,
+        }
+    }
+
+    /// The client's correlation id, if it gave one.
+    pub fn cid(&self) -> Option<&str> {
+        match self {
+            ClientOp::Send { cid, .. } | ClientOp::Ping { cid } => cid.as_deref(),
+            ClientOp::Join { .. } | ClientOp::Leave { .. } => None,
+        }
+    }
+}
+
+/// Why a frame was refused: enough to build the `error` reply, including the `cid` and the
+/// `room` when they could be read from the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The protocol error code.
+    pub code: ErrorCode,
+    /// A human-readable explanation, lowercase.
+    pub message: String,
+    /// The client's correlation id, when the frame carried a readable one.
+    pub cid: Option<String>,
+    /// The room, when the frame named a valid one.
+    pub room: Option<RoomId>,
+}
+
+impl Refusal {
+    /// A refusal with no cid or room attached.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            cid: None,
+            room: None,
+        }
+    }
+
+    /// The `error` frame for this refusal.
+    pub fn to_frame(&self) -> String {
+        error_frame(
+            self.code,
+            &self.message,
+            self.cid.as_deref(),
+            self.room.as_ref(),
+        )
+    }
+}
+
+/// The shape every op deserializes from; fields are checked per op afterwards so that the
+/// error says exactly which field is missing or wrong.
+#[derive(Deserialize)]
+struct RawOp {
+    op: String,
+    room: Option<String>,
+    since: Option<serde_json::Value>,
+    text: Option<serde_json::Value>,
+}
+
+/// Parse one text frame into a [`ClientOp`], enforcing `max_text_bytes` on `send`.
+///
+/// # Errors
+/// A [`Refusal`] with `bad_request` for malformed JSON, a non-object, an unknown op, a missing
+/// or mistyped field or an invalid room name; `too_large` for text over the limit.
+pub fn parse_client_frame(frame: &str, max_text_bytes: usize) -> Result<ClientOp, Refusal> {
+    let value: serde_json::Value = serde_json::from_str(frame).map_err(|e| {
+        Refusal::new(ErrorCode::BadRequest, format!("malformed json: {e}"))
+    })?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, "a frame must be a json object"))?;
+    let cid = match object.get("cid") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(cid)) => Some(cid.clone()),
+        Some(_) => {
+            return Err(Refusal::new(ErrorCode::BadRequest, "`cid` must be a string"));
+        }
+    };
+    let refuse = |code: ErrorCode, message: String| Refusal {
+        code,
+        message,
+        cid: cid.clone(),
+        room: None,
+    };
+    let raw: RawOp = serde_json::from_value(value.clone())
+        .map_err(|e| refuse(ErrorCode::BadRequest, format!("invalid frame: {e}")))?;
+    let room = |raw_room: Option<String>| -> Result<RoomId, Refusal> {
+        let name = raw_room.ok_or_else(|| {
+            refuse(
+                ErrorCode::BadRequest,
+                format!("missing field `room` for op `{}`", raw.op),
+            )
+        })?;
+        RoomId::new(name).map_err(|e| refuse(ErrorCode::BadRequest, format!("invalid room: {e}")))
+    };
+    match raw.op.as_str() {
+        "join" => {
+            let room = room(raw.room.clone())?;
+            let since = match &raw.since {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| Refusal {
+                    room: Some(room.clone()),
+                    ..refuse(
+                        ErrorCode::BadRequest,
+                        "`since` must be a non-negative integer".to_owned(),
+                    )
+                })?),
+            };
+            Ok(ClientOp::Join { room, since })
+        }
+        "leave" => Ok(ClientOp::Leave {
+            room: room(raw.room.clone())?,
+        }),
+        "send" => {
+            let room = room(raw.room.clone())?;
+            let in_room = |code, message: String| Refusal {
+                room: Some(room.clone()),
+                ..refuse(code, message)
+            };
+            let text = match &raw.text {
+                Some(serde_json::Value::String(text)) => text,
+                Some(_) => {
+                    return Err(in_room(
+                        ErrorCode::BadRequest,
+                        "`text` must be a string".to_owned(),
+                    ));
+                }
+                None => {
+                    return Err(in_room(
+                        ErrorCode::BadRequest,
+                        "missing field `text` for op `send`".to_owned(),
+                    ));
+                }
+            };
+            if text.len() > max_text_bytes {
+                return Err(in_room(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "text is {} bytes, the limit is {max_text_bytes} bytes",
+                        text.len()
+                    ),
+                ));
+            }
+            Ok(ClientOp::Send {
+                room,
+                text: text.clone(),
+                cid,
+            })
+        }
+        "ping" => Ok(ClientOp::Ping { cid }),
+        other => Err(refuse(
+            ErrorCode::BadRequest,
+            format!("unknown op `{other}`, expected one of join, leave, send, ping"),
+        )),
+    }
+}
+
+/// A chat message as stored in a room's history and delivered to members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The room it was posted to.
+    pub room: RoomId,
+    /// Per-room sequence number, from 1, no gaps.
+    pub seq: u64,
+    /// Cluster-unique snowflake id, as a decimal string on the wire.
+    #[serde(with = "id_as_string")]
+    pub id: u64,
+    /// The sender's user name.
+    pub user: String,
+    /// The message text.
+    pub text: String,
+    /// Unix milliseconds at which the owner accepted it.
+    pub ts: u64,
+    /// The sender's correlation id, echoed back.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cid: Option<String>,
+}
+
+mod id_as_string {
+    //! Message ids travel as decimal strings: JavaScript numbers lose precision past 2^53.
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(id)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum ServerFrame<'a> {
+    Msg(&'a ChatMessage),
+    Joined {
+        room: &'a RoomId,
+        seq: u64,
+        members: &'a [&'a str],
+        history: &'a [&'a RawValue],
+    },
+    Left {
+        room: &'a RoomId,
+    },
+    Presence {
+        room: &'a RoomId,
+        user: &'a str,
+        event: &'a str,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a RoomId>,
+    },
+    Reconnect {
+        reason: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after_ms: Option<u64>,
+    },
+}
+
+fn to_text(frame: &ServerFrame<'_>) -> String {
+    // Serializing these plain structs cannot fail: every map key is a string.
+    serde_json::to_string(frame).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "server frame failed to serialize");
+        String::from(r#"{"op":"error","code":"internal","message":"serialization failed"}"#)
+    })
+}
+
+/// The `msg` frame for a message.
+pub fn msg_frame(message: &ChatMessage) -> String {
+    to_text(&ServerFrame::Msg(message))
+}
+
+/// The `joined` frame; `history` holds `msg` frames as produced by [`msg_frame`].
+pub fn joined_frame(room: &RoomId, seq: u64, members: &[&str], history: &[&str]) -> String {
+    let raw: Vec<&RawValue> = history
+        .iter()
+        .filter_map(|text| serde_json::from_str::<&RawValue>(text).ok())
+        .collect();
+    to_text(&ServerFrame::Joined {
+        room,
+        seq,
+        members,
+        history: &raw,
+    })
+}
+
+/// The `left` frame.
+pub fn left_frame(room: &RoomId) -> String {
+    to_text(&ServerFrame::Left { room })
+}
+
+/// Whether a member came or went, for `presence` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// The user's first connection joined the room.
+    Join,
+    /// The user's last connection left the room.
+    Leave,
+}
+
+/// The `presence` frame.
+pub fn presence_frame(room: &RoomId, user: &str, event: PresenceEvent) -> String {
+    let event = match event {
+        PresenceEvent::Join => "join",
+        PresenceEvent::Leave => "leave",
+    };
+    to_text(&ServerFrame::Presence { room, user, event })
+}
+
+/// The `pong` frame.
+pub fn pong_frame(cid: Option<&str>) -> String {
+    to_text(&ServerFrame::Pong { cid })
+}
+
+/// An `error` frame.
+pub fn error_frame(
+    code: ErrorCode,
+    message: &str,
+    cid: Option<&str>,
+    room: Option<&RoomId>,
+) -> String {
+    to_text(&ServerFrame::Error {
+        code,
+        message,
+        cid,
+        room,
+    })
+}
+
+/// The `reconnect` frame sent before the node goes away.
+pub fn reconnect_frame(reason: &str, after_ms: Option<u64>) -> String {
+    to_text(&ServerFrame::Reconnect { reason, after_ms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 16 * 1024;
+
+    fn refused(frame: &str) -> Refusal {
+        match parse_client_frame(frame, LIMIT) {
+            Err(refusal) => refusal,
+            Ok(op) => panic!("expected a refusal for {frame}, got {op:?}"),
+        }
+    }
+
+    #[test]
+    fn every_op_parses_with_its_fields() {
+        let room = RoomId::new("lobby").expect("valid room");
+        assert_eq!(
+            parse_client_frame(r#"{"op":"join","room":"lobby","since":4}"#, LIMIT),
+            Ok(ClientOp::Join {
+                room: room.clone(),
+                since: Some(4)
+            })
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"op":"leave","room":"lobby"}"#, LIMIT),
+            Ok(ClientOp::Leave { room: room.clone() })
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"op":"send","room":"lobby","text":"hi","cid":"c1"}"#, LIMIT),
+            Ok(ClientOp::Send {
+                room,
+                text: "hi".into(),
+                cid: Some("c1".into())
+            })
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"op":"ping","future":true}"#, LIMIT),
+            Ok(ClientOp::Ping { cid: None })
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request() {
+        let refusal = refused("{not json");
+        assert_eq!(refusal.code, ErrorCode::BadRequest);
+        assert!(refusal.message.starts_with("malformed json"), "{}", refusal.message);
+    }
+
+    #[test]
+    fn unknown_op_is_named_in_the_error_and_keeps_the_cid() {
+        let refusal = refused(r#"{"op":"dance","cid":"x"}"#);
+        assert_eq!(refusal.code, ErrorCode::BadRequest);
+        assert!(refusal.message.contains("`dance`"));
+        assert_eq!(refusal.cid.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        assert!(refused(r#"{"op":"join"}"#).message.contains("`room`"));
+        assert!(refused(r#"{"op":"send","room":"a"}"#).message.contains("`text`"));
+        assert!(refused(r#"{"room":"a"}"#).message.contains("`op`"));
+    }
+
+    #[test]
+    fn invalid_room_names_are_refused() {
+        let long = "r".repeat(129);
+        for frame in [
+            r#"{"op":"join","room":""}"#.to_owned(),
+            format!(r#"{{"op":"join","room":"{long}"}}"#),
+            r#"{"op":"join","room":"a\u0007b"}"#.to_owned(),
+        ] {
+            let refusal = refused(&frame);
+            assert_eq!(refusal.code, ErrorCode::BadRequest, "{frame}");
+            assert!(refusal.message.starts_with("invalid room"), "{}", refusal.message);
+        }
+    }
+
+    #[test]
+    fn text_over_the_limit_is_too_large_and_names_the_room() {
+        let text = "x".repeat(LIMIT + 1);
+        let refusal = refused(&format!(r#"{{"op":"send","room":"a","text":"{text}"}}"#));
+        assert_eq!(refusal.code, ErrorCode::TooLarge);
+        assert_eq!(refusal.room.map(|r| r.as_str().to_owned()), Some("a".into()));
+        let exactly = "x".repeat(LIMIT);
+        assert!(
+            parse_client_frame(&format!(r#"{{"op":"send","room":"a","text":"{exactly}"}}"#), LIMIT)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        assert!(refused(r#"{"op":"join","room":"a","since":-1}"#).message.contains("since"));
+        assert!(refused(r#"{"op":"send","room":"a","text":5}"#).message.contains("text"));
+        assert!(refused(r#"{"op":"ping","cid":7}"#).message.contains("cid"));
+        assert!(refused("[1,2]").message.contains("object"));
+    }
+
+    #[test]
+    fn a_msg_frame_carries_the_id_as_a_decimal_string() {
+        let message = ChatMessage {
+            room: RoomId::new("a").expect("valid room"),
+            seq: 3,
+            id: u64::MAX,
+            user: "ann".into(),
+            text: "hi \"there\"".into(),
+            ts: 1,
+            cid: None,
+        };
+        let frame = msg_frame(&message);
+        let value: serde_json::Value = serde_json::from_str(&frame).expect("json");
+        assert_eq!(value["op"], "msg");
+        assert_eq!(value["id"], u64::MAX.to_string());
+        assert!(value.get("cid").is_none());
+        let joined = joined_frame(&message.room, 3, &["ann"], &[&frame]);
+        let value: serde_json::Value = serde_json::from_str(&joined).expect("json");
+        assert_eq!(value["history"][0]["text"], "hi \"there\"");
+        assert_eq!(value["members"][0], "ann");
+    }
+}

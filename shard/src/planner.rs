@@ -1,0 +1,340 @@
+//! The planner: from the current table and the cluster's membership, the next table.
+//!
+//! [`plan`] is a pure function, safe to call at any time and as often as wanted: planning a table
+//! it produced gives the same table back, epoch included. Its rules:
+//!
+//! 1. **Owners.** Eligible nodes are the ready ones that are not draining. Every shard gets exactly
+//!    one eligible owner; with no eligible node every shard is unassigned and nothing moves.
+//! 2. **Balance.** With S shards and N eligible nodes, every node ends with floor(S/N) or
+//!    ceil(S/N) shards. The one exception is a hand-off still in flight: it is never redirected
+//!    (rule 6), so a node receiving more in-flight shards than its share keeps them, and the other
+//!    nodes share the rest as evenly as possible ("water-filling"). The next plan after those
+//!    moves complete restores full balance.
+//! 3. **Fewest moves.** A shard keeps its owner while that owner is eligible and not above its
+//!    target; the nodes currently holding the most get the ceil(S/N) targets. So one node joining
+//!    moves only shards to it, and one node leaving or draining moves only its shards.
+//! 4. **Determinism.** Ties are broken by node name and shard id; inputs are ordered sets, so the
+//!    result depends only on their contents.
+//! 5. **Epoch.** The epoch grows by exactly 1 iff owners, nodes, moves or draining changed.
+//! 6. **Moves.** An owner change from a node that is still ready records a [`Move`] so the old
+//!    owner hands the rooms over; from a node that is gone there is no move (the new owner starts
+//!    the shard fresh). A move in flight stays while its source is ready and its target eligible;
+//!    if the source is gone the move is dropped (the target keeps the shard); if the target is no
+//!    longer eligible the shard is planned again, moving from the original source.
+//! 7. **Members.** `nodes` is the ready set, `draining` the draining nodes that are ready.
+//! 8. **Cap.** With [`PlanOptions::max_moves_per_node`] = k, no node is source or target of more
+//!    than k moves in the result; shards that would exceed it stay with their current owner (even a
+//!    draining one) for a later plan. Planning and completing moves repeatedly converges to the
+//!    balanced table.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ids::{NodeName, ShardId};
+use crate::table::{AssignmentTable, Move, NodeInfo};
+
+/// The cluster as the operator sees it: which nodes are ready, and which of those are draining.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Ready nodes with their addresses, draining ones included (a draining node still serves
+    /// until it has handed its shards off).
+    pub ready: BTreeMap<NodeName, NodeInfo>,
+    /// Nodes being emptied for a scale-down. Entries that are not in `ready` are ignored.
+    pub draining: BTreeSet<NodeName>,
+}
+
+impl Membership {
+    /// The nodes that may own shards: ready and not draining, in name order.
+    pub fn eligible(&self) -> Vec<NodeName> {
+        self.ready
+            .keys()
+            .filter(|n| !self.draining.contains(*n))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Knobs for [`plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// At most this many moves may involve any one node (as source or target) in the planned
+    /// table, so a rebalance does not make one node snapshot hundreds of shards at once.
+    pub max_moves_per_node: usize,
+}
+
+impl Default for PlanOptions {
+    /// No cap: every move needed for balance is planned at once.
+    fn default() -> Self {
+        PlanOptions {
+            max_moves_per_node: usize::MAX,
+        }
+    }
+}
+
+/// The next table for `membership`, starting from `current` (see the module doc for the rules).
+pub fn plan(
+    current: &AssignmentTable,
+    membership: &Membership,
+    options: &PlanOptions,
+) -> AssignmentTable {
+    let ready = &membership.ready;
+    let draining: BTreeSet<NodeName> = membership
+        .draining
+        .iter()
+        .filter(|n| ready.contains_key(*n))
+        .cloned()
+        .collect();
+    let eligible = membership.eligible();
+
+    let mut next = AssignmentTable::empty(current.shards);
+    next.epoch = current.epoch;
+    next.nodes = ready.clone();
+    next.draining = draining;
+    if !eligible.is_empty() {
+        assign(
+            current,
+            &mut next,
+            ready,
+            &eligible,
+            options.max_moves_per_node,
+        );
+    }
+    if next != *current {
+        next.epoch = current.epoch.saturating_add(1);
+    }
+    next
+}
+
+/// Marks the hand-offs in `done` as finished: removes the moves that match one exactly (shard,
+/// source and target). The epoch grows by 1 only if a move was removed, so reporting the same
+/// completion twice is harmless.
+pub fn complete_moves(current: &AssignmentTable, done: &[Move]) -> AssignmentTable {
+    let done: BTreeSet<&Move> = done.iter().collect();
+    let mut next = current.clone();
+    next.moves.retain(|m| !done.contains(m));
+    if next.moves.len() != current.moves.len() {
+        next.epoch = current.epoch.saturating_add(1);
+    }
+    next
+}
+
+/// A shard that needs a new owner, with the ready node that holds its rooms (the source of the
+/// hand-off), if any.
+struct Homeless {
+    shard: u32,
+    source: Option<NodeName>,
+}
+
+/// Fills `next`'s owners and moves; `eligible` is non-empty and sorted by name.
+fn assign(
+    current: &AssignmentTable,
+    next: &mut AssignmentTable,
+    ready: &BTreeMap<NodeName, NodeInfo>,
+    eligible: &[NodeName],
+    max_moves: usize,
+) {
+    let index: BTreeMap<&NodeName, usize> = eligible.iter().zip(0..).collect();
+    let shards = next.shards;
+
+    // 1. Where every shard stands: kept by an eligible node (pinned when its hand-off is in
+    //    flight), or homeless.
+    let mut kept: Vec<Vec<u32>> = vec![Vec::new(); eligible.len()];
+    let mut pinned = vec![0u32; eligible.len()];
+    let mut kept_moves: Vec<Move> = Vec::new();
+    let mut homeless: Vec<Homeless> = Vec::new();
+    for shard in 0..shards {
+        let owner = current.owner(ShardId(shard));
+        let in_flight = current
+            .move_of(ShardId(shard))
+            .filter(|m| Some(&m.to) == owner && m.from != m.to && ready.contains_key(&m.from));
+        if let Some(m) = in_flight {
+            match index.get(&m.to) {
+                Some(&i) => {
+                    pinned[i] += 1;
+                    next.set_owner(ShardId(shard), Some(m.to.clone()));
+                    kept_moves.push(m.clone());
+                }
+                // The target left or is draining: plan the shard again from the source, which
+                // still has the rooms.
+                None => homeless.push(Homeless {
+                    shard,
+                    source: Some(m.from.clone()),
+                }),
+            }
+            continue;
+        }
+        match owner {
+            Some(o) => match index.get(o) {
+                Some(&i) => kept[i].push(shard),
+                None => homeless.push(Homeless {
+                    shard,
+                    source: ready.contains_key(o).then(|| o.clone()),
+                }),
+            },
+            None => homeless.push(Homeless {
+                shard,
+                source: None,
+            }),
+        }
+    }
+
+    // 2. Targets, then give up what is above them (highest shard ids first, so the remaining
+    //    ranges stay compact). Pinned shards are never given up; targets cover them.
+    let have: Vec<u32> = kept
+        .iter()
+        .zip(&pinned)
+        .map(|(k, p)| k.len() as u32 + p)
+        .collect();
+    let targets = targets(&have, &pinned, shards);
+    let mut deficit = vec![0u32; eligible.len()];
+    for (i, node) in eligible.iter().enumerate() {
+        let keep = targets[i].saturating_sub(pinned[i]) as usize;
+        while kept[i].len() > keep {
+            if let Some(shard) = kept[i].pop() {
+                homeless.push(Homeless {
+                    shard,
+                    source: Some(node.clone()),
+                });
+            }
+        }
+        for &shard in &kept[i] {
+            next.set_owner(ShardId(shard), Some(node.clone()));
+        }
+        deficit[i] = targets[i].saturating_sub(pinned[i] + kept[i].len() as u32);
+    }
+    homeless.sort_by_key(|h| h.shard);
+
+    // 3. Budgets for the cap: moves kept in flight already use some.
+    let mut budget: BTreeMap<&NodeName, usize> = ready.keys().map(|n| (n, max_moves)).collect();
+    for m in &kept_moves {
+        for end in [&m.from, &m.to] {
+            if let Some(b) = budget.get_mut(end) {
+                *b = b.saturating_sub(1);
+            }
+        }
+    }
+    let left = |budget: &BTreeMap<&NodeName, usize>, n: &NodeName| -> usize {
+        budget.get(n).copied().unwrap_or(0)
+    };
+
+    // 4. Hand homeless shards out in shard order, filling one receiver after another (name
+    //    order) so a node's new shards form runs. Both cursors only move forward: a receiver
+    //    whose deficit (or budget) is used up never becomes usable again within one plan.
+    let mut new_moves: Vec<Move> = Vec::new();
+    let mut fresh_cursor = 0;
+    let mut moved_cursor = 0;
+    for Homeless { shard, source } in homeless {
+        let shard_id = ShardId(shard);
+        let Some(source) = source else {
+            while deficit.get(fresh_cursor) == Some(&0) {
+                fresh_cursor += 1;
+            }
+            // Deficits add up to the homeless count, so a receiver exists; fall back to the
+            // first node rather than leave a shard without owner.
+            let i = if fresh_cursor < eligible.len() {
+                fresh_cursor
+            } else {
+                0
+            };
+            deficit[i] = deficit[i].saturating_sub(1);
+            next.set_owner(shard_id, Some(eligible[i].clone()));
+            continue;
+        };
+        let source_index = index.get(&source).copied();
+        let receiver = if left(&budget, &source) == 0 {
+            None
+        } else {
+            while moved_cursor < eligible.len()
+                && (deficit[moved_cursor] == 0 || left(&budget, &eligible[moved_cursor]) == 0)
+            {
+                moved_cursor += 1;
+            }
+            (moved_cursor < eligible.len()).then_some(moved_cursor)
+        };
+        match receiver {
+            Some(i) if Some(i) != source_index => {
+                deficit[i] -= 1;
+                for end in [&source, &eligible[i]] {
+                    if let Some(b) = budget.get_mut(end) {
+                        *b = b.saturating_sub(1);
+                    }
+                }
+                next.set_owner(shard_id, Some(eligible[i].clone()));
+                new_moves.push(Move {
+                    shard: shard_id,
+                    from: source,
+                    to: eligible[i].clone(),
+                });
+            }
+            // Going back to the node that holds it (or deferred by the cap): the source keeps
+            // the shard, with no move.
+            _ => {
+                if let Some(i) = source_index {
+                    deficit[i] = deficit[i].saturating_sub(1);
+                }
+                next.set_owner(shard_id, Some(source));
+            }
+        }
+    }
+    kept_moves.extend(new_moves);
+    kept_moves.sort();
+    next.moves = kept_moves;
+}
+
+/// How many shards each eligible node should end with, given what it `have`s now and how many of
+/// those are `pinned` by hand-offs in flight.
+///
+/// Water-filling: the largest level `c` with `sum(max(pinned, c)) <= shards`, every node gets
+/// `max(pinned, c)`, and the `r` shards left over give `c + 1` to the nodes at level `c` holding
+/// the most (ties by name, i.e. index), which is what minimises moves. Without pins this is
+/// floor(S/N) for everyone and ceil(S/N) for the S mod N largest holders.
+fn targets(have: &[u32], pinned: &[u32], shards: u32) -> Vec<u32> {
+    let filled = |c: u32| -> u64 { pinned.iter().map(|&p| u64::from(p.max(c))).sum() };
+    let total = u64::from(shards);
+    // filled(0) = sum(pinned) <= shards, since pinned shards are distinct.
+    let (mut lo, mut hi) = (0u32, shards);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if filled(mid) <= total {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let level = lo;
+    let mut targets: Vec<u32> = pinned.iter().map(|&p| p.max(level)).collect();
+    let mut left_over = total.saturating_sub(filled(level));
+    let mut at_level: Vec<usize> = (0..pinned.len()).filter(|&i| pinned[i] <= level).collect();
+    at_level.sort_by_key(|&i| (Reverse(have[i]), i));
+    for i in at_level {
+        if left_over == 0 {
+            break;
+        }
+        targets[i] += 1;
+        left_over -= 1;
+    }
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_without_pins_are_floor_and_ceil_with_ceil_for_the_largest_holders() {
+        assert_eq!(targets(&[0, 0, 0], &[0, 0, 0], 10), vec![4, 3, 3]);
+        assert_eq!(targets(&[1, 5, 4], &[0, 0, 0], 10), vec![3, 4, 3]);
+        assert_eq!(targets(&[0], &[0], 7), vec![7]);
+        assert_eq!(targets(&[0, 0, 0, 0], &[0, 0, 0, 0], 2), vec![1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn targets_never_go_below_the_pinned_shards() {
+        // 10 shards, 4 nodes: 3 nodes have 3 hand-offs each in flight.
+        assert_eq!(targets(&[3, 3, 3, 1], &[3, 3, 3, 0], 10), vec![3, 3, 3, 1]);
+        assert_eq!(targets(&[6, 0, 0], &[6, 0, 0], 10), vec![6, 2, 2]);
+        let t = targets(&[9, 0, 5, 0], &[9, 0, 0, 0], 20);
+        assert_eq!(t.iter().sum::<u32>(), 20);
+        assert_eq!(t, vec![9, 4, 4, 3]);
+    }
+}

@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests: node names, memberships and random clusters.
+
+#![allow(dead_code)] // Each test file uses a different subset.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use shard::{AssignmentTable, Membership, NodeInfo, NodeName, PlanOptions, complete_moves, plan};
+
+/// `node-{i}`, which is always a valid name.
+pub fn node(i: usize) -> NodeName {
+    NodeName::new(format!("node-{i}")).expect("node-{i} is a valid node name")
+}
+
+/// The address published for `node(i)`-style names in tests.
+pub fn info(name: &NodeName) -> NodeInfo {
+    NodeInfo {
+        peer_addr: format!("{name}.chat:7001"),
+        client_addr: Some(format!("{name}.chat:8080")),
+    }
+}
+
+/// Ready nodes `ready` (by number), of which `draining` are draining.
+pub fn membership(ready: impl IntoIterator<Item = usize>, draining: &[usize]) -> Membership {
+    Membership {
+        ready: ready
+            .into_iter()
+            .map(|i| (node(i), info(&node(i))))
+            .collect(),
+        draining: draining.iter().map(|&i| node(i)).collect(),
+    }
+}
+
+/// A table planned from empty for `nodes` nodes: balanced, no moves.
+pub fn balanced(shards: u32, nodes: usize) -> AssignmentTable {
+    plan(
+        &AssignmentTable::empty(shards),
+        &membership(0..nodes, &[]),
+        &PlanOptions::default(),
+    )
+}
+
+/// Shards per eligible node, counting nodes that own nothing.
+pub fn counts_of(table: &AssignmentTable, eligible: &[NodeName]) -> BTreeMap<NodeName, u32> {
+    let counts = table.counts();
+    eligible
+        .iter()
+        .map(|n| (n.clone(), counts.get(n).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// How many shards changed owner between two tables.
+pub fn owner_changes(old: &AssignmentTable, new: &AssignmentTable) -> usize {
+    old.owners()
+        .iter()
+        .zip(new.owners())
+        .filter(|(a, b)| a != b)
+        .count()
+}
+
+/// Something that happens to a cluster between two plans.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A new node becomes ready.
+    Join,
+    /// The n-th ready node (modulo their count) stops being ready.
+    Leave(usize),
+    /// The n-th ready node starts draining.
+    Drain(usize),
+    /// Every move in flight completes.
+    CompleteAll,
+}
+
+pub fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        3 => Just(Event::Join),
+        2 => any::<usize>().prop_map(Event::Leave),
+        2 => any::<usize>().prop_map(Event::Drain),
+        2 => Just(Event::CompleteAll),
+    ]
+}
+
+/// Shard counts biased towards small ones, where rounding edge cases live.
+pub fn shard_count() -> impl Strategy<Value = u32> {
+    prop_oneof![1u32..=16, 1u32..=2048, 1u32..=65536]
+}
+
+/// Node counts from 1 to 199, biased towards small ones.
+pub fn node_count() -> impl Strategy<Value = usize> {
+    prop_oneof![1usize..=8, 1usize..200]
+}
+
+/// A cluster evolving under events: its membership and its latest table.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub membership: Membership,
+    pub table: AssignmentTable,
+    next_id: usize,
+}
+
+impl Cluster {
+    /// `nodes` ready nodes with a table planned from empty.
+    pub fn new(shards: u32, nodes: usize) -> Cluster {
+        Cluster {
+            membership: membership(0..nodes, &[]),
+            table: balanced(shards, nodes),
+            next_id: nodes,
+        }
+    }
+
+    /// Applies a membership event (`CompleteAll` completes the table's moves instead).
+    pub fn apply(&mut self, event: &Event) {
+        let ready: Vec<NodeName> = self.membership.ready.keys().cloned().collect();
+        match event {
+            Event::Join => {
+                let name = node(self.next_id);
+                self.next_id += 1;
+                self.membership.ready.insert(name.clone(), info(&name));
+            }
+            Event::Leave(i) if !ready.is_empty() => {
+                let name = &ready[i % ready.len()];
+                self.membership.ready.remove(name);
+                self.membership.draining.remove(name);
+            }
+            Event::Drain(i) if !ready.is_empty() => {
+                self.membership
+                    .draining
+                    .insert(ready[i % ready.len()].clone());
+            }
+            Event::CompleteAll => {
+                let moves = self.table.moves.clone();
+                self.table = complete_moves(&self.table, &moves);
+            }
+            Event::Leave(_) | Event::Drain(_) => {}
+        }
+    }
+
+    /// The nodes that may own shards now.
+    pub fn eligible(&self) -> Vec<NodeName> {
+        self.membership.eligible()
+    }
+
+    /// Ready nodes that are draining.
+    pub fn draining(&self) -> BTreeSet<NodeName> {
+        self.membership
+            .draining
+            .iter()
+            .filter(|n| self.membership.ready.contains_key(*n))
+            .cloned()
+            .collect()
+    }
+}

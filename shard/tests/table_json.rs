@@ -1,0 +1,207 @@
+//! The assignment table's JSON form: round trips, the errors for bad input, and its size.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Cluster, event, info, node, node_count, shard_count};
+use proptest::prelude::*;
+use shard::{AssignmentTable, NodeName, PlanOptions, ShardError, ShardId, plan};
+
+fn error_of(text: &str) -> String {
+    match AssignmentTable::from_json(text) {
+        Ok(table) => format!("unexpectedly parsed: {table:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const EXAMPLE: &str = r#"{
+  "format": 1,
+  "epoch": 7,
+  "shards": 256,
+  "nodes": {
+    "chat-0": {"peerAddr": "10.0.0.5:7001", "clientAddr": "10.0.0.5:8080"},
+    "chat-1": {"peerAddr": "10.0.0.6:7001"}
+  },
+  "assignments": {"chat-0": "0-127,201", "chat-1": "128-200,202-255"},
+  "moves": [{"shard": 201, "from": "chat-1", "to": "chat-0"}],
+  "draining": ["chat-1"]
+}"#;
+
+#[test]
+fn the_documented_example_parses_into_the_table_it_describes() -> Result<(), ShardError> {
+    let table = AssignmentTable::from_json(EXAMPLE)?;
+    let (a, b) = (NodeName::new("chat-0")?, NodeName::new("chat-1")?);
+    assert_eq!(table.epoch, 7);
+    assert_eq!(table.shards, 256);
+    assert_eq!(table.counts().get(&a), Some(&129));
+    assert_eq!(table.counts().get(&b), Some(&127));
+    assert_eq!(table.owner(ShardId(201)), Some(&a));
+    assert_eq!(table.move_of(ShardId(201)).map(|m| &m.from), Some(&b));
+    assert!(table.draining.contains(&b));
+    assert_eq!(
+        table.nodes.get(&a).and_then(|i| i.client_addr.as_deref()),
+        Some("10.0.0.5:8080")
+    );
+    assert_eq!(table.nodes.get(&b).map(|i| i.client_addr.is_none()), Some(true));
+    Ok(())
+}
+
+#[test]
+fn writing_uses_ranges_and_leaves_unassigned_shards_out() -> Result<(), ShardError> {
+    let (a, b) = (node(0), node(1));
+    let nodes = [(a.clone(), info(&a)), (b.clone(), info(&b))];
+    let owners = vec![Some(a.clone()), Some(a.clone()), None, Some(b), Some(a)];
+    let table = AssignmentTable::with_owners(owners, nodes.into_iter().collect())?;
+    let json = table.to_json();
+    assert!(
+        json.contains(r#""assignments":{"node-0":"0-1,4","node-1":"3"}"#),
+        "{json}"
+    );
+    assert!(json.starts_with(r#"{"format":1,"epoch":0,"shards":5,"#), "{json}");
+    assert_eq!(AssignmentTable::from_json(&json)?, table);
+    Ok(())
+}
+
+#[test]
+fn unknown_fields_are_ignored_everywhere() -> Result<(), ShardError> {
+    let text = r#"{"format": 1, "epoch": 1, "shards": 2, "future": [1, 2],
+        "nodes": {"a": {"peerAddr": "a:1", "zone": "z1"}},
+        "assignments": {"a": "0-1"},
+        "moves": [], "draining": []}"#;
+    let table = AssignmentTable::from_json(text)?;
+    assert_eq!(table.counts().get(&NodeName::new("a")?), Some(&2));
+    Ok(())
+}
+
+#[test]
+fn another_format_number_is_refused_before_anything_else() {
+    assert_eq!(
+        error_of(r#"{"format": 2, "assignments": [1, 2, 3]}"#),
+        "unsupported assignment table format 2 (this version reads format 1)"
+    );
+}
+
+#[test]
+fn a_shard_listed_twice_names_both_nodes() {
+    let text = r#"{"format":1,"epoch":1,"shards":16,
+        "nodes":{"node-0":{"peerAddr":"a:1"},"node-1":{"peerAddr":"b:1"}},
+        "assignments":{"node-0":"0-12","node-1":"12-15"}}"#;
+    assert_eq!(
+        error_of(text),
+        "shard 12 is assigned to both node-0 and node-1"
+    );
+}
+
+#[test]
+fn a_node_listed_twice_in_assignments_is_refused() {
+    let text = r#"{"format":1,"epoch":1,"shards":16,"nodes":{"a":{"peerAddr":"a:1"}},
+        "assignments":{"a":"0","a":"1"}}"#;
+    assert!(error_of(text).contains("node a is listed twice in assignments"));
+}
+
+#[test]
+fn shards_out_of_range_are_refused() {
+    let text = r#"{"format":1,"epoch":1,"shards":16,"nodes":{"a":{"peerAddr":"a:1"}},
+        "assignments":{"a":"10-16"}}"#;
+    assert_eq!(
+        error_of(text),
+        "shard 16 is out of range (the table has 16 shards)"
+    );
+    let text = r#"{"format":1,"epoch":1,"shards":16,"nodes":{"a":{"peerAddr":"a:1"},
+        "b":{"peerAddr":"b:1"}},"assignments":{"a":"0"},
+        "moves":[{"shard":99,"from":"b","to":"a"}]}"#;
+    assert_eq!(
+        error_of(text),
+        "shard 99 is out of range (the table has 16 shards)"
+    );
+}
+
+#[test]
+fn malformed_ranges_are_refused_with_the_bad_piece() {
+    for bad in ["5-2", "x", "1,,2", "-3", "1-2-3"] {
+        let text = format!(
+            r#"{{"format":1,"epoch":1,"shards":16,"nodes":{{"a":{{"peerAddr":"a:1"}}}},
+            "assignments":{{"a":"{bad}"}}}}"#
+        );
+        let err = error_of(&text);
+        assert!(err.starts_with("bad shard range"), "{bad}: {err}");
+        assert!(err.ends_with("for node a"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn owners_and_move_endpoints_must_be_listed_in_nodes() {
+    let owner = r#"{"format":1,"epoch":1,"shards":4,"nodes":{},"assignments":{"ghost":"0"}}"#;
+    assert_eq!(error_of(owner), "owner ghost is not listed in nodes");
+    let source = r#"{"format":1,"epoch":1,"shards":4,"nodes":{"a":{"peerAddr":"a:1"}},
+        "assignments":{"a":"0"},"moves":[{"shard":0,"from":"ghost","to":"a"}]}"#;
+    assert_eq!(error_of(source), "move source ghost is not listed in nodes");
+    let draining = r#"{"format":1,"epoch":1,"shards":4,"nodes":{},"draining":["ghost"]}"#;
+    assert_eq!(error_of(draining), "draining node ghost is not listed in nodes");
+}
+
+#[test]
+fn zero_shards_and_bad_names_are_refused() {
+    assert_eq!(
+        error_of(r#"{"format":1,"epoch":1,"shards":0}"#),
+        "the shard count must be at least 1"
+    );
+    let err = error_of(r#"{"format":1,"epoch":1,"shards":4,"nodes":{"Bad_Name":{"peerAddr":"x"}}}"#);
+    assert!(err.starts_with(r#"invalid node name "Bad_Name""#), "{err}");
+    assert!(error_of("not json").starts_with("assignment table is not valid json"));
+    assert!(error_of(r#"{"format":1,"epoch":1,"shards":4294967296}"#).contains("maximum"));
+}
+
+#[test]
+fn the_table_also_works_as_a_serde_value() -> Result<(), serde_json::Error> {
+    let table = common::balanced(64, 3);
+    let value = serde_json::to_value(&table)?;
+    assert_eq!(value["format"], 1);
+    let back: AssignmentTable = serde_json::from_value(value)?;
+    assert_eq!(back, table);
+    let bad: Result<AssignmentTable, _> = serde_json::from_str(r#"{"format":3,"epoch":0,"shards":1}"#);
+    assert!(bad.is_err());
+    Ok(())
+}
+
+#[test]
+fn the_largest_planned_table_stays_far_below_the_configmap_limit() {
+    let table = common::balanced(65536, 200);
+    let json = table.to_json();
+    assert!(json.len() < 1 << 20, "{} bytes", json.len());
+    // Planned from empty, every node's shards form one run.
+    assert!(json.len() < 32 * 1024, "{} bytes", json.len());
+}
+
+#[test]
+fn even_fully_scattered_ownership_fits_in_a_configmap() -> Result<(), ShardError> {
+    let nodes: BTreeMap<NodeName, _> = (0..200).map(|i| (node(i), info(&node(i)))).collect();
+    // Round-robin: no two consecutive shards on one node, the worst case for ranges.
+    let owners = (0..65536).map(|s| Some(node(s % 200))).collect();
+    let table = AssignmentTable::with_owners(owners, nodes)?;
+    let json = table.to_json();
+    assert!(json.len() < 1 << 20, "{} bytes", json.len());
+    assert_eq!(AssignmentTable::from_json(&json)?, table);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn any_planned_table_round_trips_through_json(
+        shards in shard_count(),
+        nodes in node_count(),
+        events in proptest::collection::vec(event(), 0..5),
+    ) {
+        let mut cluster = Cluster::new(shards, nodes);
+        for e in &events {
+            cluster.apply(e);
+            cluster.table = plan(&cluster.table, &cluster.membership, &PlanOptions::default());
+        }
+        let json = cluster.table.to_json();
+        let back = AssignmentTable::from_json(&json);
+        prop_assert_eq!(back.ok(), Some(cluster.table));
+    }
+}
