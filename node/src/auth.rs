@@ -145,19 +145,29 @@ mod tests {
     fn with_a_key_a_valid_token_names_the_user_and_user_is_ignored() {
         let auth = Authenticator::with_hs256_key(b"k1");
         let good = token(b"k1", "bob", in_an_hour());
-        assert_eq!(auth.identify(&params(Some(good), Some("mallory"))), Ok("bob".into()));
+        assert_eq!(
+            auth.identify(&params(Some(good), Some("mallory"))),
+            Ok("bob".into())
+        );
     }
 
     #[test]
     fn with_a_key_missing_forged_and_expired_tokens_are_refused() {
         let auth = Authenticator::with_hs256_key(b"k1");
-        let missing = auth.identify(&params(None, Some("ann"))).expect_err("no token");
+        let missing = auth
+            .identify(&params(None, Some("ann")))
+            .expect_err("no token");
         assert!(missing.contains("authentication required"));
         let forged = token(b"other", "bob", in_an_hour());
         assert!(auth.identify(&params(Some(forged), None)).is_err());
         let expired = token(b"k1", "bob", 1_000);
-        let reason = auth.identify(&params(Some(expired), None)).expect_err("expired");
+        let reason = auth
+            .identify(&params(Some(expired), None))
+            .expect_err("expired");
         assert!(reason.contains("invalid token"), "{reason}");
-        assert!(auth.identify(&params(Some("garbage".into()), None)).is_err());
+        assert!(
+            auth.identify(&params(Some("garbage".into()), None))
+                .is_err()
+        );
     }
 }

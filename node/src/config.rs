@@ -35,7 +35,11 @@ pub struct NodeConfig {
     #[arg(long, env = "ROOMSHARD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
     pub max_message_bytes: usize,
     /// Rooms one connection may be in at once.
-    #[arg(long, env = "ROOMSHARD_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "ROOMSHARD_MAX_ROOMS_PER_CONNECTION",
+        default_value_t = 100
+    )]
     pub max_rooms_per_connection: usize,
     /// Frames per second a connection may send on average.
     #[arg(long, env = "ROOMSHARD_RATE_PER_SEC", default_value_t = 50)]
@@ -91,10 +95,14 @@ impl NodeConfig {
         let name = NodeName::new(self.name.clone())?;
         let node_id = match self.node_id {
             Some(id) => id,
-            None => shard::ordinal_of(&name).map_or(0, |o| (o % (u32::from(MAX_NODE_ID) + 1)) as u16),
+            None => {
+                shard::ordinal_of(&name).map_or(0, |o| (o % (u32::from(MAX_NODE_ID) + 1)) as u16)
+            }
         };
         if node_id > MAX_NODE_ID {
-            return Err(ConfigError::Range(format!("--node-id must be at most {MAX_NODE_ID}")));
+            return Err(ConfigError::Range(format!(
+                "--node-id must be at most {MAX_NODE_ID}"
+            )));
         }
         if self.shards == 0 {
             return Err(ConfigError::Range("--shards must be at least 1".into()));
@@ -106,7 +114,10 @@ impl NodeConfig {
         }
         // A frame carries the text plus JSON framing and escaping (up to 6 bytes per byte
         // for control characters); frames past this are closed with 1009.
-        let max_frame_bytes = self.max_message_bytes.saturating_mul(6).saturating_add(4096);
+        let max_frame_bytes = self
+            .max_message_bytes
+            .saturating_mul(6)
+            .saturating_add(4096);
         Ok(NodeSettings {
             name,
             node_id,
@@ -145,7 +156,10 @@ impl NodeConfig {
         // Keys mounted from Secrets often end with a newline that is not part of the key.
         let trimmed = key.trim_ascii_end().to_vec();
         if trimmed.is_empty() {
-            return Err(ConfigError::Range(format!("auth key file {} is empty", path.display())));
+            return Err(ConfigError::Range(format!(
+                "auth key file {} is empty",
+                path.display()
+            )));
         }
         Ok(Some(trimmed))
     }

@@ -16,9 +16,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use shard::RoomId;
 use tokio::sync::mpsc;
 
-use crate::edge::{
-    CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CloseReason, ConnControl, ConnHandle, ConnId,
-};
+use crate::edge::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CloseReason, ConnControl, ConnHandle, ConnId};
 use crate::protocol::{self, ClientOp, ErrorCode, Refusal};
 use crate::rate::TokenBucket;
 use crate::room::{MemberKey, RoomCommand};
@@ -42,8 +40,15 @@ where
     };
     node.hub.register(handle.clone());
     node.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    node.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-    let writer = tokio::spawn(write_loop(sink, out_rx, control.clone(), limits.close_timeout));
+    node.metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    let writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        control.clone(),
+        limits.close_timeout,
+    ));
 
     let mut conn = Connection {
         node: node.clone(),
@@ -215,7 +220,8 @@ impl Connection {
             ClientOp::Join { room, since } => {
                 let max_rooms = self.node.settings.limits.max_rooms;
                 if !self.joined.contains(&room) && self.joined.len() >= max_rooms {
-                    let message = format!("too many rooms: a connection may join at most {max_rooms}");
+                    let message =
+                        format!("too many rooms: a connection may join at most {max_rooms}");
                     return self.refuse(refusal_for(
                         &ClientOp::Join { room, since },
                         ErrorCode::Forbidden,

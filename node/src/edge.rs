@@ -134,7 +134,9 @@ pub struct EdgeHub {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain maps behind, still consistent enough to use.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl EdgeHub {
@@ -176,7 +178,10 @@ impl EdgeHub {
 
     /// Number of local members of `room`.
     pub fn local_members(&self, room: &RoomId) -> usize {
-        self.room_stripe(room).rooms.get(room).map_or(0, HashMap::len)
+        self.room_stripe(room)
+            .rooms
+            .get(room)
+            .map_or(0, HashMap::len)
     }
 
     /// Apply one event from a room's owner.
@@ -234,9 +239,13 @@ impl EdgeHub {
     pub fn push(&self, handle: &ConnHandle, frame: Utf8Bytes, is_msg: bool) -> bool {
         match handle.out.try_send(frame) {
             Ok(()) => {
-                self.metrics.frames_delivered.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .frames_delivered
+                    .fetch_add(1, Ordering::Relaxed);
                 if is_msg {
-                    self.metrics.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .messages_delivered
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 true
             }
@@ -319,7 +328,10 @@ mod tests {
         assert_eq!(a_rx.try_recv().map(|f| f.to_string()), Ok("j".to_owned()));
         assert!(a_rx.try_recv().is_err());
         assert_eq!(b_rx.try_recv().map(|f| f.to_string()), Ok("j".to_owned()));
-        assert_eq!(b_rx.try_recv().map(|f| f.to_string()), Ok("presence".to_owned()));
+        assert_eq!(
+            b_rx.try_recv().map(|f| f.to_string()),
+            Ok("presence".to_owned())
+        );
     }
 
     #[test]
@@ -339,7 +351,10 @@ mod tests {
             hub.deliver(broadcast("r", &format!("m{i}"), None));
         }
         assert!(slow.control.is_closed());
-        assert_eq!(slow.control.reason().map(|r| r.code), Some(CLOSE_SLOW_CONSUMER));
+        assert_eq!(
+            slow.control.reason().map(|r| r.code),
+            Some(CLOSE_SLOW_CONSUMER)
+        );
         assert!(!fast.control.is_closed());
         assert_eq!(std::iter::from_fn(|| fast_rx.try_recv().ok()).count(), 11);
         assert_eq!(metrics.slow_consumers.load(Ordering::Relaxed), 1);
@@ -361,7 +376,8 @@ mod tests {
             frame: Some("left".into()),
         });
         hub.deliver(broadcast("r", "after", None));
-        let got: Vec<String> = std::iter::from_fn(|| a_rx.try_recv().ok().map(|f| f.to_string())).collect();
+        let got: Vec<String> =
+            std::iter::from_fn(|| a_rx.try_recv().ok().map(|f| f.to_string())).collect();
         assert_eq!(got, ["j", "left"]);
         assert_eq!(hub.local_members(&room("r")), 0);
         hub.unregister(ConnId(1), []);

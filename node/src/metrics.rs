@@ -51,30 +51,95 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         let gauge = |out: &mut String, name: &str, help: &str, value: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         };
         let counter = |out: &mut String, name: &str, help: &str, value: &AtomicU64| {
             let value = value.load(Ordering::Relaxed);
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         };
         let load = |v: &AtomicI64| v.load(Ordering::Relaxed);
-        gauge(&mut out, "roomshard_connections", "Open client WebSocket connections.", load(&self.connections));
-        counter(&mut out, "roomshard_connections_total", "Client connections accepted.", &self.connections_total);
-        gauge(&mut out, "roomshard_rooms_active", "Room actors running on this node.", load(&self.rooms_active));
-        counter(&mut out, "roomshard_rooms_passivated_total", "Idle empty rooms passivated.", &self.rooms_passivated);
-        counter(&mut out, "roomshard_frames_in_total", "Client frames received.", &self.frames_in);
-        counter(&mut out, "roomshard_messages_in_total", "Chat messages accepted by rooms owned here.", &self.messages_in);
-        counter(&mut out, "roomshard_frames_delivered_total", "Frames queued to local clients.", &self.frames_delivered);
-        counter(&mut out, "roomshard_messages_delivered_total", "Chat messages queued to local clients.", &self.messages_delivered);
-        counter(&mut out, "roomshard_queue_drops_total", "Frames refused by a full client queue.", &self.queue_drops);
-        counter(&mut out, "roomshard_slow_consumers_total", "Connections closed for not reading.", &self.slow_consumers);
-        counter(&mut out, "roomshard_auth_failures_total", "Connections refused for want of identity.", &self.auth_failures);
+        gauge(
+            &mut out,
+            "roomshard_connections",
+            "Open client WebSocket connections.",
+            load(&self.connections),
+        );
+        counter(
+            &mut out,
+            "roomshard_connections_total",
+            "Client connections accepted.",
+            &self.connections_total,
+        );
+        gauge(
+            &mut out,
+            "roomshard_rooms_active",
+            "Room actors running on this node.",
+            load(&self.rooms_active),
+        );
+        counter(
+            &mut out,
+            "roomshard_rooms_passivated_total",
+            "Idle empty rooms passivated.",
+            &self.rooms_passivated,
+        );
+        counter(
+            &mut out,
+            "roomshard_frames_in_total",
+            "Client frames received.",
+            &self.frames_in,
+        );
+        counter(
+            &mut out,
+            "roomshard_messages_in_total",
+            "Chat messages accepted by rooms owned here.",
+            &self.messages_in,
+        );
+        counter(
+            &mut out,
+            "roomshard_frames_delivered_total",
+            "Frames queued to local clients.",
+            &self.frames_delivered,
+        );
+        counter(
+            &mut out,
+            "roomshard_messages_delivered_total",
+            "Chat messages queued to local clients.",
+            &self.messages_delivered,
+        );
+        counter(
+            &mut out,
+            "roomshard_queue_drops_total",
+            "Frames refused by a full client queue.",
+            &self.queue_drops,
+        );
+        counter(
+            &mut out,
+            "roomshard_slow_consumers_total",
+            "Connections closed for not reading.",
+            &self.slow_consumers,
+        );
+        counter(
+            &mut out,
+            "roomshard_auth_failures_total",
+            "Connections refused for want of identity.",
+            &self.auth_failures,
+        );
         let _ = writeln!(
             out,
             "# HELP roomshard_errors_total Error frames sent to clients, by code.\n# TYPE roomshard_errors_total counter"
         );
         for code in ErrorCode::ALL {
-            let _ = writeln!(out, "roomshard_errors_total{{code=\"{code}\"}} {}", self.errors_of(code));
+            let _ = writeln!(
+                out,
+                "roomshard_errors_total{{code=\"{code}\"}} {}",
+                self.errors_of(code)
+            );
         }
         out
     }

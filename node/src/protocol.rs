@@ -97,9 +97,9 @@ impl ClientOp {
     /// The room the request is about, if any (echoed in errors).
     pub fn room(&self) -> Option<&RoomId> {
         match self {
-            ClientOp::Join { room, .. } | ClientOp::Leave { room } | ClientOp::Send { room, .. } => {
-                Some(room)
-            }
+            ClientOp::Join { room, .. }
+            | ClientOp::Leave { room }
+            | ClientOp::Send { room, .. } => Some(room),
             ClientOp::Ping { .. } => None,
         }
     }
@@ -165,9 +165,8 @@ struct RawOp {
 /// A [`Refusal`] with `bad_request` for malformed JSON, a non-object, an unknown op, a missing
 /// or mistyped field or an invalid room name; `too_large` for text over the limit.
 pub fn parse_client_frame(frame: &str, max_text_bytes: usize) -> Result<ClientOp, Refusal> {
-    let value: serde_json::Value = serde_json::from_str(frame).map_err(|e| {
-        Refusal::new(ErrorCode::BadRequest, format!("malformed json: {e}"))
-    })?;
+    let value: serde_json::Value = serde_json::from_str(frame)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("malformed json: {e}")))?;
     let object = value
         .as_object()
         .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, "a frame must be a json object"))?;
@@ -175,7 +174,10 @@ pub fn parse_client_frame(frame: &str, max_text_bytes: usize) -> Result<ClientOp
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(cid)) => Some(cid.clone()),
         Some(_) => {
-            return Err(Refusal::new(ErrorCode::BadRequest, "`cid` must be a string"));
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "`cid` must be a string",
+            ));
         }
     };
     let refuse = |code: ErrorCode, message: String| Refusal {
@@ -432,7 +434,10 @@ mod tests {
             Ok(ClientOp::Leave { room: room.clone() })
         );
         assert_eq!(
-            parse_client_frame(r#"{"op":"send","room":"lobby","text":"hi","cid":"c1"}"#, LIMIT),
+            parse_client_frame(
+                r#"{"op":"send","room":"lobby","text":"hi","cid":"c1"}"#,
+                LIMIT
+            ),
             Ok(ClientOp::Send {
                 room,
                 text: "hi".into(),
@@ -449,7 +454,11 @@ mod tests {
     fn malformed_json_is_a_bad_request() {
         let refusal = refused("{not json");
         assert_eq!(refusal.code, ErrorCode::BadRequest);
-        assert!(refusal.message.starts_with("malformed json"), "{}", refusal.message);
+        assert!(
+            refusal.message.starts_with("malformed json"),
+            "{}",
+            refusal.message
+        );
     }
 
     #[test]
@@ -463,7 +472,11 @@ mod tests {
     #[test]
     fn a_missing_field_is_named() {
         assert!(refused(r#"{"op":"join"}"#).message.contains("`room`"));
-        assert!(refused(r#"{"op":"send","room":"a"}"#).message.contains("`text`"));
+        assert!(
+            refused(r#"{"op":"send","room":"a"}"#)
+                .message
+                .contains("`text`")
+        );
         assert!(refused(r#"{"room":"a"}"#).message.contains("`op`"));
     }
 
@@ -477,7 +490,11 @@ mod tests {
         ] {
             let refusal = refused(&frame);
             assert_eq!(refusal.code, ErrorCode::BadRequest, "{frame}");
-            assert!(refusal.message.starts_with("invalid room"), "{}", refusal.message);
+            assert!(
+                refusal.message.starts_with("invalid room"),
+                "{}",
+                refusal.message
+            );
         }
     }
 
@@ -486,18 +503,32 @@ mod tests {
         let text = "x".repeat(LIMIT + 1);
         let refusal = refused(&format!(r#"{{"op":"send","room":"a","text":"{text}"}}"#));
         assert_eq!(refusal.code, ErrorCode::TooLarge);
-        assert_eq!(refusal.room.map(|r| r.as_str().to_owned()), Some("a".into()));
+        assert_eq!(
+            refusal.room.map(|r| r.as_str().to_owned()),
+            Some("a".into())
+        );
         let exactly = "x".repeat(LIMIT);
         assert!(
-            parse_client_frame(&format!(r#"{{"op":"send","room":"a","text":"{exactly}"}}"#), LIMIT)
-                .is_ok()
+            parse_client_frame(
+                &format!(r#"{{"op":"send","room":"a","text":"{exactly}"}}"#),
+                LIMIT
+            )
+            .is_ok()
         );
     }
 
     #[test]
     fn wrong_types_are_refused() {
-        assert!(refused(r#"{"op":"join","room":"a","since":-1}"#).message.contains("since"));
-        assert!(refused(r#"{"op":"send","room":"a","text":5}"#).message.contains("text"));
+        assert!(
+            refused(r#"{"op":"join","room":"a","since":-1}"#)
+                .message
+                .contains("since")
+        );
+        assert!(
+            refused(r#"{"op":"send","room":"a","text":5}"#)
+                .message
+                .contains("text")
+        );
         assert!(refused(r#"{"op":"ping","cid":7}"#).message.contains("cid"));
         assert!(refused("[1,2]").message.contains("object"));
     }

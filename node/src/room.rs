@@ -164,8 +164,9 @@ impl Room {
                 *count -= 1;
                 if *count == 0 {
                     self.users.remove(&user);
+                    // The leaver is told by its `left` answer, not by its own presence event.
                     let frame = protocol::presence_frame(&self.id, &user, PresenceEvent::Leave);
-                    out.extend(self.broadcast(frame.into(), None, false));
+                    out.extend(self.broadcast(frame.into(), Some(&member), false));
                 }
             }
         }
@@ -308,7 +309,10 @@ mod tests {
         let nodes: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(nodes, ["a", "b"]);
         let value = frame_json(&out[0].1);
-        assert_eq!((value["op"].as_str(), value["seq"].as_u64()), (Some("msg"), Some(1)));
+        assert_eq!(
+            (value["op"].as_str(), value["seq"].as_u64()),
+            (Some("msg"), Some(1))
+        );
     }
 
     #[test]
@@ -321,7 +325,9 @@ mod tests {
             assert_eq!(frame_json(&out[0].1)["seq"].as_u64(), Some(i));
         }
         let out = join(&mut room, &member("a", 2), "bob", Some(3));
-        let joined = out.iter().find(|(_, e)| matches!(e, EdgeEvent::Joined { .. }));
+        let joined = out
+            .iter()
+            .find(|(_, e)| matches!(e, EdgeEvent::Joined { .. }));
         let value = frame_json(&joined.expect("a joined answer").1);
         assert_eq!(value["seq"].as_u64(), Some(5));
         let seqs: Vec<u64> = value["history"]
@@ -332,9 +338,15 @@ mod tests {
             .collect();
         assert_eq!(seqs, [4, 5]);
         let all = join(&mut room, &member("a", 3), "cy", None);
-        let joined = all.iter().find(|(_, e)| matches!(e, EdgeEvent::Joined { .. }));
+        let joined = all
+            .iter()
+            .find(|(_, e)| matches!(e, EdgeEvent::Joined { .. }));
         let value = frame_json(&joined.expect("a joined answer").1);
-        assert_eq!(value["history"].as_array().map(Vec::len), Some(3), "history is capped at 3");
+        assert_eq!(
+            value["history"].as_array().map(Vec::len),
+            Some(3),
+            "history is capped at 3"
+        );
     }
 
     #[test]
@@ -346,10 +358,25 @@ mod tests {
         assert!(out.iter().any(|(_, e)| frame_json(e)["op"] == "presence"));
         let out = join(&mut room, &second, "ann", None);
         assert!(!out.iter().any(|(_, e)| frame_json(e)["op"] == "presence"));
-        let out = room.apply(RoomCommand::Leave { member: first, reply: true }, &mut || (0, 0));
+        let out = room.apply(
+            RoomCommand::Leave {
+                member: first,
+                reply: true,
+            },
+            &mut || (0, 0),
+        );
         assert!(!out.iter().any(|(_, e)| frame_json(e)["op"] == "presence"));
-        let out = room.apply(RoomCommand::Leave { member: second, reply: false }, &mut || (0, 0));
-        let presence: Vec<_> = out.iter().filter(|(_, e)| frame_json(e)["op"] == "presence").collect();
+        let out = room.apply(
+            RoomCommand::Leave {
+                member: second,
+                reply: false,
+            },
+            &mut || (0, 0),
+        );
+        let presence: Vec<_> = out
+            .iter()
+            .filter(|(_, e)| frame_json(e)["op"] == "presence")
+            .collect();
         assert_eq!(presence.len(), 1);
         assert_eq!(frame_json(&presence[0].1)["event"], "leave");
     }
@@ -363,7 +390,9 @@ mod tests {
                 assert_eq!(*skip, Some(ConnId(1)));
             }
         }
-        let joined = out.iter().find(|(_, e)| matches!(e, EdgeEvent::Joined { .. }));
+        let joined = out
+            .iter()
+            .find(|(_, e)| matches!(e, EdgeEvent::Joined { .. }));
         assert_eq!(frame_json(&joined.expect("joined").1)["members"][0], "ann");
     }
 

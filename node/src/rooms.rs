@@ -88,14 +88,20 @@ impl Rooms {
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<RoomId, Slot>> {
-        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queue a command for `room`, starting its actor if it is not running.
     ///
     /// # Errors
     /// [`RouteError::Overloaded`] when the room's queue stays full for the send timeout.
-    pub async fn send(self: &Arc<Self>, room: &RoomId, command: RoomCommand) -> Result<(), RouteError> {
+    pub async fn send(
+        self: &Arc<Self>,
+        room: &RoomId,
+        command: RoomCommand,
+    ) -> Result<(), RouteError> {
         let tx = {
             let mut slots = self.slots();
             let slot = slots.entry(room.clone()).or_insert_with(|| Slot {
@@ -152,10 +158,18 @@ impl Rooms {
         self.tracker.wait().await;
     }
 
-    fn spawn_actor(self: &Arc<Self>, room: RoomId, seq: Arc<AtomicU64>) -> mpsc::Sender<RoomCommand> {
+    fn spawn_actor(
+        self: &Arc<Self>,
+        room: RoomId,
+        seq: Arc<AtomicU64>,
+    ) -> mpsc::Sender<RoomCommand> {
         let (tx, rx) = mpsc::channel(self.settings.queue.max(1));
         let actor = RoomActor {
-            room: Room::new(room, seq.load(Ordering::Acquire), self.settings.history_limit),
+            room: Room::new(
+                room,
+                seq.load(Ordering::Acquire),
+                self.settings.history_limit,
+            ),
             seq,
             rx,
             weak: tx.downgrade(),
@@ -167,7 +181,12 @@ impl Rooms {
     }
 
     /// Passivate `room` if nothing is queued or about to be; true when the actor may exit.
-    fn try_passivate(&self, room: &RoomId, weak: &mpsc::WeakSender<RoomCommand>, queued: bool) -> bool {
+    fn try_passivate(
+        &self,
+        room: &RoomId,
+        weak: &mpsc::WeakSender<RoomCommand>,
+        queued: bool,
+    ) -> bool {
         let mut slots = self.slots();
         // One strong sender (the registry's) means no command holds a permit or waits for one.
         if queued || weak.strong_count() > 1 {
@@ -219,7 +238,10 @@ impl RoomActor {
         });
         if self.room.seq() != before {
             self.seq.store(self.room.seq(), Ordering::Release);
-            self.rooms.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+            self.rooms
+                .metrics
+                .messages_in
+                .fetch_add(1, Ordering::Relaxed);
         }
         for (node, event) in out {
             self.rooms.fanout.deliver(&node, event);
@@ -262,34 +284,111 @@ mod tests {
     async fn an_idle_empty_room_is_passivated_and_its_seq_survives() {
         let recorder = Arc::new(Recorder::default());
         let metrics = Arc::new(Metrics::default());
-        let rooms = Rooms::new(settings(Duration::from_secs(60)), recorder.clone(), Arc::new(Snowflake::new(1)), metrics.clone());
+        let rooms = Rooms::new(
+            settings(Duration::from_secs(60)),
+            recorder.clone(),
+            Arc::new(Snowflake::new(1)),
+            metrics.clone(),
+        );
         let room = RoomId::new("r").expect("valid");
         let m = member();
-        rooms.send(&room, RoomCommand::Join { member: m.clone(), user: "ann".into(), since: None }).await.expect("join");
+        rooms
+            .send(
+                &room,
+                RoomCommand::Join {
+                    member: m.clone(),
+                    user: "ann".into(),
+                    since: None,
+                },
+            )
+            .await
+            .expect("join");
         for _ in 0..3 {
-            rooms.send(&room, RoomCommand::Post { member: m.clone(), user: "ann".into(), text: "x".into(), cid: None }).await.expect("post");
+            rooms
+                .send(
+                    &room,
+                    RoomCommand::Post {
+                        member: m.clone(),
+                        user: "ann".into(),
+                        text: "x".into(),
+                        cid: None,
+                    },
+                )
+                .await
+                .expect("post");
         }
-        rooms.send(&room, RoomCommand::Leave { member: m.clone(), reply: false }).await.expect("leave");
+        rooms
+            .send(
+                &room,
+                RoomCommand::Leave {
+                    member: m.clone(),
+                    reply: false,
+                },
+            )
+            .await
+            .expect("leave");
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(rooms.active(), 1, "still active before the idle time");
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert_eq!(rooms.active(), 0, "passivated after the idle time");
         assert_eq!(metrics.rooms_passivated.load(Ordering::Relaxed), 1);
         assert_eq!(rooms.last_seq(&room), 3);
-        rooms.send(&room, RoomCommand::Join { member: m.clone(), user: "ann".into(), since: None }).await.expect("join");
-        rooms.send(&room, RoomCommand::Post { member: m, user: "ann".into(), text: "y".into(), cid: None }).await.expect("post");
+        rooms
+            .send(
+                &room,
+                RoomCommand::Join {
+                    member: m.clone(),
+                    user: "ann".into(),
+                    since: None,
+                },
+            )
+            .await
+            .expect("join");
+        rooms
+            .send(
+                &room,
+                RoomCommand::Post {
+                    member: m,
+                    user: "ann".into(),
+                    text: "y".into(),
+                    cid: None,
+                },
+            )
+            .await
+            .expect("post");
         tokio::time::sleep(Duration::from_millis(10)).await;
         let last = recorder.0.lock().expect("lock").last().cloned();
-        let Some(EdgeEvent::Broadcast { frame, .. }) = last else { panic!("expected a broadcast, got {last:?}") };
+        let Some(EdgeEvent::Broadcast { frame, .. }) = last else {
+            panic!("expected a broadcast, got {last:?}")
+        };
         let value: serde_json::Value = serde_json::from_str(frame.as_str()).expect("json");
-        assert_eq!(value["seq"].as_u64(), Some(4), "seq continues after passivation");
+        assert_eq!(
+            value["seq"].as_u64(),
+            Some(4),
+            "seq continues after passivation"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_room_with_members_is_never_passivated() {
-        let rooms = Rooms::new(settings(Duration::from_secs(1)), Arc::new(Recorder::default()), Arc::new(Snowflake::new(1)), Arc::default());
+        let rooms = Rooms::new(
+            settings(Duration::from_secs(1)),
+            Arc::new(Recorder::default()),
+            Arc::new(Snowflake::new(1)),
+            Arc::default(),
+        );
         let room = RoomId::new("r").expect("valid");
-        rooms.send(&room, RoomCommand::Join { member: member(), user: "ann".into(), since: None }).await.expect("join");
+        rooms
+            .send(
+                &room,
+                RoomCommand::Join {
+                    member: member(),
+                    user: "ann".into(),
+                    since: None,
+                },
+            )
+            .await
+            .expect("join");
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(rooms.active(), 1);
     }
@@ -304,7 +403,11 @@ mod tests {
     impl Fanout for Gate {
         fn deliver(&self, _node: &NodeName, _event: EdgeEvent) {
             let _ = self.entered.lock().expect("lock").send(());
-            let _ = self.release.lock().expect("lock").recv_timeout(Duration::from_secs(10));
+            let _ = self
+                .release
+                .lock()
+                .expect("lock")
+                .recv_timeout(Duration::from_secs(10));
         }
     }
 
@@ -312,16 +415,33 @@ mod tests {
     async fn a_full_room_queue_answers_overloaded_after_the_timeout() {
         let (entered_tx, entered_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel();
-        let gate = Arc::new(Gate { entered: Mutex::new(entered_tx), release: Mutex::new(release_rx) });
+        let gate = Arc::new(Gate {
+            entered: Mutex::new(entered_tx),
+            release: Mutex::new(release_rx),
+        });
         let mut s = settings(Duration::from_secs(60));
         s.queue = 1;
         let rooms = Rooms::new(s, gate, Arc::new(Snowflake::new(1)), Arc::default());
         let room = RoomId::new("r").expect("valid");
-        let join = RoomCommand::Join { member: member(), user: "ann".into(), since: None };
-        rooms.send(&room, join.clone()).await.expect("the first command is queued");
-        let entered = tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(10)));
-        entered.await.expect("join").expect("the actor is now stuck delivering");
-        rooms.send(&room, join.clone()).await.expect("the second command fills the queue");
+        let join = RoomCommand::Join {
+            member: member(),
+            user: "ann".into(),
+            since: None,
+        };
+        rooms
+            .send(&room, join.clone())
+            .await
+            .expect("the first command is queued");
+        let entered =
+            tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(10)));
+        entered
+            .await
+            .expect("join")
+            .expect("the actor is now stuck delivering");
+        rooms
+            .send(&room, join.clone())
+            .await
+            .expect("the second command fills the queue");
         let refused = rooms.send(&room, join).await;
         assert_eq!(refused, Err(RouteError::Overloaded));
         for _ in 0..4 {

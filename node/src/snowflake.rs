@@ -40,10 +40,12 @@ impl Snowflake {
         let mut prev = self.last.load(Ordering::Relaxed);
         loop {
             let candidate = next_state(prev, now);
-            match self
-                .last
-                .compare_exchange_weak(prev, candidate, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.last.compare_exchange_weak(
+                prev,
+                candidate,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return self.compose(candidate),
                 Err(actual) => prev = actual,
             }

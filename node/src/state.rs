@@ -16,7 +16,7 @@ use crate::auth::Authenticator;
 use crate::edge::{ConnId, EdgeEvent, EdgeHub};
 use crate::metrics::Metrics;
 use crate::room::RoomCommand;
-use crate::rooms::{Fanout, RoomSettings, RouteError, Rooms};
+use crate::rooms::{Fanout, RoomSettings, Rooms, RouteError};
 use crate::snowflake::Snowflake;
 
 /// Per-connection limits.

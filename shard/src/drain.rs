@@ -88,7 +88,12 @@ pub fn drain_step(
         return DrainStep::Steady;
     }
     let involved = |m: &Move| to_drain.contains(&m.from) || to_drain.contains(&m.to);
-    let pending: Vec<Move> = table.moves.iter().filter(|m| involved(m)).cloned().collect();
+    let pending: Vec<Move> = table
+        .moves
+        .iter()
+        .filter(|m| involved(m))
+        .cloned()
+        .collect();
     let unmarked = to_drain
         .iter()
         .any(|n| table.nodes.contains_key(n) && !table.draining.contains(n));
@@ -118,7 +123,11 @@ pub fn drain_step(
         .collect();
     let lagging: Vec<NodeName> = live
         .iter()
-        .filter(|n| by_node.get(*n).is_none_or(|(epoch, _)| *epoch < table.epoch))
+        .filter(|n| {
+            by_node
+                .get(*n)
+                .is_none_or(|(epoch, _)| *epoch < table.epoch)
+        })
         .map(|n| (*n).clone())
         .collect();
     if !lagging.is_empty() {

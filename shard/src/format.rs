@@ -95,7 +95,9 @@ impl<'de> Deserialize<'de> for AssignmentTable {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = WireIn::deserialize(deserializer)?;
         if wire.format != FORMAT {
-            return Err(de::Error::custom(ShardError::UnsupportedFormat(wire.format)));
+            return Err(de::Error::custom(ShardError::UnsupportedFormat(
+                wire.format,
+            )));
         }
         wire.into_table().map_err(de::Error::custom)
     }
@@ -182,13 +184,12 @@ impl WireIn {
         }
         let mut moves = Vec::with_capacity(self.moves.len());
         for m in self.moves {
-            let shard = u32::try_from(m.shard)
-                .ok()
-                .filter(|s| *s < shards)
-                .ok_or(ShardError::ShardOutOfRange {
+            let shard = u32::try_from(m.shard).ok().filter(|s| *s < shards).ok_or(
+                ShardError::ShardOutOfRange {
                     shard: m.shard,
                     shards,
-                })?;
+                },
+            )?;
             moves.push(Move {
                 shard: ShardId(shard),
                 from: NodeName::new(m.from)?,
@@ -253,7 +254,10 @@ pub(crate) fn ranges_to_string(sorted: &[u32]) -> String {
     while let Some(&first) = sorted.get(i) {
         let mut last = first;
         i += 1;
-        while sorted.get(i).is_some_and(|&next| Some(next) == last.checked_add(1)) {
+        while sorted
+            .get(i)
+            .is_some_and(|&next| Some(next) == last.checked_add(1))
+        {
             last += 1;
             i += 1;
         }
@@ -311,7 +315,10 @@ mod tests {
         assert_eq!(ranges_to_string(&[]), "");
         assert_eq!(ranges_to_string(&[4]), "4");
         assert_eq!(ranges_to_string(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
-        assert_eq!(ranges_to_string(&[u32::MAX - 1, u32::MAX]), "4294967294-4294967295");
+        assert_eq!(
+            ranges_to_string(&[u32::MAX - 1, u32::MAX]),
+            "4294967294-4294967295"
+        );
     }
 
     #[test]
@@ -319,7 +326,10 @@ mod tests {
         let node = NodeName::new("n")?;
         assert_eq!(parse_ranges(&node, "0-2,5")?, vec![(0, 2), (5, 5)]);
         for bad in ["5-2", "a", "1-", "-1", "1,,2", " 1", "1-2-3", "+1"] {
-            assert!(parse_ranges(&node, bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                parse_ranges(&node, bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
         Ok(())
     }

@@ -190,7 +190,10 @@ mod tests {
 
     #[test]
     fn room_ids_accept_unicode_and_refuse_empty_long_or_control_names() {
-        assert_eq!(RoomId::new("lobby").map(|r| r.to_string()).ok(), Some("lobby".into()));
+        assert_eq!(
+            RoomId::new("lobby").map(|r| r.to_string()).ok(),
+            Some("lobby".into())
+        );
         assert!(RoomId::new("кафе ☕").is_ok());
         assert!(RoomId::new("x".repeat(128)).is_ok());
         assert!(RoomId::new("x".repeat(129)).is_err());

@@ -11,7 +11,7 @@
 //!   every node of every version must agree on it.
 //! - [`table`]: the [`AssignmentTable`], shard -> owner node plus the moves in flight, versioned by
 //!   an epoch.
-//! - [`format`]: the table's compact, versioned JSON form (ConfigMap and HTTP).
+//! - [`format`](mod@format): the table's compact, versioned JSON form (ConfigMap and HTTP).
 //! - [`planner`]: [`plan`] turns the current table and the cluster's [`Membership`] into the next
 //!   table, balanced and with the fewest moves; [`complete_moves`] clears finished hand-offs.
 //! - [`handoff`]: [`transition`] tells one node what applying a new table means for it.

@@ -263,7 +263,10 @@ mod tests {
     #[test]
     fn accessors_read_the_owners() -> Result<(), ShardError> {
         let (a, b) = (node("a")?, node("b")?);
-        let nodes = [(a.clone(), NodeInfo::new("a:1")), (b.clone(), NodeInfo::new("b:1"))];
+        let nodes = [
+            (a.clone(), NodeInfo::new("a:1")),
+            (b.clone(), NodeInfo::new("b:1")),
+        ];
         let table = AssignmentTable::with_owners(
             vec![Some(a.clone()), Some(b.clone()), Some(a.clone()), None],
             nodes.into_iter().collect(),
@@ -273,7 +276,10 @@ mod tests {
         assert_eq!(table.counts().get(&a), Some(&2));
         assert_eq!(table.counts().get(&b), Some(&1));
         let room = RoomId::new("lobby")?;
-        assert_eq!(table.owner_of_room(&room), table.owner(table.shard_of(&room)));
+        assert_eq!(
+            table.owner_of_room(&room),
+            table.owner(table.shard_of(&room))
+        );
         Ok(())
     }
 
@@ -290,7 +296,10 @@ mod tests {
     #[test]
     fn a_move_must_go_to_the_shards_owner() -> Result<(), ShardError> {
         let (a, b) = (node("a")?, node("b")?);
-        let nodes = [(a.clone(), NodeInfo::new("a:1")), (b.clone(), NodeInfo::new("b:1"))];
+        let nodes = [
+            (a.clone(), NodeInfo::new("a:1")),
+            (b.clone(), NodeInfo::new("b:1")),
+        ];
         let mut table =
             AssignmentTable::with_owners(vec![Some(a.clone())], nodes.into_iter().collect())?;
         table.moves.push(Move {

@@ -48,7 +48,11 @@ fn rooms_map_to_the_pinned_shards_for_256_and_65536_shards() -> Result<(), Shard
         }
         let room = RoomId::new(name)?;
         assert_eq!(shard_of(&room, 256), ShardId(of_256), "{name:?} over 256");
-        assert_eq!(shard_of(&room, 65536), ShardId(of_65536), "{name:?} over 65536");
+        assert_eq!(
+            shard_of(&room, 65536),
+            ShardId(of_65536),
+            "{name:?} over 65536"
+        );
     }
     Ok(())
 }

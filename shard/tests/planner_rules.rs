@@ -5,7 +5,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Cluster, Event, counts_of, event, info, node, node_count, owner_changes, shard_count};
+use common::{
+    Cluster, Event, counts_of, event, info, node, node_count, owner_changes, shard_count,
+};
 use proptest::prelude::*;
 use shard::{AssignmentTable, Membership, Move, NodeName, PlanOptions, ShardId, plan};
 
@@ -122,7 +124,10 @@ fn check_plan(
         }
         for (n, count) in counts_of(new, &eligible) {
             let pins = pinned.get(&n).copied().unwrap_or(0);
-            prop_assert!(count <= ceil.max(pins), "{n} has {count} > {ceil} ({pins} pinned)");
+            prop_assert!(
+                count <= ceil.max(pins),
+                "{n} has {count} > {ceil} ({pins} pinned)"
+            );
         }
         if old.moves.is_empty() {
             prop_assert!(is_balanced(new, &eligible));
@@ -146,14 +151,22 @@ fn planning_from_empty_gives_each_node_one_balanced_run() {
     for n in counts.keys() {
         let shards = table.shards_of(n);
         let (first, last) = (shards[0].0, shards[shards.len() - 1].0);
-        assert_eq!((last - first + 1) as usize, shards.len(), "{n} is not one run");
+        assert_eq!(
+            (last - first + 1) as usize,
+            shards.len(),
+            "{n} is not one run"
+        );
     }
 }
 
 #[test]
 fn a_joining_node_takes_its_share_and_nothing_else_moves() {
     let before = common::balanced(4096, 100);
-    let after = plan(&before, &common::membership(0..101, &[]), &PlanOptions::default());
+    let after = plan(
+        &before,
+        &common::membership(0..101, &[]),
+        &PlanOptions::default(),
+    );
     let newcomer = node(100);
     assert_eq!(after.counts().get(&newcomer), Some(&40));
     assert_eq!(owner_changes(&before, &after), 40);
@@ -169,7 +182,11 @@ fn removing_a_node_moves_only_its_shards_and_without_hand_off() {
     let lost = before.shards_of(&gone);
     let mut ready: Vec<usize> = (0..100).collect();
     ready.retain(|&i| i != 42);
-    let after = plan(&before, &common::membership(ready, &[]), &PlanOptions::default());
+    let after = plan(
+        &before,
+        &common::membership(ready, &[]),
+        &PlanOptions::default(),
+    );
     assert_eq!(owner_changes(&before, &after), lost.len());
     assert!(lost.iter().all(|s| after.owner(*s) != Some(&gone)));
     // The owner is gone: there is nobody to hand off from.
@@ -181,7 +198,11 @@ fn removing_a_node_moves_only_its_shards_and_without_hand_off() {
 fn draining_a_node_hands_each_of_its_shards_off() {
     let before = common::balanced(4096, 100);
     let drained = node(7);
-    let after = plan(&before, &common::membership(0..100, &[7]), &PlanOptions::default());
+    let after = plan(
+        &before,
+        &common::membership(0..100, &[7]),
+        &PlanOptions::default(),
+    );
     let lost = before.shards_of(&drained);
     assert_eq!(after.moves.len(), lost.len());
     assert!(after.moves.iter().all(|m| m.from == drained));
@@ -193,7 +214,11 @@ fn draining_a_node_hands_each_of_its_shards_off() {
 #[test]
 fn without_eligible_nodes_every_shard_is_unassigned() {
     let before = common::balanced(64, 2);
-    let after = plan(&before, &common::membership(0..2, &[0, 1]), &PlanOptions::default());
+    let after = plan(
+        &before,
+        &common::membership(0..2, &[0, 1]),
+        &PlanOptions::default(),
+    );
     assert!(after.owners().iter().all(Option::is_none));
     assert!(after.moves.is_empty());
     assert_eq!(after.draining.len(), 2);
@@ -202,10 +227,18 @@ fn without_eligible_nodes_every_shard_is_unassigned() {
 #[test]
 fn a_move_in_flight_is_kept_until_it_completes() {
     let before = common::balanced(64, 2);
-    let joined = plan(&before, &common::membership(0..3, &[]), &PlanOptions::default());
+    let joined = plan(
+        &before,
+        &common::membership(0..3, &[]),
+        &PlanOptions::default(),
+    );
     assert!(!joined.moves.is_empty());
     // Another node joins before the hand-offs finish: they are not redirected.
-    let again = plan(&joined, &common::membership(0..4, &[]), &PlanOptions::default());
+    let again = plan(
+        &joined,
+        &common::membership(0..4, &[]),
+        &PlanOptions::default(),
+    );
     assert!(joined.moves.iter().all(|m| again.moves.contains(m)));
     let done = shard::complete_moves(&again, &again.moves);
     assert!(done.moves.is_empty());
@@ -216,11 +249,22 @@ fn a_move_in_flight_is_kept_until_it_completes() {
 #[test]
 fn a_move_whose_source_left_is_dropped_and_the_target_keeps_the_shard() {
     let before = common::balanced(64, 2);
-    let joined = plan(&before, &common::membership(0..3, &[]), &PlanOptions::default());
+    let joined = plan(
+        &before,
+        &common::membership(0..3, &[]),
+        &PlanOptions::default(),
+    );
     let moved: Vec<ShardId> = joined.moves.iter().map(|m| m.shard).collect();
-    let source_left = plan(&joined, &common::membership(1..3, &[]), &PlanOptions::default());
+    let source_left = plan(
+        &joined,
+        &common::membership(1..3, &[]),
+        &PlanOptions::default(),
+    );
     assert!(source_left.moves.iter().all(|m| m.from != node(0)));
-    for s in moved.iter().filter(|s| joined.move_of(**s).is_some_and(|m| m.from == node(0))) {
+    for s in moved
+        .iter()
+        .filter(|s| joined.move_of(**s).is_some_and(|m| m.from == node(0)))
+    {
         assert_eq!(source_left.owner(*s), Some(&node(2)));
     }
 }
@@ -228,8 +272,16 @@ fn a_move_whose_source_left_is_dropped_and_the_target_keeps_the_shard() {
 #[test]
 fn a_move_whose_target_left_is_planned_again_from_its_source() {
     let before = common::balanced(64, 2);
-    let joined = plan(&before, &common::membership(0..3, &[]), &PlanOptions::default());
-    let target_left = plan(&joined, &common::membership(0..2, &[]), &PlanOptions::default());
+    let joined = plan(
+        &before,
+        &common::membership(0..3, &[]),
+        &PlanOptions::default(),
+    );
+    let target_left = plan(
+        &joined,
+        &common::membership(0..2, &[]),
+        &PlanOptions::default(),
+    );
     for m in &joined.moves {
         // Going back to the source needs no hand-off; anything else moves from the source.
         match target_left.owner(m.shard) {
@@ -254,7 +306,10 @@ fn the_cap_limits_moves_per_node_and_leaves_the_rest_with_the_draining_owner() {
     assert!(after.moves.iter().all(|m| m.from == node(0)));
     assert_eq!(after.shards_of(&node(0)).len(), 16 - 3);
     // Nothing more until those complete.
-    assert_eq!(plan(&after, &common::membership(0..4, &[0]), &options), after);
+    assert_eq!(
+        plan(&after, &common::membership(0..4, &[0]), &options),
+        after
+    );
 }
 
 proptest! {

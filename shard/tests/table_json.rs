@@ -43,7 +43,10 @@ fn the_documented_example_parses_into_the_table_it_describes() -> Result<(), Sha
         table.nodes.get(&a).and_then(|i| i.client_addr.as_deref()),
         Some("10.0.0.5:8080")
     );
-    assert_eq!(table.nodes.get(&b).map(|i| i.client_addr.is_none()), Some(true));
+    assert_eq!(
+        table.nodes.get(&b).map(|i| i.client_addr.is_none()),
+        Some(true)
+    );
     Ok(())
 }
 
@@ -58,7 +61,10 @@ fn writing_uses_ranges_and_leaves_unassigned_shards_out() -> Result<(), ShardErr
         json.contains(r#""assignments":{"node-0":"0-1,4","node-1":"3"}"#),
         "{json}"
     );
-    assert!(json.starts_with(r#"{"format":1,"epoch":0,"shards":5,"#), "{json}");
+    assert!(
+        json.starts_with(r#"{"format":1,"epoch":0,"shards":5,"#),
+        "{json}"
+    );
     assert_eq!(AssignmentTable::from_json(&json)?, table);
     Ok(())
 }
@@ -138,7 +144,10 @@ fn owners_and_move_endpoints_must_be_listed_in_nodes() {
         "assignments":{"a":"0"},"moves":[{"shard":0,"from":"ghost","to":"a"}]}"#;
     assert_eq!(error_of(source), "move source ghost is not listed in nodes");
     let draining = r#"{"format":1,"epoch":1,"shards":4,"nodes":{},"draining":["ghost"]}"#;
-    assert_eq!(error_of(draining), "draining node ghost is not listed in nodes");
+    assert_eq!(
+        error_of(draining),
+        "draining node ghost is not listed in nodes"
+    );
 }
 
 #[test]
@@ -147,7 +156,8 @@ fn zero_shards_and_bad_names_are_refused() {
         error_of(r#"{"format":1,"epoch":1,"shards":0}"#),
         "the shard count must be at least 1"
     );
-    let err = error_of(r#"{"format":1,"epoch":1,"shards":4,"nodes":{"Bad_Name":{"peerAddr":"x"}}}"#);
+    let err =
+        error_of(r#"{"format":1,"epoch":1,"shards":4,"nodes":{"Bad_Name":{"peerAddr":"x"}}}"#);
     assert!(err.starts_with(r#"invalid node name "Bad_Name""#), "{err}");
     assert!(error_of("not json").starts_with("assignment table is not valid json"));
     assert!(error_of(r#"{"format":1,"epoch":1,"shards":4294967296}"#).contains("maximum"));
@@ -160,7 +170,8 @@ fn the_table_also_works_as_a_serde_value() -> Result<(), serde_json::Error> {
     assert_eq!(value["format"], 1);
     let back: AssignmentTable = serde_json::from_value(value)?;
     assert_eq!(back, table);
-    let bad: Result<AssignmentTable, _> = serde_json::from_str(r#"{"format":3,"epoch":0,"shards":1}"#);
+    let bad: Result<AssignmentTable, _> =
+        serde_json::from_str(r#"{"format":3,"epoch":0,"shards":1}"#);
     assert!(bad.is_err());
     Ok(())
 }

