@@ -10,7 +10,7 @@ use shard::NodeName;
 
 use crate::rooms::RoomSettings;
 use crate::snowflake::MAX_NODE_ID;
-use crate::state::{ConnectionLimits, NodeSettings};
+use crate::state::{ConnectionLimits, HandoffSettings, NodeSettings};
 
 /// A roomshard chat node.
 #[derive(Debug, Clone, Parser)]
@@ -19,6 +19,25 @@ pub struct NodeConfig {
     /// Address to serve clients (`/ws`, the chat page) and probes on.
     #[arg(long, env = "ROOMSHARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Address for peer links (`/peer`) and the controller (`/status`); only in a cluster.
+    #[arg(long, env = "ROOMSHARD_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// URL of the assignment table (long-polled); without it (and without a Kubernetes
+    /// source) the node runs alone and owns every shard.
+    #[arg(long, env = "ROOMSHARD_TABLE_URL")]
+    pub table_url: Option<String>,
+    /// File holding the cluster secret that authenticates peer links.
+    #[arg(long, env = "ROOMSHARD_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// How long a new owner waits for a shard's snapshot before answering `room_unavailable`.
+    #[arg(long, env = "ROOMSHARD_HANDOFF_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handoff_timeout: Duration,
+    /// Commands buffered per shard while it is handed over.
+    #[arg(long, env = "ROOMSHARD_HANDOFF_BUFFER", default_value_t = 10_000)]
+    pub handoff_buffer: usize,
+    /// Messages per peer that may wait for acknowledgement (a link down for long fills it).
+    #[arg(long, env = "ROOMSHARD_PEER_OUTBOX", default_value_t = 200_000)]
+    pub peer_outbox: usize,
     /// This node's name; in Kubernetes the pod name, from the downward API.
     #[arg(long, env = "ROOMSHARD_NODE_NAME", default_value = "node-0")]
     pub name: String,
@@ -91,7 +110,7 @@ impl NodeConfig {
     ///
     /// # Errors
     /// [`ConfigError`] for an invalid name or an out-of-range setting.
-    pub fn settings(&self, bound: SocketAddr) -> Result<NodeSettings, ConfigError> {
+    pub fn settings(&self, peer_addr: SocketAddr) -> Result<NodeSettings, ConfigError> {
         let name = NodeName::new(self.name.clone())?;
         let node_id = match self.node_id {
             Some(id) => id,
@@ -122,7 +141,7 @@ impl NodeConfig {
             name,
             node_id,
             shards: self.shards,
-            peer_addr: bound.to_string(),
+            peer_addr: peer_addr.to_string(),
             rooms: RoomSettings {
                 history_limit: self.history_per_room,
                 queue: self.room_queue.max(1),
@@ -138,7 +157,22 @@ impl NodeConfig {
                 outgoing_queue: self.outgoing_queue.max(1),
                 close_timeout: Duration::from_secs(5),
             },
+            handoff: HandoffSettings {
+                timeout: self.handoff_timeout,
+                buffer: self.handoff_buffer.max(1),
+            },
         })
+    }
+
+    /// The cluster secret for peer links.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file is missing, unreadable or empty.
+    pub fn cluster_secret(&self) -> Result<Vec<u8>, ConfigError> {
+        let path = self.cluster_secret_file.as_ref().ok_or_else(|| {
+            ConfigError::Range("a cluster needs --cluster-secret-file for its peer links".into())
+        })?;
+        read_key(path)
     }
 
     /// The token signing key, if authentication is on.
@@ -146,21 +180,22 @@ impl NodeConfig {
     /// # Errors
     /// [`ConfigError::AuthKey`] when the file cannot be read.
     pub fn auth_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        let Some(path) = &self.auth_key_file else {
-            return Ok(None);
-        };
-        let key = std::fs::read(path).map_err(|source| ConfigError::AuthKey {
-            path: path.clone(),
-            source,
-        })?;
-        // Keys mounted from Secrets often end with a newline that is not part of the key.
-        let trimmed = key.trim_ascii_end().to_vec();
-        if trimmed.is_empty() {
-            return Err(ConfigError::Range(format!(
-                "auth key file {} is empty",
-                path.display()
-            )));
-        }
-        Ok(Some(trimmed))
+        self.auth_key_file.as_deref().map(read_key).transpose()
     }
+}
+
+/// Read a key file; keys mounted from Secrets often end with a newline that is not the key's.
+fn read_key(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let key = std::fs::read(path).map_err(|source| ConfigError::AuthKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let trimmed = key.trim_ascii_end().to_vec();
+    if trimmed.is_empty() {
+        return Err(ConfigError::Range(format!(
+            "key file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(trimmed)
 }

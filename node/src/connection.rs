@@ -33,8 +33,10 @@ where
     let limits = node.settings.limits.clone();
     let (out, out_rx) = mpsc::channel(limits.outgoing_queue.max(1));
     let control = Arc::new(ConnControl::default());
+    let user: Arc<str> = user.into();
     let handle = ConnHandle {
         id: node.next_conn_id(),
+        user: user.clone(),
         out,
         control: control.clone(),
     };
@@ -53,7 +55,7 @@ where
     let mut conn = Connection {
         node: node.clone(),
         handle,
-        user: user.into(),
+        user,
         joined: HashSet::new(),
         bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst, Instant::now()),
     };
@@ -273,7 +275,7 @@ impl Connection {
     fn refuse_route(&self, error: RouteError, room: Option<RoomId>, cid: Option<String>) {
         let code = match error {
             RouteError::Overloaded => ErrorCode::Overloaded,
-            RouteError::Unavailable => ErrorCode::RoomUnavailable,
+            RouteError::Unavailable | RouteError::Moved => ErrorCode::RoomUnavailable,
         };
         self.refuse(Refusal {
             code,

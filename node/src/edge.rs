@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
 use shard::RoomId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// A connection's id, unique within its node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConnId(pub u64);
 
 /// Why a connection is being closed by the node.
@@ -83,36 +84,80 @@ impl ConnControl {
 pub struct ConnHandle {
     /// The connection's id.
     pub id: ConnId,
+    /// The user it authenticated as (needed to re-join it when a room's owner is replaced).
+    pub user: Arc<str>,
     /// Its bounded outgoing queue (drained by its writer task).
     pub out: mpsc::Sender<Utf8Bytes>,
     /// Its close switch.
     pub control: Arc<ConnControl>,
 }
 
-/// Something an owner tells the edge about a room.
-#[derive(Debug, Clone)]
+/// Something an owner tells the edge about a room. It travels over peer links, so frames are
+/// carried as the exact text every client receives: serialized once, on the owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum EdgeEvent {
     /// `conn` is now a member of `room`; `frame` is its `joined` answer.
     Joined {
         room: RoomId,
         conn: ConnId,
+        #[serde(with = "frame_text")]
         frame: Utf8Bytes,
     },
     /// `conn` is no longer a member; `frame` (the `left` answer) when it asked to leave.
     Left {
         room: RoomId,
         conn: ConnId,
+        #[serde(with = "frame_text::optional")]
         frame: Option<Utf8Bytes>,
     },
     /// A frame for one connection only (an `error` answer).
-    ToConn { conn: ConnId, frame: Utf8Bytes },
+    ToConn {
+        conn: ConnId,
+        #[serde(with = "frame_text")]
+        frame: Utf8Bytes,
+    },
     /// A frame for every local member of `room` but `skip`.
     Broadcast {
         room: RoomId,
+        #[serde(with = "frame_text")]
         frame: Utf8Bytes,
         skip: Option<ConnId>,
         is_msg: bool,
     },
+}
+
+mod frame_text {
+    //! Client frames travel between nodes as plain strings.
+    use axum::extract::ws::Utf8Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(frame: &Utf8Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(frame.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Utf8Bytes, D::Error> {
+        String::deserialize(deserializer).map(Utf8Bytes::from)
+    }
+
+    pub mod optional {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            frame: &Option<Utf8Bytes>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match frame {
+                Some(frame) => serializer.serialize_some(frame.as_str()),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Utf8Bytes>, D::Error> {
+            Option::<String>::deserialize(deserializer).map(|f| f.map(Utf8Bytes::from))
+        }
+    }
 }
 
 /// Rooms and connections are spread over stripes so that owners delivering to different rooms
@@ -174,6 +219,18 @@ impl EdgeHub {
             }
         }
         self.conn_stripe(conn).conns.remove(&conn);
+    }
+
+    /// Every room with local members, with those members (for re-joining them elsewhere).
+    pub fn rooms_with_members(&self) -> Vec<(RoomId, Vec<ConnHandle>)> {
+        let mut all = Vec::new();
+        for stripe in &self.stripes {
+            let stripe = lock(stripe);
+            for (room, members) in &stripe.rooms {
+                all.push((room.clone(), members.values().cloned().collect()));
+            }
+        }
+        all
     }
 
     /// Number of local members of `room`.
@@ -279,6 +336,7 @@ mod tests {
         let (out, rx) = mpsc::channel(capacity);
         let handle = ConnHandle {
             id: ConnId(id),
+            user: "u".into(),
             out,
             control: Arc::default(),
         };

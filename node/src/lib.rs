@@ -10,7 +10,9 @@
 //! - [`edge`]: this node's clients per room; owners deliver to it once per node.
 //! - [`room`]: a room's state on its owner (seq, history, members) as a pure state machine.
 //! - [`rooms`]: the room actors, started on demand and passivated when idle.
-//! - [`state`]: the node's shared state and routing to a room's owner.
+//! - [`state`]: the node's shared state, routing to a room's owner, tables and hand-offs.
+//! - [`peer`]: authenticated links between nodes that resend what a broken link lost.
+//! - [`table_source`]: where the assignment table comes from (HTTP long-poll here).
 //! - [`server`]: HTTP routes and [`server::run`] with graceful shutdown.
 //! - [`config`]: flags and environment variables.
 //! - [`snowflake`], [`rate`], [`metrics`]: message ids, token buckets, counters.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod connection;
 pub mod edge;
 pub mod metrics;
+pub mod peer;
 pub mod protocol;
 pub mod rate;
 pub mod room;
@@ -27,6 +30,7 @@ pub mod rooms;
 pub mod server;
 pub mod snowflake;
 pub mod state;
+pub mod table_source;
 
 pub use config::{ConfigError, NodeConfig};
 pub use server::run;

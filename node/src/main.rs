@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use node::auth::Authenticator;
+use std::sync::Arc;
+
+use node::peer::{PeerSettings, Peers};
+use node::table_source::{HttpTableSource, TableSource};
 use node::{NodeConfig, NodeState};
 use tokio::net::TcpListener;
 
@@ -26,16 +30,50 @@ async fn serve(config: NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let bound = listener.local_addr()?;
-    let settings = config.settings(bound)?;
+    let peer_listener = match config.peer_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen for peers on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let peer_bound = match &peer_listener {
+        Some(l) => l.local_addr()?,
+        None => bound,
+    };
+    let settings = config.settings(peer_bound)?;
     let auth = match config.auth_key()? {
         Some(key) => Authenticator::with_hs256_key(&key),
         None => Authenticator::open(),
     };
-    tracing::info!(node = %settings.name, %bound, tokens = auth.requires_token(), "node starting");
-    let node = NodeState::new(settings, auth);
-    // Scripts and tests read this line to learn the port when listening on port 0.
+    let (node, source) = match &config.table_url {
+        Some(url) => {
+            let peers = Peers::new(PeerSettings {
+                me: settings.name.clone(),
+                secret: config.cluster_secret()?.into(),
+                max_unacked: config.peer_outbox,
+            });
+            let source: Arc<dyn TableSource> = Arc::new(HttpTableSource::new(url.clone()));
+            (NodeState::clustered(settings, auth, peers), Some(source))
+        }
+        None => (NodeState::new(settings, auth), None),
+    };
+    tracing::info!(node = %node.settings.name, %bound, clustered = source.is_some(), tokens = node.auth.requires_token(), "node starting");
+    // Scripts and tests read these lines to learn the ports when listening on port 0.
     println!("roomshard-node listening on http://{bound} (chat page: http://{bound}/)");
-    node::run(listener, node, shutdown_signal(), config.shutdown_grace).await?;
+    if peer_listener.is_some() {
+        println!("roomshard-node peer link on {peer_bound}");
+    }
+    node::run(
+        listener,
+        peer_listener,
+        node,
+        source,
+        shutdown_signal(),
+        config.shutdown_grace,
+    )
+    .await?;
     tracing::info!("node stopped");
     Ok(())
 }

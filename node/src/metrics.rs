@@ -33,6 +33,8 @@ pub struct Metrics {
     pub slow_consumers: AtomicU64,
     /// Connections refused for want of a usable identity.
     pub auth_failures: AtomicU64,
+    /// Events for another node dropped because its link's outbox was full.
+    pub peer_drops: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -130,6 +132,12 @@ impl Metrics {
             "Connections refused for want of identity.",
             &self.auth_failures,
         );
+        counter(
+            &mut out,
+            "roomshard_peer_drops_total",
+            "Events for other nodes dropped by a full peer outbox.",
+            &self.peer_drops,
+        );
         let _ = writeln!(
             out,
             "# HELP roomshard_errors_total Error frames sent to clients, by code.\n# TYPE roomshard_errors_total counter"
@@ -161,7 +169,7 @@ mod tests {
         assert!(text.contains("roomshard_connections 3"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
-        assert_eq!(helps, 12);
-        assert_eq!(samples, 11 + ErrorCode::ALL.len());
+        assert_eq!(helps, 13);
+        assert_eq!(samples, 12 + ErrorCode::ALL.len());
     }
 }

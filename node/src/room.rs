@@ -10,13 +10,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
 use shard::{NodeName, RoomId};
 
 use crate::edge::{ConnId, EdgeEvent};
 use crate::protocol::{self, ChatMessage, ErrorCode, PresenceEvent};
 
 /// A member of a room: one connection on one node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MemberKey {
     /// The edge node the connection is on.
     pub node: NodeName,
@@ -24,8 +25,8 @@ pub struct MemberKey {
     pub conn: ConnId,
 }
 
-/// A request to a room's owner.
-#[derive(Debug, Clone)]
+/// A request to a room's owner; it may travel over a peer link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum RoomCommand {
     /// Add a member (or re-sync one that is already in), replaying history after `since`.
     Join {
@@ -42,6 +43,41 @@ pub enum RoomCommand {
         text: String,
         cid: Option<String>,
     },
+    /// Remove every member on `node`: that edge left the cluster.
+    DropNode { node: NodeName },
+}
+
+impl RoomCommand {
+    /// The member the command is from, to answer it with an error when it cannot be served.
+    pub fn member(&self) -> Option<&MemberKey> {
+        match self {
+            RoomCommand::Join { member, .. }
+            | RoomCommand::Leave { member, .. }
+            | RoomCommand::Post { member, .. } => Some(member),
+            RoomCommand::DropNode { .. } => None,
+        }
+    }
+
+    /// The client's correlation id, echoed in an error.
+    pub fn cid(&self) -> Option<&str> {
+        match self {
+            RoomCommand::Post { cid, .. } => cid.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A room's whole state, as its old owner hands it to the new one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomSnapshot {
+    /// The room.
+    pub room: RoomId,
+    /// Its last seq.
+    pub seq: u64,
+    /// Its history as `(seq, msg frame)`, oldest first.
+    pub history: Vec<(u64, String)>,
+    /// Its members, so they keep receiving without re-joining.
+    pub members: Vec<(MemberKey, Arc<str>)>,
 }
 
 /// One event for one edge node.
@@ -73,6 +109,42 @@ impl Room {
             members: BTreeMap::new(),
             users: HashMap::new(),
             nodes: BTreeMap::new(),
+        }
+    }
+
+    /// A room restored from its previous owner's snapshot.
+    pub fn from_snapshot(snapshot: RoomSnapshot, history_limit: usize) -> Room {
+        let mut room = Room::new(snapshot.room, snapshot.seq, history_limit);
+        let skip = snapshot.history.len().saturating_sub(history_limit);
+        room.history = snapshot
+            .history
+            .into_iter()
+            .skip(skip)
+            .map(|(seq, frame)| (seq, Utf8Bytes::from(frame)))
+            .collect();
+        for (member, user) in snapshot.members {
+            *room.nodes.entry(member.node.clone()).or_default() += 1;
+            *room.users.entry(user.clone()).or_default() += 1;
+            room.members.insert(member, user);
+        }
+        room
+    }
+
+    /// The room's whole state, for a hand-off.
+    pub fn snapshot(&self) -> RoomSnapshot {
+        RoomSnapshot {
+            room: self.id.clone(),
+            seq: self.seq,
+            history: self
+                .history
+                .iter()
+                .map(|(seq, frame)| (*seq, frame.to_string()))
+                .collect(),
+            members: self
+                .members
+                .iter()
+                .map(|(m, u)| (m.clone(), u.clone()))
+                .collect(),
         }
     }
 
@@ -115,6 +187,24 @@ impl Room {
                 text,
                 cid,
             } => self.post(member, user, text, cid, mint),
+            RoomCommand::DropNode { node } => {
+                let gone: Vec<MemberKey> = self
+                    .members
+                    .keys()
+                    .filter(|m| m.node == node)
+                    .cloned()
+                    .collect();
+                let mut out = Vec::new();
+                for member in gone {
+                    // Nothing is sent to the departed node itself: it is gone.
+                    out.extend(
+                        self.leave(member, false)
+                            .into_iter()
+                            .filter(|(n, _)| n != &node),
+                    );
+                }
+                out
+            }
         }
     }
 
@@ -402,6 +492,47 @@ mod tests {
         let out = post(&mut room, &member("a", 1), "ann", "hi");
         assert_eq!(frame_json(&out[0].1)["code"], "not_joined");
         assert_eq!(room.seq(), 0);
+    }
+
+    #[test]
+    fn a_room_restored_from_its_snapshot_keeps_seq_history_and_members() {
+        let mut room = new_room();
+        let (a, b) = (member("a", 1), member("b", 2));
+        join(&mut room, &a, "ann", None);
+        join(&mut room, &b, "bob", None);
+        for i in 0..5 {
+            post(&mut room, &a, "ann", &format!("t{i}"));
+        }
+        let snapshot = room.snapshot();
+        let wire = serde_json::to_string(&snapshot).expect("snapshot serializes");
+        let back: RoomSnapshot = serde_json::from_str(&wire).expect("snapshot parses");
+        let mut restored = Room::from_snapshot(back, 3);
+        assert_eq!(restored.seq(), 5);
+        assert_eq!(restored.member_count(), 2);
+        let out = post(&mut restored, &b, "bob", "after");
+        assert_eq!(
+            out.len(),
+            2,
+            "still fans out to both nodes without re-joining"
+        );
+        assert_eq!(frame_json(&out[0].1)["seq"].as_u64(), Some(6));
+        let joined = join(&mut restored, &member("c", 3), "cy", Some(0));
+        let joined = joined
+            .iter()
+            .find(|(_, e)| matches!(e, EdgeEvent::Joined { .. }));
+        let value = frame_json(&joined.expect("joined").1);
+        assert_eq!(value["history"].as_array().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn dropping_a_node_removes_its_members_and_tells_the_others() {
+        let mut room = new_room();
+        join(&mut room, &member("a", 1), "ann", None);
+        join(&mut room, &member("gone", 2), "bob", None);
+        let out = room.apply(RoomCommand::DropNode { node: node("gone") }, &mut || (0, 0));
+        assert_eq!(room.member_count(), 1);
+        assert!(out.iter().all(|(n, _)| n.as_str() == "a"));
+        assert_eq!(frame_json(&out[0].1)["event"], "leave");
     }
 
     #[test]

@@ -5,25 +5,44 @@
 //! same lock when no permit is outstanding and its queue is empty, so a command can never be
 //! accepted by an actor that is about to disappear. A passivated room releases its members and
 //! history but keeps its last `seq` (a few bytes), so its sequence never goes backwards.
+//!
+//! Hand-off, old owner's side: [`Rooms::freeze`] closes a shard to new commands under the same
+//! lock, then asks every room of the shard for its snapshot through the room's own queue, so
+//! everything queued before the freeze is applied first. After that the actor forwards
+//! whatever still reaches it to the new owner. New owner's side: [`Rooms::install`] starts the
+//! rooms from their snapshots.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use shard::{NodeName, RoomId};
-use tokio::sync::mpsc;
+use shard::{NodeName, RoomId, ShardId};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::edge::EdgeEvent;
 use crate::metrics::Metrics;
-use crate::room::{Room, RoomCommand};
+use crate::room::{Room, RoomCommand, RoomSnapshot};
 use crate::snowflake::{Snowflake, unix_ms};
 
-/// Where a room actor sends the events for each edge node.
+/// Where a room actor sends what it produces: events for edge nodes, and commands that reached
+/// it after its shard moved away.
 pub trait Fanout: Send + Sync + std::fmt::Debug + 'static {
     /// Deliver one event to `node`'s edge, without waiting.
     fn deliver(&self, node: &NodeName, event: EdgeEvent);
+
+    /// Send a command on to the room's current owner (the room moved away from this node).
+    fn forward(&self, room: RoomId, command: RoomCommand);
+}
+
+/// What a room actor's queue carries.
+#[derive(Debug)]
+enum ActorMsg {
+    /// A request from a member.
+    Command(RoomCommand),
+    /// Snapshot the room for a hand-off, then forward everything after.
+    HandOff(oneshot::Sender<RoomSnapshot>),
 }
 
 /// Room actor settings.
@@ -48,20 +67,31 @@ pub enum RouteError {
     /// The room cannot be reached right now (its owner is elsewhere and unreachable).
     #[error("room is unavailable, retry later")]
     Unavailable,
+    /// The room's shard is being handed away from this node: send it to the new owner.
+    #[error("room moved to another node")]
+    Moved,
 }
 
 #[derive(Debug)]
 struct Slot {
     /// The actor's queue; `None` while the room is passivated.
-    tx: Option<mpsc::Sender<RoomCommand>>,
+    tx: Option<mpsc::Sender<ActorMsg>>,
     /// The room's last seq, kept across passivation.
     seq: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    slots: HashMap<RoomId, Slot>,
+    /// Shards being handed away: no new command gets into their rooms.
+    frozen: HashSet<ShardId>,
 }
 
 /// All rooms this node owns.
 #[derive(Debug)]
 pub struct Rooms {
-    slots: Mutex<HashMap<RoomId, Slot>>,
+    registry: Mutex<Registry>,
+    shards: u32,
     settings: RoomSettings,
     fanout: Arc<dyn Fanout>,
     ids: Arc<Snowflake>,
@@ -69,16 +99,20 @@ pub struct Rooms {
     tracker: TaskTracker,
 }
 
+type Reservation = Result<mpsc::OwnedPermit<ActorMsg>, mpsc::Sender<ActorMsg>>;
+
 impl Rooms {
-    /// An empty registry.
+    /// An empty registry for a cluster of `shards` shards.
     pub fn new(
         settings: RoomSettings,
+        shards: u32,
         fanout: Arc<dyn Fanout>,
         ids: Arc<Snowflake>,
         metrics: Arc<Metrics>,
     ) -> Arc<Rooms> {
         Arc::new(Rooms {
-            slots: Mutex::default(),
+            registry: Mutex::default(),
+            shards,
             settings,
             fanout,
             ids,
@@ -87,49 +121,37 @@ impl Rooms {
         })
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<RoomId, Slot>> {
-        self.slots
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queue a command for `room`, starting its actor if it is not running.
+    fn shard(&self, room: &RoomId) -> ShardId {
+        shard::shard_of(room, self.shards)
+    }
+
+    /// Queue a command for `room`, starting its actor if it is not running; wait for room in a
+    /// full queue at most the send timeout.
     ///
     /// # Errors
-    /// [`RouteError::Overloaded`] when the room's queue stays full for the send timeout.
+    /// [`RouteError::Overloaded`] when the queue stays full, [`RouteError::Moved`] when the
+    /// room's shard is being handed away.
     pub async fn send(
         self: &Arc<Self>,
         room: &RoomId,
         command: RoomCommand,
     ) -> Result<(), RouteError> {
-        let tx = {
-            let mut slots = self.slots();
-            let slot = slots.entry(room.clone()).or_insert_with(|| Slot {
-                tx: None,
-                seq: Arc::new(AtomicU64::new(0)),
-            });
-            let tx = match &slot.tx {
-                Some(tx) if !tx.is_closed() => tx.clone(),
-                _ => {
-                    let tx = self.spawn_actor(room.clone(), slot.seq.clone());
-                    slot.tx = Some(tx.clone());
-                    tx
-                }
-            };
-            match tx.try_reserve_owned() {
-                Ok(permit) => {
-                    drop(slots);
-                    permit.send(command);
-                    return Ok(());
-                }
-                // Holding a clone of the sender keeps the actor from passivating meanwhile.
-                Err(mpsc::error::TrySendError::Full(tx)) => tx,
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(RouteError::Unavailable),
+        let tx = match self.reserve(room)? {
+            Ok(permit) => {
+                permit.send(ActorMsg::Command(command));
+                return Ok(());
             }
+            Err(tx) => tx,
         };
         match tokio::time::timeout(self.settings.send_timeout, tx.reserve_owned()).await {
             Ok(Ok(permit)) => {
-                permit.send(command);
+                permit.send(ActorMsg::Command(command));
                 Ok(())
             }
             Ok(Err(_)) => Err(RouteError::Unavailable),
@@ -137,39 +159,167 @@ impl Rooms {
         }
     }
 
+    /// Queue a command without waiting (peer links must never stall on one room).
+    ///
+    /// # Errors
+    /// As [`Rooms::send`], with `Overloaded` as soon as the queue is full.
+    pub fn try_send(
+        self: &Arc<Self>,
+        room: &RoomId,
+        command: RoomCommand,
+    ) -> Result<(), RouteError> {
+        match self.reserve(room)? {
+            Ok(permit) => {
+                permit.send(ActorMsg::Command(command));
+                Ok(())
+            }
+            Err(_) => Err(RouteError::Overloaded),
+        }
+    }
+
+    /// Under the registry lock: a permit for `room`'s queue, or its sender when it is full.
+    fn reserve(self: &Arc<Self>, room: &RoomId) -> Result<Reservation, RouteError> {
+        let shard = self.shard(room);
+        let mut registry = self.registry();
+        if registry.frozen.contains(&shard) {
+            return Err(RouteError::Moved);
+        }
+        let slot = registry.slots.entry(room.clone()).or_insert_with(|| Slot {
+            tx: None,
+            seq: Arc::new(AtomicU64::new(0)),
+        });
+        let tx = match &slot.tx {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            _ => {
+                let state = Room::new(
+                    room.clone(),
+                    slot.seq.load(Ordering::Acquire),
+                    self.settings.history_limit,
+                );
+                let tx = self.spawn_actor(state, slot.seq.clone());
+                slot.tx = Some(tx.clone());
+                tx
+            }
+        };
+        match tx.try_reserve_owned() {
+            Ok(permit) => Ok(Ok(permit)),
+            // Holding a clone of the sender keeps the actor from passivating meanwhile.
+            Err(mpsc::error::TrySendError::Full(tx)) => Ok(Err(tx)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(RouteError::Unavailable),
+        }
+    }
+
+    /// Close `shard` to new commands and collect the snapshots of its rooms (running ones
+    /// through their queues, passivated ones from their kept seq). The running actors stay,
+    /// only to forward late commands to the new owner.
+    pub async fn freeze(self: &Arc<Self>, shard: ShardId) -> Vec<RoomSnapshot> {
+        let (running, mut snapshots) = {
+            let mut registry = self.registry();
+            registry.frozen.insert(shard);
+            let mut running = Vec::new();
+            let mut passive = Vec::new();
+            let shards = self.shards;
+            registry.slots.retain(|room, slot| {
+                if shard::shard_of(room, shards) != shard {
+                    return true;
+                }
+                match &slot.tx {
+                    Some(tx) => {
+                        running.push(tx.clone());
+                        true
+                    }
+                    None => {
+                        passive.push(RoomSnapshot {
+                            room: room.clone(),
+                            seq: slot.seq.load(Ordering::Acquire),
+                            history: Vec::new(),
+                            members: Vec::new(),
+                        });
+                        false
+                    }
+                }
+            });
+            (running, passive)
+        };
+        for tx in running {
+            let (reply, snapshot) = oneshot::channel();
+            if tx.send(ActorMsg::HandOff(reply)).await.is_ok() {
+                if let Ok(snapshot) = snapshot.await {
+                    snapshots.push(snapshot);
+                }
+            }
+        }
+        snapshots
+    }
+
+    /// Whether `shard` is closed here because it was handed away.
+    pub fn is_frozen(&self, shard: ShardId) -> bool {
+        self.registry().frozen.contains(&shard)
+    }
+
+    /// Open `shard` on this node (it owns it now), starting rooms from `snapshots`.
+    pub fn install(self: &Arc<Self>, shard: ShardId, snapshots: Vec<RoomSnapshot>) {
+        let mut registry = self.registry();
+        registry.frozen.remove(&shard);
+        for snapshot in snapshots {
+            let seq = Arc::new(AtomicU64::new(snapshot.seq));
+            let room = snapshot.room.clone();
+            let tx = if snapshot.members.is_empty() && snapshot.history.is_empty() {
+                None // nothing worth memory: keep only the seq, as for a passivated room
+            } else {
+                let state = Room::from_snapshot(snapshot, self.settings.history_limit);
+                Some(self.spawn_actor(state, seq.clone()))
+            };
+            registry.slots.insert(room, Slot { tx, seq });
+        }
+    }
+
+    /// Tell every running room the same thing (a departed edge node's members must go).
+    pub fn tell_all(&self, command: &RoomCommand) {
+        let senders: Vec<_> = self
+            .registry()
+            .slots
+            .values()
+            .filter_map(|slot| slot.tx.clone())
+            .collect();
+        for tx in senders {
+            if tx.try_send(ActorMsg::Command(command.clone())).is_err() {
+                tracing::warn!("a room's queue is full; it misses a membership update");
+            }
+        }
+    }
+
     /// Number of room actors running.
     pub fn active(&self) -> usize {
-        self.slots().values().filter(|s| s.tx.is_some()).count()
+        self.registry()
+            .slots
+            .values()
+            .filter(|s| s.tx.is_some())
+            .count()
     }
 
     /// The last seq of `room` as the registry knows it (0 for a room never seen).
     pub fn last_seq(&self, room: &RoomId) -> u64 {
-        self.slots()
+        self.registry()
+            .slots
             .get(room)
             .map_or(0, |slot| slot.seq.load(Ordering::Acquire))
     }
 
     /// Stop every actor and wait for them (node shutdown).
     pub async fn close(&self) {
-        for slot in self.slots().values_mut() {
+        for slot in self.registry().slots.values_mut() {
             slot.tx = None;
         }
         self.tracker.close();
         self.tracker.wait().await;
     }
 
-    fn spawn_actor(
-        self: &Arc<Self>,
-        room: RoomId,
-        seq: Arc<AtomicU64>,
-    ) -> mpsc::Sender<RoomCommand> {
+    fn spawn_actor(self: &Arc<Self>, room: Room, seq: Arc<AtomicU64>) -> mpsc::Sender<ActorMsg> {
         let (tx, rx) = mpsc::channel(self.settings.queue.max(1));
         let actor = RoomActor {
-            room: Room::new(
-                room,
-                seq.load(Ordering::Acquire),
-                self.settings.history_limit,
-            ),
+            room,
+            forwarding: false,
             seq,
             rx,
             weak: tx.downgrade(),
@@ -184,16 +334,27 @@ impl Rooms {
     fn try_passivate(
         &self,
         room: &RoomId,
-        weak: &mpsc::WeakSender<RoomCommand>,
+        weak: &mpsc::WeakSender<ActorMsg>,
         queued: bool,
     ) -> bool {
-        let mut slots = self.slots();
-        // One strong sender (the registry's) means no command holds a permit or waits for one.
-        if queued || weak.strong_count() > 1 {
+        let mut registry = self.registry();
+        let registered = registry
+            .slots
+            .get(room)
+            .and_then(|slot| slot.tx.as_ref())
+            .is_some_and(|tx| weak.upgrade().is_some_and(|mine| mine.same_channel(tx)));
+        // Strong senders besides the registry's own mean a permit is held or awaited.
+        let others = weak.strong_count().saturating_sub(usize::from(registered));
+        if queued || others > 0 {
             return false;
         }
-        if let Some(slot) = slots.get_mut(room) {
-            slot.tx = None;
+        if registered {
+            if registry.frozen.contains(&self.shard(room)) {
+                // Its state went to the new owner with the hand-off: nothing to keep here.
+                registry.slots.remove(room);
+            } else if let Some(slot) = registry.slots.get_mut(room) {
+                slot.tx = None;
+            }
         }
         true
     }
@@ -201,9 +362,11 @@ impl Rooms {
 
 struct RoomActor {
     room: Room,
+    /// Set by a hand-off: the state went to the new owner, late commands follow it there.
+    forwarding: bool,
     seq: Arc<AtomicU64>,
-    rx: mpsc::Receiver<RoomCommand>,
-    weak: mpsc::WeakSender<RoomCommand>,
+    rx: mpsc::Receiver<ActorMsg>,
+    weak: mpsc::WeakSender<ActorMsg>,
     rooms: Arc<Rooms>,
 }
 
@@ -211,16 +374,33 @@ impl RoomActor {
     async fn run(mut self) {
         let rooms = self.rooms.clone();
         loop {
-            let idle = tokio::time::sleep(rooms.settings.passivate_after);
+            // A forwarding actor only lingers for commands already on their way to it.
+            let idle_after = if self.forwarding {
+                Duration::from_millis(200).min(rooms.settings.passivate_after)
+            } else {
+                rooms.settings.passivate_after
+            };
+            let idle = tokio::time::sleep(idle_after);
             tokio::select! {
-                command = self.rx.recv() => match command {
-                    Some(command) => self.handle(command),
+                message = self.rx.recv() => match message {
+                    Some(ActorMsg::Command(command)) if self.forwarding => {
+                        rooms.fanout.forward(self.room.id().clone(), command);
+                    }
+                    Some(ActorMsg::Command(command)) => self.handle(command),
+                    Some(ActorMsg::HandOff(reply)) => {
+                        if !self.forwarding {
+                            let _ = reply.send(self.room.snapshot());
+                            self.forwarding = true;
+                        }
+                    }
                     None => break,
                 },
-                () = idle, if self.room.is_empty() => {
+                () = idle, if self.forwarding || self.room.is_empty() => {
                     if rooms.try_passivate(self.room.id(), &self.weak, !self.rx.is_empty()) {
-                        rooms.metrics.rooms_passivated.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(room = %self.room.id(), seq = self.room.seq(), "room passivated");
+                        if !self.forwarding {
+                            rooms.metrics.rooms_passivated.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::debug!(room = %self.room.id(), seq = self.room.seq(), "room actor stopped");
                         break;
                     }
                 }
@@ -262,6 +442,8 @@ mod tests {
         fn deliver(&self, _node: &NodeName, event: EdgeEvent) {
             self.0.lock().expect("lock").push(event);
         }
+
+        fn forward(&self, _room: RoomId, _command: RoomCommand) {}
     }
 
     fn settings(passivate_after: Duration) -> RoomSettings {
@@ -286,6 +468,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let rooms = Rooms::new(
             settings(Duration::from_secs(60)),
+            256,
             recorder.clone(),
             Arc::new(Snowflake::new(1)),
             metrics.clone(),
@@ -373,6 +556,7 @@ mod tests {
     async fn a_room_with_members_is_never_passivated() {
         let rooms = Rooms::new(
             settings(Duration::from_secs(1)),
+            256,
             Arc::new(Recorder::default()),
             Arc::new(Snowflake::new(1)),
             Arc::default(),
@@ -409,6 +593,8 @@ mod tests {
                 .expect("lock")
                 .recv_timeout(Duration::from_secs(10));
         }
+
+        fn forward(&self, _room: RoomId, _command: RoomCommand) {}
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,7 +607,7 @@ mod tests {
         });
         let mut s = settings(Duration::from_secs(60));
         s.queue = 1;
-        let rooms = Rooms::new(s, gate, Arc::new(Snowflake::new(1)), Arc::default());
+        let rooms = Rooms::new(s, 256, gate, Arc::new(Snowflake::new(1)), Arc::default());
         let room = RoomId::new("r").expect("valid");
         let join = RoomCommand::Join {
             member: member(),

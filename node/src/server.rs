@@ -16,14 +16,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::IdentityParams;
 use crate::connection::{self, truncate_reason};
 use crate::edge::CLOSE_POLICY;
-use crate::state::NodeState;
+use crate::state::{NodeState, NodeStatus};
+use crate::table_source::{self, TableSource};
 
 /// The chat page: a complete client for protocol v1, served at `/`.
 const CHAT_PAGE: &str = include_str!("../static/index.html");
@@ -34,14 +34,18 @@ struct AppState {
     connections: TaskTracker,
 }
 
-/// Serve `node` on `listener` until `shutdown` resolves, then tell every client to reconnect,
-/// close the connections and wait (at most `grace`) for them to finish.
+/// Serve `node` on `listener` (clients) and, in a cluster, `peer_listener` (peer links and
+/// the controller's `/status`), following `source` for assignment tables, until `shutdown`
+/// resolves; then tell every client to reconnect, close the connections and wait (at most
+/// `grace`) for them to finish.
 ///
 /// # Errors
-/// An I/O error from the listener.
+/// An I/O error from a listener.
 pub async fn run(
     listener: TcpListener,
+    peer_listener: Option<TcpListener>,
     node: Arc<NodeState>,
+    source: Option<Arc<dyn TableSource>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
@@ -50,16 +54,31 @@ pub async fn run(
         node: node.clone(),
         connections: connections.clone(),
     };
-    let app = router(state);
     let stop = node.shutdown.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: telling clients to reconnect");
         stop.cancel();
     };
+    let follower = source.map(|source| {
+        tokio::spawn(table_source::follow(
+            source,
+            node.clone(),
+            node.shutdown.clone(),
+        ))
+    });
+    let peer_server = peer_listener.map(|peer_listener| {
+        let app = peer_router(state.clone());
+        let stop = node.shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(peer_listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    });
     let served = axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(signal)
     .await;
@@ -70,8 +89,34 @@ pub async fn run(
     {
         tracing::warn!("connections still open after the shutdown grace period");
     }
+    if let Some(peers) = &node.peers {
+        peers.close();
+    }
+    if let Some(follower) = follower {
+        follower.abort();
+    }
+    if let Some(peer_server) = peer_server {
+        peer_server.abort();
+    }
     node.rooms.close().await;
     served
+}
+
+fn peer_router(state: AppState) -> Router {
+    Router::new()
+        .route("/peer", get(peer_link))
+        .route("/status", get(status))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn peer_link(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let Some(peers) = state.node.peers.clone() else {
+        return (StatusCode::NOT_FOUND, "this node is not in a cluster").into_response();
+    };
+    upgrade
+        .max_message_size(64 << 20)
+        .on_upgrade(move |socket| peers.accept(socket))
 }
 
 fn router(state: AppState) -> Router {
@@ -111,41 +156,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// What `/status` reports: what the controller reads to follow a drain.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
-    /// This node's name.
-    pub node: String,
-    /// Epoch of the assignment table applied.
-    pub epoch: u64,
-    /// Shards this node owns in that table.
-    pub shards_owned: usize,
-    /// Hand-offs in progress on this node.
-    pub moves_in_flight: usize,
-    /// Room actors running.
-    pub rooms: usize,
-    /// Client connections open.
-    pub connections: i64,
-    /// Peer links up.
-    pub peers_connected: usize,
-    /// Whether the node takes new clients.
-    pub ready: bool,
-}
-
 async fn status(State(state): State<AppState>) -> axum::Json<NodeStatus> {
-    let node = &state.node;
-    let table = node.table();
-    axum::Json(NodeStatus {
-        node: node.settings.name.to_string(),
-        epoch: table.epoch,
-        shards_owned: table.shards_of(&node.settings.name).len(),
-        moves_in_flight: 0,
-        rooms: node.rooms.active(),
-        connections: node.metrics.connections.load(Ordering::Relaxed),
-        peers_connected: 0,
-        ready: !node.shutdown.is_cancelled(),
-    })
+    axum::Json(state.node.status())
 }
 
 async fn websocket(

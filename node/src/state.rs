@@ -1,23 +1,35 @@
-//! What one node knows and shares between its connections: its name, the assignment table,
-//! its edge hub, the rooms it owns, its limits and counters.
+//! What one node knows and shares between its connections, and how it acts as a member of a
+//! cluster: routing room operations to owners, applying assignment tables, and the two sides
+//! of a hand-off.
 //!
-//! Routing lives here: a room operation goes to the room's owner as the current table names
-//! it. A node alone owns every shard; peers and hand-off plug in behind [`NodeState::route`].
+//! Routing: an edge sends a room operation to the owner its table names. An owner that is
+//! receiving the room's shard buffers it until the snapshot arrives; one that handed the shard
+//! away forwards it to the new owner. A forward counts hops, so two nodes whose tables
+//! disagree for a moment cannot bounce a command forever: past [`MAX_HOPS`] the sender gets
+//! `room_unavailable`. Every path ends in a delivery or an error frame to the sender.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
-use shard::{AssignmentTable, Membership, NodeInfo, NodeName, PlanOptions, RoomId};
+use serde::Serialize;
+use shard::{AssignmentTable, Membership, Move, NodeInfo, NodeName, PlanOptions, RoomId, ShardId};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::edge::{ConnId, EdgeEvent, EdgeHub};
 use crate::metrics::Metrics;
-use crate::room::RoomCommand;
+use crate::peer::wire::PeerMsg;
+use crate::peer::{PeerHandler, Peers};
+use crate::protocol::{self, ErrorCode};
+use crate::room::{MemberKey, RoomCommand, RoomSnapshot};
 use crate::rooms::{Fanout, RoomSettings, Rooms, RouteError};
 use crate::snowflake::Snowflake;
+
+/// Forwards a command may take before it is answered with `room_unavailable`.
+pub const MAX_HOPS: u8 = 4;
 
 /// Per-connection limits.
 #[derive(Debug, Clone)]
@@ -38,6 +50,16 @@ pub struct ConnectionLimits {
     pub close_timeout: Duration,
 }
 
+/// Hand-off settings.
+#[derive(Debug, Clone)]
+pub struct HandoffSettings {
+    /// How long a new owner buffers a shard's commands waiting for the snapshot before the
+    /// waiting senders are answered `room_unavailable`.
+    pub timeout: Duration,
+    /// Commands buffered per incoming shard; past it, `room_unavailable`.
+    pub buffer: usize,
+}
+
 /// Everything a node needs to run, already validated.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
@@ -53,10 +75,54 @@ pub struct NodeSettings {
     pub rooms: RoomSettings,
     /// Connection limits.
     pub limits: ConnectionLimits,
+    /// Hand-off settings.
+    pub handoff: HandoffSettings,
+}
+
+/// A shard this node is receiving: commands wait here for the snapshot.
+#[derive(Debug)]
+struct Incoming {
+    from: NodeName,
+    buffer: VecDeque<(RoomId, RoomCommand)>,
+    deadline: Instant,
+    /// The snapshot is late: senders are answered at once instead of waiting.
+    overdue: bool,
+}
+
+#[derive(Debug, Default)]
+struct Handoffs {
+    incoming: HashMap<ShardId, Incoming>,
+    /// Shards handed away whose snapshot the new owner has not confirmed yet.
+    outgoing: HashMap<ShardId, NodeName>,
+    /// Moves of the current table this node finished as the source, until the table drops them.
+    done: Vec<Move>,
+}
+
+/// What `/status` reports: what the controller reads to follow a drain.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// This node's name.
+    pub node: String,
+    /// Epoch of the assignment table applied.
+    pub epoch: u64,
+    /// Shards this node owns in that table.
+    pub shards_owned: usize,
+    /// Hand-offs in progress on this node, as source or target.
+    pub moves_in_flight: usize,
+    /// Moves of the current table this node completed as the source.
+    pub moves_done: Vec<Move>,
+    /// Room actors running.
+    pub rooms: usize,
+    /// Client connections open.
+    pub connections: i64,
+    /// Peer links up.
+    pub peers_connected: usize,
+    /// Whether the node takes new clients.
+    pub ready: bool,
 }
 
 /// The shared state of a running node.
-#[derive(Debug)]
 pub struct NodeState {
     /// Validated settings.
     pub settings: NodeSettings,
@@ -70,52 +136,123 @@ pub struct NodeState {
     pub auth: Authenticator,
     /// Cancelled when the node starts shutting down: connections say `reconnect` and close.
     pub shutdown: CancellationToken,
+    /// Links to the other nodes (`None` for a node alone).
+    pub peers: Option<Arc<Peers>>,
+    /// Owned here, lent weakly to the peer layer (which must not keep the node alive).
+    peer_handler: Option<Arc<dyn PeerHandler>>,
     table: RwLock<Arc<AssignmentTable>>,
+    handoffs: Mutex<Handoffs>,
+    /// Tables are applied one at a time, in order.
+    applying: tokio::sync::Mutex<()>,
     next_conn: AtomicU64,
 }
 
-/// Delivers room events to edges; a node alone is its own only edge.
-#[derive(Debug)]
-struct LocalFanout {
-    me: NodeName,
-    hub: Arc<EdgeHub>,
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("name", &self.settings.name)
+            .field("epoch", &self.table().epoch)
+            .finish()
+    }
 }
 
-impl Fanout for LocalFanout {
+/// The room actors' way out: events to edges, late commands to new owners.
+#[derive(Debug)]
+struct Outlet {
+    node: Weak<NodeState>,
+}
+
+impl Fanout for Outlet {
     fn deliver(&self, node: &NodeName, event: EdgeEvent) {
-        if node == &self.me {
-            self.hub.deliver(event);
-        } else {
-            tracing::warn!(%node, "event for an edge node this node has no link to");
+        if let Some(state) = self.node.upgrade() {
+            state.deliver(node, event);
+        }
+    }
+
+    fn forward(&self, room: RoomId, command: RoomCommand) {
+        if let Some(state) = self.node.upgrade() {
+            state.forward(room, command, 0);
         }
     }
 }
 
+struct Handler(Weak<NodeState>);
+
+impl PeerHandler for Handler {
+    fn on_message(&self, from: &NodeName, msg: PeerMsg) {
+        if let Some(state) = self.0.upgrade() {
+            state.on_peer_message(from, msg);
+        }
+    }
+
+    fn on_bounce(&self, to: &NodeName, msg: &PeerMsg) {
+        if let Some(state) = self.0.upgrade() {
+            state.on_bounce(to, msg);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl NodeState {
-    /// A node that owns every shard itself.
+    /// A node alone: it owns every shard itself.
     pub fn new(settings: NodeSettings, auth: Authenticator) -> Arc<NodeState> {
-        let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(EdgeHub::new(metrics.clone()));
-        let fanout = Arc::new(LocalFanout {
-            me: settings.name.clone(),
-            hub: hub.clone(),
-        });
-        let rooms = Rooms::new(
-            settings.rooms.clone(),
-            fanout,
-            Arc::new(Snowflake::new(settings.node_id)),
-            metrics.clone(),
-        );
         let table = solo_table(&settings);
-        Arc::new(NodeState {
-            settings,
-            metrics,
-            hub,
-            rooms,
-            auth,
-            shutdown: CancellationToken::new(),
-            table: RwLock::new(Arc::new(table)),
-            next_conn: AtomicU64::new(1),
+        Self::build(settings, auth, None, table)
+    }
+
+    /// A cluster member: it owns nothing until the first assignment table arrives.
+    pub fn clustered(
+        settings: NodeSettings,
+        auth: Authenticator,
+        peers: Arc<Peers>,
+    ) -> Arc<NodeState> {
+        let table = AssignmentTable::empty(settings.shards);
+        let state = Self::build(settings, auth, Some(peers.clone()), table);
+        if let Some(handler) = &state.peer_handler {
+            peers.set_handler(Arc::downgrade(handler));
+        }
+        tokio::spawn(watch_handoff_deadlines(Arc::downgrade(&state)));
+        state
+    }
+
+    fn build(
+        settings: NodeSettings,
+        auth: Authenticator,
+        peers: Option<Arc<Peers>>,
+        table: AssignmentTable,
+    ) -> Arc<NodeState> {
+        Arc::new_cyclic(|weak| {
+            let metrics = Arc::new(Metrics::default());
+            let hub = Arc::new(EdgeHub::new(metrics.clone()));
+            let rooms = Rooms::new(
+                settings.rooms.clone(),
+                settings.shards,
+                Arc::new(Outlet { node: weak.clone() }),
+                Arc::new(Snowflake::new(settings.node_id)),
+                metrics.clone(),
+            );
+            let peer_handler: Option<Arc<dyn PeerHandler>> = peers
+                .is_some()
+                .then(|| Arc::new(Handler(weak.clone())) as Arc<dyn PeerHandler>);
+            NodeState {
+                settings,
+                peer_handler,
+                metrics,
+                hub,
+                rooms,
+                auth,
+                shutdown: CancellationToken::new(),
+                peers,
+                table: RwLock::new(Arc::new(table)),
+                handoffs: Mutex::default(),
+                applying: tokio::sync::Mutex::new(()),
+                next_conn: AtomicU64::new(1),
+            }
         })
     }
 
@@ -132,16 +269,391 @@ impl NodeState {
             .clone()
     }
 
-    /// Send a room operation to the room's owner.
+    fn me(&self) -> &NodeName {
+        &self.settings.name
+    }
+
+    /// Send a room operation from a local client to the room's owner.
     ///
     /// # Errors
-    /// [`RouteError`] when the owner's queue is full or the owner cannot be reached.
+    /// [`RouteError`] when the owner cannot take it; the caller answers the client.
     pub async fn route(&self, room: &RoomId, command: RoomCommand) -> Result<(), RouteError> {
         let table = self.table();
         match table.owner_of_room(room) {
-            Some(owner) if owner == &self.settings.name => self.rooms.send(room, command).await,
-            _ => Err(RouteError::Unavailable),
+            None => Err(RouteError::Unavailable),
+            Some(owner) if owner == self.me() => {
+                if let Some(command) = self.buffer_if_incoming(room, command)? {
+                    match self.rooms.send(room, command.clone()).await {
+                        Err(RouteError::Moved) => {
+                            self.forward(room.clone(), command, 0);
+                            Ok(())
+                        }
+                        other => other,
+                    }
+                } else {
+                    Ok(())
+                }
+            }
+            Some(owner) => self.send_command(owner, room.clone(), command, 0),
         }
+    }
+
+    /// A command as its owner receives it from a peer; errors are answered to the member.
+    fn accept_as_owner(&self, room: RoomId, command: RoomCommand, hops: u8) {
+        let table = self.table();
+        if table.owner_of_room(&room) != Some(self.me()) {
+            return self.forward(room, command, hops);
+        }
+        let command = match self.buffer_if_incoming(&room, command) {
+            Ok(Some(command)) => command,
+            Ok(None) => return,
+            Err(e) => return self.answer_error(None, e, &room),
+        };
+        let answer = command.clone();
+        match self.rooms.try_send(&room, command) {
+            Ok(()) => {}
+            Err(RouteError::Moved) => self.forward(room, answer, hops),
+            Err(e) => self.answer_error(Some(&answer), e, &room),
+        }
+    }
+
+    /// Buffer `command` when its shard is on its way to this node.
+    fn buffer_if_incoming(
+        &self,
+        room: &RoomId,
+        command: RoomCommand,
+    ) -> Result<Option<RoomCommand>, RouteError> {
+        let shard = shard::shard_of(room, self.settings.shards);
+        let mut handoffs = lock(&self.handoffs);
+        let Some(incoming) = handoffs.incoming.get_mut(&shard) else {
+            return Ok(Some(command));
+        };
+        if incoming.overdue || incoming.buffer.len() >= self.settings.handoff.buffer {
+            drop(handoffs);
+            self.answer_error(Some(&command), RouteError::Unavailable, room);
+            return Ok(None);
+        }
+        incoming.buffer.push_back((room.clone(), command));
+        Ok(None)
+    }
+
+    /// Send `command` on to the owner the current table names.
+    fn forward(&self, room: RoomId, command: RoomCommand, hops: u8) {
+        let table = self.table();
+        match table.owner_of_room(&room) {
+            Some(owner) if owner != self.me() && hops < MAX_HOPS => {
+                if let Err(e) = self.send_command(owner, room.clone(), command.clone(), hops + 1) {
+                    self.answer_error(Some(&command), e, &room);
+                }
+            }
+            _ => self.answer_error(Some(&command), RouteError::Unavailable, &room),
+        }
+    }
+
+    fn send_command(
+        &self,
+        owner: &NodeName,
+        room: RoomId,
+        command: RoomCommand,
+        hops: u8,
+    ) -> Result<(), RouteError> {
+        let Some(peers) = &self.peers else {
+            return Err(RouteError::Unavailable);
+        };
+        peers
+            .send(
+                owner,
+                PeerMsg::Command {
+                    room,
+                    command,
+                    hops,
+                },
+            )
+            .map_err(|_| RouteError::Unavailable)
+    }
+
+    /// Deliver an event to `node`'s edge: here, or over the link.
+    fn deliver(&self, node: &NodeName, event: EdgeEvent) {
+        if node == self.me() {
+            self.hub.deliver(event);
+        } else if let Some(peers) = &self.peers {
+            if peers.send(node, PeerMsg::Event(event)).is_err() {
+                self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%node, "peer outbox full: an event was dropped");
+            }
+        }
+    }
+
+    /// Answer the member behind `command` with an error frame (nothing when there is none).
+    fn answer_error(&self, command: Option<&RoomCommand>, error: RouteError, room: &RoomId) {
+        let Some(command) = command else { return };
+        let Some(member) = command.member() else {
+            return;
+        };
+        let code = match error {
+            RouteError::Overloaded => ErrorCode::Overloaded,
+            RouteError::Unavailable | RouteError::Moved => ErrorCode::RoomUnavailable,
+        };
+        let frame = protocol::error_frame(code, &error.to_string(), command.cid(), Some(room));
+        self.deliver_to_member(member, frame);
+        if member.node == *self.me() {
+            self.metrics.error(code);
+        }
+    }
+
+    fn deliver_to_member(&self, member: &MemberKey, frame: String) {
+        self.deliver(
+            &member.node,
+            EdgeEvent::ToConn {
+                conn: member.conn,
+                frame: frame.into(),
+            },
+        );
+    }
+
+    fn on_peer_message(&self, from: &NodeName, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Command {
+                room,
+                command,
+                hops,
+            } => self.accept_as_owner(room, command, hops),
+            PeerMsg::Event(event) => self.hub.deliver(event),
+            PeerMsg::Snapshot {
+                shard,
+                epoch,
+                rooms,
+            } => self.on_snapshot(from, shard, epoch, rooms),
+            PeerMsg::SnapshotAck { shard, epoch } => {
+                let mut handoffs = lock(&self.handoffs);
+                if handoffs.outgoing.remove(&shard).is_some() {
+                    handoffs.done.push(Move {
+                        shard,
+                        from: self.me().clone(),
+                        to: from.clone(),
+                    });
+                    tracing::info!(%shard, to = %from, epoch, "hand-off confirmed");
+                }
+            }
+        }
+    }
+
+    fn on_snapshot(&self, from: &NodeName, shard: ShardId, epoch: u64, rooms: Vec<RoomSnapshot>) {
+        let incoming = lock(&self.handoffs).incoming.remove(&shard);
+        match incoming {
+            Some(incoming) => {
+                let count = rooms.len();
+                self.rooms.install(shard, rooms);
+                for (room, command) in incoming.buffer {
+                    self.accept_as_owner(room, command, 0);
+                }
+                tracing::info!(%shard, %from, rooms = count, "shard received");
+            }
+            None => {
+                tracing::warn!(%shard, %from, "a snapshot nobody waited for (the move was cancelled)")
+            }
+        }
+        if let Some(peers) = &self.peers {
+            let _ = peers.send(from, PeerMsg::SnapshotAck { shard, epoch });
+        }
+    }
+
+    fn on_bounce(&self, to: &NodeName, msg: &PeerMsg) {
+        match msg {
+            PeerMsg::Command { room, command, .. } => {
+                self.answer_error(Some(command), RouteError::Unavailable, room);
+            }
+            PeerMsg::Event(_) => {
+                self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            PeerMsg::Snapshot { shard, .. } => {
+                tracing::error!(%shard, %to, "a snapshot could not be delivered: the target left or restarted");
+            }
+            PeerMsg::SnapshotAck { .. } => {}
+        }
+    }
+
+    /// Apply a new assignment table: start, receive, hand off and drop shards as it says.
+    /// Returns false when the table is not newer than the one in force (it is ignored).
+    pub async fn apply_table(self: &Arc<Self>, new: AssignmentTable) -> bool {
+        let _one_at_a_time = self.applying.lock().await;
+        let old = self.table();
+        if new.epoch <= old.epoch && !(old.epoch == 0 && old.nodes.is_empty()) {
+            return false;
+        }
+        if new.shards != self.settings.shards {
+            tracing::error!(
+                table = new.shards,
+                node = self.settings.shards,
+                "table has a different shard count; ignored"
+            );
+            return false;
+        }
+        let me = self.me().clone();
+        let change = shard::transition(&old, &new, &me);
+        let abandoned = shard::abandoned_handoffs(&old, &new, &me);
+        {
+            let mut handoffs = lock(&self.handoffs);
+            let deadline = Instant::now() + self.settings.handoff.timeout;
+            for (shard, from) in &change.gained_by_handoff {
+                handoffs.incoming.insert(
+                    *shard,
+                    Incoming {
+                        from: from.clone(),
+                        buffer: VecDeque::new(),
+                        deadline,
+                        overdue: false,
+                    },
+                );
+            }
+            handoffs.done.retain(|m| new.moves.contains(m));
+            handoffs
+                .outgoing
+                .retain(|shard, to| new.move_of(*shard).is_some_and(|m| &m.to == to));
+        }
+        let new = Arc::new(new);
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        if let Some(peers) = &self.peers {
+            peers.update(&new);
+        }
+        for (shard, from) in abandoned {
+            let incoming = lock(&self.handoffs).incoming.remove(&shard);
+            if new.owner(shard) == Some(&me) {
+                tracing::warn!(%shard, %from, "hand-off abandoned (source gone): starting the shard empty");
+                self.rooms.install(shard, Vec::new());
+            }
+            for (room, command) in incoming.map(|i| i.buffer).unwrap_or_default() {
+                self.accept_as_owner(room, command, 0);
+            }
+        }
+        for shard in &change.gained_fresh {
+            self.rooms.install(*shard, Vec::new());
+        }
+        for (shard, to) in change.lost {
+            let handed = new
+                .move_of(shard)
+                .is_some_and(|m| m.from == me && m.to == to);
+            let state = self.clone();
+            let epoch = new.epoch;
+            tokio::spawn(async move {
+                let rooms = state.rooms.freeze(shard).await;
+                if !handed {
+                    return; // the new owner starts it fresh: nothing to send
+                }
+                lock(&state.handoffs).outgoing.insert(shard, to.clone());
+                if let Some(peers) = &state.peers {
+                    let count = rooms.len();
+                    if peers
+                        .send(
+                            &to,
+                            PeerMsg::Snapshot {
+                                shard,
+                                epoch,
+                                rooms,
+                            },
+                        )
+                        .is_err()
+                    {
+                        tracing::error!(%shard, %to, "peer outbox full: snapshot not sent");
+                    } else {
+                        tracing::info!(%shard, %to, rooms = count, "shard handed off");
+                    }
+                }
+            });
+        }
+        for shard in change.lost_unassigned {
+            let rooms = self.rooms.clone();
+            tokio::spawn(async move {
+                rooms.freeze(shard).await;
+            });
+        }
+        for node in old.nodes.keys().filter(|n| !new.nodes.contains_key(*n)) {
+            self.rooms
+                .tell_all(&RoomCommand::DropNode { node: node.clone() });
+        }
+        self.rejoin_orphaned_members(&old, &new).await;
+        tracing::info!(
+            epoch = new.epoch,
+            owned = new.shards_of(&me).len(),
+            "assignment table applied"
+        );
+        true
+    }
+
+    /// Rooms whose owner vanished (no hand-off) restart empty on a new owner: re-join this
+    /// edge's members there, so each is told the room's new state with a `joined`.
+    async fn rejoin_orphaned_members(&self, old: &AssignmentTable, new: &AssignmentTable) {
+        for (room, members) in self.hub.rooms_with_members() {
+            let shard = new.shard_of(&room);
+            let (before, after) = (old.owner(shard), new.owner(shard));
+            let orphaned = before != after
+                && after.is_some()
+                && new.move_of(shard).is_none()
+                && before.is_none_or(|o| !new.nodes.contains_key(o));
+            if !orphaned {
+                continue;
+            }
+            for member in members {
+                let command = RoomCommand::Join {
+                    member: MemberKey {
+                        node: self.me().clone(),
+                        conn: member.id,
+                    },
+                    user: member.user.clone(),
+                    since: None,
+                };
+                if let Err(e) = self.route(&room, command).await {
+                    tracing::warn!(%room, error = %e, "could not re-join a member to the room's new owner");
+                }
+            }
+        }
+    }
+
+    /// The `/status` report.
+    pub fn status(&self) -> NodeStatus {
+        let table = self.table();
+        let handoffs = lock(&self.handoffs);
+        NodeStatus {
+            node: self.me().to_string(),
+            epoch: table.epoch,
+            shards_owned: table.shards_of(self.me()).len(),
+            moves_in_flight: handoffs.incoming.len() + handoffs.outgoing.len(),
+            moves_done: handoffs.done.clone(),
+            rooms: self.rooms.active(),
+            connections: self.metrics.connections.load(Ordering::Relaxed),
+            peers_connected: self.peers.as_ref().map_or(0, |p| p.connected()),
+            ready: !self.shutdown.is_cancelled(),
+        }
+    }
+
+    /// Answer senders waiting on overdue hand-offs.
+    fn expire_handoffs(&self, now: Instant) {
+        let mut expired = Vec::new();
+        {
+            let mut handoffs = lock(&self.handoffs);
+            for (shard, incoming) in handoffs.incoming.iter_mut() {
+                if !incoming.overdue && now >= incoming.deadline {
+                    incoming.overdue = true;
+                    tracing::warn!(%shard, from = %incoming.from, "hand-off overdue: answering waiting senders");
+                    expired.extend(incoming.buffer.drain(..));
+                }
+            }
+        }
+        for (room, command) in expired {
+            self.answer_error(Some(&command), RouteError::Unavailable, &room);
+        }
+    }
+}
+
+async fn watch_handoff_deadlines(node: Weak<NodeState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        if node.shutdown.is_cancelled() && node.status().moves_in_flight == 0 {
+            return;
+        }
+        node.expire_handoffs(Instant::now());
     }
 }
 

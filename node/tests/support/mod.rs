@@ -48,7 +48,9 @@ impl TestNode {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(node::run(
             listener,
+            None,
             state.clone(),
+            None,
             async move {
                 let _ = stopped.await;
             },

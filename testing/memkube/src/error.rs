@@ -58,24 +58,40 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None, causes: Vec::new() }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            causes: Vec::new(),
+        }
     }
 
     /// 404: `<resource>.<group> "<name>" not found`.
     pub fn not_found(resource: &str, group: &str, name: &str) -> Self {
         let what = qualified(resource, group);
-        Self::new(404, "NotFound", format!("{what} \"{name}\" not found")).with_details(name, group, resource)
+        Self::new(404, "NotFound", format!("{what} \"{name}\" not found"))
+            .with_details(name, group, resource)
     }
 
     /// 404 for a path that names no served resource.
     pub fn no_route(path: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     /// 409 on create when the name is taken.
     pub fn already_exists(resource: &str, group: &str, name: &str) -> Self {
         let what = qualified(resource, group);
-        Self::new(409, "AlreadyExists", format!("{what} \"{name}\" already exists")).with_details(name, group, resource)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{what} \"{name}\" already exists"),
+        )
+        .with_details(name, group, resource)
     }
 
     /// 409 on update with a stale `resourceVersion`.
@@ -95,9 +111,15 @@ impl ApiError {
     pub fn apply_conflict(conflicts: &[(String, String)]) -> Self {
         let n = conflicts.len();
         let plural = if n == 1 { "conflict" } else { "conflicts" };
-        let lines: Vec<String> =
-            conflicts.iter().map(|(manager, field)| format!("- conflict with \"{manager}\": {field}")).collect();
-        let mut e = Self::new(409, "Conflict", format!("Apply failed with {n} {plural}: {}", lines.join("\n")));
+        let lines: Vec<String> = conflicts
+            .iter()
+            .map(|(manager, field)| format!("- conflict with \"{manager}\": {field}"))
+            .collect();
+        let mut e = Self::new(
+            409,
+            "Conflict",
+            format!("Apply failed with {n} {plural}: {}", lines.join("\n")),
+        );
         e.causes = conflicts
             .iter()
             .map(|(manager, field)| Cause {
@@ -140,7 +162,13 @@ impl ApiError {
 
     /// 415 for a patch content type the server does not know.
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type})"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type})"
+            ),
+        )
     }
 
     /// 500 for a bug in this server.
@@ -188,7 +216,11 @@ impl ApiError {
 }
 
 fn qualified(resource: &str, group: &str) -> String {
-    if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") }
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -19,8 +19,14 @@ use crate::error::ApiError;
 /// Merge keys for a built-in list field, by its field name.
 pub fn builtin_list_keys(field: &str) -> Option<&'static [&'static str]> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"
-        | "volumeDevices" | "hostAliases" => &["name"],
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "volumeDevices"
+        | "hostAliases" => &["name"],
         "volumeMounts" => &["mountPath"],
         "ports" => &["containerPort", "port"],
         "conditions" => &["type"],
@@ -34,7 +40,11 @@ pub fn list_keys(field: &str, schema: Option<&Value>) -> Option<Vec<String>> {
     if let Some(s) = schema {
         if s.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map") {
             let keys = s["x-kubernetes-list-map-keys"].as_array()?;
-            return Some(keys.iter().filter_map(|k| k.as_str().map(str::to_string)).collect());
+            return Some(
+                keys.iter()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect(),
+            );
         }
         if s.get("x-kubernetes-list-type").is_some() {
             return None;
@@ -46,7 +56,9 @@ pub fn list_keys(field: &str, schema: Option<&Value>) -> Option<Vec<String>> {
 /// The schema node of `field` under an object schema node.
 pub fn child_schema<'a>(schema: Option<&'a Value>, field: &str) -> Option<&'a Value> {
     let s = schema?;
-    s.get("properties").and_then(|p| p.get(field)).or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+    s.get("properties")
+        .and_then(|p| p.get(field))
+        .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
 }
 
 /// The schema node of a list's items.
@@ -57,7 +69,10 @@ pub fn items_schema(schema: Option<&Value>) -> Option<&Value> {
 /// The key of one list item: the values of those merge keys the item has, in key order.
 pub fn item_key(item: &Value, keys: &[String]) -> Option<Map<String, Value>> {
     let obj = item.as_object()?;
-    let key: Map<String, Value> = keys.iter().filter_map(|k| obj.get(k).map(|v| (k.clone(), v.clone()))).collect();
+    let key: Map<String, Value> = keys
+        .iter()
+        .filter_map(|k| obj.get(k).map(|v| (k.clone(), v.clone())))
+        .collect();
     (!key.is_empty()).then_some(key)
 }
 
@@ -74,7 +89,9 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
     json_patch::patch(target, &ops.0).map_err(|e| {
-        let mut err = ApiError::bad_request(format!("the server rejected our request due to an error in our request: {e}"));
+        let mut err = ApiError::bad_request(format!(
+            "the server rejected our request due to an error in our request: {e}"
+        ));
         err.code = 422;
         err.reason = "Invalid";
         err
@@ -105,7 +122,9 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value, schema: Option<&
         if k.starts_with('$') {
             continue;
         }
-        let Some(target_map) = target.as_object_mut() else { return };
+        let Some(target_map) = target.as_object_mut() else {
+            return;
+        };
         let child = child_schema(schema, k);
         match v {
             Value::Null => {
@@ -117,7 +136,9 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value, schema: Option<&
             }
             Value::Array(items) => match list_keys(k, child) {
                 Some(keys) => {
-                    let slot = target_map.entry(k.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                    let slot = target_map
+                        .entry(k.clone())
+                        .or_insert_with(|| Value::Array(Vec::new()));
                     merge_keyed_list(slot, items, &keys, items_schema(child));
                 }
                 None => {
@@ -131,14 +152,24 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value, schema: Option<&
     }
 }
 
-fn merge_keyed_list(target: &mut Value, items: &[Value], keys: &[String], item_schema: Option<&Value>) {
+fn merge_keyed_list(
+    target: &mut Value,
+    items: &[Value],
+    keys: &[String],
+    item_schema: Option<&Value>,
+) {
     if !target.is_array() {
         *target = Value::Array(Vec::new());
     }
-    let Some(list) = target.as_array_mut() else { return };
+    let Some(list) = target.as_array_mut() else {
+        return;
+    };
     for item in items {
         let key = item_key(item, keys);
-        let pos = key.as_ref().and_then(|k| list.iter().position(|x| item_key(x, keys).as_ref() == Some(k)));
+        let pos = key.as_ref().and_then(|k| {
+            list.iter()
+                .position(|x| item_key(x, keys).as_ref() == Some(k))
+        });
         let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
         match (pos, delete) {
             (Some(i), true) => {
@@ -154,9 +185,12 @@ fn merge_keyed_list(target: &mut Value, items: &[Value], keys: &[String], item_s
 /// A copy of `v` without `$`-prefixed directive keys, at any depth.
 fn strip_directives(v: &Value) -> Value {
     match v {
-        Value::Object(m) => {
-            Value::Object(m.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), strip_directives(v))).collect())
-        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), strip_directives(v)))
+                .collect(),
+        ),
         Value::Array(a) => Value::Array(a.iter().map(strip_directives).collect()),
         other => other.clone(),
     }
@@ -178,7 +212,10 @@ mod tests {
             "containers": [{"name": "a", "image": "a:2", "args": ["y"]}, {"name": "b", "$patch": "delete"}]
         }});
         strategic_merge_patch(&mut pod, &patch, None);
-        assert_eq!(pod, json!({"spec": {"containers": [{"name": "a", "image": "a:2", "args": ["y"]}]}}));
+        assert_eq!(
+            pod,
+            json!({"spec": {"containers": [{"name": "a", "image": "a:2", "args": ["y"]}]}})
+        );
     }
 
     #[test]
@@ -186,8 +223,15 @@ mod tests {
         let schema = json!({"properties": {"nodes": {"type": "array", "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["id"], "items": {"type": "object"}}}});
         let mut obj = json!({"nodes": [{"id": 1, "a": 1}, {"id": 2}]});
-        strategic_merge_patch(&mut obj, &json!({"nodes": [{"id": 1, "b": 2}]}), Some(&schema));
-        assert_eq!(obj, json!({"nodes": [{"id": 1, "a": 1, "b": 2}, {"id": 2}]}));
+        strategic_merge_patch(
+            &mut obj,
+            &json!({"nodes": [{"id": 1, "b": 2}]}),
+            Some(&schema),
+        );
+        assert_eq!(
+            obj,
+            json!({"nodes": [{"id": 1, "a": 1, "b": 2}, {"id": 2}]})
+        );
     }
 
     #[test]

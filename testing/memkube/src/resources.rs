@@ -18,7 +18,10 @@ pub struct GroupResource {
 impl GroupResource {
     /// A group-resource from its two parts.
     pub fn new(group: &str, resource: &str) -> Self {
-        GroupResource { group: group.to_string(), resource: resource.to_string() }
+        GroupResource {
+            group: group.to_string(),
+            resource: resource.to_string(),
+        }
     }
 
     /// Parses kubectl's notation: `pods`, `statefulsets.apps`, `chatclusters.roomshard.io`.
@@ -61,8 +64,6 @@ pub struct ResourceType {
     pub has_status: bool,
     /// The version's `openAPIV3Schema`, for custom resources only.
     pub schema: Option<Value>,
-    /// Whether this type came from a CustomResourceDefinition.
-    pub custom: bool,
     /// `additionalPrinterColumns` of a custom resource, for kubectl's table output.
     pub printer_columns: Vec<Value>,
 }
@@ -75,10 +76,22 @@ impl ResourceType {
 
     /// `v1` for core, `apps/v1` otherwise.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
-    fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool, short: &[&str], has_status: bool) -> Self {
+    fn builtin(
+        group: &str,
+        version: &str,
+        plural: &str,
+        kind: &str,
+        namespaced: bool,
+        short: &[&str],
+        has_status: bool,
+    ) -> Self {
         ResourceType {
             group: group.into(),
             version: version.into(),
@@ -89,7 +102,6 @@ impl ResourceType {
             short_names: short.iter().map(|s| s.to_string()).collect(),
             has_status,
             schema: None,
-            custom: false,
             printer_columns: Vec::new(),
         }
     }
@@ -103,25 +115,145 @@ pub fn builtins() -> Vec<ResourceType> {
         b("", "v1", "services", "Service", true, &["svc"], true),
         b("", "v1", "configmaps", "ConfigMap", true, &["cm"], false),
         b("", "v1", "secrets", "Secret", true, &[], false),
-        b("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false),
+        b(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            &["sa"],
+            false,
+        ),
         b("", "v1", "events", "Event", true, &["ev"], false),
         b("", "v1", "namespaces", "Namespace", false, &["ns"], true),
         b("", "v1", "endpoints", "Endpoints", true, &["ep"], false),
         b("", "v1", "nodes", "Node", false, &["no"], true),
-        b("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, &["pvc"], true),
-        b("apps", "v1", "statefulsets", "StatefulSet", true, &["sts"], true),
-        b("apps", "v1", "deployments", "Deployment", true, &["deploy"], true),
-        b("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"], true),
-        b("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true),
-        b("networking.k8s.io", "v1", "ingresses", "Ingress", true, &["ing"], true),
-        b("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", true, &["netpol"], false),
-        b("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false),
-        b("events.k8s.io", "v1", "events", "Event", true, &["ev"], false),
-        b("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false),
-        b("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false),
-        b("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false),
-        b("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false),
-        b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, &["crd", "crds"], true),
+        b(
+            "",
+            "v1",
+            "persistentvolumeclaims",
+            "PersistentVolumeClaim",
+            true,
+            &["pvc"],
+            true,
+        ),
+        b(
+            "apps",
+            "v1",
+            "statefulsets",
+            "StatefulSet",
+            true,
+            &["sts"],
+            true,
+        ),
+        b(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            true,
+            &["deploy"],
+            true,
+        ),
+        b(
+            "apps",
+            "v1",
+            "replicasets",
+            "ReplicaSet",
+            true,
+            &["rs"],
+            true,
+        ),
+        b(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+            true,
+        ),
+        b(
+            "networking.k8s.io",
+            "v1",
+            "ingresses",
+            "Ingress",
+            true,
+            &["ing"],
+            true,
+        ),
+        b(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            true,
+            &["netpol"],
+            false,
+        ),
+        b(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+            &[],
+            false,
+        ),
+        b(
+            "events.k8s.io",
+            "v1",
+            "events",
+            "Event",
+            true,
+            &["ev"],
+            false,
+        ),
+        b(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "roles",
+            "Role",
+            true,
+            &[],
+            false,
+        ),
+        b(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            true,
+            &[],
+            false,
+        ),
+        b(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterroles",
+            "ClusterRole",
+            false,
+            &[],
+            false,
+        ),
+        b(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            &[],
+            false,
+        ),
+        b(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            &["crd", "crds"],
+            true,
+        ),
     ]
 }
 
@@ -135,10 +267,17 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
     if group.is_empty() || plural.is_empty() || kind.is_empty() {
         return Vec::new();
     }
-    let singular = names["singular"].as_str().map(str::to_string).unwrap_or_else(|| kind.to_lowercase());
+    let singular = names["singular"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
     let short_names: Vec<String> = names["shortNames"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let namespaced = spec["scope"].as_str() != Some("Cluster");
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
@@ -156,8 +295,10 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
                 short_names: short_names.clone(),
                 has_status: v["subresources"]["status"].is_object(),
                 schema: v["schema"].get("openAPIV3Schema").cloned(),
-                custom: true,
-                printer_columns: v["additionalPrinterColumns"].as_array().cloned().unwrap_or_default(),
+                printer_columns: v["additionalPrinterColumns"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
             })
         })
         .collect()

@@ -15,9 +15,22 @@ use serde_json::Value;
 use crate::error::Cause;
 
 /// Checks every supported transition rule of `schema` and its properties against `new` and `old`.
-pub fn check_transitions(new: &Value, old: &Value, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
-    for rule in schema.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
-        let Some(text) = rule.get("rule").and_then(Value::as_str) else { continue };
+pub fn check_transitions(
+    new: &Value,
+    old: &Value,
+    schema: &Value,
+    path: &str,
+    causes: &mut Vec<Cause>,
+) {
+    for rule in schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(text) = rule.get("rule").and_then(Value::as_str) else {
+            continue;
+        };
         match evaluate(text, new, old) {
             Some(true) => {}
             Some(false) => {
@@ -26,25 +39,41 @@ pub fn check_transitions(new: &Value, old: &Value, schema: &Value, path: &str, c
                     .and_then(Value::as_str)
                     .map(str::to_string)
                     .unwrap_or_else(|| format!("failed rule: {text}"));
-                let ty = schema.get("type").and_then(Value::as_str).unwrap_or("object");
-                let field = rule.get("fieldPath").and_then(Value::as_str).map(|f| format!("{path}{f}")).unwrap_or_else(|| path.to_string());
+                let ty = schema
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("object");
+                let field = rule
+                    .get("fieldPath")
+                    .and_then(Value::as_str)
+                    .map(|f| format!("{path}{f}"))
+                    .unwrap_or_else(|| path.to_string());
                 causes.push(Cause {
                     reason: "FieldValueInvalid".into(),
                     message: format!("{field}: Invalid value: \"{ty}\": {message}"),
                     field,
                 });
             }
-            None => tracing::debug!(rule = text, "memkube does not evaluate this CEL rule; accepted"),
+            None => tracing::debug!(
+                rule = text,
+                "memkube does not evaluate this CEL rule; accepted"
+            ),
         }
     }
-    let (Some(props), Some(new_map), Some(old_map)) =
-        (schema.get("properties").and_then(Value::as_object), new.as_object(), old.as_object())
-    else {
+    let (Some(props), Some(new_map), Some(old_map)) = (
+        schema.get("properties").and_then(Value::as_object),
+        new.as_object(),
+        old.as_object(),
+    ) else {
         return;
     };
     for (name, prop) in props {
         if let (Some(n), Some(o)) = (new_map.get(name), old_map.get(name)) {
-            let child = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+            let child = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
             check_transitions(n, o, prop, &child, causes);
         }
     }
@@ -54,7 +83,9 @@ pub fn check_transitions(new: &Value, old: &Value, schema: &Value, path: &str, c
 fn evaluate(rule: &str, new: &Value, old: &Value) -> Option<bool> {
     let compact: String = rule.chars().filter(|c| !c.is_whitespace()).collect();
     for op in ["==", "!=", "<=", ">=", "<", ">"] {
-        let Some((lhs, rhs)) = compact.split_once(op) else { continue };
+        let Some((lhs, rhs)) = compact.split_once(op) else {
+            continue;
+        };
         let (a, b) = match (lhs, rhs) {
             ("self", "oldSelf") => (new, old),
             ("oldSelf", "self") => (old, new),
@@ -107,15 +138,37 @@ mod tests {
     #[test]
     fn changing_an_immutable_field_names_it_with_the_rule_message() {
         assert_eq!(
-            run(json!({"spec": {"shards": 8}}), json!({"spec": {"shards": 4}})),
+            run(
+                json!({"spec": {"shards": 8}}),
+                json!({"spec": {"shards": 4}})
+            ),
             vec!["spec.shards: Invalid value: \"integer\": shards is immutable"]
         );
-        assert!(run(json!({"spec": {"shards": 4}}), json!({"spec": {"shards": 4}})).is_empty());
+        assert!(
+            run(
+                json!({"spec": {"shards": 4}}),
+                json!({"spec": {"shards": 4}})
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn ordering_rules_compare_and_unsupported_rules_are_accepted() {
-        assert_eq!(run(json!({"spec": {"replicas": 1}}), json!({"spec": {"replicas": 2}})).len(), 1);
-        assert!(run(json!({"spec": {"replicas": 3, "other": "zzz"}}), json!({"spec": {"replicas": 2, "other": "b"}})).is_empty());
+        assert_eq!(
+            run(
+                json!({"spec": {"replicas": 1}}),
+                json!({"spec": {"replicas": 2}})
+            )
+            .len(),
+            1
+        );
+        assert!(
+            run(
+                json!({"spec": {"replicas": 3, "other": "zzz"}}),
+                json!({"spec": {"replicas": 2, "other": "b"}})
+            )
+            .is_empty()
+        );
     }
 }

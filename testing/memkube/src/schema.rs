@@ -38,7 +38,8 @@ pub fn apply_defaults(value: &mut Value, schema: &Value) {
                         apply_defaults(child, prop);
                     }
                 }
-            } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+            } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object())
+            {
                 for child in map.values_mut() {
                     apply_defaults(child, extra);
                 }
@@ -59,7 +60,9 @@ pub fn apply_defaults(value: &mut Value, schema: &Value) {
 /// and `kind` are the server's business and are skipped. Unknown fields are pruned or reported.
 pub fn validate_object(obj: &mut Value, schema: &Value, unknown: UnknownFields) -> Vec<Cause> {
     let mut causes = Vec::new();
-    let Some(map) = obj.as_object_mut() else { return causes };
+    let Some(map) = obj.as_object_mut() else {
+        return causes;
+    };
     let props = schema.get("properties").and_then(Value::as_object);
     let preserve = preserves_unknown(schema);
     let mut drop = Vec::new();
@@ -79,10 +82,19 @@ pub fn validate_object(obj: &mut Value, schema: &Value, unknown: UnknownFields) 
 }
 
 fn preserves_unknown(schema: &Value) -> bool {
-    schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true)
+    schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true)
 }
 
-fn unknown_fields(map: &mut Map<String, Value>, names: Vec<String>, path: &str, unknown: UnknownFields, causes: &mut Vec<Cause>) {
+fn unknown_fields(
+    map: &mut Map<String, Value>,
+    names: Vec<String>,
+    path: &str,
+    unknown: UnknownFields,
+    causes: &mut Vec<Cause>,
+) {
     for name in names {
         let field = join(path, &name);
         match unknown {
@@ -99,17 +111,30 @@ fn unknown_fields(map: &mut Map<String, Value>, names: Vec<String>, path: &str, 
 }
 
 fn required(map: &Map<String, Value>, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
-    for name in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+    for name in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let Some(name) = name.as_str() else { continue };
         if !map.contains_key(name) {
             let field = join(path, name);
-            causes.push(Cause { reason: "FieldValueRequired".into(), message: format!("{field}: Required value"), field });
+            causes.push(Cause {
+                reason: "FieldValueRequired".into(),
+                message: format!("{field}: Required value"),
+                field,
+            });
         }
     }
 }
 
 fn join(path: &str, name: &str) -> String {
-    if path.is_empty() { name.to_string() } else { format!("{path}.{name}") }
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
 }
 
 /// How the real server prints a value in `Invalid value: ...`.
@@ -142,14 +167,31 @@ fn invalid(path: &str, value: &Value, detail: String, causes: &mut Vec<Cause>) {
 }
 
 /// Validates `value` at `path` against one schema node, recursing into children.
-pub fn validate(value: &mut Value, schema: &Value, path: &str, unknown: UnknownFields, causes: &mut Vec<Cause>) {
+pub fn validate(
+    value: &mut Value,
+    schema: &Value,
+    path: &str,
+    unknown: UnknownFields,
+    causes: &mut Vec<Cause>,
+) {
     if value.is_null() && schema.get("nullable").and_then(Value::as_bool) == Some(true) {
         return;
     }
-    let int_or_string = schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true);
+    let int_or_string = schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true);
     if int_or_string {
         if !(value.is_string() || type_name(value) == "integer") {
-            invalid(path, value, format!("{path} in body must be of type integer-or-string: {}", show(value)), causes);
+            invalid(
+                path,
+                value,
+                format!(
+                    "{path} in body must be of type integer-or-string: {}",
+                    show(value)
+                ),
+                causes,
+            );
             return;
         }
     } else if let Some(want) = schema.get("type").and_then(Value::as_str) {
@@ -169,25 +211,48 @@ pub fn validate(value: &mut Value, schema: &Value, path: &str, unknown: UnknownF
             let list: Vec<String> = options.iter().map(Value::to_string).collect();
             causes.push(Cause {
                 reason: "FieldValueNotSupported".into(),
-                message: format!("{path}: Unsupported value: {}: supported values: {}", show(value), list.join(", ")),
+                message: format!(
+                    "{path}: Unsupported value: {}: supported values: {}",
+                    show(value),
+                    list.join(", ")
+                ),
                 field: path.to_string(),
             });
         }
     }
     match value {
-        Value::Number(n) => numeric(n.as_f64().unwrap_or_default(), value.clone(), schema, path, causes),
+        Value::Number(n) => numeric(
+            n.as_f64().unwrap_or_default(),
+            value.clone(),
+            schema,
+            path,
+            causes,
+        ),
         Value::String(s) => string(&s.clone(), schema, path, causes),
         Value::Array(items) => {
             let n = items.len() as u64;
-            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64).filter(|m| n > *m) {
+            if let Some(max) = schema
+                .get("maxItems")
+                .and_then(Value::as_u64)
+                .filter(|m| n > *m)
+            {
                 causes.push(Cause {
                     reason: "FieldValueTooMany".into(),
                     message: format!("{path}: Too many: {n}: must have at most {max} items"),
                     field: path.to_string(),
                 });
             }
-            if let Some(min) = schema.get("minItems").and_then(Value::as_u64).filter(|m| n < *m) {
-                invalid(path, &Value::from(n), format!("{path} in body should have at least {min} items"), causes);
+            if let Some(min) = schema
+                .get("minItems")
+                .and_then(Value::as_u64)
+                .filter(|m| n < *m)
+            {
+                invalid(
+                    path,
+                    &Value::from(n),
+                    format!("{path} in body should have at least {min} items"),
+                    causes,
+                );
             }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
@@ -198,14 +263,16 @@ pub fn validate(value: &mut Value, schema: &Value, path: &str, unknown: UnknownF
         Value::Object(map) => {
             let props = schema.get("properties").and_then(Value::as_object);
             let extra = schema.get("additionalProperties").filter(|a| a.is_object());
-            let preserve = preserves_unknown(schema) || schema.get("additionalProperties") == Some(&Value::Bool(true));
+            let preserve = preserves_unknown(schema)
+                || schema.get("additionalProperties") == Some(&Value::Bool(true));
             let mut drop = Vec::new();
             for (name, child) in map.iter_mut() {
                 let child_path = join(path, name);
                 match (props.and_then(|p| p.get(name)), extra) {
                     (Some(prop), _) => validate(child, prop, &child_path, unknown, causes),
                     (None, Some(extra)) => validate(child, extra, &child_path, unknown, causes),
-                    (None, None) if preserve || (props.is_none() && schema.get("type").is_none()) => {}
+                    (None, None)
+                        if preserve || (props.is_none() && schema.get("type").is_none()) => {}
                     (None, None) => drop.push(name.clone()),
                 }
             }
@@ -220,15 +287,33 @@ fn numeric(x: f64, value: Value, schema: &Value, path: &str, causes: &mut Vec<Ca
     if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
         let exclusive = schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
         if (exclusive && x <= min) || x < min {
-            let op = if exclusive { "greater than" } else { "greater than or equal to" };
-            invalid(path, &value, format!("{path} in body should be {op} {}", schema["minimum"]), causes);
+            let op = if exclusive {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
+            invalid(
+                path,
+                &value,
+                format!("{path} in body should be {op} {}", schema["minimum"]),
+                causes,
+            );
         }
     }
     if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
         let exclusive = schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
         if (exclusive && x >= max) || x > max {
-            let op = if exclusive { "less than" } else { "less than or equal to" };
-            invalid(path, &value, format!("{path} in body should be {op} {}", schema["maximum"]), causes);
+            let op = if exclusive {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
+            invalid(
+                path,
+                &value,
+                format!("{path} in body should be {op} {}", schema["maximum"]),
+                causes,
+            );
         }
     }
 }
@@ -236,21 +321,42 @@ fn numeric(x: f64, value: Value, schema: &Value, path: &str, causes: &mut Vec<Ca
 fn string(s: &str, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
     let value = Value::String(s.to_string());
     let len = s.chars().count() as u64;
-    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64).filter(|m| len > *m) {
+    if let Some(max) = schema
+        .get("maxLength")
+        .and_then(Value::as_u64)
+        .filter(|m| len > *m)
+    {
         causes.push(Cause {
             reason: "FieldValueTooLong".into(),
             message: format!("{path}: Too long: may not be more than {max} bytes"),
             field: path.to_string(),
         });
     }
-    if let Some(min) = schema.get("minLength").and_then(Value::as_u64).filter(|m| len < *m) {
-        invalid(path, &value, format!("{path} in body should be at least {min} chars long"), causes);
+    if let Some(min) = schema
+        .get("minLength")
+        .and_then(Value::as_u64)
+        .filter(|m| len < *m)
+    {
+        invalid(
+            path,
+            &value,
+            format!("{path} in body should be at least {min} chars long"),
+            causes,
+        );
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         match regex::Regex::new(pattern) {
-            Ok(re) if !re.is_match(s) => invalid(path, &value, format!("{path} in body should match '{pattern}'"), causes),
+            Ok(re) if !re.is_match(s) => invalid(
+                path,
+                &value,
+                format!("{path} in body should match '{pattern}'"),
+                causes,
+            ),
             Ok(_) => {}
-            Err(_) => tracing::warn!(pattern, "memkube cannot compile schema pattern; not checked"),
+            Err(_) => tracing::warn!(
+                pattern,
+                "memkube cannot compile schema pattern; not checked"
+            ),
         }
     }
 }
@@ -271,23 +377,34 @@ mod tests {
     }
 
     fn check(spec: Value) -> Vec<String> {
-        let mut obj = json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "n"}, "spec": spec});
+        let mut obj =
+            json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "n"}, "spec": spec});
         apply_defaults(&mut obj, &schema());
-        validate_object(&mut obj, &schema(), UnknownFields::Refuse).into_iter().map(|c| c.message).collect()
+        validate_object(&mut obj, &schema(), UnknownFields::Refuse)
+            .into_iter()
+            .map(|c| c.message)
+            .collect()
     }
 
     #[test]
     fn messages_name_the_field_like_the_real_server() {
         assert_eq!(
             check(json!({"shards": 1, "replicas": -1})),
-            vec!["spec.replicas: Invalid value: -1: spec.replicas in body should be greater than or equal to 0"]
+            vec![
+                "spec.replicas: Invalid value: -1: spec.replicas in body should be greater than or equal to 0"
+            ]
         );
         assert_eq!(check(json!({})), vec!["spec.shards: Required value"]);
         assert_eq!(
             check(json!({"shards": "x"})),
-            vec!["spec.shards: Invalid value: \"string\": spec.shards in body must be of type integer: \"string\""]
+            vec![
+                "spec.shards: Invalid value: \"string\": spec.shards in body must be of type integer: \"string\""
+            ]
         );
-        assert_eq!(check(json!({"shards": 1, "mode": "c"})), vec!["spec.mode: Unsupported value: \"c\": supported values: \"a\", \"b\""]);
+        assert_eq!(
+            check(json!({"shards": 1, "mode": "c"})),
+            vec!["spec.mode: Unsupported value: \"c\": supported values: \"a\", \"b\""]
+        );
         assert_eq!(
             check(json!({"shards": 1, "name": "Abcdef"})),
             vec![
@@ -295,7 +412,10 @@ mod tests {
                 "spec.name: Invalid value: \"Abcdef\": spec.name in body should match '^[a-z]+$'"
             ]
         );
-        assert_eq!(check(json!({"shards": 1, "typo": 1})), vec!["unknown field \"spec.typo\""]);
+        assert_eq!(
+            check(json!({"shards": 1, "typo": 1})),
+            vec!["unknown field \"spec.typo\""]
+        );
     }
 
     #[test]

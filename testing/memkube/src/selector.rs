@@ -38,7 +38,9 @@ impl LabelSelector {
                 continue;
             }
             requirements.push(parse_term(term).ok_or_else(|| {
-                ApiError::bad_request(format!("unable to parse requirement: invalid label selector {s:?}"))
+                ApiError::bad_request(format!(
+                    "unable to parse requirement: invalid label selector {s:?}"
+                ))
             })?);
         }
         Ok(LabelSelector { requirements })
@@ -97,9 +99,16 @@ fn parse_term(term: &str) -> Option<Requirement> {
             let k = key(&term[..idx])?;
             let rest = term[idx + word.len()..].trim();
             let inner = rest.strip_prefix('(')?.strip_suffix(')')?;
-            let values: Vec<String> =
-                inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
-            return Some(if notin { Requirement::NotIn(k, values) } else { Requirement::In(k, values) });
+            let values: Vec<String> = inner
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect();
+            return Some(if notin {
+                Requirement::NotIn(k, values)
+            } else {
+                Requirement::In(k, values)
+            });
         }
     }
     valid_key(term).then(|| Requirement::Exists(term.to_string()))
@@ -111,7 +120,9 @@ fn key(k: &str) -> Option<String> {
 }
 
 fn valid_key(k: &str) -> bool {
-    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 /// A parsed `fieldSelector` over `metadata.name` and `metadata.namespace`.
@@ -136,7 +147,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once('=') {
                 (f, v, true)
             } else {
-                return Err(ApiError::bad_request(format!("invalid field selector: {term:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid field selector: {term:?}"
+                )));
             };
             let field = field.trim();
             if field != "metadata.name" && field != "metadata.namespace" {
@@ -205,7 +218,12 @@ mod tests {
         let o = obj(json!({}));
         assert!(FieldSelector::parse("metadata.name=a,metadata.namespace==ns")?.matches(&o));
         assert!(!FieldSelector::parse("metadata.name!=a")?.matches(&o));
-        assert_eq!(FieldSelector::parse("spec.nodeName=x").err().map(|e| e.code), Some(400));
+        assert_eq!(
+            FieldSelector::parse("spec.nodeName=x")
+                .err()
+                .map(|e| e.code),
+            Some(400)
+        );
         Ok(())
     }
 }

@@ -1,0 +1,641 @@
+//! One simulated user: a WebSocket connection to one node, in one room (or none, when idle),
+//! sending when its room's pacer tells it to and checking everything it receives.
+//!
+//! What a user checks, as a receiver:
+//! - order: each `msg` in its room must have `seq = last + 1`; a jump is a gap (lost messages),
+//!   a `seq` at or below the last one under a new id is out of order;
+//! - duplicates: an `id` seen twice;
+//! - latency: the send time embedded in the text (see [`super::wire`]) against the receive time.
+//!
+//! As a sender it keeps every `cid` it sent until the node answers: its own `msg` coming back
+//! means accepted, an `error` with that `cid` means refused; anything left at the end was never
+//! answered, which the report counts as lost.
+//!
+//! When the node says `reconnect` (drain, shutdown) or the connection drops (node killed), the
+//! user connects to the next node in the list with a bounded backoff and re-joins with
+//! `since` = the last seq it saw, so the replayed history fills the gap instead of counting as
+//! lost. Sends the pacer asks for while the user is away wait in its bounded order queue.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use super::args::NodeAddr;
+use super::histogram::Histogram;
+use super::wire::{self, ServerFrame, WireMsg};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Longest wait for one TCP connect plus WebSocket handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for our close frame to go out when the run ends.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// First reconnect backoff; it doubles per failed attempt up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest reconnect backoff, so a node that comes back is found quickly.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Cap on a node's `after_ms`: a bench run is short and must stay bounded.
+const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
+/// Wait before asking again after a refused `join` (e.g. `room_unavailable`).
+const REJOIN_DELAY: Duration = Duration::from_millis(250);
+/// Latency samples kept locally before they are added to the shared histogram, so the lock
+/// is taken once per batch rather than once per delivery.
+const LATENCY_BATCH: usize = 256;
+/// Client read buffer: frames are small, and tungstenite's 128 KiB default times 19,000 idle
+/// connections would be the bench's memory, not the node's.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// The cid of the `ping` an idle connection uses to learn it is served.
+const UP_CID: &str = "up";
+
+/// A room as every user in it and the run see it.
+#[derive(Debug)]
+pub struct RoomShared {
+    /// The room's name on the wire.
+    pub name: String,
+    /// Users whose first `join` was answered: the receivers of each accepted message.
+    pub members: AtomicU64,
+    /// Highest seq any member saw, to find members that fell behind at the end.
+    pub max_seq: AtomicU64,
+}
+
+/// State shared by every user task and the run.
+#[derive(Debug)]
+pub struct Shared {
+    /// The one clock: message send times and receive times are both microseconds since this.
+    pub clock: Instant,
+    /// Nodes to connect to, in reconnect order.
+    pub nodes: Vec<NodeAddr>,
+    /// Text length of each message.
+    pub text_bytes: usize,
+    /// Ends every user task (after its close frame).
+    pub stop: CancellationToken,
+    /// Handshakes in progress at once.
+    pub handshakes: Semaphore,
+    /// Start of the measured window (µs on [`Shared::clock`]); `u64::MAX` until planned.
+    pub measure_from_us: AtomicU64,
+    /// End of the send phase (µs); pauses are only counted inside the window.
+    pub send_until_us: AtomicU64,
+    /// Measured messages delivered, at all receivers.
+    pub delivered: AtomicU64,
+    /// Deliveries owed for every accepted measured message (its room's members).
+    pub expected: AtomicU64,
+    /// Measured sends not answered yet: the drain waits for this to reach 0.
+    pub in_flight: AtomicI64,
+    /// Users up (joined, or answered when idle), for progress lines.
+    pub up: AtomicU64,
+    /// Reconnects so far, for progress lines.
+    pub reconnects: AtomicU64,
+    /// Every room, by index.
+    pub rooms: Vec<RoomShared>,
+    /// End-to-end latency of measured deliveries, in µs.
+    pub latency: Mutex<Histogram>,
+}
+
+impl Shared {
+    /// Microseconds since the bench's clock started.
+    pub fn now_us(&self) -> u64 {
+        self.us_at(Instant::now())
+    }
+
+    /// `at` in microseconds on the bench's clock.
+    pub fn us_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.clock).as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Who a user is.
+#[derive(Debug, Clone)]
+pub struct UserSpec {
+    /// User name, unique in the run.
+    pub name: String,
+    /// Index into [`Shared::rooms`]; `None` for an idle connection.
+    pub room: Option<usize>,
+    /// Index into [`Shared::nodes`] of the first node to try.
+    pub first_node: usize,
+    /// Past this, a user that was never up gives up.
+    pub up_deadline: Instant,
+}
+
+/// One message the pacer wants sent now.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOrder {
+    /// When it was due (µs): latency counts from here, so a late send is not flattering.
+    pub scheduled_us: u64,
+}
+
+/// How a user's start went, reported once.
+#[derive(Debug)]
+pub enum Ready {
+    /// Connected and joined (or answered, when idle).
+    Up,
+    /// Never came up before its deadline, with the last reason.
+    Failed(String),
+}
+
+/// What one user saw over the run.
+#[derive(Debug, Default)]
+pub struct UserReport {
+    /// Measured sends written to the socket.
+    pub sent: u64,
+    /// Measured sends that came back as a `msg`.
+    pub accepted: u64,
+    /// Measured messages received (duplicates excluded).
+    pub delivered: u64,
+    /// `error` frames by code, over the whole run.
+    pub errors: BTreeMap<String, u64>,
+    /// The first message seen for each error code, to show what the node said.
+    pub error_examples: BTreeMap<String, String>,
+    /// Messages skipped in `seq` while connected.
+    pub gaps: u64,
+    /// Measured sends never answered.
+    pub unanswered: u64,
+    /// Ids received twice.
+    pub duplicates: u64,
+    /// A `seq` at or below the last one, under a new id.
+    pub out_of_order: u64,
+    /// Connections opened after the first one.
+    pub reconnects: u64,
+    /// Longest time in the send phase without a delivery, in µs.
+    pub longest_pause_us: u64,
+    /// Frames that were not protocol v1 server frames.
+    pub bad_frames: u64,
+    /// Whether the user was in its room when the run stopped.
+    pub up_at_end: bool,
+    /// Last seq seen, for the tail check against the room.
+    pub last_seq: Option<u64>,
+    /// The room, when not idle.
+    pub room: Option<usize>,
+}
+
+/// Why a connection's serve loop ended.
+enum Exit {
+    /// The run is over.
+    Stop,
+    /// The node asked us to reconnect, after this long, for this reason.
+    Reconnect(Duration, String),
+    /// The connection failed or was closed.
+    Dropped(String),
+}
+
+/// What a frame asks of the serve loop.
+enum Next {
+    Continue,
+    Rejoin,
+    Reconnect(Duration, String),
+}
+
+/// Run one user until the run stops, and say what it saw.
+pub async fn run_user(
+    spec: UserSpec,
+    shared: Arc<Shared>,
+    mut orders: mpsc::Receiver<SendOrder>,
+    ready: oneshot::Sender<Ready>,
+) -> UserReport {
+    let mut user = User {
+        report: UserReport {
+            room: spec.room,
+            ..UserReport::default()
+        },
+        spec,
+        shared,
+        ready: Some(ready),
+        joined: false,
+        orders_open: true,
+        unsent: None,
+        next_cid: 0,
+        pending: HashMap::new(),
+        seen: HashSet::new(),
+        last_delivery_us: 0,
+        latencies: Vec::with_capacity(LATENCY_BATCH),
+    };
+    user.run(&mut orders).await;
+    user.finish()
+}
+
+struct User {
+    spec: UserSpec,
+    shared: Arc<Shared>,
+    report: UserReport,
+    /// Told once whether this user came up.
+    ready: Option<oneshot::Sender<Ready>>,
+    /// In the room on the current connection: only then are orders taken.
+    joined: bool,
+    /// Whether the pacer may still send orders.
+    orders_open: bool,
+    /// An order whose write failed with the connection: sent again after the re-join.
+    unsent: Option<SendOrder>,
+    next_cid: u64,
+    /// cid -> whether the send is measured, until the node answers.
+    pending: HashMap<String, bool>,
+    /// Every message id received, for duplicates.
+    seen: HashSet<u64>,
+    last_delivery_us: u64,
+    latencies: Vec<u64>,
+}
+
+impl User {
+    async fn run(&mut self, orders: &mut mpsc::Receiver<SendOrder>) {
+        let stop = self.shared.stop.clone();
+        let nodes = self.shared.nodes.len();
+        let mut node = self.spec.first_node % nodes;
+        let mut failures: u32 = 0;
+        let mut ever_connected = false;
+        let mut last_error = String::from("not tried");
+        while !stop.is_cancelled() {
+            if self.ready.is_some() && Instant::now() >= self.spec.up_deadline {
+                self.tell_ready(Ready::Failed(last_error));
+                return;
+            }
+            let wait = match self.connect(node).await {
+                Ok(ws) => {
+                    if ever_connected {
+                        self.report.reconnects += 1;
+                        self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ever_connected = true;
+                    failures = 0;
+                    let exit = self.serve(ws, orders).await;
+                    self.joined = false;
+                    match exit {
+                        Exit::Stop => return,
+                        // The next node in the list: never the one that told us to go.
+                        Exit::Reconnect(after, reason) => {
+                            last_error = format!("node {node} asked to reconnect: {reason}");
+                            after
+                        }
+                        Exit::Dropped(reason) => {
+                            last_error = reason;
+                            FIRST_BACKOFF
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    last_error = e;
+                    FIRST_BACKOFF
+                        .saturating_mul(1 << failures.min(5).saturating_sub(1))
+                        .min(MAX_BACKOFF)
+                }
+            };
+            node = (node + 1) % nodes;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn connect(&self, node: usize) -> Result<Ws, String> {
+        let addr = &self.shared.nodes[node];
+        let url = format!("{}/ws?user={}", addr.base, self.spec.name);
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let stop = self.shared.stop.clone();
+        let attempt = async {
+            let _permit = self
+                .shared
+                .handshakes
+                .acquire()
+                .await
+                .map_err(|_| "stopping".to_owned())?;
+            // Nagle off: a paced stream of small frames must not wait for ACKs.
+            let connecting =
+                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+                Ok(Ok((ws, _response))) => Ok(ws),
+                Ok(Err(e)) => Err(format!("{}: {e}", addr.base)),
+                Err(_) => Err(format!("{}: handshake timed out", addr.base)),
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => Err("stopping".to_owned()),
+            result = attempt => result,
+        }
+    }
+
+    /// Serve one connection: join (or resume), then read, send orders, until it ends.
+    async fn serve(&mut self, mut ws: Ws, orders: &mut mpsc::Receiver<SendOrder>) -> Exit {
+        let stop = self.shared.stop.clone();
+        if let Err(e) = ws.send(Message::text(self.hello())).await {
+            return Exit::Dropped(e.to_string());
+        }
+        let mut rejoin_at: Option<tokio::time::Instant> = None;
+        loop {
+            if self.joined
+                && let Some(order) = self.unsent.take()
+                && let Err(e) = self.send(&mut ws, order).await
+            {
+                return Exit::Dropped(e);
+            }
+            let take_orders = self.joined && self.orders_open;
+            let rejoin = async move {
+                match rejoin_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                    return Exit::Stop;
+                }
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        let now_us = self.shared.now_us();
+                        match self.on_frame(text.as_str(), now_us) {
+                            Next::Continue => {}
+                            Next::Rejoin => {
+                                rejoin_at = Some(tokio::time::Instant::now() + REJOIN_DELAY);
+                            }
+                            Next::Reconnect(after, reason) => {
+                                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                                return Exit::Reconnect(after, reason);
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let why = frame.map(|f| format!("{} {}", f.code, f.reason));
+                        return Exit::Dropped(format!(
+                            "closed by the node ({})",
+                            why.unwrap_or_else(|| "no reason".into())
+                        ));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Exit::Dropped(e.to_string()),
+                    None => return Exit::Dropped("connection ended".into()),
+                },
+                () = rejoin => {
+                    rejoin_at = None;
+                    if let Err(e) = ws.send(Message::text(self.hello())).await {
+                        return Exit::Dropped(e.to_string());
+                    }
+                }
+                order = orders.recv(), if take_orders => match order {
+                    Some(order) => {
+                        if let Err(e) = self.send(&mut ws, order).await {
+                            return Exit::Dropped(e);
+                        }
+                    }
+                    None => self.orders_open = false,
+                },
+            }
+        }
+    }
+
+    /// The first frame on a connection: `join` (with `since` when resuming), or a `ping` for
+    /// an idle connection.
+    fn hello(&self) -> String {
+        match self.spec.room {
+            Some(room) => wire::join(&self.shared.rooms[room].name, self.report.last_seq),
+            None => wire::ping(UP_CID),
+        }
+    }
+
+    async fn send(&mut self, ws: &mut Ws, order: SendOrder) -> Result<(), String> {
+        let Some(room) = self.spec.room else {
+            return Ok(());
+        };
+        self.next_cid += 1;
+        let cid = self.next_cid.to_string();
+        let text = wire::message_text(order.scheduled_us, self.shared.text_bytes);
+        let frame = wire::send(&self.shared.rooms[room].name, &text, &cid);
+        if let Err(e) = ws.send(Message::text(frame)).await {
+            // The client knows this one failed: it is sent again after the re-join.
+            self.unsent = Some(order);
+            return Err(e.to_string());
+        }
+        let measured = order.scheduled_us >= self.measure_from();
+        if measured {
+            self.report.sent += 1;
+            self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        self.pending.insert(cid, measured);
+        Ok(())
+    }
+
+    fn measure_from(&self) -> u64 {
+        self.shared.measure_from_us.load(Ordering::Relaxed)
+    }
+
+    fn on_frame(&mut self, text: &str, now_us: u64) -> Next {
+        let Ok(frame) = wire::parse(text) else {
+            self.report.bad_frames += 1;
+            return Next::Continue;
+        };
+        match frame {
+            ServerFrame::Msg(msg) => self.on_msg(msg, now_us),
+            ServerFrame::Joined { room, seq, history } => {
+                self.on_joined(&room, seq, history, now_us);
+            }
+            ServerFrame::Error {
+                code,
+                message,
+                cid,
+                room,
+            } => return self.on_error(code, message, cid, room),
+            ServerFrame::Reconnect { reason, after_ms } => {
+                let after = Duration::from_millis(after_ms.unwrap_or(0));
+                return Next::Reconnect(after.min(MAX_RECONNECT_WAIT), reason);
+            }
+            ServerFrame::Pong { cid } => {
+                if self.spec.room.is_none() && cid.as_deref() == Some(UP_CID) {
+                    self.joined = true;
+                    self.tell_ready(Ready::Up);
+                }
+            }
+            ServerFrame::Other => {}
+        }
+        Next::Continue
+    }
+
+    fn on_joined(&mut self, room: &str, seq: u64, history: Vec<WireMsg>, now_us: u64) {
+        let Some(index) = self.spec.room else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let slot = &shared.rooms[index];
+        if room != slot.name {
+            self.report.bad_frames += 1;
+            return;
+        }
+        match self.report.last_seq {
+            // First join: the history predates the run; count from the room's current seq.
+            None => {
+                self.report.last_seq = Some(seq);
+                slot.max_seq.fetch_max(seq, Ordering::Relaxed);
+                slot.members.fetch_add(1, Ordering::Relaxed);
+            }
+            // Resuming: the replay fills what we missed while away.
+            Some(_) => {
+                for msg in history {
+                    self.on_msg(msg, now_us);
+                }
+                if let Some(last) = self.report.last_seq
+                    && seq > last
+                {
+                    // Past what the room still holds: those messages are gone for us.
+                    if now_us >= self.measure_from() {
+                        self.report.gaps += seq - last;
+                    }
+                    self.report.last_seq = Some(seq);
+                }
+            }
+        }
+        self.joined = true;
+        self.tell_ready(Ready::Up);
+    }
+
+    fn on_msg(&mut self, msg: WireMsg, now_us: u64) {
+        let Some(index) = self.spec.room else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let slot = &shared.rooms[index];
+        let Ok(id) = msg.id.parse::<u64>() else {
+            self.report.bad_frames += 1;
+            return;
+        };
+        if msg.room != slot.name {
+            self.report.bad_frames += 1;
+            return;
+        }
+        let measure_from = self.measure_from();
+        let sent_us = wire::sent_at(&msg.text);
+        let measured = sent_us.is_some_and(|sent| sent >= measure_from);
+        if !self.seen.insert(id) {
+            if measured {
+                self.report.duplicates += 1;
+            }
+            return;
+        }
+        if let Some(last) = self.report.last_seq {
+            if msg.seq <= last {
+                if measured {
+                    self.report.out_of_order += 1;
+                }
+                return;
+            }
+            if msg.seq > last + 1 && now_us >= measure_from {
+                self.report.gaps += msg.seq - last - 1;
+            }
+        }
+        self.report.last_seq = Some(msg.seq);
+        slot.max_seq.fetch_max(msg.seq, Ordering::Relaxed);
+        if msg.user == self.spec.name
+            && let Some(cid) = &msg.cid
+            && let Some(was_measured) = self.pending.remove(cid)
+            && was_measured
+        {
+            self.report.accepted += 1;
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let members = slot.members.load(Ordering::Relaxed);
+            shared.expected.fetch_add(members, Ordering::Relaxed);
+        }
+        if let (true, Some(sent)) = (measured, sent_us) {
+            self.report.delivered += 1;
+            shared.delivered.fetch_add(1, Ordering::Relaxed);
+            self.latencies.push(now_us.saturating_sub(sent));
+            if self.latencies.len() >= LATENCY_BATCH {
+                self.flush_latencies();
+            }
+        }
+        self.note_delivery(now_us);
+    }
+
+    fn on_error(
+        &mut self,
+        code: String,
+        message: String,
+        cid: Option<String>,
+        room: Option<String>,
+    ) -> Next {
+        let about_my_room = match (self.spec.room, &room) {
+            (Some(index), Some(room)) => *room == self.shared.rooms[index].name,
+            _ => false,
+        };
+        self.report
+            .error_examples
+            .entry(code.clone())
+            .or_insert(message);
+        *self.report.errors.entry(code).or_default() += 1;
+        if let Some(cid) = cid {
+            if let Some(true) = self.pending.remove(&cid) {
+                self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Next::Continue;
+        }
+        // A refused join leaves us outside the room: ask again shortly (bounded by the run).
+        if about_my_room && !self.joined {
+            return Next::Rejoin;
+        }
+        Next::Continue
+    }
+
+    /// Track the longest silence inside the send phase.
+    fn note_delivery(&mut self, now_us: u64) {
+        self.close_pause(now_us);
+        self.last_delivery_us = now_us;
+    }
+
+    fn close_pause(&mut self, now_us: u64) {
+        let from = self.measure_from();
+        let until = self.shared.send_until_us.load(Ordering::Relaxed);
+        let start = self.last_delivery_us.max(from);
+        let end = now_us.min(until);
+        if end > start {
+            self.report.longest_pause_us = self.report.longest_pause_us.max(end - start);
+        }
+    }
+
+    fn flush_latencies(&mut self) {
+        if self.latencies.is_empty() {
+            return;
+        }
+        // A poisoned lock only means another user task panicked mid-record; the counts are
+        // still usable.
+        let mut histogram = self
+            .shared
+            .latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for &latency in &self.latencies {
+            histogram.record(latency);
+        }
+        drop(histogram);
+        self.latencies.clear();
+    }
+
+    fn tell_ready(&mut self, ready: Ready) {
+        if let Some(tell) = self.ready.take() {
+            if matches!(ready, Ready::Up) {
+                self.shared.up.fetch_add(1, Ordering::Relaxed);
+            }
+            // The run stops listening after its connect timeout; then nobody needs to know.
+            let _ = tell.send(ready);
+        }
+    }
+
+    fn finish(mut self) -> UserReport {
+        self.flush_latencies();
+        if self.ready.is_some() {
+            self.tell_ready(Ready::Failed("stopped before it was up".into()));
+        }
+        let was_up = self.report.last_seq.is_some() || self.spec.room.is_none();
+        if self.report.room.is_some() && was_up {
+            // A room that went silent until the end of the send phase paused that long.
+            self.close_pause(u64::MAX);
+        }
+        self.report.unanswered = self.pending.values().filter(|&&m| m).count() as u64;
+        self.report.up_at_end = self.joined;
+        self.report
+    }
+}

@@ -1,0 +1,655 @@
+//! The phases of a run, and the JSON line it ends with.
+//!
+//! Load: connect every user (bounded by `--connect-timeout`), then start one pacer per room:
+//! an interval timer that hands one send order per tick to the room's users in turn, so each
+//! room offers exactly `--rate` messages per second, evenly spaced, with the rooms' ticks
+//! staggered across the period instead of all firing at once. The first `--warmup` of sending
+//! is not measured; then `--duration` is. After the pacers stop, the drain waits (at most
+//! `--drain`) until every measured send is answered and every accepted message has reached
+//! every member. Then every connection is closed and the users' reports are added up.
+//!
+//! Idle: open `--idle` bare connections, read the nodes' memory before and after.
+//!
+//! Every wait has a deadline, so a run always ends by itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::args::{IdlePlan, LoadPlan, NodeAddr, Plan};
+use super::client::{self, Ready, RoomShared, SendOrder, Shared, UserReport, UserSpec};
+use super::histogram::Histogram;
+use super::{procfs, scrape};
+
+/// Send orders a user may have waiting (while it reconnects, say) before its pacer counts
+/// further ones as not sent: a bounded backlog, and a visible one.
+const ORDER_QUEUE: usize = 64;
+/// Time between the pacers' creation and their first tick, so they all start on schedule.
+const PACER_LEAD: Duration = Duration::from_millis(200);
+/// Longest wait for the user tasks to close their connections and report.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the drain checks whether everything arrived.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Progress lines during the send phase.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Let the nodes finish their per-connection allocations before reading their memory.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
+
+/// Run `plan`; the JSON line to print on success.
+///
+/// # Errors
+/// A message when no connection could be made at all.
+pub async fn run(plan: Plan) -> Result<String, String> {
+    match plan {
+        Plan::Load(plan) => run_load(plan).await,
+        Plan::Idle(plan) => run_idle(plan).await,
+    }
+}
+
+/// End-to-end latency percentiles, in milliseconds.
+#[derive(Debug, Serialize)]
+struct LatencyMs {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    /// Deliveries measured.
+    samples: u64,
+}
+
+/// How `lost` was counted.
+#[derive(Debug, Serialize)]
+struct LostDetail {
+    /// Messages a connected receiver skipped in `seq` (including what a resume could not replay).
+    seq_gaps: u64,
+    /// Measured sends answered by neither their `msg` nor an `error`.
+    unanswered: u64,
+    /// Messages a receiver still in its room at the end never got (behind the room's last seq).
+    tail: u64,
+}
+
+/// The load run's JSON line: the first fields are the stable ones scripts read.
+#[derive(Debug, Serialize)]
+struct LoadReport {
+    connections: u64,
+    rooms: usize,
+    duration_s: f64,
+    offered_per_s: f64,
+    sent: u64,
+    accepted: u64,
+    delivered: u64,
+    delivered_per_s: f64,
+    expected_deliveries: u64,
+    latency_ms: LatencyMs,
+    errors: BTreeMap<String, u64>,
+    lost: u64,
+    duplicates: u64,
+    reconnects: u64,
+    longest_pause_ms: f64,
+    server_cpu_s: Option<f64>,
+    server_cpu_s_per_million: Option<f64>,
+    server_rss_kib: Option<u64>,
+    // Details, after the headline figures.
+    users_per_room: usize,
+    warmup_s: f64,
+    connect_failures: u64,
+    lost_detail: LostDetail,
+    out_of_order: u64,
+    /// Pacer ticks dropped because the user's order queue was full (the bench fell behind or
+    /// the user was away too long): offered load that never reached a node.
+    not_sent: u64,
+    bad_frames: u64,
+    down_at_end: u64,
+    drain_s: f64,
+    connect_s: f64,
+    wall_s: f64,
+    bench_rss_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_metrics: Option<BTreeMap<String, f64>>,
+}
+
+/// The idle run's JSON line.
+#[derive(Debug, Serialize)]
+struct IdleReport {
+    idle_connections: u64,
+    rss_before_kib: Option<u64>,
+    rss_after_kib: Option<u64>,
+    bytes_per_connection: Option<f64>,
+    requested: usize,
+    mode: &'static str,
+    connect_s: f64,
+    reconnects: u64,
+    bench_rss_kib: Option<u64>,
+}
+
+fn new_shared(
+    nodes: Vec<NodeAddr>,
+    text_bytes: usize,
+    concurrency: usize,
+    room_names: Vec<String>,
+) -> Arc<Shared> {
+    Arc::new(Shared {
+        clock: Instant::now(),
+        nodes,
+        text_bytes,
+        stop: CancellationToken::new(),
+        handshakes: Semaphore::new(concurrency),
+        measure_from_us: AtomicU64::new(u64::MAX),
+        send_until_us: AtomicU64::new(u64::MAX),
+        delivered: AtomicU64::new(0),
+        expected: AtomicU64::new(0),
+        in_flight: AtomicI64::new(0),
+        up: AtomicU64::new(0),
+        reconnects: AtomicU64::new(0),
+        rooms: room_names
+            .into_iter()
+            .map(|name| RoomShared {
+                name,
+                members: AtomicU64::new(0),
+                max_seq: AtomicU64::new(0),
+            })
+            .collect(),
+        latency: Mutex::new(Histogram::default()),
+    })
+}
+
+/// A started user: its task, its order queue (until handed to a pacer) and its readiness.
+struct Started {
+    task: JoinHandle<UserReport>,
+    orders: mpsc::Sender<SendOrder>,
+    ready: oneshot::Receiver<Ready>,
+    room: Option<usize>,
+}
+
+fn start_user(shared: &Arc<Shared>, spec: UserSpec) -> Started {
+    let (orders, order_rx) = mpsc::channel(ORDER_QUEUE);
+    let (ready_tx, ready) = oneshot::channel();
+    let room = spec.room;
+    let task = tokio::spawn(client::run_user(spec, shared.clone(), order_rx, ready_tx));
+    Started {
+        task,
+        orders,
+        ready,
+        room,
+    }
+}
+
+/// Wait for every user's readiness (each gives up by its own deadline), printing progress.
+/// Returns, per user, whether it came up, and the distinct failure reasons.
+async fn wait_until_up(
+    shared: &Arc<Shared>,
+    started: &mut [Started],
+    deadline: Instant,
+) -> (Vec<bool>, BTreeMap<String, u64>) {
+    let total = started.len();
+    let mut up = vec![false; total];
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut waiting: FuturesUnordered<_> = started
+        .iter_mut()
+        .enumerate()
+        .map(|(index, s)| async move { (index, (&mut s.ready).await) })
+        .collect();
+    let mut progress = tokio::time::interval(Duration::from_secs(2));
+    progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A little past the users' own deadline: they report failure themselves by then.
+    let hard_stop = tokio::time::Instant::from_std(deadline) + Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            next = waiting.next() => match next {
+                Some((index, Ok(Ready::Up))) => up[index] = true,
+                Some((_, Ok(Ready::Failed(reason)))) => *failures.entry(reason).or_default() += 1,
+                Some((_, Err(_))) => *failures.entry("user task ended".into()).or_default() += 1,
+                None => break,
+            },
+            _ = progress.tick() => eprintln!(
+                "roomshard-bench: {} of {total} connections up",
+                shared.up.load(Ordering::Relaxed)
+            ),
+            () = tokio::time::sleep_until(hard_stop) => {
+                let missing = total - up.iter().filter(|&&u| u).count()
+                    - failures.values().sum::<u64>() as usize;
+                *failures.entry("no answer before the connect timeout".into()).or_default() +=
+                    missing as u64;
+                break;
+            }
+        }
+    }
+    (up, failures)
+}
+
+fn describe_failures(failures: &BTreeMap<String, u64>) -> String {
+    failures
+        .iter()
+        .take(5)
+        .map(|(reason, n)| format!("{n} x {reason}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Stop every user and collect the reports of those that close in time.
+async fn stop_users(shared: &Shared, tasks: Vec<JoinHandle<UserReport>>) -> Vec<UserReport> {
+    shared.stop.cancel();
+    let deadline = tokio::time::Instant::now() + REPORT_TIMEOUT;
+    let mut reports = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let abort = task.abort_handle();
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(report)) => reports.push(report),
+            Ok(Err(e)) => eprintln!("roomshard-bench: a user task failed: {e}"),
+            Err(_) => abort.abort(),
+        }
+    }
+    reports
+}
+
+async fn run_load(plan: LoadPlan) -> Result<String, String> {
+    let wall = Instant::now();
+    let ticks_per_sec = procfs::ticks_per_sec();
+    let room_names: Vec<String> = (0..plan.rooms)
+        .map(|r| format!("{}-{r}", plan.prefix))
+        .collect();
+    let shared = new_shared(
+        plan.nodes.clone(),
+        plan.text_bytes,
+        plan.connect_concurrency,
+        room_names,
+    );
+    let total = plan.rooms * plan.users;
+    eprintln!(
+        "roomshard-bench: connecting {total} users ({} rooms x {}) to {} node(s)",
+        plan.rooms,
+        plan.users,
+        plan.nodes.len()
+    );
+    let up_deadline = Instant::now() + plan.connect_timeout;
+    let mut started: Vec<Started> = Vec::with_capacity(total);
+    for room in 0..plan.rooms {
+        for k in 0..plan.users {
+            let index = room * plan.users + k;
+            let spec = UserSpec {
+                name: format!("{}-{room}-{k}", plan.prefix),
+                room: Some(room),
+                first_node: index,
+                up_deadline,
+            };
+            started.push(start_user(&shared, spec));
+        }
+    }
+    let (up, failures) = wait_until_up(&shared, &mut started, up_deadline).await;
+    let connected = up.iter().filter(|&&u| u).count();
+    let connect_s = wall.elapsed().as_secs_f64();
+    let connect_failures = (total - connected) as u64;
+    if connected == 0 {
+        let tasks = started.into_iter().map(|s| s.task).collect();
+        stop_users(&shared, tasks).await;
+        return Err(format!(
+            "could not connect any user: {}",
+            describe_failures(&failures)
+        ));
+    }
+    if connect_failures > 0 {
+        eprintln!(
+            "roomshard-bench: {connect_failures} of {total} users did not come up ({}); running with {connected}",
+            describe_failures(&failures)
+        );
+    }
+    eprintln!("roomshard-bench: {connected} connections up in {connect_s:.1} s");
+
+    // Hand each room's live users to its pacer; the others' queues are dropped.
+    let mut per_room: Vec<Vec<mpsc::Sender<SendOrder>>> = vec![Vec::new(); plan.rooms];
+    let mut tasks = Vec::with_capacity(total);
+    for (s, is_up) in started.into_iter().zip(up) {
+        if let (true, Some(room)) = (is_up, s.room) {
+            per_room[room].push(s.orders);
+        }
+        tasks.push(s.task);
+    }
+
+    let period = Duration::from_secs_f64(1.0 / plan.rate);
+    let start = Instant::now() + PACER_LEAD;
+    let measure_from = start + plan.warmup;
+    let send_until = measure_from + plan.duration;
+    shared
+        .measure_from_us
+        .store(shared.us_at(measure_from), Ordering::Relaxed);
+    shared
+        .send_until_us
+        .store(shared.us_at(send_until), Ordering::Relaxed);
+    let rooms = per_room.len().max(1) as u32;
+    let pacers: Vec<JoinHandle<u64>> = per_room
+        .into_iter()
+        .enumerate()
+        .filter(|(_, users)| !users.is_empty())
+        .map(|(room, users)| {
+            // Stagger the rooms across one period so the nodes see a steady stream.
+            let offset = period.mul_f64(f64::from(room as u32 % rooms) / f64::from(rooms));
+            tokio::spawn(pace_room(
+                shared.clone(),
+                users,
+                period,
+                start + offset,
+                send_until,
+            ))
+        })
+        .collect();
+    eprintln!(
+        "roomshard-bench: sending {:.0} msg/s ({} rooms x {} msg/s), warmup {:?}, measuring {:?}",
+        plan.rate * plan.rooms as f64,
+        plan.rooms,
+        plan.rate,
+        plan.warmup,
+        plan.duration
+    );
+
+    tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
+    let cpu_before = procfs::total_cpu_ticks(&plan.pids);
+    let metrics_before = scrape_or_warn(&plan.metrics).await;
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    let mut last_delivered = 0;
+    let send_end = tokio::time::sleep_until(tokio::time::Instant::from_std(send_until));
+    tokio::pin!(send_end);
+    loop {
+        tokio::select! {
+            () = &mut send_end => break,
+            _ = progress.tick() => {
+                let delivered = shared.delivered.load(Ordering::Relaxed);
+                eprintln!(
+                    "roomshard-bench: {:.0} s: {:.0} deliveries/s, {} in flight, {} reconnects",
+                    measure_from.elapsed().as_secs_f64(),
+                    (delivered - last_delivered) as f64 / PROGRESS_EVERY.as_secs_f64(),
+                    shared.in_flight.load(Ordering::Relaxed),
+                    shared.reconnects.load(Ordering::Relaxed),
+                );
+                last_delivered = delivered;
+            }
+        }
+    }
+    let mut not_sent = 0;
+    for pacer in pacers {
+        not_sent += pacer.await.unwrap_or(0);
+    }
+
+    eprintln!(
+        "roomshard-bench: send phase over, draining (at most {:?})",
+        plan.drain
+    );
+    let drain_start = Instant::now();
+    let drain_deadline = drain_start + plan.drain;
+    while Instant::now() < drain_deadline {
+        let in_flight = shared.in_flight.load(Ordering::Relaxed);
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        let expected = shared.expected.load(Ordering::Relaxed);
+        if in_flight <= 0 && delivered >= expected {
+            break;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let drain_s = drain_start.elapsed().as_secs_f64();
+    let cpu_after = procfs::total_cpu_ticks(&plan.pids);
+    let server_rss_kib = if plan.pids.is_empty() {
+        None
+    } else {
+        procfs::total_rss_kib(&plan.pids)
+    };
+    let metrics_after = scrape_or_warn(&plan.metrics).await;
+    let bench_rss_kib = procfs::rss_kib(std::process::id());
+
+    eprintln!("roomshard-bench: closing connections");
+    let reports = stop_users(&shared, tasks).await;
+
+    // Add up what the users saw.
+    let mut errors = BTreeMap::new();
+    let mut error_examples = BTreeMap::new();
+    let (mut sent, mut accepted, mut delivered, mut gaps, mut unanswered, mut tail) =
+        (0, 0, 0, 0, 0, 0);
+    let (mut duplicates, mut out_of_order, mut reconnects, mut bad_frames, mut down_at_end) =
+        (0, 0, 0, 0, 0);
+    let mut longest_pause_us = 0;
+    for report in &reports {
+        sent += report.sent;
+        accepted += report.accepted;
+        delivered += report.delivered;
+        gaps += report.gaps;
+        unanswered += report.unanswered;
+        duplicates += report.duplicates;
+        out_of_order += report.out_of_order;
+        reconnects += report.reconnects;
+        bad_frames += report.bad_frames;
+        longest_pause_us = longest_pause_us.max(report.longest_pause_us);
+        for (code, n) in &report.errors {
+            *errors.entry(code.clone()).or_insert(0) += n;
+        }
+        for (code, message) in &report.error_examples {
+            error_examples
+                .entry(code.clone())
+                .or_insert_with(|| message.clone());
+        }
+        let (Some(room), Some(last)) = (report.room, report.last_seq) else {
+            continue;
+        };
+        if report.up_at_end {
+            let room_max = shared.rooms[room].max_seq.load(Ordering::Relaxed);
+            tail += room_max.saturating_sub(last);
+        } else {
+            down_at_end += 1;
+        }
+    }
+    for (code, message) in &error_examples {
+        eprintln!("roomshard-bench: error `{code}` from the nodes, e.g. \"{message}\"");
+    }
+    let latency = shared
+        .latency
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let duration_s = plan.duration.as_secs_f64();
+    let server_cpu_s = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if !plan.pids.is_empty() => {
+            Some(after.saturating_sub(before) as f64 / ticks_per_sec as f64)
+        }
+        _ => None,
+    };
+    let report = LoadReport {
+        connections: connected as u64,
+        rooms: plan.rooms,
+        duration_s,
+        offered_per_s: plan.rate * plan.rooms as f64,
+        sent,
+        accepted,
+        delivered,
+        delivered_per_s: round1(delivered as f64 / duration_s),
+        expected_deliveries: shared.expected.load(Ordering::Relaxed),
+        latency_ms: LatencyMs {
+            p50: ms(latency.quantile(0.50)),
+            p90: ms(latency.quantile(0.90)),
+            p99: ms(latency.quantile(0.99)),
+            p999: ms(latency.quantile(0.999)),
+            max: ms(latency.max()),
+            samples: latency.len(),
+        },
+        errors,
+        lost: gaps + unanswered + tail,
+        duplicates,
+        reconnects,
+        longest_pause_ms: ms(longest_pause_us),
+        server_cpu_s: server_cpu_s.map(round3),
+        server_cpu_s_per_million: server_cpu_s
+            .filter(|_| delivered > 0)
+            .map(|cpu| round3(cpu / delivered as f64 * 1e6)),
+        server_rss_kib,
+        users_per_room: plan.users,
+        warmup_s: plan.warmup.as_secs_f64(),
+        connect_failures,
+        lost_detail: LostDetail {
+            seq_gaps: gaps,
+            unanswered,
+            tail,
+        },
+        out_of_order,
+        not_sent,
+        bad_frames,
+        down_at_end,
+        drain_s: round3(drain_s),
+        connect_s: round3(connect_s),
+        wall_s: round3(wall.elapsed().as_secs_f64()),
+        bench_rss_kib,
+        server_metrics: match (metrics_before, metrics_after) {
+            (Some(before), Some(after)) => Some(scrape::delta(&before, &after)),
+            _ => None,
+        },
+    };
+    eprintln!(
+        "roomshard-bench: done in {:.1} s: {delivered} deliveries, p99 {:.1} ms, {} lost",
+        wall.elapsed().as_secs_f64(),
+        report.latency_ms.p99,
+        report.lost
+    );
+    serde_json::to_string(&report).map_err(|e| format!("cannot write the report: {e}"))
+}
+
+/// One room's pacer: every `period` from `first`, give the next user (in turn) an order to
+/// send, until `until`. Returns how many orders found the user's queue full.
+async fn pace_room(
+    shared: Arc<Shared>,
+    mut users: Vec<mpsc::Sender<SendOrder>>,
+    period: Duration,
+    first: Instant,
+    until: Instant,
+) -> u64 {
+    let until = tokio::time::Instant::from_std(until);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(first), period);
+    // Catch up after a stall: the offered load stays what was asked for, and the late
+    // messages carry their due time, so the stall shows in the latency, not hidden by it.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let measure_from = shared.measure_from_us.load(Ordering::Relaxed);
+    let mut next = 0usize;
+    let mut not_sent = 0;
+    loop {
+        let due = tokio::select! {
+            due = ticks.tick() => due,
+            () = shared.stop.cancelled() => break,
+        };
+        if due >= until || users.is_empty() {
+            break;
+        }
+        let order = SendOrder {
+            scheduled_us: shared.us_at(due.into_std()),
+        };
+        let at = next % users.len();
+        next = next.wrapping_add(1);
+        match users[at].try_send(order) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if order.scheduled_us >= measure_from {
+                    not_sent += 1;
+                }
+            }
+            // The user is gone for good: the room goes on with the others.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                users.swap_remove(at);
+            }
+        }
+    }
+    not_sent
+}
+
+async fn scrape_or_warn(targets: &[super::args::HttpTarget]) -> Option<BTreeMap<String, f64>> {
+    if targets.is_empty() {
+        return None;
+    }
+    match scrape::scrape_all(targets).await {
+        Ok(samples) => Some(samples),
+        Err(e) => {
+            eprintln!("roomshard-bench: cannot read metrics: {e}");
+            None
+        }
+    }
+}
+
+async fn run_idle(plan: IdlePlan) -> Result<String, String> {
+    let wall = Instant::now();
+    if plan.pids.is_empty() {
+        eprintln!("roomshard-bench: no --pids: the nodes' memory cannot be measured");
+    }
+    let rss_before = procfs::total_rss_kib(&plan.pids).filter(|_| !plan.pids.is_empty());
+    let shared = new_shared(plan.nodes.clone(), 0, plan.connect_concurrency, Vec::new());
+    eprintln!(
+        "roomshard-bench: opening {} idle connections to {} node(s)",
+        plan.connections,
+        plan.nodes.len()
+    );
+    let up_deadline = Instant::now() + plan.connect_timeout;
+    let mut started: Vec<Started> = (0..plan.connections)
+        .map(|index| {
+            let spec = UserSpec {
+                name: format!("{}-idle-{index}", plan.prefix),
+                room: None,
+                first_node: index,
+                up_deadline,
+            };
+            start_user(&shared, spec)
+        })
+        .collect();
+    let (up, failures) = wait_until_up(&shared, &mut started, up_deadline).await;
+    let connected = up.iter().filter(|&&u| u).count() as u64;
+    let connect_s = wall.elapsed().as_secs_f64();
+    let tasks: Vec<_> = started.into_iter().map(|s| s.task).collect();
+    if connected == 0 {
+        stop_users(&shared, tasks).await;
+        return Err(format!(
+            "could not open any connection: {}",
+            describe_failures(&failures)
+        ));
+    }
+    if !failures.is_empty() {
+        eprintln!(
+            "roomshard-bench: {} connections did not come up ({})",
+            plan.connections as u64 - connected,
+            describe_failures(&failures)
+        );
+    }
+    eprintln!("roomshard-bench: {connected} connections up in {connect_s:.1} s; settling");
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let rss_after = procfs::total_rss_kib(&plan.pids).filter(|_| !plan.pids.is_empty());
+    let bench_rss_kib = procfs::rss_kib(std::process::id());
+    let reconnects = shared.reconnects.load(Ordering::Relaxed);
+    eprintln!("roomshard-bench: closing connections");
+    stop_users(&shared, tasks).await;
+    let report = IdleReport {
+        idle_connections: connected,
+        rss_before_kib: rss_before,
+        rss_after_kib: rss_after,
+        bytes_per_connection: match (rss_before, rss_after) {
+            (Some(before), Some(after)) => Some(round1(
+                (after as f64 - before as f64) * 1024.0 / connected as f64,
+            )),
+            _ => None,
+        },
+        requested: plan.connections,
+        mode: "bare connections: no rooms, one ping answered each",
+        connect_s: round3(connect_s),
+        reconnects,
+        bench_rss_kib,
+    };
+    serde_json::to_string(&report).map_err(|e| format!("cannot write the report: {e}"))
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

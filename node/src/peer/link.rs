@@ -1,0 +1,370 @@
+//! One peer link's delivery state, which outlives the connections that carry it.
+//!
+//! Every message to a peer gets the next number of this node's stream to that peer and stays
+//! in the link's outbox until the peer acknowledges it. When a connection breaks, the next one
+//! starts by telling each side how far it got, and the rest is sent again; the receiver drops
+//! numbers it has already seen. So a message is delivered once, in order, or — when the peer
+//! restarted or left the cluster and can never take it — handed back ("bounced") so that its
+//! sender can be answered with an error instead of silence.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use shard::NodeName;
+use tokio::sync::Notify;
+
+use super::wire::{PeerFrame, PeerMsg};
+
+/// How many data frames a writer sends before it flushes.
+const BATCH: usize = 256;
+/// How often a receiver acknowledges what it got, at the latest.
+const ACK_EVERY: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Default)]
+struct LinkState {
+    /// The peer process we are in step with; a new one means its state is gone.
+    peer_incarnation: Option<u64>,
+    /// Last number received from the peer.
+    received: u64,
+    /// Number for the next message to the peer.
+    next_seq: u64,
+    /// Sent or not yet, but not acknowledged.
+    unacked: VecDeque<(u64, Arc<PeerMsg>)>,
+    /// Bumped by each new connection, so an old one stops writing.
+    generation: u64,
+}
+
+/// The delivery state of the link to one peer.
+#[derive(Debug)]
+pub struct PeerLink {
+    /// The peer at the other end.
+    pub peer: NodeName,
+    state: Mutex<LinkState>,
+    wake: Notify,
+    connected: AtomicBool,
+    max_unacked: usize,
+}
+
+impl PeerLink {
+    /// A link with no connection yet; at most `max_unacked` messages wait for acknowledgement.
+    pub fn new(peer: NodeName, max_unacked: usize) -> PeerLink {
+        PeerLink {
+            peer,
+            state: Mutex::new(LinkState {
+                next_seq: 1,
+                ..LinkState::default()
+            }),
+            wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            max_unacked: max_unacked.max(1),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, LinkState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queue a message for the peer.
+    ///
+    /// # Errors
+    /// The message back when the outbox is full (the peer has been unreachable for long).
+    pub fn push(&self, msg: PeerMsg) -> Result<(), PeerMsg> {
+        let mut state = self.state();
+        if state.unacked.len() >= self.max_unacked {
+            return Err(msg);
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.unacked.push_back((seq, Arc::new(msg)));
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether a connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Messages waiting for acknowledgement.
+    pub fn pending(&self) -> usize {
+        self.state().unacked.len()
+    }
+
+    /// How far this node got in the peer's stream, to tell a new connection.
+    pub fn received(&self) -> u64 {
+        self.state().received
+    }
+
+    /// Note which process the peer is. A different one than before restarted with no memory
+    /// of this link: numbering starts over both ways and what it never acknowledged is
+    /// returned, to be answered with errors.
+    pub fn meet(&self, incarnation: u64) -> Vec<Arc<PeerMsg>> {
+        let mut state = self.state();
+        match state.peer_incarnation {
+            Some(known) if known != incarnation => {
+                state.peer_incarnation = Some(incarnation);
+                state.received = 0;
+                state.next_seq = 1;
+                state.unacked.drain(..).map(|(_, m)| m).collect()
+            }
+            _ => {
+                state.peer_incarnation = Some(incarnation);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Everything still queued, removed (the peer left the cluster for good).
+    pub fn take_all(&self) -> Vec<Arc<PeerMsg>> {
+        let mut state = self.state();
+        state.generation += 1;
+        state.unacked.drain(..).map(|(_, m)| m).collect()
+    }
+
+    fn ack(&self, upto: u64) {
+        let mut state = self.state();
+        while state.unacked.front().is_some_and(|(seq, _)| *seq <= upto) {
+            state.unacked.pop_front();
+        }
+    }
+
+    /// True when `seq` is new (the next one); false for a repeat after a resend.
+    fn accept(&self, seq: u64) -> bool {
+        let mut state = self.state();
+        if seq <= state.received {
+            return false;
+        }
+        state.received = seq;
+        true
+    }
+
+    fn unsent(&self, after: u64, generation: u64) -> Option<Vec<(u64, Arc<PeerMsg>)>> {
+        let state = self.state();
+        if state.generation != generation {
+            return None;
+        }
+        Some(
+            state
+                .unacked
+                .iter()
+                .filter(|(seq, _)| *seq > after)
+                .take(BATCH)
+                .map(|(seq, m)| (*seq, m.clone()))
+                .collect(),
+        )
+    }
+
+    /// Carry the link over one established connection until it breaks. `resume_from` is how far
+    /// the peer got in our stream; `deliver` gets every new message from the peer, in order.
+    pub async fn run<W, R>(
+        self: &Arc<Self>,
+        mut sink: W,
+        mut stream: R,
+        resume_from: u64,
+        deliver: &(dyn Fn(PeerMsg) + Send + Sync),
+    ) where
+        W: Sink<Vec<u8>> + Unpin + Send,
+        R: Stream<Item = Vec<u8>> + Unpin + Send,
+    {
+        self.ack(resume_from);
+        let generation = {
+            let mut state = self.state();
+            state.generation += 1;
+            state.generation
+        };
+        self.connected.store(true, Ordering::Relaxed);
+        let reader = async {
+            while let Some(bytes) = stream.next().await {
+                match PeerFrame::decode(&bytes) {
+                    Ok(PeerFrame::Data { seq, msg }) => {
+                        if self.accept(seq) {
+                            deliver(msg);
+                        }
+                    }
+                    Ok(PeerFrame::Ack { seq }) => self.ack(seq),
+                    Ok(other) => {
+                        tracing::warn!(peer = %self.peer, frame = ?other, "unexpected peer frame");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, error = %e, "malformed peer frame");
+                        return;
+                    }
+                }
+            }
+        };
+        let writer = async {
+            let mut sent = resume_from;
+            let mut acked = 0;
+            let mut tick = tokio::time::interval(ACK_EVERY);
+            loop {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    _ = tick.tick() => {}
+                }
+                loop {
+                    let Some(batch) = self.unsent(sent, generation) else {
+                        return; // a newer connection took over
+                    };
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for (seq, msg) in batch {
+                        let frame = PeerFrame::Data {
+                            seq,
+                            msg: (*msg).clone(),
+                        };
+                        if sink.feed(frame.encode()).await.is_err() {
+                            return;
+                        }
+                        sent = seq;
+                    }
+                    if sink.flush().await.is_err() {
+                        return;
+                    }
+                }
+                let received = self.received();
+                if received > acked {
+                    if sink
+                        .send(PeerFrame::Ack { seq: received }.encode())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    acked = received;
+                }
+            }
+        };
+        tokio::select! {
+            () = reader => {}
+            () = writer => {}
+        }
+        if self.state().generation == generation {
+            self.connected.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::{ConnId, EdgeEvent};
+
+    fn msg(n: u64) -> PeerMsg {
+        PeerMsg::Event(EdgeEvent::ToConn {
+            conn: ConnId(n),
+            frame: "x".into(),
+        })
+    }
+
+    fn conn_of(msg: &PeerMsg) -> u64 {
+        match msg {
+            PeerMsg::Event(EdgeEvent::ToConn { conn, .. }) => conn.0,
+            _ => 0,
+        }
+    }
+
+    fn link() -> Arc<PeerLink> {
+        Arc::new(PeerLink::new(NodeName::new("peer").expect("valid"), 4))
+    }
+
+    #[test]
+    fn a_full_outbox_hands_the_message_back() {
+        let link = link();
+        for n in 0..4 {
+            assert!(link.push(msg(n)).is_ok());
+        }
+        let bounced = link.push(msg(9)).expect_err("outbox full");
+        assert_eq!(conn_of(&bounced), 9);
+        link.ack(2);
+        assert!(
+            link.push(msg(10)).is_ok(),
+            "acknowledged messages free room"
+        );
+    }
+
+    #[test]
+    fn repeats_after_a_resend_are_dropped() {
+        let link = link();
+        assert!(link.accept(1));
+        assert!(link.accept(2));
+        assert!(!link.accept(2));
+        assert!(!link.accept(1));
+        assert!(link.accept(3));
+    }
+
+    #[test]
+    fn a_restarted_peer_gets_its_unacknowledged_messages_bounced_and_numbering_restarts() {
+        let link = link();
+        assert!(link.meet(7).is_empty());
+        link.push(msg(1)).expect("room");
+        link.push(msg(2)).expect("room");
+        link.accept(5);
+        assert!(link.meet(7).is_empty(), "same process: nothing changes");
+        let bounced = link.meet(8);
+        assert_eq!(
+            bounced.iter().map(|m| conn_of(m)).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(link.received(), 0);
+        link.push(msg(3)).expect("room");
+        assert_eq!(link.unsent(0, 0).expect("same generation")[0].0, 1);
+    }
+
+    #[tokio::test]
+    async fn messages_lost_with_a_broken_connection_are_resent_on_the_next_one() {
+        use tokio::sync::mpsc;
+        use tokio_util::sync::PollSender;
+        let sender = Arc::new(PeerLink::new(NodeName::new("peer").expect("valid"), 16));
+        for n in 1..=5 {
+            sender.push(msg(n)).expect("room");
+        }
+        // First connection: the peer reads frames but the connection breaks before any ack.
+        let (tx, mut wire) = mpsc::channel::<Vec<u8>>(64);
+        let incoming = futures_util::stream::pending::<Vec<u8>>();
+        let first = {
+            let sender = sender.clone();
+            tokio::spawn(async move { sender.run(PollSender::new(tx), incoming, 0, &|_| {}).await })
+        };
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            if let Some(bytes) = wire.recv().await {
+                if let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes) {
+                    seen.push(seq);
+                }
+            }
+        }
+        first.abort();
+        assert_eq!(seen, [1, 2, 3, 4, 5]);
+        // Second connection: the peer says it got up to 3, so 4 and 5 come again, then 6.
+        sender.push(msg(6)).expect("room");
+        let (tx, mut wire) = mpsc::channel::<Vec<u8>>(64);
+        let incoming = futures_util::stream::pending::<Vec<u8>>();
+        let second = {
+            let sender = sender.clone();
+            tokio::spawn(async move { sender.run(PollSender::new(tx), incoming, 3, &|_| {}).await })
+        };
+        let mut again = Vec::new();
+        while again.len() < 3 {
+            if let Some(bytes) = wire.recv().await {
+                if let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes) {
+                    again.push(seq);
+                }
+            }
+        }
+        second.abort();
+        assert_eq!(again, [4, 5, 6]);
+        assert_eq!(
+            sender.pending(),
+            3,
+            "4, 5 and 6 wait for their acknowledgement"
+        );
+    }
+}

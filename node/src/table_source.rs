@@ -1,0 +1,121 @@
+//! Where a node gets its assignment table from.
+//!
+//! A source yields tables; the node applies them in epoch order and ignores older ones, so a
+//! source may repeat itself or reconnect freely. Here: an HTTP source that long-polls the local
+//! cluster driver (`GET <url>?after=EPOCH` answers as soon as a newer table exists). In
+//! Kubernetes the same trait is fed by a watch on the cluster's ConfigMap.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use shard::AssignmentTable;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::NodeState;
+
+/// Why a table could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source could not be reached or answered with an error.
+    #[error("table source unreachable: {0}")]
+    Unreachable(String),
+    /// The source answered with something that is not a valid table.
+    #[error("invalid table from source: {0}")]
+    Invalid(#[from] shard::ShardError),
+}
+
+/// A stream of assignment tables.
+pub trait TableSource: Send + Sync + 'static {
+    /// The next table newer than `after`, or the current one after a while with no change.
+    fn next(
+        &self,
+        after: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<AssignmentTable, SourceError>> + Send + '_>>;
+}
+
+/// Long-polls a URL that serves the table as JSON.
+#[derive(Debug, Clone)]
+pub struct HttpTableSource {
+    url: String,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl HttpTableSource {
+    /// A source for `url` (e.g. `http://127.0.0.1:7700/table`).
+    pub fn new(url: impl Into<String>) -> HttpTableSource {
+        HttpTableSource {
+            url: url.into(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl TableSource for HttpTableSource {
+    fn next(
+        &self,
+        after: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<AssignmentTable, SourceError>> + Send + '_>> {
+        Box::pin(async move {
+            let separator = if self.url.contains('?') { '&' } else { '?' };
+            let uri = format!("{}{separator}after={after}", self.url)
+                .parse::<hyper::Uri>()
+                .map_err(|e| SourceError::Unreachable(e.to_string()))?;
+            let response = tokio::time::timeout(Duration::from_secs(60), self.client.get(uri))
+                .await
+                .map_err(|_| SourceError::Unreachable("timed out".into()))?
+                .map_err(|e| SourceError::Unreachable(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(SourceError::Unreachable(format!(
+                    "status {}",
+                    response.status()
+                )));
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| SourceError::Unreachable(e.to_string()))?
+                .to_bytes();
+            let text =
+                std::str::from_utf8(&body).map_err(|e| SourceError::Unreachable(e.to_string()))?;
+            Ok(AssignmentTable::from_json(text)?)
+        })
+    }
+}
+
+/// Apply every table `source` yields to `node` until `shutdown`.
+pub async fn follow(
+    source: Arc<dyn TableSource>,
+    node: Arc<NodeState>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let after = node.table().epoch;
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = source.next(after) => next,
+        };
+        match next {
+            Ok(table) => {
+                backoff = Duration::from_millis(100);
+                node.apply_table(table).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch the assignment table; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

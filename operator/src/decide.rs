@@ -1,0 +1,739 @@
+//! The reconcile decision: from what the operator observes, what to do next.
+//!
+//! [`decide`] is a pure function of its [`Inputs`]: the desired replica count, the pods that
+//! exist (running or not, ready or not, with their last reports), the published table and how
+//! long a scale-down has been going on. It returns a [`Decision`]: the table to publish (if it
+//! changed), the scale-down step, how many pods should exist, which pods to start and which to
+//! stop. The local driver acts on it with processes; the Kubernetes reconciler will act on it
+//! with a ConfigMap and a StatefulSet. Nothing here knows about either.
+//!
+//! One pass, in order:
+//!
+//! 1. **Completed hand-offs.** Moves that a node reports done (as the source) are cleared with
+//!    [`complete_moves`], but only from reports of the published epoch: a report of an older
+//!    table could name an earlier move of the same shard between the same nodes.
+//! 2. **Membership.** The ready pods with known addresses, plus the draining set: always
+//!    [`nodes_to_drain`]`(desired, pods)`, the highest ordinals above the desired count. A
+//!    scale-up in the middle of a scale-down therefore simply un-drains.
+//! 3. **Plan.** [`plan`] gives the next table; it is published only when its epoch changed.
+//! 4. **Drain step.** [`drain_step`] on the planned table says whether the pods above the
+//!    desired count may go: only on [`DrainStep::Remove`] does the replica count drop.
+//! 5. **Pods to start.** Pods below the desired count whose process is not running, once the
+//!    table no longer lists them (a dead pod first leaves membership, its shards are reassigned
+//!    fresh, then a replacement with the same name starts), and new ordinals on scale-up. New
+//!    pods get shards only when they are ready, through an ordinary rebalance.
+//! 6. **Stuck.** A scale-down still in progress after [`DecideOptions::drain_timeout`] is
+//!    reported as [`Stuck`], naming the nodes and what they wait for. Nothing is forced: the
+//!    caller logs it (or sets a Degraded condition) and asks again later.
+//!
+//! Guarantees: idempotent (deciding again on the same inputs gives the same decision, and
+//! deciding on a table this function produced republishes nothing); a pod is stopped only on
+//! `Remove` (see [`drain_step`] for what that guarantees); a running pod is never started again.
+//! Assumptions: pod names end in their ordinal (`node-3`), the `pods` are the ordinals
+//! `0..replicas` of the current replica count, and reports are what the nodes' `/status` said
+//! (a node that lies about its epoch or moves can make a removal early).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use shard::{
+    AssignmentTable, DrainStep, Membership, Move, NodeInfo, NodeName, NodeReport, PlanOptions,
+    ShardError, complete_moves, drain_step, nodes_to_drain, ordinal_of, plan,
+};
+
+/// What a node's `/status` said, as far as decisions go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The epoch of the last table the node applied.
+    pub epoch: u64,
+    /// Hand-offs the node still has in progress, as source or target.
+    pub moves_in_flight: u32,
+    /// Moves of the table at `epoch` that the node completed as the source.
+    pub moves_done: Vec<Move>,
+}
+
+/// One pod as observed: does its process (container) run, is it ready, how to reach it, and
+/// what it last reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    /// The pod's name; ends in its ordinal.
+    pub name: NodeName,
+    /// A process runs for it (possibly still starting, possibly shutting down).
+    pub running: bool,
+    /// Its readiness probe passes: it is a member and may own shards.
+    pub ready: bool,
+    /// Its addresses, once known; a pod without them cannot be a member.
+    pub info: Option<NodeInfo>,
+    /// Its last `/status`, if it gave one since it started.
+    pub report: Option<Report>,
+}
+
+/// Knobs for [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecideOptions {
+    /// Passed to [`plan`]: caps the moves per node in one table.
+    pub plan: PlanOptions,
+    /// How long a scale-down may take before it is reported as [`Stuck`].
+    pub drain_timeout: Duration,
+    /// Pod names are `{pod_prefix}-{ordinal}`.
+    pub pod_prefix: String,
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The replica count the user asked for.
+    pub desired_replicas: u32,
+    /// The pods that exist now: ordinals `0..replicas` of the current replica count.
+    pub pods: &'a [PodView],
+    /// The published table.
+    pub table: &'a AssignmentTable,
+    /// How long the scale-down in progress has been going on (zero when none was).
+    pub drain_elapsed: Duration,
+}
+
+/// What to do, as the result of one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The table after this pass: the published one, or the next one.
+    pub table: AssignmentTable,
+    /// True when `table` has a new epoch and must be published (long-poll waiters wake up).
+    pub publish: bool,
+    /// The scale-down step, computed on `table`.
+    pub step: DrainStep,
+    /// How many pods should exist (the StatefulSet's replicas): never below the current count
+    /// until the step is `Remove`.
+    pub replicas: u32,
+    /// Pods to start (the local driver's job; a StatefulSet does it in Kubernetes).
+    pub start: Vec<NodeName>,
+    /// Pods to stop: those of `DrainStep::Remove`.
+    pub stop: BTreeSet<NodeName>,
+    /// Set when a scale-down has been going on for longer than the drain timeout.
+    pub stuck: Option<Stuck>,
+}
+
+/// A scale-down that has not finished in time, with what it waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    /// The nodes being drained.
+    pub draining: Vec<NodeName>,
+    /// How long the drain has been going on.
+    pub elapsed: Duration,
+    /// Live nodes that have not applied the table's epoch.
+    pub lagging: Vec<NodeName>,
+    /// The table's moves from or to the draining nodes.
+    pub pending: Vec<Move>,
+    /// Nodes that report hand-offs in progress, with how many.
+    pub busy: Vec<(NodeName, u32)>,
+    /// The table epoch the drain waits on.
+    pub epoch: u64,
+}
+
+/// At most this many moves are named in a [`Stuck`] message.
+const MOVES_NAMED: usize = 8;
+
+impl fmt::Display for Stuck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "scale-down stuck for {}s: draining {}",
+            self.elapsed.as_secs(),
+            join(&self.draining)
+        )?;
+        if !self.lagging.is_empty() {
+            write!(
+                f,
+                "; not yet at epoch {}: {}",
+                self.epoch,
+                join(&self.lagging)
+            )?;
+        }
+        if !self.pending.is_empty() {
+            let named: Vec<String> = self
+                .pending
+                .iter()
+                .take(MOVES_NAMED)
+                .map(|m| format!("shard {} {} -> {}", m.shard, m.from, m.to))
+                .collect();
+            write!(f, "; moves not done: {}", named.join(", "))?;
+            if self.pending.len() > MOVES_NAMED {
+                write!(f, " and {} more", self.pending.len() - MOVES_NAMED)?;
+            }
+        }
+        if !self.busy.is_empty() {
+            let busy: Vec<String> = self
+                .busy
+                .iter()
+                .map(|(n, k)| format!("{n} ({k})"))
+                .collect();
+            write!(f, "; hand-offs in progress on {}", busy.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+fn join(names: &[NodeName]) -> String {
+    let names: Vec<&str> = names.iter().map(NodeName::as_str).collect();
+    names.join(", ")
+}
+
+/// The phase of a drain step, as shown in status (`/cluster`, the ChatCluster status).
+pub fn phase(step: &DrainStep) -> &'static str {
+    match step {
+        DrainStep::Steady => "Steady",
+        DrainStep::MarkDraining(_) => "MarkDraining",
+        DrainStep::WaitForEpoch { .. } => "WaitForEpoch",
+        DrainStep::WaitForMoves { .. } => "WaitForMoves",
+        DrainStep::Remove(_) => "Remove",
+    }
+}
+
+/// True while a scale-down is under way and not yet safe to finish.
+pub fn draining_in_progress(step: &DrainStep) -> bool {
+    matches!(
+        step,
+        DrainStep::MarkDraining(_)
+            | DrainStep::WaitForEpoch { .. }
+            | DrainStep::WaitForMoves { .. }
+    )
+}
+
+/// The name of the pod with this ordinal.
+///
+/// # Errors
+///
+/// [`ShardError::InvalidNodeName`] when the prefix does not make a valid pod name.
+pub fn pod_name(prefix: &str, ordinal: u32) -> Result<NodeName, ShardError> {
+    NodeName::new(format!("{prefix}-{ordinal}"))
+}
+
+/// One reconcile pass (see the module doc).
+///
+/// # Errors
+///
+/// [`ShardError::InvalidNodeName`] when a new pod's name cannot be built from the prefix.
+pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, ShardError> {
+    let Inputs {
+        desired_replicas,
+        pods,
+        table: published,
+        drain_elapsed,
+    } = inputs;
+
+    // 1. Completed hand-offs, from reports of the published epoch only.
+    let done: Vec<Move> = pods
+        .iter()
+        .filter_map(|p| p.report.as_ref())
+        .filter(|r| r.epoch == published.epoch)
+        .flat_map(|r| r.moves_done.iter().cloned())
+        .collect();
+    let completed = complete_moves(published, &done);
+
+    // 2. Membership.
+    let names: Vec<NodeName> = pods.iter().map(|p| p.name.clone()).collect();
+    let membership = Membership {
+        ready: pods
+            .iter()
+            .filter(|p| p.ready)
+            .filter_map(|p| Some((p.name.clone(), p.info.clone()?)))
+            .collect(),
+        draining: nodes_to_drain(desired_replicas, &names),
+    };
+
+    // 3. Plan.
+    let table = plan(&completed, &membership, &options.plan);
+    let publish = table.epoch != published.epoch;
+
+    // 4. Drain step, on the table the nodes are about to get.
+    let reports: Vec<NodeReport> = pods
+        .iter()
+        .filter_map(|p| {
+            p.report.as_ref().map(|r| NodeReport {
+                name: p.name.clone(),
+                epoch_applied: r.epoch,
+                moves_pending: r.moves_in_flight,
+            })
+        })
+        .collect();
+    let step = drain_step(desired_replicas, &names, &table, &reports);
+    let current = u32::try_from(pods.len()).unwrap_or(u32::MAX);
+    let (replicas, stop) = match &step {
+        DrainStep::Remove(nodes) => (desired_replicas, nodes.clone()),
+        _ => (desired_replicas.max(current), BTreeSet::new()),
+    };
+
+    // 5. Pods to start: dead ones below the desired count once out of the table, then new ones.
+    let mut start: Vec<NodeName> = pods
+        .iter()
+        .filter(|p| !p.running && !table.nodes.contains_key(&p.name))
+        .filter(|p| ordinal_of(&p.name).is_some_and(|o| o < desired_replicas))
+        .map(|p| p.name.clone())
+        .collect();
+    for ordinal in current..replicas {
+        start.push(pod_name(&options.pod_prefix, ordinal)?);
+    }
+
+    // 6. Stuck.
+    let stuck = (draining_in_progress(&step) && drain_elapsed >= options.drain_timeout)
+        .then(|| stuck(&step, &membership.draining, drain_elapsed, &table, &reports));
+
+    Ok(Decision {
+        table,
+        publish,
+        step,
+        replicas,
+        start,
+        stop,
+        stuck,
+    })
+}
+
+fn stuck(
+    step: &DrainStep,
+    draining: &BTreeSet<NodeName>,
+    elapsed: Duration,
+    table: &AssignmentTable,
+    reports: &[NodeReport],
+) -> Stuck {
+    let (lagging, pending) = match step {
+        DrainStep::WaitForEpoch { lagging, .. } => (lagging.clone(), Vec::new()),
+        DrainStep::WaitForMoves { pending } => (Vec::new(), pending.clone()),
+        _ => (Vec::new(), Vec::new()),
+    };
+    Stuck {
+        draining: draining.iter().cloned().collect(),
+        elapsed,
+        lagging,
+        pending,
+        busy: reports
+            .iter()
+            .filter(|r| r.moves_pending > 0 && table.nodes.contains_key(&r.name))
+            .map(|r| (r.name.clone(), r.moves_pending))
+            .collect(),
+        epoch: table.epoch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARDS: u32 = 12;
+
+    fn options() -> DecideOptions {
+        DecideOptions {
+            plan: PlanOptions::default(),
+            drain_timeout: Duration::from_secs(30),
+            pod_prefix: "node".into(),
+        }
+    }
+
+    fn name(i: u32) -> NodeName {
+        pod_name("node", i).expect("valid pod name")
+    }
+
+    fn info(i: u32) -> NodeInfo {
+        NodeInfo {
+            peer_addr: format!("127.0.0.1:{}", 7000 + i),
+            client_addr: Some(format!("127.0.0.1:{}", 8000 + i)),
+        }
+    }
+
+    /// A running, ready pod that has applied `epoch` and has nothing in flight.
+    fn ready(i: u32, epoch: u64) -> PodView {
+        PodView {
+            name: name(i),
+            running: true,
+            ready: true,
+            info: Some(info(i)),
+            report: Some(Report {
+                epoch,
+                ..Report::default()
+            }),
+        }
+    }
+
+    /// A process that runs but is not ready yet and has not reported.
+    fn starting(i: u32) -> PodView {
+        PodView {
+            name: name(i),
+            running: true,
+            ready: false,
+            info: Some(info(i)),
+            report: None,
+        }
+    }
+
+    fn dead(i: u32) -> PodView {
+        PodView {
+            name: name(i),
+            running: false,
+            ready: false,
+            info: None,
+            report: None,
+        }
+    }
+
+    fn run(desired: u32, pods: &[PodView], table: &AssignmentTable) -> Decision {
+        run_after(desired, pods, table, Duration::ZERO)
+    }
+
+    fn run_after(
+        desired: u32,
+        pods: &[PodView],
+        table: &AssignmentTable,
+        drain_elapsed: Duration,
+    ) -> Decision {
+        let inputs = Inputs {
+            desired_replicas: desired,
+            pods,
+            table,
+            drain_elapsed,
+        };
+        decide(inputs, &options()).expect("valid pod names")
+    }
+
+    /// The table `n` ready pods converge to from an empty one.
+    fn settled(n: u32) -> AssignmentTable {
+        let pods: Vec<PodView> = (0..n).map(|i| ready(i, 0)).collect();
+        let decision = run(n, &pods, &AssignmentTable::empty(SHARDS));
+        assert!(decision.table.moves.is_empty());
+        decision.table
+    }
+
+    /// Every pod reports that it applied `table`, with nothing in flight.
+    fn all_at(pods: &mut [PodView], table: &AssignmentTable) {
+        for p in pods.iter_mut() {
+            if let Some(r) = p.report.as_mut() {
+                *r = Report {
+                    epoch: table.epoch,
+                    ..Report::default()
+                };
+            }
+        }
+    }
+
+    fn set(ids: &[u32]) -> BTreeSet<NodeName> {
+        ids.iter().map(|&i| name(i)).collect()
+    }
+
+    #[test]
+    fn a_balanced_cluster_is_steady_and_publishes_nothing() {
+        let table = settled(3);
+        let pods: Vec<PodView> = (0..3).map(|i| ready(i, table.epoch)).collect();
+        let decision = run(3, &pods, &table);
+        assert_eq!(decision.step, DrainStep::Steady);
+        assert!(!decision.publish);
+        assert_eq!(decision.table, table);
+        assert_eq!(decision.replicas, 3);
+        assert!(decision.start.is_empty());
+        assert!(decision.stop.is_empty());
+        assert_eq!(decision.stuck, None);
+    }
+
+    #[test]
+    fn the_first_pass_starts_every_pod_and_assigns_nothing_yet() {
+        let table = AssignmentTable::empty(SHARDS);
+        let decision = run(3, &[], &table);
+        assert_eq!(decision.replicas, 3);
+        assert_eq!(decision.start, vec![name(0), name(1), name(2)]);
+        assert!(!decision.publish);
+        assert_eq!(decision.step, DrainStep::Steady);
+    }
+
+    #[test]
+    fn ready_pods_share_the_shards_without_moves_when_nobody_owned_them() {
+        let decision = run(
+            2,
+            &[ready(0, 0), ready(1, 0)],
+            &AssignmentTable::empty(SHARDS),
+        );
+        assert!(decision.publish);
+        assert_eq!(decision.table.epoch, 1);
+        assert_eq!(decision.table.counts().get(&name(0)), Some(&6));
+        assert_eq!(decision.table.counts().get(&name(1)), Some(&6));
+        assert!(decision.table.moves.is_empty());
+    }
+
+    #[test]
+    fn scale_up_starts_new_pods_and_gives_them_shards_only_once_ready() {
+        let table = settled(2);
+        let mut pods: Vec<PodView> = (0..2).map(|i| ready(i, table.epoch)).collect();
+
+        let decision = run(3, &pods, &table);
+        assert_eq!(decision.replicas, 3);
+        assert_eq!(decision.start, vec![name(2)]);
+        assert!(!decision.publish);
+
+        // Started but not ready: still nothing for it.
+        pods.push(starting(2));
+        let decision = run(3, &pods, &table);
+        assert!(
+            decision.start.is_empty(),
+            "a running pod is not started again"
+        );
+        assert!(!decision.publish);
+        assert!(!decision.table.nodes.contains_key(&name(2)));
+
+        // Ready: an ordinary rebalance moves shards to it, all of them from live nodes.
+        pods[2] = ready(2, table.epoch);
+        let decision = run(3, &pods, &table);
+        assert!(decision.publish);
+        assert_eq!(decision.table.counts().get(&name(2)), Some(&4));
+        assert_eq!(decision.table.moves.len(), 4);
+        assert!(decision.table.moves.iter().all(|m| m.to == name(2)));
+        assert_eq!(decision.step, DrainStep::Steady);
+    }
+
+    #[test]
+    fn moves_reported_done_at_the_published_epoch_are_cleared() {
+        let two = settled(2);
+        let mut pods: Vec<PodView> = (0..3).map(|i| ready(i, two.epoch)).collect();
+        let table = run(3, &pods, &two).table;
+        let moves = table.moves.clone();
+        assert!(!moves.is_empty());
+        all_at(&mut pods, &table);
+
+        // Each source reports its moves done.
+        for p in pods.iter_mut() {
+            if let Some(r) = p.report.as_mut() {
+                r.moves_done = moves.iter().filter(|m| m.from == p.name).cloned().collect();
+            }
+        }
+        let decision = run(3, &pods, &table);
+        assert!(decision.publish);
+        assert_eq!(decision.table.epoch, table.epoch + 1);
+        assert!(decision.table.moves.is_empty());
+        assert_eq!(decision.table.counts(), table.counts());
+    }
+
+    #[test]
+    fn moves_done_in_a_report_of_an_older_epoch_are_not_trusted() {
+        let two = settled(2);
+        let pods: Vec<PodView> = (0..3).map(|i| ready(i, two.epoch)).collect();
+        let table = run(3, &pods, &two).table;
+        let mut stale = pods.clone();
+        for p in stale.iter_mut() {
+            if let Some(r) = p.report.as_mut() {
+                // Still at the old epoch, yet claiming the new moves.
+                r.moves_done = table.moves.clone();
+            }
+        }
+        let decision = run(3, &stale, &table);
+        assert!(!decision.publish);
+        assert_eq!(decision.table.moves, table.moves);
+    }
+
+    #[test]
+    fn scale_down_marks_the_highest_ordinals_draining_and_plans_them_empty() {
+        let table = settled(4);
+        let pods: Vec<PodView> = (0..4).map(|i| ready(i, table.epoch)).collect();
+        let decision = run(2, &pods, &table);
+        assert!(decision.publish);
+        assert_eq!(decision.table.draining, set(&[2, 3]));
+        assert!(decision.table.shards_of(&name(2)).is_empty());
+        assert!(decision.table.shards_of(&name(3)).is_empty());
+        assert!(
+            decision
+                .table
+                .moves
+                .iter()
+                .all(|m| set(&[2, 3]).contains(&m.from))
+        );
+        // Nobody has applied the new table yet, so nothing stops.
+        assert!(matches!(decision.step, DrainStep::WaitForEpoch { .. }));
+        assert_eq!(decision.replicas, 4);
+        assert!(decision.stop.is_empty());
+        assert!(decision.start.is_empty());
+    }
+
+    #[test]
+    fn scale_down_waits_for_every_live_node_to_apply_the_epoch() {
+        let table = settled(3);
+        let pods: Vec<PodView> = (0..3).map(|i| ready(i, table.epoch)).collect();
+        let draining = run(2, &pods, &table).table;
+
+        let mut lagging = pods.clone();
+        all_at(&mut lagging, &draining);
+        lagging[0].report = Some(Report {
+            epoch: table.epoch,
+            ..Report::default()
+        });
+        let decision = run(2, &lagging, &draining);
+        assert!(!decision.publish);
+        assert_eq!(
+            decision.step,
+            DrainStep::WaitForEpoch {
+                epoch: draining.epoch,
+                lagging: vec![name(0)],
+            }
+        );
+        assert_eq!(decision.replicas, 3);
+        assert!(decision.stop.is_empty());
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_moves_off_the_draining_nodes() {
+        let table = settled(3);
+        let mut pods: Vec<PodView> = (0..3).map(|i| ready(i, table.epoch)).collect();
+        let draining = run(2, &pods, &table).table;
+        all_at(&mut pods, &draining);
+        let decision = run(2, &pods, &draining);
+        assert_eq!(
+            decision.step,
+            DrainStep::WaitForMoves {
+                pending: draining.moves.clone()
+            }
+        );
+        assert!(decision.stop.is_empty());
+        assert_eq!(decision.replicas, 3);
+    }
+
+    #[test]
+    fn scale_down_waits_while_a_node_reports_hand_offs_in_progress() {
+        let table = settled(3);
+        let mut pods: Vec<PodView> = (0..3).map(|i| ready(i, table.epoch)).collect();
+        let draining = run(2, &pods, &table).table;
+        all_at(&mut pods, &draining);
+        // node-2 reports its moves done, but node-0 is still receiving.
+        if let Some(r) = pods[2].report.as_mut() {
+            r.moves_done = draining.moves.clone();
+        }
+        let cleared = run(2, &pods, &draining).table;
+        assert!(cleared.moves.is_empty());
+        all_at(&mut pods, &cleared);
+        if let Some(r) = pods[0].report.as_mut() {
+            r.moves_in_flight = 2;
+        }
+        let decision = run(2, &pods, &cleared);
+        assert_eq!(decision.step, DrainStep::WaitForMoves { pending: vec![] });
+        assert!(decision.stop.is_empty());
+    }
+
+    #[test]
+    fn scale_down_removes_the_drained_nodes_once_epoch_and_moves_are_done() {
+        let table = settled(3);
+        let mut pods: Vec<PodView> = (0..3).map(|i| ready(i, table.epoch)).collect();
+        let draining = run(2, &pods, &table).table;
+        all_at(&mut pods, &draining);
+        if let Some(r) = pods[2].report.as_mut() {
+            r.moves_done = draining.moves.clone();
+        }
+        let cleared = run(2, &pods, &draining).table;
+        all_at(&mut pods, &cleared);
+
+        let decision = run(2, &pods, &cleared);
+        assert!(!decision.publish);
+        assert_eq!(decision.step, DrainStep::Remove(set(&[2])));
+        assert_eq!(decision.stop, set(&[2]));
+        assert_eq!(decision.replicas, 2);
+        assert!(decision.start.is_empty());
+
+        // After the removal the pods are 0..2 and the next plan drops node-2 from the table.
+        let mut remaining = pods[..2].to_vec();
+        let decision = run(2, &remaining, &cleared);
+        assert!(decision.publish);
+        assert!(!decision.table.nodes.contains_key(&name(2)));
+        assert!(decision.table.draining.is_empty());
+        assert!(decision.table.moves.is_empty(), "node-2 owned nothing");
+        all_at(&mut remaining, &decision.table);
+        assert_eq!(run(2, &remaining, &decision.table).step, DrainStep::Steady);
+    }
+
+    #[test]
+    fn a_drain_past_its_deadline_is_reported_stuck_with_the_node_and_its_moves() {
+        let table = settled(3);
+        let mut pods: Vec<PodView> = (0..3).map(|i| ready(i, table.epoch)).collect();
+        let draining = run(2, &pods, &table).table;
+        all_at(&mut pods, &draining);
+        if let Some(r) = pods[0].report.as_mut() {
+            r.moves_in_flight = 1;
+        }
+
+        let in_time = run_after(2, &pods, &draining, Duration::from_secs(29));
+        assert_eq!(in_time.stuck, None);
+
+        let late = run_after(2, &pods, &draining, Duration::from_secs(31));
+        let stuck = late.stuck.expect("the drain is late");
+        assert_eq!(stuck.draining, vec![name(2)]);
+        assert_eq!(stuck.pending, draining.moves);
+        assert_eq!(stuck.busy, vec![(name(0), 1)]);
+        let text = stuck.to_string();
+        let first = &draining.moves[0];
+        assert!(text.starts_with("scale-down stuck for 31s: draining node-2"));
+        assert!(text.contains(&format!("shard {} node-2 -> {}", first.shard, first.to)));
+        assert!(text.contains("hand-offs in progress on node-0 (1)"));
+        // Stuck is a report, not an action: nothing is stopped.
+        assert!(late.stop.is_empty());
+        assert_eq!(late.replicas, 3);
+    }
+
+    #[test]
+    fn a_drain_stuck_on_a_lagging_node_names_that_node() {
+        let table = settled(3);
+        let pods: Vec<PodView> = (0..3).map(|i| ready(i, table.epoch)).collect();
+        let draining = run(2, &pods, &table).table;
+        let late = run_after(2, &pods, &draining, Duration::from_secs(60));
+        let stuck = late.stuck.expect("the drain is late");
+        assert_eq!(stuck.lagging, vec![name(0), name(1), name(2)]);
+        assert!(stuck.to_string().contains(&format!(
+            "not yet at epoch {}: node-0, node-1, node-2",
+            draining.epoch
+        )));
+    }
+
+    #[test]
+    fn a_dead_node_leaves_membership_and_its_shards_are_reassigned_without_moves() {
+        let table = settled(3);
+        let lost = table.shards_of(&name(1));
+        let pods = vec![ready(0, table.epoch), dead(1), ready(2, table.epoch)];
+        let decision = run(3, &pods, &table);
+        assert!(decision.publish);
+        assert!(!decision.table.nodes.contains_key(&name(1)));
+        assert!(decision.table.moves.is_empty());
+        for shard in lost {
+            assert!(decision.table.owner(shard).is_some());
+        }
+        // It is out of the new table, so its replacement starts now, under the same name.
+        assert_eq!(decision.start, vec![name(1)]);
+        assert_eq!(decision.replicas, 3);
+        assert_eq!(decision.step, DrainStep::Steady);
+    }
+
+    #[test]
+    fn a_dead_pod_above_the_desired_count_is_removed_not_restarted() {
+        let table = settled(3);
+        let pods = vec![ready(0, table.epoch), ready(1, table.epoch), dead(2)];
+        let planned = run(2, &pods, &table);
+        assert!(planned.start.is_empty());
+        let mut pods = pods;
+        all_at(&mut pods, &planned.table);
+        let decision = run(2, &pods, &planned.table);
+        assert_eq!(decision.step, DrainStep::Remove(set(&[2])));
+        assert_eq!(decision.replicas, 2);
+    }
+
+    #[test]
+    fn scaling_back_up_during_a_drain_un_drains_the_node() {
+        let table = settled(3);
+        let mut pods: Vec<PodView> = (0..3).map(|i| ready(i, table.epoch)).collect();
+        let draining = run(2, &pods, &table).table;
+        all_at(&mut pods, &draining);
+        let decision = run(3, &pods, &draining);
+        assert_eq!(decision.step, DrainStep::Steady);
+        assert!(decision.table.draining.is_empty());
+        assert_eq!(decision.replicas, 3);
+        assert_eq!(decision.stuck, None);
+    }
+
+    #[test]
+    fn deciding_again_on_its_own_output_publishes_nothing() {
+        let table = settled(3);
+        let pods: Vec<PodView> = (0..3).map(|i| ready(i, table.epoch)).collect();
+        let first = run(2, &pods, &table);
+        let again = run(2, &pods, &first.table);
+        assert!(!again.publish);
+        assert_eq!(again.table, first.table);
+    }
+}

@@ -1,0 +1,63 @@
+//! # roomshard operator
+//!
+//! The operator decides which node owns which shard, publishes that as the assignment table,
+//! and scales the cluster up and down without losing a room: a node leaves only after its
+//! shards have been handed off. For now it runs one way, the local driver: `roomshard-operator
+//! local --nodes 3` starts `roomshard-node` processes on loopback, with no Kubernetes, and
+//! drives them with the same decision code the Kubernetes controller will use.
+//!
+//! A tour:
+//! - [`decide`]: the pure reconcile pass: observed pods, reports and the published table in,
+//!   the next table, the scale-down step and the pods to start or stop out. Built on the `shard`
+//!   crate's planner and drain logic; no processes, no HTTP, no Kubernetes.
+//! - [`local`]: the local cluster driver: node processes ([`local::LocalCluster`]), their
+//!   readiness probes and `/status` reports, the admin and table HTTP server, and the reconcile
+//!   loop that acts on [`decide`].
+//! - [`http`]: the small HTTP/1.1 client the driver, the CLI and tests use on loopback.
+//!
+//! Every fallible function returns [`Error`].
+
+pub mod decide;
+pub mod http;
+pub mod local;
+
+pub use decide::{Decision, Inputs, PodView, Report, Stuck, decide};
+pub use local::{ClusterView, LocalCluster, LocalOptions, NodeView};
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An option is out of range or inconsistent.
+    #[error("invalid option: {0}")]
+    Config(String),
+    /// The `roomshard-node` binary was not found.
+    #[error("cannot find the roomshard-node binary: {0}")]
+    NodeBinary(String),
+    /// A file, socket or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An HTTP request failed or got an unexpected answer.
+    #[error("http: {0}")]
+    Http(String),
+    /// A wait ran out of time; says what was awaited and what was seen last.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// A node name or table was invalid.
+    #[error(transparent)]
+    Shard(#[from] shard::ShardError),
+}
+
+impl Error {
+    /// An [`Error::Io`] with what was being done.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

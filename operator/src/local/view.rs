@@ -1,0 +1,186 @@
+//! What `GET /cluster` on the admin port answers, and its human summary for
+//! `roomshard-operator status`.
+//!
+//! The same types serialize (driver) and deserialize (CLI, tests), so the JSON cannot drift
+//! from what its readers expect.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use shard::Move;
+
+/// The whole local cluster as the driver sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterView {
+    /// The admin (and table) HTTP base URL.
+    pub admin_url: String,
+    /// Where nodes follow the table.
+    pub table_url: String,
+    /// The replica count asked for (`--nodes`, then `scale`).
+    pub desired_replicas: u32,
+    /// The pods that exist now: above `desired_replicas` while a scale-down drains.
+    pub replicas: u32,
+    /// The published table's epoch.
+    pub epoch: u64,
+    /// The cluster's shard count.
+    pub shards: u32,
+    /// Every node process the driver knows, by ordinal (including ones being stopped).
+    pub nodes: Vec<NodeView>,
+    /// Shards per owning node in the published table.
+    pub shards_per_node: BTreeMap<String, u32>,
+    /// The published table's moves in flight.
+    pub moves_in_flight: Vec<Move>,
+    /// Where a scale-down stands.
+    pub drain: DrainView,
+}
+
+/// One node process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    /// Its name, `node-{ordinal}`.
+    pub name: String,
+    /// The process id while it runs.
+    pub pid: Option<u32>,
+    /// Its client base URL (`http://127.0.0.1:PORT`), once it announced it.
+    pub client_url: Option<String>,
+    /// Its WebSocket URL (`ws://127.0.0.1:PORT/ws`).
+    pub ws_url: Option<String>,
+    /// Its peer-link address (`127.0.0.1:PORT`).
+    pub peer_addr: Option<String>,
+    /// A process runs for it.
+    pub running: bool,
+    /// Its readiness probe passes: it is a member.
+    pub ready: bool,
+    /// It is being drained for a scale-down.
+    pub draining: bool,
+    /// It has been told to stop (SIGTERM) and has not exited yet.
+    pub stopping: bool,
+    /// How many times it was started again after exiting unexpectedly.
+    pub restarts: u32,
+    /// Shards it owns in the published table.
+    pub shards: u32,
+    /// Its last `/status`, as it sent it.
+    pub status: Option<serde_json::Value>,
+}
+
+/// Where a scale-down stands: the phase of the last drain step and what it waits for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainView {
+    /// `Steady`, `MarkDraining`, `WaitForEpoch`, `WaitForMoves` or `Remove`.
+    pub phase: String,
+    /// Nodes being drained.
+    pub draining: Vec<String>,
+    /// Nodes that have not applied the published epoch (in `WaitForEpoch`).
+    pub lagging: Vec<String>,
+    /// Moves off the draining nodes not yet done (in `WaitForMoves`).
+    pub pending: Vec<Move>,
+    /// Seconds the scale-down has been going on.
+    pub elapsed_secs: u64,
+    /// Set when the scale-down is past its deadline: what it is stuck on, in words.
+    pub stuck: Option<String>,
+}
+
+impl ClusterView {
+    /// The node called `name`, if the driver knows it.
+    pub fn node(&self, name: &str) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// True when every desired node is ready, nothing drains or moves, the table lists exactly
+    /// the desired nodes and every shard has an owner.
+    pub fn is_settled(&self) -> bool {
+        let ready = self.nodes.iter().filter(|n| n.ready && !n.stopping).count();
+        self.replicas == self.desired_replicas
+            && ready == self.desired_replicas as usize
+            && self.nodes.len() == self.desired_replicas as usize
+            && self.drain.phase == "Steady"
+            && self.moves_in_flight.is_empty()
+            && self.shards_per_node.len() == self.desired_replicas as usize
+            && self.shards_per_node.values().sum::<u32>() == self.shards
+    }
+
+    /// A readable multi-line summary for people.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "roomshard local cluster at {}: {} of {} replicas, table epoch {}, {} shards",
+            self.admin_url, self.replicas, self.desired_replicas, self.epoch, self.shards
+        );
+        let _ = writeln!(out, "phase: {}", self.drain.phase);
+        if !self.drain.draining.is_empty() {
+            let _ = writeln!(
+                out,
+                "draining: {} (for {}s)",
+                self.drain.draining.join(", "),
+                self.drain.elapsed_secs
+            );
+        }
+        if let Some(stuck) = &self.drain.stuck {
+            let _ = writeln!(out, "STUCK: {stuck}");
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<10} {:>8} {:<9} {:>6} {:>6} {:>6} {:>6} {:>6}  CHAT PAGE",
+            "NAME", "PID", "STATE", "SHARDS", "EPOCH", "MOVES", "ROOMS", "CONNS"
+        );
+        for node in &self.nodes {
+            let state = if node.stopping {
+                "stopping"
+            } else if node.draining && node.ready {
+                "draining"
+            } else if node.ready {
+                "ready"
+            } else if node.running {
+                "starting"
+            } else {
+                "down"
+            };
+            let field = |key: &str| {
+                node.status
+                    .as_ref()
+                    .and_then(|s| s.get(key))
+                    .map_or_else(|| "-".to_string(), |v| v.to_string())
+            };
+            let _ = writeln!(
+                out,
+                "{:<10} {:>8} {:<9} {:>6} {:>6} {:>6} {:>6} {:>6}  {}",
+                node.name,
+                node.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                state,
+                node.shards,
+                field("epoch"),
+                field("movesInFlight"),
+                field("rooms"),
+                field("connections"),
+                node.client_url
+                    .as_deref()
+                    .map_or_else(|| "-".to_string(), |u| format!("{u}/")),
+            );
+        }
+        if !self.moves_in_flight.is_empty() {
+            let named: Vec<String> = self
+                .moves_in_flight
+                .iter()
+                .take(8)
+                .map(|m| format!("shard {} {} -> {}", m.shard, m.from, m.to))
+                .collect();
+            let more = self.moves_in_flight.len().saturating_sub(named.len());
+            let _ = write!(
+                out,
+                "\nmoves in flight: {} ({}",
+                self.moves_in_flight.len(),
+                named.join(", ")
+            );
+            if more > 0 {
+                let _ = write!(out, ", and {more} more");
+            }
+            let _ = writeln!(out, ")");
+        }
+        out
+    }
+}

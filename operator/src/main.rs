@@ -1,0 +1,219 @@
+//! `roomshard-operator`: run a local cluster (`local`), or talk to a running one's admin port
+//! (`scale`, `status`). The Kubernetes controller will be another subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use operator::local::{LocalCluster, LocalOptions, ScaleRequest};
+use operator::{ClusterView, Error, http};
+
+/// How long the CLI waits for the admin port to answer.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `local` waits for every node to be ready before printing what it has.
+const STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// The roomshard operator.
+#[derive(Debug, Parser)]
+#[command(name = "roomshard-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a cluster of roomshard-node processes on loopback, without Kubernetes.
+    Local(LocalArgs),
+    /// Ask a local cluster for a new number of nodes.
+    Scale {
+        /// The cluster's admin URL.
+        #[arg(long, env = "ROOMSHARD_ADMIN", default_value = "http://127.0.0.1:7700")]
+        admin: String,
+        /// The desired number of nodes.
+        #[arg(long)]
+        replicas: u32,
+    },
+    /// Print a summary of a local cluster.
+    Status {
+        /// The cluster's admin URL.
+        #[arg(long, env = "ROOMSHARD_ADMIN", default_value = "http://127.0.0.1:7700")]
+        admin: String,
+        /// Print the raw /cluster JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct LocalArgs {
+    /// Nodes to start with.
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Shards rooms are spread over.
+    #[arg(long, default_value_t = 256)]
+    shards: u32,
+    /// Admin and table HTTP port on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 7700)]
+    port: u16,
+    /// The roomshard-node binary (default: next to this executable, then on PATH).
+    #[arg(long, env = "ROOMSHARD_NODE_BIN")]
+    node_bin: Option<PathBuf>,
+    /// Hand-off timeout passed to the nodes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    handoff_timeout: Duration,
+    /// Shutdown grace passed to the nodes; the driver SIGKILLs 5 s after it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// How long a scale-down may take before it is reported stuck (default: 3 x hand-off timeout).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// At most this many hand-offs per node in one table.
+    #[arg(long, default_value_t = 64)]
+    max_moves_per_node: usize,
+    /// Write each node's log to DIR/NAME.log instead of this terminal.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// Extra arguments for every node, after `--`.
+    #[arg(last = true)]
+    node_args: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Local(args) => local(args).await,
+        Command::Scale { admin, replicas } => scale(&admin, replicas).await,
+        Command::Status { admin, json } => status(&admin, json).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roomshard-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn local(args: LocalArgs) -> Result<(), Error> {
+    let options = LocalOptions {
+        nodes: args.nodes,
+        shards: args.shards,
+        port: args.port,
+        node_bin: args.node_bin,
+        handoff_timeout: args.handoff_timeout,
+        shutdown_grace: args.shutdown_grace,
+        drain_timeout: args.drain_timeout,
+        max_moves_per_node: args.max_moves_per_node,
+        node_args: args.node_args,
+        log_dir: args.log_dir,
+        ..LocalOptions::default()
+    };
+    let cluster = LocalCluster::start(options).await?;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let view = tokio::select! {
+        () = &mut stop => return cluster.shutdown().await,
+        waited = cluster.wait_for(STARTUP_WAIT, ClusterView::is_settled) => match waited {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!("{e}");
+                cluster.view()
+            }
+        },
+    };
+    print_banner(&view);
+    stop.await;
+    cluster.shutdown().await
+}
+
+fn print_banner(view: &ClusterView) {
+    let admin = &view.admin_url;
+    println!(
+        "roomshard local cluster: {} nodes, {} shards, table epoch {}",
+        view.nodes.len(),
+        view.shards,
+        view.epoch
+    );
+    for node in &view.nodes {
+        match (&node.ws_url, &node.client_url) {
+            (Some(ws), Some(page)) => println!("  {:<8} {ws}   chat page: {page}/", node.name),
+            _ => println!("  {:<8} (not up yet)", node.name),
+        }
+    }
+    println!("admin:  {admin}  (GET /cluster, GET /table, POST /scale)");
+    println!("scale:  roomshard-operator scale --admin {admin} --replicas 4");
+    println!("status: roomshard-operator status --admin {admin}");
+    println!("Ctrl-C stops every node.");
+}
+
+async fn scale(admin: &str, replicas: u32) -> Result<(), Error> {
+    let (authority, base) = http::split_url(admin)?;
+    let body = serde_json::to_string(&ScaleRequest { replicas })
+        .map_err(|e| Error::Http(e.to_string()))?;
+    let response =
+        http::post_json(&authority, &format!("{base}/scale"), &body, ADMIN_TIMEOUT).await?;
+    if !response.is_success() {
+        return Err(Error::Http(format!(
+            "{admin}/scale answered {}: {}",
+            response.status, response.body
+        )));
+    }
+    println!(
+        "desired replicas set to {replicas}; follow it with: roomshard-operator status --admin {admin}"
+    );
+    Ok(())
+}
+
+async fn status(admin: &str, json: bool) -> Result<(), Error> {
+    let (authority, base) = http::split_url(admin)?;
+    let response = http::get(&authority, &format!("{base}/cluster"), ADMIN_TIMEOUT).await?;
+    if !response.is_success() {
+        return Err(Error::Http(format!(
+            "{admin}/cluster answered {}",
+            response.status
+        )));
+    }
+    if json {
+        println!("{}", response.body);
+        return Ok(());
+    }
+    let view: ClusterView = serde_json::from_str(&response.body)
+        .map_err(|e| Error::Http(format!("cannot read {admin}/cluster: {e}")))?;
+    print!("{}", view.summary());
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
