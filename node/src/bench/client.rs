@@ -264,8 +264,11 @@ impl User {
                     ever_connected = true;
                     failures = 0;
                     let exit = self.serve(ws, orders).await;
-                    self.joined = false;
+                    if !matches!(exit, Exit::Stop) {
+                        self.joined = false;
+                    }
                     match exit {
+                        // `joined` is left as it was: the report says whether we were in.
                         Exit::Stop => return,
                         // The next node in the list: never the one that told us to go.
                         Exit::Reconnect(after, reason) => {

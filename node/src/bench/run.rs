@@ -199,7 +199,8 @@ async fn wait_until_up(
         .enumerate()
         .map(|(index, s)| async move { (index, (&mut s.ready).await) })
         .collect();
-    let mut progress = tokio::time::interval(Duration::from_secs(2));
+    let every = Duration::from_secs(2);
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // A little past the users' own deadline: they report failure themselves by then.
     let hard_stop = tokio::time::Instant::from_std(deadline) + Duration::from_secs(2);

@@ -140,9 +140,18 @@ fn join(path: &str, name: &str) -> String {
 /// How the real server prints a value in `Invalid value: ...`.
 pub fn show(v: &Value) -> String {
     match v {
+        Value::Number(_) => number(v),
         Value::Object(_) => "\"object\"".into(),
         Value::Array(_) => "\"array\"".into(),
         other => other.to_string(),
+    }
+}
+
+/// A number as Go's `%v` prints it: whole floats without a fraction.
+fn number(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if !(v.is_i64() || v.is_u64()) && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        _ => v.to_string(),
     }
 }
 
@@ -295,7 +304,7 @@ fn numeric(x: f64, value: Value, schema: &Value, path: &str, causes: &mut Vec<Ca
             invalid(
                 path,
                 &value,
-                format!("{path} in body should be {op} {}", schema["minimum"]),
+                format!("{path} in body should be {op} {}", number(&schema["minimum"])),
                 causes,
             );
         }
@@ -311,7 +320,7 @@ fn numeric(x: f64, value: Value, schema: &Value, path: &str, causes: &mut Vec<Ca
             invalid(
                 path,
                 &value,
-                format!("{path} in body should be {op} {}", schema["maximum"]),
+                format!("{path} in body should be {op} {}", number(&schema["maximum"])),
                 causes,
             );
         }

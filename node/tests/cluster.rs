@@ -1,0 +1,218 @@
+//! Nodes in a cluster, in one process with real sockets: routing to owners, per-node fan-out,
+//! hand-off under load, peer authentication.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use support::Client;
+use support::cluster::{ClusterNode, SECRET, TableServer, plan, settle, wait_applied, wait_linked};
+use tokio_tungstenite::tungstenite::Message;
+
+const SHARDS: u32 = 64;
+
+async fn three_nodes(server: &TableServer) -> Vec<ClusterNode> {
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(ClusterNode::start(&format!("node-{i}"), &server.url, SHARDS, &[]).await);
+    }
+    let refs: Vec<&ClusterNode> = nodes.iter().collect();
+    let table = plan(&server.current(), &refs, &[]);
+    let epoch = table.epoch;
+    server.publish(table);
+    wait_applied(&refs, epoch).await;
+    wait_linked(&refs).await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_every_node_get_every_message_in_order_whoever_owns_the_room() {
+    let server = TableServer::start(SHARDS).await;
+    let nodes = three_nodes(&server).await;
+    let rooms: Vec<String> = (0..6).map(|i| format!("room-{i}")).collect();
+    let owners: HashSet<String> = rooms
+        .iter()
+        .filter_map(|r| server.current().owner_of_room(&shard::RoomId::new(r.as_str()).expect("room")).map(|o| o.to_string()))
+        .collect();
+    assert!(owners.len() >= 2, "the rooms are spread over several owners: {owners:?}");
+    let mut clients = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        for (n, node) in nodes.iter().enumerate() {
+            let mut client = node.client(&format!("u{i}-{n}")).await;
+            client.join(room).await;
+            clients.push((room.clone(), client));
+        }
+    }
+    for (room, client) in clients.iter_mut() {
+        for k in 0..4 {
+            client.say(room, &format!("{k}"), &format!("c{k}")).await;
+        }
+    }
+    for (room, client) in clients.iter_mut() {
+        let mut seqs = Vec::new();
+        let mut ids = HashSet::new();
+        while seqs.len() < 12 {
+            let frame = client.recv().await;
+            if frame["op"] == "msg" {
+                assert_eq!(frame["room"], room.as_str());
+                seqs.push(frame["seq"].as_u64().expect("seq"));
+                assert!(ids.insert(frame["id"].as_str().expect("id").to_owned()));
+            }
+        }
+        assert_eq!(seqs, (1..=12).collect::<Vec<u64>>());
+    }
+    // Fan-out is per node: each owner sent one event per message to each other node.
+    let delivered: u64 = nodes.iter().map(|n| n.state.metrics.messages_delivered.load(Ordering::Relaxed)).sum();
+    assert_eq!(delivered, 6 * 3 * 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_on_one_node_sees_history_and_presence_from_the_others() {
+    let server = TableServer::start(SHARDS).await;
+    let nodes = three_nodes(&server).await;
+    let mut ann = nodes[0].client("ann").await;
+    ann.join("lobby").await;
+    ann.say("lobby", "hello", "h").await;
+    ann.recv_op("msg").await;
+    let mut bob = nodes[2].client("bob").await;
+    let joined = bob.join("lobby").await;
+    assert_eq!(joined["members"], json!(["ann", "bob"]));
+    assert_eq!(joined["history"][0]["text"], "hello");
+    assert_eq!(ann.recv_op("presence").await["user"], "bob");
+}
+
+/// A client that keeps sending to its room and records what it sees.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<u64>, usize, Vec<String>)>,
+}
+
+fn keep_talking(mut client: Client, room: String, pause: Duration) -> Traffic {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        let mut errors = Vec::new();
+        let mut sent = 0usize;
+        while !flag.load(Ordering::Relaxed) {
+            client.say(&room, "tick", &sent.to_string()).await;
+            sent += 1;
+            let deadline = tokio::time::Instant::now() + pause;
+            while let Ok(frame) = tokio::time::timeout_at(deadline, client.recv()).await {
+                match frame["op"].as_str() {
+                    Some("msg") => seqs.push(frame["seq"].as_u64().unwrap_or(0)),
+                    Some("error") => errors.push(frame["code"].as_str().unwrap_or("").to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        // Drain what is still on its way.
+        while let Some(frame) = client.try_recv(Duration::from_millis(500)).await {
+            match frame["op"].as_str() {
+                Some("msg") => seqs.push(frame["seq"].as_u64().unwrap_or(0)),
+                Some("error") => errors.push(frame["code"].as_str().unwrap_or("").to_owned()),
+                _ => {}
+            }
+        }
+        (seqs, sent, errors)
+    });
+    Traffic { stop, task }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_handed_off_under_load_lose_and_repeat_nothing() {
+    let server = TableServer::start(SHARDS).await;
+    let mut nodes = three_nodes(&server).await;
+    // Clients on nodes 0 and 1 talk in 20 rooms while node-3 joins and node-1 is drained.
+    let mut talkers = Vec::new();
+    for r in 0..20 {
+        let room = format!("busy-{r}");
+        for n in [0, 1] {
+            let mut client = nodes[n].client(&format!("t{r}-{n}")).await;
+            client.join(&room).await;
+            talkers.push((client, room.clone()));
+        }
+    }
+    // Everyone is in before anyone talks, so every member sees every seq from 1.
+    let traffic: Vec<Traffic> = talkers
+        .into_iter()
+        .map(|(client, room)| keep_talking(client, room, Duration::from_millis(20)))
+        .collect();
+    let owners = |table: &shard::AssignmentTable| -> Vec<Option<String>> {
+        (0..20)
+            .map(|r| {
+                let room = shard::RoomId::new(format!("busy-{r}")).expect("room");
+                table.owner_of_room(&room).map(|o| o.to_string())
+            })
+            .collect()
+    };
+    let before = owners(&server.current());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes.push(ClusterNode::start("node-3", &server.url, SHARDS, &[]).await);
+    let refs: Vec<&ClusterNode> = nodes.iter().collect();
+    let grown = plan(&server.current(), &refs, &[]);
+    assert!(!grown.moves.is_empty(), "adding a node moves shards");
+    server.publish(grown);
+    settle(&server, &refs).await;
+    let shrinking = plan(&server.current(), &refs, &["node-2"]);
+    assert!(shrinking.moves.iter().all(|m| m.from.as_str() == "node-2"));
+    server.publish(shrinking);
+    settle(&server, &refs).await;
+    assert!(server.current().shards_of(&nodes[2].name).is_empty(), "the drained node owns nothing");
+    let after = owners(&server.current());
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert!(moved >= 3, "several busy rooms changed owner ({moved} of 20)");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut total = 0;
+    for t in &traffic {
+        t.stop.store(true, Ordering::Relaxed);
+    }
+    for t in traffic {
+        let (seqs, sent, errors) = t.task.await.expect("traffic task");
+        assert!(errors.is_empty(), "no errors during planned moves: {errors:?}");
+        assert!(sent > 5);
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "seq continues across hand-offs with no gap or repeat");
+        total += seqs.len();
+    }
+    assert!(total > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_connection_without_the_secret_is_refused() {
+    let server = TableServer::start(SHARDS).await;
+    let nodes = three_nodes(&server).await;
+    let url = format!("ws://{}/peer", nodes[0].peer_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("upgrade");
+    let challenge = match ws.next().await {
+        Some(Ok(Message::Binary(bytes))) => node::peer::wire::PeerFrame::decode(&bytes).expect("challenge"),
+        other => panic!("expected a challenge, got {other:?}"),
+    };
+    let node::peer::wire::PeerFrame::Challenge { nonce, .. } = challenge else { panic!("not a challenge") };
+    let forger = shard::NodeName::new("node-9").expect("name");
+    let proof = node::peer::wire::PeerFrame::Proof {
+        node: forger.clone(),
+        incarnation: 1,
+        mac: node::peer::wire::sign(b"wrong secret", "dialer", &nonce, &forger),
+        nonce: "n".into(),
+        last_received: 0,
+    };
+    ws.send(Message::Binary(proof.encode().into())).await.expect("send proof");
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("answer in time") {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1008);
+            assert!(frame.reason.contains("authentication"), "{}", frame.reason);
+        }
+        other => panic!("expected a 1008 close, got {other:?}"),
+    }
+    // The real secret passes the same check.
+    assert!(node::peer::wire::verify(SECRET, "dialer", "x", &forger, &node::peer::wire::sign(SECRET, "dialer", "x", &forger)));
+    // And a browser-style client cannot open it as a chat socket either: /peer is not on the client port.
+    let (code, _) = support::http_get(nodes[0].addr, "/peer").await;
+    assert_eq!(code, 404);
+}
