@@ -149,9 +149,34 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .rooms_active
         .store(active, Ordering::Relaxed);
+    let mut text = state.node.metrics.render();
+    if let Some(peers) = &state.node.peers {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP roomshard_peers_connected Peer links up.\n# TYPE roomshard_peers_connected gauge\nroomshard_peers_connected {}\n\
+             # HELP roomshard_peer_sessions_total Peer connections established (reconnects count again).\n# TYPE roomshard_peer_sessions_total counter\nroomshard_peer_sessions_total {}\n\
+             # HELP roomshard_peer_unacked Messages to peers waiting for acknowledgement.\n# TYPE roomshard_peer_unacked gauge\nroomshard_peer_unacked {}\n",
+            peers.connected(),
+            peers.sessions(),
+            peers.pending()
+        );
+    }
+    let table = state.node.table();
+    let status = state.node.status();
+    {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP roomshard_table_epoch Epoch of the assignment table applied.\n# TYPE roomshard_table_epoch gauge\nroomshard_table_epoch {}\n\
+             # HELP roomshard_shards_owned Shards this node owns.\n# TYPE roomshard_shards_owned gauge\nroomshard_shards_owned {}\n\
+             # HELP roomshard_moves_in_flight Hand-offs in progress on this node.\n# TYPE roomshard_moves_in_flight gauge\nroomshard_moves_in_flight {}\n",
+            table.epoch, status.shards_owned, status.moves_in_flight
+        );
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.node.metrics.render(),
+        text,
     )
         .into_response()
 }

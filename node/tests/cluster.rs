@@ -216,3 +216,56 @@ async fn a_peer_connection_without_the_secret_is_refused() {
     let (code, _) = support::http_get(nodes[0].addr, "/peer").await;
     assert_eq!(code, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_connections_that_drop_and_come_back_lose_and_repeat_nothing() {
+    let server = TableServer::start(SHARDS).await;
+    let nodes = three_nodes(&server).await;
+    let refs: Vec<&ClusterNode> = nodes.iter().collect();
+    let mut talkers = Vec::new();
+    for r in 0..12 {
+        let room = format!("blip-{r}");
+        for (n, node) in nodes.iter().enumerate() {
+            let mut client = node.client(&format!("b{r}-{n}")).await;
+            client.join(&room).await;
+            talkers.push((client, room.clone()));
+        }
+    }
+    let traffic: Vec<Traffic> = talkers
+        .into_iter()
+        .map(|(client, room)| keep_talking(client, room, Duration::from_millis(15)))
+        .collect();
+    let sessions = |nodes: &[ClusterNode]| -> u64 {
+        nodes.iter().filter_map(|n| n.state.peers.as_ref()).map(|p| p.sessions()).sum()
+    };
+    let sessions_before = sessions(&nodes);
+    // Cut every link a few times while messages cross them.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        for node in &nodes {
+            if let Some(peers) = &node.state.peers {
+                for other in &nodes {
+                    if other.name != node.name {
+                        peers.reset(&other.name);
+                    }
+                }
+            }
+        }
+    }
+    wait_linked(&refs).await;
+    let reconnects = sessions(&nodes) - sessions_before;
+    assert!(reconnects >= 15, "links really dropped and came back ({reconnects} new sessions)");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for t in &traffic {
+        t.stop.store(true, Ordering::Relaxed);
+    }
+    for t in traffic {
+        let (seqs, sent, errors) = t.task.await.expect("traffic task");
+        assert!(errors.is_empty(), "no errors across link resets: {errors:?}");
+        assert!(sent > 10);
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "no gap and no repeat across link resets");
+    }
+    let resent: u64 = nodes.iter().map(|n| n.state.metrics.peer_drops.load(Ordering::Relaxed)).sum();
+    assert_eq!(resent, 0, "nothing was dropped");
+}

@@ -24,6 +24,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 type TestResult = Result<(), Box<dyn StdError>>;
 type TestFuture = Pin<Box<dyn Future<Output = TestResult>>>;
+/// A named test.
+type Test = (&'static str, fn() -> TestFuture);
 
 /// How long any cluster-level condition may take.
 const WAIT: Duration = Duration::from_secs(20);
@@ -35,7 +37,7 @@ fn main() -> ExitCode {
     if args.iter().any(|a| a == "--peer-listen") {
         return fake::main(&args);
     }
-    let tests: &[(&str, fn() -> TestFuture)] = &[
+    let tests: &[Test] = &[
         (
             "a_local_cluster_starts_every_node_and_assigns_every_shard",
             || Box::pin(a_local_cluster_starts_every_node_and_assigns_every_shard()),
@@ -82,7 +84,7 @@ fn main() -> ExitCode {
 
 /// A minimal runner: runs the tests whose name contains the first non-flag argument, one at a
 /// time, each on its own runtime, and reports like libtest.
-fn run_tests(tests: &[(&str, fn() -> TestFuture)], args: &[String]) -> ExitCode {
+fn run_tests(tests: &[Test], args: &[String]) -> ExitCode {
     let filter = args.iter().find(|a| !a.starts_with('-'));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -461,6 +463,7 @@ async fn the_cli_runs_a_cluster_scales_it_reports_it_and_cleans_up_on_sigterm() 
         .args(["local", "--nodes", "2", "--port", "0", "--shards", "16"])
         .args(["--shutdown-grace", "2s", "--node-bin"])
         .arg(&me)
+        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -574,6 +577,7 @@ mod fake {
     #[derive(Debug)]
     struct Fake {
         name: NodeName,
+        /// Never completes a move while the table drains this node.
         stuck: bool,
         state: Mutex<Applied>,
     }
@@ -707,8 +711,9 @@ mod fake {
             {
                 continue;
             }
-            // A move is "done" as soon as the source sees it, unless this node is stuck.
-            applied.done = if fake.stuck {
+            // A move is "done" as soon as the source sees it, unless this node is stuck (which
+            // only shows once it is drained).
+            applied.done = if fake.stuck && table.draining.contains(&fake.name) {
                 Vec::new()
             } else {
                 table

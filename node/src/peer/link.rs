@@ -44,6 +44,8 @@ pub struct PeerLink {
     pub peer: NodeName,
     state: Mutex<LinkState>,
     wake: Notify,
+    /// Ends the current connection (see [`PeerLink::reset`]).
+    cut: Notify,
     connected: AtomicBool,
     max_unacked: usize,
 }
@@ -58,6 +60,7 @@ impl PeerLink {
                 ..LinkState::default()
             }),
             wake: Notify::new(),
+            cut: Notify::new(),
             connected: AtomicBool::new(false),
             max_unacked: max_unacked.max(1),
         }
@@ -84,6 +87,12 @@ impl PeerLink {
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Drop the current connection (if any); the dialer reconnects and the link resends what
+    /// was not acknowledged. For operators and tests: what a network blip does.
+    pub fn reset(&self) {
+        self.cut.notify_waiters();
     }
 
     /// Whether a connection is up.
@@ -245,6 +254,7 @@ impl PeerLink {
         tokio::select! {
             () = reader => {}
             () = writer => {}
+            () = self.cut.notified() => tracing::info!(peer = %self.peer, "peer connection reset"),
         }
         if self.state().generation == generation {
             self.connected.store(false, Ordering::Relaxed);

@@ -10,6 +10,7 @@ pub mod link;
 pub mod wire;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -57,6 +58,8 @@ pub struct Peers {
     dialers: Mutex<HashMap<NodeName, (String, JoinHandle<()>)>>,
     handler: OnceLock<Weak<dyn PeerHandler>>,
     shutdown: CancellationToken,
+    /// Connections established (both directions), for `/metrics` and tests.
+    sessions: AtomicU64,
 }
 
 impl std::fmt::Debug for Peers {
@@ -84,6 +87,7 @@ impl Peers {
             dialers: Mutex::default(),
             handler: OnceLock::new(),
             shutdown: CancellationToken::new(),
+            sessions: AtomicU64::new(0),
         })
     }
 
@@ -109,6 +113,18 @@ impl Peers {
     /// The message back when `to`'s outbox is full.
     pub fn send(&self, to: &NodeName, msg: PeerMsg) -> Result<(), PeerMsg> {
         self.link(to).push(msg)
+    }
+
+    /// Drop the connection to `peer` (it comes back by itself); see [`PeerLink::reset`].
+    pub fn reset(&self, peer: &NodeName) {
+        if let Some(link) = lock(&self.links).get(peer) {
+            link.reset();
+        }
+    }
+
+    /// Peer connections established since start (a reconnect counts again).
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// Number of peers with a live connection.
@@ -238,6 +254,7 @@ impl Peers {
             ));
         }
         tracing::info!(%peer, %addr, "peer link up (dialed)");
+        self.sessions.fetch_add(1, Ordering::Relaxed);
         let sink = sink.with(|bytes: Vec<u8>| async move {
             Ok::<_, tokio_tungstenite::tungstenite::Error>(TungMessage::Binary(bytes.into()))
         });
@@ -312,6 +329,7 @@ impl Peers {
             return;
         }
         tracing::info!(peer = %node, "peer link up (accepted)");
+        self.sessions.fetch_add(1, Ordering::Relaxed);
         let sink = sink.with(|bytes: Vec<u8>| async move {
             Ok::<_, axum::Error>(AxumMessage::Binary(bytes.into()))
         });

@@ -90,11 +90,19 @@ impl ClusterView {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    /// True when every desired node is ready, nothing drains or moves, the table lists exactly
-    /// the desired nodes and every shard has an owner.
+    /// True when every desired node is ready and reports the published epoch, nothing drains
+    /// or moves, and every shard has an owner among the desired nodes.
     pub fn is_settled(&self) -> bool {
         let ready = self.nodes.iter().filter(|n| n.ready && !n.stopping).count();
-        self.replicas == self.desired_replicas
+        let caught_up = self.nodes.iter().all(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.get("epoch"))
+                .and_then(serde_json::Value::as_u64)
+                == Some(self.epoch)
+        });
+        caught_up
+            && self.replicas == self.desired_replicas
             && ready == self.desired_replicas as usize
             && self.nodes.len() == self.desired_replicas as usize
             && self.drain.phase == "Steady"

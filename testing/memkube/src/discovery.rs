@@ -6,9 +6,11 @@
 //! is not served: clients such as kubectl fall back to these legacy documents when the response
 //! is plain `application/json`.
 //!
-//! OpenAPI: `/openapi/v3` lists no paths and `/openapi/v2` is 404. kubectl then skips client-side
-//! schema validation and relies on server-side field validation, which memkube performs for
-//! custom resources.
+//! OpenAPI: `/openapi/v3` lists every served group-version, and each group-version document holds
+//! one PATCH operation per resource that declares the `fieldValidation` parameter and the
+//! resource's `x-kubernetes-group-version-kind`: that is what kubectl checks before it relies on
+//! server-side field validation (its default, `--validate=strict`). No schemas are published
+//! (`kubectl explain` does not work); `/openapi/v2` is 404.
 
 use std::collections::BTreeMap;
 
@@ -131,7 +133,47 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Opti
     )
 }
 
-/// `/openapi/v3`: a discovery document without paths.
-pub fn openapi_v3() -> Value {
-    json!({"paths": {}})
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+}
+
+/// `/openapi/v3`: where each group-version's document is.
+pub fn openapi_v3_root(types: &[ResourceType]) -> Value {
+    let mut paths = serde_json::Map::new();
+    for t in types {
+        let p = gv_path(&t.group, &t.version);
+        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}")}));
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/api/v1` or `/openapi/v3/apis/{group}/{version}`: PATCH operations only.
+pub fn openapi_v3_group_version(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
+    let mut paths = serde_json::Map::new();
+    for t in types.iter().filter(|t| t.group == group && t.version == version) {
+        let scope = if t.namespaced { "namespaces/{namespace}/" } else { "" };
+        let path = format!("/{}/{scope}{}/{{name}}", gv_path(group, version), t.plural);
+        let patch = json!({"patch": {
+            "operationId": format!("patch{}", t.kind),
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": t.kind},
+            "parameters": [
+                {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}},
+                {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}}
+            ],
+            "responses": {"200": {"description": "OK"}}
+        }});
+        paths.insert(path, patch);
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (memkube)", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}}
+    }))
 }

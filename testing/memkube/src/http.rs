@@ -107,7 +107,11 @@ fn handle(
     match segs.as_slice() {
         ["version"] => ok(discovery::version()),
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
-        ["openapi", "v3", ..] => ok(discovery::openapi_v3()),
+        ["openapi", "v3"] => ok(discovery::openapi_v3_root(&types)),
+        ["openapi", "v3", "api", version] => discovery::openapi_v3_group_version(&types, "", version).map(json_ok).ok_or_else(not_found),
+        ["openapi", "v3", "apis", group, version] => {
+            discovery::openapi_v3_group_version(&types, group, version).map(json_ok).ok_or_else(not_found)
+        }
         ["api"] => ok(discovery::core_versions(&app.address)),
         ["apis"] => ok(discovery::group_list(&types)),
         ["apis", group] => discovery::group(&types, group)

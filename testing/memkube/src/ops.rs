@@ -485,7 +485,7 @@ fn check_crd(crd: &Value) -> Result<(), ApiError> {
     if causes.is_empty() && name != expected {
         causes.push(Cause {
             reason: "FieldValueInvalid".into(),
-            message: format!("metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
+            message: format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
             field: "metadata.name".into(),
         });
     }
@@ -496,7 +496,7 @@ fn check_crd(crd: &Value) -> Result<(), ApiError> {
     if versions == 0 {
         causes.push(Cause {
             reason: "FieldValueRequired".into(),
-            message: "spec.versions: Required value".into(),
+            message: "Required value".into(),
             field: "spec.versions".into(),
         });
     }

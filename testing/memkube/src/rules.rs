@@ -50,7 +50,7 @@ pub fn check_transitions(
                     .unwrap_or_else(|| path.to_string());
                 causes.push(Cause {
                     reason: "FieldValueInvalid".into(),
-                    message: format!("{field}: Invalid value: \"{ty}\": {message}"),
+                    message: format!("Invalid value: \"{ty}\": {message}"),
                     field,
                 });
             }

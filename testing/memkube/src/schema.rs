@@ -103,7 +103,7 @@ fn unknown_fields(
             }
             UnknownFields::Refuse => causes.push(Cause {
                 reason: "FieldValueInvalid".into(),
-                message: format!("unknown field \"{field}\""),
+                message: "field not declared in schema".into(),
                 field,
             }),
         }
@@ -170,7 +170,7 @@ fn type_name(v: &Value) -> &'static str {
 fn invalid(path: &str, value: &Value, detail: String, causes: &mut Vec<Cause>) {
     causes.push(Cause {
         reason: "FieldValueInvalid".into(),
-        message: format!("{path}: Invalid value: {}: {detail}", show(value)),
+        message: format!("Invalid value: {}: {detail}", show(value)),
         field: path.to_string(),
     });
 }
@@ -209,7 +209,7 @@ pub fn validate(
         if !ok {
             causes.push(Cause {
                 reason: "FieldValueTypeInvalid".into(),
-                message: format!("{path}: Invalid value: \"{have}\": {path} in body must be of type {want}: \"{have}\""),
+                message: format!("Invalid value: \"{have}\": {path} in body must be of type {want}: \"{have}\""),
                 field: path.to_string(),
             });
             return;
@@ -247,7 +247,7 @@ pub fn validate(
             {
                 causes.push(Cause {
                     reason: "FieldValueTooMany".into(),
-                    message: format!("{path}: Too many: {n}: must have at most {max} items"),
+                    message: format!("Too many: {n}: must have at most {max} items"),
                     field: path.to_string(),
                 });
             }
@@ -337,7 +337,7 @@ fn string(s: &str, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
     {
         causes.push(Cause {
             reason: "FieldValueTooLong".into(),
-            message: format!("{path}: Too long: may not be more than {max} bytes"),
+            message: format!("Too long: may not be more than {max} bytes"),
             field: path.to_string(),
         });
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{TestResult, start};
 use futures_util::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{
     DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -121,35 +121,36 @@ async fn a_watch_from_a_compacted_resource_version_gets_410_gone() -> TestResult
 }
 
 #[tokio::test]
-async fn kube_watcher_relists_after_compaction_and_keeps_going() -> TestResult {
+async fn kube_watcher_relists_after_its_resource_version_is_compacted_away() -> TestResult {
     let (server, client) = start().await?;
-    let api: Api<ConfigMap> = Api::default_namespaced(client);
-    let mut events = watcher::watcher(api.clone(), watcher::Config::default().timeout(1)).boxed();
+    let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
     api.create(&PostParams::default(), &cm("a", "x")).await?;
-    let mut inits = 0;
-    // The first list, then (after compaction) the watch times out, its re-watch from the old
-    // resourceVersion gets 410 Gone, and the watcher starts over with a new list.
-    while inits < 2 {
-        match timeout(WAIT, events.try_next()).await?? {
-            Some(Event::Init) => {
-                inits += 1;
-                server.store().compact();
-            }
-            Some(_) => {}
-            None => return Err("stream ended".into()),
+    let config = watcher::Config::default().timeout(1).disable_bookmarks();
+    let mut events = watcher::watcher(api.clone(), config).boxed();
+    while !matches!(timeout(WAIT, events.try_next()).await??, Some(Event::InitDone)) {}
+    // A change the configmap watch does not see, then compaction past the watcher's version:
+    // when the watch times out, the re-watch gets 410 Gone and the watcher lists again.
+    let secrets: Api<Secret> = Api::default_namespaced(client);
+    secrets.create(&PostParams::default(), &Secret { metadata: ObjectMeta { name: Some("s".into()), ..Default::default() }, ..Default::default() }).await?;
+    server.store().compact();
+    let mut relisted = Vec::new();
+    let mut gone = false;
+    loop {
+        match timeout(WAIT, events.next()).await?.transpose() {
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => gone = true,
+            Err(e) => return Err(e.into()),
+            Ok(Some(Event::Init)) => {}
+            Ok(Some(Event::InitApply(c))) => relisted.push(c.metadata.name.unwrap_or_default()),
+            Ok(Some(Event::InitDone)) => break,
+            other => return Err(format!("unexpected {other:?}").into()),
         }
     }
+    assert!(gone, "the watcher was told 410 Gone");
+    assert_eq!(relisted, vec!["a"]);
     api.create(&PostParams::default(), &cm("b", "x")).await?;
-    loop {
-        match timeout(WAIT, events.try_next()).await?? {
-            Some(Event::Apply(c) | Event::InitApply(c))
-                if c.metadata.name.as_deref() == Some("b") =>
-            {
-                break;
-            }
-            Some(_) => {}
-            None => return Err("stream ended".into()),
-        }
+    match timeout(WAIT, events.try_next()).await?? {
+        Some(Event::Apply(c)) => assert_eq!(c.metadata.name.as_deref(), Some("b")),
+        other => return Err(format!("unexpected {other:?}").into()),
     }
     server.shutdown().await?;
     Ok(())
