@@ -9,12 +9,16 @@
 //!
 //! One pass, in order:
 //!
-//! 1. **Completed hand-offs.** Moves that a node reports done (as the source) are cleared with
+//! 1. **Completed hand-offs.** Moves that a node reports done as their source are cleared with
 //!    [`complete_moves`], but only from reports of the published epoch: a report of an older
-//!    table could name an earlier move of the same shard between the same nodes.
+//!    table could name an earlier move of the same shard between the same nodes. Only the
+//!    source knows the snapshot went out, so a move named by any other node is ignored.
 //! 2. **Membership.** The ready pods with known addresses, plus the draining set: always
 //!    [`nodes_to_drain`]`(desired, pods)`, the highest ordinals above the desired count. A
-//!    scale-up in the middle of a scale-down therefore simply un-drains.
+//!    scale-up in the middle of a scale-down therefore simply un-drains. A brand-new cluster
+//!    (table epoch 0) waits until every desired pod is ready, or
+//!    [`DecideOptions::initial_grace`] has passed, before the first assignment: otherwise the
+//!    first pod to be ready would get every shard and hand most of them on right away.
 //! 3. **Plan.** [`plan`] gives the next table; it is published only when its epoch changed.
 //! 4. **Drain step.** [`drain_step`] on the planned table says whether the pods above the
 //!    desired count may go: only on [`DrainStep::Remove`] does the replica count drop.
@@ -78,6 +82,8 @@ pub struct DecideOptions {
     pub drain_timeout: Duration,
     /// Pod names are `{pod_prefix}-{ordinal}`.
     pub pod_prefix: String,
+    /// How long a brand-new cluster waits for all its pods before assigning shards anyway.
+    pub initial_grace: Duration,
 }
 
 /// Everything [`decide`] looks at.
@@ -91,6 +97,8 @@ pub struct Inputs<'a> {
     pub table: &'a AssignmentTable,
     /// How long the scale-down in progress has been going on (zero when none was).
     pub drain_elapsed: Duration,
+    /// How long the operator has been managing this cluster (decides the initial grace).
+    pub age: Duration,
 }
 
 /// What to do, as the result of one pass.
@@ -219,20 +227,22 @@ pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, S
         pods,
         table: published,
         drain_elapsed,
+        age,
     } = inputs;
 
-    // 1. Completed hand-offs, from reports of the published epoch only.
+    // 1. Completed hand-offs, from their sources' reports of the published epoch only.
     let done: Vec<Move> = pods
         .iter()
-        .filter_map(|p| p.report.as_ref())
-        .filter(|r| r.epoch == published.epoch)
-        .flat_map(|r| r.moves_done.iter().cloned())
+        .filter_map(|p| Some((&p.name, p.report.as_ref()?)))
+        .filter(|(_, r)| r.epoch == published.epoch)
+        .flat_map(|(name, r)| r.moves_done.iter().filter(move |m| m.from == *name))
+        .cloned()
         .collect();
     let completed = complete_moves(published, &done);
 
     // 2. Membership.
     let names: Vec<NodeName> = pods.iter().map(|p| p.name.clone()).collect();
-    let membership = Membership {
+    let mut membership = Membership {
         ready: pods
             .iter()
             .filter(|p| p.ready)
@@ -240,6 +250,12 @@ pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, S
             .collect(),
         draining: nodes_to_drain(desired_replicas, &names),
     };
+    let first_assignment = published.epoch == 0 && published.nodes.is_empty();
+    let all_ready = membership.ready.len() >= desired_replicas as usize;
+    if first_assignment && !all_ready && age < options.initial_grace {
+        // Planning with nobody ready leaves the empty table as it is: nothing is published.
+        membership.ready.clear();
+    }
 
     // 3. Plan.
     let table = plan(&completed, &membership, &options.plan);
@@ -326,6 +342,7 @@ mod tests {
             plan: PlanOptions::default(),
             drain_timeout: Duration::from_secs(30),
             pod_prefix: "node".into(),
+            initial_grace: Duration::from_secs(10),
         }
     }
 
@@ -375,6 +392,7 @@ mod tests {
         }
     }
 
+    /// One pass by an operator that has been running for a while.
     fn run(desired: u32, pods: &[PodView], table: &AssignmentTable) -> Decision {
         run_after(desired, pods, table, Duration::ZERO)
     }
@@ -385,11 +403,22 @@ mod tests {
         table: &AssignmentTable,
         drain_elapsed: Duration,
     ) -> Decision {
+        run_aged(desired, pods, table, drain_elapsed, Duration::from_secs(60))
+    }
+
+    fn run_aged(
+        desired: u32,
+        pods: &[PodView],
+        table: &AssignmentTable,
+        drain_elapsed: Duration,
+        age: Duration,
+    ) -> Decision {
         let inputs = Inputs {
             desired_replicas: desired,
             pods,
             table,
             drain_elapsed,
+            age,
         };
         decide(inputs, &options()).expect("valid pod names")
     }
@@ -440,6 +469,31 @@ mod tests {
         assert_eq!(decision.start, vec![name(0), name(1), name(2)]);
         assert!(!decision.publish);
         assert_eq!(decision.step, DrainStep::Steady);
+    }
+
+    #[test]
+    fn a_new_cluster_assigns_nothing_until_every_pod_is_ready() {
+        let empty = AssignmentTable::empty(SHARDS);
+        let young = Duration::from_secs(1);
+        let pods = [ready(0, 0), starting(1), ready(2, 0)];
+        let waiting = run_aged(3, &pods, &empty, Duration::ZERO, young);
+        assert!(!waiting.publish);
+        assert_eq!(waiting.table, empty);
+
+        let pods = [ready(0, 0), ready(1, 0), ready(2, 0)];
+        let all = run_aged(3, &pods, &empty, Duration::ZERO, young);
+        assert!(all.publish);
+        assert_eq!(all.table.counts().len(), 3);
+        assert!(all.table.moves.is_empty());
+    }
+
+    #[test]
+    fn a_new_cluster_stops_waiting_for_a_slow_pod_after_the_initial_grace() {
+        let empty = AssignmentTable::empty(SHARDS);
+        let pods = [ready(0, 0), starting(1)];
+        let late = run_aged(2, &pods, &empty, Duration::ZERO, Duration::from_secs(11));
+        assert!(late.publish);
+        assert_eq!(late.table.counts().get(&name(0)), Some(&SHARDS));
     }
 
     #[test]
@@ -506,6 +560,21 @@ mod tests {
         assert_eq!(decision.table.epoch, table.epoch + 1);
         assert!(decision.table.moves.is_empty());
         assert_eq!(decision.table.counts(), table.counts());
+    }
+
+    #[test]
+    fn only_the_source_of_a_move_can_report_it_done() {
+        let two = settled(2);
+        let mut pods: Vec<PodView> = (0..3).map(|i| ready(i, two.epoch)).collect();
+        let table = run(3, &pods, &two).table;
+        all_at(&mut pods, &table);
+        // The target (node-2) claims every move done; the sources say nothing.
+        if let Some(r) = pods[2].report.as_mut() {
+            r.moves_done = table.moves.clone();
+        }
+        let decision = run(3, &pods, &table);
+        assert!(!decision.publish);
+        assert_eq!(decision.table.moves, table.moves);
     }
 
     #[test]

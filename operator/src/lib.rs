@@ -7,12 +7,12 @@
 //! drives them with the same decision code the Kubernetes controller will use.
 //!
 //! A tour:
-//! - [`decide`]: the pure reconcile pass: observed pods, reports and the published table in,
+//! - [`decide`](mod@decide): the pure reconcile pass: observed pods, reports and the published table in,
 //!   the next table, the scale-down step and the pods to start or stop out. Built on the `shard`
 //!   crate's planner and drain logic; no processes, no HTTP, no Kubernetes.
 //! - [`local`]: the local cluster driver: node processes ([`local::LocalCluster`]), their
 //!   readiness probes and `/status` reports, the admin and table HTTP server, and the reconcile
-//!   loop that acts on [`decide`].
+//!   loop that acts on [`decide()`].
 //! - [`http`]: the small HTTP/1.1 client the driver, the CLI and tests use on loopback.
 //!
 //! Every fallible function returns [`Error`].

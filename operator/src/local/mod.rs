@@ -1,7 +1,7 @@
 //! The local cluster driver: `roomshard-node` processes on loopback, driven like pods.
 //!
 //! [`LocalCluster::start`] plays the parts Kubernetes plays for the real controller, with the
-//! same decisions ([`crate::decide`]):
+//! same decisions ([`crate::decide()`]):
 //!
 //! - **StatefulSet.** Pods are processes named `node-0`, `node-1`, ... A pod whose process
 //!   exits unexpectedly is started again under the same name once the table no longer lists it
@@ -59,6 +59,9 @@ pub const MAX_REPLICAS: u32 = 64;
 
 /// Pod names are `node-{ordinal}`.
 pub const POD_PREFIX: &str = "node";
+
+/// How long a new cluster waits for all its nodes to be ready before assigning shards anyway.
+const INITIAL_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a stuck scale-down is logged again.
 const STUCK_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -156,6 +159,7 @@ struct State {
     stuck: Option<Stuck>,
     drain_since: Option<Instant>,
     stuck_logged: Option<Instant>,
+    started: Instant,
 }
 
 /// One pod across its incarnations (processes).
@@ -245,6 +249,7 @@ impl LocalCluster {
                     .drain_timeout
                     .unwrap_or(options.handoff_timeout.saturating_mul(3)),
                 pod_prefix: POD_PREFIX.into(),
+                initial_grace: INITIAL_GRACE,
             },
         };
         let table = Arc::new(AssignmentTable::empty(options.shards));
@@ -257,6 +262,7 @@ impl LocalCluster {
                 stuck: None,
                 drain_since: None,
                 stuck_logged: None,
+                started: Instant::now(),
             }),
             view: watch::Sender::new(Arc::new(ClusterView::default())),
             table: watch::Sender::new(table),
@@ -500,6 +506,7 @@ impl Shared {
             pods: &pods,
             table: &published,
             drain_elapsed: st.drain_since.map_or(Duration::ZERO, |t| now - t),
+            age: now - st.started,
         };
         let decision = match decide(inputs, &self.config.decide) {
             Ok(decision) => decision,
