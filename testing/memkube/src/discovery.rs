@@ -134,7 +134,11 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Opti
 }
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 /// `/openapi/v3`: where each group-version's document is.
@@ -142,16 +146,30 @@ pub fn openapi_v3_root(types: &[ResourceType]) -> Value {
     let mut paths = serde_json::Map::new();
     for t in types {
         let p = gv_path(&t.group, &t.version);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}")}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}")}),
+        );
     }
     json!({"paths": paths})
 }
 
 /// `/openapi/v3/api/v1` or `/openapi/v3/apis/{group}/{version}`: PATCH operations only.
-pub fn openapi_v3_group_version(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
+pub fn openapi_v3_group_version(
+    types: &[ResourceType],
+    group: &str,
+    version: &str,
+) -> Option<Value> {
     let mut paths = serde_json::Map::new();
-    for t in types.iter().filter(|t| t.group == group && t.version == version) {
-        let scope = if t.namespaced { "namespaces/{namespace}/" } else { "" };
+    for t in types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
+        let scope = if t.namespaced {
+            "namespaces/{namespace}/"
+        } else {
+            ""
+        };
         let path = format!("/{}/{scope}{}/{{name}}", gv_path(group, version), t.plural);
         let patch = json!({"patch": {
             "operationId": format!("patch{}", t.kind),

@@ -34,10 +34,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Cause {
     /// `FieldValueInvalid`, `FieldValueRequired`, ...
     pub reason: String,
-    /// The full message, e.g. `spec.replicas: Invalid value: -1: ...`.
+    /// The message without the field, e.g. `Invalid value: -1: ...`.
     pub message: String,
     /// The field path, e.g. `spec.replicas`.
     pub field: String,
+}
+
+impl Cause {
+    /// `<field>: <message>`, as the Status message lists it.
+    pub fn render(&self) -> String {
+        if self.field.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.field, self.message)
+        }
+    }
 }
 
 /// A refusal by the API server: renders as a `Status` object with the matching HTTP code.
@@ -51,7 +62,7 @@ pub struct ApiError {
     /// What a person reads.
     pub message: String,
     /// `details.name`, `details.group`, `details.kind`, when they are known.
-    pub details: Option<(String, String, String)>,
+    pub details: Option<Box<(String, String, String)>>,
     /// `details.causes` for validation failures.
     pub causes: Vec<Cause>,
 }
@@ -131,10 +142,10 @@ impl ApiError {
         e
     }
 
-    /// 422: `<Kind>.<group> "<name>" is invalid: <causes>`.
+    /// 422: `<Kind>.<group> "<name>" is invalid: <field>: <message>, ...`.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
         let what = qualified(kind, group);
-        let joined: Vec<&str> = causes.iter().map(|c| c.message.as_str()).collect();
+        let joined: Vec<String> = causes.iter().map(Cause::render).collect();
         let message = if joined.len() == 1 {
             format!("{what} \"{name}\" is invalid: {}", joined.join(""))
         } else {
@@ -171,13 +182,28 @@ impl ApiError {
         )
     }
 
+    /// 415 for a request body that is not JSON or YAML (protobuf, CBOR).
+    pub fn unsupported_body(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "memkube reads JSON or YAML request bodies only, not {content_type} (kubectl's generators such as `kubectl create configmap` send protobuf: use `kubectl apply -f` or `kubectl create -f`)"
+            ),
+        )
+    }
+
     /// 500 for a bug in this server.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }
 
     fn with_details(mut self, name: &str, group: &str, kind: &str) -> Self {
-        self.details = Some((name.to_string(), group.to_string(), kind.to_string()));
+        self.details = Some(Box::new((
+            name.to_string(),
+            group.to_string(),
+            kind.to_string(),
+        )));
         self
     }
 
@@ -193,7 +219,8 @@ impl ApiError {
             "code": self.code,
         });
         let mut details = serde_json::Map::new();
-        if let Some((name, group, kind)) = &self.details {
+        if let Some(d) = &self.details {
+            let (name, group, kind) = &**d;
             details.insert("name".into(), json!(name));
             if !group.is_empty() {
                 details.insert("group".into(), json!(group));

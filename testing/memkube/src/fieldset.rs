@@ -176,15 +176,15 @@ pub fn remove_at(v: &mut Value, path: &[String]) {
     for depth in (2..=parent_path.len()).rev() {
         let prefix = &parent_path[..depth];
         let empty = value_at(v, prefix).is_some_and(|x| x.as_object().is_some_and(Map::is_empty));
-        if empty && prefix.last().is_some_and(|pe| pe.starts_with("f:")) {
-            if let (Some(parent), Some(f)) = (
-                value_at_mut(v, &prefix[..depth - 1]),
-                prefix[depth - 1].strip_prefix("f:"),
-            ) {
-                if let Some(m) = parent.as_object_mut() {
-                    m.remove(f);
-                }
-            }
+        if !empty {
+            continue;
+        }
+        if let (Some(parent), Some(f)) = (
+            value_at_mut(v, &prefix[..depth - 1]),
+            prefix[depth - 1].strip_prefix("f:"),
+        ) && let Some(m) = parent.as_object_mut()
+        {
+            m.remove(f);
         }
     }
 }

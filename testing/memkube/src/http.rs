@@ -108,9 +108,15 @@ fn handle(
         ["version"] => ok(discovery::version()),
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
         ["openapi", "v3"] => ok(discovery::openapi_v3_root(&types)),
-        ["openapi", "v3", "api", version] => discovery::openapi_v3_group_version(&types, "", version).map(json_ok).ok_or_else(not_found),
+        ["openapi", "v3", "api", version] => {
+            discovery::openapi_v3_group_version(&types, "", version)
+                .map(json_ok)
+                .ok_or_else(not_found)
+        }
         ["openapi", "v3", "apis", group, version] => {
-            discovery::openapi_v3_group_version(&types, group, version).map(json_ok).ok_or_else(not_found)
+            discovery::openapi_v3_group_version(&types, group, version)
+                .map(json_ok)
+                .ok_or_else(not_found)
         }
         ["api"] => ok(discovery::core_versions(&app.address)),
         ["apis"] => ok(discovery::group_list(&types)),
@@ -196,7 +202,9 @@ fn resource(
     let store = &app.store;
     let gr = t.ty.group_resource();
     match (method.clone(), t.name.clone()) {
-        (Method::GET, None) if query.flag("watch") => watch_response(app, t, query),
+        (Method::GET, None) if query.flag("watch") => {
+            watch_response(app, t, query, table::wanted(accept))
+        }
         (Method::GET, None) => {
             let list = list(store, &t, query)?;
             if table::wanted(accept) {
@@ -365,7 +373,12 @@ fn list(store: &Store, t: &Target, query: &Query) -> Result<Value, ApiError> {
     }
 }
 
-fn watch_response(app: &AppState, t: Target, query: &Query) -> Result<Response, ApiError> {
+fn watch_response(
+    app: &AppState,
+    t: Target,
+    query: &Query,
+    table: bool,
+) -> Result<Response, ApiError> {
     let since = match query.get("resourceVersion") {
         None | Some("" | "0") => None,
         Some(rv) => Some(
@@ -395,6 +408,7 @@ fn watch_response(app: &AppState, t: Target, query: &Query) -> Result<Response, 
         params,
         bookmark_interval: app.bookmark_interval,
         shutdown: app.shutdown.clone(),
+        table,
     };
     let stream = watch::start(&app.store, target);
     Ok((
@@ -464,6 +478,9 @@ fn parse_yaml(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
+    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        return Err(ApiError::unsupported_body(content_type));
+    }
     if content_type.contains("yaml") {
         parse_yaml(body)
     } else {

@@ -21,13 +21,14 @@
 //!   `watch`: streaming changes.
 //! - `ops`: the write pipeline; `apply` and `fieldset`: server-side apply and managedFields;
 //!   `merge`: merge, JSON and strategic patches; `gc`: finalizers and garbage collection;
-//!   `schema` and `rules`: custom-resource validation.
+//!   `schema` and `rules`: custom-resource validation; `crd`: CRDs themselves.
 //! - [`store`]: objects, resourceVersions, history; `direct`: its in-process API for tests.
 //! - `resources`, `selector`, [`error`]: the vocabulary.
 //!
 //! What is simplified or left out is listed in each module's docs and in the crate README.
 
 mod apply;
+mod crd;
 mod direct;
 mod discovery;
 pub mod error;

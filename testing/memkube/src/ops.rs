@@ -16,7 +16,7 @@ use crate::merge;
 use crate::resources::{GroupResource, ResourceType};
 use crate::schema::{self, UnknownFields};
 use crate::store::{EventKind, State};
-use crate::{gc, rules};
+use crate::{crd, gc, rules};
 
 /// Per-request write options.
 #[derive(Debug, Clone)]
@@ -108,13 +108,13 @@ fn prepare_new(st: &State, ty: &ResourceType, ns: &str, obj: &mut Value) -> Resu
             "the request body is not a JSON object",
         ));
     }
-    if let Some(kind) = obj.get("kind").and_then(Value::as_str) {
-        if kind != ty.kind {
-            return Err(ApiError::bad_request(format!(
-                "kind {kind} does not match the resource {} ({})",
-                ty.plural, ty.kind
-            )));
-        }
+    if let Some(kind) = obj.get("kind").and_then(Value::as_str)
+        && kind != ty.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "kind {kind} does not match the resource {} ({})",
+            ty.plural, ty.kind
+        )));
     }
     obj["kind"] = json!(ty.kind);
     obj["apiVersion"] = json!(ty.api_version());
@@ -136,8 +136,7 @@ fn prepare_new(st: &State, ty: &ResourceType, ns: &str, obj: &mut Value) -> Resu
             None => {
                 let cause = Cause {
                     reason: "FieldValueRequired".into(),
-                    message: "metadata.name: Required value: name or generateName is required"
-                        .into(),
+                    message: "Required value: name or generateName is required".into(),
                     field: "metadata.name".into(),
                 };
                 return Err(ApiError::invalid(&ty.kind, &ty.group, "", vec![cause]));
@@ -149,7 +148,7 @@ fn prepare_new(st: &State, ty: &ResourceType, ns: &str, obj: &mut Value) -> Resu
         let cause = Cause {
             reason: "FieldValueInvalid".into(),
             message: format!(
-                "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
             ),
             field: "metadata.name".into(),
         };
@@ -211,12 +210,12 @@ pub(crate) fn replace(
             "the request body is not a JSON object",
         ));
     }
-    if let Some(body_name) = obj["metadata"]["name"].as_str() {
-        if body_name != name {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({body_name}) does not match the name on the URL ({name})"
-            )));
-        }
+    if let Some(body_name) = obj["metadata"]["name"].as_str()
+        && body_name != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
     }
     check_rv(ty, name, &old, &obj)?;
     obj["kind"] = json!(ty.kind);
@@ -244,6 +243,7 @@ fn check_rv(ty: &ResourceType, name: &str, old: &Value, new: &Value) -> Result<(
 
 /// Patches an object (PATCH); server-side apply creates it when absent. Returns the object and
 /// whether it was created.
+#[allow(clippy::too_many_arguments)] // one per part of a PATCH request; a struct would only rename them
 pub(crate) fn patch(
     st: &mut State,
     ty: &ResourceType,
@@ -396,8 +396,8 @@ fn finish(
         } => {}
     }
     if ty.kind == "CustomResourceDefinition" && ty.group == "apiextensions.k8s.io" {
-        check_crd(&new)?;
-        crd_status(&mut new, old);
+        crd::check(&new)?;
+        crd::establish(&mut new, old);
     }
     let name = new["metadata"]["name"]
         .as_str()
@@ -413,11 +413,11 @@ fn finish(
             return Err(ApiError::invalid(&ty.kind, &ty.group, &name, causes));
         }
     }
-    if let Some(old) = old {
-        if content(old) != content(&new) {
-            let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-            new["metadata"]["generation"] = json!(generation + 1);
-        }
+    if let Some(old) = old
+        && content(old) != content(&new)
+    {
+        let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        new["metadata"]["generation"] = json!(generation + 1);
     }
     if !from_apply {
         let now = now();
@@ -431,10 +431,10 @@ fn finish(
         };
         apply::track_update(old, &mut new, &writer);
     }
-    if let Some(old) = old {
-        if same(old, &new) {
-            return Ok(old.clone());
-        }
+    if let Some(old) = old
+        && same(old, &new)
+    {
+        return Ok(old.clone());
     }
     if opts.dry_run {
         return Ok(new);
@@ -457,84 +457,4 @@ fn finish(
         EventKind::Added
     };
     Ok(st.commit(&gr, new, kind))
-}
-
-/// The checks a CRD must pass before its resource can be served.
-fn check_crd(crd: &Value) -> Result<(), ApiError> {
-    let spec = &crd["spec"];
-    let name = crd["metadata"]["name"].as_str().unwrap_or_default();
-    let mut causes = Vec::new();
-    for (field, value) in [
-        ("spec.group", &spec["group"]),
-        ("spec.names.plural", &spec["names"]["plural"]),
-        ("spec.names.kind", &spec["names"]["kind"]),
-    ] {
-        if value.as_str().is_none_or(str::is_empty) {
-            causes.push(Cause {
-                reason: "FieldValueRequired".into(),
-                message: format!("{field}: Required value"),
-                field: field.into(),
-            });
-        }
-    }
-    let expected = format!(
-        "{}.{}",
-        spec["names"]["plural"].as_str().unwrap_or_default(),
-        spec["group"].as_str().unwrap_or_default()
-    );
-    if causes.is_empty() && name != expected {
-        causes.push(Cause {
-            reason: "FieldValueInvalid".into(),
-            message: format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
-            field: "metadata.name".into(),
-        });
-    }
-    let versions = spec["versions"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or_default();
-    if versions == 0 {
-        causes.push(Cause {
-            reason: "FieldValueRequired".into(),
-            message: "Required value".into(),
-            field: "spec.versions".into(),
-        });
-    }
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            "CustomResourceDefinition",
-            "apiextensions.k8s.io",
-            name,
-            causes,
-        ))
-    }
-}
-
-/// A CRD is accepted and established as soon as it is stored; an unchanged one keeps its status.
-fn crd_status(crd: &mut Value, old: Option<&Value>) {
-    if let Some(old) = old {
-        if old["status"]["acceptedNames"] == crd["spec"]["names"] {
-            crd["status"] = old["status"].clone();
-            return;
-        }
-    }
-    let names = crd["spec"]["names"].clone();
-    let stored: Vec<Value> = crd["spec"]["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| v["storage"].as_bool() == Some(true))
-        .map(|v| v["name"].clone())
-        .collect();
-    let now = now();
-    crd["status"] = json!({
-        "acceptedNames": names,
-        "storedVersions": stored,
-        "conditions": [
-            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now}
-        ]
-    });
 }

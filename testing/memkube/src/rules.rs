@@ -132,7 +132,7 @@ mod tests {
     fn run(new: Value, old: Value) -> Vec<String> {
         let mut causes = Vec::new();
         check_transitions(&new, &old, &schema(), "", &mut causes);
-        causes.into_iter().map(|c| c.message).collect()
+        causes.iter().map(crate::error::Cause::render).collect()
     }
 
     #[test]

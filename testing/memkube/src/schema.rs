@@ -29,10 +29,10 @@ pub fn apply_defaults(value: &mut Value, schema: &Value) {
         Value::Object(map) => {
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                 for (name, prop) in props {
-                    if !map.contains_key(name) {
-                        if let Some(d) = prop.get("default") {
-                            map.insert(name.clone(), d.clone());
-                        }
+                    if !map.contains_key(name)
+                        && let Some(d) = prop.get("default")
+                    {
+                        map.insert(name.clone(), d.clone());
                     }
                     if let Some(child) = map.get_mut(name) {
                         apply_defaults(child, prop);
@@ -122,7 +122,7 @@ fn required(map: &Map<String, Value>, schema: &Value, path: &str, causes: &mut V
             let field = join(path, name);
             causes.push(Cause {
                 reason: "FieldValueRequired".into(),
-                message: format!("{field}: Required value"),
+                message: "Required value".into(),
                 field,
             });
         }
@@ -150,7 +150,9 @@ pub fn show(v: &Value) -> String {
 /// A number as Go's `%v` prints it: whole floats without a fraction.
 fn number(v: &Value) -> String {
     match v.as_f64() {
-        Some(f) if !(v.is_i64() || v.is_u64()) && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        Some(f) if !(v.is_i64() || v.is_u64()) && f.fract() == 0.0 && f.abs() < 1e15 => {
+            format!("{}", f as i64)
+        }
         _ => v.to_string(),
     }
 }
@@ -209,25 +211,27 @@ pub fn validate(
         if !ok {
             causes.push(Cause {
                 reason: "FieldValueTypeInvalid".into(),
-                message: format!("Invalid value: \"{have}\": {path} in body must be of type {want}: \"{have}\""),
+                message: format!(
+                    "Invalid value: \"{have}\": {path} in body must be of type {want}: \"{have}\""
+                ),
                 field: path.to_string(),
             });
             return;
         }
     }
-    if let Some(options) = schema.get("enum").and_then(Value::as_array) {
-        if !options.contains(value) {
-            let list: Vec<String> = options.iter().map(Value::to_string).collect();
-            causes.push(Cause {
-                reason: "FieldValueNotSupported".into(),
-                message: format!(
-                    "{path}: Unsupported value: {}: supported values: {}",
-                    show(value),
-                    list.join(", ")
-                ),
-                field: path.to_string(),
-            });
-        }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        let list: Vec<String> = options.iter().map(Value::to_string).collect();
+        causes.push(Cause {
+            reason: "FieldValueNotSupported".into(),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                show(value),
+                list.join(", ")
+            ),
+            field: path.to_string(),
+        });
     }
     match value {
         Value::Number(n) => numeric(
@@ -304,7 +308,10 @@ fn numeric(x: f64, value: Value, schema: &Value, path: &str, causes: &mut Vec<Ca
             invalid(
                 path,
                 &value,
-                format!("{path} in body should be {op} {}", number(&schema["minimum"])),
+                format!(
+                    "{path} in body should be {op} {}",
+                    number(&schema["minimum"])
+                ),
                 causes,
             );
         }
@@ -320,7 +327,10 @@ fn numeric(x: f64, value: Value, schema: &Value, path: &str, causes: &mut Vec<Ca
             invalid(
                 path,
                 &value,
-                format!("{path} in body should be {op} {}", number(&schema["maximum"])),
+                format!(
+                    "{path} in body should be {op} {}",
+                    number(&schema["maximum"])
+                ),
                 causes,
             );
         }
@@ -390,8 +400,8 @@ mod tests {
             json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "n"}, "spec": spec});
         apply_defaults(&mut obj, &schema());
         validate_object(&mut obj, &schema(), UnknownFields::Refuse)
-            .into_iter()
-            .map(|c| c.message)
+            .iter()
+            .map(crate::error::Cause::render)
             .collect()
     }
 
@@ -423,7 +433,7 @@ mod tests {
         );
         assert_eq!(
             check(json!({"shards": 1, "typo": 1})),
-            vec!["unknown field \"spec.typo\""]
+            vec!["spec.typo: field not declared in schema"]
         );
     }
 

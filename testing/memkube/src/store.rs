@@ -189,10 +189,10 @@ impl State {
 
     fn emit(&mut self, event: Event) {
         let event = Arc::new(event);
-        if self.history.len() >= HISTORY {
-            if let Some(dropped) = self.history.pop_front() {
-                self.compacted = dropped.rv;
-            }
+        if self.history.len() >= HISTORY
+            && let Some(dropped) = self.history.pop_front()
+        {
+            self.compacted = dropped.rv;
         }
         self.history.push_back(event.clone());
         // No receivers is fine: nobody is watching.

@@ -54,6 +54,8 @@ pub(crate) struct WatchTarget {
     pub params: WatchParams,
     pub bookmark_interval: Duration,
     pub shutdown: CancellationToken,
+    /// Render each object as a one-row `Table` (`kubectl get -w`).
+    pub table: bool,
 }
 
 impl WatchTarget {
@@ -64,6 +66,13 @@ impl WatchTarget {
     fn line(&self, kind: &str, mut obj: Value) -> Bytes {
         obj["apiVersion"] = json!(self.ty.api_version());
         obj["kind"] = json!(self.ty.kind);
+        if self.table && kind != "BOOKMARK" {
+            let rv = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or_default();
+            obj = crate::table::render(&self.ty, &[obj], rv);
+        }
         let mut s = json!({"type": kind, "object": obj}).to_string();
         s.push('\n');
         Bytes::from(s)
@@ -163,10 +172,10 @@ async fn run(
     }
     for e in backlog {
         last = last.max(e.rv);
-        if let Some(line) = t.render(&e) {
-            if tx.send(line).await.is_err() {
-                return;
-            }
+        if let Some(line) = t.render(&e)
+            && tx.send(line).await.is_err()
+        {
+            return;
         }
     }
     let deadline = t.params.timeout.map(|d| tokio::time::Instant::now() + d);
@@ -187,10 +196,10 @@ async fn run(
                 Err(_) => return,
             },
         };
-        if let Some(line) = line {
-            if tx.send(line).await.is_err() {
-                return;
-            }
+        if let Some(line) = line
+            && tx.send(line).await.is_err()
+        {
+            return;
         }
     }
 }

@@ -15,8 +15,15 @@ use serde_json::json;
 async fn a_crd_serves_its_resource_with_names_and_status_in_discovery() -> TestResult {
     let (server, client) = start().await?;
     install_room_crd(&client).await?;
-    let crd = Api::<CustomResourceDefinition>::all(client.clone()).get("rooms.test.memkube.dev").await?;
-    let established = crd.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True");
+    let crd = Api::<CustomResourceDefinition>::all(client.clone())
+        .get("rooms.test.memkube.dev")
+        .await?;
+    let established = crd
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True");
     assert!(established);
     let discovery = Discovery::new(client.clone()).run().await?;
     let (resource, caps) = discovery
@@ -24,8 +31,15 @@ async fn a_crd_serves_its_resource_with_names_and_status_in_discovery() -> TestR
         .flat_map(|g| g.recommended_resources())
         .find(|(r, _)| r.plural == "rooms")
         .ok_or("rooms not discovered")?;
-    assert_eq!((resource.kind.as_str(), resource.group.as_str()), ("Room", "test.memkube.dev"));
-    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "rooms/status" || s.plural == "status"));
+    assert_eq!(
+        (resource.kind.as_str(), resource.group.as_str()),
+        ("Room", "test.memkube.dev")
+    );
+    assert!(
+        caps.subresources
+            .iter()
+            .any(|(s, _)| s.plural == "rooms/status" || s.plural == "status")
+    );
     let list: serde_json::Value = client
         .request(http::Request::get("/apis/test.memkube.dev/v1").body(Vec::new())?)
         .await?;
@@ -38,7 +52,9 @@ async fn a_crd_serves_its_resource_with_names_and_status_in_discovery() -> TestR
 #[tokio::test]
 async fn the_derived_crd_is_accepted_too() -> TestResult {
     let (server, client) = start().await?;
-    Api::<CustomResourceDefinition>::all(client.clone()).create(&PostParams::default(), &Room::crd()).await?;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &Room::crd())
+        .await?;
     let rooms: Api<Room> = Api::default_namespaced(client);
     rooms.create(&PostParams::default(), &room("a", 4)).await?;
     assert_eq!(rooms.get("a").await?.spec.shards, 4);
@@ -53,7 +69,8 @@ async fn schema_violations_are_422_invalid_naming_the_field() -> TestResult {
     let rooms: Api<Room> = Api::default_namespaced(client);
     let mut bad = room("bad", 4);
     bad.spec.replicas = Some(-1);
-    let status = api_status(rooms.create(&PostParams::default(), &bad).await).ok_or("expected invalid")?;
+    let status =
+        api_status(rooms.create(&PostParams::default(), &bad).await).ok_or("expected invalid")?;
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
     assert_eq!(
         status.message,
@@ -61,11 +78,29 @@ async fn schema_violations_are_422_invalid_naming_the_field() -> TestResult {
     );
     let mut bad_mode = room("bad", 4);
     bad_mode.spec.mode = Some("slow".into());
-    let status = api_status(rooms.create(&PostParams::default(), &bad_mode).await).ok_or("expected invalid")?;
-    assert!(status.message.ends_with("spec.mode: Unsupported value: \"slow\": supported values: \"fast\", \"safe\""), "{}", status.message);
+    let status = api_status(rooms.create(&PostParams::default(), &bad_mode).await)
+        .ok_or("expected invalid")?;
+    assert!(
+        status.message.ends_with(
+            "spec.mode: Unsupported value: \"slow\": supported values: \"fast\", \"safe\""
+        ),
+        "{}",
+        status.message
+    );
     let unknown = json!({"apiVersion": "test.memkube.dev/v1", "kind": "Room", "metadata": {"name": "u"}, "spec": {"shards": 1, "typo": true}});
-    let status = api_status(rooms.patch("u", &PatchParams::apply("t"), &Patch::Apply(unknown)).await).ok_or("expected invalid")?;
-    assert!(status.message.contains("unknown field \"spec.typo\""), "{}", status.message);
+    let status = api_status(
+        rooms
+            .patch("u", &PatchParams::apply("t"), &Patch::Apply(unknown))
+            .await,
+    )
+    .ok_or("expected invalid")?;
+    assert!(
+        status
+            .message
+            .ends_with("spec.typo: field not declared in schema"),
+        "{}",
+        status.message
+    );
     server.shutdown().await?;
     Ok(())
 }
@@ -77,10 +112,22 @@ async fn defaults_are_applied_and_immutable_fields_refuse_changes() -> TestResul
     let rooms: Api<Room> = Api::default_namespaced(client);
     let created = rooms.create(&PostParams::default(), &room("r", 4)).await?;
     assert_eq!(created.spec.replicas, Some(3), "schema default");
-    let changed = rooms.patch("r", &PatchParams::default(), &Patch::Merge(json!({"spec": {"shards": 8}}))).await;
+    let changed = rooms
+        .patch(
+            "r",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"shards": 8}})),
+        )
+        .await;
     let status = api_status(changed).ok_or("expected invalid")?;
     assert_eq!(status.code, 422);
-    assert!(status.message.ends_with("spec.shards: Invalid value: \"integer\": shards is immutable"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .ends_with("spec.shards: Invalid value: \"integer\": shards is immutable"),
+        "{}",
+        status.message
+    );
     server.shutdown().await?;
     Ok(())
 }
@@ -97,16 +144,49 @@ async fn status_writes_touch_only_status_and_spec_writes_bump_generation() -> Te
     assert_eq!(created.metadata.generation, Some(1));
 
     let status_patch = json!({"apiVersion": "test.memkube.dev/v1", "kind": "Room", "status": {"ready": 2}, "spec": {"shards": 99}});
-    let after_status = rooms.patch_status("r", &PatchParams::apply("operator").force(), &Patch::Apply(status_patch)).await?;
+    let after_status = rooms
+        .patch_status(
+            "r",
+            &PatchParams::apply("operator").force(),
+            &Patch::Apply(status_patch),
+        )
+        .await?;
     assert_eq!(after_status.status, Some(RoomStatus { ready: 2 }));
-    assert_eq!(after_status.spec.shards, 4, "spec in a status write is ignored");
-    assert_eq!(after_status.metadata.generation, Some(1), "status writes keep generation");
+    assert_eq!(
+        after_status.spec.shards, 4,
+        "spec in a status write is ignored"
+    );
+    assert_eq!(
+        after_status.metadata.generation,
+        Some(1),
+        "status writes keep generation"
+    );
 
-    let after_spec = rooms.patch("r", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}, "status": {"ready": 0}}))).await?;
-    assert_eq!(after_spec.status, Some(RoomStatus { ready: 2 }), "main writes keep status");
+    let after_spec = rooms
+        .patch(
+            "r",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}, "status": {"ready": 0}})),
+        )
+        .await?;
+    assert_eq!(
+        after_spec.status,
+        Some(RoomStatus { ready: 2 }),
+        "main writes keep status"
+    );
     assert_eq!(after_spec.metadata.generation, Some(2));
-    let labelled = rooms.patch("r", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}}))).await?;
-    assert_eq!(labelled.metadata.generation, Some(2), "metadata changes keep generation");
+    let labelled = rooms
+        .patch(
+            "r",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await?;
+    assert_eq!(
+        labelled.metadata.generation,
+        Some(2),
+        "metadata changes keep generation"
+    );
     server.shutdown().await?;
     Ok(())
 }
@@ -117,10 +197,17 @@ async fn deleting_a_crd_stops_serving_it_and_removes_its_objects() -> TestResult
     install_room_crd(&client).await?;
     let rooms: Api<Room> = Api::default_namespaced(client.clone());
     rooms.create(&PostParams::default(), &room("r", 1)).await?;
-    Api::<CustomResourceDefinition>::all(client).delete("rooms.test.memkube.dev", &DeleteParams::default()).await?;
+    Api::<CustomResourceDefinition>::all(client)
+        .delete("rooms.test.memkube.dev", &DeleteParams::default())
+        .await?;
     let gone = api_status(rooms.get("r").await).ok_or("expected not found")?;
     assert_eq!(gone.code, 404);
-    assert!(server.store().list("rooms.test.memkube.dev", None).is_empty());
+    assert!(
+        server
+            .store()
+            .list("rooms.test.memkube.dev", None)
+            .is_empty()
+    );
     server.shutdown().await?;
     Ok(())
 }

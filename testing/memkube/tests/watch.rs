@@ -127,11 +127,25 @@ async fn kube_watcher_relists_after_its_resource_version_is_compacted_away() -> 
     api.create(&PostParams::default(), &cm("a", "x")).await?;
     let config = watcher::Config::default().timeout(1).disable_bookmarks();
     let mut events = watcher::watcher(api.clone(), config).boxed();
-    while !matches!(timeout(WAIT, events.try_next()).await??, Some(Event::InitDone)) {}
+    while !matches!(
+        timeout(WAIT, events.try_next()).await??,
+        Some(Event::InitDone)
+    ) {}
     // A change the configmap watch does not see, then compaction past the watcher's version:
     // when the watch times out, the re-watch gets 410 Gone and the watcher lists again.
     let secrets: Api<Secret> = Api::default_namespaced(client);
-    secrets.create(&PostParams::default(), &Secret { metadata: ObjectMeta { name: Some("s".into()), ..Default::default() }, ..Default::default() }).await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("s".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await?;
     server.store().compact();
     let mut relisted = Vec::new();
     let mut gone = false;
