@@ -17,7 +17,7 @@ const SPARE_FILES: u64 = 64;
 
 /// Load generator for roomshard chat nodes (protocol v1, loopback only).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "roomshard-bench", version, about)]
+#[command(name = "roomshard-bench", version)]
 pub struct Args {
     /// Comma-separated node addresses, e.g. `ws://127.0.0.1:8080,ws://127.0.0.1:8081`;
     /// loopback hosts only. Users are spread over them round-robin.

@@ -164,6 +164,9 @@ pub struct UserReport {
     pub out_of_order: u64,
     /// Connections opened after the first one.
     pub reconnects: u64,
+    /// Resumes that found the room behind the last seq we saw: the room lost its state (a
+    /// restarted single node), so counting starts again from its current seq.
+    pub room_resets: u64,
     /// Longest time in the send phase without a delivery, in µs.
     pub longest_pause_us: u64,
     /// Frames that were not protocol v1 server frames.
@@ -476,6 +479,12 @@ impl User {
                 self.report.last_seq = Some(seq);
                 slot.max_seq.fetch_max(seq, Ordering::Relaxed);
                 slot.members.fetch_add(1, Ordering::Relaxed);
+            }
+            // The room is behind what we saw: it lost its state. Nothing to replay or compare.
+            Some(last) if seq < last => {
+                self.report.room_resets += 1;
+                self.report.last_seq = Some(seq);
+                self.seen.clear();
             }
             // Resuming: the replay fills what we missed while away.
             Some(_) => {

@@ -100,10 +100,10 @@ mod tests {
             let index = index_of(value);
             assert!(index < BUCKETS);
             assert!(highest_of(index) >= value, "{value}");
-            if let Some((v, i)) = previous {
-                if value == v + 1 {
-                    assert!(index == i || index == i + 1, "{value}: {i} -> {index}");
-                }
+            if let Some((v, i)) = previous
+                && value == v + 1
+            {
+                assert!(index == i || index == i + 1, "{value}: {i} -> {index}");
             }
             if value < 128 {
                 assert_eq!(highest_of(index), value);

@@ -63,6 +63,12 @@ pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
     pids.iter().map(|&pid| rss_kib(pid)).sum()
 }
 
+/// The machine's 1-minute load average.
+pub fn load_1m() -> Option<f64> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
+    loadavg.split_whitespace().next()?.parse().ok()
+}
+
 /// Our soft limit on open files, from `/proc/self/limits`.
 pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -102,6 +108,7 @@ mod tests {
         assert!(cpu_ticks(me).is_some());
         assert!(rss_kib(me).is_some_and(|kib| kib > 0));
         assert!(open_files_limit().is_some_and(|n| n > 0));
+        assert!(load_1m().is_some_and(|load| load >= 0.0));
         assert!(ticks_per_sec() > 0);
     }
 }

@@ -105,6 +105,8 @@ struct LoadReport {
     connect_failures: u64,
     lost_detail: LostDetail,
     out_of_order: u64,
+    /// Resumes that found their room restarted (state lost), see `UserReport::room_resets`.
+    room_resets: u64,
     /// Pacer ticks dropped because the user's order queue was full (the bench fell behind or
     /// the user was away too long): offered load that never reached a node.
     not_sent: u64,
@@ -114,6 +116,9 @@ struct LoadReport {
     connect_s: f64,
     wall_s: f64,
     bench_rss_kib: Option<u64>,
+    /// The machine's 1-minute load average before and after: other work on the same cores
+    /// (a build, say) shows up as latency, and this says whether there was any.
+    load_1m: [Option<f64>; 2],
     #[serde(skip_serializing_if = "Option::is_none")]
     server_metrics: Option<BTreeMap<String, f64>>,
 }
@@ -255,6 +260,7 @@ async fn stop_users(shared: &Shared, tasks: Vec<JoinHandle<UserReport>>) -> Vec<
 
 async fn run_load(plan: LoadPlan) -> Result<String, String> {
     let wall = Instant::now();
+    let load_before = procfs::load_1m();
     let ticks_per_sec = procfs::ticks_per_sec();
     let room_names: Vec<String> = (0..plan.rooms)
         .map(|r| format!("{}-{r}", plan.prefix))
@@ -416,6 +422,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         (0, 0, 0, 0, 0, 0);
     let (mut duplicates, mut out_of_order, mut reconnects, mut bad_frames, mut down_at_end) =
         (0, 0, 0, 0, 0);
+    let mut room_resets = 0;
     let mut longest_pause_us = 0;
     for report in &reports {
         sent += report.sent;
@@ -426,6 +433,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         duplicates += report.duplicates;
         out_of_order += report.out_of_order;
         reconnects += report.reconnects;
+        room_resets += report.room_resets;
         bad_frames += report.bad_frames;
         longest_pause_us = longest_pause_us.max(report.longest_pause_us);
         for (code, n) in &report.errors {
@@ -499,6 +507,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
             tail,
         },
         out_of_order,
+        room_resets,
         not_sent,
         bad_frames,
         down_at_end,
@@ -506,6 +515,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         connect_s: round3(connect_s),
         wall_s: round3(wall.elapsed().as_secs_f64()),
         bench_rss_kib,
+        load_1m: [load_before, procfs::load_1m()],
         server_metrics: match (metrics_before, metrics_after) {
             (Some(before), Some(after)) => Some(scrape::delta(&before, &after)),
             _ => None,

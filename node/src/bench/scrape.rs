@@ -70,11 +70,7 @@ async fn get(target: &HttpTarget) -> Result<String, String> {
         .split_once("\r\n\r\n")
         .ok_or("malformed http response")?;
     let status = head.lines().next().unwrap_or_default();
-    if !status
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|code| code == "200")
-    {
+    if status.split_whitespace().nth(1) != Some("200") {
         return Err(format!("answered `{status}`"));
     }
     Ok(body.to_owned())
