@@ -59,12 +59,18 @@ where
         joined: HashSet::new(),
         bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst, Instant::now()),
     };
+    // Set when the node starts shutting down: the client was told to reconnect, and frames it
+    // wrote before it saw that are still read and answered until then.
+    let mut closing_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             biased;
             () = control.closed() => break,
-            () = node.shutdown.cancelled() => {
+            () = node.shutdown.cancelled(), if closing_at.is_none() => {
                 conn.push(protocol::reconnect_frame("node shutting down", Some(0)));
+                closing_at = Some(tokio::time::Instant::now() + RECONNECT_GRACE);
+            }
+            () = sleep_until_some(closing_at) => {
                 control.close(CloseReason {
                     code: CLOSE_GOING_AWAY,
                     reason: "node shutting down".to_owned(),
@@ -108,6 +114,17 @@ where
     }
     let _ = writer.await;
     node.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// How long a connection told to reconnect is still served: a `send` the client wrote before it
+/// read `reconnect` is answered (and delivered) rather than silently dropped.
+pub const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// tungstenite reports an over-limit message as a capacity error.

@@ -243,10 +243,10 @@ impl Rooms {
         };
         for tx in running {
             let (reply, snapshot) = oneshot::channel();
-            if tx.send(ActorMsg::HandOff(reply)).await.is_ok() {
-                if let Ok(snapshot) = snapshot.await {
-                    snapshots.push(snapshot);
-                }
+            if tx.send(ActorMsg::HandOff(reply)).await.is_ok()
+                && let Ok(snapshot) = snapshot.await
+            {
+                snapshots.push(snapshot);
             }
         }
         snapshots

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -71,10 +72,17 @@ pub async fn run(
         let app = peer_router(state.clone());
         let stop = node.shutdown.clone();
         tokio::spawn(async move {
+            let peer_listener = peer_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(peer_listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
         })
+    });
+    // Chat frames are small and latency-bound: send them without Nagle's delay.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
     });
     let served = axum::serve(
         listener,
@@ -191,7 +199,12 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let limits = &state.node.settings.limits;
+    // Small socket buffers: tungstenite's 128 KiB default read buffer is zero-filled on
+    // every read, which makes each idle connection cost 128 KiB of memory.
     let upgrade = upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(4).max(1 << 20))
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes);
     if state.node.shutdown.is_cancelled() {

@@ -31,6 +31,9 @@ use crate::snowflake::Snowflake;
 /// Forwards a command may take before it is answered with `room_unavailable`.
 pub const MAX_HOPS: u8 = 4;
 
+/// How long a command routed by a newer table than ours waits for ours to catch up.
+const TABLE_CATCH_UP: Duration = Duration::from_secs(3);
+
 /// Per-connection limits.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
@@ -96,6 +99,18 @@ struct Handoffs {
     outgoing: HashMap<ShardId, NodeName>,
     /// Moves of the current table this node finished as the source, until the table drops them.
     done: Vec<Move>,
+    /// Commands from peers that already route by a newer table than ours.
+    early: Vec<Early>,
+}
+
+/// A command that waits for this node's table to reach `epoch`.
+#[derive(Debug)]
+struct Early {
+    epoch: u64,
+    deadline: Instant,
+    room: RoomId,
+    command: RoomCommand,
+    hops: u8,
 }
 
 /// What `/status` reports: what the controller reads to follow a drain.
@@ -360,27 +375,25 @@ impl NodeState {
         let Some(peers) = &self.peers else {
             return Err(RouteError::Unavailable);
         };
-        peers
-            .send(
-                owner,
-                PeerMsg::Command {
-                    room,
-                    command,
-                    hops,
-                },
-            )
-            .map_err(|_| RouteError::Unavailable)
+        let epoch = self.table().epoch;
+        let msg = PeerMsg::Command {
+            room,
+            command,
+            hops,
+            epoch,
+        };
+        peers.send(owner, msg).map_err(|_| RouteError::Unavailable)
     }
 
     /// Deliver an event to `node`'s edge: here, or over the link.
     fn deliver(&self, node: &NodeName, event: EdgeEvent) {
         if node == self.me() {
             self.hub.deliver(event);
-        } else if let Some(peers) = &self.peers {
-            if peers.send(node, PeerMsg::Event(event)).is_err() {
-                self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%node, "peer outbox full: an event was dropped");
-            }
+        } else if let Some(peers) = &self.peers
+            && peers.send(node, PeerMsg::Event(event)).is_err()
+        {
+            self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%node, "peer outbox full: an event was dropped");
         }
     }
 
@@ -417,7 +430,25 @@ impl NodeState {
                 room,
                 command,
                 hops,
-            } => self.accept_as_owner(room, command, hops),
+                epoch,
+            } => {
+                // The sender knows a newer table: decide with that one, not ours. The epoch is
+                // read under the lock that `apply_table` takes after swapping tables, so a
+                // command parked here is always seen by the next table's flush.
+                let mut handoffs = lock(&self.handoffs);
+                if epoch > self.table().epoch {
+                    handoffs.early.push(Early {
+                        epoch,
+                        deadline: Instant::now() + TABLE_CATCH_UP,
+                        room,
+                        command,
+                        hops,
+                    });
+                    return;
+                }
+                drop(handoffs);
+                self.accept_as_owner(room, command, hops)
+            }
             PeerMsg::Event(event) => self.hub.deliver(event),
             PeerMsg::Snapshot {
                 shard,
@@ -529,6 +560,17 @@ impl NodeState {
         for shard in &change.gained_fresh {
             self.rooms.install(*shard, Vec::new());
         }
+        let ready: Vec<Early> = {
+            let mut handoffs = lock(&self.handoffs);
+            let (ready, later) = std::mem::take(&mut handoffs.early)
+                .into_iter()
+                .partition(|e| e.epoch <= new.epoch);
+            handoffs.early = later;
+            ready
+        };
+        for early in ready {
+            self.accept_as_owner(early.room, early.command, early.hops);
+        }
         for (shard, to) in change.lost {
             let handed = new
                 .move_of(shard)
@@ -626,11 +668,16 @@ impl NodeState {
         }
     }
 
-    /// Answer senders waiting on overdue hand-offs.
+    /// Answer senders waiting on overdue hand-offs or on a table that never came.
     fn expire_handoffs(&self, now: Instant) {
         let mut expired = Vec::new();
         {
             let mut handoffs = lock(&self.handoffs);
+            let (late, waiting) = std::mem::take(&mut handoffs.early)
+                .into_iter()
+                .partition(|e| now >= e.deadline);
+            handoffs.early = waiting;
+            expired.extend(late.into_iter().map(|e: Early| (e.room, e.command)));
             for (shard, incoming) in handoffs.incoming.iter_mut() {
                 if !incoming.overdue && now >= incoming.deadline {
                     incoming.overdue = true;

@@ -345,10 +345,10 @@ mod tests {
         };
         let mut seen = Vec::new();
         while seen.len() < 5 {
-            if let Some(bytes) = wire.recv().await {
-                if let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes) {
-                    seen.push(seq);
-                }
+            if let Some(bytes) = wire.recv().await
+                && let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes)
+            {
+                seen.push(seq);
             }
         }
         first.abort();
@@ -363,10 +363,10 @@ mod tests {
         };
         let mut again = Vec::new();
         while again.len() < 3 {
-            if let Some(bytes) = wire.recv().await {
-                if let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes) {
-                    again.push(seq);
-                }
+            if let Some(bytes) = wire.recv().await
+                && let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes)
+            {
+                again.push(seq);
             }
         }
         second.abort();

@@ -208,7 +208,10 @@ impl Peers {
     async fn dial_once(self: &Arc<Self>, peer: &NodeName, addr: &str) -> Result<(), String> {
         let url = format!("ws://{addr}/peer");
         let (ws, _) =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(&url))
+            tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_tungstenite::connect_async_with_config(&url, None, true),
+        )
                 .await
                 .map_err(|_| "connect timed out".to_owned())?
                 .map_err(|e| e.to_string())?;

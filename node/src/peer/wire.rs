@@ -22,6 +22,9 @@ pub enum PeerMsg {
         room: RoomId,
         command: RoomCommand,
         hops: u8,
+        /// The sender's table epoch: a receiver with an older table waits for that one before
+        /// it decides who owns the room.
+        epoch: u64,
     },
     /// An owner tells an edge node about a room (once per node, not per member).
     Event(EdgeEvent),
