@@ -101,6 +101,17 @@ struct Handoffs {
     done: Vec<Move>,
     /// Commands from peers that already route by a newer table than ours.
     early: Vec<Early>,
+    /// Snapshots that arrived before the table that announces their move.
+    early_snapshots: Vec<EarlySnapshot>,
+}
+
+/// A snapshot waiting for this node's table to reach `epoch`.
+#[derive(Debug)]
+struct EarlySnapshot {
+    from: NodeName,
+    shard: ShardId,
+    epoch: u64,
+    rooms: Vec<RoomSnapshot>,
 }
 
 /// A command that waits for this node's table to reach `epoch`.
@@ -470,7 +481,29 @@ impl NodeState {
     }
 
     fn on_snapshot(&self, from: &NodeName, shard: ShardId, epoch: u64, rooms: Vec<RoomSnapshot>) {
-        let incoming = lock(&self.handoffs).incoming.remove(&shard);
+        let incoming = {
+            let mut handoffs = lock(&self.handoffs);
+            let expected = handoffs
+                .incoming
+                .get(&shard)
+                .is_some_and(|i| &i.from == from);
+            if !expected && epoch > self.table().epoch {
+                // The source applied the move's table before this node did: keep the snapshot
+                // until that table arrives here (read under the lock `apply_table` takes).
+                handoffs.early_snapshots.push(EarlySnapshot {
+                    from: from.clone(),
+                    shard,
+                    epoch,
+                    rooms,
+                });
+                return;
+            }
+            if expected {
+                handoffs.incoming.remove(&shard)
+            } else {
+                None
+            }
+        };
         match incoming {
             Some(incoming) => {
                 let count = rooms.len();
@@ -481,7 +514,7 @@ impl NodeState {
                 tracing::info!(%shard, %from, rooms = count, "shard received");
             }
             None => {
-                tracing::warn!(%shard, %from, "a snapshot nobody waited for (the move was cancelled)")
+                tracing::warn!(%shard, %from, epoch, "a snapshot nobody waits for (the move was cancelled)")
             }
         }
         if let Some(peers) = &self.peers {
@@ -559,6 +592,17 @@ impl NodeState {
         }
         for shard in &change.gained_fresh {
             self.rooms.install(*shard, Vec::new());
+        }
+        let snapshots: Vec<EarlySnapshot> = {
+            let mut handoffs = lock(&self.handoffs);
+            let (ready, later) = std::mem::take(&mut handoffs.early_snapshots)
+                .into_iter()
+                .partition(|e| e.epoch <= new.epoch);
+            handoffs.early_snapshots = later;
+            ready
+        };
+        for early in snapshots {
+            self.on_snapshot(&early.from, early.shard, early.epoch, early.rooms);
         }
         let ready: Vec<Early> = {
             let mut handoffs = lock(&self.handoffs);

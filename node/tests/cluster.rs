@@ -37,9 +37,17 @@ async fn members_on_every_node_get_every_message_in_order_whoever_owns_the_room(
     let rooms: Vec<String> = (0..6).map(|i| format!("room-{i}")).collect();
     let owners: HashSet<String> = rooms
         .iter()
-        .filter_map(|r| server.current().owner_of_room(&shard::RoomId::new(r.as_str()).expect("room")).map(|o| o.to_string()))
+        .filter_map(|r| {
+            server
+                .current()
+                .owner_of_room(&shard::RoomId::new(r.as_str()).expect("room"))
+                .map(|o| o.to_string())
+        })
         .collect();
-    assert!(owners.len() >= 2, "the rooms are spread over several owners: {owners:?}");
+    assert!(
+        owners.len() >= 2,
+        "the rooms are spread over several owners: {owners:?}"
+    );
     let mut clients = Vec::new();
     for (i, room) in rooms.iter().enumerate() {
         for (n, node) in nodes.iter().enumerate() {
@@ -67,7 +75,10 @@ async fn members_on_every_node_get_every_message_in_order_whoever_owns_the_room(
         assert_eq!(seqs, (1..=12).collect::<Vec<u64>>());
     }
     // Fan-out is per node: each owner sent one event per message to each other node.
-    let delivered: u64 = nodes.iter().map(|n| n.state.metrics.messages_delivered.load(Ordering::Relaxed)).sum();
+    let delivered: u64 = nodes
+        .iter()
+        .map(|n| n.state.metrics.messages_delivered.load(Ordering::Relaxed))
+        .sum();
     assert_eq!(delivered, 6 * 3 * 12);
 }
 
@@ -163,10 +174,16 @@ async fn rooms_handed_off_under_load_lose_and_repeat_nothing() {
     assert!(shrinking.moves.iter().all(|m| m.from.as_str() == "node-2"));
     server.publish(shrinking);
     settle(&server, &refs).await;
-    assert!(server.current().shards_of(&nodes[2].name).is_empty(), "the drained node owns nothing");
+    assert!(
+        server.current().shards_of(&nodes[2].name).is_empty(),
+        "the drained node owns nothing"
+    );
     let after = owners(&server.current());
     let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
-    assert!(moved >= 3, "several busy rooms changed owner ({moved} of 20)");
+    assert!(
+        moved >= 3,
+        "several busy rooms changed owner ({moved} of 20)"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut total = 0;
     for t in &traffic {
@@ -174,10 +191,16 @@ async fn rooms_handed_off_under_load_lose_and_repeat_nothing() {
     }
     for t in traffic {
         let (seqs, sent, errors) = t.task.await.expect("traffic task");
-        assert!(errors.is_empty(), "no errors during planned moves: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "no errors during planned moves: {errors:?}"
+        );
         assert!(sent > 5);
         let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-        assert_eq!(seqs, expected, "seq continues across hand-offs with no gap or repeat");
+        assert_eq!(
+            seqs, expected,
+            "seq continues across hand-offs with no gap or repeat"
+        );
         total += seqs.len();
     }
     assert!(total > 0);
@@ -188,12 +211,18 @@ async fn a_peer_connection_without_the_secret_is_refused() {
     let server = TableServer::start(SHARDS).await;
     let nodes = three_nodes(&server).await;
     let url = format!("ws://{}/peer", nodes[0].peer_addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("upgrade");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("upgrade");
     let challenge = match ws.next().await {
-        Some(Ok(Message::Binary(bytes))) => node::peer::wire::PeerFrame::decode(&bytes).expect("challenge"),
+        Some(Ok(Message::Binary(bytes))) => {
+            node::peer::wire::PeerFrame::decode(&bytes).expect("challenge")
+        }
         other => panic!("expected a challenge, got {other:?}"),
     };
-    let node::peer::wire::PeerFrame::Challenge { nonce, .. } = challenge else { panic!("not a challenge") };
+    let node::peer::wire::PeerFrame::Challenge { nonce, .. } = challenge else {
+        panic!("not a challenge")
+    };
     let forger = shard::NodeName::new("node-9").expect("name");
     let proof = node::peer::wire::PeerFrame::Proof {
         node: forger.clone(),
@@ -202,8 +231,13 @@ async fn a_peer_connection_without_the_secret_is_refused() {
         nonce: "n".into(),
         last_received: 0,
     };
-    ws.send(Message::Binary(proof.encode().into())).await.expect("send proof");
-    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("answer in time") {
+    ws.send(Message::Binary(proof.encode().into()))
+        .await
+        .expect("send proof");
+    match tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("answer in time")
+    {
         Some(Ok(Message::Close(Some(frame)))) => {
             assert_eq!(u16::from(frame.code), 1008);
             assert!(frame.reason.contains("authentication"), "{}", frame.reason);
@@ -211,7 +245,13 @@ async fn a_peer_connection_without_the_secret_is_refused() {
         other => panic!("expected a 1008 close, got {other:?}"),
     }
     // The real secret passes the same check.
-    assert!(node::peer::wire::verify(SECRET, "dialer", "x", &forger, &node::peer::wire::sign(SECRET, "dialer", "x", &forger)));
+    assert!(node::peer::wire::verify(
+        SECRET,
+        "dialer",
+        "x",
+        &forger,
+        &node::peer::wire::sign(SECRET, "dialer", "x", &forger)
+    ));
     // And a browser-style client cannot open it as a chat socket either: /peer is not on the client port.
     let (code, _) = support::http_get(nodes[0].addr, "/peer").await;
     assert_eq!(code, 404);
@@ -236,7 +276,11 @@ async fn peer_connections_that_drop_and_come_back_lose_and_repeat_nothing() {
         .map(|(client, room)| keep_talking(client, room, Duration::from_millis(15)))
         .collect();
     let sessions = |nodes: &[ClusterNode]| -> u64 {
-        nodes.iter().filter_map(|n| n.state.peers.as_ref()).map(|p| p.sessions()).sum()
+        nodes
+            .iter()
+            .filter_map(|n| n.state.peers.as_ref())
+            .map(|p| p.sessions())
+            .sum()
     };
     let sessions_before = sessions(&nodes);
     // Cut every link a few times while messages cross them.
@@ -254,18 +298,27 @@ async fn peer_connections_that_drop_and_come_back_lose_and_repeat_nothing() {
     }
     wait_linked(&refs).await;
     let reconnects = sessions(&nodes) - sessions_before;
-    assert!(reconnects >= 15, "links really dropped and came back ({reconnects} new sessions)");
+    assert!(
+        reconnects >= 15,
+        "links really dropped and came back ({reconnects} new sessions)"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     for t in &traffic {
         t.stop.store(true, Ordering::Relaxed);
     }
     for t in traffic {
         let (seqs, sent, errors) = t.task.await.expect("traffic task");
-        assert!(errors.is_empty(), "no errors across link resets: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "no errors across link resets: {errors:?}"
+        );
         assert!(sent > 10);
         let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
         assert_eq!(seqs, expected, "no gap and no repeat across link resets");
     }
-    let resent: u64 = nodes.iter().map(|n| n.state.metrics.peer_drops.load(Ordering::Relaxed)).sum();
+    let resent: u64 = nodes
+        .iter()
+        .map(|n| n.state.metrics.peer_drops.load(Ordering::Relaxed))
+        .sum();
     assert_eq!(resent, 0, "nothing was dropped");
 }

@@ -207,14 +207,13 @@ impl Peers {
     /// Dial, authenticate both ways, then carry the link until the connection ends.
     async fn dial_once(self: &Arc<Self>, peer: &NodeName, addr: &str) -> Result<(), String> {
         let url = format!("ws://{addr}/peer");
-        let (ws, _) =
-            tokio::time::timeout(
+        let (ws, _) = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             tokio_tungstenite::connect_async_with_config(&url, None, true),
         )
-                .await
-                .map_err(|_| "connect timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
         let (mut sink, stream) = ws.split();
         let mut stream = Box::pin(stream.filter_map(|m| async move {
             match m {

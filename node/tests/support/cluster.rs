@@ -42,13 +42,20 @@ impl TableServer {
         let app = Router::new()
             .route(
                 "/table",
-                get(|State(rx): State<watch::Receiver<Arc<AssignmentTable>>>, Query(q): Query<After>| async move {
-                    let mut rx = rx.clone();
-                    let after = q.after.unwrap_or(0);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|t| t.epoch > after)).await;
-                    let table = rx.borrow().clone();
-                    table.to_json()
-                }),
+                get(
+                    |State(rx): State<watch::Receiver<Arc<AssignmentTable>>>,
+                     Query(q): Query<After>| async move {
+                        let mut rx = rx.clone();
+                        let after = q.after.unwrap_or(0);
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            rx.wait_for(|t| t.epoch > after),
+                        )
+                        .await;
+                        let table = rx.borrow().clone();
+                        table.to_json()
+                    },
+                ),
             )
             .with_state(rx);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -56,7 +63,11 @@ impl TableServer {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        TableServer { url: format!("http://{addr}/table"), tx, task }
+        TableServer {
+            url: format!("http://{addr}/table"),
+            tx,
+            task,
+        }
     }
 
     pub fn publish(&self, table: AssignmentTable) {
@@ -87,7 +98,15 @@ pub struct ClusterNode {
 impl ClusterNode {
     pub async fn start(name: &str, table_url: &str, shards: u32, flags: &[&str]) -> ClusterNode {
         let shards = shards.to_string();
-        let mut args = vec!["roomshard-node", "--listen", "127.0.0.1:0", "--name", name, "--shards", &shards];
+        let mut args = vec![
+            "roomshard-node",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--shards",
+            &shards,
+        ];
         args.extend_from_slice(flags);
         let config = NodeConfig::try_parse_from(args).expect("flags");
         let listener = TcpListener::bind(config.listen).await.expect("bind");
@@ -124,7 +143,10 @@ impl ClusterNode {
     }
 
     pub fn info(&self) -> NodeInfo {
-        NodeInfo { peer_addr: self.peer_addr.to_string(), client_addr: Some(self.addr.to_string()) }
+        NodeInfo {
+            peer_addr: self.peer_addr.to_string(),
+            client_addr: Some(self.addr.to_string()),
+        }
     }
 
     pub async fn client(&self, user: &str) -> Client {
@@ -150,10 +172,20 @@ impl Drop for ClusterNode {
 }
 
 /// The next table for `ready` nodes (with `draining` among them), as the driver plans it.
-pub fn plan(current: &AssignmentTable, ready: &[&ClusterNode], draining: &[&str]) -> AssignmentTable {
+pub fn plan(
+    current: &AssignmentTable,
+    ready: &[&ClusterNode],
+    draining: &[&str],
+) -> AssignmentTable {
     let membership = Membership {
-        ready: ready.iter().map(|n| (n.name.clone(), n.info())).collect::<BTreeMap<_, _>>(),
-        draining: draining.iter().map(|d| NodeName::new(*d).expect("name")).collect::<BTreeSet<_>>(),
+        ready: ready
+            .iter()
+            .map(|n| (n.name.clone(), n.info()))
+            .collect::<BTreeMap<_, _>>(),
+        draining: draining
+            .iter()
+            .map(|d| NodeName::new(*d).expect("name"))
+            .collect::<BTreeSet<_>>(),
     };
     shard::plan(current, &membership, &PlanOptions::default())
 }
@@ -162,7 +194,10 @@ pub fn plan(current: &AssignmentTable, ready: &[&ClusterNode], draining: &[&str]
 pub async fn wait_applied(nodes: &[&ClusterNode], epoch: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while nodes.iter().any(|n| n.state.table().epoch < epoch) {
-        assert!(tokio::time::Instant::now() < deadline, "nodes did not apply epoch {epoch}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes did not apply epoch {epoch}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -171,8 +206,14 @@ pub async fn wait_applied(nodes: &[&ClusterNode], epoch: u64) {
 pub async fn wait_linked(nodes: &[&ClusterNode]) {
     let want = nodes.len() - 1;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while nodes.iter().any(|n| n.state.status().peers_connected < want) {
-        assert!(tokio::time::Instant::now() < deadline, "peer links did not come up");
+    while nodes
+        .iter()
+        .any(|n| n.state.status().peers_connected < want)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "peer links did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -186,7 +227,10 @@ pub async fn settle(server: &TableServer, nodes: &[&ClusterNode]) {
         if table.moves.is_empty() {
             return;
         }
-        let done: Vec<_> = nodes.iter().flat_map(|n| n.state.status().moves_done).collect();
+        let done: Vec<_> = nodes
+            .iter()
+            .flat_map(|n| n.state.status().moves_done)
+            .collect();
         if !done.is_empty() {
             let next = shard::complete_moves(&table, &done);
             if next.epoch != table.epoch {
@@ -194,7 +238,11 @@ pub async fn settle(server: &TableServer, nodes: &[&ClusterNode]) {
                 continue;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "moves did not complete: {:?}", table.moves);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "moves did not complete: {:?}",
+            table.moves
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,0 +1,313 @@
+//! The local cluster end to end: real `roomshard-node` processes on loopback, driven by the
+//! local driver, with real WebSocket clients and the real load generator.
+//!
+//! These need the workspace's binaries (`cargo build --workspace --bins`, which `./test.sh`
+//! does first); they are found next to this test's own directory in the target folder.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use operator::ClusterView;
+use operator::local::{LocalCluster, LocalOptions};
+use serde_json::{Value, json};
+use shard::RoomId;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+async fn cluster(nodes: u32) -> LocalCluster {
+    let options = LocalOptions {
+        nodes,
+        shards: 128,
+        port: 0,
+        node_bin: Some(binary("roomshard-node")),
+        shutdown_grace: Duration::from_secs(5),
+        ..LocalOptions::default()
+    };
+    let cluster = LocalCluster::start(options)
+        .await
+        .expect("local cluster starts");
+    cluster
+        .wait_for(Duration::from_secs(60), ClusterView::is_settled)
+        .await
+        .expect("cluster settles");
+    cluster
+}
+
+fn ws_urls(cluster: &LocalCluster) -> Vec<(String, String)> {
+    cluster
+        .nodes()
+        .into_iter()
+        .filter_map(|n| n.ws_url.map(|u| (n.name, u)))
+        .collect()
+}
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    async fn connect(ws_url: &str, user: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(format!("{ws_url}?user={user}")),
+        )
+        .await
+        .expect("connect in time")
+        .expect("handshake");
+        Client { ws }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    async fn recv(&mut self, within: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(within, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return serde_json::from_str(text.as_str()).ok();
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    async fn recv_op(&mut self, op: &str) -> Value {
+        loop {
+            let frame = self
+                .recv(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("no `{op}` frame in time"));
+            if frame["op"] == op {
+                return frame;
+            }
+        }
+    }
+
+    async fn join(&mut self, room: &str) -> Value {
+        self.send(json!({"op": "join", "room": room})).await;
+        self.recv_op("joined").await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_every_message_in_order_to_members_on_every_node() {
+    let cluster = cluster(3).await;
+    let urls = ws_urls(&cluster);
+    assert_eq!(urls.len(), 3);
+    let rooms: Vec<String> = (0..5).map(|r| format!("e2e-{r}")).collect();
+    let mut clients = Vec::new();
+    for room in &rooms {
+        for (i, (_, url)) in urls.iter().enumerate() {
+            for k in 0..2 {
+                let mut client = Client::connect(url, &format!("{room}-{i}-{k}")).await;
+                client.join(room).await;
+                clients.push((room.clone(), client));
+            }
+        }
+    }
+    for (room, client) in clients.iter_mut() {
+        for n in 0..3 {
+            client.send(json!({"op": "send", "room": room, "text": format!("m{n}"), "cid": n.to_string()})).await;
+        }
+    }
+    let per_room = 6 * 3;
+    for (room, client) in clients.iter_mut() {
+        let mut seqs = Vec::new();
+        let mut ids = HashSet::new();
+        while seqs.len() < per_room {
+            let frame = client
+                .recv(Duration::from_secs(10))
+                .await
+                .expect("every message arrives");
+            if frame["op"] == "msg" {
+                assert_eq!(frame["room"], room.as_str());
+                seqs.push(frame["seq"].as_u64().expect("seq"));
+                assert!(
+                    ids.insert(frame["id"].as_str().expect("id").to_owned()),
+                    "no duplicate ids"
+                );
+            }
+        }
+        assert_eq!(seqs, (1..=per_room as u64).collect::<Vec<_>>());
+    }
+    cluster.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_3_to_5_to_2_under_load_loses_and_repeats_nothing() {
+    let cluster = cluster(3).await;
+    let nodes: Vec<String> = ws_urls(&cluster)
+        .into_iter()
+        .map(|(_, u)| u.trim_end_matches("/ws").to_owned())
+        .collect();
+    let mut bench = tokio::process::Command::new(binary("roomshard-bench"))
+        .args([
+            "--nodes",
+            &nodes.join(","),
+            "--rooms",
+            "60",
+            "--users",
+            "4",
+            "--rate",
+            "10",
+            "--duration",
+            "24s",
+            "--warmup",
+            "1s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start roomshard-bench");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.scale(5).expect("scale up");
+    cluster
+        .wait_for(Duration::from_secs(30), |v| {
+            v.desired_replicas == 5 && v.is_settled()
+        })
+        .await
+        .expect("5 nodes settle");
+    cluster.scale(2).expect("scale down");
+    let settled = cluster
+        .wait_for(Duration::from_secs(40), |v| {
+            v.desired_replicas == 2 && v.is_settled()
+        })
+        .await
+        .expect("2 nodes settle after the drain");
+    assert_eq!(settled.nodes.len(), 2);
+    let output = tokio::time::timeout(Duration::from_secs(90), async {
+        let mut stdout = bench.stdout.take().expect("stdout");
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
+            .await
+            .expect("read bench output");
+        let _ = bench.wait().await;
+        text
+    })
+    .await
+    .expect("bench finishes");
+    let report: Value = serde_json::from_str(output.lines().last().expect("a JSON line"))
+        .expect("bench prints JSON");
+    eprintln!("scale 3 -> 5 -> 2 under load: {report}");
+    assert!(
+        report["delivered"].as_u64().unwrap_or(0) > 10_000,
+        "traffic flowed: {report}"
+    );
+    assert_eq!(report["lost"], 0, "no message lost: {report}");
+    assert_eq!(report["duplicates"], 0, "no message repeated: {report}");
+    let errors = report["errors"]
+        .as_object()
+        .map(|e| e.values().filter_map(Value::as_u64).sum::<u64>())
+        .unwrap_or(0);
+    assert_eq!(errors, 0, "no errors during planned moves: {report}");
+    assert!(
+        report["reconnects"].as_u64().unwrap_or(0) > 0,
+        "clients of drained nodes reconnected: {report}"
+    );
+    cluster.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_kill_9_has_its_rooms_served_again_and_other_rooms_see_no_error() {
+    let cluster = cluster(3).await;
+    let table = cluster.table();
+    let urls = ws_urls(&cluster);
+    let owner = |room: &str| {
+        table
+            .owner_of_room(&RoomId::new(room).expect("room"))
+            .map(|o| o.to_string())
+    };
+    let victim_room = (0..200)
+        .map(|i| format!("k-{i}"))
+        .find(|r| owner(r).as_deref() == Some("node-1"))
+        .expect("a room on node-1");
+    let safe_room = (0..200)
+        .map(|i| format!("s-{i}"))
+        .find(|r| owner(r).as_deref() == Some("node-0"))
+        .expect("a room on node-0");
+    let url_of = |name: &str| {
+        urls.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, u)| u.clone())
+            .expect("node url")
+    };
+    // Members are connected to node-0 and node-2, which survive.
+    let mut victim_members = Vec::new();
+    let mut safe_members = Vec::new();
+    for (i, node) in ["node-0", "node-2"].iter().enumerate() {
+        let mut a = Client::connect(&url_of(node), &format!("v{i}")).await;
+        a.join(&victim_room).await;
+        victim_members.push(a);
+        let mut b = Client::connect(&url_of(node), &format!("s{i}")).await;
+        b.join(&safe_room).await;
+        safe_members.push(b);
+    }
+    victim_members[0]
+        .send(json!({"op": "send", "room": victim_room, "text": "before", "cid": "b"}))
+        .await;
+    for m in victim_members.iter_mut() {
+        assert_eq!(m.recv_op("msg").await["text"], "before");
+    }
+    let started = std::time::Instant::now();
+    cluster.kill9("node-1").await.expect("kill -9 node-1");
+    // The new owner restarts the room empty and every member is told with a `joined`.
+    for m in victim_members.iter_mut() {
+        let joined = tokio::time::timeout(Duration::from_secs(20), m.recv_op("joined"))
+            .await
+            .expect("re-joined in time");
+        assert_eq!(joined["room"], victim_room.as_str());
+    }
+    let failover = started.elapsed();
+    victim_members[1]
+        .send(json!({"op": "send", "room": victim_room, "text": "after", "cid": "a"}))
+        .await;
+    for m in victim_members.iter_mut() {
+        let msg = m.recv_op("msg").await;
+        assert_eq!(msg["text"], "after");
+    }
+    eprintln!("rooms of the killed node were served again after {failover:?}");
+    assert!(failover < Duration::from_secs(20));
+    // The room on a surviving owner kept working, with no error frame at all.
+    safe_members[0]
+        .send(json!({"op": "send", "room": safe_room, "text": "still here", "cid": "s"}))
+        .await;
+    for m in safe_members.iter_mut() {
+        loop {
+            let frame = m.recv(Duration::from_secs(10)).await.expect("a frame");
+            assert_ne!(
+                frame["op"], "error",
+                "no error in rooms of surviving nodes: {frame}"
+            );
+            if frame["op"] == "msg" {
+                assert_eq!(frame["text"], "still here");
+                break;
+            }
+        }
+    }
+    cluster.shutdown().await.expect("clean shutdown");
+}
