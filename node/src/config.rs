@@ -24,8 +24,15 @@ pub struct NodeConfig {
     pub peer_listen: Option<SocketAddr>,
     /// URL of the assignment table (long-polled); without it (and without a Kubernetes
     /// source) the node runs alone and owns every shard.
-    #[arg(long, env = "ROOMSHARD_TABLE_URL")]
+    #[arg(long, env = "ROOMSHARD_TABLE_URL", conflicts_with = "table_configmap")]
     pub table_url: Option<String>,
+    /// Name of the ConfigMap that holds the assignment table (in Kubernetes; the node watches
+    /// it with the pod's service account, or `KUBECONFIG` outside a pod).
+    #[arg(long, env = "ROOMSHARD_TABLE_CONFIGMAP")]
+    pub table_configmap: Option<String>,
+    /// Namespace of `--table-configmap`; in a pod, from the downward API.
+    #[arg(long, env = "ROOMSHARD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
     /// File holding the cluster secret that authenticates peer links.
     #[arg(long, env = "ROOMSHARD_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,

@@ -12,13 +12,15 @@
 //! - [`rooms`]: the room actors, started on demand and passivated when idle.
 //! - [`state`]: the node's shared state, routing to a room's owner, tables and hand-offs.
 //! - [`peer`]: authenticated links between nodes that resend what a broken link lost.
-//! - [`table_source`]: where the assignment table comes from (HTTP long-poll here).
+//! - [`table_source`]: where the assignment table comes from (HTTP long-poll), and
+//!   [`configmap_source`]: from a Kubernetes ConfigMap.
 //! - [`server`]: HTTP routes and [`server::run`] with graceful shutdown.
 //! - [`config`]: flags and environment variables.
 //! - [`snowflake`], [`rate`], [`metrics`]: message ids, token buckets, counters.
 
 pub mod auth;
 pub mod config;
+pub mod configmap_source;
 pub mod connection;
 pub mod edge;
 pub mod metrics;

@@ -6,6 +6,7 @@ use clap::Parser;
 use node::auth::Authenticator;
 use std::sync::Arc;
 
+use node::configmap_source::ConfigMapTableSource;
 use node::peer::{PeerSettings, Peers};
 use node::table_source::{HttpTableSource, TableSource};
 use node::{NodeConfig, NodeState};
@@ -47,17 +48,30 @@ async fn serve(config: NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
         Some(key) => Authenticator::with_hs256_key(&key),
         None => Authenticator::open(),
     };
-    let (node, source) = match &config.table_url {
-        Some(url) => {
+    let source: Option<Arc<dyn TableSource>> = match (&config.table_url, &config.table_configmap) {
+        (Some(url), _) => Some(Arc::new(HttpTableSource::new(url.clone()))),
+        (None, Some(configmap)) => {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                format!("cannot reach the Kubernetes API for --table-configmap: {e}")
+            })?;
+            Some(Arc::new(ConfigMapTableSource::new(
+                client,
+                &config.namespace,
+                configmap,
+            )))
+        }
+        (None, None) => None,
+    };
+    let node = match &source {
+        Some(_) => {
             let peers = Peers::new(PeerSettings {
                 me: settings.name.clone(),
                 secret: config.cluster_secret()?.into(),
                 max_unacked: config.peer_outbox,
             });
-            let source: Arc<dyn TableSource> = Arc::new(HttpTableSource::new(url.clone()));
-            (NodeState::clustered(settings, auth, peers), Some(source))
+            NodeState::clustered(settings, auth, peers)
         }
-        None => (NodeState::new(settings, auth), None),
+        None => NodeState::new(settings, auth),
     };
     tracing::info!(node = %node.settings.name, %bound, clustered = source.is_some(), tokens = node.auth.requires_token(), "node starting");
     // Scripts and tests read these lines to learn the ports when listening on port 0.

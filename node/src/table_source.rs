@@ -3,7 +3,8 @@
 //! A source yields tables; the node applies them in epoch order and ignores older ones, so a
 //! source may repeat itself or reconnect freely. Here: an HTTP source that long-polls the local
 //! cluster driver (`GET <url>?after=EPOCH` answers as soon as a newer table exists). In
-//! Kubernetes the same trait is fed by a watch on the cluster's ConfigMap.
+//! Kubernetes the same trait is fed by a watch on the cluster's ConfigMap
+//! ([`crate::configmap_source`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,13 +32,14 @@ pub enum SourceError {
     Invalid(#[from] shard::ShardError),
 }
 
+/// What [`TableSource::next`] returns.
+pub type BoxedTable<'a> =
+    Pin<Box<dyn Future<Output = Result<AssignmentTable, SourceError>> + Send + 'a>>;
+
 /// A stream of assignment tables.
 pub trait TableSource: Send + Sync + 'static {
     /// The next table newer than `after`, or the current one after a while with no change.
-    fn next(
-        &self,
-        after: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<AssignmentTable, SourceError>> + Send + '_>>;
+    fn next(&self, after: u64) -> BoxedTable<'_>;
 }
 
 /// Long-polls a URL that serves the table as JSON.
@@ -58,10 +60,7 @@ impl HttpTableSource {
 }
 
 impl TableSource for HttpTableSource {
-    fn next(
-        &self,
-        after: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<AssignmentTable, SourceError>> + Send + '_>> {
+    fn next(&self, after: u64) -> BoxedTable<'_> {
         Box::pin(async move {
             let separator = if self.url.contains('?') { '&' } else { '?' };
             let uri = format!("{}{separator}after={after}", self.url)
