@@ -149,8 +149,16 @@ async fn write_loop<W>(
             () = control.closed() => break,
             frame = queue.recv() => {
                 let Some(frame) = frame else { break };
+                // Write everything already queued, then flush once: one syscall for a burst.
+                let burst = async {
+                    sink.feed(Message::Text(frame)).await?;
+                    while let Ok(more) = queue.try_recv() {
+                        sink.feed(Message::Text(more)).await?;
+                    }
+                    sink.flush().await
+                };
                 tokio::select! {
-                    sent = sink.send(Message::Text(frame)) => if sent.is_err() { return },
+                    sent = burst => if sent.is_err() { return },
                     () = control.closed() => break,
                 }
             }

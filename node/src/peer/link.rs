@@ -225,11 +225,7 @@ impl PeerLink {
                         break;
                     }
                     for (seq, msg) in batch {
-                        let frame = PeerFrame::Data {
-                            seq,
-                            msg: (*msg).clone(),
-                        };
-                        if sink.feed(frame.encode()).await.is_err() {
+                        if sink.feed(super::wire::encode_data(seq, &msg)).await.is_err() {
                             return;
                         }
                         sent = seq;

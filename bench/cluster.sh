@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Rerunnable benchmarks of a local 3-node cluster (the figures in the README come from here).
+#
+#   bench/cluster.sh [throughput|idle|scaledown|all]   (default: all)
+#
+# Builds release binaries, starts `roomshard-operator local` on loopback, drives it with
+# `roomshard-bench`, prints one JSON line per scenario on stdout, and stops everything.
+# Run it on a quiet machine: every line carries `load_1m` so a disturbed run shows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scenario="${1:-all}"
+cargo build --release --bins >&2
+bin=target/release
+work="$(mktemp -d)"
+cluster_pid=""
+cleanup() {
+  if [ -n "$cluster_pid" ]; then kill -TERM "$cluster_pid" 2>/dev/null || true; wait "$cluster_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start_cluster N: runs the local driver with N nodes; sets $admin.
+start_cluster() {
+  "$bin/roomshard-operator" local --nodes "$1" --port 0 --log-dir "$work/logs" \
+    -- --rate-per-sec 1000 --rate-burst 1000 >"$work/banner" 2>"$work/driver.log" &
+  cluster_pid=$!
+  for _ in $(seq 1 300); do
+    admin="$(grep -o 'admin:  http://[0-9.:]*' "$work/banner" 2>/dev/null | awk '{print $2}' || true)"
+    [ -n "$admin" ] && return 0
+    sleep 0.1
+  done
+  echo "the local cluster did not start; see $work/driver.log" >&2
+  exit 1
+}
+
+stop_cluster() {
+  kill -TERM "$cluster_pid" 2>/dev/null || true
+  wait "$cluster_pid" 2>/dev/null || true
+  cluster_pid=""
+}
+
+# cluster_field EXPR: evaluates a Python expression over the /cluster JSON (`c`).
+cluster_field() {
+  "$bin/roomshard-operator" status --admin "$admin" --json | python3 -c "import json,sys; c=json.load(sys.stdin); print($1)"
+}
+
+nodes_csv() { cluster_field '",".join(n["wsUrl"].removesuffix("/ws") for n in c["nodes"] if n.get("wsUrl") and not n["draining"])'; }
+pids_csv() { cluster_field '",".join(str(n["pid"]) for n in c["nodes"] if n.get("pid"))'; }
+
+wait_settled() { # wait_settled REPLICAS TIMEOUT_S
+  local deadline=$((SECONDS + $2))
+  while [ $SECONDS -lt $deadline ]; do
+    if [ "$(cluster_field "c['drain']['phase'] == 'Steady' and c['replicas'] == $1 and len(c['nodes']) == $1 and not c['movesInFlight']")" = True ]; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "cluster did not settle at $1 replicas within $2 s" >&2
+  return 1
+}
+
+throughput() {
+  start_cluster 3
+  wait_settled 3 60
+  "$bin/roomshard-bench" --nodes "$(nodes_csv)" --pids "$(pids_csv)" \
+    --rooms 300 --users 10 --rate 10 --duration 30s --warmup 3s 2>"$work/bench.log"
+  stop_cluster
+}
+
+idle() {
+  start_cluster 3
+  wait_settled 3 60
+  "$bin/roomshard-bench" --nodes "$(nodes_csv)" --pids "$(pids_csv)" --idle 10000 2>"$work/bench.log"
+  stop_cluster
+}
+
+scaledown() {
+  start_cluster 5
+  wait_settled 5 60
+  "$bin/roomshard-bench" --nodes "$(nodes_csv)" --rooms 3000 --users 2 --rate 2 \
+    --duration 30s --warmup 3s >"$work/scaledown.json" 2>"$work/bench.log" &
+  local bench=$!
+  sleep 13 # 3 s warm-up and 10 s of steady load before the scale-down
+  local started
+  started=$(date +%s.%N)
+  "$bin/roomshard-operator" scale --admin "$admin" --replicas 3 >/dev/null
+  wait_settled 3 120
+  local drained
+  drained=$(python3 -c "print(round($(date +%s.%N) - $started, 3))")
+  wait "$bench"
+  python3 -c "import json,sys; r=json.load(open('$work/scaledown.json')); r['scenario']='scale-down 5 -> 3, 3000 rooms'; r["scale_down_s"]=$drained; print(json.dumps(r))"
+  stop_cluster
+}
+
+case "$scenario" in
+  throughput) throughput ;;
+  idle) idle ;;
+  scaledown) scaledown ;;
+  all) throughput; idle; scaledown ;;
+  *) echo "usage: $0 [throughput|idle|scaledown|all]" >&2; exit 2 ;;
+esac
