@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The deploy checks: the Helm chart (rendered and linted by Helm's own engine), the manifests
+# and the CRD (Kubernetes schemas, strict, offline), the examples (the CRD's schema, and
+# kubectl apply against the in-memory API server), the RBAC against the code's API calls, and
+# the Dockerfile (BuildKit's parser, hadolint). Python, from a virtual environment created here.
+#
+#   tests/deploy/run.sh                  # create/refresh .venv-deploy if needed, run every check
+#   tests/deploy/run.sh --setup          # only create/refresh the environment
+#   tests/deploy/run.sh -k rbac -x       # extra arguments go to pytest
+#
+# Needs python3 (3.11) with venv, and the workspace binaries for the memkube and operator checks
+# (`cargo build --workspace --bins`; those checks are skipped with a notice without them).
+# Ends with pytest's summary line, e.g. `==== 120 passed, 2 skipped in 40.1s ====`.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+venv="${DEPLOY_VENV:-$repo/.venv-deploy}"
+requirements="$here/requirements.txt"
+stamp="$venv/.requirements.sha256"
+
+want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "deploy checks: installing $venv from tests/deploy/requirements.txt"
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv"; then
+    echo "deploy checks: 'python3 -m venv' failed; on Debian: apt-get install python3-venv" >&2
+    exit 1
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input -r "$requirements"
+  echo "$want" >"$stamp"
+fi
+
+if [ "${1:-}" = "--setup" ]; then
+  "$venv/bin/python" -c 'import helm_python; print("helm", helm_python.helm_sdk_version())'
+  exit 0
+fi
+
+cd "$here"
+# pytest's own exit code: 0 all passed, 1 some failed, 5 nothing collected (an error here).
+exec "$venv/bin/python" -m pytest -p no:cacheprovider -c "$here/pytest.ini" --rootdir "$here" "$@"

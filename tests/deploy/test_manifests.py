@@ -1,0 +1,103 @@
+"""Every rendered manifest and the CRD against the Kubernetes JSON schemas, offline and strict
+(kubernetes-validate: unknown fields are errors), for the oldest Kubernetes the chart supports
+(Chart.yaml's kubeVersion) and the newest the tool knows."""
+
+from __future__ import annotations
+
+import re
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import CHART_DIR, KUBE_VERSIONS, NEWEST_KUBE, OLDEST_KUBE, VALUE_SETS, validate_strict
+
+# ServiceMonitor is a prometheus-operator CRD, not in the Kubernetes schemas: the fields the
+# chart sets are checked against this subset of monitoring.coreos.com/v1 (written from its API
+# reference; the duration pattern is the CRD's own).
+PROM_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+SERVICE_MONITOR_SUBSET = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                           "labels": LABELS},
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["endpoints", "selector"],
+            "properties": {
+                "namespaceSelector": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"},
+                                   "matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "selector": {"type": "object", "additionalProperties": False,
+                             "properties": {"matchLabels": LABELS,
+                                            "matchExpressions": {"type": "array"}}},
+                "endpoints": {
+                    "type": "array", "minItems": 1,
+                    "items": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": PROM_DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": PROM_DURATION},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_the_supported_range_matches_the_charts_kube_version():
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={OLDEST_KUBE}.0-0"
+    assert tuple(map(int, NEWEST_KUBE.split("."))) >= (1, 37), f"the tool knows only up to {NEWEST_KUBE}"
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_every_rendered_manifest_is_valid_kubernetes(rendered, value_set, version):
+    checked = []
+    for manifest in rendered[value_set].manifests:
+        if manifest["kind"] == "ServiceMonitor":
+            jsonschema.Draft202012Validator(SERVICE_MONITOR_SUBSET).validate(manifest)
+        else:
+            validate_strict(manifest, version)
+        checked.append(manifest["kind"])
+    print(f"{value_set} @ {version}: {len(checked)} manifests valid ({', '.join(sorted(checked))})")
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_the_crd_is_a_valid_custom_resource_definition(crd, version):
+    validate_strict(crd, version)
+
+
+def test_strict_validation_refuses_an_unknown_field(rendered):
+    # The check above would be worthless if strict mode let a typo through.
+    deployment = dict(rendered["defaults"].one("Deployment"))
+    deployment["spec"] = dict(deployment["spec"], replica=2)
+    with pytest.raises(kubernetes_validate.ValidationError) as refused:
+        kubernetes_validate.validate(deployment, NEWEST_KUBE, strict=True)
+    assert "replica" in refused.value.message
+
+
+def test_the_service_monitor_subset_refuses_a_bad_interval(rendered):
+    sm = rendered["service-monitor"].one("ServiceMonitor")
+    bad = yaml.safe_load(yaml.safe_dump(sm))
+    bad["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(SERVICE_MONITOR_SUBSET).validate(bad)
+    assert re.search("interval|30 seconds", str(refused.value))
