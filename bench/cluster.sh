@@ -88,7 +88,7 @@ scaledown() {
   local drained
   drained=$(python3 -c "print(round($(date +%s.%N) - $started, 3))")
   wait "$bench"
-  python3 -c "import json,sys; r=json.load(open('$work/scaledown.json')); r['scenario']='scale-down 5 -> 3, 3000 rooms'; r["scale_down_s"]=$drained; print(json.dumps(r))"
+  python3 -c "import json,sys; r=json.load(open('$work/scaledown.json')); r['scenario']='scale-down 5 -> 3, 3000 rooms'; r['scale_down_s']=$drained; print(json.dumps(r))"
   stop_cluster
 }
 

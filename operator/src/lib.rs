@@ -2,9 +2,10 @@
 //!
 //! The operator decides which node owns which shard, publishes that as the assignment table,
 //! and scales the cluster up and down without losing a room: a node leaves only after its
-//! shards have been handed off. For now it runs one way, the local driver: `roomshard-operator
-//! local --nodes 3` starts `roomshard-node` processes on loopback, with no Kubernetes, and
-//! drives them with the same decision code the Kubernetes controller will use.
+//! shards have been handed off. It runs two ways with the same decision code: as a Kubernetes
+//! controller (`roomshard-operator run`, see [`k8s`]), and as the local driver
+//! (`roomshard-operator local --nodes 3` starts `roomshard-node` processes on loopback, with
+//! no Kubernetes).
 //!
 //! A tour:
 //! - [`decide`](mod@decide): the pure reconcile pass: observed pods, reports and the published table in,
@@ -13,12 +14,16 @@
 //! - [`local`]: the local cluster driver: node processes ([`local::LocalCluster`]), their
 //!   readiness probes and `/status` reports, the admin and table HTTP server, and the reconcile
 //!   loop that acts on [`decide()`].
+//! - [`k8s`]: the Kubernetes controller: the `ChatCluster` CRD, its children, the reconciler
+//!   that acts on [`decide()`] with a ConfigMap and a StatefulSet, leader election, metrics
+//!   and the list of API calls for RBAC.
 //! - [`http`]: the small HTTP/1.1 client the driver, the CLI and tests use on loopback.
 //!
 //! Every fallible function returns [`Error`].
 
 pub mod decide;
 pub mod http;
+pub mod k8s;
 pub mod local;
 
 pub use decide::{Decision, Inputs, PodView, Report, Stuck, decide};
@@ -50,6 +55,13 @@ pub enum Error {
     /// A node name or table was invalid.
     #[error(transparent)]
     Shard(#[from] shard::ShardError),
+    /// A Kubernetes API call failed.
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+    /// A `ChatCluster` lacks something the controller needs (metadata set by the API server,
+    /// or a spec the schema cannot refuse); the message says what.
+    #[error("invalid ChatCluster: {0}")]
+    Invalid(String),
 }
 
 impl Error {

@@ -1,13 +1,17 @@
-//! `roomshard-operator`: run a local cluster (`local`), or talk to a running one's admin port
-//! (`scale`, `status`). The Kubernetes controller will be another subcommand.
+//! `roomshard-operator`: run the Kubernetes controller (`run`), print the CRD (`crd`) or the
+//! API calls it needs (`rbac`), run a local cluster (`local`), or talk to a running one's admin
+//! port (`scale`, `status`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use operator::local::{LocalCluster, LocalOptions, ScaleRequest};
 use operator::{ClusterView, Error, http};
+use tokio_util::sync::CancellationToken;
 
 /// How long the CLI waits for the admin port to answer.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,6 +49,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the ChatCluster CustomResourceDefinition (YAML).
+    Crd,
+    /// Print every Kubernetes API call the operator and the node make (JSON), for RBAC.
+    Rbac,
+    /// Run the Kubernetes controller (with leader election).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Address of `/metrics` and `/healthz`.
+    #[arg(long, env = "ROOMSHARD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+    /// Reconcile only the ChatClusters of this namespace (default: all namespaces).
+    #[arg(long, env = "ROOMSHARD_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Namespace of the leader-election Lease (the operator's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "roomshard-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (its pod name, from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a new cluster waits for all its pods before assigning shards to those ready.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    initial_grace: Duration,
+    /// At most this many hand-offs per node in one table.
+    #[arg(long, default_value_t = 64)]
+    max_moves_per_node: usize,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +124,9 @@ async fn main() -> ExitCode {
         Command::Local(args) => local(args).await,
         Command::Scale { admin, replicas } => scale(&admin, replicas).await,
         Command::Status { admin, json } => status(&admin, json).await,
+        Command::Crd => crd(),
+        Command::Rbac => rbac(),
+        Command::Run(args) => run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,6 +187,81 @@ fn print_banner(view: &ClusterView) {
     println!("scale:  roomshard-operator scale --admin {admin} --replicas 4");
     println!("status: roomshard-operator status --admin {admin}");
     println!("Ctrl-C stops every node.");
+}
+
+fn crd() -> Result<(), Error> {
+    let yaml = operator::k8s::crd::crd_yaml().map_err(|e| Error::Config(e.to_string()))?;
+    print!("{yaml}");
+    Ok(())
+}
+
+fn rbac() -> Result<(), Error> {
+    let json = serde_json::to_string_pretty(&operator::k8s::rbac::to_json())
+        .map_err(|e| Error::Config(e.to_string()))?;
+    println!("{json}");
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<(), Error> {
+    use operator::k8s::{controller, lease, metrics::Metrics, observe, reconcile};
+    let client = kube::Client::try_default().await?;
+    let identity = match args.identity {
+        Some(id) => id,
+        None => format!("roomshard-operator-{}", std::process::id()),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let options = reconcile::Options {
+        initial_grace: args.initial_grace,
+        max_moves_per_node: args.max_moves_per_node,
+        ..reconcile::Options::default()
+    };
+    let reporter = kube::runtime::events::Reporter {
+        controller: "roomshard-operator".into(),
+        instance: Some(identity.clone()),
+    };
+    let ctx = Arc::new(reconcile::Context::new(
+        client.clone(),
+        reporter,
+        Arc::new(observe::HttpStatusReader::default()),
+        metrics.clone(),
+        options,
+    ));
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("cannot listen on {}", args.metrics_listen),
+            source,
+        })?;
+    // Scripts and tests read this line to learn the port when listening on port 0.
+    let bound = listener.local_addr().map_err(|source| Error::Io {
+        context: "local address".into(),
+        source,
+    })?;
+    println!("roomshard-operator metrics on http://{bound}");
+    let serving = tokio::spawn(controller::serve_metrics(
+        listener,
+        metrics,
+        shutdown.clone(),
+    ));
+    let elector = lease::Elector::new(
+        client,
+        lease::LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity),
+    );
+    let namespace = args.watch_namespace;
+    let leading = tokio::spawn(lease::lead(elector, shutdown.clone(), move |stop| {
+        controller::run(ctx.clone(), namespace.clone(), stop)
+    }));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    if let Err(e) = leading.await {
+        tracing::error!(error = %e, "leader election task failed");
+    }
+    match serving.await {
+        Ok(served) => served,
+        Err(e) => Err(Error::Config(format!("metrics server task: {e}"))),
+    }
 }
 
 async fn scale(admin: &str, replicas: u32) -> Result<(), Error> {

@@ -225,7 +225,11 @@ impl PeerLink {
                         break;
                     }
                     for (seq, msg) in batch {
-                        if sink.feed(super::wire::encode_data(seq, &msg)).await.is_err() {
+                        if sink
+                            .feed(super::wire::encode_data(seq, &msg))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         sent = seq;

@@ -1,0 +1,103 @@
+//! What the schema cannot refuse: checks of a `ChatCluster` spec that need more than one field
+//! or a parser, done by the controller before it touches any child.
+//!
+//! A spec that fails here gets a `Degraded` condition with [`check`]'s message and no change to
+//! its children: the running cluster keeps running as it was until the spec is fixed.
+
+use std::time::Duration;
+
+use super::crd::{AuthMode, ChatClusterSpec, SecretKeyRef};
+
+/// A spec that passed [`check`], with its values in the types the controller uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// `spec.replicas`.
+    pub replicas: u32,
+    /// `spec.shards`.
+    pub shards: u32,
+    /// `spec.handoffTimeout`, parsed.
+    pub handoff_timeout: Duration,
+    /// The token signing key, when authentication is on.
+    pub auth_key: Option<SecretKeyRef>,
+}
+
+/// Checks `spec`; the error is a sentence for the Degraded condition.
+///
+/// # Errors
+///
+/// A message naming the field and what is wrong with it.
+pub fn check(spec: &ChatClusterSpec) -> Result<Checked, String> {
+    let replicas = u32::try_from(spec.replicas)
+        .map_err(|_| format!("spec.replicas must not be negative (is {})", spec.replicas))?;
+    let shards = u32::try_from(spec.shards)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("spec.shards must be at least 1 (is {})", spec.shards))?;
+    let handoff_timeout = humantime::parse_duration(&spec.handoff_timeout)
+        .map_err(|e| format!("spec.handoffTimeout {:?}: {e}", spec.handoff_timeout))?;
+    if handoff_timeout.is_zero() {
+        return Err("spec.handoffTimeout must be longer than zero".into());
+    }
+    let auth_key = match spec.auth.mode {
+        AuthMode::Disabled => None,
+        AuthMode::Token => Some(spec.auth.secret_ref.clone().ok_or_else(|| {
+            "spec.auth.mode is Token but spec.auth.secretRef is missing: name the Secret key \
+             that holds the token signing key"
+                .to_owned()
+        })?),
+    };
+    Ok(Checked {
+        replicas,
+        shards,
+        handoff_timeout,
+        auth_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(value: serde_json::Value) -> ChatClusterSpec {
+        serde_json::from_value(value).expect("test spec")
+    }
+
+    #[test]
+    fn a_default_spec_passes_with_its_timeout_parsed() {
+        let checked = check(&spec(json!({"replicas": 3}))).expect("valid");
+        assert_eq!(checked.replicas, 3);
+        assert_eq!(checked.shards, 256);
+        assert_eq!(checked.handoff_timeout, Duration::from_secs(30));
+        assert_eq!(checked.auth_key, None);
+    }
+
+    #[test]
+    fn token_auth_without_a_secret_ref_is_refused_with_the_fields_named() {
+        let err = check(&spec(json!({"replicas": 1, "auth": {"mode": "Token"}})))
+            .expect_err("no secretRef");
+        assert!(err.contains("spec.auth.secretRef is missing"), "{err}");
+    }
+
+    #[test]
+    fn token_auth_with_a_secret_ref_passes() {
+        let checked = check(&spec(json!({"replicas": 1, "auth": {"mode": "Token",
+            "secretRef": {"name": "jwt", "key": "hs256"}}})))
+        .expect("valid");
+        assert_eq!(checked.auth_key.map(|k| k.name), Some("jwt".to_owned()));
+    }
+
+    #[test]
+    fn compound_and_zero_timeouts_are_told_apart() {
+        let ok = check(&spec(json!({"replicas": 1, "handoffTimeout": "1m30s"}))).expect("valid");
+        assert_eq!(ok.handoff_timeout, Duration::from_secs(90));
+        let err = check(&spec(json!({"replicas": 1, "handoffTimeout": "0s"}))).expect_err("zero");
+        assert!(err.contains("longer than zero"));
+    }
+
+    #[test]
+    fn negative_replicas_that_slipped_past_the_schema_are_refused() {
+        let err = check(&spec(json!({"replicas": -1}))).expect_err("negative");
+        assert!(err.contains("spec.replicas"));
+    }
+}

@@ -1,0 +1,377 @@
+//! The StatefulSet of node pods.
+//!
+//! Why a StatefulSet: pods get stable names with ordinals (`chat-0`, `chat-1`, ...), which are
+//! the node names in the assignment table, and scaling down removes the highest ordinals, which
+//! are the ones the drain empties first. `podManagementPolicy: Parallel` starts and stops pods
+//! without waiting for their neighbours: membership comes from readiness, not from start order.
+//!
+//! A pod's shutdown, in order: `preStop` sleeps [`PRESTOP_SLEEP_SECONDS`] so endpoints and
+//! Ingress controllers stop sending new connections to it; then SIGTERM, on which the node tells
+//! its clients `reconnect` and waits up to [`SHUTDOWN_GRACE_SECONDS`] for them to go; the
+//! termination grace covers both with a margin before the kubelet's SIGKILL.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use serde_json::json;
+
+use super::{CLIENT_PORT, Owner, PEER_PORT, PEER_SECRET_KEY, to_json, typed};
+use crate::Error;
+use crate::k8s::checks::Checked;
+use crate::k8s::crd::ChatClusterSpec;
+
+/// Seconds the `preStop` hook waits before the container gets SIGTERM.
+pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
+/// Seconds a node waits for its clients to reconnect elsewhere after SIGTERM (`--shutdown-grace`).
+pub const SHUTDOWN_GRACE_SECONDS: i64 = 15;
+/// Seconds from the start of termination to SIGKILL.
+pub const TERMINATION_GRACE_SECONDS: i64 = PRESTOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS + 10;
+/// Where the peer-link secret is mounted.
+pub const PEER_SECRET_DIR: &str = "/etc/roomshard/peer";
+/// Where the token signing key is mounted when authentication is on.
+pub const AUTH_KEY_DIR: &str = "/etc/roomshard/auth";
+/// The user the node runs as (the distroless `nonroot` user).
+const RUN_AS_USER: i64 = 65532;
+
+/// The StatefulSet for `spec` with `replicas` pods (the count the reconcile decided, which may
+/// be above `spec.replicas` while a drain is under way).
+///
+/// # Errors
+///
+/// [`Error::Invalid`] when a spec value does not fit the object (a bug in this builder).
+pub fn statefulset(
+    owner: &Owner,
+    spec: &ChatClusterSpec,
+    checked: &Checked,
+    replicas: u32,
+) -> Result<StatefulSet, Error> {
+    let names = &owner.names;
+    let mut args = vec![
+        format!("--listen=0.0.0.0:{CLIENT_PORT}"),
+        format!("--peer-listen=0.0.0.0:{PEER_PORT}"),
+        format!("--table-configmap={}", names.configmap),
+        format!("--cluster-secret-file={PEER_SECRET_DIR}/{PEER_SECRET_KEY}"),
+        format!("--shards={}", checked.shards),
+        format!("--history-per-room={}", spec.history_per_room),
+        format!("--max-message-bytes={}", spec.max_message_bytes),
+        format!("--handoff-timeout={}", spec.handoff_timeout),
+        format!("--shutdown-grace={SHUTDOWN_GRACE_SECONDS}s"),
+        "--log-format=json".to_owned(),
+    ];
+    let mut volumes = vec![
+        json!({"name": "peer-key", "secret": {
+            "secretName": names.secret, "defaultMode": 0o440,
+            "items": [{"key": PEER_SECRET_KEY, "path": PEER_SECRET_KEY}]}}),
+        // A writable /tmp under a read-only root file system.
+        json!({"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "peer-key", "mountPath": PEER_SECRET_DIR, "readOnly": true}),
+        json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
+    if let Some(key) = &checked.auth_key {
+        args.push(format!("--auth-key-file={AUTH_KEY_DIR}/auth-key"));
+        volumes.push(json!({"name": "auth-key", "secret": {
+            "secretName": key.name, "defaultMode": 0o440,
+            "items": [{"key": key.key, "path": "auth-key"}]}}));
+        mounts.push(json!({"name": "auth-key", "mountPath": AUTH_KEY_DIR, "readOnly": true}));
+    }
+
+    let mut container = json!({
+        "name": "node",
+        "image": spec.image,
+        "args": args,
+        "env": [
+            {"name": "ROOMSHARD_NODE_NAME",
+             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "ROOMSHARD_NAMESPACE",
+             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        "ports": [
+            {"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
+            {"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "client"},
+            "periodSeconds": 2, "failureThreshold": 2, "timeoutSeconds": 1,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "client"},
+            "initialDelaySeconds": 5, "periodSeconds": 10, "failureThreshold": 3,
+            "timeoutSeconds": 2,
+        },
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    });
+    if let Some(policy) = spec.image_pull_policy {
+        container["imagePullPolicy"] = to_json(&policy)?;
+    }
+    if let Some(resources) = &spec.resources {
+        container["resources"] = to_json(resources)?;
+    }
+
+    let mut pod_spec = json!({
+        "serviceAccountName": names.node_access,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    });
+    if let Some(selector) = &spec.node_selector {
+        pod_spec["nodeSelector"] = to_json(selector)?;
+    }
+    if let Some(tolerations) = &spec.tolerations {
+        pod_spec["tolerations"] = to_json(tolerations)?;
+    }
+    if let Some(affinity) = &spec.affinity {
+        pod_spec["affinity"] = to_json(affinity)?;
+    }
+    if let Some(spread) = &spec.topology_spread_constraints {
+        pod_spec["topologySpreadConstraints"] = to_json(spread)?;
+    }
+
+    let doc = json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": to_json(&owner.meta(&names.statefulset))?,
+        "spec": {
+            "replicas": replicas,
+            "serviceName": names.peers_service,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": owner.selector()},
+            "template": {
+                "metadata": {"labels": owner.labels()},
+                "spec": pod_spec,
+            },
+        },
+    });
+    typed(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::checks::check;
+    use crate::k8s::children::tests::{assert_owned, cluster};
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use serde_json::json;
+
+    fn build(spec: serde_json::Value, replicas: u32) -> StatefulSet {
+        let cluster = cluster(spec);
+        let owner = Owner::of(&cluster).expect("owner");
+        let checked = check(&cluster.spec).expect("valid spec");
+        statefulset(&owner, &cluster.spec, &checked, replicas).expect("statefulset")
+    }
+
+    fn pod(sts: &StatefulSet) -> PodSpec {
+        sts.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .expect("pod spec")
+    }
+
+    fn node(sts: &StatefulSet) -> Container {
+        pod(sts).containers[0].clone()
+    }
+
+    fn has_arg(c: &Container, arg: &str) -> bool {
+        c.args.iter().flatten().any(|a| a == arg)
+    }
+
+    #[test]
+    fn the_statefulset_runs_replicas_parallel_pods_selected_by_the_common_labels() {
+        let sts = build(json!({"replicas": 3}), 4);
+        assert_owned(&sts.metadata, "chat");
+        let spec = sts.spec.clone().expect("spec");
+        assert_eq!(spec.replicas, Some(4));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(spec.service_name.as_deref(), Some("chat-peers"));
+        let selector = spec.selector.match_labels.expect("match labels");
+        let pod_labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("labels");
+        for (k, v) in &selector {
+            assert_eq!(pod_labels.get(k), Some(v));
+        }
+    }
+
+    #[test]
+    fn the_node_gets_its_name_and_namespace_from_the_downward_api() {
+        let env = node(&build(json!({"replicas": 1}), 1)).env.expect("env");
+        let field = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.clone())
+                .and_then(|v| v.field_ref)
+                .map(|f| f.field_path)
+        };
+        assert_eq!(
+            field("ROOMSHARD_NODE_NAME").as_deref(),
+            Some("metadata.name")
+        );
+        assert_eq!(
+            field("ROOMSHARD_NAMESPACE").as_deref(),
+            Some("metadata.namespace")
+        );
+    }
+
+    #[test]
+    fn the_node_listens_on_fixed_ports_and_follows_the_configmap() {
+        let c = node(&build(
+            json!({"replicas": 1, "shards": 64, "handoffTimeout": "20s"}),
+            1,
+        ));
+        for arg in [
+            "--listen=0.0.0.0:8080",
+            "--peer-listen=0.0.0.0:7070",
+            "--table-configmap=chat-assignments",
+            "--cluster-secret-file=/etc/roomshard/peer/cluster-secret",
+            "--shards=64",
+            "--handoff-timeout=20s",
+        ] {
+            assert!(has_arg(&c, arg), "missing {arg} in {:?}", c.args);
+        }
+        assert!(
+            !c.args
+                .iter()
+                .flatten()
+                .any(|a| a.starts_with("--auth-key-file"))
+        );
+    }
+
+    #[test]
+    fn probes_check_readyz_and_healthz_on_the_client_port() {
+        let c = node(&build(json!({"replicas": 1}), 1));
+        let readiness = c
+            .readiness_probe
+            .and_then(|p| p.http_get)
+            .expect("readiness");
+        assert_eq!(readiness.path.as_deref(), Some("/readyz"));
+        assert_eq!(readiness.port, IntOrString::String("client".into()));
+        let liveness = c.liveness_probe.and_then(|p| p.http_get).expect("liveness");
+        assert_eq!(liveness.path.as_deref(), Some("/healthz"));
+    }
+
+    #[test]
+    fn a_terminating_pod_has_time_to_tell_its_clients_to_reconnect() {
+        let sts = build(json!({"replicas": 1}), 1);
+        let c = node(&sts);
+        let sleep = c
+            .lifecycle
+            .clone()
+            .and_then(|l| l.pre_stop)
+            .and_then(|h| h.sleep)
+            .expect("preStop sleep");
+        assert_eq!(sleep.seconds, PRESTOP_SLEEP_SECONDS);
+        assert!(has_arg(
+            &c,
+            &format!("--shutdown-grace={SHUTDOWN_GRACE_SECONDS}s")
+        ));
+        let grace = pod(&sts).termination_grace_period_seconds.expect("grace");
+        assert!(grace > PRESTOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS);
+    }
+
+    #[test]
+    fn pods_run_as_non_root_on_a_read_only_root_file_system() {
+        let sts = build(json!({"replicas": 1}), 1);
+        let pod_sc = pod(&sts).security_context.expect("pod security context");
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+        let sc = node(&sts)
+            .security_context
+            .expect("container security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+    }
+
+    #[test]
+    fn the_peer_secret_is_mounted_and_the_auth_key_only_with_token_auth() {
+        let plain = pod(&build(json!({"replicas": 1}), 1));
+        let volumes: Vec<String> = plain
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.clone())
+            .collect();
+        assert!(volumes.contains(&"peer-key".to_owned()));
+        assert!(!volumes.contains(&"auth-key".to_owned()));
+        let peer = plain
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "peer-key");
+        let secret = peer.and_then(|v| v.secret.clone()).expect("secret volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("chat-peer-key"));
+
+        let sts = build(
+            json!({"replicas": 1, "auth": {"mode": "Token",
+                   "secretRef": {"name": "jwt", "key": "hs256"}}}),
+            1,
+        );
+        assert!(has_arg(
+            &node(&sts),
+            "--auth-key-file=/etc/roomshard/auth/auth-key"
+        ));
+        let auth = pod(&sts)
+            .volumes
+            .into_iter()
+            .flatten()
+            .find(|v| v.name == "auth-key");
+        let secret = auth.and_then(|v| v.secret).expect("auth secret volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("jwt"));
+        assert_eq!(secret.items.expect("items")[0].key, "hs256");
+    }
+
+    #[test]
+    fn scheduling_fields_and_resources_are_passed_through() {
+        let sts = build(
+            json!({"replicas": 1,
+                "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "chat", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}},
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                    "whenUnsatisfiable": "ScheduleAnyway"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                "imagePullPolicy": "IfNotPresent"}),
+            1,
+        );
+        let pod = pod(&sts);
+        assert_eq!(
+            pod.node_selector
+                .expect("selector")
+                .get("disk")
+                .map(String::as_str),
+            Some("ssd")
+        );
+        assert_eq!(
+            pod.tolerations.expect("tolerations")[0].key.as_deref(),
+            Some("chat")
+        );
+        assert!(pod.affinity.and_then(|a| a.pod_anti_affinity).is_some());
+        assert_eq!(
+            pod.topology_spread_constraints.expect("spread")[0].max_skew,
+            1
+        );
+        let c = pod.containers[0].clone();
+        assert!(
+            c.resources
+                .and_then(|r| r.requests)
+                .is_some_and(|r| r.contains_key("cpu"))
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    }
+}

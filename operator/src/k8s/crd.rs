@@ -1,0 +1,422 @@
+//! The `ChatCluster` custom resource (`roomshard.dev/v1alpha1`, short name `chat`).
+//!
+//! The schema is generated from these types (kube's derive and schemars), so every field's doc
+//! comment becomes its description in `kubectl explain chat.spec`, and bounds, formats and the
+//! immutability of `shards` are enforced by the API server itself: `kubectl apply` of a bad
+//! spec is refused with the field named, before the controller ever sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A sharded chat cluster: node pods that host chat rooms, spread over `shards` shards, with
+/// graceful hand-off of rooms when it grows or shrinks.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "roomshard.dev",
+    version = "v1alpha1",
+    kind = "ChatCluster",
+    plural = "chatclusters",
+    singular = "chatcluster",
+    shortname = "chat",
+    namespaced,
+    doc = "A sharded chat cluster: node pods hosting chat rooms, with graceful hand-off of rooms on scaling.",
+    status = "ChatClusterStatus",
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyNodes"}"#,
+    printcolumn = r#"{"name":"Shards","type":"integer","jsonPath":".spec.shards"}"#,
+    printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.epoch"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatClusterSpec {
+    /// Number of node pods. Lowering it drains the highest-numbered pods first: their rooms
+    /// are handed off before the pods are removed.
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Number of shards rooms are hashed into. Fixed for the life of the cluster.
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 65536))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "shards is immutable"}]))]
+    pub shards: i32,
+    /// Container image of the chat node.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Image pull policy of the node containers (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// CPU and memory requests and limits of each node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Messages of history kept per room (for `join` with `since`).
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub history_per_room: i32,
+    /// Largest message text, in bytes.
+    #[serde(default = "default_max_message")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_message_bytes: i32,
+    /// The client Service.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// An optional Ingress for WebSocket clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// How long a hand-off of one shard may take before the drain is reported stuck
+    /// (a duration such as `30s` or `2m`).
+    #[serde(default = "default_handoff_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub handoff_timeout: String,
+    /// Client authentication.
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// Node selector for the node pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the node pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the node pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Topology spread constraints of the node pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+}
+
+/// Image pull policy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Pull on every start.
+    Always,
+    /// Pull when the node lacks the image.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+/// The client Service.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port clients connect to (WebSocket at `/ws`).
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Annotations for the Service (load balancer settings, for instance).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> ServiceSpec {
+        ServiceSpec {
+            type_: ServiceType::default(),
+            port: default_service_port(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// Service types.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster (use an Ingress from outside).
+    #[default]
+    ClusterIP,
+    /// A port on every Kubernetes node.
+    NodePort,
+    /// A cloud load balancer.
+    LoadBalancer,
+}
+
+/// An Ingress for the client Service, with what WebSocket traffic needs.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressSpec {
+    /// Create the Ingress.
+    #[serde(default)]
+    pub enabled: bool,
+    /// IngressClass to use (e.g. `nginx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Host name clients use.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Secret with the TLS certificate for `host`; without it the Ingress serves plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Extra annotations (long read/send timeouts for WebSockets are added for ingress-nginx).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Client authentication.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSpec {
+    /// `Disabled`: clients name themselves with `?user=` (development only). `Token`: clients
+    /// pass `?token=`, a JWT signed with HS256 by the key in `secretRef`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// The Secret key holding the token signing key (required when mode is Token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+/// Authentication modes.
+///
+/// Not `Off`/`On`: YAML 1.1 parsers (kubectl's among them) read an unquoted `Off` as the
+/// boolean `false`, so `mode: Off` would be refused as a wrong type.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum AuthMode {
+    /// No authentication.
+    #[default]
+    Disabled,
+    /// Signed tokens.
+    Token,
+}
+
+/// A key in a Secret of the cluster's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// What the controller observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Running, Scaling, Draining or Degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Node pods that are Ready (cluster members).
+    #[serde(default)]
+    pub ready_nodes: i32,
+    /// Epoch of the assignment table in the ConfigMap.
+    #[serde(default)]
+    pub epoch: i64,
+    /// Shards owned by each node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shards_per_node: BTreeMap<String, i32>,
+    /// Hand-offs in flight.
+    #[serde(default)]
+    pub moves_in_flight: i32,
+    /// Pods being drained before a scale-down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<String>,
+    /// When the current drain started (RFC 3339), to detect a stuck drain across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_started: Option<String>,
+    /// Ready, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+fn default_shards() -> i32 {
+    256
+}
+
+fn default_image() -> String {
+    format!(
+        "ghcr.io/roomshard/roomshard-node:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn default_history() -> i32 {
+    100
+}
+
+fn default_max_message() -> i32 {
+    16 * 1024
+}
+
+fn default_service_port() -> i32 {
+    80
+}
+
+fn default_handoff_timeout() -> String {
+    "30s".to_owned()
+}
+
+/// The `CustomResourceDefinition` of [`ChatCluster`] as YAML: what `roomshard-operator crd`
+/// prints and `crds/chatcluster.yaml` holds.
+///
+/// # Errors
+///
+/// When the generated CRD cannot be serialized (a bug in the types, never outside input).
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let yaml = serde_yaml::to_string(&ChatCluster::crd())?;
+    Ok(format!(
+        "# Generated by `roomshard-operator crd` from operator/src/k8s/crd.rs; do not edit.\n{yaml}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+    use serde_json::{Value, json};
+
+    /// The openAPIV3Schema of the only version, as JSON.
+    fn schema() -> Value {
+        let crd = serde_json::to_value(ChatCluster::crd()).expect("crd serializes");
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    fn spec_prop(name: &str) -> Value {
+        schema()["properties"]["spec"]["properties"][name].clone()
+    }
+
+    #[test]
+    fn shards_are_immutable_through_a_cel_transition_rule() {
+        let rules = &spec_prop("shards")["x-kubernetes-validations"];
+        assert_eq!(
+            rules,
+            &json!([{"rule": "self == oldSelf", "message": "shards is immutable"}])
+        );
+    }
+
+    #[test]
+    fn numeric_fields_have_bounds_in_the_schema() {
+        for (field, min, max) in [
+            ("replicas", 0.0, 1000.0),
+            ("shards", 1.0, 65536.0),
+            ("historyPerRoom", 1.0, 100_000.0),
+            ("maxMessageBytes", 1.0, 1_048_576.0),
+        ] {
+            let prop = spec_prop(field);
+            assert_eq!(prop["minimum"].as_f64(), Some(min), "{field} minimum");
+            assert_eq!(prop["maximum"].as_f64(), Some(max), "{field} maximum");
+        }
+        let port = &spec_prop("service")["properties"]["port"];
+        assert_eq!(port["minimum"].as_f64(), Some(1.0));
+        assert_eq!(port["maximum"].as_f64(), Some(65535.0));
+    }
+
+    #[test]
+    fn replicas_is_required_and_the_rest_has_defaults() {
+        let spec = &schema()["properties"]["spec"];
+        assert_eq!(spec["required"], json!(["replicas"]));
+        assert_eq!(spec_prop("shards")["default"], json!(256));
+        assert_eq!(spec_prop("handoffTimeout")["default"], json!("30s"));
+    }
+
+    #[test]
+    fn the_handoff_timeout_has_a_duration_pattern() {
+        assert_eq!(
+            spec_prop("handoffTimeout")["pattern"],
+            json!("^([0-9]+(ms|s|m|h))+$")
+        );
+    }
+
+    #[test]
+    fn enums_are_closed_and_none_of_their_values_reads_as_a_yaml_boolean() {
+        let mode = &spec_prop("auth")["properties"]["mode"];
+        assert_eq!(mode["enum"], json!(["Disabled", "Token"]));
+        let kind = &spec_prop("service")["properties"]["type"];
+        assert_eq!(
+            kind["enum"],
+            json!(["ClusterIP", "NodePort", "LoadBalancer"])
+        );
+        // YAML 1.1 (kubectl) reads these unquoted as booleans; an enum value among them would
+        // make `kubectl apply` of a cluster using the value fail, and serde_yaml does not quote
+        // them in the generated CRD either.
+        let yaml11_bools = ["y", "yes", "n", "no", "on", "off", "true", "false"];
+        let mut strings = Vec::new();
+        enum_strings(&schema(), &mut strings);
+        assert!(strings.contains(&"Token".to_owned()));
+        for value in strings {
+            assert!(
+                !yaml11_bools.contains(&value.to_ascii_lowercase().as_str()),
+                "enum value {value:?} reads as a YAML 1.1 boolean"
+            );
+        }
+    }
+
+    /// Every string in an `enum` anywhere in `schema`.
+    fn enum_strings(schema: &Value, out: &mut Vec<String>) {
+        match schema {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    if key == "enum" {
+                        out.extend(
+                            value
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|v| v.as_str().map(str::to_owned)),
+                        );
+                    }
+                    enum_strings(value, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| enum_strings(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn printer_columns_and_short_name_are_declared() {
+        let crd = ChatCluster::crd();
+        assert_eq!(crd.spec.names.short_names, Some(vec!["chat".to_owned()]));
+        let columns: Vec<String> = crd.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Replicas", "Ready", "Shards", "Epoch", "Phase", "Age"]
+        );
+        let subresources = crd.spec.versions[0].subresources.as_ref();
+        assert!(subresources.is_some_and(|s| s.status.is_some()));
+    }
+
+    #[test]
+    fn a_minimal_spec_gets_every_default() {
+        let spec: ChatClusterSpec =
+            serde_json::from_value(json!({"replicas": 3})).expect("minimal spec");
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.shards, 256);
+        assert_eq!(spec.history_per_room, 100);
+        assert_eq!(spec.max_message_bytes, 16 * 1024);
+        assert_eq!(spec.handoff_timeout, "30s");
+        assert_eq!(spec.service, ServiceSpec::default());
+        assert_eq!(spec.service.port, 80);
+        assert_eq!(spec.service.type_, ServiceType::ClusterIP);
+        assert_eq!(spec.auth.mode, AuthMode::Disabled);
+        assert!(spec.ingress.is_none());
+        assert!(spec.image.starts_with("ghcr.io/roomshard/roomshard-node:"));
+    }
+
+    #[test]
+    fn unknown_spec_fields_are_refused_when_deserializing() {
+        let err = serde_json::from_value::<ChatClusterSpec>(json!({"replicas": 1, "replica": 2}))
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("unknown field `replica`"));
+    }
+}

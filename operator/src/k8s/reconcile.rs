@@ -1,0 +1,513 @@
+//! The reconciler: one level-triggered pass that makes a `ChatCluster`'s children, membership,
+//! assignment table and status match its spec and its pods.
+//!
+//! # Flow
+//!
+//! [`reconcile`] runs, for one cluster:
+//!
+//! 1. **Deleted?** A cluster with a `deletionTimestamp` is left alone: its children carry owner
+//!    references and the garbage collector removes them. There is no finalizer, because there
+//!    is nothing outside the API to clean up.
+//! 2. **Check the spec** ([`checks::check`]). A spec the schema let through but that cannot run
+//!    (token auth without a Secret, ...) sets `Degraded=True/InvalidSpec` and stops there: no
+//!    child changes, the running cluster keeps running.
+//! 3. **Static children**, by server-side apply with the field manager `roomshard-operator`:
+//!    the nodes' ServiceAccount/Role/RoleBinding, the two Services, the PodDisruptionBudget, the
+//!    Ingress (or its removal). The peer-key Secret is created once and never written again.
+//! 4. **Observe**: the StatefulSet's replica count (the pods that should exist), the table in
+//!    the ConfigMap, the pods (by label), their readiness and addresses, and the `/status` of
+//!    each ready pod through [`StatusReader`].
+//! 5. **Decide** with [`crate::decide()`], the same pure function the local driver uses: clear
+//!    completed moves, membership from readiness, plan, drain step, stuck drains.
+//! 6. **Act**: write the ConfigMap only when the table's epoch changed (or it does not exist);
+//!    apply the StatefulSet with the decided replica count, which is lowered only on
+//!    [`DrainStep::Remove`]; write the status only when it differs from the stored one; publish
+//!    events on transitions (drain started, finished or cancelled, stuck, invalid spec).
+//! 7. **Requeue**: soon while anything is moving (node progress is not an API event), rarely
+//!    when settled.
+//!
+//! # Guarantees
+//!
+//! - Idempotent: a pass over an unchanged cluster writes nothing new (no resourceVersion moves).
+//! - A pod above `spec.replicas` is removed only after every live node has applied a table
+//!   without it and every hand-off off it is done (see [`shard::drain_step`]); a drain past
+//!   `spec.handoffTimeout` is reported (`Degraded=True/DrainStuck`, naming the pod and the
+//!   moves), never forced.
+//! - The table's epoch grows only when the table changes.
+//!
+//! # Assumptions
+//!
+//! - Nothing about why it runs: every input is read again on every pass, so a restarted
+//!   operator continues a drain from the ConfigMap and `status.drainStarted`.
+//! - One writer per cluster (leader election); two concurrent writers would still converge, as
+//!   both compute the same table from the same inputs, but could publish two epochs for it.
+//! - Pods are named `{statefulset}-{ordinal}` and are the StatefulSet's; a pod's Ready
+//!   condition is its membership.
+//!
+//! # Caveats
+//!
+//! - It trusts the nodes' `/status` (see [`shard::drain_step`]).
+//! - A pod that is not ready cannot report, so a drain waiting on it stays stuck until it is
+//!   ready again or leaves the StatefulSet's range.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use shard::{AssignmentTable, DrainStep, NodeName, PlanOptions, nodes_to_drain};
+
+use super::checks;
+use super::children::{self, FIELD_MANAGER, Owner, TABLE_KEY};
+use super::crd::{ChatCluster, ChatClusterStatus};
+use super::metrics::Metrics;
+use super::observe::{StatusReader, pod_views};
+use super::status::{self, Pass, reasons, types};
+use crate::Error;
+use crate::decide::{DecideOptions, Decision, Inputs, decide};
+
+/// Knobs of the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// How long a new cluster waits for all its pods before assigning shards to those ready.
+    pub initial_grace: Duration,
+    /// At most this many hand-offs per node in one table.
+    pub max_moves_per_node: usize,
+    /// Requeue interval while pods start, shards move or a drain runs.
+    pub busy_requeue: Duration,
+    /// Requeue interval of a settled cluster (a safety net; changes arrive as watch events).
+    pub idle_requeue: Duration,
+    /// The longest error backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            initial_grace: Duration::from_secs(30),
+            max_moves_per_node: 64,
+            busy_requeue: Duration::from_secs(2),
+            idle_requeue: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything a pass uses besides the cluster itself; tests build their own.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes events on the clusters.
+    pub recorder: Recorder,
+    /// Reconcile counters and cluster gauges.
+    pub metrics: Arc<Metrics>,
+    /// Reads the nodes' `/status`.
+    pub status_reader: Arc<dyn StatusReader>,
+    /// Knobs.
+    pub options: Options,
+    /// Consecutive failures per cluster, for the error backoff.
+    failures: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("status_reader", &self.status_reader)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context that reports events as `reporter`.
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        status_reader: Arc<dyn StatusReader>,
+        metrics: Arc<Metrics>,
+        options: Options,
+    ) -> Context {
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            status_reader,
+            options,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One pass over `cluster` (see the module doc).
+///
+/// # Errors
+///
+/// [`Error::Kube`] when an API call fails, [`Error::Shard`] when the ConfigMap holds an
+/// unreadable table, [`Error::Invalid`] when the cluster lacks metadata. All are retried by
+/// [`error_policy`].
+pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let action = pass(&cluster, &ctx).await?;
+    ctx.metrics.reconciled(started.elapsed());
+    let key = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    ctx.failures().remove(&key);
+    Ok(action)
+}
+
+/// What the controller does after a failed pass: counts it and retries with exponential
+/// backoff (1 s, 2 s, 4 s, ... up to [`Options::max_backoff`]), reset by a good pass.
+pub fn error_policy(cluster: Arc<ChatCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let kind = match error {
+        Error::Kube(_) => "kube",
+        Error::Shard(_) => "table",
+        Error::Invalid(_) => "invalid",
+        _ => "other",
+    };
+    ctx.metrics.failed(kind);
+    let key = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    let attempt = {
+        let mut failures = ctx.failures();
+        let n = failures.entry(key).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let backoff = Duration::from_secs(1u64 << attempt.min(16).saturating_sub(1));
+    tracing::warn!(cluster = %cluster.name_any(), %error, attempt, ?backoff, "reconcile failed");
+    Action::requeue(backoff.min(ctx.options.max_backoff))
+}
+
+async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
+    let owner = Owner::of(cluster)?;
+    if cluster.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.forget(&owner.namespace, &owner.name);
+        return Ok(Action::await_change());
+    }
+    let now = Timestamp::now();
+    let old = cluster.status.as_ref();
+    let generation = cluster.metadata.generation;
+
+    // 2. Check the spec.
+    let checked = match checks::check(&cluster.spec) {
+        Ok(checked) => checked,
+        Err(message) => {
+            let new = status::invalid_spec(old, generation, &message, now);
+            let was = status::condition(old, types::DEGRADED);
+            if was.is_none_or(|c| c.reason != reasons::INVALID_SPEC || c.message != message) {
+                event(
+                    ctx,
+                    cluster,
+                    EventType::Warning,
+                    reasons::INVALID_SPEC,
+                    &message,
+                )
+                .await;
+            }
+            write_status(ctx, &owner, old, &new).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // 3. Static children.
+    apply_static_children(ctx, cluster, &owner).await?;
+
+    // 4. Observe.
+    let ns = owner.namespace.as_str();
+    let names = &owner.names;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    let current = statefulsets
+        .get_opt(&names.statefulset)
+        .await?
+        .and_then(|s| s.spec?.replicas)
+        .map_or(0, |r| u32::try_from(r).unwrap_or(0));
+    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let configmap = configmaps.get_opt(&names.configmap).await?;
+    let table = match configmap
+        .as_ref()
+        .and_then(|c| c.data.as_ref()?.get(TABLE_KEY))
+    {
+        Some(text) => AssignmentTable::from_json(text)?,
+        None => AssignmentTable::empty(checked.shards),
+    };
+    if table.shards != checked.shards {
+        return Err(Error::Invalid(format!(
+            "ConfigMap {} has a table of {} shards but spec.shards is {}",
+            names.configmap, table.shards, checked.shards
+        )));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = pods
+        .list(&ListParams::default().labels(&owner.selector_string()))
+        .await?
+        .items;
+    let views = pod_views(
+        &names.statefulset,
+        current,
+        &pods,
+        ctx.status_reader.as_ref(),
+    )
+    .await?;
+
+    // 5. Decide.
+    let age = cluster
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
+        .unwrap_or(Duration::MAX);
+    let options = DecideOptions {
+        plan: PlanOptions {
+            max_moves_per_node: ctx.options.max_moves_per_node,
+        },
+        drain_timeout: checked.handoff_timeout,
+        pod_prefix: names.statefulset.clone(),
+        initial_grace: ctx.options.initial_grace,
+    };
+    let inputs = Inputs {
+        desired_replicas: checked.replicas,
+        pods: &views,
+        table: &table,
+        drain_elapsed: status::drain_elapsed(old, now),
+        age,
+    };
+    let decision = decide(inputs, &options)?;
+
+    // 6. Act: table first, so nodes learn of a drain before anything else changes.
+    if decision.publish || configmap.is_none() {
+        let cm = children::config::assignment_configmap(&owner, &decision.table)?;
+        apply(&configmaps, &names.configmap, &cm).await?;
+        tracing::info!(cluster = %owner.name, epoch = decision.table.epoch,
+            moves = decision.table.moves.len(), draining = decision.table.draining.len(),
+            "published table");
+    }
+    let sts =
+        children::statefulset::statefulset(&owner, &cluster.spec, &checked, decision.replicas)?;
+    apply(&statefulsets, &names.statefulset, &sts).await?;
+
+    let names_now: Vec<NodeName> = views.iter().map(|v| v.name.clone()).collect();
+    let draining: Vec<NodeName> = nodes_to_drain(checked.replicas, &names_now)
+        .into_iter()
+        .collect();
+    let ready_nodes = views.iter().filter(|v| v.ready).count();
+    let ready_nodes = u32::try_from(ready_nodes).unwrap_or(u32::MAX);
+    let new = status::summarize(&Pass {
+        generation,
+        desired: checked.replicas,
+        ready_nodes,
+        draining: &draining,
+        decision: &decision,
+        old,
+        now,
+    });
+    transition_events(ctx, cluster, old, &new, &decision, checked.replicas).await;
+    write_status(ctx, &owner, old, &new).await?;
+    ctx.metrics.cluster(
+        &owner.namespace,
+        &owner.name,
+        decision.table.epoch,
+        decision.table.moves.len(),
+        ready_nodes,
+    );
+
+    // 7. Requeue.
+    let settled = decision.step == DrainStep::Steady
+        && decision.table.moves.is_empty()
+        && ready_nodes == checked.replicas
+        && current == checked.replicas
+        && new.phase.as_deref() == Some(status::phases::RUNNING);
+    Ok(Action::requeue(if settled {
+        ctx.options.idle_requeue
+    } else {
+        ctx.options.busy_requeue
+    }))
+}
+
+/// Applies every child that does not depend on the table or the pods.
+async fn apply_static_children(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    owner: &Owner,
+) -> Result<(), Error> {
+    let client = &ctx.client;
+    let ns = owner.namespace.as_str();
+    let names = &owner.names;
+    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    apply(
+        &sa,
+        &names.node_access,
+        &children::access::node_service_account(owner)?,
+    )
+    .await?;
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    apply(
+        &roles,
+        &names.node_access,
+        &children::access::node_role(owner)?,
+    )
+    .await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let binding = children::access::node_role_binding(owner)?;
+    apply(&bindings, &names.node_access, &binding).await?;
+
+    // Generated once: applying a new random key on every pass would break every peer link.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    if secrets.get_opt(&names.secret).await?.is_none() {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        match secrets
+            .create(&params, &children::config::peer_secret(owner)?)
+            .await
+        {
+            Ok(_) => tracing::info!(cluster = %owner.name, "created the peer-link secret"),
+            // Another pass created it first; keep that one.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    apply(
+        &services,
+        &names.peers_service,
+        &children::network::peers_service(owner)?,
+    )
+    .await?;
+    let client_service = children::network::client_service(owner, &cluster.spec)?;
+    apply(&services, &names.client_service, &client_service).await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    apply(
+        &pdbs,
+        &names.pdb,
+        &children::config::disruption_budget(owner)?,
+    )
+    .await?;
+
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+    match children::network::ingress(owner, &cluster.spec)? {
+        Some(ingress) => {
+            apply(&ingresses, &names.ingress, &ingress).await?;
+        }
+        None => {
+            // Disabled after being enabled: remove ours, never someone else's.
+            let ours = ingresses.get_opt(&names.ingress).await?.is_some_and(|i| {
+                i.owner_references()
+                    .iter()
+                    .any(|r| r.uid == owner.reference.uid)
+            });
+            if ours {
+                ingresses
+                    .delete(&names.ingress, &Default::default())
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Server-side apply of `object` as `roomshard-operator`, taking over conflicting fields (the
+/// operator is the authority on its children).
+async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(name, &params, &Patch::Apply(object)).await?)
+}
+
+/// Writes `new` to the status subresource by server-side apply, unless it equals `old`.
+async fn write_status(
+    ctx: &Context,
+    owner: &Owner,
+    old: Option<&ChatClusterStatus>,
+    new: &ChatClusterStatus,
+) -> Result<(), Error> {
+    if old == Some(new) {
+        return Ok(());
+    }
+    let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let patch = json!({
+        "apiVersion": "roomshard.dev/v1alpha1",
+        "kind": "ChatCluster",
+        "status": new,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&owner.name, &params, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Events for what changed between `old` and `new`; nothing when nothing changed.
+async fn transition_events(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    old: Option<&ChatClusterStatus>,
+    new: &ChatClusterStatus,
+    decision: &Decision,
+    desired: u32,
+) {
+    let was_draining = old.is_some_and(|s| !s.draining.is_empty());
+    if !was_draining && !new.draining.is_empty() {
+        let note = format!(
+            "draining {} before scaling down to {desired}",
+            new.draining.join(", ")
+        );
+        event(ctx, cluster, EventType::Normal, "DrainStarted", &note).await;
+    }
+    if was_draining && new.draining.is_empty() {
+        let drained = old.map(|s| s.draining.join(", ")).unwrap_or_default();
+        if decision.replicas <= desired {
+            let note = format!("{drained} drained; replicas lowered to {desired}");
+            event(ctx, cluster, EventType::Normal, "DrainFinished", &note).await;
+        } else {
+            let note = format!("drain of {drained} cancelled: replicas raised to {desired}");
+            event(ctx, cluster, EventType::Normal, "DrainCancelled", &note).await;
+        }
+    }
+    let stuck_before = status::condition(old, types::DEGRADED)
+        .is_some_and(|c| c.status == "True" && c.reason == reasons::DRAIN_STUCK);
+    if let Some(stuck) = &decision.stuck
+        && !stuck_before
+    {
+        let note = format!("{stuck}; the pods stay until it finishes");
+        event(
+            ctx,
+            cluster,
+            EventType::Warning,
+            reasons::DRAIN_STUCK,
+            &note,
+        )
+        .await;
+    }
+}
+
+/// Publishes one event on `cluster`; a failure is logged, not fatal (events are best effort).
+async fn event(ctx: &Context, cluster: &ChatCluster, type_: EventType, reason: &str, note: &str) {
+    let ev = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
+        tracing::warn!(cluster = %cluster.name_any(), error = %e, reason, "cannot publish event");
+    }
+}

@@ -1,0 +1,429 @@
+//! The `ChatCluster` status: a pure summary of one reconcile pass.
+//!
+//! The condition types and reasons are constants here so that alerting rules and tests name the
+//! same strings. `lastTransitionTime` moves only when a condition's status changes, and a
+//! summary of an unchanged cluster is equal to the stored one, so the reconciler can skip the
+//! write and a pass with nothing new writes nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use shard::NodeName;
+
+use super::crd::ChatClusterStatus;
+use crate::decide::{Decision, draining_in_progress};
+
+/// Condition types.
+pub mod types {
+    /// Every desired node is a ready member, every shard is owned, nothing moves.
+    pub const READY: &str = "Ready";
+    /// The cluster is changing: pods starting, shards moving, or a drain under way.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something needs a person: an invalid spec, or a drain that does not finish.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// Condition reasons.
+pub mod reasons {
+    /// Ready: all nodes ready and the table settled.
+    pub const ALL_NODES_READY: &str = "AllNodesReady";
+    /// Not ready / progressing: fewer ready nodes than desired.
+    pub const NODES_NOT_READY: &str = "NodesNotReady";
+    /// Not ready: no table has been published yet.
+    pub const NO_ASSIGNMENT: &str = "NoAssignment";
+    /// Progressing: shards are being handed off between live nodes.
+    pub const REBALANCING: &str = "Rebalancing";
+    /// Progressing: a scale-down is emptying the highest ordinals.
+    pub const DRAINING: &str = "Draining";
+    /// Progressing false: nothing to do.
+    pub const STABLE: &str = "Stable";
+    /// Degraded: a drain took longer than `spec.handoffTimeout`.
+    pub const DRAIN_STUCK: &str = "DrainStuck";
+    /// Degraded: the spec passed the schema but cannot be run (see `checks`).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Degraded false.
+    pub const AS_EXPECTED: &str = "AsExpected";
+}
+
+/// Phases shown in `kubectl get chat`.
+pub mod phases {
+    /// No table yet.
+    pub const PENDING: &str = "Pending";
+    /// Settled.
+    pub const RUNNING: &str = "Running";
+    /// Pods starting or shards moving.
+    pub const SCALING: &str = "Scaling";
+    /// A scale-down is in progress.
+    pub const DRAINING: &str = "Draining";
+    /// See the Degraded condition.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// What one pass observed and decided, for [`summarize`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pass<'a> {
+    /// `metadata.generation` of the cluster.
+    pub generation: Option<i64>,
+    /// `spec.replicas`.
+    pub desired: u32,
+    /// Ready member pods among ordinals `0..replicas`.
+    pub ready_nodes: u32,
+    /// The pods being drained (ordinals at and above `desired`).
+    pub draining: &'a [NodeName],
+    /// What [`crate::decide()`] said.
+    pub decision: &'a Decision,
+    /// The status stored before this pass.
+    pub old: Option<&'a ChatClusterStatus>,
+    /// When the pass runs.
+    pub now: Timestamp,
+}
+
+/// The status after pass `pass`.
+pub fn summarize(pass: &Pass<'_>) -> ChatClusterStatus {
+    let Pass {
+        generation,
+        desired,
+        ready_nodes,
+        draining,
+        decision,
+        old,
+        now,
+    } = *pass;
+    let table = &decision.table;
+    let draining_now = draining_in_progress(&decision.step);
+    let moves = table.moves.len();
+    let assigned = table.owners().iter().all(Option::is_some) && table.epoch > 0;
+    let old_started = old.and_then(|s| s.drain_started.clone());
+    let drain_started = draining_now.then(|| old_started.unwrap_or_else(|| rfc3339(now)));
+
+    let (phase, progressing) = if draining_now {
+        let names: Vec<&str> = draining.iter().map(NodeName::as_str).collect();
+        (
+            phases::DRAINING,
+            Some((reasons::DRAINING, format!("draining {}", names.join(", ")))),
+        )
+    } else if !assigned {
+        (
+            phases::PENDING,
+            Some((
+                reasons::NO_ASSIGNMENT,
+                format!("waiting for nodes: {ready_nodes}/{desired} ready"),
+            )),
+        )
+    } else if ready_nodes < desired {
+        (
+            phases::SCALING,
+            Some((
+                reasons::NODES_NOT_READY,
+                format!("{ready_nodes}/{desired} nodes ready"),
+            )),
+        )
+    } else if moves > 0 {
+        (
+            phases::SCALING,
+            Some((
+                reasons::REBALANCING,
+                format!("{moves} shard hand-offs in flight"),
+            )),
+        )
+    } else {
+        (phases::RUNNING, None)
+    };
+    let phase = if decision.stuck.is_some() {
+        phases::DEGRADED
+    } else {
+        phase
+    };
+
+    let mut conditions = old.map(|s| s.conditions.clone()).unwrap_or_default();
+    let ready = match &progressing {
+        None => (
+            "True",
+            reasons::ALL_NODES_READY,
+            format!(
+                "{ready_nodes} nodes ready, {} shards assigned",
+                table.shards
+            ),
+        ),
+        Some((reason, message)) => ("False", *reason, message.clone()),
+    };
+    set_condition(&mut conditions, types::READY, ready, generation, now);
+    let progressing = match progressing {
+        Some((reason, message)) => ("True", reason, message),
+        None => ("False", reasons::STABLE, "nothing to do".to_owned()),
+    };
+    set_condition(
+        &mut conditions,
+        types::PROGRESSING,
+        progressing,
+        generation,
+        now,
+    );
+    let degraded = match &decision.stuck {
+        Some(stuck) => ("True", reasons::DRAIN_STUCK, stuck.to_string()),
+        None => ("False", reasons::AS_EXPECTED, String::new()),
+    };
+    set_condition(&mut conditions, types::DEGRADED, degraded, generation, now);
+
+    ChatClusterStatus {
+        observed_generation: generation,
+        phase: Some(phase.to_owned()),
+        ready_nodes: i32::try_from(ready_nodes).unwrap_or(i32::MAX),
+        epoch: i64::try_from(table.epoch).unwrap_or(i64::MAX),
+        shards_per_node: table
+            .counts()
+            .into_iter()
+            .map(|(n, k)| (n.to_string(), i32::try_from(k).unwrap_or(i32::MAX)))
+            .collect::<BTreeMap<_, _>>(),
+        moves_in_flight: i32::try_from(moves).unwrap_or(i32::MAX),
+        draining: if draining_now {
+            draining.iter().map(ToString::to_string).collect()
+        } else {
+            Vec::new()
+        },
+        drain_started,
+        conditions,
+    }
+}
+
+/// The status of a cluster whose spec cannot be run: what was there, with Degraded set to
+/// `message` and the phase Degraded. Nothing else changes, as nothing else was done.
+pub fn invalid_spec(
+    old: Option<&ChatClusterStatus>,
+    generation: Option<i64>,
+    message: &str,
+    now: Timestamp,
+) -> ChatClusterStatus {
+    let mut status = old.cloned().unwrap_or_default();
+    status.observed_generation = generation;
+    status.phase = Some(phases::DEGRADED.to_owned());
+    set_condition(
+        &mut status.conditions,
+        types::DEGRADED,
+        ("True", reasons::INVALID_SPEC, message.to_owned()),
+        generation,
+        now,
+    );
+    status
+}
+
+/// How long ago the drain recorded in `status` started; zero when none is recorded or the
+/// record cannot be read (a drain then gets its full time again).
+pub fn drain_elapsed(status: Option<&ChatClusterStatus>, now: Timestamp) -> Duration {
+    status
+        .and_then(|s| s.drain_started.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .and_then(|started| Duration::try_from(now.duration_since(started)).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// The condition `type_` of `status`, if set.
+pub fn condition<'a>(status: Option<&'a ChatClusterStatus>, type_: &str) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Sets condition `type_` to `(status, reason, message)`, keeping its `lastTransitionTime`
+/// unless the status flips, and keeping it byte-for-byte when nothing changed.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    (status, reason, message): (&str, &str, String),
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let existing = conditions.iter_mut().find(|c| c.type_ == type_);
+    match existing {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Time(truncate(now));
+            }
+            c.status = status.to_owned();
+            c.reason = reason.to_owned();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(truncate(now)),
+        }),
+    }
+}
+
+/// Whole seconds: what the API server stores for a `Time`, so a read-back compares equal.
+fn truncate(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// `2025-01-02T03:04:05Z`.
+fn rfc3339(t: Timestamp) -> String {
+    truncate(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Stuck;
+    use shard::{AssignmentTable, DrainStep, NodeInfo};
+    use std::collections::BTreeSet;
+
+    fn name(s: &str) -> NodeName {
+        NodeName::new(s).expect("name")
+    }
+
+    fn decision(nodes: &[&str], step: DrainStep) -> Decision {
+        let mut table = AssignmentTable::empty(4);
+        for n in nodes {
+            table
+                .nodes
+                .insert(name(n), NodeInfo::new(format!("{n}:7070")));
+        }
+        let owners: Vec<NodeName> = nodes.iter().map(|n| name(n)).collect();
+        if !owners.is_empty() {
+            table = AssignmentTable::with_owners(
+                (0..4)
+                    .map(|i| Some(owners[i % owners.len()].clone()))
+                    .collect(),
+                table.nodes.clone(),
+            )
+            .expect("table");
+            table.epoch = 3;
+        }
+        Decision {
+            table,
+            publish: false,
+            step,
+            replicas: 2,
+            start: vec![],
+            stop: BTreeSet::new(),
+            stuck: None,
+        }
+    }
+
+    fn pass<'a>(d: &'a Decision, old: Option<&'a ChatClusterStatus>, now: Timestamp) -> Pass<'a> {
+        Pass {
+            generation: Some(1),
+            desired: 2,
+            ready_nodes: 2,
+            draining: &[],
+            decision: d,
+            old,
+            now,
+        }
+    }
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + second).expect("time")
+    }
+
+    #[test]
+    fn a_settled_cluster_is_running_and_ready() {
+        let d = decision(&["c-0", "c-1"], DrainStep::Steady);
+        let status = summarize(&pass(&d, None, at(0)));
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.epoch, 3);
+        assert_eq!(status.shards_per_node.get("c-0"), Some(&2));
+        let ready = condition(Some(&status), types::READY).expect("ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "AllNodesReady")
+        );
+        let degraded = condition(Some(&status), types::DEGRADED).expect("degraded");
+        assert_eq!(degraded.status, "False");
+    }
+
+    #[test]
+    fn summarizing_an_unchanged_cluster_again_gives_the_same_status() {
+        let d = decision(&["c-0", "c-1"], DrainStep::Steady);
+        let first = summarize(&pass(&d, None, at(0)));
+        let again = summarize(&pass(&d, Some(&first), at(60)));
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn a_drain_records_when_it_started_and_keeps_that_time() {
+        let d = decision(
+            &["c-0", "c-1"],
+            DrainStep::WaitForEpoch {
+                epoch: 3,
+                lagging: vec![name("c-0")],
+            },
+        );
+        let draining = [name("c-2")];
+        let mut p = pass(&d, None, at(10));
+        p.draining = &draining;
+        let first = summarize(&p);
+        assert_eq!(first.phase.as_deref(), Some("Draining"));
+        assert_eq!(first.draining, vec!["c-2".to_owned()]);
+        assert_eq!(first.drain_started.as_deref(), Some("2023-11-14T22:13:30Z"));
+        let mut later = pass(&d, Some(&first), at(40));
+        later.draining = &draining;
+        let second = summarize(&later);
+        assert_eq!(second.drain_started, first.drain_started);
+        assert_eq!(
+            drain_elapsed(Some(&second), at(40)),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn a_stuck_drain_is_degraded_with_the_stuck_message() {
+        let mut d = decision(&["c-0", "c-1"], DrainStep::WaitForMoves { pending: vec![] });
+        d.stuck = Some(Stuck {
+            draining: vec![name("c-2")],
+            elapsed: Duration::from_secs(31),
+            lagging: vec![],
+            pending: vec![],
+            busy: vec![(name("c-0"), 1)],
+            epoch: 3,
+        });
+        let status = summarize(&pass(&d, None, at(0)));
+        assert_eq!(status.phase.as_deref(), Some("Degraded"));
+        let degraded = condition(Some(&status), types::DEGRADED).expect("degraded");
+        assert_eq!(degraded.reason, "DrainStuck");
+        assert!(
+            degraded.message.contains("draining c-2"),
+            "{}",
+            degraded.message
+        );
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_flips() {
+        let steady = decision(&["c-0", "c-1"], DrainStep::Steady);
+        let first = summarize(&pass(&steady, None, at(0)));
+        let mut p = pass(&steady, Some(&first), at(50));
+        p.ready_nodes = 1;
+        let second = summarize(&p);
+        let ready = condition(Some(&second), types::READY).expect("ready");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.last_transition_time, Time(at(50)));
+        let degraded = condition(Some(&second), types::DEGRADED).expect("degraded");
+        assert_eq!(degraded.last_transition_time, Time(at(0)));
+    }
+
+    #[test]
+    fn an_invalid_spec_only_sets_degraded() {
+        let d = decision(&["c-0", "c-1"], DrainStep::Steady);
+        let before = summarize(&pass(&d, None, at(0)));
+        let after = invalid_spec(
+            Some(&before),
+            Some(2),
+            "spec.auth.secretRef is missing",
+            at(5),
+        );
+        assert_eq!(after.epoch, before.epoch);
+        assert_eq!(after.phase.as_deref(), Some("Degraded"));
+        let degraded = condition(Some(&after), types::DEGRADED).expect("degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert_eq!(degraded.message, "spec.auth.secretRef is missing");
+    }
+}
