@@ -135,6 +135,24 @@ fn keep_talking(mut client: Client, room: String, pause: Duration) -> Traffic {
     Traffic { stop, task }
 }
 
+/// Stop every talker and check what each saw: no error, and every seq from 1 with no gap or
+/// repeat. Returns the number of messages seen.
+async fn stop_and_check(traffic: Vec<Traffic>, min_sent: usize, during: &str) -> usize {
+    for t in &traffic {
+        t.stop.store(true, Ordering::Relaxed);
+    }
+    let mut total = 0;
+    for t in traffic {
+        let (seqs, sent, errors) = t.task.await.expect("traffic task");
+        assert!(errors.is_empty(), "no errors during {during}: {errors:?}");
+        assert!(sent > min_sent, "the talker kept talking during {during}");
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "no gap and no repeat during {during}");
+        total += seqs.len();
+    }
+    total
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_handed_off_under_load_lose_and_repeat_nothing() {
     let server = TableServer::start(SHARDS).await;
@@ -185,24 +203,7 @@ async fn rooms_handed_off_under_load_lose_and_repeat_nothing() {
         "several busy rooms changed owner ({moved} of 20)"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut total = 0;
-    for t in &traffic {
-        t.stop.store(true, Ordering::Relaxed);
-    }
-    for t in traffic {
-        let (seqs, sent, errors) = t.task.await.expect("traffic task");
-        assert!(
-            errors.is_empty(),
-            "no errors during planned moves: {errors:?}"
-        );
-        assert!(sent > 5);
-        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-        assert_eq!(
-            seqs, expected,
-            "seq continues across hand-offs with no gap or repeat"
-        );
-        total += seqs.len();
-    }
+    let total = stop_and_check(traffic, 5, "planned moves").await;
     assert!(total > 0);
 }
 
@@ -303,19 +304,7 @@ async fn peer_connections_that_drop_and_come_back_lose_and_repeat_nothing() {
         "links really dropped and came back ({reconnects} new sessions)"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for t in &traffic {
-        t.stop.store(true, Ordering::Relaxed);
-    }
-    for t in traffic {
-        let (seqs, sent, errors) = t.task.await.expect("traffic task");
-        assert!(
-            errors.is_empty(),
-            "no errors across link resets: {errors:?}"
-        );
-        assert!(sent > 10);
-        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-        assert_eq!(seqs, expected, "no gap and no repeat across link resets");
-    }
+    stop_and_check(traffic, 10, "link resets").await;
     let resent: u64 = nodes
         .iter()
         .map(|n| n.state.metrics.peer_drops.load(Ordering::Relaxed))

@@ -91,19 +91,28 @@ impl PeerFrame {
     }
 }
 
+/// The MAC over what a handshake proves: protocol version, role, the other side's nonce, and
+/// the signer's name (so a proof cannot be replayed for another node or role).
+fn handshake_mac(secret: &[u8], role: &str, nonce: &str, node: &NodeName) -> Option<Hmac<Sha256>> {
+    // HMAC accepts keys of any length, so this only fails on an impossible key.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+    for part in [
+        b"roomshard-peer-v1".as_slice(),
+        role.as_bytes(),
+        nonce.as_bytes(),
+        node.as_str().as_bytes(),
+    ] {
+        mac.update(part);
+        mac.update(b"|");
+    }
+    Some(mac)
+}
+
 /// Sign `nonce` for `node` in `role` with the cluster secret (HMAC-SHA256, hex).
 pub fn sign(secret: &[u8], role: &str, nonce: &str, node: &NodeName) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return String::new();
-    };
-    mac.update(b"roomshard-peer-v1|");
-    mac.update(role.as_bytes());
-    mac.update(b"|");
-    mac.update(nonce.as_bytes());
-    mac.update(b"|");
-    mac.update(node.as_str().as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    handshake_mac(secret, role, nonce, node)
+        .map(|mac| hex::encode(mac.finalize().into_bytes()))
+        .unwrap_or_default()
 }
 
 /// Check a signature from [`sign`] in constant time.
@@ -111,16 +120,7 @@ pub fn verify(secret: &[u8], role: &str, nonce: &str, node: &NodeName, mac_hex: 
     let Ok(expected) = hex::decode(mac_hex) else {
         return false;
     };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return false;
-    };
-    mac.update(b"roomshard-peer-v1|");
-    mac.update(role.as_bytes());
-    mac.update(b"|");
-    mac.update(nonce.as_bytes());
-    mac.update(b"|");
-    mac.update(node.as_str().as_bytes());
-    mac.verify_slice(&expected).is_ok()
+    handshake_mac(secret, role, nonce, node).is_some_and(|mac| mac.verify_slice(&expected).is_ok())
 }
 
 /// A fresh random nonce.
