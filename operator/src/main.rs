@@ -1,4 +1,5 @@
-//! `roomshard-operator`: run the Kubernetes controller (`run`), print the CRD (`crd`) or the
+//! `roomshard-operator`: run the Kubernetes controller (`run`, alias `controller`, which the
+//! Helm chart and the image use), print the CRD (`crd`) or the
 //! API calls it needs (`rbac`), run a local cluster (`local`), or talk to a running one's admin
 //! port (`scale`, `status`).
 
@@ -54,6 +55,7 @@ enum Command {
     /// Print every Kubernetes API call the operator and the node make (JSON), for RBAC.
     Rbac,
     /// Run the Kubernetes controller (with leader election).
+    #[command(visible_alias = "controller")]
     Run(RunArgs),
 }
 
@@ -80,6 +82,10 @@ struct RunArgs {
     /// At most this many hand-offs per node in one table.
     #[arg(long, default_value_t = 64)]
     max_moves_per_node: usize,
+    /// How often a settled cluster is reconciled again (a safety net; changes arrive as watch
+    /// events).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    requeue_after: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +219,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
     let options = reconcile::Options {
         initial_grace: args.initial_grace,
         max_moves_per_node: args.max_moves_per_node,
+        idle_requeue: args.requeue_after,
         ..reconcile::Options::default()
     };
     let reporter = kube::runtime::events::Reporter {
@@ -248,7 +255,15 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         client,
         lease::LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity),
     );
-    let namespace = args.watch_namespace;
+    // Every Api of the controller (ChatClusters, StatefulSets, ConfigMaps, Pods) is scoped to
+    // this namespace when set, so a Role there is enough (the chart's `watchNamespace`).
+    let namespace = args.watch_namespace.filter(|ns| !ns.is_empty());
+    match &namespace {
+        Some(ns) => tracing::info!(namespace = %ns, "watching one namespace"),
+        None => tracing::info!("watching every namespace"),
+    }
+    tracing::info!(lease = %args.lease_name, namespace = %args.lease_namespace,
+        %identity, "leader election");
     let leading = tokio::spawn(lease::lead(elector, shutdown.clone(), move |stop| {
         controller::run(ctx.clone(), namespace.clone(), stop)
     }));

@@ -91,16 +91,18 @@ compares these rules, grant by grant, with the API calls the operator's code mak
 - ChatClusters: list and watch them (the controller's cache); write their status by server-side
   apply; update their finalizers subresource, which setting an owner reference with
   blockOwnerDeletion needs where the OwnerReferencesPermissionEnforcement admission plugin is on.
-- Children, written by server-side apply (patch): the StatefulSet, the Services, the
-  PodDisruptionBudget, the Ingress (read and deleted when it is turned off), the assignment
-  ConfigMap, and the nodes' ServiceAccount, Role and RoleBinding. The StatefulSet and the
-  ConfigMap are also read and watched.
+- Children, written by server-side apply: `patch`, and `create` too, because an apply that
+  creates the object is authorized as a create (Kubernetes docs: Server-Side Apply, RBAC): the
+  StatefulSet, the Services, the PodDisruptionBudget, the Ingress (read and deleted when it is
+  turned off), the assignment ConfigMap, and the nodes' ServiceAccount, Role and RoleBinding.
+  The StatefulSet and the ConfigMap are also read and watched. The status subresource is only
+  ever patched (the ChatCluster exists).
 - The nodes' Role lets them get, list and watch their ConfigMap. Kubernetes lets the operator
   create it only because the operator holds those verbs itself (no `escalate`, no `bind`).
 - Secrets: get and create only (the peer-link key, generated once and kept); no list or watch,
   which would let the operator read every Secret of the namespace.
 - Pods: membership is the pods' readiness: list and watch; nothing is written to them.
-- Events, on transitions.
+- Events, on transitions: created, and patched when the same event repeats.
 */}}
 {{- define "roomshard-operator.watchedRules" -}}
 - apiGroups: ["roomshard.dev"]
@@ -114,13 +116,13 @@ compares these rules, grant by grant, with the API calls the operator's code mak
   verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create"]
@@ -129,13 +131,13 @@ compares these rules, grant by grant, with the API calls the operator's code mak
   verbs: ["list", "watch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
-  verbs: ["get", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
