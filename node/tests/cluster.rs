@@ -311,3 +311,75 @@ async fn peer_connections_that_drop_and_come_back_lose_and_repeat_nothing() {
         .sum();
     assert_eq!(resent, 0, "nothing was dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_that_times_out_answers_room_unavailable_never_silence() {
+    let server = TableServer::start(SHARDS).await;
+    let flags = ["--handoff-timeout", "300ms"];
+    let nodes = [
+        ClusterNode::start("node-0", &server.url, SHARDS, &flags).await,
+        ClusterNode::start("node-1", &server.url, SHARDS, &flags).await,
+    ];
+    // node-9 is in the table but never answers: its shards' snapshots will never come.
+    let ghost = shard::NodeName::new("node-9").expect("name");
+    let mut ready: std::collections::BTreeMap<_, _> =
+        nodes.iter().map(|n| (n.name.clone(), n.info())).collect();
+    ready.insert(ghost.clone(), shard::NodeInfo::new("127.0.0.1:9"));
+    let with_ghost = shard::Membership {
+        ready,
+        draining: Default::default(),
+    };
+    let first = shard::plan(
+        &server.current(),
+        &with_ghost,
+        &shard::PlanOptions::default(),
+    );
+    let draining = shard::Membership {
+        draining: [ghost.clone()].into_iter().collect(),
+        ..with_ghost
+    };
+    let second = shard::plan(&first, &draining, &shard::PlanOptions::default());
+    let moving = second
+        .moves
+        .iter()
+        .find(|m| m.from == ghost && m.to == nodes[1].name)
+        .expect("a shard moves from the ghost to node-1")
+        .shard;
+    let room = (0..10_000)
+        .map(|i| format!("stuck-{i}"))
+        .find(|r| second.shard_of(&shard::RoomId::new(r.as_str()).expect("room")) == moving)
+        .expect("a room in the moving shard");
+    server.publish(first);
+    server.publish(second.clone());
+    let refs: Vec<&ClusterNode> = nodes.iter().collect();
+    wait_applied(&refs, second.epoch).await;
+    let mut ann = nodes[0].client("ann").await;
+    ann.send(json!({"op": "join", "room": room})).await;
+    let started = std::time::Instant::now();
+    let answer = ann.recv().await;
+    assert_eq!(
+        answer["op"], "error",
+        "the join is answered, not dropped: {answer}"
+    );
+    assert_eq!(answer["code"], "room_unavailable");
+    assert_eq!(answer["room"], room.as_str());
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "it waited for the snapshot first"
+    );
+    // While the hand-off stays overdue, new requests are answered at once.
+    ann.send(json!({"op": "send", "room": room, "text": "x", "cid": "late"}))
+        .await;
+    let again = ann.recv().await;
+    assert_eq!(
+        (again["code"].as_str(), again["cid"].as_str()),
+        (Some("room_unavailable"), Some("late"))
+    );
+    // And the stuck hand-offs stay visible in /status, which is how the operator reports them.
+    let expected = second
+        .moves
+        .iter()
+        .filter(|m| m.to == nodes[1].name)
+        .count();
+    assert_eq!(nodes[1].state.status().moves_in_flight, expected);
+}
