@@ -202,7 +202,7 @@ impl PeerLink {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(peer = %self.peer, error = %e, "malformed peer frame");
+                        tracing::warn!(peer = %self.peer, error = %e, bytes = %hex::encode(&bytes[..bytes.len().min(400)]), len = bytes.len(), "malformed peer frame");
                         return;
                     }
                 }

@@ -177,7 +177,7 @@ mod tests {
             conn: ConnId(7),
         };
         let frame = r#"{"op":"msg","text":"a \"b\" \n c"}"#;
-        let msgs = vec![
+        let msgs = [
             PeerMsg::Command {
                 room: room.clone(),
                 command: RoomCommand::Post {
