@@ -3,6 +3,8 @@
 #
 #   bench/cluster.sh [throughput|idle|scaledown|all]   (default: all)
 #
+# Nodes run with one runtime thread each (WORKER_THREADS=N to change): several nodes share the
+# machine's 2 cores here, as pods would share a node.
 # Builds release binaries, starts `roomshard-operator local` on loopback, drives it with
 # `roomshard-bench`, prints one JSON line per scenario on stdout, and stops everything.
 # Run it on a quiet machine: every line carries `load_1m` so a disturbed run shows.
@@ -22,7 +24,7 @@ trap cleanup EXIT
 # start_cluster N: runs the local driver with N nodes; sets $admin.
 start_cluster() {
   "$bin/roomshard-operator" local --nodes "$1" --port 0 --log-dir "$work/logs" \
-    -- --rate-per-sec 1000 --rate-burst 1000 >"$work/banner" 2>"$work/driver.log" &
+    -- --rate-per-sec 1000 --rate-burst 1000 --worker-threads "${WORKER_THREADS:-1}" >"$work/banner" 2>"$work/driver.log" &
   cluster_pid=$!
   for _ in $(seq 1 300); do
     admin="$(grep -o 'admin:  http://[0-9.:]*' "$work/banner" 2>/dev/null | awk '{print $2}' || true)"

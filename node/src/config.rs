@@ -88,6 +88,9 @@ pub struct NodeConfig {
     /// File holding the HS256 key that signs client tokens; when set, `?token=` is required.
     #[arg(long, env = "ROOMSHARD_AUTH_KEY_FILE")]
     pub auth_key_file: Option<PathBuf>,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "ROOMSHARD_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "ROOMSHARD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

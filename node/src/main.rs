@@ -12,11 +12,23 @@ use node::table_source::{HttpTableSource, TableSource};
 use node::{NodeConfig, NodeState};
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = NodeConfig::parse();
     init_logging(&config.log_format);
-    match serve(config).await {
+    // One worker thread per core by default; fewer when several nodes share a machine, where
+    // waking threads across cores costs more than the work they do.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("roomshard-node: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
