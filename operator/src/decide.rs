@@ -41,6 +41,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
+use serde::Deserialize;
 use shard::{
     AssignmentTable, DrainStep, Membership, Move, NodeInfo, NodeName, NodeReport, PlanOptions,
     ShardError, complete_moves, drain_step, nodes_to_drain, ordinal_of, plan,
@@ -55,6 +56,38 @@ pub struct Report {
     pub moves_in_flight: u32,
     /// Moves of the table at `epoch` that the node completed as the source.
     pub moves_done: Vec<Move>,
+}
+
+/// The fields of a node's `/status` that decisions use (the node serves more).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusWire {
+    node: String,
+    epoch: u64,
+    #[serde(default)]
+    moves_in_flight: u32,
+    #[serde(default)]
+    moves_done: Vec<Move>,
+}
+
+impl Report {
+    /// Read a node's `/status` JSON, checking that it comes from `node` (an address reused by
+    /// another pod must not report for this one).
+    ///
+    /// # Errors
+    /// A readable reason when the JSON is not a status or names another node.
+    pub fn from_status(node: &str, status: &serde_json::Value) -> Result<Report, String> {
+        let wire = StatusWire::deserialize(status)
+            .map_err(|e| format!("invalid /status from {node}: {e}"))?;
+        if wire.node != node {
+            return Err(format!("{node}'s address answers as {}", wire.node));
+        }
+        Ok(Report {
+            epoch: wire.epoch,
+            moves_in_flight: wire.moves_in_flight,
+            moves_done: wire.moves_done,
+        })
+    }
 }
 
 /// One pod as observed: does its process (container) run, is it ready, how to reach it, and

@@ -14,8 +14,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use serde::Deserialize;
-use shard::{Move, NodeInfo, NodeName};
+use shard::{NodeInfo, NodeName};
 
 use super::children::{CLIENT_PORT, PEER_PORT};
 use crate::decide::{PodView, Report, pod_name};
@@ -48,18 +47,6 @@ impl Default for HttpStatusReader {
     }
 }
 
-/// The fields of `/status` the reconciler uses.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusWire {
-    node: String,
-    epoch: u64,
-    #[serde(default)]
-    moves_in_flight: u32,
-    #[serde(default)]
-    moves_done: Vec<Move>,
-}
-
 impl StatusReader for HttpStatusReader {
     fn read<'a>(&'a self, pod: &'a NodeName, ip: &'a str) -> BoxFuture<'a, Result<Report, String>> {
         Box::pin(async move {
@@ -81,16 +68,9 @@ impl StatusReader for HttpStatusReader {
 ///
 /// A message when the body is not a status or names another node.
 pub fn parse_status(pod: &NodeName, body: &str) -> Result<Report, String> {
-    let wire: StatusWire =
+    let value: serde_json::Value =
         serde_json::from_str(body).map_err(|e| format!("invalid /status from {pod}: {e}"))?;
-    if wire.node != pod.as_str() {
-        return Err(format!("{pod}'s address answers as {}", wire.node));
-    }
-    Ok(Report {
-        epoch: wire.epoch,
-        moves_in_flight: wire.moves_in_flight,
-        moves_done: wire.moves_done,
-    })
+    Report::from_status(pod.as_str(), &value)
 }
 
 /// True when the pod's Ready condition is True and it is not being deleted.

@@ -12,8 +12,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-use shard::{Move, NodeName};
+use shard::NodeName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -39,18 +38,6 @@ const PEER_LINE: &str = "roomshard-node peer link on ";
 pub(super) struct Status {
     pub(super) report: Report,
     pub(super) raw: serde_json::Value,
-}
-
-/// The fields of `/status` the driver uses; the others are shown as they came.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusWire {
-    node: String,
-    epoch: u64,
-    #[serde(default)]
-    moves_in_flight: u32,
-    #[serde(default)]
-    moves_done: Vec<Move>,
 }
 
 /// Runs pod `ordinal`'s process, incarnation `generation`, until it exits or `stop` fires.
@@ -281,25 +268,14 @@ fn parse_status(body: &str, name: &NodeName) -> Option<Status> {
             return None;
         }
     };
-    let wire = match StatusWire::deserialize(&raw) {
-        Ok(wire) => wire,
+    let report = match Report::from_status(name.as_str(), &raw) {
+        Ok(report) => report,
         Err(e) => {
-            tracing::debug!(node = %name, error = %e, "cannot read /status");
+            tracing::warn!(node = %name, error = %e, "/status ignored");
             return None;
         }
     };
-    if wire.node != name.as_str() {
-        tracing::warn!(node = %name, reported = %wire.node, "/status names another node; ignored");
-        return None;
-    }
-    Some(Status {
-        report: Report {
-            epoch: wire.epoch,
-            moves_in_flight: wire.moves_in_flight,
-            moves_done: wire.moves_done,
-        },
-        raw,
-    })
+    Some(Status { report, raw })
 }
 
 /// SIGTERM, wait up to `grace` + 5 s, then SIGKILL.
@@ -358,6 +334,7 @@ fn print_line(name: &NodeName, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shard::Move;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("valid address")
