@@ -58,6 +58,30 @@ pub struct Report {
     pub moves_done: Vec<Move>,
 }
 
+/// True when `next` is `published` without the `lingering` nodes and nothing else changed.
+///
+/// A pod removed by a drain owns nothing, but until its process has stopped it still serves
+/// clients: it told them to `reconnect`, and what they sent just before is forwarded to the
+/// rooms' owners over its peer links. A table that only drops such pods would close those
+/// links early and leave those sends unanswered, so both drivers hold it back until the pods
+/// are gone (their exit triggers the next pass).
+pub fn only_drops(
+    published: &AssignmentTable,
+    next: &AssignmentTable,
+    lingering: &[NodeName],
+) -> bool {
+    if lingering.is_empty() {
+        return false;
+    }
+    let mut without = published.clone();
+    for name in lingering {
+        without.nodes.remove(name);
+        without.draining.remove(name);
+    }
+    without.epoch = next.epoch;
+    without == *next
+}
+
 /// The fields of a node's `/status` that decisions use (the node serves more).
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -413,6 +437,42 @@ mod tests {
             info: Some(info(i)),
             report: None,
         }
+    }
+
+    fn table_of(nodes: &[u32], draining: &[u32]) -> AssignmentTable {
+        let membership = Membership {
+            ready: nodes.iter().map(|&i| (name(i), info(i))).collect(),
+            draining: draining.iter().map(|&i| name(i)).collect(),
+        };
+        shard::plan(
+            &AssignmentTable::empty(SHARDS),
+            &membership,
+            &PlanOptions::default(),
+        )
+    }
+
+    #[test]
+    fn a_table_that_only_drops_lingering_pods_is_held_back_and_any_other_change_is_not() {
+        let published = table_of(&[0, 1, 2], &[2]);
+        assert!(
+            published.shards_of(&name(2)).is_empty(),
+            "the drained pod owns nothing"
+        );
+        let mut dropped = published.clone();
+        dropped.nodes.remove(&name(2));
+        dropped.draining.remove(&name(2));
+        dropped.epoch += 1;
+        assert!(only_drops(&published, &dropped, &[name(2)]));
+        assert!(
+            !only_drops(&published, &dropped, &[]),
+            "nothing lingers: publish"
+        );
+        let mut more = dropped.clone();
+        more.nodes.remove(&name(1));
+        assert!(
+            !only_drops(&published, &more, &[name(2)]),
+            "another change: publish"
+        );
     }
 
     fn dead(i: u32) -> PodView {

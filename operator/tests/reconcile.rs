@@ -278,6 +278,47 @@ async fn scale_down_marks_waits_for_the_epoch_waits_for_the_moves_and_only_then_
 }
 
 #[tokio::test]
+async fn a_removed_pod_stays_in_the_table_while_it_terminates() -> TestResult {
+    let h = Harness::start().await?;
+    let all = ["chat-0", "chat-1", "chat-2"];
+    h.running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    set_spec(&h, json!({"replicas": 2})).await?;
+    h.pass("chat").await?;
+    let marked = h.table("chat").await;
+    h.nodes.applied(&all, &marked, true);
+    h.pass("chat").await?;
+    let cleared = h.table("chat").await;
+    h.nodes.applied(&all, &cleared, false);
+    h.pass("chat").await?;
+    assert_eq!(h.replicas("chat").await, 2);
+
+    // The kubelet keeps chat-2 Terminating (preStop, then SIGTERM to its clients): it stays a
+    // shard-less member, so its peer links stay up for its clients' last sends.
+    h.server.store().modify("pods", NS, "chat-2", |pod| {
+        pod["metadata"]["finalizers"] = json!(["test/kubelet"]);
+    })?;
+    h.kubelet("chat").await?;
+    assert!(h.server.store().get("pods", NS, "chat-2").is_some());
+    h.pass("chat").await?;
+    let terminating = h.table("chat").await;
+    assert_eq!(terminating, cleared);
+    assert_eq!(h.status("chat").await.phase.as_deref(), Some("Running"));
+
+    // Gone: the next table forgets it.
+    h.server.store().modify("pods", NS, "chat-2", |pod| {
+        pod["metadata"]["finalizers"] = json!([]);
+    })?;
+    assert!(h.server.store().get("pods", NS, "chat-2").is_none());
+    h.pass("chat").await?;
+    let after = h.table("chat").await;
+    assert_eq!(after.epoch, cleared.epoch + 1);
+    assert!(!after.nodes.contains_key(&n("chat-2")));
+    assert!(after.draining.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_drain_past_the_handoff_timeout_is_degraded_naming_the_pod_and_keeps_the_replicas()
 -> TestResult {
     let h = Harness::start().await?;

@@ -34,6 +34,9 @@
 //!   `spec.handoffTimeout` is reported (`Degraded=True/DrainStuck`, naming the pod and the
 //!   moves), never forced.
 //! - The table's epoch grows only when the table changes.
+//! - A removed pod that still exists (Terminating: `preStop`, then SIGTERM tells its clients to
+//!   reconnect) stays in the table, owning nothing, until it is gone, so the sends its clients
+//!   wrote last are still forwarded over its peer links (see `lingering`).
 //!
 //! # Assumptions
 //!
@@ -287,9 +290,17 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         age,
     };
     let decision = decide(inputs, &options)?;
+    let lingering = lingering(&names.statefulset, decision.replicas, &pods, &table);
+    let keep_lingering = decision.publish
+        && configmap.is_some()
+        && crate::decide::only_drops(&table, &decision.table, &lingering);
+    if keep_lingering {
+        tracing::debug!(cluster = %owner.name, ?lingering,
+            "removed pods still exist: they stay in the table until they are gone");
+    }
 
     // 6. Act: table first, so nodes learn of a drain before anything else changes.
-    if decision.publish || configmap.is_none() {
+    if (decision.publish && !keep_lingering) || configmap.is_none() {
         let cm = children::config::assignment_configmap(&owner, &decision.table)?;
         apply(&configmaps, &names.configmap, &cm).await?;
         tracing::info!(cluster = %owner.name, epoch = decision.table.epoch,
@@ -336,6 +347,30 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     } else {
         ctx.options.busy_requeue
     }))
+}
+
+/// The pods above the StatefulSet's `replicas` that still exist (terminating after a drain's
+/// removal) and that the published `table` still lists.
+///
+/// Such a pod owns nothing, but until its process has stopped it still has clients: after
+/// `preStop` its SIGTERM tells them to `reconnect`, and the sends they wrote before reading that
+/// are forwarded to the shards' owners over peer links. A table without it would close those
+/// links at once and leave its clients' sends unanswered for the whole `preStop` sleep, so it
+/// stays in the table until its pod is gone.
+fn lingering(
+    statefulset: &str,
+    replicas: u32,
+    pods: &[Pod],
+    table: &AssignmentTable,
+) -> Vec<NodeName> {
+    pods.iter()
+        .filter_map(|pod| NodeName::new(pod.name_any()).ok())
+        .filter(|name| {
+            shard::ordinal_of(name)
+                .is_some_and(|o| o >= replicas && name.as_str() == format!("{statefulset}-{o}"))
+                && table.nodes.contains_key(name)
+        })
+        .collect()
 }
 
 /// Applies every child that does not depend on the table or the pods.

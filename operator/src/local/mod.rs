@@ -516,7 +516,16 @@ impl Shared {
             }
         };
 
-        if decision.publish {
+        // Pods removed by the drain whose processes still run (telling their clients to
+        // reconnect) stay in the table until they exit: see `only_drops`.
+        let lingering: Vec<NodeName> = st
+            .pods
+            .iter()
+            .filter(|(ordinal, pod)| **ordinal >= decision.replicas && pod.proc.is_some())
+            .map(|(_, pod)| pod.name.clone())
+            .filter(|name| published.nodes.contains_key(name))
+            .collect();
+        if decision.publish && !crate::decide::only_drops(&published, &decision.table, &lingering) {
             let table = &decision.table;
             let owners: Vec<String> = table
                 .counts()
