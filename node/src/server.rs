@@ -26,6 +26,9 @@ use crate::edge::CLOSE_POLICY;
 use crate::state::{NodeState, NodeStatus};
 use crate::table_source::{self, TableSource};
 
+/// How long a stopping node waits for its peer links to deliver what its clients sent last.
+const PEER_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The chat page: a complete client for protocol v1, served at `/`.
 const CHAT_PAGE: &str = include_str!("../static/index.html");
 
@@ -98,6 +101,18 @@ pub async fn run(
         tracing::warn!("connections still open after the shutdown grace period");
     }
     if let Some(peers) = &node.peers {
+        // What the last clients sent is still on its way to the rooms' owners: let the links
+        // deliver it (until acknowledged, bounded) before they close with the process.
+        let deadline = tokio::time::Instant::now() + PEER_FLUSH_TIMEOUT;
+        while peers.pending() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if peers.pending() > 0 {
+            tracing::warn!(
+                unacknowledged = peers.pending(),
+                "peer links closed with messages in flight"
+            );
+        }
         peers.close();
     }
     if let Some(follower) = follower {

@@ -58,28 +58,38 @@ pub struct Report {
     pub moves_done: Vec<Move>,
 }
 
-/// True when `next` is `published` without the `lingering` nodes and nothing else changed.
+/// The table to publish when `lingering` pods, removed by a drain, still run: `next` with them
+/// kept in (as listed in `published`), and the epoch moved only if that still changes anything.
 ///
 /// A pod removed by a drain owns nothing, but until its process has stopped it still serves
 /// clients: it told them to `reconnect`, and what they sent just before is forwarded to the
-/// rooms' owners over its peer links. A table that only drops such pods would close those
-/// links early and leave those sends unanswered, so both drivers hold it back until the pods
-/// are gone (their exit triggers the next pass).
-pub fn only_drops(
+/// rooms' owners over its peer links. A table without it would close those links early and
+/// leave those sends unanswered, so both drivers keep it listed until it is gone (its exit
+/// triggers the next pass). Nodes that are gone are dropped at once, lingering ones or not.
+pub fn keep_lingering(
     published: &AssignmentTable,
     next: &AssignmentTable,
     lingering: &[NodeName],
-) -> bool {
-    if lingering.is_empty() {
-        return false;
-    }
-    let mut without = published.clone();
+) -> AssignmentTable {
+    let mut table = next.clone();
     for name in lingering {
-        without.nodes.remove(name);
-        without.draining.remove(name);
+        let owns_or_moves = !next.shards_of(name).is_empty()
+            || next.moves.iter().any(|m| &m.from == name || &m.to == name);
+        if table.nodes.contains_key(name) || owns_or_moves {
+            continue;
+        }
+        if let Some(info) = published.nodes.get(name) {
+            table.nodes.insert(name.clone(), info.clone());
+            if published.draining.contains(name) {
+                table.draining.insert(name.clone());
+            }
+        }
     }
-    without.epoch = next.epoch;
-    without == *next
+    table.epoch = published.epoch;
+    if table != *published {
+        table.epoch = published.epoch + 1;
+    }
+    table
 }
 
 /// The fields of a node's `/status` that decisions use (the node serves more).
@@ -452,27 +462,29 @@ mod tests {
     }
 
     #[test]
-    fn a_table_that_only_drops_lingering_pods_is_held_back_and_any_other_change_is_not() {
-        let published = table_of(&[0, 1, 2], &[2]);
+    fn pods_removed_by_a_drain_stay_in_the_table_while_they_run_and_gone_ones_leave() {
+        let published = table_of(&[0, 1, 2, 3], &[2, 3]);
         assert!(
             published.shards_of(&name(2)).is_empty(),
-            "the drained pod owns nothing"
+            "drained pods own nothing"
         );
-        let mut dropped = published.clone();
-        dropped.nodes.remove(&name(2));
-        dropped.draining.remove(&name(2));
-        dropped.epoch += 1;
-        assert!(only_drops(&published, &dropped, &[name(2)]));
-        assert!(
-            !only_drops(&published, &dropped, &[]),
-            "nothing lingers: publish"
-        );
-        let mut more = dropped.clone();
-        more.nodes.remove(&name(1));
-        assert!(
-            !only_drops(&published, &more, &[name(2)]),
-            "another change: publish"
-        );
+        let mut next = published.clone();
+        for i in [2, 3] {
+            next.nodes.remove(&name(i));
+            next.draining.remove(&name(i));
+        }
+        next.epoch += 1;
+        // Both still run: nothing to publish.
+        let held = keep_lingering(&published, &next, &[name(2), name(3)]);
+        assert_eq!(held, published);
+        // node-3 is gone, node-2 still runs: only node-3 leaves, with a new epoch.
+        let partial = keep_lingering(&published, &next, &[name(2)]);
+        assert_eq!(partial.epoch, published.epoch + 1);
+        assert!(partial.nodes.contains_key(&name(2)) && partial.draining.contains(&name(2)));
+        assert!(!partial.nodes.contains_key(&name(3)));
+        assert!(partial.validate().is_ok());
+        // Nothing lingers: the next table as decided.
+        assert_eq!(keep_lingering(&published, &next, &[]), next);
     }
 
     fn dead(i: u32) -> PodView {

@@ -289,18 +289,24 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         drain_elapsed: status::drain_elapsed(old, now),
         age,
     };
-    let decision = decide(inputs, &options)?;
+    let mut decision = decide(inputs, &options)?;
     let lingering = lingering(&names.statefulset, decision.replicas, &pods, &table);
-    let keep_lingering = decision.publish
-        && configmap.is_some()
-        && crate::decide::only_drops(&table, &decision.table, &lingering);
-    if keep_lingering {
+    let table_to_publish = crate::decide::keep_lingering(&table, &decision.table, &lingering);
+    if table_to_publish != decision.table {
         tracing::debug!(cluster = %owner.name, ?lingering,
             "removed pods still exist: they stay in the table until they are gone");
     }
+    let publish = decision.publish && table_to_publish.epoch != table.epoch;
+
+    // What the nodes see from here on, for the status and the metrics too.
+    decision.table = if publish || configmap.is_none() {
+        table_to_publish
+    } else {
+        table.clone()
+    };
 
     // 6. Act: table first, so nodes learn of a drain before anything else changes.
-    if (decision.publish && !keep_lingering) || configmap.is_none() {
+    if publish || configmap.is_none() {
         let cm = children::config::assignment_configmap(&owner, &decision.table)?;
         apply(&configmaps, &names.configmap, &cm).await?;
         tracing::info!(cluster = %owner.name, epoch = decision.table.epoch,

@@ -517,7 +517,7 @@ impl Shared {
         };
 
         // Pods removed by the drain whose processes still run (telling their clients to
-        // reconnect) stay in the table until they exit: see `only_drops`.
+        // reconnect) stay in the table until they exit: see `keep_lingering`.
         let lingering: Vec<NodeName> = st
             .pods
             .iter()
@@ -525,8 +525,9 @@ impl Shared {
             .map(|(_, pod)| pod.name.clone())
             .filter(|name| published.nodes.contains_key(name))
             .collect();
-        if decision.publish && !crate::decide::only_drops(&published, &decision.table, &lingering) {
-            let table = &decision.table;
+        let next = crate::decide::keep_lingering(&published, &decision.table, &lingering);
+        if decision.publish && next.epoch != published.epoch {
+            let table = &next;
             let owners: Vec<String> = table
                 .counts()
                 .iter()
@@ -539,7 +540,7 @@ impl Shared {
                 draining = table.draining.len(),
                 "published table"
             );
-            self.table.send_replace(Arc::new(decision.table.clone()));
+            self.table.send_replace(Arc::new(next.clone()));
         }
 
         if phase(&decision.step) != phase(&st.step) {
