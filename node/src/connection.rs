@@ -249,11 +249,12 @@ impl Connection {
                 if !self.joined.contains(&room) && self.joined.len() >= max_rooms {
                     let message =
                         format!("too many rooms: a connection may join at most {max_rooms}");
-                    return self.refuse(refusal_for(
-                        &ClientOp::Join { room, since },
-                        ErrorCode::Forbidden,
+                    return self.refuse(Refusal {
+                        code: ErrorCode::Forbidden,
                         message,
-                    ));
+                        cid: None,
+                        room: Some(room),
+                    });
                 }
                 let fresh = self.joined.insert(room.clone());
                 let command = RoomCommand::Join {

@@ -72,6 +72,16 @@ pub enum RouteError {
     Moved,
 }
 
+/// A command a room did not take, handed back with the reason, so that the caller can forward
+/// it or answer its sender without having kept a copy.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why the room did not take it.
+    pub error: RouteError,
+    /// The command, untouched.
+    pub command: RoomCommand,
+}
+
 #[derive(Debug)]
 struct Slot {
     /// The actor's queue; `None` while the room is passivated.
@@ -135,46 +145,47 @@ impl Rooms {
     /// full queue at most the send timeout.
     ///
     /// # Errors
-    /// [`RouteError::Overloaded`] when the queue stays full, [`RouteError::Moved`] when the
-    /// room's shard is being handed away.
+    /// [`Refused`] with [`RouteError::Overloaded`] when the queue stays full,
+    /// [`RouteError::Moved`] when the room's shard is being handed away.
     pub async fn send(
         self: &Arc<Self>,
         room: &RoomId,
         command: RoomCommand,
-    ) -> Result<(), RouteError> {
-        let tx = match self.reserve(room)? {
-            Ok(permit) => {
+    ) -> Result<(), Refused> {
+        let tx = match self.reserve(room) {
+            Ok(Ok(permit)) => {
                 permit.send(ActorMsg::Command(command));
                 return Ok(());
             }
-            Err(tx) => tx,
+            Ok(Err(tx)) => tx,
+            Err(error) => return Err(Refused { error, command }),
         };
-        match tokio::time::timeout(self.settings.send_timeout, tx.reserve_owned()).await {
+        let error = match tokio::time::timeout(self.settings.send_timeout, tx.reserve_owned()).await
+        {
             Ok(Ok(permit)) => {
                 permit.send(ActorMsg::Command(command));
-                Ok(())
+                return Ok(());
             }
-            Ok(Err(_)) => Err(RouteError::Unavailable),
-            Err(_) => Err(RouteError::Overloaded),
-        }
+            Ok(Err(_)) => RouteError::Unavailable,
+            Err(_) => RouteError::Overloaded,
+        };
+        Err(Refused { error, command })
     }
 
     /// Queue a command without waiting (peer links must never stall on one room).
     ///
     /// # Errors
     /// As [`Rooms::send`], with `Overloaded` as soon as the queue is full.
-    pub fn try_send(
-        self: &Arc<Self>,
-        room: &RoomId,
-        command: RoomCommand,
-    ) -> Result<(), RouteError> {
-        match self.reserve(room)? {
-            Ok(permit) => {
+    pub fn try_send(self: &Arc<Self>, room: &RoomId, command: RoomCommand) -> Result<(), Refused> {
+        let error = match self.reserve(room) {
+            Ok(Ok(permit)) => {
                 permit.send(ActorMsg::Command(command));
-                Ok(())
+                return Ok(());
             }
-            Err(_) => Err(RouteError::Overloaded),
-        }
+            Ok(Err(_)) => RouteError::Overloaded,
+            Err(error) => error,
+        };
+        Err(Refused { error, command })
     }
 
     /// Under the registry lock: a permit for `room`'s queue, or its sender when it is full.
@@ -455,6 +466,30 @@ mod tests {
         }
     }
 
+    fn join(member: MemberKey) -> RoomCommand {
+        RoomCommand::Join {
+            member,
+            user: "ann".into(),
+            since: None,
+        }
+    }
+
+    fn post(member: MemberKey, text: &str) -> RoomCommand {
+        RoomCommand::Post {
+            member,
+            user: "ann".into(),
+            text: text.into(),
+            cid: None,
+        }
+    }
+
+    fn leave(member: MemberKey) -> RoomCommand {
+        RoomCommand::Leave {
+            member,
+            reply: false,
+        }
+    }
+
     fn member() -> MemberKey {
         MemberKey {
             node: NodeName::new("n").expect("valid"),
@@ -475,70 +510,19 @@ mod tests {
         );
         let room = RoomId::new("r").expect("valid");
         let m = member();
-        rooms
-            .send(
-                &room,
-                RoomCommand::Join {
-                    member: m.clone(),
-                    user: "ann".into(),
-                    since: None,
-                },
-            )
-            .await
-            .expect("join");
+        rooms.send(&room, join(m.clone())).await.expect("join");
         for _ in 0..3 {
-            rooms
-                .send(
-                    &room,
-                    RoomCommand::Post {
-                        member: m.clone(),
-                        user: "ann".into(),
-                        text: "x".into(),
-                        cid: None,
-                    },
-                )
-                .await
-                .expect("post");
+            rooms.send(&room, post(m.clone(), "x")).await.expect("post");
         }
-        rooms
-            .send(
-                &room,
-                RoomCommand::Leave {
-                    member: m.clone(),
-                    reply: false,
-                },
-            )
-            .await
-            .expect("leave");
+        rooms.send(&room, leave(m.clone())).await.expect("leave");
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(rooms.active(), 1, "still active before the idle time");
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert_eq!(rooms.active(), 0, "passivated after the idle time");
         assert_eq!(metrics.rooms_passivated.load(Ordering::Relaxed), 1);
         assert_eq!(rooms.last_seq(&room), 3);
-        rooms
-            .send(
-                &room,
-                RoomCommand::Join {
-                    member: m.clone(),
-                    user: "ann".into(),
-                    since: None,
-                },
-            )
-            .await
-            .expect("join");
-        rooms
-            .send(
-                &room,
-                RoomCommand::Post {
-                    member: m,
-                    user: "ann".into(),
-                    text: "y".into(),
-                    cid: None,
-                },
-            )
-            .await
-            .expect("post");
+        rooms.send(&room, join(m.clone())).await.expect("join");
+        rooms.send(&room, post(m, "y")).await.expect("post");
         tokio::time::sleep(Duration::from_millis(10)).await;
         let last = recorder.0.lock().expect("lock").last().cloned();
         let Some(EdgeEvent::Broadcast { frame, .. }) = last else {
@@ -562,17 +546,7 @@ mod tests {
             Arc::default(),
         );
         let room = RoomId::new("r").expect("valid");
-        rooms
-            .send(
-                &room,
-                RoomCommand::Join {
-                    member: member(),
-                    user: "ann".into(),
-                    since: None,
-                },
-            )
-            .await
-            .expect("join");
+        rooms.send(&room, join(member())).await.expect("join");
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(rooms.active(), 1);
     }
@@ -609,11 +583,7 @@ mod tests {
         s.queue = 1;
         let rooms = Rooms::new(s, 256, gate, Arc::new(Snowflake::new(1)), Arc::default());
         let room = RoomId::new("r").expect("valid");
-        let join = RoomCommand::Join {
-            member: member(),
-            user: "ann".into(),
-            since: None,
-        };
+        let join = join(member());
         rooms
             .send(&room, join.clone())
             .await
@@ -629,7 +599,7 @@ mod tests {
             .await
             .expect("the second command fills the queue");
         let refused = rooms.send(&room, join).await;
-        assert_eq!(refused, Err(RouteError::Overloaded));
+        assert_eq!(refused.map_err(|r| r.error), Err(RouteError::Overloaded));
         for _ in 0..4 {
             let _ = release_tx.send(());
         }

@@ -25,7 +25,7 @@ use crate::peer::wire::PeerMsg;
 use crate::peer::{PeerHandler, Peers};
 use crate::protocol::{self, ErrorCode};
 use crate::room::{MemberKey, RoomCommand, RoomSnapshot};
-use crate::rooms::{Fanout, RoomSettings, Rooms, RouteError};
+use crate::rooms::{Fanout, Refused, RoomSettings, Rooms, RouteError};
 use crate::snowflake::Snowflake;
 
 /// Forwards a command may take before it is answered with `room_unavailable`.
@@ -308,19 +308,24 @@ impl NodeState {
         match table.owner_of_room(room) {
             None => Err(RouteError::Unavailable),
             Some(owner) if owner == self.me() => {
-                if let Some(command) = self.buffer_if_incoming(room, command)? {
-                    match self.rooms.send(room, command.clone()).await {
-                        Err(RouteError::Moved) => {
-                            self.forward(room.clone(), command, 0);
-                            Ok(())
-                        }
-                        other => other,
+                let Some(command) = self.buffer_if_incoming(room, command) else {
+                    return Ok(());
+                };
+                match self.rooms.send(room, command).await {
+                    Ok(()) => Ok(()),
+                    Err(Refused {
+                        error: RouteError::Moved,
+                        command,
+                    }) => {
+                        self.forward(room.clone(), command, 0);
+                        Ok(())
                     }
-                } else {
-                    Ok(())
+                    Err(refused) => Err(refused.error),
                 }
             }
-            Some(owner) => self.send_command(owner, room.clone(), command, 0),
+            Some(owner) => self
+                .send_command(owner, room.clone(), command, 0)
+                .map_err(|_| RouteError::Unavailable),
         }
     }
 
@@ -330,61 +335,60 @@ impl NodeState {
         if table.owner_of_room(&room) != Some(self.me()) {
             return self.forward(room, command, hops);
         }
-        let command = match self.buffer_if_incoming(&room, command) {
-            Ok(Some(command)) => command,
-            Ok(None) => return,
-            Err(e) => return self.answer_error(None, e, &room),
+        let Some(command) = self.buffer_if_incoming(&room, command) else {
+            return;
         };
-        let answer = command.clone();
         match self.rooms.try_send(&room, command) {
             Ok(()) => {}
-            Err(RouteError::Moved) => self.forward(room, answer, hops),
-            Err(e) => self.answer_error(Some(&answer), e, &room),
+            Err(Refused {
+                error: RouteError::Moved,
+                command,
+            }) => self.forward(room, command, hops),
+            Err(Refused { error, command }) => self.answer_error(&command, error, &room),
         }
     }
 
-    /// Buffer `command` when its shard is on its way to this node.
-    fn buffer_if_incoming(
-        &self,
-        room: &RoomId,
-        command: RoomCommand,
-    ) -> Result<Option<RoomCommand>, RouteError> {
+    /// Buffer `command` when its shard is on its way to this node (answering its sender when
+    /// the buffer is full or the hand-off overdue); otherwise hand it back.
+    fn buffer_if_incoming(&self, room: &RoomId, command: RoomCommand) -> Option<RoomCommand> {
         let shard = shard::shard_of(room, self.settings.shards);
         let mut handoffs = lock(&self.handoffs);
         let Some(incoming) = handoffs.incoming.get_mut(&shard) else {
-            return Ok(Some(command));
+            return Some(command);
         };
         if incoming.overdue || incoming.buffer.len() >= self.settings.handoff.buffer {
             drop(handoffs);
-            self.answer_error(Some(&command), RouteError::Unavailable, room);
-            return Ok(None);
+            self.answer_error(&command, RouteError::Unavailable, room);
+            return None;
         }
         incoming.buffer.push_back((room.clone(), command));
-        Ok(None)
+        None
     }
 
     /// Send `command` on to the owner the current table names.
     fn forward(&self, room: RoomId, command: RoomCommand, hops: u8) {
         let table = self.table();
-        match table.owner_of_room(&room) {
+        let refused = match table.owner_of_room(&room) {
             Some(owner) if owner != self.me() && hops < MAX_HOPS => {
-                if let Err(e) = self.send_command(owner, room.clone(), command.clone(), hops + 1) {
-                    self.answer_error(Some(&command), e, &room);
-                }
+                self.send_command(owner, room.clone(), command, hops + 1)
             }
-            _ => self.answer_error(Some(&command), RouteError::Unavailable, &room),
+            _ => Err(command),
+        };
+        if let Err(command) = refused {
+            self.answer_error(&command, RouteError::Unavailable, &room);
         }
     }
 
+    /// Queue `command` for `owner`; the command comes back when it cannot be sent.
     fn send_command(
         &self,
         owner: &NodeName,
         room: RoomId,
         command: RoomCommand,
         hops: u8,
-    ) -> Result<(), RouteError> {
+    ) -> Result<(), RoomCommand> {
         let Some(peers) = &self.peers else {
-            return Err(RouteError::Unavailable);
+            return Err(command);
         };
         let epoch = self.table().epoch;
         let msg = PeerMsg::Command {
@@ -393,7 +397,13 @@ impl NodeState {
             hops,
             epoch,
         };
-        peers.send(owner, msg).map_err(|_| RouteError::Unavailable)
+        match peers.send(owner, msg) {
+            Ok(())
+            | Err(PeerMsg::Event(_) | PeerMsg::Snapshot { .. } | PeerMsg::SnapshotAck { .. }) => {
+                Ok(())
+            }
+            Err(PeerMsg::Command { command, .. }) => Err(command),
+        }
     }
 
     /// Deliver an event to `node`'s edge: here, or over the link.
@@ -409,8 +419,7 @@ impl NodeState {
     }
 
     /// Answer the member behind `command` with an error frame (nothing when there is none).
-    fn answer_error(&self, command: Option<&RoomCommand>, error: RouteError, room: &RoomId) {
-        let Some(command) = command else { return };
+    fn answer_error(&self, command: &RoomCommand, error: RouteError, room: &RoomId) {
         let Some(member) = command.member() else {
             return;
         };
@@ -525,7 +534,7 @@ impl NodeState {
     fn on_bounce(&self, to: &NodeName, msg: &PeerMsg) {
         match msg {
             PeerMsg::Command { room, command, .. } => {
-                self.answer_error(Some(command), RouteError::Unavailable, room);
+                self.answer_error(command, RouteError::Unavailable, room);
             }
             PeerMsg::Event(_) => {
                 self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
@@ -712,6 +721,12 @@ impl NodeState {
         }
     }
 
+    /// Whether no hand-off is in progress here, either way.
+    fn handoffs_idle(&self) -> bool {
+        let handoffs = lock(&self.handoffs);
+        handoffs.incoming.is_empty() && handoffs.outgoing.is_empty()
+    }
+
     /// Answer senders waiting on overdue hand-offs or on a table that never came.
     fn expire_handoffs(&self, now: Instant) {
         let mut expired = Vec::new();
@@ -731,7 +746,7 @@ impl NodeState {
             }
         }
         for (room, command) in expired {
-            self.answer_error(Some(&command), RouteError::Unavailable, &room);
+            self.answer_error(&command, RouteError::Unavailable, &room);
         }
     }
 }
@@ -741,7 +756,7 @@ async fn watch_handoff_deadlines(node: Weak<NodeState>) {
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
-        if node.shutdown.is_cancelled() && node.status().moves_in_flight == 0 {
+        if node.shutdown.is_cancelled() && node.handoffs_idle() {
             return;
         }
         node.expire_handoffs(Instant::now());
