@@ -131,7 +131,8 @@ export declare class RoomshardClient {
   on<K extends keyof Events>(type: K, listener: (payload: Events[K]) => void): () => void;
   connect(): void;
   close(): void;
-  join(room: string): Promise<Joined>;
+  /** `since`: resume from a seq the application kept (only later messages are replayed). */
+  join(room: string, options?: { since?: number }): Promise<Joined>;
   leave(room: string): void;
   send(room: string, text: string): Promise<Sent>;
   ping(): Promise<number>;

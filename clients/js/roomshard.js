@@ -143,12 +143,18 @@ export class RoomshardClient {
 
   /**
    * Join a room (or re-sync one already joined). Resolves with the `joined` event payload; the
-   * room is re-joined automatically after every reconnect until `leave`.
+   * room is re-joined automatically after every reconnect until `leave`. `since` resumes from a
+   * seq the application kept itself (say, from an earlier client): only later messages come.
    * @param {string} room
+   * @param {{ since?: number }} [options]
    */
-  join(room) {
+  join(room, options = {}) {
     let r = this.rooms.get(room);
     if (!r) { r = new RoomState(room); this.rooms.set(room, r); }
+    if (Number.isInteger(options.since) && options.since >= 0 && !r.synced) {
+      r.seq = options.since;
+      r.synced = true;
+    }
     r.state = 'joining';
     const done = new Promise((resolve, reject) => r.joinWaiters.push({ resolve, reject }));
     if (this.connected) this.sendJoin(r);

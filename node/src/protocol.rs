@@ -1,8 +1,11 @@
-//! The client wire protocol, version 1 (`shared/PROTOCOL.md`), in one place.
+//! The client wire protocol, version 1 (`docs/protocol.md`), in one place.
 //!
 //! Incoming text frames are parsed into one enum, [`ClientOp`], at the edge of the node, so
 //! nothing deeper ever sees raw JSON from a client. Outgoing frames are built here too, as
 //! JSON text that is serialized once and then shared by every recipient.
+//!
+//! [`ClientOp::NAMES`], [`SERVER_OPS`] and [`ErrorCode::ALL`] list the protocol's vocabulary;
+//! `node/tests/protocol_doc.rs` fails when `docs/protocol.md` lists a different one.
 
 use std::fmt;
 
@@ -94,6 +97,19 @@ pub enum ClientOp {
 }
 
 impl ClientOp {
+    /// Every client op of protocol v1, as named on the wire.
+    pub const NAMES: [&'static str; 4] = ["join", "leave", "send", "ping"];
+
+    /// The op's name on the wire (one of [`ClientOp::NAMES`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Join { .. } => "join",
+            ClientOp::Leave { .. } => "leave",
+            ClientOp::Send { .. } => "send",
+            ClientOp::Ping { .. } => "ping",
+        }
+    }
+
     /// The room the request is about, if any (echoed in errors).
     pub fn room(&self) -> Option<&RoomId> {
         match self {
@@ -254,7 +270,10 @@ pub fn parse_client_frame(frame: &str, max_text_bytes: usize) -> Result<ClientOp
         "ping" => Ok(ClientOp::Ping { cid }),
         other => Err(refuse(
             ErrorCode::BadRequest,
-            format!("unknown op `{other}`, expected one of join, leave, send, ping"),
+            format!(
+                "unknown op `{other}`, expected one of {}",
+                ClientOp::NAMES.join(", ")
+            ),
         )),
     }
 }
@@ -294,6 +313,17 @@ mod id_as_string {
     }
 }
 
+/// Every server op of protocol v1, as named on the wire (the `op` of every frame built here).
+pub const SERVER_OPS: [&str; 7] = [
+    "msg",
+    "joined",
+    "left",
+    "presence",
+    "pong",
+    "error",
+    "reconnect",
+];
+
 #[derive(Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum ServerFrame<'a> {
@@ -329,6 +359,23 @@ enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         after_ms: Option<u64>,
     },
+}
+
+impl ServerFrame<'_> {
+    /// The frame's `op`; exhaustive, so a new frame cannot be added without naming it here,
+    /// and a test checks the name against serde's and against [`SERVER_OPS`].
+    #[cfg(test)]
+    fn op(&self) -> &'static str {
+        match self {
+            ServerFrame::Msg(_) => "msg",
+            ServerFrame::Joined { .. } => "joined",
+            ServerFrame::Left { .. } => "left",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::Pong { .. } => "pong",
+            ServerFrame::Error { .. } => "error",
+            ServerFrame::Reconnect { .. } => "reconnect",
+        }
+    }
 }
 
 fn to_text(frame: &ServerFrame<'_>) -> String {
@@ -448,6 +495,62 @@ mod tests {
             parse_client_frame(r#"{"op":"ping","future":true}"#, LIMIT),
             Ok(ClientOp::Ping { cid: None })
         );
+    }
+
+    #[test]
+    fn every_client_op_name_parses_into_the_op_of_that_name() {
+        for name in ClientOp::NAMES {
+            let frame = format!(r#"{{"op":"{name}","room":"a","text":"t"}}"#);
+            let op = parse_client_frame(&frame, LIMIT).expect("a listed op parses");
+            assert_eq!(op.name(), name);
+        }
+    }
+
+    #[test]
+    fn every_server_frame_is_named_in_server_ops_as_serde_writes_it() {
+        let room = RoomId::new("a").expect("valid room");
+        let message = ChatMessage {
+            room: room.clone(),
+            seq: 1,
+            id: 1,
+            user: "ann".into(),
+            text: "hi".into(),
+            ts: 1,
+            cid: None,
+        };
+        let frames = [
+            ServerFrame::Msg(&message),
+            ServerFrame::Joined {
+                room: &room,
+                seq: 0,
+                members: &[],
+                history: &[],
+            },
+            ServerFrame::Left { room: &room },
+            ServerFrame::Presence {
+                room: &room,
+                user: "ann",
+                event: "join",
+            },
+            ServerFrame::Pong { cid: None },
+            ServerFrame::Error {
+                code: ErrorCode::Internal,
+                message: "m",
+                cid: None,
+                room: None,
+            },
+            ServerFrame::Reconnect {
+                reason: "r",
+                after_ms: None,
+            },
+        ];
+        let mut seen = Vec::new();
+        for frame in &frames {
+            let value: serde_json::Value = serde_json::from_str(&to_text(frame)).expect("json");
+            assert_eq!(value["op"], frame.op());
+            seen.push(frame.op());
+        }
+        assert_eq!(seen, SERVER_OPS);
     }
 
     #[test]

@@ -214,6 +214,18 @@ test('a fixed token that is refused ends the client and rejects what was waiting
   assert.equal(c.seen.reconnecting.length, 0);
 });
 
+test('a join with since asks only for what came after it', async () => {
+  const c = newClient();
+  c.connect();
+  const conn = await server.accept();
+  const joining = c.join('lobby', { since: 40 });
+  assert.deepEqual(await conn.next('join'), { op: 'join', room: 'lobby', since: 40 });
+  conn.send(joined('lobby', 42, [41, 42]));
+  assert.equal((await joining).resumed, true);
+  assert.deepEqual(c.seen.message.map((m) => m.seq), [41, 42]);
+  assert.deepEqual(c.seen.gap, []);
+});
+
 test('presence events keep the member list', async () => {
   const c = newClient();
   const conn = await connectAndJoin(c, 'lobby', joined('lobby', 0, [], ['alice', 'carol']));
