@@ -19,6 +19,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY shard ./shard
 COPY node ./node
+# The node embeds the JavaScript client it serves at /roomshard.js.
+COPY clients/js/roomshard.js ./clients/js/roomshard.js
 COPY operator ./operator
 COPY testing ./testing
 # The registry and target caches stay on the build machine between builds; the binaries are

@@ -1,4 +1,4 @@
-//! Who is connecting: the identity rules of PROTOCOL.md.
+//! Who is connecting: the identity rules of `docs/protocol.md`.
 //!
 //! With a signing key configured, `?token=` must carry a JWT signed with HS256 whose `sub` is
 //! the user name and whose `exp` lies in the future. Without one (development, benchmarks),

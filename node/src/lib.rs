@@ -1,6 +1,6 @@
 //! # roomshard node
 //!
-//! A chat node: it serves WebSocket clients (protocol v1, `shared/PROTOCOL.md`), hosts the
+//! A chat node: it serves WebSocket clients (protocol v1, `docs/protocol.md`), hosts the
 //! actors of the rooms it owns and delivers their messages to its own clients.
 //!
 //! A tour, from the wire inwards:

@@ -1,8 +1,11 @@
-//! The client wire protocol, version 1 (`shared/PROTOCOL.md`), in one place.
+//! The client wire protocol, version 1 (`docs/protocol.md`), in one place.
 //!
 //! Incoming text frames are parsed into one enum, [`ClientOp`], at the edge of the node, so
 //! nothing deeper ever sees raw JSON from a client. Outgoing frames are built here too, as
 //! JSON text that is serialized once and then shared by every recipient.
+//!
+//! [`ClientOp::NAMES`], [`SERVER_OPS`] and [`ErrorCode::ALL`] list the protocol's vocabulary;
+//! `node/tests/protocol_doc.rs` fails when `docs/protocol.md` lists a different one.
 
 use std::fmt;
 
@@ -94,6 +97,19 @@ pub enum ClientOp {
 }
 
 impl ClientOp {
+    /// Every client op of protocol v1, as named on the wire.
+    pub const NAMES: [&'static str; 4] = ["join", "leave", "send", "ping"];
+
+    /// The op's name on the wire (one of [`ClientOp::NAMES`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Join { .. } => "join",
+            ClientOp::Leave { .. } => "leave",
+            ClientOp::Send { .. } => "send",
+            ClientOp::Ping { .. } => "ping",
+        }
+    }
+
     /// The room the request is about, if any (echoed in errors).
     pub fn room(&self) -> Option<&RoomId> {
         match self {
@@ -254,7 +270,10 @@ pub fn parse_client_frame(frame: &str, max_text_bytes: usize) -> Result<ClientOp
         "ping" => Ok(ClientOp::Ping { cid }),
         other => Err(refuse(
             ErrorCode::BadRequest,
-            format!("unknown op `{other}`, expected one of join, leave, send, ping"),
+            format!(
+                "unknown op `{other}`, expected one of {}",
+                ClientOp::NAMES.join(", ")
+            ),
         )),
     }
 }
@@ -294,6 +313,17 @@ mod id_as_string {
     }
 }
 
+/// Every server op of protocol v1, as named on the wire (the `op` of every frame built here).
+pub const SERVER_OPS: [&str; 7] = [
+    "msg",
+    "joined",
+    "left",
+    "presence",
+    "pong",
+    "error",
+    "reconnect",
+];
+
 #[derive(Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum ServerFrame<'a> {
@@ -329,6 +359,23 @@ enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         after_ms: Option<u64>,
     },
+}
+
+impl ServerFrame<'_> {
+    /// The frame's `op`; exhaustive, so a new frame cannot be added without naming it here,
+    /// and a test checks the name against serde's and against [`SERVER_OPS`].
+    #[cfg(test)]
+    fn op(&self) -> &'static str {
+        match self {
+            ServerFrame::Msg(_) => "msg",
+            ServerFrame::Joined { .. } => "joined",
+            ServerFrame::Left { .. } => "left",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::Pong { .. } => "pong",
+            ServerFrame::Error { .. } => "error",
+            ServerFrame::Reconnect { .. } => "reconnect",
+        }
+    }
 }
 
 fn to_text(frame: &ServerFrame<'_>) -> String {
@@ -407,151 +454,4 @@ pub fn reconnect_frame(reason: &str, after_ms: Option<u64>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LIMIT: usize = 16 * 1024;
-
-    fn refused(frame: &str) -> Refusal {
-        match parse_client_frame(frame, LIMIT) {
-            Err(refusal) => refusal,
-            Ok(op) => panic!("expected a refusal for {frame}, got {op:?}"),
-        }
-    }
-
-    #[test]
-    fn every_op_parses_with_its_fields() {
-        let room = RoomId::new("lobby").expect("valid room");
-        assert_eq!(
-            parse_client_frame(r#"{"op":"join","room":"lobby","since":4}"#, LIMIT),
-            Ok(ClientOp::Join {
-                room: room.clone(),
-                since: Some(4)
-            })
-        );
-        assert_eq!(
-            parse_client_frame(r#"{"op":"leave","room":"lobby"}"#, LIMIT),
-            Ok(ClientOp::Leave { room: room.clone() })
-        );
-        assert_eq!(
-            parse_client_frame(
-                r#"{"op":"send","room":"lobby","text":"hi","cid":"c1"}"#,
-                LIMIT
-            ),
-            Ok(ClientOp::Send {
-                room,
-                text: "hi".into(),
-                cid: Some("c1".into())
-            })
-        );
-        assert_eq!(
-            parse_client_frame(r#"{"op":"ping","future":true}"#, LIMIT),
-            Ok(ClientOp::Ping { cid: None })
-        );
-    }
-
-    #[test]
-    fn malformed_json_is_a_bad_request() {
-        let refusal = refused("{not json");
-        assert_eq!(refusal.code, ErrorCode::BadRequest);
-        assert!(
-            refusal.message.starts_with("malformed json"),
-            "{}",
-            refusal.message
-        );
-    }
-
-    #[test]
-    fn unknown_op_is_named_in_the_error_and_keeps_the_cid() {
-        let refusal = refused(r#"{"op":"dance","cid":"x"}"#);
-        assert_eq!(refusal.code, ErrorCode::BadRequest);
-        assert!(refusal.message.contains("`dance`"));
-        assert_eq!(refusal.cid.as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn a_missing_field_is_named() {
-        assert!(refused(r#"{"op":"join"}"#).message.contains("`room`"));
-        assert!(
-            refused(r#"{"op":"send","room":"a"}"#)
-                .message
-                .contains("`text`")
-        );
-        assert!(refused(r#"{"room":"a"}"#).message.contains("`op`"));
-    }
-
-    #[test]
-    fn invalid_room_names_are_refused() {
-        let long = "r".repeat(129);
-        for frame in [
-            r#"{"op":"join","room":""}"#.to_owned(),
-            format!(r#"{{"op":"join","room":"{long}"}}"#),
-            r#"{"op":"join","room":"a\u0007b"}"#.to_owned(),
-        ] {
-            let refusal = refused(&frame);
-            assert_eq!(refusal.code, ErrorCode::BadRequest, "{frame}");
-            assert!(
-                refusal.message.starts_with("invalid room"),
-                "{}",
-                refusal.message
-            );
-        }
-    }
-
-    #[test]
-    fn text_over_the_limit_is_too_large_and_names_the_room() {
-        let text = "x".repeat(LIMIT + 1);
-        let refusal = refused(&format!(r#"{{"op":"send","room":"a","text":"{text}"}}"#));
-        assert_eq!(refusal.code, ErrorCode::TooLarge);
-        assert_eq!(
-            refusal.room.map(|r| r.as_str().to_owned()),
-            Some("a".into())
-        );
-        let exactly = "x".repeat(LIMIT);
-        assert!(
-            parse_client_frame(
-                &format!(r#"{{"op":"send","room":"a","text":"{exactly}"}}"#),
-                LIMIT
-            )
-            .is_ok()
-        );
-    }
-
-    #[test]
-    fn wrong_types_are_refused() {
-        assert!(
-            refused(r#"{"op":"join","room":"a","since":-1}"#)
-                .message
-                .contains("since")
-        );
-        assert!(
-            refused(r#"{"op":"send","room":"a","text":5}"#)
-                .message
-                .contains("text")
-        );
-        assert!(refused(r#"{"op":"ping","cid":7}"#).message.contains("cid"));
-        assert!(refused("[1,2]").message.contains("object"));
-    }
-
-    #[test]
-    fn a_msg_frame_carries_the_id_as_a_decimal_string() {
-        let message = ChatMessage {
-            room: RoomId::new("a").expect("valid room"),
-            seq: 3,
-            id: u64::MAX,
-            user: "ann".into(),
-            text: "hi \"there\"".into(),
-            ts: 1,
-            cid: None,
-        };
-        let frame = msg_frame(&message);
-        let value: serde_json::Value = serde_json::from_str(&frame).expect("json");
-        assert_eq!(value["op"], "msg");
-        assert_eq!(value["id"], u64::MAX.to_string());
-        assert!(value.get("cid").is_none());
-        let joined = joined_frame(&message.room, 3, &["ann"], &[&frame]);
-        let value: serde_json::Value = serde_json::from_str(&joined).expect("json");
-        assert_eq!(value["history"][0]["text"], "hi \"there\"");
-        assert_eq!(value["members"][0], "ann");
-    }
-}
+mod tests;

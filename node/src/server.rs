@@ -1,6 +1,6 @@
-//! The HTTP side of a node: `/ws` for clients, the chat page, health, readiness, metrics and
-//! status; and [`run`], which serves until its shutdown signal and then drains every
-//! connection.
+//! The HTTP side of a node: `/ws` for clients, the chat page and its client module, health,
+//! readiness, metrics and status; and [`run`], which serves until its shutdown signal and then
+//! drains every connection.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,8 +29,12 @@ use crate::table_source::{self, TableSource};
 /// How long a stopping node waits for its peer links to deliver what its clients sent last.
 const PEER_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The chat page: a complete client for protocol v1, served at `/`.
+/// The chat page, served at `/`; it uses the JavaScript client below.
 const CHAT_PAGE: &str = include_str!("../static/index.html");
+
+/// The JavaScript client library (`clients/js`), served at `/roomshard.js` so the chat page and
+/// any page on the cluster's origin get the very client that is tested and published.
+const CLIENT_MODULE: &str = include_str!("../../clients/js/roomshard.js");
 
 #[derive(Clone)]
 struct AppState {
@@ -145,6 +149,7 @@ async fn peer_link(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(chat_page))
+        .route("/roomshard.js", get(client_module))
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -155,6 +160,14 @@ fn router(state: AppState) -> Router {
 
 async fn chat_page() -> Html<&'static str> {
     Html(CHAT_PAGE)
+}
+
+async fn client_module() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_MODULE,
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -425,6 +425,12 @@ async fn probes_metrics_status_and_the_chat_page_are_served() {
         page.contains("<html") && page.contains("/ws"),
         "the chat page is served"
     );
+    let (code, module) = node.http_get("/roomshard.js").await;
+    assert_eq!(code, 200);
+    assert!(
+        module.contains("export class RoomshardClient") && page.contains("./roomshard.js"),
+        "the client module the page imports is served"
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The protocol v1 frames the bench sends and the ones it reads (`shared/PROTOCOL.md`).
+//! The protocol v1 frames the bench sends and the ones it reads (`docs/protocol.md`).
 //!
 //! The bench is an outside client: it depends on the written protocol, not on the node's
 //! `protocol` module, so a silent change on the node side shows up here as a failure.
