@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod chat;
 pub mod history;
+pub mod ingress;
 
 use std::collections::BTreeMap;
 use std::future::Future;
