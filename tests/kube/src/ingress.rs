@@ -139,6 +139,8 @@ impl IngressNginx {
             .arg("-c")
             .arg(&conf)
             .args(["-g", "daemon off;"])
+            // Its own process group, so stopping it stops its worker processes too.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
         let stop = CancellationToken::new();
@@ -159,10 +161,26 @@ impl IngressNginx {
         })
     }
 
-    /// Stops nginx.
+    /// Stops nginx, master and workers.
     pub async fn stop(mut self) {
+        self.kill_group();
+        let _ = self.child.wait().await;
+    }
+
+    fn kill_group(&mut self) {
         self.stop.cancel();
-        let _ = self.child.kill().await;
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for IngressNginx {
+    fn drop(&mut self) {
+        self.kill_group();
     }
 }
 

@@ -4,19 +4,18 @@
 //! 3 → 2; every acknowledged message is in its room's history afterwards, once, in seq order,
 //! and listeners that resumed with `since` saw every one.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use kube::Api;
 use kube_e2e::chat::connect_tls;
 use kube_e2e::ingress::IngressNginx;
-use kube_e2e::{Cluster, TestResult, eventually, start_cluster};
+use kube_e2e::traffic::{Connect, Traffic};
+use kube_e2e::{Cluster, TestResult, eventually, with_cluster};
 use kubeharness::pki::Authority;
 use operator::k8s::crd::ChatCluster;
-use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The key `examples/ingress-auth.yaml` ships as its placeholder.
@@ -25,13 +24,7 @@ const ROOMS: usize = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_and_a_drain_through_nginx_with_tls_and_tokens_lose_nothing() -> TestResult {
-    let cluster = start_cluster(3).await?;
-    let outcome = through_nginx(&cluster).await;
-    if outcome.is_err() {
-        cluster.dump().await;
-    }
-    cluster.stop().await;
-    outcome
+    with_cluster(3, |c| Box::pin(through_nginx(c))).await
 }
 
 fn token(user: &str) -> TestResult<String> {
@@ -45,9 +38,6 @@ fn token(user: &str) -> TestResult<String> {
         &jsonwebtoken::EncodingKey::from_secret(SIGNING_KEY.as_bytes()),
     )?)
 }
-
-/// What one room's sender had acknowledged: seq to text.
-type Acked = Arc<Mutex<BTreeMap<u64, String>>>;
 
 async fn through_nginx(cluster: &Cluster) -> TestResult {
     let client = cluster.client().await?;
@@ -106,30 +96,20 @@ async fn through_nginx(cluster: &Cluster) -> TestResult {
         );
     }
 
-    let stop_at = Instant::now() + Duration::from_secs(30);
-    let mut tasks = Vec::new();
-    let mut acked_by_room = Vec::new();
-    let mut listeners = Vec::new();
-    for r in 0..ROOMS {
-        let room = format!("tls-room-{r}");
-        let acked: Acked = Arc::default();
-        acked_by_room.push((room.clone(), acked.clone()));
-        tasks.push(tokio::spawn(sender(
-            nginx.addr,
-            nginx.host.clone(),
-            ca.cert_pem.clone(),
-            room.clone(),
-            acked,
-            stop_at,
-        )));
-        listeners.push(tokio::spawn(listener(
-            nginx.addr,
-            nginx.host.clone(),
-            ca.cert_pem.clone(),
-            room,
-            stop_at + Duration::from_secs(8),
-        )));
-    }
+    let (addr, host, ca_pem) = (nginx.addr, nginx.host.clone(), ca.cert_pem.clone());
+    let connect: Connect = Arc::new(move |user: String| {
+        let (host, ca_pem) = (host.clone(), ca_pem.clone());
+        Box::pin(async move { connect_tls(addr, &host, &token(&user)?, &ca_pem).await })
+    });
+    // About 70 messages per room in 30 s: fewer than a room's history of 100, so the history
+    // holds every one and is checked whole.
+    let traffic = Traffic::start(
+        connect,
+        "tls-room",
+        ROOMS,
+        Duration::from_millis(400),
+        Duration::from_secs(30),
+    );
     tokio::time::sleep(Duration::from_secs(8)).await;
     cluster
         .kubectl(&[
@@ -142,10 +122,7 @@ async fn through_nginx(cluster: &Cluster) -> TestResult {
             r#"{"spec":{"replicas":2}}"#,
         ])
         .await?;
-    let mut ambiguous = 0;
-    for t in tasks {
-        ambiguous += t.await??;
-    }
+    let outcome = traffic.verify().await?;
     eventually(
         "ingress-auth settles on 2 pods",
         Duration::from_secs(120),
@@ -156,190 +133,15 @@ async fn through_nginx(cluster: &Cluster) -> TestResult {
         },
     )
     .await?;
-    let mut heard = BTreeMap::new();
-    for l in listeners {
-        let (room, seqs) = l.await??;
-        heard.insert(room, seqs);
-    }
-
-    // Every acknowledged message is in its room's history, once, with its seq; seqs are 1..=n.
-    let mut total = 0;
-    for (room, acked) in &acked_by_room {
-        let acked = acked.lock().await.clone();
-        let mut ws = connect_tls(nginx.addr, &nginx.host, &token("auditor")?, &ca.cert_pem).await?;
-        ws.send(Message::text(
-            json!({"op": "join", "room": room, "since": 0}).to_string(),
-        ))
-        .await?;
-        let joined = loop {
-            let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await?
-                .ok_or("closed")??;
-            if let Message::Text(t) = frame {
-                let v: Value = serde_json::from_str(&t)?;
-                if v["op"] == "joined" {
-                    break v;
-                }
-            }
-        };
-        let history: Vec<(u64, String)> = joined["history"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| {
-                (
-                    m["seq"].as_u64().unwrap_or(0),
-                    m["text"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect();
-        let seqs: Vec<u64> = history.iter().map(|(s, _)| *s).collect();
-        let last = joined["seq"].as_u64().unwrap_or(0);
-        assert_eq!(
-            seqs,
-            (1..=last).collect::<Vec<_>>(),
-            "{room}: history is every seq once, in order"
-        );
-        for (seq, text) in &acked {
-            assert!(
-                history.contains(&(*seq, text.clone())),
-                "{room}: acknowledged #{seq} {text:?} is in the history"
-            );
-        }
-        let listened = heard.get(room).cloned().unwrap_or_default();
-        assert_eq!(
-            listened,
-            (1..=last).collect::<Vec<_>>(),
-            "{room}: the listener saw every message once, resuming with since"
-        );
-        total += acked.len();
-    }
     eprintln!(
-        "{total} acknowledged messages in {ROOMS} rooms through nginx, {ambiguous} sends cut by a reconnect before their answer"
+        "{} acknowledged messages in {ROOMS} rooms through nginx, {} sends cut by a reconnect before their answer",
+        outcome.acknowledged, outcome.cut
     );
-    assert!(total > ROOMS * 40, "traffic flowed through nginx: {total}");
+    assert!(
+        outcome.acknowledged > ROOMS * 40,
+        "traffic flowed through nginx: {}",
+        outcome.acknowledged
+    );
     nginx.stop().await;
     Ok(())
-}
-
-/// Sends a message every 400 ms until `until`, one at a time, reconnecting through nginx when
-/// told to; returns how many sends were cut off before their answer came.
-async fn sender(
-    addr: std::net::SocketAddr,
-    host: String,
-    ca: String,
-    room: String,
-    acked: Acked,
-    until: Instant,
-) -> TestResult<u32> {
-    let mut n = 0u32;
-    let mut cut = 0;
-    let user = format!("{room}-sender");
-    'connect: while Instant::now() < until {
-        let Ok(mut ws) = connect_tls(addr, &host, &token(&user)?, &ca).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        ws.send(Message::text(
-            json!({"op": "join", "room": room}).to_string(),
-        ))
-        .await?;
-        while Instant::now() < until {
-            n += 1;
-            let text = format!("m{n}");
-            let cid = format!("c{n}");
-            if ws
-                .send(Message::text(
-                    json!({"op": "send", "room": room, "text": text, "cid": cid}).to_string(),
-                ))
-                .await
-                .is_err()
-            {
-                cut += 1;
-                continue 'connect;
-            }
-            loop {
-                let frame = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
-                let Ok(Some(Ok(Message::Text(t)))) = frame else {
-                    if matches!(frame, Ok(Some(Ok(_)))) {
-                        continue;
-                    }
-                    cut += 1;
-                    continue 'connect;
-                };
-                let v: Value = serde_json::from_str(&t)?;
-                if v["op"] == "msg" && v["cid"] == cid.as_str() {
-                    acked
-                        .lock()
-                        .await
-                        .insert(v["seq"].as_u64().unwrap_or(0), text.clone());
-                    break;
-                }
-                if v["op"] == "error" && v["cid"] == cid.as_str() {
-                    break; // answered: refused, not lost
-                }
-                if v["op"] == "reconnect" {
-                    cut += 1;
-                    continue 'connect;
-                }
-            }
-            // About 70 messages in 30 s: fewer than the room's history of 100, so the history
-            // holds every one and can be checked whole.
-            tokio::time::sleep(Duration::from_millis(400)).await;
-        }
-    }
-    Ok(cut)
-}
-
-/// Listens to `room` until `until`, resuming with `since` after every reconnect; returns the seqs
-/// it saw.
-async fn listener(
-    addr: std::net::SocketAddr,
-    host: String,
-    ca: String,
-    room: String,
-    until: Instant,
-) -> TestResult<(String, Vec<u64>)> {
-    let mut seen: Vec<u64> = Vec::new();
-    let user = format!("{room}-listener");
-    'connect: while Instant::now() < until {
-        let Ok(mut ws) = connect_tls(addr, &host, &token(&user)?, &ca).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let since = seen.last().copied().unwrap_or(0);
-        ws.send(Message::text(
-            json!({"op": "join", "room": room, "since": since}).to_string(),
-        ))
-        .await?;
-        while Instant::now() < until {
-            let frame = tokio::time::timeout(Duration::from_secs(1), ws.next()).await;
-            let Ok(frame) = frame else { continue };
-            let Some(Ok(Message::Text(t))) = frame else {
-                if matches!(frame, Some(Ok(_))) {
-                    continue;
-                }
-                continue 'connect;
-            };
-            let v: Value = serde_json::from_str(&t)?;
-            let mut take = |m: &Value| {
-                if let Some(s) = m["seq"].as_u64()
-                    && seen.last().is_none_or(|l| s > *l)
-                {
-                    seen.push(s);
-                }
-            };
-            match v["op"].as_str() {
-                Some("joined") => v["history"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .for_each(&mut take),
-                Some("msg") => take(&v),
-                Some("reconnect") => continue 'connect,
-                _ => {}
-            }
-        }
-    }
-    Ok((room, seen))
 }

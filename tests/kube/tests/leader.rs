@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use kube::Api;
-use kube_e2e::{Cluster, OPERATOR_NS, TestResult, eventually, start_cluster};
+use kube_e2e::{Cluster, OPERATOR_NS, TestResult, eventually, with_cluster};
 use operator::k8s::crd::ChatCluster;
 
 /// The operator's lease duration (operator/src/k8s/lease.rs).
@@ -14,13 +14,7 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_leader_pod_hands_the_lease_to_a_live_replica_which_then_reconciles()
 -> TestResult {
-    let cluster = start_cluster(2).await?;
-    let outcome = failover(&cluster).await;
-    if outcome.is_err() {
-        cluster.dump().await;
-    }
-    cluster.stop().await;
-    outcome
+    with_cluster(2, |c| Box::pin(failover(c))).await
 }
 
 async fn holder(cluster: &Cluster) -> Option<String> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::Api;
 use kube_e2e::bench::Load;
 use kube_e2e::history::{History, Seen};
-use kube_e2e::{Cluster, TestResult, eventually, start_cluster};
+use kube_e2e::{Cluster, TestResult, eventually, with_cluster};
 use kubeharness::service_proxy::ServiceProxy;
 use operator::k8s::crd::ChatCluster;
 use shard::NodeName;
@@ -16,13 +16,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_three_five_two_under_load_drains_before_the_statefulset_shrinks_and_loses_nothing()
 -> TestResult {
-    let cluster = start_cluster(3).await?;
-    let outcome = scale(&cluster).await;
-    if outcome.is_err() {
-        cluster.dump().await;
-    }
-    cluster.stop().await;
-    outcome
+    with_cluster(3, |c| Box::pin(scale(c))).await
 }
 
 async fn settled(chats: &Api<ChatCluster>, replicas: i32) -> Option<()> {
