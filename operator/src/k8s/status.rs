@@ -302,6 +302,7 @@ mod tests {
             start: vec![],
             stop: BTreeSet::new(),
             stuck: None,
+            exiting: BTreeSet::new(),
         }
     }
 

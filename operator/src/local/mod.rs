@@ -726,6 +726,7 @@ fn pod_view(st: &State, ordinal: u32) -> Option<PodView> {
             ready: false,
             info: None,
             report: None,
+            terminating: false,
         });
     };
     let proc = pod.proc.as_ref();
@@ -741,6 +742,8 @@ fn pod_view(st: &State, ordinal: u32) -> Option<PodView> {
         ready: proc.is_some_and(|p| p.ready),
         info,
         report: proc.and_then(|p| p.report.clone()),
+        // A stop the driver sent is this pod's `deletionTimestamp`.
+        terminating: proc.is_some_and(|p| p.stopping),
     })
 }
 
