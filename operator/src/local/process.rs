@@ -2,8 +2,9 @@
 //!
 //! [`supervise`] owns the child for its whole life. It ends when the process exits (a crash or
 //! `kill -9`: the reconcile loop decides about a replacement) or when its stop token is
-//! cancelled (drained, or the driver shuts down): then it sends SIGTERM, waits for the node's
-//! shutdown grace plus 5 s, and sends SIGKILL if the node is still there.
+//! cancelled (drained, a rolling restart, or the driver shuts down): then it sends SIGTERM,
+//! waits for the node's exit drain, its shutdown grace and 5 s, and sends SIGKILL if the node
+//! is still there.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -95,6 +96,8 @@ async fn run(
         .arg(config.shards.to_string())
         .arg("--handoff-timeout")
         .arg(humantime::format_duration(config.handoff_timeout).to_string())
+        .arg("--exit-drain-timeout")
+        .arg(humantime::format_duration(config.exit_drain_timeout).to_string())
         .arg("--shutdown-grace")
         .arg(humantime::format_duration(config.shutdown_grace).to_string())
         .args(&config.node_args)
@@ -135,7 +138,7 @@ async fn run(
     let announced = tokio::select! {
         biased;
         () = stop.cancelled() => {
-            terminate(&mut child, pid, config.shutdown_grace, name).await;
+            terminate(&mut child, pid, config.kill_after, name).await;
             return Ok(Ended::Stopped);
         }
         status = child.wait() => {
@@ -148,11 +151,11 @@ async fn run(
     let (client, peer) = match announced {
         Ok(Ok(addrs)) => addrs,
         Ok(Err(e)) => {
-            terminate(&mut child, pid, config.shutdown_grace, name).await;
+            terminate(&mut child, pid, config.kill_after, name).await;
             return Err(e);
         }
         Err(_) => {
-            terminate(&mut child, pid, config.shutdown_grace, name).await;
+            terminate(&mut child, pid, config.kill_after, name).await;
             return Err(Error::Timeout(format!(
                 "{name} did not print its addresses within {ANNOUNCE_TIMEOUT:?}"
             )));
@@ -179,7 +182,7 @@ async fn run(
         tokio::select! {
             biased;
             () = stop.cancelled() => {
-                terminate(&mut child, pid, config.shutdown_grace, name).await;
+                terminate(&mut child, pid, config.kill_after, name).await;
                 return Ok(Ended::Stopped);
             }
             status = child.wait() => {
@@ -278,14 +281,13 @@ fn parse_status(body: &str, name: &NodeName) -> Option<Status> {
     Some(Status { report, raw })
 }
 
-/// SIGTERM, wait up to `grace` + 5 s, then SIGKILL.
-async fn terminate(child: &mut Child, pid: Option<u32>, grace: Duration, name: &NodeName) {
+/// SIGTERM, wait up to `bound` (the exit drain, the shutdown grace and 5 s), then SIGKILL.
+async fn terminate(child: &mut Child, pid: Option<u32>, bound: Duration, name: &NodeName) {
     if let Some(pid) = pid
         && let Err(e) = signal("TERM", pid).await
     {
         tracing::warn!(node = %name, error = %e, "cannot send SIGTERM");
     }
-    let bound = grace + Duration::from_secs(5);
     if tokio::time::timeout(bound, child.wait()).await.is_err() {
         tracing::warn!(node = %name, "still running {bound:?} after SIGTERM; sending SIGKILL");
         let _ = child.start_kill();
