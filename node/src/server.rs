@@ -67,7 +67,10 @@ pub async fn run(
         if clustered {
             // A planned exit is a hand-off: see `exit`. A node alone has nobody to hand to.
             let timeout = exiting.settings.handoff.exit_drain;
-            tracing::info!(?timeout, "stop requested: handing shards off before exiting");
+            tracing::info!(
+                ?timeout,
+                "stop requested: handing shards off before exiting"
+            );
             match exit::drain_before_exit(&exiting, timeout).await {
                 ExitDrain::HandedOff => tracing::info!("every shard handed off"),
                 ExitDrain::TimedOut => tracing::warn!(

@@ -608,7 +608,9 @@ impl NodeState {
         }
         for (shard, from) in abandoned {
             let incoming = lock(&self.handoffs).incoming.remove(&shard);
-            if new.owner(shard) == Some(&me) {
+            // A snapshot already received is not abandoned: the source handed it off and left
+            // before the operator cleared the move.
+            if incoming.is_some() && new.owner(shard) == Some(&me) {
                 tracing::warn!(%shard, %from, "hand-off abandoned (source gone): starting the shard empty");
                 self.rooms.install(shard, Vec::new());
             }

@@ -343,7 +343,13 @@ pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, S
         ready: pods
             .iter()
             // A leaving pod not in the table never becomes a member: it must not get shards.
-            .filter(|p| if p.leaving() { exiting.contains(&p.name) } else { p.ready })
+            .filter(|p| {
+                if p.leaving() {
+                    exiting.contains(&p.name)
+                } else {
+                    p.ready
+                }
+            })
             .filter_map(|p| Some((p.name.clone(), p.info.clone()?)))
             .collect(),
         draining: nodes_to_drain(desired_replicas, &names),

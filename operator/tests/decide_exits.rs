@@ -78,7 +78,10 @@ fn a_terminating_pod_is_drained_at_once_and_stays_in_the_table_as_the_source() {
     ];
     let decision = run(3, &pods, &table);
     assert!(decision.publish);
-    assert!(decision.table.nodes.contains_key(&name(1)), "still a member");
+    assert!(
+        decision.table.nodes.contains_key(&name(1)),
+        "still a member"
+    );
     assert!(decision.table.draining.contains(&name(1)));
     assert!(decision.table.shards_of(&name(1)).is_empty());
     // Every shard it owned is handed off from it, none restarts empty.
@@ -121,13 +124,7 @@ fn a_terminating_pod_leaves_the_table_only_once_its_process_is_gone_and_then_sta
     let draining = run(3, &pods, &table).table;
     // The hand-offs finish and are cleared; the pod still runs, so it stays (owning nothing).
     let done = complete_moves(&draining, &draining.moves);
-    let at = |epoch| {
-        [
-            ready(0, epoch),
-            ready(1, epoch),
-            terminating(2, epoch),
-        ]
-    };
+    let at = |epoch| [ready(0, epoch), ready(1, epoch), terminating(2, epoch)];
     let decision = run(3, &at(done.epoch), &done);
     assert!(!decision.publish, "nothing changes while it runs");
     assert!(decision.table.nodes.contains_key(&name(2)));

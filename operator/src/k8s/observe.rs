@@ -153,13 +153,15 @@ pub async fn pod_views(
         match ip {
             // A terminating pod is no longer Ready, but it still hands its shards off and
             // reports how far it got.
-            Some(ip) if view.ready || (view.terminating && view.running) => match reader.read(&view.name, ip).await {
-                Ok(report) => Some(report),
-                Err(e) => {
-                    tracing::debug!(pod = %view.name, error = %e, "no /status this pass");
-                    None
+            Some(ip) if view.ready || (view.terminating && view.running) => {
+                match reader.read(&view.name, ip).await {
+                    Ok(report) => Some(report),
+                    Err(e) => {
+                        tracing::debug!(pod = %view.name, error = %e, "no /status this pass");
+                        None
+                    }
                 }
-            },
+            }
             _ => None,
         }
     });

@@ -63,9 +63,9 @@ use crate::Error;
 use crate::decide::DecideOptions;
 pub use admin::{RestartAnswer, ScaleRequest};
 pub use options::{LocalOptions, MAX_REPLICAS};
-pub use view::{ClusterView, DrainView, NodeView, RolloutView};
 use pods::State;
 use rollout::Rollout;
+pub use view::{ClusterView, DrainView, NodeView, RolloutView};
 use workdir::WorkDir;
 
 /// Pod names are `node-{ordinal}`.
@@ -100,6 +100,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the reconcile loop: something it looks at changed.
     wake: Notify,
+    /// Set when the whole cluster stops: no more planning (see [`LocalCluster::shutdown`]).
+    releasing: std::sync::atomic::AtomicBool,
     /// The published table; long-poll waiters subscribe.
     table: watch::Sender<Arc<AssignmentTable>>,
     /// The view after the last reconcile pass; [`LocalCluster::wait_for`] subscribes.
@@ -191,6 +193,7 @@ impl LocalCluster {
             view: watch::Sender::new(Arc::new(ClusterView::default())),
             table: watch::Sender::new(table),
             wake: Notify::new(),
+            releasing: std::sync::atomic::AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             config,
@@ -319,12 +322,18 @@ impl LocalCluster {
     /// Stops every node (SIGTERM, then SIGKILL after the grace period), the reconcile loop and
     /// the admin server, and removes the temporary directory.
     ///
+    /// The whole cluster stops, so there is nobody to hand rooms to: first the driver publishes
+    /// a table in which nobody owns anything (and stops planning), so that every node's exit
+    /// drain finds nothing to hand off and each exits at once instead of waiting out its exit
+    /// drain timeout.
+    ///
     /// # Errors
     ///
     /// [`Error::Timeout`] if the tasks did not finish, [`Error::Io`] if the directory could not
     /// be removed.
     pub async fn shutdown(self) -> Result<(), Error> {
         tracing::info!("stopping every node");
+        self.shared.release_all().await;
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         let bound = self.shared.config.kill_after + Duration::from_secs(5);
@@ -385,6 +394,34 @@ impl Shared {
         Ok(replicas)
     }
 
+    /// Publishes a table in which nobody owns anything and waits (briefly) until every running
+    /// node reports it: the cluster is stopping as a whole.
+    async fn release_all(&self) {
+        /// How long stopping nodes get to read the last table.
+        const RELEASE_WAIT: Duration = Duration::from_secs(3);
+        self.releasing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let current = self.table.borrow().clone();
+        let mut last = AssignmentTable::empty(current.shards);
+        last.nodes = current.nodes.clone();
+        last.epoch = current.epoch + 1;
+        let epoch = last.epoch;
+        self.table.send_replace(Arc::new(last));
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        let mut tick = tokio::time::interval(self.config.interval.min(Duration::from_millis(50)));
+        while tokio::time::Instant::now() < deadline {
+            let caught_up = self.lock().pods.values().all(|pod| {
+                pod.proc
+                    .as_ref()
+                    .is_none_or(|p| p.report.as_ref().is_some_and(|r| r.epoch >= epoch))
+            });
+            if caught_up {
+                return;
+            }
+            tick.tick().await;
+        }
+    }
+
     /// The view as of now (not waiting for a reconcile pass).
     fn view_now(&self) -> ClusterView {
         let table = self.table.borrow().clone();
@@ -406,6 +443,41 @@ impl Shared {
         if changed {
             self.wake.notify_one();
         }
+    }
+
+    /// The process of pod `ordinal`, incarnation `generation`, announced its addresses.
+    fn announced(
+        &self,
+        ordinal: u32,
+        generation: u64,
+        client: std::net::SocketAddr,
+        peer: std::net::SocketAddr,
+    ) {
+        let mut st = self.lock();
+        let Some(pod) = st
+            .pods
+            .get_mut(&ordinal)
+            .filter(|p| p.generation == generation)
+        else {
+            return;
+        };
+        pod.client_port = Some(client.port());
+        if let Some(proc) = pod.proc.as_mut() {
+            proc.client = Some(client);
+            proc.peer = Some(peer);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// The client port pod `ordinal` listens on: the one it had before, or 0 (any) the first
+    /// time.
+    fn client_port(&self, ordinal: u32) -> u16 {
+        self.lock()
+            .pods
+            .get(&ordinal)
+            .and_then(|p| p.client_port)
+            .unwrap_or(0)
     }
 
     /// Records a probe result (see [`pods::Proc::probed`]).

@@ -46,6 +46,8 @@ pub(super) struct Pod {
     /// Unexpected exits since the pod was last ready; drives the back-off.
     pub crashes_in_a_row: u32,
     pub not_before: Option<Instant>,
+    /// The client port its last process listened on; the next one listens there too.
+    pub client_port: Option<u16>,
     /// The current process, while there is one.
     pub proc: Option<Proc>,
 }
@@ -121,7 +123,13 @@ impl State {
     /// driver stopped it; an exit after the node said `terminating` is a planned exit too.
     /// Anything else is a crash: it counts towards the back-off. Returns whether the pod was
     /// still this incarnation.
-    pub(super) fn exited(&mut self, ordinal: u32, generation: u64, stopped: bool, now: Instant) -> bool {
+    pub(super) fn exited(
+        &mut self,
+        ordinal: u32,
+        generation: u64,
+        stopped: bool,
+        now: Instant,
+    ) -> bool {
         let replicas = self.replicas;
         let Some(pod) = self
             .pods
@@ -225,6 +233,7 @@ mod tests {
                     restarts: 0,
                     crashes_in_a_row: 0,
                     not_before: None,
+                    client_port: None,
                     proc: Some(proc),
                 },
             )]),

@@ -87,7 +87,11 @@ async fn run(
     command
         .arg("--name")
         .arg(name.as_str())
-        .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+        // The client port a pod had before, like a pod's stable address behind its Service:
+        // clients of a restarted node (the bench's, a browser tab) reconnect where they were.
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", shared.client_port(ordinal)))
+        .args(["--peer-listen", "127.0.0.1:0"])
         .arg("--table-url")
         .arg(&config.table_url)
         .arg("--cluster-secret-file")
@@ -170,25 +174,44 @@ async fn run(
         peer = %peer,
         "node started"
     );
-    shared.update_proc(ordinal, generation, |p| {
-        p.client = Some(client);
-        p.peer = Some(peer);
-        true
-    });
+    shared.announced(ordinal, generation, client, peer);
 
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once SIGTERM is sent: the node then hands its shards off, and the driver must keep
+    // reading its `/status` (as the kubelet keeps probing a terminating pod) so that the moves
+    // it reports done are cleared and it may exit.
+    let mut kill_at: Option<tokio::time::Instant> = None;
     loop {
+        let deadline = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
-            () = stop.cancelled() => {
-                terminate(&mut child, pid, config.kill_after, name).await;
-                return Ok(Ended::Stopped);
+            () = stop.cancelled(), if kill_at.is_none() => {
+                if let Some(pid) = pid
+                    && let Err(e) = signal("TERM", pid).await
+                {
+                    tracing::warn!(node = %name, error = %e, "cannot send SIGTERM");
+                }
+                kill_at = Some(tokio::time::Instant::now() + config.kill_after);
             }
             status = child.wait() => {
+                if kill_at.is_some() {
+                    return Ok(Ended::Stopped);
+                }
                 return status
                     .map(Ended::Exited)
                     .map_err(|e| Error::io("cannot wait for the node", e));
+            }
+            () = deadline => {
+                tracing::warn!(node = %name, "still running {:?} after SIGTERM; sending SIGKILL", config.kill_after);
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Ok(Ended::Stopped);
             }
             () = async {
                 tick.tick().await;

@@ -37,7 +37,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
 
 /// One reconcile pass: observe, [`decide`], act.
 pub(super) fn pass(shared: &Arc<Shared>) {
-    if shared.shutdown.is_cancelled() {
+    if shared.shutdown.is_cancelled() || shared.releasing.load(std::sync::atomic::Ordering::SeqCst)
+    {
         return;
     }
     let now = Instant::now();
@@ -151,7 +152,11 @@ fn step_rollout(shared: &Shared, st: &mut State, table: &shard::AssignmentTable)
         Step::Stop(ordinal) => {
             let (updated, total) = (rollout.updated, rollout.total);
             tracing::info!(ordinal, updated, total, "rolling restart: next node");
-            stop(st, ordinal, "rolling restart: draining it, then a new process (SIGTERM)");
+            stop(
+                st,
+                ordinal,
+                "rolling restart: draining it, then a new process (SIGTERM)",
+            );
             // The next pass must see it leaving.
             shared.wake.notify_one();
         }
@@ -190,6 +195,7 @@ fn start(shared: &Arc<Shared>, st: &mut State, name: &NodeName, now: Instant) {
         restarts: 0,
         crashes_in_a_row: 0,
         not_before: None,
+        client_port: None,
         proc: None,
     });
     if pod.proc.is_some() || pod.not_before.is_some_and(|t| now < t) {
