@@ -64,8 +64,11 @@ pub async fn audit(nodes: &[NodeAddr], prefix: &str, rooms: usize) -> HistoryAud
 async fn audit_chunk(node: &NodeAddr, prefix: &str, index: usize, rooms: &[usize]) -> HistoryAudit {
     let mut part = HistoryAudit::default();
     let url = format!("{}/ws?user={prefix}-auditor-{index}", node.base);
-    let Ok(Ok((mut ws, _))) =
-        tokio::time::timeout(ANSWER_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())).await
+    let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        tokio_tungstenite::connect_async(url.as_str()),
+    )
+    .await
     else {
         part.unreadable = rooms.len();
         return part;
