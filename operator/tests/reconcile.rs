@@ -586,3 +586,160 @@ async fn disabling_the_ingress_removes_it() -> TestResult {
     );
     Ok(())
 }
+
+/// Gives `pod` a finalizer and deletes it: it stays, Terminating, with a `deletionTimestamp`
+/// (what a rolling update, an eviction or `kubectl delete pod` does to a running pod).
+fn start_terminating(h: &Harness, pod: &str) -> TestResult {
+    let store = h.server.store();
+    store.modify("pods", NS, pod, |p| {
+        p["metadata"]["finalizers"] = json!(["test.roomshard.dev/hold"]);
+    })?;
+    store.delete("pods", NS, pod)?;
+    let held = store.get("pods", NS, pod).ok_or("the pod is gone")?;
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    Ok(())
+}
+
+/// Lets a terminating `pod` go (its process has exited).
+fn finish_terminating(h: &Harness, pod: &str) -> TestResult {
+    h.server.store().modify("pods", NS, pod, |p| {
+        p["metadata"]["finalizers"] = json!([]);
+    })?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_with_a_deletion_timestamp_is_drained_at_once_and_stays_a_source_until_it_is_gone()
+-> TestResult {
+    let h = Harness::start().await?;
+    let settled = h
+        .running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    let pods = ["chat-0", "chat-1", "chat-2"];
+    h.nodes.applied(&pods, &settled, false);
+    let owned = settled.shards_of(&n("chat-1"));
+    assert_eq!(owned.len(), 4);
+
+    start_terminating(&h, "chat-1")?;
+    h.pass("chat").await?;
+    let draining = h.table("chat").await;
+    assert_eq!(draining.epoch, settled.epoch + 1);
+    assert!(draining.nodes.contains_key(&n("chat-1")), "still a member");
+    assert!(draining.draining.contains(&n("chat-1")));
+    assert!(draining.shards_of(&n("chat-1")).is_empty());
+    assert_eq!(draining.moves.len(), owned.len(), "every shard by hand-off");
+    assert!(draining.moves.iter().all(|m| m.from == n("chat-1")));
+    assert_eq!(h.replicas("chat").await, 3, "not a scale-down");
+
+    // The terminating pod reports its hand-offs done (it is no longer Ready, but still read).
+    h.nodes.applied(&pods, &draining, true);
+    h.pass("chat").await?;
+    let cleared = h.table("chat").await;
+    assert!(cleared.moves.is_empty());
+    assert!(
+        cleared.nodes.contains_key(&n("chat-1")),
+        "it stays listed, owning nothing, while its process runs"
+    );
+    h.nodes.applied(&pods, &cleared, false);
+    h.pass("chat").await?;
+    assert_eq!(h.table("chat").await, cleared, "nothing more while it runs");
+
+    // Its process exits and the pod is gone: it leaves the table without any move.
+    finish_terminating(&h, "chat-1")?;
+    h.pass("chat").await?;
+    let gone = h.table("chat").await;
+    assert!(!gone.nodes.contains_key(&n("chat-1")));
+    assert!(gone.moves.is_empty());
+
+    // The StatefulSet creates it again; once Ready it gets its share back by hand-off.
+    h.kubelet("chat").await?;
+    h.nodes.applied(&["chat-0", "chat-2"], &gone, false);
+    h.pass("chat").await?;
+    assert_eq!(h.table("chat").await, gone, "not ready yet: nothing for it");
+    h.ready("chat-1", true)?;
+    h.pass("chat").await?;
+    let back = h.table("chat").await;
+    assert_eq!(back.moves.len(), 4, "the fewest moves");
+    assert!(back.moves.iter().all(|m| m.to == n("chat-1")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_evicted_pod_is_drained_like_any_planned_exit_and_the_pdb_still_allows_one_disruption()
+-> TestResult {
+    let h = Harness::start().await?;
+    let settled = h
+        .running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    h.nodes
+        .applied(&["chat-0", "chat-1", "chat-2"], &settled, false);
+    // The PodDisruptionBudget is still written: at most one voluntary disruption at a time.
+    let pdb = h
+        .server
+        .store()
+        .get("poddisruptionbudgets.policy", NS, "chat")
+        .ok_or("no pdb")?;
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+
+    // An eviction ends in the same place as a delete: a deletionTimestamp.
+    start_terminating(&h, "chat-2")?;
+    h.pass("chat").await?;
+    let table = h.table("chat").await;
+    assert!(table.draining.contains(&n("chat-2")));
+    assert!(table.shards_of(&n("chat-2")).is_empty());
+    assert!(table.moves.iter().all(|m| m.from == n("chat-2")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rolling_update_shows_in_status_and_finishes_up_to_date() -> TestResult {
+    let h = Harness::start().await?;
+    h.running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    let store = h.server.store();
+    // The StatefulSet controller reports a rollout in progress after an image change.
+    set_spec(&h, json!({"image": "roomshard-node:v2"})).await?;
+    h.pass("chat").await?;
+    let sts = store
+        .get("statefulsets.apps", NS, "chat")
+        .ok_or("no statefulset")?;
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "roomshard-node:v2"
+    );
+    let generation = sts["metadata"]["generation"].clone();
+    store.set_status(
+        "statefulsets.apps",
+        NS,
+        "chat",
+        json!({"replicas": 3, "readyReplicas": 3, "observedGeneration": generation,
+               "updatedReplicas": 1, "currentRevision": "chat-v1", "updateRevision": "chat-v2"}),
+    )?;
+    h.pass("chat").await?;
+    let rolling = h.status("chat").await;
+    assert_eq!(rolling.updated_replicas, Some(1));
+    assert_eq!(rolling.phase.as_deref(), Some("Updating"));
+    assert_eq!(
+        condition(&rolling, "UpToDate"),
+        (
+            "False".into(),
+            "RollingUpdate".into(),
+            "1/3 pods updated".into()
+        )
+    );
+    assert_eq!(condition(&rolling, "Progressing").1, "RollingUpdate");
+
+    store.set_status(
+        "statefulsets.apps",
+        NS,
+        "chat",
+        json!({"replicas": 3, "readyReplicas": 3, "observedGeneration": generation,
+               "updatedReplicas": 3, "currentRevision": "chat-v2", "updateRevision": "chat-v2"}),
+    )?;
+    h.pass("chat").await?;
+    let done = h.status("chat").await;
+    assert_eq!(done.updated_replicas, Some(3));
+    assert_eq!(done.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&done, "UpToDate").0, "True");
+    Ok(())
+}
