@@ -280,7 +280,9 @@ impl Connection {
                 };
                 if let Err(e) = self.route(&room, command).await {
                     if fresh {
+                        // `routes` stays bounded by the rooms joined.
                         self.joined.remove(&room);
+                        self.routes.remove(&room);
                     }
                     self.refuse_route(e, Some(room), None);
                 }

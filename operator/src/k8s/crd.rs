@@ -395,7 +395,9 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Replicas", "Ready", "Shards", "Epoch", "Phase", "Age"]
+            [
+                "Replicas", "Ready", "Updated", "Shards", "Epoch", "Phase", "Age"
+            ]
         );
         let subresources = crd.spec.versions[0].subresources.as_ref();
         assert!(subresources.is_some_and(|s| s.status.is_some()));

@@ -94,11 +94,11 @@ async fn user_path(cluster: &Cluster) -> TestResult {
         .split_whitespace()
         .collect();
     assert_eq!(
-        &row[..4],
-        ["minimal", "3", "3", "256"],
+        &row[..5],
+        ["minimal", "3", "3", "3", "256"],
         "kubectl get chat: {table}"
     );
-    assert_eq!(row[5], "Running");
+    assert_eq!(row[6], "Running");
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
     let owner = sts.get("minimal").await?.owner_references().to_vec();
     assert_eq!(owner.first().map(|o| o.kind.as_str()), Some("ChatCluster"));
