@@ -157,16 +157,20 @@ async fn rollout(cluster: &Cluster) -> TestResult {
     );
     drained_while_alive(&history, &["minimal-0", "minimal-1", "minimal-2"])?;
     // One pod at a time: never two terminating at once.
-    let mut down = 0i32;
+    let mut going: std::collections::BTreeSet<String> = Default::default();
     for (_, s) in history.events() {
         match s {
-            Seen::PodTerminating(_) => down += 1,
-            Seen::PodDeleted(_) => down -= 1,
+            Seen::PodTerminating(p) => {
+                going.insert(p);
+            }
+            Seen::PodDeleted(p) => {
+                going.remove(&p);
+            }
             _ => {}
         }
         assert!(
-            down <= 1,
-            "two pods were going away at once during the rollout"
+            going.len() <= 1,
+            "two pods were going away at once during the rollout: {going:?}"
         );
     }
     Ok(())

@@ -84,7 +84,7 @@ async fn user_path(cluster: &Cluster) -> TestResult {
     assert_eq!(
         header,
         [
-            "NAME", "REPLICAS", "READY", "SHARDS", "EPOCH", "PHASE", "AGE"
+            "NAME", "REPLICAS", "READY", "UPDATED", "SHARDS", "EPOCH", "PHASE", "AGE"
         ]
     );
     let row: Vec<&str> = table
