@@ -158,6 +158,15 @@ async fn rollout(cluster: &Cluster) -> TestResult {
     drained_while_alive(&history, &["minimal-0", "minimal-1", "minimal-2"])?;
     // One pod at a time: never two terminating at once.
     let mut going: std::collections::BTreeSet<String> = Default::default();
+    let pod_events: Vec<String> = history
+        .events()
+        .iter()
+        .filter_map(|(rv, s)| match s {
+            Seen::PodTerminating(p) => Some(format!("{rv} terminating {p}")),
+            Seen::PodDeleted(p) => Some(format!("{rv} deleted {p}")),
+            _ => None,
+        })
+        .collect();
     for (_, s) in history.events() {
         match s {
             Seen::PodTerminating(p) => {
