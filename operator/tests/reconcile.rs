@@ -743,3 +743,48 @@ async fn a_rolling_update_shows_in_status_and_finishes_up_to_date() -> TestResul
     assert_eq!(condition(&done, "UpToDate").0, "True");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_operator_deletes_one_outdated_pod_at_a_time_highest_ordinal_first() -> TestResult {
+    let h = Harness::start().await?;
+    h.running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    let store = h.server.store();
+    set_spec(&h, json!({"image": "roomshard-node:v2"})).await?;
+    h.pass("chat").await?;
+    let sts = store
+        .get("statefulsets.apps", NS, "chat")
+        .ok_or("no statefulset")?;
+    assert_eq!(sts["spec"]["updateStrategy"], json!({"type": "OnDelete"}));
+    // The StatefulSet controller: the pods are on the old revision, new ones get the new one.
+    let pods: Api<DynamicObject> = Api::namespaced_with(
+        h.client.clone(),
+        NS,
+        &ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()),
+    );
+    for pod in ["chat-0", "chat-1", "chat-2"] {
+        let label = json!({"metadata": {"labels": {"controller-revision-hash": "chat-v1"}}});
+        pods.patch(pod, &PatchParams::default(), &Patch::Merge(&label))
+            .await?;
+    }
+    let status = json!({"replicas": 3, "readyReplicas": 3,
+        "observedGeneration": sts["metadata"]["generation"], "updatedReplicas": 0,
+        "currentRevision": "chat-v1", "updateRevision": "chat-v2"});
+    store.set_status("statefulsets.apps", NS, "chat", status)?;
+
+    h.pass("chat").await?;
+    assert!(store.get("pods", NS, "chat-2").is_none(), "chat-2 deleted");
+    assert!(store.get("pods", NS, "chat-1").is_some());
+    assert!(
+        h.events("chat-2")
+            .iter()
+            .any(|(reason, _)| reason == "RolloutReplacing")
+    );
+    // Its replacement is not Ready yet: nothing else goes.
+    h.kubelet("chat").await?;
+    h.pass("chat").await?;
+    h.pass("chat").await?;
+    assert!(store.get("pods", NS, "chat-1").is_some());
+    assert!(store.get("pods", NS, "chat-0").is_some());
+    Ok(())
+}

@@ -101,7 +101,8 @@ compares these rules, grant by grant, with the API calls the operator's code mak
   create it only because the operator holds those verbs itself (no `escalate`, no `bind`).
 - Secrets: get and create only (the peer-link key, generated once and kept); no list or watch,
   which would let the operator read every Secret of the namespace.
-- Pods: membership is the pods' readiness: list and watch; nothing is written to them.
+- Pods: membership is the pods' readiness: list and watch; delete, for the rolling update the
+  operator drives (OnDelete StatefulSet): one outdated pod at a time, each drained first.
 - Events, on transitions: created, and patched when the same event repeats.
 */}}
 {{- define "roomshard-operator.watchedRules" -}}
@@ -128,7 +129,7 @@ compares these rules, grant by grant, with the API calls the operator's code mak
   verbs: ["get", "create"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch"]

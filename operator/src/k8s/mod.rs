@@ -4,6 +4,7 @@
 //! - [`checks`]: what the schema cannot refuse, checked before any child changes.
 //! - [`children`]: the objects a cluster owns, as pure builder functions.
 //! - [`observe`]: pods, readiness and the nodes' `/status` as [`crate::decide()`] sees them.
+//! - [`rollout`]: the operator-driven rolling update: which pod to delete next.
 //! - [`status`]: the status summary, condition types and reasons.
 //! - [`reconcile`](mod@reconcile): one pass over a cluster, its [`reconcile::Context`] and
 //!   error policy.
@@ -21,4 +22,5 @@ pub mod metrics;
 pub mod observe;
 pub mod rbac;
 pub mod reconcile;
+pub mod rollout;
 pub mod status;

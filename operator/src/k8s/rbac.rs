@@ -101,8 +101,9 @@ pub const OPERATOR: &[ApiCall] = &[
         Watched,
         "",
         "pods",
-        &["list", "watch"],
-        "controller.rs watches, reconcile.rs list: membership from readiness, pod IPs",
+        &["list", "watch", "delete"],
+        "controller.rs watches, reconcile.rs list: membership from readiness, pod IPs; \
+         reconcile.rs delete: the rollout replaces one outdated pod at a time (OnDelete)",
     ),
     call(
         Watched,

@@ -21,8 +21,11 @@
 //!    completed moves, membership from readiness, plan, drain step, stuck drains.
 //! 6. **Act**: write the ConfigMap only when the table's epoch changed (or it does not exist);
 //!    apply the StatefulSet with the decided replica count, which is lowered only on
-//!    [`DrainStep::Remove`]; write the status only when it differs from the stored one; publish
-//!    events on transitions (drain started, finished or cancelled, stuck, invalid spec).
+//!    [`DrainStep::Remove`] (a StatefulSet still on `RollingUpdate` is first switched to
+//!    `OnDelete`); roll the pods: when the cluster is quiet, delete the one outdated pod
+//!    [`rollout::next_to_replace`] names and publish `RolloutReplacing` on it; write the status
+//!    only when it differs from the stored one; publish events on transitions (drain started,
+//!    finished or cancelled, stuck, invalid spec).
 //! 7. **Requeue**: soon while anything is moving (node progress is not an API event), rarely
 //!    when settled.
 //!
@@ -59,12 +62,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ObjectReference, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -78,6 +83,7 @@ use super::children::{self, FIELD_MANAGER, Owner, TABLE_KEY};
 use super::crd::{ChatCluster, ChatClusterStatus};
 use super::metrics::Metrics;
 use super::observe::{StatusReader, pod_views};
+use super::rollout::{self, Observed, PodState};
 use super::status::{self, Pass, reasons, types};
 use crate::Error;
 use crate::decide::{DecideOptions, Decision, Inputs, decide};
@@ -236,6 +242,12 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let existing = statefulsets.get_opt(&names.statefulset).await?;
     let rollout = status::rollout_of(existing.as_ref());
+    let on_delete = existing.as_ref().is_none_or(|s| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.update_strategy.as_ref()?.type_.as_deref())
+            == Some("OnDelete")
+    });
     let current = existing
         .and_then(|s| s.spec?.replicas)
         .map_or(0, |r| u32::try_from(r).unwrap_or(0));
@@ -254,8 +266,8 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
             names.configmap, table.shards, checked.shards
         )));
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let pods = pods
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = pod_api
         .list(&ListParams::default().labels(&owner.selector_string()))
         .await?
         .items;
@@ -315,7 +327,31 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     }
     let sts =
         children::statefulset::statefulset(&owner, &cluster.spec, &checked, decision.replicas)?;
-    apply(&statefulsets, &names.statefulset, &sts).await?;
+    if !on_delete {
+        switch_to_on_delete(&statefulsets, &names.statefulset).await?;
+    }
+    let applied = apply(&statefulsets, &names.statefulset, &sts).await?;
+
+    // The rollout: at most one outdated pod deleted, only while everything else is quiet.
+    let quiet = decision.step == DrainStep::Steady
+        && decision.table.moves.is_empty()
+        && decision.table.draining.is_empty()
+        && decision.exiting.is_empty()
+        && decision.stuck.is_none()
+        && decision.replicas == checked.replicas
+        && current == checked.replicas;
+    let states: Vec<PodState> = pods.iter().map(PodState::of).collect();
+    let replace = rollout::next_to_replace(&Observed {
+        statefulset: &names.statefulset,
+        replicas: checked.replicas,
+        update_revision: rollout::update_revision(&applied),
+        pods: &states,
+        quiet,
+    });
+    let replaced = match replace.and_then(|name| pods.iter().find(|p| p.name_any() == name)) {
+        Some(pod) => replace_pod(ctx, &pod_api, pod, rollout::update_revision(&applied)).await?,
+        None => false,
+    };
 
     let names_now: Vec<NodeName> = views.iter().map(|v| v.name.clone()).collect();
     let draining: Vec<NodeName> = nodes_to_drain(checked.replicas, &names_now)
@@ -349,6 +385,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         && ready_nodes == checked.replicas
         && current == checked.replicas
         && !rollout.in_progress
+        && !replaced
         && decision.exiting.is_empty()
         && new.phase.as_deref() == Some(status::phases::RUNNING);
     Ok(Action::requeue(if settled {
@@ -381,6 +418,73 @@ fn lingering(
         })
         .collect()
 }
+
+/// Switches a StatefulSet created with `updateStrategy: RollingUpdate` to `OnDelete`, once.
+///
+/// A server-side apply of `{type: OnDelete}` alone would leave the API server's defaulted
+/// `rollingUpdate.maxUnavailable` (owned by no manager) in place, which validation refuses
+/// with `OnDelete`; a merge patch removes the whole `rollingUpdate`.
+async fn switch_to_on_delete(api: &Api<StatefulSet>, name: &str) -> Result<(), Error> {
+    let patch = json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &params, &Patch::Merge(&patch)).await?;
+    tracing::info!(statefulset = name, "update strategy switched to OnDelete");
+    Ok(())
+}
+
+/// Deletes `pod` (gracefully: it drains through its `deletionTimestamp`) so the StatefulSet
+/// recreates it from the revision `update`, and publishes an event on it. True when this pass
+/// deleted it; false when it was already gone or replaced by a newer pod of the same name.
+async fn replace_pod(
+    ctx: &Context,
+    api: &Api<Pod>,
+    pod: &Pod,
+    update: Option<&str>,
+) -> Result<bool, Error> {
+    let name = pod.name_any();
+    let params = DeleteParams {
+        // Only this pod, never a replacement that took its name meanwhile.
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+            tracing::debug!(pod = %name, error = %e, "pod to replace already gone");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let old = pod
+        .labels()
+        .get(rollout::REVISION_LABEL)
+        .map_or("?", String::as_str);
+    let note = format!(
+        "deleted to update it from revision {old} to {}: it hands its shards off, then the \
+         StatefulSet recreates it",
+        update.unwrap_or("?")
+    );
+    tracing::info!(pod = %name, from = old, to = update, "rollout: replacing pod");
+    publish(
+        ctx,
+        &pod.object_ref(&()),
+        &name,
+        EventType::Normal,
+        ROLLOUT_REASON,
+        &note,
+    )
+    .await;
+    Ok(true)
+}
+
+/// The reason of the event on a pod the rollout deletes.
+pub const ROLLOUT_REASON: &str = "RolloutReplacing";
 
 /// Applies every child that does not depend on the table or the pods.
 async fn apply_static_children(
@@ -544,6 +648,19 @@ async fn transition_events(
 
 /// Publishes one event on `cluster`; a failure is logged, not fatal (events are best effort).
 async fn event(ctx: &Context, cluster: &ChatCluster, type_: EventType, reason: &str, note: &str) {
+    let name = cluster.name_any();
+    publish(ctx, &cluster.object_ref(&()), &name, type_, reason, note).await;
+}
+
+/// Publishes one event on the object `reference` (named `name` in the log); best effort.
+async fn publish(
+    ctx: &Context,
+    reference: &ObjectReference,
+    name: &str,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let ev = Event {
         type_,
         reason: reason.to_owned(),
@@ -551,7 +668,7 @@ async fn event(ctx: &Context, cluster: &ChatCluster, type_: EventType, reason: &
         action: "Reconcile".to_owned(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
-        tracing::warn!(cluster = %cluster.name_any(), error = %e, reason, "cannot publish event");
+    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
+        tracing::warn!(object = %name, error = %e, reason, "cannot publish event");
     }
 }

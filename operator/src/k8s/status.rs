@@ -100,7 +100,7 @@ pub struct Rollout {
     /// The StatefulSet's replicas.
     pub replicas: u32,
     /// Pods are being replaced: the controller has not caught up with the template yet, or
-    /// the current and update revisions differ.
+    /// fewer than `replicas` pods are on the update revision.
     pub in_progress: bool,
 }
 
@@ -125,15 +125,13 @@ pub fn rollout_of(sts: Option<&k8s_openapi::api::apps::v1::StatefulSet>) -> Roll
         .updated_replicas
         .map(|u| u32::try_from(u).unwrap_or(0));
     let behind = status.observed_generation < sts.metadata.generation;
-    let revisions_differ = matches!(
-        (&status.current_revision, &status.update_revision),
-        (Some(current), Some(update)) if current != update
-    );
+    // Not `currentRevision != updateRevision`: with `OnDelete` the StatefulSet controller
+    // never moves `currentRevision` on, even once every pod is updated.
     Rollout {
         updated,
         replicas,
         in_progress: status.update_revision.is_some()
-            && (behind || revisions_differ || updated.is_some_and(|u| u < replicas)),
+            && (behind || updated.is_some_and(|u| u < replicas)),
     }
 }
 
@@ -446,6 +444,13 @@ mod tests {
                 "currentRevision": "c-b", "updateRevision": "c-b"}),
         );
         assert!(!rollout_of(Some(&done)).in_progress);
+        // OnDelete: currentRevision stays behind even once every pod is updated.
+        let on_delete_done = statefulset(
+            2,
+            serde_json::json!({"replicas": 3, "observedGeneration": 2, "updatedReplicas": 3,
+                "currentRevision": "c-a", "updateRevision": "c-b"}),
+        );
+        assert!(!rollout_of(Some(&on_delete_done)).in_progress);
         // A template change the StatefulSet controller has not seen yet is a rollout to come.
         let behind = statefulset(
             3,

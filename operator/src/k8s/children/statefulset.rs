@@ -20,10 +20,13 @@
 //! [`termination_grace_seconds`] covers all of that plus [`TERMINATION_MARGIN_SECONDS`] before
 //! the kubelet's SIGKILL, so a hand-off that fits in `spec.handoffTimeout` always completes.
 //!
-//! Updates roll with the StatefulSet's own `RollingUpdate`: one pod at a time, highest ordinal
-//! first, each deleted (and so drained, as above) and its replacement waited for until Ready
-//! and then [`MIN_READY_SECONDS`] more, the time the operator needs to give the new pod its
-//! shards back by hand-off before the next pod goes.
+//! Updates use `updateStrategy: OnDelete`, and the operator rolls the pods itself (see
+//! [`crate::k8s::rollout`]): one pod at a time, highest ordinal first, each deleted (and so
+//! drained, as above), and the next one only once its replacement is Ready, has its shards
+//! back by hand-off and nothing else moves. The StatefulSet's own `RollingUpdate` cannot be
+//! used with `podManagementPolicy: Parallel` (immutable): with the `MaxUnavailableStatefulSet`
+//! feature (on by default in Kubernetes 1.37) it deletes every old pod that is not yet
+//! available at once, with no budget.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::json;
@@ -40,8 +43,9 @@ pub const SHUTDOWN_GRACE_SECONDS: i64 = 15;
 /// Seconds kept after the exit drain and the shutdown grace: 3 s of peer-link flush, the
 /// process ending, and slack.
 pub const TERMINATION_MARGIN_SECONDS: i64 = 10;
-/// Seconds a replacement pod must stay Ready before a rolling update deletes the next pod: the
-/// operator's requeue (2 s) plus the hand-offs that give it its shards back.
+/// Seconds a pod must stay Ready before the StatefulSet counts it available
+/// (`status.availableReplicas`). The operator's rollout does not wait on it: it waits for the
+/// replacement's hand-offs themselves.
 pub const MIN_READY_SECONDS: i64 = 10;
 
 /// Seconds from the start of termination to SIGKILL for an exit drain of `exit_drain_seconds`:
@@ -178,8 +182,9 @@ pub fn statefulset(
             "replicas": replicas,
             "serviceName": names.peers_service,
             "podManagementPolicy": "Parallel",
-            // One pod at a time, each drained by its deletionTimestamp (see the module doc).
-            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+            // The operator deletes one pod at a time, each drained by its deletionTimestamp
+            // (see the module doc and `k8s::rollout`).
+            "updateStrategy": {"type": "OnDelete"},
             "minReadySeconds": MIN_READY_SECONDS,
             "selector": {"matchLabels": owner.selector()},
             "template": {
@@ -339,15 +344,15 @@ mod tests {
     }
 
     #[test]
-    fn updates_roll_one_pod_at_a_time_and_wait_for_the_replacement_to_get_its_shards() {
+    fn updates_replace_no_pod_by_themselves_the_operator_deletes_them_one_at_a_time() {
         let spec = build(json!({"replicas": 3}), 3).spec.expect("spec");
         let strategy = spec.update_strategy.expect("update strategy");
-        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
-        assert_eq!(
-            strategy.rolling_update.and_then(|r| r.partition),
-            Some(0),
-            "every pod is updated"
+        assert_eq!(strategy.type_.as_deref(), Some("OnDelete"));
+        assert!(
+            strategy.rolling_update.is_none(),
+            "rollingUpdate is refused with OnDelete"
         );
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
         assert_eq!(spec.min_ready_seconds, Some(MIN_READY_SECONDS as i32));
     }
 
