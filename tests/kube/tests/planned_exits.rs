@@ -179,7 +179,7 @@ async fn rollout(cluster: &Cluster) -> TestResult {
         }
         assert!(
             going.len() <= 1,
-            "two pods were going away at once during the rollout: {going:?}"
+            "two pods were going away at once during the rollout: {going:?}; pod events: {pod_events:#?}"
         );
     }
     Ok(())
