@@ -1,6 +1,7 @@
-//! The reconciler against an in-memory API server (memkube), one test per branch. The test
-//! plays the kubelet and the StatefulSet controller (pods and their readiness) and the nodes
-//! (their `/status`, through a fake reader).
+//! The reconciler against the real control plane, one test per branch. The real StatefulSet
+//! controller makes the pods and the real garbage collector removes them; the test plays the
+//! kubelet (the pods' readiness and addresses) and the nodes (their `/status`, through a fake
+//! reader).
 
 mod support;
 
@@ -9,20 +10,7 @@ use kube::core::ApiResource;
 use operator::k8s::crd::ChatCluster;
 use serde_json::json;
 use shard::AssignmentTable;
-use support::{Harness, NS, TestResult, condition, n};
-
-/// Every child of cluster `chat`, by kubectl-style resource and name.
-const CHILDREN: [(&str, &str); 9] = [
-    ("statefulsets.apps", "chat"),
-    ("services", "chat"),
-    ("services", "chat-peers"),
-    ("configmaps", "chat-assignments"),
-    ("secrets", "chat-peer-key"),
-    ("poddisruptionbudgets.policy", "chat"),
-    ("serviceaccounts", "chat-node"),
-    ("roles.rbac.authorization.k8s.io", "chat-node"),
-    ("rolebindings.rbac.authorization.k8s.io", "chat-node"),
-];
+use support::{Harness, NS, TestResult, children, condition, n};
 
 async fn set_spec(h: &Harness, spec: serde_json::Value) -> TestResult {
     h.clusters()
@@ -35,8 +23,12 @@ async fn set_spec(h: &Harness, spec: serde_json::Value) -> TestResult {
     Ok(())
 }
 
-fn reasons(h: &Harness) -> Vec<String> {
-    h.events("chat").into_iter().map(|(r, _)| r).collect()
+async fn reasons(h: &Harness) -> TestResult<Vec<String>> {
+    Ok(h.events("chat")
+        .await?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect())
 }
 
 #[tokio::test]
@@ -47,28 +39,31 @@ async fn a_new_cluster_gets_every_child_with_a_controller_owner_reference() -> T
         .await?;
     h.pass("chat").await?;
 
-    let store = h.server.store();
     let uid = cluster.metadata.uid.clone().ok_or("no uid")?;
-    for (resource, name) in CHILDREN {
-        let child = store
-            .get(resource, NS, name)
+    for (resource, name) in children("chat") {
+        let child = h
+            .object(resource, &name)
+            .await?
             .ok_or(format!("no {resource} {name}"))?;
         let owner = &child["metadata"]["ownerReferences"][0];
         assert_eq!(owner["uid"], uid.as_str(), "{resource} {name}");
         assert_eq!(owner["kind"], "ChatCluster");
         assert_eq!(owner["controller"], true);
         assert_eq!(child["metadata"]["labels"]["roomshard.dev/cluster"], "chat");
+        // Everything but the status is the operator's alone; the real StatefulSet and
+        // disruption controllers write the status of theirs.
         let managers: Vec<&str> = child["metadata"]["managedFields"]
             .as_array()
             .into_iter()
             .flatten()
+            .filter(|m| m["subresource"] != "status")
             .filter_map(|m| m["manager"].as_str())
             .collect();
         assert_eq!(managers, ["roomshard-operator"], "{resource} {name}");
     }
     assert!(
-        store
-            .get("ingresses.networking.k8s.io", NS, "chat")
+        h.object("ingresses.networking.k8s.io", "chat")
+            .await?
             .is_none()
     );
     assert_eq!(h.replicas("chat").await, 3);
@@ -85,9 +80,9 @@ async fn the_peer_key_is_generated_once_and_kept() -> TestResult {
     let h = Harness::start().await?;
     h.create("chat", json!({"replicas": 1})).await?;
     h.pass("chat").await?;
-    let store = h.server.store();
-    let first = store
-        .get("secrets", NS, "chat-peer-key")
+    let first = h
+        .object("secrets", "chat-peer-key")
+        .await?
         .ok_or("no secret")?;
     assert!(
         first["data"]["cluster-secret"]
@@ -97,8 +92,9 @@ async fn the_peer_key_is_generated_once_and_kept() -> TestResult {
     h.pass("chat").await?;
     set_spec(&h, json!({"replicas": 2})).await?;
     h.pass("chat").await?;
-    let after = store
-        .get("secrets", NS, "chat-peer-key")
+    let after = h
+        .object("secrets", "chat-peer-key")
+        .await?
         .ok_or("no secret")?;
     assert_eq!(first["data"], after["data"]);
     assert_eq!(
@@ -115,11 +111,11 @@ async fn pods_becoming_ready_one_by_one_fill_the_table_and_the_epoch_moves_only_
     h.create("chat", json!({"replicas": 3, "shards": 12}))
         .await?;
     h.pass("chat").await?;
-    h.kubelet("chat").await?;
+    h.statefulset_pods("chat").await?;
     h.pass("chat").await?;
     assert_eq!(h.table("chat").await.epoch, 0, "nobody is ready");
 
-    h.ready("chat-0", true)?;
+    h.ready("chat-0", true).await?;
     h.pass("chat").await?;
     let one = h.table("chat").await;
     assert_eq!(one.epoch, 1);
@@ -133,7 +129,7 @@ async fn pods_becoming_ready_one_by_one_fill_the_table_and_the_epoch_moves_only_
     );
 
     h.nodes.applied(&["chat-0"], &one, false);
-    h.ready("chat-1", true)?;
+    h.ready("chat-1", true).await?;
     h.pass("chat").await?;
     let two = h.table("chat").await;
     assert_eq!(two.epoch, 2);
@@ -152,7 +148,7 @@ async fn pods_becoming_ready_one_by_one_fill_the_table_and_the_epoch_moves_only_
     assert!(settled.moves.is_empty());
 
     h.nodes.applied(&["chat-0", "chat-1"], &settled, false);
-    h.ready("chat-2", true)?;
+    h.ready("chat-2", true).await?;
     h.pass("chat").await?;
     let three = h.table("chat").await;
     assert_eq!(three.epoch, 4);
@@ -171,11 +167,11 @@ async fn a_second_pass_with_nothing_changed_writes_nothing() -> TestResult {
     assert_eq!(status.phase.as_deref(), Some("Running"));
     assert_eq!(condition(&status, "Ready").0, "True");
 
-    let before = h.resource_version();
+    let before = h.written("chat").await?;
     h.pass("chat").await?;
     h.pass("chat").await?;
     assert_eq!(
-        h.resource_version(),
+        h.written("chat").await?,
         before,
         "a pass over a settled cluster wrote something"
     );
@@ -193,7 +189,7 @@ async fn scale_up_gives_new_pods_shards_only_once_they_are_ready() -> TestResult
     assert_eq!(h.replicas("chat").await, 3);
     assert_eq!(h.table("chat").await, two);
 
-    h.kubelet("chat").await?;
+    h.statefulset_pods("chat").await?;
     h.pass("chat").await?;
     assert_eq!(
         h.table("chat").await,
@@ -202,7 +198,7 @@ async fn scale_up_gives_new_pods_shards_only_once_they_are_ready() -> TestResult
     );
     assert_eq!(h.status("chat").await.phase.as_deref(), Some("Scaling"));
 
-    h.ready("chat-2", true)?;
+    h.ready("chat-2", true).await?;
     h.pass("chat").await?;
     let three = h.table("chat").await;
     assert_eq!(three.epoch, two.epoch + 1);
@@ -232,7 +228,7 @@ async fn scale_down_marks_waits_for_the_epoch_waits_for_the_moves_and_only_then_
     assert_eq!(status.phase.as_deref(), Some("Draining"));
     assert_eq!(status.draining, ["chat-2"]);
     assert!(status.drain_started.is_some());
-    assert_eq!(reasons(&h), ["DrainStarted"]);
+    assert_eq!(reasons(&h).await?, ["DrainStarted"]);
 
     // Wait for the epoch: nodes still report the old one.
     h.pass("chat").await?;
@@ -265,10 +261,10 @@ async fn scale_down_marks_waits_for_the_epoch_waits_for_the_moves_and_only_then_
     let status = h.status("chat").await;
     assert!(status.draining.is_empty());
     assert!(status.drain_started.is_none());
-    assert_eq!(reasons(&h), ["DrainStarted", "DrainFinished"]);
+    assert_eq!(reasons(&h).await?, ["DrainStarted", "DrainFinished"]);
 
     // The StatefulSet removes chat-2; the next table forgets it.
-    h.kubelet("chat").await?;
+    h.statefulset_pods("chat").await?;
     h.pass("chat").await?;
     let after = h.table("chat").await;
     assert!(!after.nodes.contains_key(&n("chat-2")));
@@ -283,6 +279,17 @@ async fn a_removed_pod_stays_in_the_table_while_it_terminates() -> TestResult {
     let all = ["chat-0", "chat-1", "chat-2"];
     h.running("chat", json!({"replicas": 3, "shards": 12}))
         .await?;
+    // The kubelet will keep chat-2 Terminating (preStop, then SIGTERM to its clients): a
+    // finalizer holds it (the pod has no Node, so the API server would otherwise delete it at
+    // once), put on before the StatefulSet controller can delete it.
+    let finalizers = |f: serde_json::Value| Patch::Merge(json!({"metadata": {"finalizers": f}}));
+    h.pods()
+        .patch(
+            "chat-2",
+            &PatchParams::default(),
+            &finalizers(json!(["test.roomshard.dev/kubelet"])),
+        )
+        .await?;
     set_spec(&h, json!({"replicas": 2})).await?;
     h.pass("chat").await?;
     let marked = h.table("chat").await;
@@ -293,23 +300,23 @@ async fn a_removed_pod_stays_in_the_table_while_it_terminates() -> TestResult {
     h.pass("chat").await?;
     assert_eq!(h.replicas("chat").await, 2);
 
-    // The kubelet keeps chat-2 Terminating (preStop, then SIGTERM to its clients): it stays a
-    // shard-less member, so its peer links stay up for its clients' last sends.
-    h.server.store().modify("pods", NS, "chat-2", |pod| {
-        pod["metadata"]["finalizers"] = json!(["test/kubelet"]);
-    })?;
-    h.kubelet("chat").await?;
-    assert!(h.server.store().get("pods", NS, "chat-2").is_some());
+    // chat-2 is Terminating: it stays a shard-less member, so its peer links stay up for its
+    // clients' last sends.
+    h.until_pods("the StatefulSet controller deletes chat-2", |pods| {
+        pods.get("chat-2")
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_some())
+    })
+    .await?;
     h.pass("chat").await?;
     let terminating = h.table("chat").await;
     assert_eq!(terminating, cleared);
     assert_eq!(h.status("chat").await.phase.as_deref(), Some("Running"));
 
     // Gone: the next table forgets it.
-    h.server.store().modify("pods", NS, "chat-2", |pod| {
-        pod["metadata"]["finalizers"] = json!([]);
-    })?;
-    assert!(h.server.store().get("pods", NS, "chat-2").is_none());
+    h.pods()
+        .patch("chat-2", &PatchParams::default(), &finalizers(json!(null)))
+        .await?;
+    h.until_gone("pods", "chat-2").await?;
     h.pass("chat").await?;
     let after = h.table("chat").await;
     assert_eq!(after.epoch, cleared.epoch + 1);
@@ -336,11 +343,13 @@ async fn a_drain_past_the_handoff_timeout_is_degraded_naming_the_pod_and_keeps_t
     assert_eq!(condition(&h.status("chat").await, "Degraded").0, "False");
 
     // The drain began long ago (as a restarted operator would read it from the status).
-    h.server
-        .store()
-        .modify("chatclusters.roomshard.dev", NS, "chat", |c| {
-            c["status"]["drainStarted"] = json!("2020-01-01T00:00:00Z");
-        })?;
+    h.clusters()
+        .patch_status(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"drainStarted": "2020-01-01T00:00:00Z"}})),
+        )
+        .await?;
     h.pass("chat").await?;
     let status = h.status("chat").await;
     let (degraded, reason, message) = condition(&status, "Degraded");
@@ -355,7 +364,11 @@ async fn a_drain_past_the_handoff_timeout_is_degraded_naming_the_pod_and_keeps_t
     assert_eq!(h.replicas("chat").await, 3, "a stuck drain removes nothing");
 
     h.pass("chat").await?;
-    let stuck_events = reasons(&h).iter().filter(|r| *r == "DrainStuck").count();
+    let stuck_events = reasons(&h)
+        .await?
+        .iter()
+        .filter(|r| *r == "DrainStuck")
+        .count();
     assert_eq!(stuck_events, 1, "events on transitions only");
     Ok(())
 }
@@ -367,7 +380,7 @@ async fn a_pod_that_turns_unready_leaves_and_its_shards_go_to_the_others() -> Te
         .running("chat", json!({"replicas": 3, "shards": 12}))
         .await?;
     let lost = before.shards_of(&n("chat-1"));
-    h.ready("chat-1", false)?;
+    h.ready("chat-1", false).await?;
     h.pass("chat").await?;
     let after = h.table("chat").await;
     assert_eq!(after.epoch, before.epoch + 1);
@@ -404,26 +417,42 @@ async fn the_api_server_refuses_specs_the_schema_forbids() -> TestResult {
         o.data = json!({"spec": spec});
         o
     };
-    for (name, spec, expected) in [
-        ("negative", json!({"replicas": -1}), "spec.replicas"),
-        ("unknown", json!({"replicas": 1, "replica": 2}), "replica"),
+    // (name, spec, HTTP status, what the message names). An unknown field fails decoding
+    // (400 BadRequest), before the schema is checked (422 Invalid).
+    for (name, spec, code, expected) in [
+        ("negative", json!({"replicas": -1}), 422, "spec.replicas"),
+        (
+            "unknown",
+            json!({"replicas": 1, "replica": 2}),
+            400,
+            "unknown field \"spec.replica\"",
+        ),
         (
             "timeout",
             json!({"replicas": 1, "handoffTimeout": "soon"}),
+            422,
             "spec.handoffTimeout",
         ),
         (
             "mode",
             json!({"replicas": 1, "auth": {"mode": "Off"}}),
+            422,
             "spec.auth.mode",
         ),
     ] {
-        let err = api
-            .create(&PostParams::default(), &object(name, spec))
-            .await;
+        // Created as kubectl creates, with `fieldValidation=Strict`: a client that does not
+        // ask gets unknown fields dropped with a warning by the real API server.
+        let mut request = kube::core::Request::new(api.resource_url()).create(
+            &PostParams::default(),
+            serde_json::to_vec(&object(name, spec))?,
+        )?;
+        let uri = request.uri().to_string();
+        let sep = if uri.ends_with('?') { "" } else { "&" };
+        *request.uri_mut() = format!("{uri}{sep}fieldValidation=Strict").parse()?;
+        let err = h.client.request::<DynamicObject>(request).await;
         match err {
             Err(kube::Error::Api(e)) => {
-                assert_eq!(e.code, 422, "{name}: {e:?}");
+                assert_eq!(e.code, code, "{name}: {e:?}");
                 assert!(e.message.contains(expected), "{name}: {}", e.message);
             }
             other => panic!("{name} was not refused: {other:?}"),
@@ -455,8 +484,10 @@ async fn token_auth_without_a_secret_is_degraded_and_changes_no_child() -> TestR
     let h = Harness::start().await?;
     h.running("chat", json!({"replicas": 2, "shards": 12}))
         .await?;
-    let store = h.server.store();
-    let sts_before = store.get("statefulsets.apps", NS, "chat").ok_or("no sts")?;
+    let sts_before = h
+        .object("statefulsets.apps", "chat")
+        .await?
+        .ok_or("no sts")?;
     set_spec(&h, json!({"auth": {"mode": "Token"}})).await?;
     h.pass("chat").await?;
 
@@ -471,12 +502,15 @@ async fn token_auth_without_a_secret_is_degraded_and_changes_no_child() -> TestR
         "{message}"
     );
     assert_eq!(status.observed_generation, Some(2));
-    let sts_after = store.get("statefulsets.apps", NS, "chat").ok_or("no sts")?;
+    let sts_after = h
+        .object("statefulsets.apps", "chat")
+        .await?
+        .ok_or("no sts")?;
     assert_eq!(
         sts_before["metadata"]["resourceVersion"],
         sts_after["metadata"]["resourceVersion"]
     );
-    assert_eq!(reasons(&h), ["InvalidSpec"]);
+    assert_eq!(reasons(&h).await?, ["InvalidSpec"]);
 
     // Fixed: the Secret is named, the pods get the key mounted, Degraded clears.
     set_spec(
@@ -486,7 +520,10 @@ async fn token_auth_without_a_secret_is_degraded_and_changes_no_child() -> TestR
     .await?;
     h.pass("chat").await?;
     assert_eq!(condition(&h.status("chat").await, "Degraded").0, "False");
-    let sts = store.get("statefulsets.apps", NS, "chat").ok_or("no sts")?;
+    let sts = h
+        .object("statefulsets.apps", "chat")
+        .await?
+        .ok_or("no sts")?;
     let args = sts["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(args.contains("--auth-key-file"), "{args}");
     Ok(())
@@ -520,7 +557,7 @@ async fn a_restarted_operator_picks_a_drain_up_from_the_status_and_the_configmap
     h.nodes.applied(&all, &cleared, false);
     h.pass("chat").await?;
     assert_eq!(h.replicas("chat").await, 2);
-    assert_eq!(reasons(&h), ["DrainStarted", "DrainFinished"]);
+    assert_eq!(reasons(&h).await?, ["DrainStarted", "DrainFinished"]);
     Ok(())
 }
 
@@ -532,24 +569,25 @@ async fn deleting_the_cluster_garbage_collects_every_child_and_pod() -> TestResu
         json!({"replicas": 2, "ingress": {"enabled": true, "host": "chat.example"}}),
     )
     .await?;
-    let store = h.server.store();
     assert!(
-        store
-            .get("ingresses.networking.k8s.io", NS, "chat")
+        h.object("ingresses.networking.k8s.io", "chat")
+            .await?
             .is_some()
     );
-    assert!(store.get("pods", NS, "chat-1").is_some());
+    assert!(h.object("pods", "chat-1").await?.is_some());
 
     h.clusters()
         .delete("chat", &DeleteParams::default())
         .await?;
-    for (resource, name) in CHILDREN.into_iter().chain([
-        ("ingresses.networking.k8s.io", "chat"),
-        ("pods", "chat-0"),
-        ("pods", "chat-1"),
+    // The real garbage collector works in the background: each child goes in its own time.
+    for (resource, name) in children("chat").into_iter().chain([
+        ("ingresses.networking.k8s.io", "chat".to_owned()),
+        ("pods", "chat-0".to_owned()),
+        ("pods", "chat-1".to_owned()),
     ]) {
+        h.until_gone(resource, &name).await?;
         assert!(
-            store.get(resource, NS, name).is_none(),
+            h.object(resource, &name).await?.is_none(),
             "{resource} {name} left behind"
         );
     }
@@ -565,9 +603,9 @@ async fn disabling_the_ingress_removes_it() -> TestResult {
     )
     .await?;
     h.pass("chat").await?;
-    let store = h.server.store();
-    let ingress = store
-        .get("ingresses.networking.k8s.io", NS, "chat")
+    let ingress = h
+        .object("ingresses.networking.k8s.io", "chat")
+        .await?
         .ok_or("no ingress")?;
     assert_eq!(
         ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"],
@@ -580,8 +618,8 @@ async fn disabling_the_ingress_removes_it() -> TestResult {
     .await?;
     h.pass("chat").await?;
     assert!(
-        store
-            .get("ingresses.networking.k8s.io", NS, "chat")
+        h.object("ingresses.networking.k8s.io", "chat")
+            .await?
             .is_none()
     );
     Ok(())

@@ -51,18 +51,24 @@ impl Network {
             let claim = PathBuf::from(format!("{STATE_DIR}/slot-{slot}.pid"));
             if let Ok(owner) = std::fs::read_to_string(&claim) {
                 match owner.trim().parse::<u32>() {
-                    Ok(pid) if alive(pid) => continue,
-                    _ => clean_slot(slot),
+                    Ok(pid) if !alive(pid) => {
+                        // Its owner died without cleaning up: clean the slot and free it.
+                        clean_slot(slot);
+                        let _ = std::fs::remove_file(&claim);
+                    }
+                    // Alive, or being claimed this instant (created, pid not yet written).
+                    _ => continue,
                 }
             }
             let mine = std::process::id().to_string();
-            // create_new: two harnesses racing for the same slot cannot both win it.
+            // create_new: two harnesses racing for the same slot cannot both win it. The loser
+            // moves on and leaves the winner's claim alone: removing it would let a third
+            // harness take the slot and delete the bridge under the winner's running cluster.
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&claim);
             let Ok(mut file) = file else {
-                let _ = std::fs::remove_file(&claim);
                 continue;
             };
             std::io::Write::write_all(&mut file, mine.as_bytes())
