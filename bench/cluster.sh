@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rerunnable benchmarks of a local 3-node cluster (the figures in the README come from here).
 #
-#   bench/cluster.sh [throughput|idle|scaledown|all]   (default: all)
+#   bench/cluster.sh [throughput|idle|scaledown|restart|all]   (default: all)
 #
 # Nodes run with one runtime thread each (WORKER_THREADS=N to change): several nodes share the
 # machine's 2 cores here, as pods would share a node.
@@ -24,7 +24,7 @@ trap cleanup EXIT
 # start_cluster N: runs the local driver with N nodes; sets $admin.
 start_cluster() {
   "$bin/roomshard-operator" local --nodes "$1" --port 0 --log-dir "$work/logs" \
-    -- --rate-per-sec 1000 --rate-burst 1000 --worker-threads "${WORKER_THREADS:-1}" >"$work/banner" 2>"$work/driver.log" &
+    -- --rate-per-sec 1000 --rate-burst 1000 --worker-threads "${WORKER_THREADS:-1}" ${EXTRA_NODE_ARGS:-} >"$work/banner" 2>"$work/driver.log" &
   cluster_pid=$!
   for _ in $(seq 1 300); do
     admin="$(grep -o 'admin:  http://[0-9.:]*' "$work/banner" 2>/dev/null | awk '{print $2}' || true)"
@@ -94,10 +94,32 @@ scaledown() {
   stop_cluster
 }
 
+# A rolling restart (every node drained, stopped, started again, one at a time) under load,
+# then every room's whole history read back (`--audit-history`): rooms keep up to 1000
+# messages here, more than one gets in this run, so any cut is a lost hand-off.
+restart() {
+  EXTRA_NODE_ARGS="--history-per-room 1000" start_cluster 3
+  wait_settled 3 60
+  "$bin/roomshard-bench" --nodes "$(nodes_csv)" --rooms 3000 --users 2 --rate 2 \
+    --duration 45s --warmup 3s --audit-history >"$work/restart.json" 2>"$work/bench.log" &
+  local bench=$!
+  sleep 13 # 3 s warm-up and 10 s of steady load before the restart
+  local started
+  started=$(date +%s.%N)
+  "$bin/roomshard-operator" restart --admin "$admin" --timeout 5m >"$work/restart.log"
+  wait_settled 3 120
+  local took
+  took=$(python3 -c "print(round($(date +%s.%N) - $started, 3))")
+  wait "$bench"
+  python3 -c "import json,sys; r=json.load(open('$work/restart.json')); r['scenario']='rolling restart of 3 nodes, 3000 rooms'; r['restart_s']=$took; print(json.dumps(r))"
+  stop_cluster
+}
+
 case "$scenario" in
   throughput) throughput ;;
   idle) idle ;;
   scaledown) scaledown ;;
-  all) throughput; idle; scaledown ;;
-  *) echo "usage: $0 [throughput|idle|scaledown|all]" >&2; exit 2 ;;
+  restart) restart ;;
+  all) throughput; idle; scaledown; restart ;;
+  *) echo "usage: $0 [throughput|idle|scaledown|restart|all]" >&2; exit 2 ;;
 esac

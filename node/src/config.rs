@@ -82,6 +82,10 @@ pub struct NodeConfig {
     /// How long an empty room stays in memory after its last activity (e.g. `5m`, `30s`).
     #[arg(long, env = "ROOMSHARD_PASSIVATE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
     pub passivate_after: Duration,
+    /// On SIGTERM, how long the node waits for the operator to move its shards away and for its
+    /// hand-offs to finish before it tells clients to reconnect anyway.
+    #[arg(long, env = "ROOMSHARD_EXIT_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub exit_drain_timeout: Duration,
     /// How long shutdown waits for connections to close after telling them to reconnect.
     #[arg(long, env = "ROOMSHARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -170,6 +174,7 @@ impl NodeConfig {
             handoff: HandoffSettings {
                 timeout: self.handoff_timeout,
                 buffer: self.handoff_buffer.max(1),
+                exit_drain: self.exit_drain_timeout,
             },
         })
     }

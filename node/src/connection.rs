@@ -5,15 +5,25 @@
 //! connection's bounded outgoing queue. Nothing else ever waits on a client: owners and the
 //! edge only `try_send` into the queue, and a full queue closes the connection as a slow
 //! consumer. The loop is generic over `Sink`/`Stream` so tests can drive it with channels.
+//!
+//! **Per-room route fence.** A connection's commands to one room keep their order across a
+//! hand-off. Without care they could swap: a send routed to the old owner A is forwarded by A
+//! to the new owner B, while the next send, routed by the new table, goes straight to B and
+//! may get there first. So the connection remembers which owner it last routed each room to;
+//! when the table names another owner and commands of this connection are still unanswered,
+//! it waits for their answers (every routed command gets exactly one: `joined`, `left`, an
+//! error, or the message's own echo) before it routes the next one. The wait is bounded by the
+//! hand-off timeout, after which every waiting sender has been answered anyway. Reading the
+//! socket pauses meanwhile, which is what keeps the order.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use shard::RoomId;
+use shard::{NodeName, RoomId};
 use tokio::sync::mpsc;
 
 use crate::edge::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CloseReason, ConnControl, ConnHandle, ConnId};
@@ -58,6 +68,8 @@ where
         user,
         joined: HashSet::new(),
         bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst, Instant::now()),
+        routes: HashMap::new(),
+        routed: 0,
     };
     // Set when the node starts shutting down: the client was told to reconnect, and frames it
     // wrote before it saw that are still read and answered until then.
@@ -204,6 +216,10 @@ struct Connection {
     /// `send` to a room it is not in never travels to the owner.
     joined: HashSet<RoomId>,
     bucket: TokenBucket,
+    /// The owner each room's last command was routed to (see the route fence above).
+    routes: HashMap<RoomId, NodeName>,
+    /// Commands routed so far; compared with the answers delivered.
+    routed: u64,
 }
 
 impl Connection {
@@ -262,9 +278,11 @@ impl Connection {
                     user: self.user.clone(),
                     since,
                 };
-                if let Err(e) = self.node.route(&room, command).await {
+                if let Err(e) = self.route(&room, command).await {
                     if fresh {
+                        // `routes` stays bounded by the rooms joined.
                         self.joined.remove(&room);
+                        self.routes.remove(&room);
                     }
                     self.refuse_route(e, Some(room), None);
                 }
@@ -277,7 +295,9 @@ impl Connection {
                     member: self.member(),
                     reply: true,
                 };
-                if let Err(e) = self.node.route(&room, command).await {
+                let routed = self.route(&room, command).await;
+                self.routes.remove(&room);
+                if let Err(e) = routed {
                     self.refuse_route(e, Some(room), None);
                 }
             }
@@ -291,11 +311,37 @@ impl Connection {
                     text,
                     cid: cid.clone(),
                 };
-                if let Err(e) = self.node.route(&room, command).await {
+                if let Err(e) = self.route(&room, command).await {
                     self.refuse_route(e, Some(room), cid);
                 }
             }
         }
+    }
+
+    /// Route `command` to `room`'s owner behind the route fence (see the module doc).
+    async fn route(&mut self, room: &RoomId, command: RoomCommand) -> Result<(), RouteError> {
+        let owner = self.node.table().owner_of_room(room).cloned();
+        if let Some(owner) = &owner {
+            let moved = self.routes.get(room).is_some_and(|last| last != owner);
+            let control = &self.handle.control;
+            // Answers can outnumber commands (a `joined` after an owner failed, messages from
+            // an owner of an earlier version): then nothing is known to be in flight.
+            self.routed = self.routed.max(control.answers());
+            if moved && control.answers() < self.routed {
+                let bound = self.node.settings.handoff.timeout;
+                let waited = tokio::time::timeout(bound, control.answered(self.routed)).await;
+                if waited.is_err() {
+                    // What is still unanswered was lost with a node: forget it, or every later
+                    // fence would wait for it again.
+                    tracing::debug!(%room, "route fence timed out; sending on");
+                    self.routed = control.answers();
+                }
+            }
+            self.routes.insert(room.clone(), owner.clone());
+        }
+        self.node.route(room, command).await?;
+        self.routed += 1;
+        Ok(())
     }
 
     fn refuse_route(&self, error: RouteError, room: Option<RoomId>, cid: Option<String>) {

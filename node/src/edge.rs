@@ -9,13 +9,13 @@
 //! so a member sees its `joined` before any message after it, and messages in `seq` order.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use shard::RoomId;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -23,6 +23,10 @@ use crate::metrics::Metrics;
 /// A connection's id, unique within its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConnId(pub u64);
+
+/// A `skip` that skips nobody: what an owner puts in a message's broadcast to the nodes where
+/// its sender is not (see `Room`'s `broadcast_post`).
+pub const NO_CONN: ConnId = ConnId(u64::MAX);
 
 /// Why a connection is being closed by the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +54,12 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub struct ConnControl {
     closed: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
+    /// Answers delivered to this connection: `joined`, `left`, errors from owners and its own
+    /// messages' echoes. Each command it routes gets exactly one, so the connection knows
+    /// when its commands in flight have all been answered (its route fence).
+    answers: AtomicU64,
+    /// Woken on each answer while the connection waits for one.
+    answered: Notify,
 }
 
 impl ConnControl {
@@ -76,6 +86,30 @@ impl ConnControl {
     /// The reason given to [`ConnControl::close`].
     pub fn reason(&self) -> Option<CloseReason> {
         lock(&self.reason).clone()
+    }
+
+    /// One answer was delivered.
+    pub fn answer(&self) {
+        self.answers.fetch_add(1, Ordering::Release);
+        self.answered.notify_waiters();
+    }
+
+    /// Answers delivered so far.
+    pub fn answers(&self) -> u64 {
+        self.answers.load(Ordering::Acquire)
+    }
+
+    /// Waits until at least `count` answers were delivered.
+    pub async fn answered(&self, count: u64) {
+        loop {
+            let next = self.answered.notified();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if self.answers() >= count {
+                return;
+            }
+            next.await;
+        }
     }
 }
 
@@ -252,6 +286,7 @@ impl EdgeHub {
                 // Queue the answer while holding the room's lock, so that no broadcast for the
                 // room can slip in ahead of `joined`.
                 self.push(&handle, frame, false);
+                handle.control.answer();
                 stripe.rooms.entry(room).or_default().insert(conn, handle);
             }
             EdgeEvent::Left { room, conn, frame } => {
@@ -266,12 +301,16 @@ impl EdgeHub {
                 let handle = removed.or_else(|| self.conn_stripe(conn).conns.get(&conn).cloned());
                 if let (Some(handle), Some(frame)) = (handle, frame) {
                     self.push(&handle, frame, false);
+                    handle.control.answer();
                 }
             }
             EdgeEvent::ToConn { conn, frame } => {
                 let handle = self.conn_stripe(conn).conns.get(&conn).cloned();
                 if let Some(handle) = handle {
-                    self.push(&handle, frame, false);
+                    // An error, or the connection's own message (its echo).
+                    let is_msg = frame.as_str().starts_with(r#"{"op":"msg""#);
+                    self.push(&handle, frame, is_msg);
+                    handle.control.answer();
                 }
             }
             EdgeEvent::Broadcast {
@@ -282,9 +321,15 @@ impl EdgeHub {
             } => {
                 let stripe = self.room_stripe(&room);
                 if let Some(members) = stripe.rooms.get(&room) {
+                    // A message with no skip at all comes from an owner of an earlier version,
+                    // which echoes to the sender in the broadcast: it may answer anyone here.
+                    let from_older_owner = is_msg && skip.is_none();
                     for handle in members.values() {
                         if Some(handle.id) != skip {
                             self.push(handle, frame.clone(), is_msg);
+                            if from_older_owner {
+                                handle.control.answer();
+                            }
                         }
                     }
                 }

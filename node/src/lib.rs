@@ -14,7 +14,8 @@
 //! - [`peer`]: authenticated links between nodes that resend what a broken link lost.
 //! - [`table_source`]: where the assignment table comes from (HTTP long-poll), and
 //!   [`configmap_source`]: from a Kubernetes ConfigMap.
-//! - [`server`]: HTTP routes and [`server::run`] with graceful shutdown.
+//! - [`server`]: HTTP routes and [`server::run`] with graceful shutdown; [`exit`]: a stopping
+//!   node hands its shards off before it lets its clients go.
 //! - [`config`]: flags and environment variables.
 //! - [`snowflake`], [`rate`], [`metrics`]: message ids, token buckets, counters.
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod configmap_source;
 pub mod connection;
 pub mod edge;
+pub mod exit;
 pub mod metrics;
 pub mod peer;
 pub mod protocol;

@@ -13,7 +13,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use shard::{NodeName, RoomId};
 
-use crate::edge::{ConnId, EdgeEvent};
+use crate::edge::{ConnId, EdgeEvent, NO_CONN};
 use crate::protocol::{self, ChatMessage, ErrorCode, PresenceEvent};
 
 /// A member of a room: one connection on one node.
@@ -311,7 +311,46 @@ impl Room {
         while self.history.len() > self.history_limit {
             self.history.pop_front();
         }
-        self.broadcast(frame, None, true)
+        self.broadcast_post(frame, &member)
+    }
+
+    /// A new message: to every node with members, and to its sender as its own answer.
+    ///
+    /// The sender's echo travels as a `ToConn` (and the sender is skipped in its node's
+    /// broadcast), so the sender's edge can count the answers to its sends: that is what its
+    /// per-room route fence waits for (see `connection`). Other nodes get `skip:
+    /// Some(NO_CONN)`, which skips nobody; an edge that sees a message broadcast with `skip:
+    /// None` knows it comes from an owner of an earlier version and counts it as an answer for
+    /// everyone (the fence then releases early instead of waiting).
+    fn broadcast_post(&self, frame: Utf8Bytes, sender: &MemberKey) -> Vec<Outbound> {
+        let mut out: Vec<Outbound> = self
+            .nodes
+            .keys()
+            .map(|node| {
+                let skip = if node == &sender.node {
+                    sender.conn
+                } else {
+                    NO_CONN
+                };
+                (
+                    node.clone(),
+                    EdgeEvent::Broadcast {
+                        room: self.id.clone(),
+                        frame: frame.clone(),
+                        skip: Some(skip),
+                        is_msg: true,
+                    },
+                )
+            })
+            .collect();
+        out.push((
+            sender.node.clone(),
+            EdgeEvent::ToConn {
+                conn: sender.conn,
+                frame,
+            },
+        ));
+        out
     }
 
     fn broadcast(&self, frame: Utf8Bytes, skip: Option<&MemberKey>, is_msg: bool) -> Vec<Outbound> {
@@ -397,7 +436,35 @@ mod tests {
         }
         let out = post(&mut room, &member("a", 1), "u1", "hi");
         let nodes: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(nodes, ["a", "b"]);
+        assert_eq!(
+            nodes,
+            ["a", "b", "a"],
+            "one broadcast per node, then the echo"
+        );
+        // The sender is skipped in its node's broadcast and answered with its own echo, which
+        // is what its edge's route fence counts; other nodes skip nobody.
+        assert!(matches!(
+            &out[0].1,
+            EdgeEvent::Broadcast {
+                skip: Some(ConnId(1)),
+                ..
+            }
+        ));
+        assert!(matches!(
+            &out[1].1,
+            EdgeEvent::Broadcast {
+                skip: Some(NO_CONN),
+                ..
+            }
+        ));
+        assert!(matches!(
+            &out[2].1,
+            EdgeEvent::ToConn {
+                conn: ConnId(1),
+                ..
+            }
+        ));
+        assert_eq!(frame_json(&out[2].1), frame_json(&out[0].1));
         let value = frame_json(&out[0].1);
         assert_eq!(
             (value["op"].as_str(), value["seq"].as_u64()),
@@ -512,8 +579,8 @@ mod tests {
         let out = post(&mut restored, &b, "bob", "after");
         assert_eq!(
             out.len(),
-            2,
-            "still fans out to both nodes without re-joining"
+            3,
+            "still fans out to both nodes (and echoes to the sender) without re-joining"
         );
         assert_eq!(frame_json(&out[0].1)["seq"].as_u64(), Some(6));
         let joined = join(&mut restored, &member("c", 3), "cy", Some(0));

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::IdentityParams;
 use crate::connection::{self, truncate_reason};
 use crate::edge::CLOSE_POLICY;
+use crate::exit::{self, ExitDrain};
 use crate::state::{NodeState, NodeStatus};
 use crate::table_source::{self, TableSource};
 
@@ -63,8 +64,25 @@ pub async fn run(
         connections: connections.clone(),
     };
     let stop = node.shutdown.clone();
+    let exiting = node.clone();
+    let clustered = source.is_some();
     let signal = async move {
         shutdown.await;
+        if clustered {
+            // A planned exit is a hand-off: see `exit`. A node alone has nobody to hand to.
+            let timeout = exiting.settings.handoff.exit_drain;
+            tracing::info!(
+                ?timeout,
+                "stop requested: handing shards off before exiting"
+            );
+            match exit::drain_before_exit(&exiting, timeout).await {
+                ExitDrain::HandedOff => tracing::info!("every shard handed off"),
+                ExitDrain::TimedOut => tracing::warn!(
+                    owned = exiting.status().shards_owned,
+                    "exit drain timed out: rooms still owned here restart empty elsewhere"
+                ),
+            }
+        }
         tracing::info!("shutting down: telling clients to reconnect");
         stop.cancel();
     };
@@ -171,7 +189,7 @@ async fn client_module() -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.node.shutdown.is_cancelled() {
+    if state.node.shutdown.is_cancelled() || state.node.exiting.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else {
         "ready".into_response()

@@ -61,6 +61,10 @@ pub struct HandoffSettings {
     pub timeout: Duration,
     /// Commands buffered per incoming shard; past it, `room_unavailable`.
     pub buffer: usize,
+    /// How long a node asked to stop waits for the operator to plan its shards away and for
+    /// its hand-offs to finish before it tells its clients to reconnect anyway (see
+    /// [`crate::exit`]).
+    pub exit_drain: Duration,
 }
 
 /// Everything a node needs to run, already validated.
@@ -146,6 +150,9 @@ pub struct NodeStatus {
     pub peers_connected: usize,
     /// Whether the node takes new clients.
     pub ready: bool,
+    /// The node was asked to stop and is handing its shards off: the operator treats it as
+    /// draining (what a pod's `deletionTimestamp` says in Kubernetes).
+    pub terminating: bool,
 }
 
 /// The shared state of a running node.
@@ -162,6 +169,11 @@ pub struct NodeState {
     pub auth: Authenticator,
     /// Cancelled when the node starts shutting down: connections say `reconnect` and close.
     pub shutdown: CancellationToken,
+    /// Cancelled when the node is asked to stop (SIGTERM), before `shutdown`: it stops being
+    /// ready and says `terminating` in `/status` while it hands its shards off.
+    pub exiting: CancellationToken,
+    /// Woken when a table is applied or a hand-off ends: what a stopping node waits on.
+    pub(crate) progress: tokio::sync::Notify,
     /// Links to the other nodes (`None` for a node alone).
     pub peers: Option<Arc<Peers>>,
     /// Owned here, lent weakly to the peer layer (which must not keep the node alive).
@@ -273,6 +285,8 @@ impl NodeState {
                 rooms,
                 auth,
                 shutdown: CancellationToken::new(),
+                exiting: CancellationToken::new(),
+                progress: tokio::sync::Notify::new(),
                 peers,
                 table: RwLock::new(Arc::new(table)),
                 handoffs: Mutex::default(),
@@ -485,6 +499,8 @@ impl NodeState {
                     });
                     tracing::info!(%shard, to = %from, epoch, "hand-off confirmed");
                 }
+                drop(handoffs);
+                self.progress.notify_waiters();
             }
         }
     }
@@ -529,6 +545,7 @@ impl NodeState {
         if let Some(peers) = &self.peers {
             let _ = peers.send(from, PeerMsg::SnapshotAck { shard, epoch });
         }
+        self.progress.notify_waiters();
     }
 
     fn on_bounce(&self, to: &NodeName, msg: &PeerMsg) {
@@ -591,7 +608,9 @@ impl NodeState {
         }
         for (shard, from) in abandoned {
             let incoming = lock(&self.handoffs).incoming.remove(&shard);
-            if new.owner(shard) == Some(&me) {
+            // A snapshot already received is not abandoned: the source handed it off and left
+            // before the operator cleared the move.
+            if incoming.is_some() && new.owner(shard) == Some(&me) {
                 tracing::warn!(%shard, %from, "hand-off abandoned (source gone): starting the shard empty");
                 self.rooms.install(shard, Vec::new());
             }
@@ -672,6 +691,7 @@ impl NodeState {
             owned = new.shards_of(&me).len(),
             "assignment table applied"
         );
+        self.progress.notify_waiters();
         true
     }
 
@@ -717,8 +737,18 @@ impl NodeState {
             rooms: self.rooms.active(),
             connections: self.metrics.connections.load(Ordering::Relaxed),
             peers_connected: self.peers.as_ref().map_or(0, |p| p.connected()),
-            ready: !self.shutdown.is_cancelled(),
+            ready: !self.exiting.is_cancelled() && !self.shutdown.is_cancelled(),
+            terminating: self.exiting.is_cancelled() || self.shutdown.is_cancelled(),
         }
+    }
+
+    /// Whether this node has nothing left to hand off: see [`shard::handed_off`].
+    pub fn handed_off(&self) -> bool {
+        let in_progress = {
+            let handoffs = lock(&self.handoffs);
+            handoffs.incoming.len() + handoffs.outgoing.len()
+        };
+        shard::handed_off(&self.table(), self.me(), in_progress)
     }
 
     /// Whether no hand-off is in progress here, either way.

@@ -14,7 +14,13 @@
 //!    table could name an earlier move of the same shard between the same nodes. Only the
 //!    source knows the snapshot went out, so a move named by any other node is ignored.
 //! 2. **Membership.** The ready pods with known addresses, plus the draining set: always
-//!    [`nodes_to_drain`]`(desired, pods)`, the highest ordinals above the desired count. A
+//!    [`nodes_to_drain`]`(desired, pods)`, the highest ordinals above the desired count, and
+//!    every pod on a planned exit ([`PodView::leaving`]: a `deletionTimestamp`, a stop sent by
+//!    the driver, or a node that reports `terminating` after a SIGTERM by hand). Such a pod
+//!    stays a member while its process runs and the table lists it, ready or not (its
+//!    readiness fails on purpose once it is stopping), so its shards are handed off from it
+//!    rather than restarted empty; it leaves the table once its process is gone. A leaving pod
+//!    the table does not list never joins. A
 //!    scale-up in the middle of a scale-down therefore simply un-drains. A brand-new cluster
 //!    (table epoch 0) waits until every desired pod is ready, or
 //!    [`DecideOptions::initial_grace`] has passed, before the first assignment: otherwise the
@@ -56,6 +62,8 @@ pub struct Report {
     pub moves_in_flight: u32,
     /// Moves of the table at `epoch` that the node completed as the source.
     pub moves_done: Vec<Move>,
+    /// The node was asked to stop (SIGTERM) and waits to hand its shards off.
+    pub terminating: bool,
 }
 
 /// The table to publish when `lingering` pods, removed by a drain, still run: `next` with them
@@ -102,6 +110,8 @@ struct StatusWire {
     moves_in_flight: u32,
     #[serde(default)]
     moves_done: Vec<Move>,
+    #[serde(default)]
+    terminating: bool,
 }
 
 impl Report {
@@ -120,6 +130,7 @@ impl Report {
             epoch: wire.epoch,
             moves_in_flight: wire.moves_in_flight,
             moves_done: wire.moves_done,
+            terminating: wire.terminating,
         })
     }
 }
@@ -138,6 +149,16 @@ pub struct PodView {
     pub info: Option<NodeInfo>,
     /// Its last `/status`, if it gave one since it started.
     pub report: Option<Report>,
+    /// It is going away: a `deletionTimestamp` (Kubernetes), or a stop the driver sent. A node
+    /// that says `terminating` in its report counts too (SIGTERM sent by hand).
+    pub terminating: bool,
+}
+
+impl PodView {
+    /// Whether this pod is on its way out, by its own report or by the driver's knowledge.
+    pub fn leaving(&self) -> bool {
+        self.terminating || self.report.as_ref().is_some_and(|r| r.terminating)
+    }
 }
 
 /// Knobs for [`decide`].
@@ -186,6 +207,9 @@ pub struct Decision {
     pub stop: BTreeSet<NodeName>,
     /// Set when a scale-down has been going on for longer than the drain timeout.
     pub stuck: Option<Stuck>,
+    /// Pods on a planned exit (see [`PodView::leaving`]) that are still in the table: they are
+    /// draining members, handing their shards off before their process ends.
+    pub exiting: BTreeSet<NodeName>,
 }
 
 /// A scale-down that has not finished in time, with what it waits for.
@@ -307,16 +331,30 @@ pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, S
         .collect();
     let completed = complete_moves(published, &done);
 
-    // 2. Membership.
+    // 2. Membership. A pod on a planned exit stays a member while its process runs, even once
+    //    its readiness fails, but only as a draining source: its shards are planned off at once.
     let names: Vec<NodeName> = pods.iter().map(|p| p.name.clone()).collect();
+    let exiting: BTreeSet<NodeName> = pods
+        .iter()
+        .filter(|p| p.leaving() && p.running && published.nodes.contains_key(&p.name))
+        .map(|p| p.name.clone())
+        .collect();
     let mut membership = Membership {
         ready: pods
             .iter()
-            .filter(|p| p.ready)
+            // A leaving pod not in the table never becomes a member: it must not get shards.
+            .filter(|p| {
+                if p.leaving() {
+                    exiting.contains(&p.name)
+                } else {
+                    p.ready
+                }
+            })
             .filter_map(|p| Some((p.name.clone(), p.info.clone()?)))
             .collect(),
         draining: nodes_to_drain(desired_replicas, &names),
     };
+    membership.draining.extend(exiting.iter().cloned());
     let first_assignment = published.epoch == 0 && published.nodes.is_empty();
     let all_ready = membership.ready.len() >= desired_replicas as usize;
     if first_assignment && !all_ready && age < options.initial_grace {
@@ -369,6 +407,7 @@ pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, S
         start,
         stop,
         stuck,
+        exiting,
     })
 }
 
@@ -435,6 +474,7 @@ mod tests {
                 epoch,
                 ..Report::default()
             }),
+            terminating: false,
         }
     }
 
@@ -446,6 +486,7 @@ mod tests {
             ready: false,
             info: Some(info(i)),
             report: None,
+            terminating: false,
         }
     }
 
@@ -494,6 +535,7 @@ mod tests {
             ready: false,
             info: None,
             report: None,
+            terminating: false,
         }
     }
 

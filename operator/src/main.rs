@@ -1,7 +1,7 @@
 //! `roomshard-operator`: run the Kubernetes controller (`run`, alias `controller`, which the
 //! Helm chart and the image use), print the CRD (`crd`) or the
 //! API calls it needs (`rbac`), run a local cluster (`local`), or talk to a running one's admin
-//! port (`scale`, `status`).
+//! port (`scale`, `restart`, `status`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use operator::local::{LocalCluster, LocalOptions, ScaleRequest};
+use operator::local::{LocalCluster, LocalOptions, RestartAnswer, ScaleRequest};
 use operator::{ClusterView, Error, http};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,16 @@ enum Command {
         /// The desired number of nodes.
         #[arg(long)]
         replicas: u32,
+    },
+    /// Roll every node of a local cluster: a new process per node, one at a time, each one
+    /// drained before it stops (what a StatefulSet rolling update does). Waits until done.
+    Restart {
+        /// The cluster's admin URL.
+        #[arg(long, env = "ROOMSHARD_ADMIN", default_value = "http://127.0.0.1:7700")]
+        admin: String,
+        /// Give up waiting after this long (the restart itself goes on).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Print a summary of a local cluster.
     Status {
@@ -105,7 +115,11 @@ struct LocalArgs {
     /// Hand-off timeout passed to the nodes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     handoff_timeout: Duration,
-    /// Shutdown grace passed to the nodes; the driver SIGKILLs 5 s after it.
+    /// How long a stopping node waits for its shards to be handed off (passed to the nodes).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    exit_drain_timeout: Duration,
+    /// Shutdown grace passed to the nodes; the driver SIGKILLs a stopping node 5 s after its
+    /// exit drain timeout and this grace.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
     /// How long a scale-down may take before it is reported stuck (default: 3 x hand-off timeout).
@@ -129,6 +143,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Local(args) => local(args).await,
         Command::Scale { admin, replicas } => scale(&admin, replicas).await,
+        Command::Restart { admin, timeout } => restart(&admin, timeout).await,
         Command::Status { admin, json } => status(&admin, json).await,
         Command::Crd => crd(),
         Command::Rbac => rbac(),
@@ -150,6 +165,7 @@ async fn local(args: LocalArgs) -> Result<(), Error> {
         port: args.port,
         node_bin: args.node_bin,
         handoff_timeout: args.handoff_timeout,
+        exit_drain_timeout: args.exit_drain_timeout,
         shutdown_grace: args.shutdown_grace,
         drain_timeout: args.drain_timeout,
         max_moves_per_node: args.max_moves_per_node,
@@ -189,9 +205,10 @@ fn print_banner(view: &ClusterView) {
             _ => println!("  {:<8} (not up yet)", node.name),
         }
     }
-    println!("admin:  {admin}  (GET /cluster, GET /table, POST /scale)");
+    println!("admin:  {admin}  (GET /cluster, GET /table, POST /scale, POST /restart)");
     println!("scale:  roomshard-operator scale --admin {admin} --replicas 4");
     println!("status: roomshard-operator status --admin {admin}");
+    println!("roll:   roomshard-operator restart --admin {admin}");
     println!("Ctrl-C stops every node.");
 }
 
@@ -295,6 +312,68 @@ async fn scale(admin: &str, replicas: u32) -> Result<(), Error> {
         "desired replicas set to {replicas}; follow it with: roomshard-operator status --admin {admin}"
     );
     Ok(())
+}
+
+/// How often `restart` looks at the cluster while it waits.
+const RESTART_POLL: Duration = Duration::from_millis(500);
+
+async fn restart(admin: &str, timeout: Duration) -> Result<(), Error> {
+    let (authority, base) = http::split_url(admin)?;
+    let before = cluster_view(admin).await?.rollout.completed;
+    let response =
+        http::post_json(&authority, &format!("{base}/restart"), "{}", ADMIN_TIMEOUT).await?;
+    if !response.is_success() {
+        return Err(Error::Http(format!(
+            "{admin}/restart answered {}: {}",
+            response.status, response.body
+        )));
+    }
+    let answer: RestartAnswer = serde_json::from_str(&response.body)
+        .map_err(|e| Error::Http(format!("cannot read {admin}/restart: {e}")))?;
+    println!("rolling restart of {} nodes started", answer.nodes);
+    let started = std::time::Instant::now();
+    let mut last = None;
+    loop {
+        let view = cluster_view(admin).await?;
+        if view.rollout.completed > before {
+            println!(
+                "rolling restart done in {:.1}s: {} nodes, table epoch {}",
+                started.elapsed().as_secs_f64(),
+                answer.nodes,
+                view.epoch
+            );
+            return Ok(());
+        }
+        let now = (view.rollout.updated, view.rollout.current.clone());
+        if last.as_ref() != Some(&now) {
+            println!(
+                "  {}/{} updated, now {}",
+                now.0,
+                answer.nodes,
+                now.1.as_deref().unwrap_or("-")
+            );
+            last = Some(now);
+        }
+        if started.elapsed() > timeout {
+            return Err(Error::Timeout(format!(
+                "rolling restart not done after {timeout:?}; it goes on: roomshard-operator status --admin {admin}"
+            )));
+        }
+        tokio::time::sleep(RESTART_POLL).await;
+    }
+}
+
+async fn cluster_view(admin: &str) -> Result<ClusterView, Error> {
+    let (authority, base) = http::split_url(admin)?;
+    let response = http::get(&authority, &format!("{base}/cluster"), ADMIN_TIMEOUT).await?;
+    if !response.is_success() {
+        return Err(Error::Http(format!(
+            "{admin}/cluster answered {}",
+            response.status
+        )));
+    }
+    serde_json::from_str(&response.body)
+        .map_err(|e| Error::Http(format!("cannot read {admin}/cluster: {e}")))
 }
 
 async fn status(admin: &str, json: bool) -> Result<(), Error> {

@@ -4,114 +4,15 @@
 //! These need the workspace's binaries (`cargo build --workspace --bins`, which `./test.sh`
 //! does first); they are found next to this test's own directory in the target folder.
 
+mod real_nodes;
+
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use operator::ClusterView;
-use operator::local::{LocalCluster, LocalOptions};
+use real_nodes::{Client, binary, cluster, ws_urls};
 use serde_json::{Value, json};
 use shard::RoomId;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
-
-async fn cluster(nodes: u32) -> LocalCluster {
-    let options = LocalOptions {
-        nodes,
-        shards: 128,
-        port: 0,
-        node_bin: Some(binary("roomshard-node")),
-        shutdown_grace: Duration::from_secs(5),
-        ..LocalOptions::default()
-    };
-    let cluster = LocalCluster::start(options)
-        .await
-        .expect("local cluster starts");
-    cluster
-        .wait_for(Duration::from_secs(60), ClusterView::is_settled)
-        .await
-        .expect("cluster settles");
-    cluster
-}
-
-fn ws_urls(cluster: &LocalCluster) -> Vec<(String, String)> {
-    cluster
-        .nodes()
-        .into_iter()
-        .filter_map(|n| n.ws_url.map(|u| (n.name, u)))
-        .collect()
-}
-
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Client {
-    async fn connect(ws_url: &str, user: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(format!("{ws_url}?user={user}")),
-        )
-        .await
-        .expect("connect in time")
-        .expect("handshake");
-        Client { ws }
-    }
-
-    async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .expect("send");
-    }
-
-    async fn recv(&mut self, within: Duration) -> Option<Value> {
-        loop {
-            match tokio::time::timeout(within, self.ws.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    return serde_json::from_str(text.as_str()).ok();
-                }
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                _ => return None,
-            }
-        }
-    }
-
-    async fn recv_op(&mut self, op: &str) -> Value {
-        loop {
-            let frame = self
-                .recv(Duration::from_secs(10))
-                .await
-                .unwrap_or_else(|| panic!("no `{op}` frame in time"));
-            if frame["op"] == op {
-                return frame;
-            }
-        }
-    }
-
-    async fn join(&mut self, room: &str) -> Value {
-        self.send(json!({"op": "join", "room": room})).await;
-        self.recv_op("joined").await
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_deliver_every_message_in_order_to_members_on_every_node() {

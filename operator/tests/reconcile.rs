@@ -5,12 +5,14 @@
 
 mod support;
 
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, DynamicObject, EvictParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use operator::k8s::crd::ChatCluster;
 use serde_json::json;
 use shard::AssignmentTable;
-use support::{Harness, NS, TestResult, children, condition, n};
+use support::{Harness, NS, TestResult, children, condition, n, until};
 
 async fn set_spec(h: &Harness, spec: serde_json::Value) -> TestResult {
     h.clusters()
@@ -622,5 +624,259 @@ async fn disabling_the_ingress_removes_it() -> TestResult {
             .await?
             .is_none()
     );
+    Ok(())
+}
+
+/// Gives `pod` a finalizer and deletes it: it stays, Terminating, with a `deletionTimestamp`
+/// (what a rolling update, an eviction or `kubectl delete pod` does to a running pod; the
+/// finalizer stands for the kubelet, which keeps a running pod until its process exits).
+async fn start_terminating(h: &Harness, pod: &str) -> TestResult {
+    hold(h, pod).await?;
+    h.pods().delete(pod, &DeleteParams::default()).await?;
+    let held = h.object("pods", pod).await?.ok_or("the pod is gone")?;
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    Ok(())
+}
+
+/// Puts the finalizer that keeps `pod` Terminating once deleted.
+async fn hold(h: &Harness, pod: &str) -> TestResult {
+    h.pods()
+        .patch(
+            pod,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["test.roomshard.dev/hold"]}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Lets a terminating `pod` go (its process has exited) and waits until it is gone.
+async fn finish_terminating(h: &Harness, pod: &str) -> TestResult {
+    h.pods()
+        .patch(
+            pod,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await?;
+    h.until_gone("pods", pod).await
+}
+
+#[tokio::test]
+async fn a_pod_with_a_deletion_timestamp_is_drained_at_once_and_stays_a_source_until_it_is_gone()
+-> TestResult {
+    let h = Harness::start().await?;
+    let settled = h
+        .running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    let pods = ["chat-0", "chat-1", "chat-2"];
+    h.nodes.applied(&pods, &settled, false);
+    let owned = settled.shards_of(&n("chat-1"));
+    assert_eq!(owned.len(), 4);
+
+    start_terminating(&h, "chat-1").await?;
+    h.pass("chat").await?;
+    let draining = h.table("chat").await;
+    assert_eq!(draining.epoch, settled.epoch + 1);
+    assert!(draining.nodes.contains_key(&n("chat-1")), "still a member");
+    assert!(draining.draining.contains(&n("chat-1")));
+    assert!(draining.shards_of(&n("chat-1")).is_empty());
+    assert_eq!(draining.moves.len(), owned.len(), "every shard by hand-off");
+    assert!(draining.moves.iter().all(|m| m.from == n("chat-1")));
+    assert_eq!(h.replicas("chat").await, 3, "not a scale-down");
+
+    // The terminating pod reports its hand-offs done (it is no longer Ready, but still read).
+    h.nodes.applied(&pods, &draining, true);
+    h.pass("chat").await?;
+    let cleared = h.table("chat").await;
+    assert!(cleared.moves.is_empty());
+    assert!(
+        cleared.nodes.contains_key(&n("chat-1")),
+        "it stays listed, owning nothing, while its process runs"
+    );
+    h.nodes.applied(&pods, &cleared, false);
+    h.pass("chat").await?;
+    assert_eq!(h.table("chat").await, cleared, "nothing more while it runs");
+
+    // Its process exits and the pod is gone: it leaves the table without any move. (The real
+    // StatefulSet controller may have made a new chat-1 already; it is not ready.)
+    finish_terminating(&h, "chat-1").await?;
+    h.pass("chat").await?;
+    let gone = h.table("chat").await;
+    assert!(!gone.nodes.contains_key(&n("chat-1")));
+    assert!(gone.moves.is_empty());
+
+    // The StatefulSet creates it again; once Ready it gets its share back by hand-off.
+    h.statefulset_pods("chat").await?;
+    h.nodes.applied(&["chat-0", "chat-2"], &gone, false);
+    h.pass("chat").await?;
+    assert_eq!(h.table("chat").await, gone, "not ready yet: nothing for it");
+    h.ready("chat-1", true).await?;
+    h.pass("chat").await?;
+    let back = h.table("chat").await;
+    assert_eq!(back.moves.len(), 4, "the fewest moves");
+    assert!(back.moves.iter().all(|m| m.to == n("chat-1")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_evicted_pod_is_drained_like_any_planned_exit_and_the_pdb_still_allows_one_disruption()
+-> TestResult {
+    let h = Harness::start().await?;
+    let settled = h
+        .running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    h.nodes
+        .applied(&["chat-0", "chat-1", "chat-2"], &settled, false);
+    // The PodDisruptionBudget is still written: at most one voluntary disruption at a time.
+    let pdb = h
+        .object("poddisruptionbudgets.policy", "chat")
+        .await?
+        .ok_or("no pdb")?;
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+
+    // A real eviction, admitted by the real disruption controller's count of healthy pods.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(h.client.clone(), NS);
+    until(
+        &pdbs,
+        "chat",
+        "the disruption controller allows one disruption",
+        |p: Option<&PodDisruptionBudget>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.disruptions_allowed == 1 && s.current_healthy == 3)
+        },
+    )
+    .await?;
+    hold(&h, "chat-2").await?;
+    h.pods().evict("chat-2", &EvictParams::default()).await?;
+    let evicted = h.object("pods", "chat-2").await?.ok_or("the pod is gone")?;
+    assert!(evicted["metadata"]["deletionTimestamp"].is_string());
+
+    // Passed at once: the pod garbage collector marks a terminating pod that no Node runs
+    // Failed within its 20 s period, and a Failed pod hands nothing off.
+    h.pass("chat").await?;
+    let table = h.table("chat").await;
+    assert!(table.draining.contains(&n("chat-2")));
+    assert!(table.shards_of(&n("chat-2")).is_empty());
+    assert!(table.moves.iter().all(|m| m.from == n("chat-2")));
+
+    // A second voluntary disruption is refused while the first one lasts. (kube's client
+    // retries a 429 for minutes by default; this one must see it.)
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(h.cluster.kubeconfig())?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    config.default_retry = false;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(kube::Client::try_from(config)?, NS);
+    match pods.evict("chat-1", &EvictParams::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 429, "{e:?}"),
+        other => panic!("a second eviction was not refused: {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rolling_update_shows_in_status_and_finishes_up_to_date() -> TestResult {
+    let h = Harness::start().await?;
+    h.running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    set_spec(&h, json!({"image": "roomshard-node:v2"})).await?;
+    h.pass("chat").await?;
+    let sts = h
+        .object("statefulsets.apps", "chat")
+        .await?
+        .ok_or("no statefulset")?;
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "roomshard-node:v2"
+    );
+
+    // The real StatefulSet controller replaces chat-2 first, then waits for it to be Ready.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(h.client.clone(), NS);
+    until(
+        &statefulsets,
+        "chat",
+        "the StatefulSet controller reports the rollout under way",
+        |s: Option<&StatefulSet>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+                st.update_revision != st.current_revision && st.updated_replicas == Some(1)
+            })
+        },
+    )
+    .await?;
+    h.pass("chat").await?;
+    let rolling = h.status("chat").await;
+    assert_eq!(rolling.updated_replicas, Some(1));
+    assert_eq!(rolling.phase.as_deref(), Some("Updating"));
+    assert_eq!(
+        condition(&rolling, "UpToDate"),
+        (
+            "False".into(),
+            "RollingUpdate".into(),
+            "1/3 pods updated".into()
+        )
+    );
+    assert_eq!(condition(&rolling, "Progressing").1, "RollingUpdate");
+
+    // Each new pod becomes Ready (as its kubelet would say), and the controller goes on.
+    let done = |s: Option<&StatefulSet>| {
+        s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+            st.update_revision == st.current_revision
+                && st.updated_replicas == Some(3)
+                && st.ready_replicas == Some(3)
+        })
+    };
+    for _ in 0..3 {
+        h.until_pods("the StatefulSet controller made the next pod", |pods| {
+            pods.len() == 3
+                && pods
+                    .values()
+                    .all(|p| p.metadata.deletion_timestamp.is_none())
+        })
+        .await?;
+        for pod in ["chat-0", "chat-1", "chat-2"] {
+            if !h.object("pods", pod).await?.is_some_and(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            }) {
+                h.ready(pod, true).await?;
+            }
+        }
+        if done(statefulsets.get_opt("chat").await?.as_ref()) {
+            break;
+        }
+        until(
+            &statefulsets,
+            "chat",
+            "the StatefulSet controller replaces the next pod",
+            |s: Option<&StatefulSet>| {
+                done(s)
+                    || s.and_then(|s| s.status.as_ref())
+                        .is_some_and(|st| st.ready_replicas != Some(3))
+            },
+        )
+        .await?;
+    }
+    until(&statefulsets, "chat", "the rollout is done", done).await?;
+
+    // The returning pods get their shards back; then the cluster is Running and up to date.
+    for _ in 0..6 {
+        h.pass("chat").await?;
+        let table = h.table("chat").await;
+        h.nodes
+            .applied(&["chat-0", "chat-1", "chat-2"], &table, true);
+        if h.status("chat").await.phase.as_deref() == Some("Running") {
+            break;
+        }
+    }
+    let done = h.status("chat").await;
+    assert_eq!(done.updated_replicas, Some(3));
+    assert_eq!(done.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&done, "UpToDate").0, "True");
     Ok(())
 }

@@ -144,3 +144,18 @@ pub fn drain_step(
     }
     DrainStep::Remove(to_drain)
 }
+
+/// Whether a node that was asked to stop (SIGTERM: a rolling update, an eviction, a deleted pod)
+/// has nothing left to hand off under `table`, the table it applied, and may tell its clients
+/// to `reconnect` and exit.
+///
+/// True when `table` gives `me` no shard and names no move from or to it, and the node itself
+/// has no hand-off in progress (`handoffs_in_progress`: snapshots not yet confirmed, shards it
+/// still waits for). A node the table does not know owns nothing and may go at once. Until this
+/// holds, the operator has not yet planned its shards away or a snapshot is still on its way:
+/// exiting then would lose those rooms' history.
+pub fn handed_off(table: &AssignmentTable, me: &NodeName, handoffs_in_progress: usize) -> bool {
+    handoffs_in_progress == 0
+        && table.owners().iter().flatten().all(|owner| owner != me)
+        && !table.moves.iter().any(|m| &m.from == me || &m.to == me)
+}

@@ -27,7 +27,7 @@ pub mod ids;
 pub mod planner;
 pub mod table;
 
-pub use drain::{DrainStep, NodeReport, drain_step, nodes_to_drain};
+pub use drain::{DrainStep, NodeReport, drain_step, handed_off, nodes_to_drain};
 pub use handoff::{Transition, abandoned_handoffs, transition};
 pub use hash::{room_hash, shard_of};
 pub use ids::{NodeName, RoomId, ShardId, ordinal_of};

@@ -8,7 +8,7 @@ use common::{Cluster, balanced, event, membership, node};
 use proptest::prelude::*;
 use shard::{
     AssignmentTable, DrainStep, NodeName, NodeReport, PlanOptions, ShardError, complete_moves,
-    drain_step, nodes_to_drain, plan,
+    drain_step, handed_off, nodes_to_drain, plan,
 };
 
 fn members(n: usize) -> Vec<NodeName> {
@@ -241,4 +241,34 @@ proptest! {
             prop_assert!(reports.iter().all(|r| r.moves_pending == 0));
         }
     }
+}
+
+#[test]
+fn a_stopping_node_may_exit_only_once_it_owns_nothing_and_no_move_names_it() {
+    let table = balanced(12, 3);
+    let leaving = node(2);
+    assert!(
+        !handed_off(&table, &leaving, 0),
+        "it still owns shards: the operator has not planned them away yet"
+    );
+
+    // The operator marks it draining: its shards move to the others.
+    let planned = plan(&table, &membership(0..3, &[2]), &PlanOptions::default());
+    assert!(planned.shards_of(&leaving).is_empty());
+    assert!(planned.moves.iter().any(|m| m.from == leaving));
+    assert!(
+        !handed_off(&planned, &leaving, 0),
+        "its moves are still in the table"
+    );
+
+    // The moves are done and cleared; a snapshot still unconfirmed holds it back.
+    let done = complete_moves(&planned, &planned.moves);
+    assert!(!handed_off(&done, &leaving, 1));
+    assert!(handed_off(&done, &leaving, 0));
+}
+
+#[test]
+fn a_node_the_table_does_not_know_may_exit_at_once() {
+    assert!(handed_off(&AssignmentTable::empty(8), &node(0), 0));
+    assert!(handed_off(&balanced(8, 2), &node(5), 0));
 }

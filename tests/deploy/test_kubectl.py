@@ -145,7 +145,7 @@ def test_kubectl_knows_the_short_name_and_the_printer_columns(applied):
     table = applied.kubectl("get", "chat").stdout
     print(table)
     assert table.splitlines()[0].split() == \
-        ["NAME", "REPLICAS", "READY", "SHARDS", "EPOCH", "PHASE", "AGE"]
+        ["NAME", "REPLICAS", "READY", "UPDATED", "SHARDS", "EPOCH", "PHASE", "AGE"]
     rows = table_rows(table)
     assert set(rows) == set(EXAMPLE_NAMES.values())
     assert rows["large"]["REPLICAS"] == "24" and rows["large"]["SHARDS"] == "4096"

@@ -64,6 +64,11 @@ pub struct Args {
     /// after the measurement and their increase reported as `server_metrics`.
     #[arg(long, value_delimiter = ',')]
     pub metrics_url: Vec<String>,
+    /// After the run, read every room's whole history (`join` with `since: 0`) and report the
+    /// rooms whose history is cut as `history` (the nodes' `--history-per-room` must exceed
+    /// what a room gets).
+    #[arg(long)]
+    pub audit_history: bool,
 }
 
 /// A WebSocket node address that passed the loopback check.
@@ -120,6 +125,8 @@ pub struct LoadPlan {
     pub pids: Vec<u32>,
     /// `/metrics` endpoints to read before and after.
     pub metrics: Vec<HttpTarget>,
+    /// Read every room's history afterwards.
+    pub audit_history: bool,
 }
 
 /// A checked idle run.
@@ -211,6 +218,7 @@ impl Args {
             prefix: self.room_prefix.clone(),
             pids: self.pids.clone(),
             metrics,
+            audit_history: self.audit_history,
         }))
     }
 }

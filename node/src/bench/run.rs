@@ -121,6 +121,9 @@ struct LoadReport {
     load_1m: [Option<f64>; 2],
     #[serde(skip_serializing_if = "Option::is_none")]
     server_metrics: Option<BTreeMap<String, f64>>,
+    /// With `--audit-history`: every room's history read afterwards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<super::audit::HistoryAudit>,
 }
 
 /// The idle run's JSON line.
@@ -470,7 +473,13 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         }
         _ => None,
     };
+    let history = if plan.audit_history {
+        Some(super::audit::audit(&plan.nodes, &plan.prefix, plan.rooms).await)
+    } else {
+        None
+    };
     let report = LoadReport {
+        history,
         connections: connected as u64,
         rooms: plan.rooms,
         duration_s,

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
     status = "ChatClusterStatus",
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyNodes"}"#,
+    printcolumn = r#"{"name":"Updated","type":"integer","jsonPath":".status.updatedReplicas"}"#,
     printcolumn = r#"{"name":"Shards","type":"integer","jsonPath":".spec.shards"}"#,
     printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.epoch"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -213,6 +214,10 @@ pub struct ChatClusterStatus {
     /// Node pods that are Ready (cluster members).
     #[serde(default)]
     pub ready_nodes: i32,
+    /// Node pods that run the current pod template (the StatefulSet's `updatedReplicas`);
+    /// below the replica count while a rolling update goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_replicas: Option<i32>,
     /// Epoch of the assignment table in the ConfigMap.
     #[serde(default)]
     pub epoch: i64,
@@ -228,7 +233,7 @@ pub struct ChatClusterStatus {
     /// When the current drain started (RFC 3339), to detect a stuck drain across restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_started: Option<String>,
-    /// Ready, Progressing and Degraded.
+    /// Ready, Progressing, Degraded and UpToDate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -390,7 +395,9 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Replicas", "Ready", "Shards", "Epoch", "Phase", "Age"]
+            [
+                "Replicas", "Ready", "Updated", "Shards", "Epoch", "Phase", "Age"
+            ]
         );
         let subresources = crd.spec.versions[0].subresources.as_ref();
         assert!(subresources.is_some_and(|s| s.status.is_some()));

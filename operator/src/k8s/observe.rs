@@ -83,6 +83,19 @@ pub fn is_ready(pod: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// True when the pod is on a planned exit: it has a `deletionTimestamp` (rolling update,
+/// eviction, node drain, `kubectl delete pod`) and runs through its grace period.
+pub fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// True while the pod's containers may still run: it exists and has not finished
+/// (`Succeeded` or `Failed`). A terminating pod counts: it is handing its shards off.
+pub fn is_running(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
 /// The pod's IP, once it has one.
 pub fn pod_ip(pod: &Pod) -> Option<&str> {
     pod.status
@@ -126,10 +139,11 @@ pub async fn pod_views(
         let pod = by_name.get(name.as_str()).copied();
         let ip = pod.and_then(pod_ip);
         views.push(PodView {
-            running: pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none()),
+            running: pod.is_some_and(is_running),
             ready: pod.is_some_and(is_ready) && ip.is_some(),
             info: ip.map(node_info),
             report: None,
+            terminating: pod.is_some_and(is_terminating),
             name,
         });
     }
@@ -137,13 +151,17 @@ pub async fn pod_views(
     let reads = views.iter().map(|view| async move {
         let ip = by_name.get(view.name.as_str()).and_then(|p| pod_ip(p));
         match ip {
-            Some(ip) if view.ready => match reader.read(&view.name, ip).await {
-                Ok(report) => Some(report),
-                Err(e) => {
-                    tracing::debug!(pod = %view.name, error = %e, "no /status this pass");
-                    None
+            // A terminating pod is no longer Ready, but it still hands its shards off and
+            // reports how far it got.
+            Some(ip) if view.ready || (view.terminating && view.running) => {
+                match reader.read(&view.name, ip).await {
+                    Ok(report) => Some(report),
+                    Err(e) => {
+                        tracing::debug!(pod = %view.name, error = %e, "no /status this pass");
+                        None
+                    }
                 }
-            },
+            }
             _ => None,
         }
     });

@@ -234,9 +234,9 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let ns = owner.namespace.as_str();
     let names = &owner.names;
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-    let current = statefulsets
-        .get_opt(&names.statefulset)
-        .await?
+    let existing = statefulsets.get_opt(&names.statefulset).await?;
+    let rollout = status::rollout_of(existing.as_ref());
+    let current = existing
         .and_then(|s| s.spec?.replicas)
         .map_or(0, |r| u32::try_from(r).unwrap_or(0));
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
@@ -329,6 +329,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         ready_nodes,
         draining: &draining,
         decision: &decision,
+        rollout,
         old,
         now,
     });
@@ -347,6 +348,8 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         && decision.table.moves.is_empty()
         && ready_nodes == checked.replicas
         && current == checked.replicas
+        && !rollout.in_progress
+        && decision.exiting.is_empty()
         && new.phase.as_deref() == Some(status::phases::RUNNING);
     Ok(Action::requeue(if settled {
         ctx.options.idle_requeue

@@ -23,6 +23,8 @@ pub mod types {
     pub const PROGRESSING: &str = "Progressing";
     /// Something needs a person: an invalid spec, or a drain that does not finish.
     pub const DEGRADED: &str = "Degraded";
+    /// Every pod runs the current pod template (False while a rolling update goes on).
+    pub const UP_TO_DATE: &str = "UpToDate";
 }
 
 /// Condition reasons.
@@ -45,6 +47,11 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Degraded false.
     pub const AS_EXPECTED: &str = "AsExpected";
+    /// UpToDate true: every pod runs the current template.
+    pub const ALL_PODS_UPDATED: &str = "AllPodsUpdated";
+    /// UpToDate false, Progressing true: pods are being replaced one at a time, each drained
+    /// first.
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
 }
 
 /// Phases shown in `kubectl get chat`.
@@ -57,6 +64,8 @@ pub mod phases {
     pub const SCALING: &str = "Scaling";
     /// A scale-down is in progress.
     pub const DRAINING: &str = "Draining";
+    /// A rolling update replaces the pods one at a time.
+    pub const UPDATING: &str = "Updating";
     /// See the Degraded condition.
     pub const DEGRADED: &str = "Degraded";
 }
@@ -74,10 +83,58 @@ pub struct Pass<'a> {
     pub draining: &'a [NodeName],
     /// What [`crate::decide()`] said.
     pub decision: &'a Decision,
+    /// Where the StatefulSet's rolling update stands.
+    pub rollout: Rollout,
     /// The status stored before this pass.
     pub old: Option<&'a ChatClusterStatus>,
     /// When the pass runs.
     pub now: Timestamp,
+}
+
+/// Where a rolling update of the pods stands, from the StatefulSet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rollout {
+    /// Pods on the current template (`status.updatedReplicas`); `None` before the StatefulSet
+    /// controller has reported.
+    pub updated: Option<u32>,
+    /// The StatefulSet's replicas.
+    pub replicas: u32,
+    /// Pods are being replaced: the controller has not caught up with the template yet, or
+    /// the current and update revisions differ.
+    pub in_progress: bool,
+}
+
+/// Reads the rolling update's progress from a StatefulSet's status. A StatefulSet that has no
+/// status yet (just created) is not rolling.
+pub fn rollout_of(sts: Option<&k8s_openapi::api::apps::v1::StatefulSet>) -> Rollout {
+    let Some(sts) = sts else {
+        return Rollout::default();
+    };
+    let replicas = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .map_or(0, |r| u32::try_from(r).unwrap_or(0));
+    let Some(status) = &sts.status else {
+        return Rollout {
+            replicas,
+            ..Rollout::default()
+        };
+    };
+    let updated = status
+        .updated_replicas
+        .map(|u| u32::try_from(u).unwrap_or(0));
+    let behind = status.observed_generation < sts.metadata.generation;
+    let revisions_differ = matches!(
+        (&status.current_revision, &status.update_revision),
+        (Some(current), Some(update)) if current != update
+    );
+    Rollout {
+        updated,
+        replicas,
+        in_progress: status.update_revision.is_some()
+            && (behind || revisions_differ || updated.is_some_and(|u| u < replicas)),
+    }
 }
 
 /// The status after pass `pass`.
@@ -88,6 +145,7 @@ pub fn summarize(pass: &Pass<'_>) -> ChatClusterStatus {
         ready_nodes,
         draining,
         decision,
+        rollout,
         old,
         now,
     } = *pass;
@@ -103,6 +161,18 @@ pub fn summarize(pass: &Pass<'_>) -> ChatClusterStatus {
         (
             phases::DRAINING,
             Some((reasons::DRAINING, format!("draining {}", names.join(", ")))),
+        )
+    } else if rollout.in_progress {
+        (
+            phases::UPDATING,
+            Some((
+                reasons::ROLLING_UPDATE,
+                format!(
+                    "rolling update: {}/{} pods updated",
+                    rollout.updated.unwrap_or(0),
+                    rollout.replicas
+                ),
+            )),
         )
     } else if !assigned {
         (
@@ -166,11 +236,36 @@ pub fn summarize(pass: &Pass<'_>) -> ChatClusterStatus {
         None => ("False", reasons::AS_EXPECTED, String::new()),
     };
     set_condition(&mut conditions, types::DEGRADED, degraded, generation, now);
+    if let Some(updated) = rollout.updated {
+        let up_to_date = if rollout.in_progress {
+            (
+                "False",
+                reasons::ROLLING_UPDATE,
+                format!("{updated}/{} pods updated", rollout.replicas),
+            )
+        } else {
+            (
+                "True",
+                reasons::ALL_PODS_UPDATED,
+                format!("{updated} pods run the current template"),
+            )
+        };
+        set_condition(
+            &mut conditions,
+            types::UP_TO_DATE,
+            up_to_date,
+            generation,
+            now,
+        );
+    }
 
     ChatClusterStatus {
         observed_generation: generation,
         phase: Some(phase.to_owned()),
         ready_nodes: i32::try_from(ready_nodes).unwrap_or(i32::MAX),
+        updated_replicas: rollout
+            .updated
+            .map(|u| i32::try_from(u).unwrap_or(i32::MAX)),
         epoch: i64::try_from(table.epoch).unwrap_or(i64::MAX),
         shards_per_node: table
             .counts()
@@ -269,6 +364,7 @@ fn rfc3339(t: Timestamp) -> String {
 mod tests {
     use super::*;
     use crate::decide::Stuck;
+    use k8s_openapi::api::apps::v1::StatefulSet;
     use shard::{AssignmentTable, DrainStep, NodeInfo};
     use std::collections::BTreeSet;
 
@@ -302,6 +398,7 @@ mod tests {
             start: vec![],
             stop: BTreeSet::new(),
             stuck: None,
+            exiting: BTreeSet::new(),
         }
     }
 
@@ -312,9 +409,88 @@ mod tests {
             ready_nodes: 2,
             draining: &[],
             decision: d,
+            rollout: Rollout::default(),
             old,
             now,
         }
+    }
+
+    fn statefulset(generation: i64, status: serde_json::Value) -> StatefulSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "c", "generation": generation},
+            "spec": {"replicas": 3, "selector": {}, "serviceName": "c-peers",
+                     "template": {"spec": {"containers": []}}},
+            "status": status,
+        }))
+        .expect("statefulset")
+    }
+
+    #[test]
+    fn a_statefulset_between_revisions_is_rolling_and_one_on_a_single_revision_is_not() {
+        let rolling = statefulset(
+            2,
+            serde_json::json!({"replicas": 3, "observedGeneration": 2, "updatedReplicas": 1,
+                "currentRevision": "c-a", "updateRevision": "c-b"}),
+        );
+        assert_eq!(
+            rollout_of(Some(&rolling)),
+            Rollout {
+                updated: Some(1),
+                replicas: 3,
+                in_progress: true
+            }
+        );
+        let done = statefulset(
+            2,
+            serde_json::json!({"replicas": 3, "observedGeneration": 2, "updatedReplicas": 3,
+                "currentRevision": "c-b", "updateRevision": "c-b"}),
+        );
+        assert!(!rollout_of(Some(&done)).in_progress);
+        // A template change the StatefulSet controller has not seen yet is a rollout to come.
+        let behind = statefulset(
+            3,
+            serde_json::json!({"replicas": 3, "observedGeneration": 2, "updatedReplicas": 3,
+                "currentRevision": "c-b", "updateRevision": "c-b"}),
+        );
+        assert!(rollout_of(Some(&behind)).in_progress);
+        // No status yet (just created, before the StatefulSet controller wrote one): nothing to say.
+        assert_eq!(rollout_of(None), Rollout::default());
+    }
+
+    #[test]
+    fn a_rolling_update_shows_as_updating_with_up_to_date_false_until_every_pod_is_updated() {
+        let d = decision(&["c-0", "c-1"], DrainStep::Steady);
+        let mut p = pass(&d, None, at(0));
+        p.rollout = Rollout {
+            updated: Some(1),
+            replicas: 2,
+            in_progress: true,
+        };
+        let rolling = summarize(&p);
+        assert_eq!(rolling.phase.as_deref(), Some("Updating"));
+        assert_eq!(rolling.updated_replicas, Some(1));
+        let c = condition(Some(&rolling), types::UP_TO_DATE).expect("UpToDate");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "RollingUpdate")
+        );
+        assert_eq!(c.message, "1/2 pods updated");
+        let progressing = condition(Some(&rolling), types::PROGRESSING).expect("Progressing");
+        assert_eq!(progressing.reason, "RollingUpdate");
+
+        p.old = Some(&rolling);
+        p.rollout = Rollout {
+            updated: Some(2),
+            replicas: 2,
+            in_progress: false,
+        };
+        let done = summarize(&p);
+        assert_eq!(done.phase.as_deref(), Some("Running"));
+        let c = condition(Some(&done), types::UP_TO_DATE).expect("UpToDate");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "AllPodsUpdated")
+        );
     }
 
     fn at(second: i64) -> Timestamp {

@@ -6,6 +6,8 @@
 //! - `GET /cluster`: the [`ClusterView`](super::ClusterView) as JSON.
 //! - `POST /scale` with `{"replicas": M}`: sets the desired replica count; `202` with the same
 //!   body, or `400` with `{"error": ...}`.
+//! - `POST /restart`: starts a rolling restart; `202` with `{"nodes": N}`, or `409` with
+//!   `{"error": ...}` when one is already under way.
 //! - `GET /healthz`: `200` while the driver runs.
 
 use std::sync::Arc;
@@ -32,6 +34,13 @@ pub struct ScaleRequest {
     pub replicas: u32,
 }
 
+/// The answer to `POST /restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartAnswer {
+    /// How many nodes the rolling restart rolls.
+    pub nodes: u32,
+}
+
 #[derive(Debug, Deserialize)]
 struct TableQuery {
     after: Option<u64>,
@@ -44,6 +53,7 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/table", get(table))
         .route("/cluster", get(cluster))
         .route("/scale", post(scale))
+        .route("/restart", post(restart))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared);
     let served = axum::serve(listener, app)
@@ -79,6 +89,17 @@ async fn scale(State(shared): State<Arc<Shared>>, Json(request): Json<ScaleReque
         Ok(()) => (StatusCode::ACCEPTED, Json(request)).into_response(),
         Err(e) => (
             StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn restart(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.restart() {
+        Ok(nodes) => (StatusCode::ACCEPTED, Json(RestartAnswer { nodes })).into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
             Json(serde_json::json!({ "error": e.to_string() })),
         )
             .into_response(),

@@ -13,106 +13,66 @@
 //!   the same pace; it carries the table epoch the node applied and its hand-offs.
 //! - **ConfigMap.** The table is served on the admin port: `GET /table` answers at once,
 //!   `GET /table?after=N` long-polls until the epoch passes `N` (or ~20 s).
-//! - **The controller.** A reconcile loop runs every `interval` and whenever something changes
-//!   (a probe flips, a report changes, a process exits, a scale request arrives), calls
-//!   [`crate::decide::decide`] and acts: publish the table if its epoch changed, start pods,
-//!   SIGTERM drained pods. A scale-down past its deadline is logged as stuck, naming the node and
-//!   the moves it waits for, every 10 s; nothing is killed early.
+//! - **The controller** ([`reconcile`]). A reconcile loop runs every `interval` and whenever
+//!   something changes (a probe flips, a report changes, a process exits, a scale request
+//!   arrives), calls [`crate::decide::decide`] and acts: publish the table if its epoch changed,
+//!   start pods, SIGTERM drained pods. A scale-down past its deadline is logged as stuck, naming
+//!   the node and the moves it waits for, every 10 s; nothing is killed early.
+//! - **Planned exits.** A pod the driver stops, or whose node says `terminating` after a
+//!   SIGTERM sent by hand, is a draining member: its shards are planned off it at once and the
+//!   node hands them off before it exits. Its exit is not a crash: it is started again at once
+//!   (a new process under the same name) and gets shards again once ready, by hand-off.
+//! - **Rolling restart** ([`rollout`], `POST /restart`, `roomshard-operator restart`): every
+//!   node gets a new process, highest ordinal first, one at a time, as a StatefulSet rolls.
 //!
-//! The admin port also serves `GET /cluster` ([`ClusterView`]) and `POST /scale`
-//! (`{"replicas": M}`). Node stderr goes to the driver's stderr, each line prefixed with the
+//! The admin port also serves `GET /cluster` ([`ClusterView`]), `POST /scale`
+//! (`{"replicas": M}`) and `POST /restart`. Node stderr goes to the driver's stderr, each line prefixed with the
 //! node's name, or to `{log_dir}/{name}.log` when [`LocalOptions::log_dir`] is set.
 //!
-//! Shutdown ([`LocalCluster::shutdown`], Ctrl-C in the CLI) SIGTERMs every node, waits up to the
-//! shutdown grace plus 5 s, SIGKILLs stragglers and removes the driver's temporary directory.
+//! Shutdown ([`LocalCluster::shutdown`], Ctrl-C in the CLI) SIGTERMs every node, waits up to
+//! [`LocalOptions::kill_after`], SIGKILLs stragglers and removes the driver's temporary directory.
 //! Every child is also spawned with `kill_on_drop`, so dropping the cluster leaves no process
 //! behind either.
+//!
+//! The parts, one concept per file: [`options`] (what to run), [`pods`] (what the driver knows
+//! of each pod and process), [`process`] (one process: spawn, announce, probe, stop),
+//! [`reconcile`] (the loop: observe, decide, act), [`rollout`] (rolling restart steps),
+//! [`view`] (`GET /cluster`), [`admin`] (the HTTP port), [`workdir`] (the secret's directory).
 
 mod admin;
+mod options;
+mod pods;
 mod process;
+mod reconcile;
+mod rollout;
 mod view;
 mod workdir;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use shard::{AssignmentTable, DrainStep, NodeInfo, NodeName, PlanOptions, ordinal_of};
+use shard::{AssignmentTable, DrainStep, PlanOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Error;
-use crate::decide::{
-    DecideOptions, Inputs, PodView, Report, Stuck, decide, draining_in_progress, phase, pod_name,
-};
-pub use admin::ScaleRequest;
-pub use view::{ClusterView, DrainView, NodeView};
+use crate::decide::DecideOptions;
+pub use admin::{RestartAnswer, ScaleRequest};
+pub use options::{LocalOptions, MAX_REPLICAS};
+use pods::State;
+use rollout::Rollout;
+pub use view::{ClusterView, DrainView, NodeView, RolloutView};
 use workdir::WorkDir;
-
-/// The most replicas the local driver runs; loopback ports and one machine's cores run out well
-/// before the node-id space does.
-pub const MAX_REPLICAS: u32 = 64;
 
 /// Pod names are `node-{ordinal}`.
 pub const POD_PREFIX: &str = "node";
 
 /// How long a new cluster waits for all its nodes to be ready before assigning shards anyway.
 const INITIAL_GRACE: Duration = Duration::from_secs(10);
-
-/// How often a stuck scale-down is logged again.
-const STUCK_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// The longest wait before starting again a pod that keeps crashing.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// How to run the local cluster. `Default` is what `roomshard-operator local` uses.
-#[derive(Debug, Clone)]
-pub struct LocalOptions {
-    /// Replicas to start with.
-    pub nodes: u32,
-    /// The cluster's shard count (fixed for its life).
-    pub shards: u32,
-    /// Admin and table HTTP port on 127.0.0.1; 0 picks a free one.
-    pub port: u16,
-    /// The `roomshard-node` binary; `None` looks next to the current executable, then on `PATH`.
-    pub node_bin: Option<PathBuf>,
-    /// Passed to nodes as `--handoff-timeout`; three times it is the default drain timeout.
-    pub handoff_timeout: Duration,
-    /// Passed to nodes as `--shutdown-grace`; the driver waits this plus 5 s before SIGKILL.
-    pub shutdown_grace: Duration,
-    /// How long a scale-down may take before it is reported stuck; `None` = 3 x hand-off timeout.
-    pub drain_timeout: Option<Duration>,
-    /// Cap on the moves one node takes part in per table (see [`PlanOptions`]).
-    pub max_moves_per_node: usize,
-    /// Extra arguments appended to every node's command line.
-    pub node_args: Vec<String>,
-    /// Write each node's stderr to `{log_dir}/{name}.log` instead of the driver's stderr.
-    pub log_dir: Option<PathBuf>,
-    /// Reconcile and probe period.
-    pub interval: Duration,
-}
-
-impl Default for LocalOptions {
-    fn default() -> Self {
-        LocalOptions {
-            nodes: 3,
-            shards: 256,
-            port: 7700,
-            node_bin: None,
-            handoff_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(10),
-            drain_timeout: None,
-            max_moves_per_node: 64,
-            node_args: Vec::new(),
-            log_dir: None,
-            interval: Duration::from_millis(250),
-        }
-    }
-}
 
 /// The options after validation, plus what `start` set up.
 #[derive(Debug)]
@@ -123,7 +83,10 @@ struct Config {
     table_url: String,
     shards: u32,
     handoff_timeout: Duration,
+    exit_drain_timeout: Duration,
     shutdown_grace: Duration,
+    /// How long a stopped node may take before SIGKILL ([`LocalOptions::kill_after`]).
+    kill_after: Duration,
     interval: Duration,
     node_args: Vec<String>,
     log_dir: Option<PathBuf>,
@@ -137,6 +100,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the reconcile loop: something it looks at changed.
     wake: Notify,
+    /// Set when the whole cluster stops: no more planning (see [`LocalCluster::shutdown`]).
+    releasing: std::sync::atomic::AtomicBool,
     /// The published table; long-poll waiters subscribe.
     table: watch::Sender<Arc<AssignmentTable>>,
     /// The view after the last reconcile pass; [`LocalCluster::wait_for`] subscribes.
@@ -145,49 +110,6 @@ struct Shared {
     shutdown: CancellationToken,
     /// The reconcile loop, the admin server and the pod supervisors.
     tasks: TaskTracker,
-}
-
-/// What the driver knows; guarded by a plain mutex, never held across an `await`.
-#[derive(Debug)]
-struct State {
-    desired: u32,
-    /// The pods that should exist: ordinals `0..replicas` (the StatefulSet's replicas).
-    replicas: u32,
-    /// Every pod with a process or a history, by ordinal; includes pods being stopped.
-    pods: BTreeMap<u32, Pod>,
-    step: DrainStep,
-    stuck: Option<Stuck>,
-    drain_since: Option<Instant>,
-    stuck_logged: Option<Instant>,
-    started: Instant,
-}
-
-/// One pod across its incarnations (processes).
-#[derive(Debug)]
-struct Pod {
-    name: NodeName,
-    /// Bumped at each start, so a finished supervisor cannot touch its successor's state.
-    generation: u64,
-    restarts: u32,
-    /// Unexpected exits since the pod was last ready; drives the back-off.
-    crashes_in_a_row: u32,
-    not_before: Option<Instant>,
-    /// The current process, while there is one.
-    proc: Option<Proc>,
-}
-
-/// One process of a pod.
-#[derive(Debug)]
-struct Proc {
-    stop: CancellationToken,
-    pid: Option<u32>,
-    stopping: bool,
-    ready: bool,
-    probe_failures: u32,
-    client: Option<SocketAddr>,
-    peer: Option<SocketAddr>,
-    report: Option<Report>,
-    status: Option<serde_json::Value>,
 }
 
 /// A running local cluster. Drop it or call [`shutdown`](Self::shutdown) to stop every node.
@@ -206,7 +128,7 @@ impl LocalCluster {
     /// [`Error::Config`] for out-of-range options, [`Error::NodeBinary`] when the node binary
     /// is missing, [`Error::Io`] when the admin port or the temporary directory cannot be had.
     pub async fn start(options: LocalOptions) -> Result<LocalCluster, Error> {
-        validate(&options)?;
+        options::validate(&options)?;
         let node_bin = match &options.node_bin {
             Some(path) if path.is_file() => path.clone(),
             Some(path) => {
@@ -215,7 +137,7 @@ impl LocalCluster {
                     path.display()
                 )));
             }
-            None => default_node_bin()?,
+            None => options::default_node_bin()?,
         };
         if let Some(dir) = &options.log_dir {
             std::fs::create_dir_all(dir)
@@ -237,7 +159,9 @@ impl LocalCluster {
             admin_url,
             shards: options.shards,
             handoff_timeout: options.handoff_timeout,
+            exit_drain_timeout: options.exit_drain_timeout,
             shutdown_grace: options.shutdown_grace,
+            kill_after: options.kill_after(),
             interval: options.interval,
             node_args: options.node_args.clone(),
             log_dir: options.log_dir.clone(),
@@ -263,10 +187,13 @@ impl LocalCluster {
                 drain_since: None,
                 stuck_logged: None,
                 started: Instant::now(),
+                rollout: None,
+                rollouts_done: 0,
             }),
             view: watch::Sender::new(Arc::new(ClusterView::default())),
             table: watch::Sender::new(table),
             wake: Notify::new(),
+            releasing: std::sync::atomic::AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             config,
@@ -279,8 +206,8 @@ impl LocalCluster {
             "local cluster starting"
         );
         shared.tasks.spawn(admin::serve(shared.clone(), listener));
-        shared.tasks.spawn(reconcile_loop(shared.clone()));
-        shared.reconcile();
+        shared.tasks.spawn(reconcile::run(shared.clone()));
+        reconcile::pass(&shared);
         Ok(LocalCluster { shared, workdir })
     }
 
@@ -328,6 +255,36 @@ impl LocalCluster {
         self.shared.scale(replicas)
     }
 
+    /// Starts a rolling restart: every node gets a new process, one at a time, each drained
+    /// first (see [`rollout`]). Returns how many nodes it will roll.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when a rolling restart is already under way.
+    pub fn restart(&self) -> Result<u32, Error> {
+        self.shared.restart()
+    }
+
+    /// Sends SIGTERM to node `name`, as `kill -TERM` by hand would, and returns the pid. The
+    /// node hands its shards off before it exits, and the driver starts it again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when no process runs for `name`, [`Error::Io`] when `kill` fails.
+    pub async fn sigterm(&self, name: &str) -> Result<u32, Error> {
+        let pid = self.pid_of(name)?;
+        process::signal("TERM", pid).await?;
+        Ok(pid)
+    }
+
+    fn pid_of(&self, name: &str) -> Result<u32, Error> {
+        self.nodes()
+            .into_iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.pid)
+            .ok_or_else(|| Error::Config(format!("no process runs for {name}")))
+    }
+
     /// Waits until `done` holds for the view after a reconcile pass, and returns that view.
     ///
     /// # Errors
@@ -357,12 +314,7 @@ impl LocalCluster {
     ///
     /// [`Error::Config`] when no process runs for `name`, [`Error::Io`] when `kill` fails.
     pub async fn kill9(&self, name: &str) -> Result<u32, Error> {
-        let pid = self
-            .nodes()
-            .into_iter()
-            .find(|n| n.name == name)
-            .and_then(|n| n.pid)
-            .ok_or_else(|| Error::Config(format!("no process runs for {name}")))?;
+        let pid = self.pid_of(name)?;
         process::signal("KILL", pid).await?;
         Ok(pid)
     }
@@ -370,15 +322,21 @@ impl LocalCluster {
     /// Stops every node (SIGTERM, then SIGKILL after the grace period), the reconcile loop and
     /// the admin server, and removes the temporary directory.
     ///
+    /// The whole cluster stops, so there is nobody to hand rooms to: first the driver publishes
+    /// a table in which nobody owns anything (and stops planning), so that every node's exit
+    /// drain finds nothing to hand off and each exits at once instead of waiting out its exit
+    /// drain timeout.
+    ///
     /// # Errors
     ///
     /// [`Error::Timeout`] if the tasks did not finish, [`Error::Io`] if the directory could not
     /// be removed.
     pub async fn shutdown(self) -> Result<(), Error> {
         tracing::info!("stopping every node");
+        self.shared.release_all().await;
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
-        let bound = self.shared.config.shutdown_grace + Duration::from_secs(10);
+        let bound = self.shared.config.kill_after + Duration::from_secs(5);
         let finished = tokio::time::timeout(bound, self.shared.tasks.wait()).await;
         self.workdir.remove()?;
         match finished {
@@ -401,76 +359,6 @@ impl Drop for LocalCluster {
     }
 }
 
-fn validate(options: &LocalOptions) -> Result<(), Error> {
-    if !(1..=MAX_REPLICAS).contains(&options.nodes) {
-        return Err(Error::Config(format!(
-            "--nodes must be between 1 and {MAX_REPLICAS}"
-        )));
-    }
-    if !(1..=shard::format::MAX_SHARDS).contains(&options.shards) {
-        return Err(Error::Config(format!(
-            "--shards must be between 1 and {}",
-            shard::format::MAX_SHARDS
-        )));
-    }
-    if options.interval.is_zero() {
-        return Err(Error::Config(
-            "the reconcile interval must not be zero".into(),
-        ));
-    }
-    if options.max_moves_per_node == 0 {
-        return Err(Error::Config(
-            "--max-moves-per-node must be at least 1".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// `roomshard-node` next to the current executable (how `cargo build` lays binaries out), then
-/// on `PATH`.
-fn default_node_bin() -> Result<PathBuf, Error> {
-    const NAME: &str = "roomshard-node";
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(NAME)))
-        .filter(|p| p.is_file());
-    let on_path = || {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(NAME))
-                .find(|p| p.is_file())
-        })
-    };
-    beside.or_else(on_path).ok_or_else(|| {
-        Error::NodeBinary(format!(
-            "no {NAME} next to this executable or on PATH (build it with `cargo build -p node`, or pass --node-bin)"
-        ))
-    })
-}
-
-/// How long to wait before starting a pod again after its `n`th crash in a row: at once the
-/// first time, then 0.5 s, 1 s, 2 s, ... up to [`MAX_BACKOFF`].
-fn backoff(n: u32) -> Duration {
-    if n <= 1 {
-        return Duration::ZERO;
-    }
-    let exp = (n - 2).min(16);
-    Duration::from_millis(500u64.saturating_mul(1 << exp)).min(MAX_BACKOFF)
-}
-
-async fn reconcile_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shared.shutdown.cancelled() => break,
-            () = shared.wake.notified() => {}
-            _ = tick.tick() => {}
-        }
-        shared.reconcile();
-    }
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -490,196 +378,120 @@ impl Shared {
         Ok(())
     }
 
-    /// One reconcile pass: observe, [`decide`], act (see the module doc).
-    fn reconcile(self: &Arc<Self>) {
-        if self.shutdown.is_cancelled() {
-            return;
-        }
-        let now = Instant::now();
-        let published = self.table.borrow().clone();
+    fn restart(&self) -> Result<u32, Error> {
         let mut st = self.lock();
-        let pods: Vec<PodView> = (0..st.replicas)
-            .filter_map(|ordinal| pod_view(&st, ordinal))
-            .collect();
-        let inputs = Inputs {
-            desired_replicas: st.desired,
-            pods: &pods,
-            table: &published,
-            drain_elapsed: st.drain_since.map_or(Duration::ZERO, |t| now - t),
-            age: now - st.started,
-        };
-        let decision = match decide(inputs, &self.config.decide) {
-            Ok(decision) => decision,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot decide");
+        if let Some(rollout) = &st.rollout {
+            return Err(Error::Config(format!(
+                "a rolling restart is already under way ({} of {} nodes done)",
+                rollout.updated, rollout.total
+            )));
+        }
+        let replicas = st.replicas;
+        st.rollout = Some(Rollout::new(replicas));
+        drop(st);
+        tracing::info!(nodes = replicas, "rolling restart requested");
+        self.wake.notify_one();
+        Ok(replicas)
+    }
+
+    /// Publishes a table in which nobody owns anything and waits (briefly) until every running
+    /// node reports it: the cluster is stopping as a whole.
+    async fn release_all(&self) {
+        /// How long stopping nodes get to read the last table.
+        const RELEASE_WAIT: Duration = Duration::from_secs(3);
+        self.releasing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let current = self.table.borrow().clone();
+        let mut last = AssignmentTable::empty(current.shards);
+        last.nodes = current.nodes.clone();
+        last.epoch = current.epoch + 1;
+        let epoch = last.epoch;
+        self.table.send_replace(Arc::new(last));
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        let mut tick = tokio::time::interval(self.config.interval.min(Duration::from_millis(50)));
+        while tokio::time::Instant::now() < deadline {
+            let caught_up = self.lock().pods.values().all(|pod| {
+                pod.proc
+                    .as_ref()
+                    .is_none_or(|p| p.report.as_ref().is_some_and(|r| r.epoch >= epoch))
+            });
+            if caught_up {
                 return;
             }
-        };
-
-        // Pods removed by the drain whose processes still run (telling their clients to
-        // reconnect) stay in the table until they exit: see `keep_lingering`.
-        let lingering: Vec<NodeName> = st
-            .pods
-            .iter()
-            .filter(|(ordinal, pod)| **ordinal >= decision.replicas && pod.proc.is_some())
-            .map(|(_, pod)| pod.name.clone())
-            .filter(|name| published.nodes.contains_key(name))
-            .collect();
-        let next = crate::decide::keep_lingering(&published, &decision.table, &lingering);
-        if decision.publish && next.epoch != published.epoch {
-            let table = &next;
-            let owners: Vec<String> = table
-                .counts()
-                .iter()
-                .map(|(n, k)| format!("{n}={k}"))
-                .collect();
-            tracing::info!(
-                epoch = table.epoch,
-                owners = %owners.join(" "),
-                moves = table.moves.len(),
-                draining = table.draining.len(),
-                "published table"
-            );
-            self.table.send_replace(Arc::new(next.clone()));
+            tick.tick().await;
         }
-
-        if phase(&decision.step) != phase(&st.step) {
-            tracing::info!(phase = phase(&decision.step), "scale-down step");
-        }
-        if draining_in_progress(&decision.step) {
-            st.drain_since.get_or_insert(now);
-        } else {
-            st.drain_since = None;
-        }
-        match &decision.stuck {
-            Some(stuck) => {
-                if st
-                    .stuck_logged
-                    .is_none_or(|t| now.duration_since(t) >= STUCK_LOG_EVERY)
-                {
-                    tracing::error!(
-                        "{stuck}; not stopping anything, still retrying (Kubernetes: Degraded)"
-                    );
-                    st.stuck_logged = Some(now);
-                }
-            }
-            None => {
-                if st.stuck.is_some() {
-                    tracing::info!("scale-down no longer stuck");
-                }
-                st.stuck_logged = None;
-            }
-        }
-        st.step = decision.step.clone();
-        st.stuck = decision.stuck.clone();
-
-        for name in &decision.stop {
-            let proc = ordinal_of(name)
-                .and_then(|o| st.pods.get_mut(&o))
-                .and_then(|p| p.proc.as_mut());
-            if let Some(proc) = proc
-                && !proc.stopping
-            {
-                tracing::info!(node = %name, "drained; stopping it (SIGTERM)");
-                proc.stopping = true;
-                proc.stop.cancel();
-            }
-        }
-        st.replicas = decision.replicas;
-        let replicas = st.replicas;
-        st.pods
-            .retain(|&ordinal, pod| ordinal < replicas || pod.proc.is_some());
-
-        for name in &decision.start {
-            let Some(ordinal) = ordinal_of(name) else {
-                continue;
-            };
-            let pod = st.pods.entry(ordinal).or_insert_with(|| Pod {
-                name: name.clone(),
-                generation: 0,
-                restarts: 0,
-                crashes_in_a_row: 0,
-                not_before: None,
-                proc: None,
-            });
-            if pod.proc.is_some() || pod.not_before.is_some_and(|t| now < t) {
-                continue;
-            }
-            pod.generation += 1;
-            let stop = self.shutdown.child_token();
-            pod.proc = Some(Proc {
-                stop: stop.clone(),
-                pid: None,
-                stopping: false,
-                ready: false,
-                probe_failures: 0,
-                client: None,
-                peer: None,
-                report: None,
-                status: None,
-            });
-            self.tasks.spawn(process::supervise(
-                self.clone(),
-                ordinal,
-                name.clone(),
-                pod.generation,
-                stop,
-            ));
-        }
-
-        let view = build_view(&st, &self.table.borrow(), &self.config);
-        drop(st);
-        self.view.send_replace(Arc::new(view));
     }
 
     /// The view as of now (not waiting for a reconcile pass).
     fn view_now(&self) -> ClusterView {
         let table = self.table.borrow().clone();
-        build_view(&self.lock(), &table, &self.config)
+        view::build(&self.lock(), &table, &self.config)
     }
 
     /// Runs `update` on the current process of pod `ordinal` if it is still incarnation
     /// `generation`; wakes the reconcile loop when `update` says something changed.
-    fn update_proc(&self, ordinal: u32, generation: u64, update: impl FnOnce(&mut Proc) -> bool) {
-        let changed = {
-            let mut st = self.lock();
-            match st
-                .pods
-                .get_mut(&ordinal)
-                .filter(|p| p.generation == generation)
-                .and_then(|p| p.proc.as_mut())
-            {
-                Some(proc) => update(proc),
-                None => false,
-            }
-        };
+    fn update_proc(
+        &self,
+        ordinal: u32,
+        generation: u64,
+        update: impl FnOnce(&mut pods::Proc) -> bool,
+    ) {
+        let changed = self
+            .lock()
+            .proc_mut(ordinal, generation)
+            .is_some_and(update);
         if changed {
             self.wake.notify_one();
         }
     }
 
-    /// Records a probe result: ready after one success, not ready after two failures in a row.
+    /// The process of pod `ordinal`, incarnation `generation`, announced its addresses.
+    fn announced(
+        &self,
+        ordinal: u32,
+        generation: u64,
+        client: std::net::SocketAddr,
+        peer: std::net::SocketAddr,
+    ) {
+        let mut st = self.lock();
+        let Some(pod) = st
+            .pods
+            .get_mut(&ordinal)
+            .filter(|p| p.generation == generation)
+        else {
+            return;
+        };
+        pod.client_port = Some(client.port());
+        if let Some(proc) = pod.proc.as_mut() {
+            proc.client = Some(client);
+            proc.peer = Some(peer);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// The client port pod `ordinal` listens on: the one it had before, or 0 (any) the first
+    /// time.
+    fn client_port(&self, ordinal: u32) -> u16 {
+        self.lock()
+            .pods
+            .get(&ordinal)
+            .and_then(|p| p.client_port)
+            .unwrap_or(0)
+    }
+
+    /// Records a probe result (see [`pods::Proc::probed`]).
     fn probed(&self, ordinal: u32, generation: u64, ok: bool, status: Option<process::Status>) {
         let mut became_ready = false;
         self.update_proc(ordinal, generation, |proc| {
             let was_ready = proc.ready;
-            if ok {
-                proc.probe_failures = 0;
-                proc.ready = true;
-            } else {
-                proc.probe_failures = proc.probe_failures.saturating_add(1);
-                if proc.probe_failures >= 2 {
-                    proc.ready = false;
-                }
-            }
-            became_ready = proc.ready && !was_ready;
             let report = status.as_ref().map(|s| s.report.clone());
-            let report_changed = report.is_some() && report != proc.report;
+            let changed = proc.probed(ok, report);
             if let Some(s) = status {
-                proc.report = Some(s.report);
                 proc.status = Some(s.raw);
             }
-            was_ready != proc.ready || report_changed
+            became_ready = proc.ready && !was_ready;
+            changed
         });
         if became_ready {
             let mut st = self.lock();
@@ -690,159 +502,14 @@ impl Shared {
         }
     }
 
-    /// The process of pod `ordinal`, incarnation `generation`, is gone.
-    fn exited(&self, ordinal: u32, generation: u64, expected: bool) {
-        {
-            let mut st = self.lock();
-            let replicas = st.replicas;
-            let Some(pod) = st
-                .pods
-                .get_mut(&ordinal)
-                .filter(|p| p.generation == generation)
-            else {
-                return;
-            };
-            pod.proc = None;
-            if !expected {
-                pod.restarts += 1;
-                pod.crashes_in_a_row += 1;
-                pod.not_before = Some(Instant::now() + backoff(pod.crashes_in_a_row));
-            }
-            if ordinal >= replicas {
-                st.pods.remove(&ordinal);
-            }
+    /// The process of pod `ordinal`, incarnation `generation`, is gone (see
+    /// [`State::exited`]).
+    fn exited(&self, ordinal: u32, generation: u64, stopped: bool) {
+        let changed = self
+            .lock()
+            .exited(ordinal, generation, stopped, Instant::now());
+        if changed {
+            self.wake.notify_one();
         }
-        self.wake.notify_one();
-    }
-}
-
-/// What [`decide`] sees of pod `ordinal`.
-fn pod_view(st: &State, ordinal: u32) -> Option<PodView> {
-    let Some(pod) = st.pods.get(&ordinal) else {
-        // Not started yet: a pod that should exist but has no process.
-        return pod_name(POD_PREFIX, ordinal).ok().map(|name| PodView {
-            name,
-            running: false,
-            ready: false,
-            info: None,
-            report: None,
-        });
-    };
-    let proc = pod.proc.as_ref();
-    let info = proc.and_then(|p| {
-        Some(NodeInfo {
-            peer_addr: p.peer?.to_string(),
-            client_addr: p.client.map(|a| a.to_string()),
-        })
-    });
-    Some(PodView {
-        name: pod.name.clone(),
-        running: proc.is_some(),
-        ready: proc.is_some_and(|p| p.ready),
-        info,
-        report: proc.and_then(|p| p.report.clone()),
-    })
-}
-
-fn build_view(st: &State, table: &AssignmentTable, config: &Config) -> ClusterView {
-    let counts = table.counts();
-    let nodes = st
-        .pods
-        .values()
-        .map(|pod| {
-            let proc = pod.proc.as_ref();
-            let client = proc.and_then(|p| p.client);
-            NodeView {
-                name: pod.name.to_string(),
-                pid: proc.and_then(|p| p.pid),
-                client_url: client.map(|a| format!("http://{a}")),
-                ws_url: client.map(|a| format!("ws://{a}/ws")),
-                peer_addr: proc.and_then(|p| p.peer).map(|a| a.to_string()),
-                running: proc.is_some(),
-                ready: proc.is_some_and(|p| p.ready),
-                draining: table.draining.contains(&pod.name),
-                stopping: proc.is_some_and(|p| p.stopping),
-                restarts: pod.restarts,
-                shards: counts.get(&pod.name).copied().unwrap_or(0),
-                status: proc.and_then(|p| p.status.clone()),
-            }
-        })
-        .collect();
-    let names = |set: &std::collections::BTreeSet<NodeName>| -> Vec<String> {
-        set.iter().map(ToString::to_string).collect()
-    };
-    let (draining, lagging, pending) = match &st.step {
-        DrainStep::MarkDraining(set) | DrainStep::Remove(set) => (names(set), vec![], vec![]),
-        DrainStep::WaitForEpoch { lagging, .. } => (
-            names(&table.draining),
-            lagging.iter().map(ToString::to_string).collect(),
-            vec![],
-        ),
-        DrainStep::WaitForMoves { pending } => (names(&table.draining), vec![], pending.clone()),
-        DrainStep::Steady => (vec![], vec![], vec![]),
-    };
-    ClusterView {
-        admin_url: config.admin_url.clone(),
-        table_url: config.table_url.clone(),
-        desired_replicas: st.desired,
-        replicas: st.replicas,
-        epoch: table.epoch,
-        shards: table.shards,
-        nodes,
-        shards_per_node: counts
-            .into_iter()
-            .map(|(n, k)| (n.to_string(), k))
-            .collect(),
-        moves_in_flight: table.moves.clone(),
-        drain: DrainView {
-            phase: phase(&st.step).to_string(),
-            draining,
-            lagging,
-            pending,
-            elapsed_secs: st.drain_since.map_or(0, |t| t.elapsed().as_secs()),
-            stuck: st.stuck.as_ref().map(ToString::to_string),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_crashing_pod_is_started_again_at_once_then_ever_more_slowly() {
-        assert_eq!(backoff(1), Duration::ZERO);
-        assert_eq!(backoff(2), Duration::from_millis(500));
-        assert_eq!(backoff(3), Duration::from_secs(1));
-        assert_eq!(backoff(5), Duration::from_secs(4));
-        assert_eq!(backoff(6), Duration::from_secs(8));
-        assert_eq!(backoff(7), MAX_BACKOFF);
-        assert_eq!(backoff(1000), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn options_out_of_range_are_refused() {
-        let bad = [
-            LocalOptions {
-                nodes: 0,
-                ..LocalOptions::default()
-            },
-            LocalOptions {
-                nodes: MAX_REPLICAS + 1,
-                ..LocalOptions::default()
-            },
-            LocalOptions {
-                shards: 0,
-                ..LocalOptions::default()
-            },
-            LocalOptions {
-                max_moves_per_node: 0,
-                ..LocalOptions::default()
-            },
-        ];
-        for options in bad {
-            assert!(validate(&options).is_err(), "{options:?}");
-        }
-        assert!(validate(&LocalOptions::default()).is_ok());
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! [`supervise`] owns the child for its whole life. It ends when the process exits (a crash or
 //! `kill -9`: the reconcile loop decides about a replacement) or when its stop token is
-//! cancelled (drained, or the driver shuts down): then it sends SIGTERM, waits for the node's
-//! shutdown grace plus 5 s, and sends SIGKILL if the node is still there.
+//! cancelled (drained, a rolling restart, or the driver shuts down): then it sends SIGTERM,
+//! waits for the node's exit drain, its shutdown grace and 5 s, and sends SIGKILL if the node
+//! is still there.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -86,7 +87,11 @@ async fn run(
     command
         .arg("--name")
         .arg(name.as_str())
-        .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+        // The client port a pod had before, like a pod's stable address behind its Service:
+        // clients of a restarted node (the bench's, a browser tab) reconnect where they were.
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", shared.client_port(ordinal)))
+        .args(["--peer-listen", "127.0.0.1:0"])
         .arg("--table-url")
         .arg(&config.table_url)
         .arg("--cluster-secret-file")
@@ -95,6 +100,8 @@ async fn run(
         .arg(config.shards.to_string())
         .arg("--handoff-timeout")
         .arg(humantime::format_duration(config.handoff_timeout).to_string())
+        .arg("--exit-drain-timeout")
+        .arg(humantime::format_duration(config.exit_drain_timeout).to_string())
         .arg("--shutdown-grace")
         .arg(humantime::format_duration(config.shutdown_grace).to_string())
         .args(&config.node_args)
@@ -135,7 +142,7 @@ async fn run(
     let announced = tokio::select! {
         biased;
         () = stop.cancelled() => {
-            terminate(&mut child, pid, config.shutdown_grace, name).await;
+            terminate(&mut child, pid, config.kill_after, name).await;
             return Ok(Ended::Stopped);
         }
         status = child.wait() => {
@@ -148,11 +155,11 @@ async fn run(
     let (client, peer) = match announced {
         Ok(Ok(addrs)) => addrs,
         Ok(Err(e)) => {
-            terminate(&mut child, pid, config.shutdown_grace, name).await;
+            terminate(&mut child, pid, config.kill_after, name).await;
             return Err(e);
         }
         Err(_) => {
-            terminate(&mut child, pid, config.shutdown_grace, name).await;
+            terminate(&mut child, pid, config.kill_after, name).await;
             return Err(Error::Timeout(format!(
                 "{name} did not print its addresses within {ANNOUNCE_TIMEOUT:?}"
             )));
@@ -167,25 +174,44 @@ async fn run(
         peer = %peer,
         "node started"
     );
-    shared.update_proc(ordinal, generation, |p| {
-        p.client = Some(client);
-        p.peer = Some(peer);
-        true
-    });
+    shared.announced(ordinal, generation, client, peer);
 
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once SIGTERM is sent: the node then hands its shards off, and the driver must keep
+    // reading its `/status` (as the kubelet keeps probing a terminating pod) so that the moves
+    // it reports done are cleared and it may exit.
+    let mut kill_at: Option<tokio::time::Instant> = None;
     loop {
+        let deadline = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
-            () = stop.cancelled() => {
-                terminate(&mut child, pid, config.shutdown_grace, name).await;
-                return Ok(Ended::Stopped);
+            () = stop.cancelled(), if kill_at.is_none() => {
+                if let Some(pid) = pid
+                    && let Err(e) = signal("TERM", pid).await
+                {
+                    tracing::warn!(node = %name, error = %e, "cannot send SIGTERM");
+                }
+                kill_at = Some(tokio::time::Instant::now() + config.kill_after);
             }
             status = child.wait() => {
+                if kill_at.is_some() {
+                    return Ok(Ended::Stopped);
+                }
                 return status
                     .map(Ended::Exited)
                     .map_err(|e| Error::io("cannot wait for the node", e));
+            }
+            () = deadline => {
+                tracing::warn!(node = %name, "still running {:?} after SIGTERM; sending SIGKILL", config.kill_after);
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Ok(Ended::Stopped);
             }
             () = async {
                 tick.tick().await;
@@ -278,14 +304,13 @@ fn parse_status(body: &str, name: &NodeName) -> Option<Status> {
     Some(Status { report, raw })
 }
 
-/// SIGTERM, wait up to `grace` + 5 s, then SIGKILL.
-async fn terminate(child: &mut Child, pid: Option<u32>, grace: Duration, name: &NodeName) {
+/// SIGTERM, wait up to `bound` (the exit drain, the shutdown grace and 5 s), then SIGKILL.
+async fn terminate(child: &mut Child, pid: Option<u32>, bound: Duration, name: &NodeName) {
     if let Some(pid) = pid
         && let Err(e) = signal("TERM", pid).await
     {
         tracing::warn!(node = %name, error = %e, "cannot send SIGTERM");
     }
-    let bound = grace + Duration::from_secs(5);
     if tokio::time::timeout(bound, child.wait()).await.is_err() {
         tracing::warn!(node = %name, "still running {bound:?} after SIGTERM; sending SIGKILL");
         let _ = child.start_kill();

@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
-use shard::Move;
+use shard::{AssignmentTable, DrainStep, Move, NodeName};
+
+use super::Config;
+use super::pods::State;
+use crate::decide::phase;
 
 /// The whole local cluster as the driver sees it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,6 +38,25 @@ pub struct ClusterView {
     pub moves_in_flight: Vec<Move>,
     /// Where a scale-down stands.
     pub drain: DrainView,
+    /// Where a rolling restart stands.
+    #[serde(default)]
+    pub rollout: RolloutView,
+}
+
+/// Where a rolling restart (`roomshard-operator restart`) stands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutView {
+    /// A rolling restart is under way.
+    pub in_progress: bool,
+    /// Nodes with a new process so far (in the restart under way).
+    pub updated: u32,
+    /// Nodes the restart under way rolls in all.
+    pub total: u32,
+    /// The node being drained or started again now.
+    pub current: Option<String>,
+    /// Rolling restarts finished since the driver started.
+    pub completed: u32,
 }
 
 /// One node process.
@@ -58,6 +81,10 @@ pub struct NodeView {
     pub draining: bool,
     /// It has been told to stop (SIGTERM) and has not exited yet.
     pub stopping: bool,
+    /// It is on a planned exit (stopped by the driver, or it reports `terminating` after a
+    /// SIGTERM by hand) and hands its shards off before it exits.
+    #[serde(default)]
+    pub terminating: bool,
     /// How many times it was started again after exiting unexpectedly.
     pub restarts: u32,
     /// Shards it owns in the published table.
@@ -93,7 +120,11 @@ impl ClusterView {
     /// True when every desired node is ready and reports the published epoch, nothing drains
     /// or moves, and every shard has an owner among the desired nodes.
     pub fn is_settled(&self) -> bool {
-        let ready = self.nodes.iter().filter(|n| n.ready && !n.stopping).count();
+        let ready = self
+            .nodes
+            .iter()
+            .filter(|n| n.ready && !n.stopping && !n.terminating)
+            .count();
         let caught_up = self.nodes.iter().all(|n| {
             n.status
                 .as_ref()
@@ -102,6 +133,7 @@ impl ClusterView {
                 == Some(self.epoch)
         });
         caught_up
+            && !self.rollout.in_progress
             && self.replicas == self.desired_replicas
             && ready == self.desired_replicas as usize
             && self.nodes.len() == self.desired_replicas as usize
@@ -120,6 +152,15 @@ impl ClusterView {
             self.admin_url, self.replicas, self.desired_replicas, self.epoch, self.shards
         );
         let _ = writeln!(out, "phase: {}", self.drain.phase);
+        if self.rollout.in_progress {
+            let _ = writeln!(
+                out,
+                "rolling restart: {}/{} nodes updated, now {}",
+                self.rollout.updated,
+                self.rollout.total,
+                self.rollout.current.as_deref().unwrap_or("-")
+            );
+        }
         if !self.drain.draining.is_empty() {
             let _ = writeln!(
                 out,
@@ -137,7 +178,7 @@ impl ClusterView {
             "NAME", "PID", "STATE", "SHARDS", "EPOCH", "MOVES", "ROOMS", "CONNS"
         );
         for node in &self.nodes {
-            let state = if node.stopping {
+            let state = if node.stopping || node.terminating {
                 "stopping"
             } else if node.draining && node.ready {
                 "draining"
@@ -190,5 +231,81 @@ impl ClusterView {
             let _ = writeln!(out, ")");
         }
         out
+    }
+}
+
+/// The view of the driver's state `st` with the published `table`.
+pub(super) fn build(st: &State, table: &AssignmentTable, config: &Config) -> ClusterView {
+    let counts = table.counts();
+    let nodes = st
+        .pods
+        .values()
+        .map(|pod| {
+            let proc = pod.proc.as_ref();
+            let client = proc.and_then(|p| p.client);
+            NodeView {
+                name: pod.name.to_string(),
+                pid: proc.and_then(|p| p.pid),
+                client_url: client.map(|a| format!("http://{a}")),
+                ws_url: client.map(|a| format!("ws://{a}/ws")),
+                peer_addr: proc.and_then(|p| p.peer).map(|a| a.to_string()),
+                running: proc.is_some(),
+                ready: proc.is_some_and(|p| p.ready),
+                draining: table.draining.contains(&pod.name),
+                stopping: proc.is_some_and(|p| p.stopping),
+                terminating: proc.is_some_and(|p| p.leaving()),
+                restarts: pod.restarts,
+                shards: counts.get(&pod.name).copied().unwrap_or(0),
+                status: proc.and_then(|p| p.status.clone()),
+            }
+        })
+        .collect();
+    let names = |set: &std::collections::BTreeSet<NodeName>| -> Vec<String> {
+        set.iter().map(ToString::to_string).collect()
+    };
+    let (draining, lagging, pending) = match &st.step {
+        DrainStep::MarkDraining(set) | DrainStep::Remove(set) => (names(set), vec![], vec![]),
+        DrainStep::WaitForEpoch { lagging, .. } => (
+            names(&table.draining),
+            lagging.iter().map(ToString::to_string).collect(),
+            vec![],
+        ),
+        DrainStep::WaitForMoves { pending } => (names(&table.draining), vec![], pending.clone()),
+        DrainStep::Steady => (vec![], vec![], vec![]),
+    };
+    let rollout = RolloutView {
+        in_progress: st.rollout.is_some(),
+        updated: st.rollout.as_ref().map_or(0, |r| r.updated),
+        total: st.rollout.as_ref().map_or(0, |r| r.total),
+        current: st
+            .rollout
+            .as_ref()
+            .and_then(|r| r.current())
+            .and_then(|o| st.pods.get(&o))
+            .map(|p| p.name.to_string()),
+        completed: st.rollouts_done,
+    };
+    ClusterView {
+        admin_url: config.admin_url.clone(),
+        table_url: config.table_url.clone(),
+        desired_replicas: st.desired,
+        replicas: st.replicas,
+        epoch: table.epoch,
+        shards: table.shards,
+        nodes,
+        shards_per_node: counts
+            .into_iter()
+            .map(|(n, k)| (n.to_string(), k))
+            .collect(),
+        moves_in_flight: table.moves.clone(),
+        drain: DrainView {
+            phase: phase(&st.step).to_string(),
+            draining,
+            lagging,
+            pending,
+            elapsed_secs: st.drain_since.map_or(0, |t| t.elapsed().as_secs()),
+            stuck: st.stuck.as_ref().map(ToString::to_string),
+        },
+        rollout,
     }
 }

@@ -111,6 +111,7 @@ impl FakeNodes {
                     epoch: table.epoch,
                     moves_in_flight: 0,
                     moves_done: done,
+                    terminating: false,
                 },
             );
         }
@@ -382,7 +383,10 @@ impl Harness {
             "phase": "Running",
             "podIP": ip,
             "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": status}],
+            // Long ago: the StatefulSet controller counts a pod available only `minReadySeconds`
+            // after it turned Ready, and these tests are not about that wait.
+            "conditions": [{"type": "Ready", "status": status,
+                            "lastTransitionTime": "2020-01-01T00:00:00Z"}],
         }});
         self.pods()
             .patch_status(pod, &PatchParams::default(), &Patch::Strategic(patch))

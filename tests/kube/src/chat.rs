@@ -109,3 +109,43 @@ impl ChatClient {
         }
     }
 }
+
+/// Connects over TLS to `addr` (an ingress on loopback) as `wss://HOST/ws?token=TOKEN`,
+/// trusting `ca_pem`: the client sees the Ingress's host name, as through DNS.
+///
+/// # Errors
+///
+/// When the TCP, TLS or WebSocket handshake fails.
+pub async fn connect_tls(
+    addr: std::net::SocketAddr,
+    host: &str,
+    token: &str,
+    ca_pem: &str,
+) -> TestResult<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await?;
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async_tls_with_config(
+            format!("wss://{host}/ws?token={token}"),
+            tcp,
+            None,
+            Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+                config,
+            ))),
+        ),
+    )
+    .await??;
+    Ok(ws)
+}

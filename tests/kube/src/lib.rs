@@ -10,6 +10,8 @@
 pub mod bench;
 pub mod chat;
 pub mod history;
+pub mod ingress;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -81,6 +83,33 @@ pub async fn start_cluster(nodes: usize) -> TestResult<Cluster> {
         kubectl: find_kubectl()?,
         helm,
     })
+}
+
+/// Starts a cluster of `nodes` Nodes, runs `scenario` on it, prints [`Cluster::dump`] when the
+/// scenario fails or panics, and always stops the cluster before returning (or re-panicking).
+///
+/// # Errors
+///
+/// The scenario's error, or the harness's.
+pub async fn with_cluster<F>(nodes: usize, scenario: F) -> TestResult
+where
+    F: for<'a> FnOnce(
+        &'a Cluster,
+    ) -> std::pin::Pin<Box<dyn Future<Output = TestResult> + Send + 'a>>,
+{
+    use futures_util::FutureExt;
+    let cluster = start_cluster(nodes).await?;
+    let outcome = std::panic::AssertUnwindSafe(scenario(&cluster))
+        .catch_unwind()
+        .await;
+    if !matches!(outcome, Ok(Ok(()))) {
+        cluster.dump().await;
+    }
+    cluster.stop().await;
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// `$KUBECTL`, else the one `tests/deploy/run.sh --setup` installs.

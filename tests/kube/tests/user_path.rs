@@ -12,20 +12,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use kube_e2e::chat::ChatClient;
-use kube_e2e::{Cluster, OPERATOR_NS, TestResult, binary, eventually, start_cluster};
+use kube_e2e::{Cluster, OPERATOR_NS, TestResult, binary, eventually, with_cluster};
 use kubeharness::service_proxy::ServiceProxy;
 use operator::k8s::crd::ChatCluster;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_installs_the_chart_runs_a_chat_cluster_and_removes_it() -> TestResult {
-    let cluster = start_cluster(3).await?;
-    let outcome = user_path(&cluster).await;
-    if outcome.is_err() {
-        cluster.dump().await;
-    }
-    cluster.stop().await;
-    outcome
+    with_cluster(3, |c| Box::pin(user_path(c))).await
 }
 
 async fn user_path(cluster: &Cluster) -> TestResult {
@@ -100,11 +94,11 @@ async fn user_path(cluster: &Cluster) -> TestResult {
         .split_whitespace()
         .collect();
     assert_eq!(
-        &row[..4],
-        ["minimal", "3", "3", "256"],
+        &row[..5],
+        ["minimal", "3", "3", "3", "256"],
         "kubectl get chat: {table}"
     );
-    assert_eq!(row[5], "Running");
+    assert_eq!(row[6], "Running");
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
     let owner = sts.get("minimal").await?.owner_references().to_vec();
     assert_eq!(owner.first().map(|o| o.kind.as_str()), Some("ChatCluster"));

@@ -5,10 +5,25 @@
 //! are the ones the drain empties first. `podManagementPolicy: Parallel` starts and stops pods
 //! without waiting for their neighbours: membership comes from readiness, not from start order.
 //!
-//! A pod's shutdown, in order: `preStop` sleeps [`PRESTOP_SLEEP_SECONDS`] so endpoints and
-//! Ingress controllers stop sending new connections to it; then SIGTERM, on which the node tells
-//! its clients `reconnect` and waits up to [`SHUTDOWN_GRACE_SECONDS`] for them to go; the
-//! termination grace covers both with a margin before the kubelet's SIGKILL.
+//! A pod's planned exit (rolling update, eviction, node drain, `kubectl delete pod`), in order:
+//!
+//! 1. The pod gets a `deletionTimestamp`. The operator sees it (a pod event) and marks the pod
+//!    draining at once: a table moves its shards to the others, and the node hands them off
+//!    (freeze, snapshot, forward) while it still serves.
+//! 2. `preStop` sleeps [`PRESTOP_SLEEP_SECONDS`], so endpoints and Ingress controllers stop
+//!    sending new connections to it, and the hand-off usually finishes meanwhile.
+//! 3. SIGTERM: the node's exit drain waits, at most `--exit-drain-timeout` (=
+//!    `spec.handoffTimeout`), until it owns nothing and no move names it; then it tells its
+//!    clients `reconnect`, waits up to [`SHUTDOWN_GRACE_SECONDS`] for them to go, and gives its
+//!    peer links up to 3 s to deliver what they hold.
+//!
+//! [`termination_grace_seconds`] covers all of that plus [`TERMINATION_MARGIN_SECONDS`] before
+//! the kubelet's SIGKILL, so a hand-off that fits in `spec.handoffTimeout` always completes.
+//!
+//! Updates roll with the StatefulSet's own `RollingUpdate`: one pod at a time, highest ordinal
+//! first, each deleted (and so drained, as above) and its replacement waited for until Ready
+//! and then [`MIN_READY_SECONDS`] more, the time the operator needs to give the new pod its
+//! shards back by hand-off before the next pod goes.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::json;
@@ -22,8 +37,18 @@ use crate::k8s::crd::ChatClusterSpec;
 pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
 /// Seconds a node waits for its clients to reconnect elsewhere after SIGTERM (`--shutdown-grace`).
 pub const SHUTDOWN_GRACE_SECONDS: i64 = 15;
-/// Seconds from the start of termination to SIGKILL.
-pub const TERMINATION_GRACE_SECONDS: i64 = PRESTOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS + 10;
+/// Seconds kept after the exit drain and the shutdown grace: 3 s of peer-link flush, the
+/// process ending, and slack.
+pub const TERMINATION_MARGIN_SECONDS: i64 = 10;
+/// Seconds a replacement pod must stay Ready before a rolling update deletes the next pod: the
+/// operator's requeue (2 s) plus the hand-offs that give it its shards back.
+pub const MIN_READY_SECONDS: i64 = 10;
+
+/// Seconds from the start of termination to SIGKILL for an exit drain of `exit_drain_seconds`:
+/// `preStop`, the exit drain, the shutdown grace and the margin.
+pub fn termination_grace_seconds(exit_drain_seconds: i64) -> i64 {
+    PRESTOP_SLEEP_SECONDS + exit_drain_seconds + SHUTDOWN_GRACE_SECONDS + TERMINATION_MARGIN_SECONDS
+}
 /// Where the peer-link secret is mounted.
 pub const PEER_SECRET_DIR: &str = "/etc/roomshard/peer";
 /// Where the token signing key is mounted when authentication is on.
@@ -44,6 +69,10 @@ pub fn statefulset(
     replicas: u32,
 ) -> Result<StatefulSet, Error> {
     let names = &owner.names;
+    // Whole seconds, rounded up: the exit drain must not be shorter than the hand-off timeout.
+    let exit_drain_seconds = i64::try_from(checked.handoff_timeout.as_millis().div_ceil(1000))
+        .unwrap_or(i64::MAX / 4)
+        .max(1);
     let mut args = vec![
         format!("--listen=0.0.0.0:{CLIENT_PORT}"),
         format!("--peer-listen=0.0.0.0:{PEER_PORT}"),
@@ -53,6 +82,7 @@ pub fn statefulset(
         format!("--history-per-room={}", spec.history_per_room),
         format!("--max-message-bytes={}", spec.max_message_bytes),
         format!("--handoff-timeout={}", spec.handoff_timeout),
+        format!("--exit-drain-timeout={exit_drain_seconds}s"),
         format!("--shutdown-grace={SHUTDOWN_GRACE_SECONDS}s"),
         "--log-format=json".to_owned(),
     ];
@@ -116,7 +146,7 @@ pub fn statefulset(
 
     let mut pod_spec = json!({
         "serviceAccountName": names.node_access,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": termination_grace_seconds(exit_drain_seconds),
         "securityContext": {
             "runAsNonRoot": true,
             "runAsUser": RUN_AS_USER,
@@ -148,6 +178,9 @@ pub fn statefulset(
             "replicas": replicas,
             "serviceName": names.peers_service,
             "podManagementPolicy": "Parallel",
+            // One pod at a time, each drained by its deletionTimestamp (see the module doc).
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+            "minReadySeconds": MIN_READY_SECONDS,
             "selector": {"matchLabels": owner.selector()},
             "template": {
                 "metadata": {"labels": owner.labels()},
@@ -282,6 +315,40 @@ mod tests {
         ));
         let grace = pod(&sts).termination_grace_period_seconds.expect("grace");
         assert!(grace > PRESTOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS);
+    }
+
+    #[test]
+    fn the_grace_period_fits_prestop_the_whole_hand_off_timeout_and_the_reconnects() {
+        // The default hand-off timeout is 30 s.
+        let sts = build(json!({"replicas": 3}), 3);
+        let c = node(&sts);
+        assert!(has_arg(&c, "--exit-drain-timeout=30s"));
+        let grace = pod(&sts).termination_grace_period_seconds.expect("grace");
+        assert_eq!(
+            grace,
+            PRESTOP_SLEEP_SECONDS + 30 + SHUTDOWN_GRACE_SECONDS + TERMINATION_MARGIN_SECONDS
+        );
+
+        // A longer hand-off timeout gets a longer grace period; part seconds round up.
+        let slow = build(json!({"replicas": 3, "handoffTimeout": "90500ms"}), 3);
+        assert!(has_arg(&node(&slow), "--exit-drain-timeout=91s"));
+        assert_eq!(
+            pod(&slow).termination_grace_period_seconds,
+            Some(termination_grace_seconds(91))
+        );
+    }
+
+    #[test]
+    fn updates_roll_one_pod_at_a_time_and_wait_for_the_replacement_to_get_its_shards() {
+        let spec = build(json!({"replicas": 3}), 3).spec.expect("spec");
+        let strategy = spec.update_strategy.expect("update strategy");
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        assert_eq!(
+            strategy.rolling_update.and_then(|r| r.partition),
+            Some(0),
+            "every pod is updated"
+        );
+        assert_eq!(spec.min_ready_seconds, Some(MIN_READY_SECONDS as i32));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::status::{ContainerView, State};
 #[derive(Debug)]
 pub enum Event {
     /// Its status changed.
-    View(usize, ContainerView),
+    View(usize, Box<ContainerView>),
     /// It will not run again.
     Done,
 }
@@ -94,7 +94,9 @@ pub async fn supervise(
                     reason,
                     message: Some(message),
                 };
-                let _ = events.send(Event::View(index, view.clone())).await;
+                let _ = events
+                    .send(Event::View(index, Box::new(view.clone())))
+                    .await;
                 // Missing config or image: try again, as the kubelet does, until deleted.
                 tokio::select! {
                     _ = stop.changed() => break,
@@ -109,7 +111,9 @@ pub async fn supervise(
             started_at: started_at.clone(),
         };
         view.ready = container.readiness_probe.is_none() && container.startup_probe.is_none();
-        let _ = events.send(Event::View(index, view.clone())).await;
+        let _ = events
+            .send(Event::View(index, Box::new(view.clone())))
+            .await;
 
         let (status, deleted) = watch_running(
             &ctx, &pod, &container, &sandbox, &mut child, index, &mut view, &events, &mut stop,
@@ -135,7 +139,9 @@ pub async fn supervise(
         if !restart {
             break;
         }
-        let _ = events.send(Event::View(index, view.clone())).await;
+        let _ = events
+            .send(Event::View(index, Box::new(view.clone())))
+            .await;
         // The kubelet's back-off: the first restart at once, then 10 s doubling to 5 min, reset
         // after 10 minutes of running.
         if ran_since.elapsed() > Duration::from_secs(600) {
@@ -147,7 +153,9 @@ pub async fn supervise(
                 reason: "CrashLoopBackOff".to_owned(),
                 message: Some(format!("back-off {backoff:?} restarting failed container")),
             };
-            let _ = events.send(Event::View(index, view.clone())).await;
+            let _ = events
+                .send(Event::View(index, Box::new(view.clone())))
+                .await;
             tokio::select! {
                 _ = stop.changed() => break,
                 () = tokio::time::sleep(backoff) => {}
@@ -157,7 +165,7 @@ pub async fn supervise(
         view.last_state = Some(view.state.clone());
         view.restart_count += 1;
     }
-    let _ = events.send(Event::View(index, view)).await;
+    let _ = events.send(Event::View(index, Box::new(view))).await;
     let _ = events.send(Event::Done).await;
 }
 
@@ -217,7 +225,9 @@ async fn watch_running(
             }
             if readiness.is_none() {
                 view.ready = true;
-                let _ = events.send(Event::View(index, view.clone())).await;
+                let _ = events
+                    .send(Event::View(index, Box::new(view.clone())))
+                    .await;
             }
         }
         if !started {
@@ -228,7 +238,9 @@ async fn watch_running(
             && ready != view.ready
         {
             view.ready = ready;
-            let _ = events.send(Event::View(index, view.clone())).await;
+            let _ = events
+                .send(Event::View(index, Box::new(view.clone())))
+                .await;
         }
         if let Some(p) = liveness.as_mut().filter(|p| p.next <= now)
             && p.probe(container, sandbox).await == Some(false)
@@ -391,18 +403,15 @@ async fn spawn(
     let expand = |s: &String| super::env::expand(s, &vars);
     // `command` replaces the image's entrypoint: its first word must name the image's program.
     let mut argv: Vec<String> = Vec::new();
-    match container.command.as_deref() {
-        Some([first, rest @ ..]) => {
-            let first = expand(first);
-            if Path::new(&first).file_name().and_then(|f| f.to_str()) != Some(name) {
-                return Err((
-                    "CreateContainerError".to_owned(),
-                    format!("command {first:?} is not the image's program {name:?}"),
-                ));
-            }
-            argv.extend(rest.iter().map(expand));
+    if let Some([first, rest @ ..]) = container.command.as_deref() {
+        let first = expand(first);
+        if Path::new(&first).file_name().and_then(|f| f.to_str()) != Some(name) {
+            return Err((
+                "CreateContainerError".to_owned(),
+                format!("command {first:?} is not the image's program {name:?}"),
+            ));
         }
-        _ => {}
+        argv.extend(rest.iter().map(expand));
     }
     argv.extend(container.args.iter().flatten().map(expand));
 

@@ -29,11 +29,26 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Pod>, stop: Can
         finish(&api, &name, &uid).await;
         return;
     }
-    let network = match ctx.shared.network.add_pod(ctx.index) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!(pod = %key, error = %e, "no network for pod");
-            return;
+    // No network, no pod: keep trying (and say why on the pod) until it works or the pod goes.
+    let network = loop {
+        match ctx.shared.network.add_pod(ctx.index) {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::error!(pod = %key, error = %e, "no network for pod");
+                let status = json!({"phase": "Pending", "conditions": [{"type": "PodReadyToStartContainers",
+                    "status": "False", "reason": "NetworkNotReady", "message": e.to_string()}]});
+                patch_status(&api, &name, status).await;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = updates.changed() => {
+                        if changed.is_err() || updates.borrow().metadata.deletion_timestamp.is_some() {
+                            finish(&api, &name, &uid).await;
+                            return;
+                        }
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
         }
     };
     let facts = PodFacts {
@@ -92,6 +107,30 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Pod>, stop: Can
         return;
     };
 
+    // Init containers are not run by this kubelet (nothing roomshard ships uses them): say so
+    // on the pod rather than start its containers without them.
+    if pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.init_containers.as_ref().is_some_and(|i| !i.is_empty()))
+    {
+        for c in &mut view.containers {
+            c.state = super::status::State::Waiting {
+                reason: "InitContainersUnsupported".to_owned(),
+                message: Some("the process kubelet does not run init containers".to_owned()),
+            };
+        }
+        patch_status(&api, &name, view.status(false)).await;
+        tokio::select! {
+            () = stop.cancelled() => {}
+            _ = async { while updates.changed().await.is_ok() && updates.borrow().metadata.deletion_timestamp.is_none() {} } => {}
+        }
+        cleanup(&ctx, &key, &network, &dir);
+        if !stop.is_cancelled() {
+            finish(&api, &name, &uid).await;
+        }
+        return;
+    }
     let sandbox = Sandbox {
         netns: network.netns.clone(),
         facts: facts.clone(),
@@ -122,7 +161,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Pod>, stop: Can
                 Some(Event::View(i, c)) => {
                     ctx.shared.running_pid(&key, i, c.pid);
                     if let Some(slot) = view.containers.get_mut(i) {
-                        *slot = c;
+                        *slot = *c;
                     }
                     if !removed {
                         patch_status(&api, &name, view.status(false)).await;

@@ -151,10 +151,8 @@ impl PodView {
         };
         let mut c = json!({"type": kind, "status": if entry.1 {"True"} else {"False"},
                            "lastTransitionTime": entry.2, "lastProbeTime": null});
-        if kind == "Ready" || kind == "ContainersReady" {
-            if !entry.1 {
-                c["reason"] = json!("ContainersNotReady");
-            }
+        if (kind == "Ready" || kind == "ContainersReady") && !entry.1 {
+            c["reason"] = json!("ContainersNotReady");
         }
         c
     }

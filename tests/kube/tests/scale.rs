@@ -1,0 +1,168 @@
+//! Scaling on the real control plane under load: `kubectl patch` 3 → 5 → 2 while
+//! `roomshard-bench` chats through the client Service. The StatefulSet is lowered only after the
+//! drain (checked from watch events in etcd's order), and nothing is lost or repeated.
+
+use std::time::Duration;
+
+use kube::Api;
+use kube_e2e::bench::Load;
+use kube_e2e::history::{History, Seen};
+use kube_e2e::{Cluster, TestResult, eventually, with_cluster};
+use kubeharness::service_proxy::ServiceProxy;
+use operator::k8s::crd::ChatCluster;
+use shard::NodeName;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_three_five_two_under_load_drains_before_the_statefulset_shrinks_and_loses_nothing()
+-> TestResult {
+    with_cluster(3, |c| Box::pin(scale(c))).await
+}
+
+async fn settled(chats: &Api<ChatCluster>, replicas: i32) -> Option<()> {
+    let s = chats.get("minimal").await.ok()?.status?;
+    (s.phase.as_deref() == Some("Running")
+        && s.ready_nodes == replicas
+        && s.moves_in_flight == 0
+        && s.draining.is_empty()
+        && i32::try_from(s.shards_per_node.len()).ok()? == replicas)
+        .then_some(())
+}
+
+async fn scale(cluster: &Cluster) -> TestResult {
+    let client = cluster.client().await?;
+    cluster.install_operator(&[]).await?;
+    cluster
+        .kubectl(&["apply", "-f", "examples/minimal.yaml"])
+        .await?;
+    let chats: Api<ChatCluster> = Api::namespaced(client.clone(), "default");
+    eventually("3 nodes settle", Duration::from_secs(90), || {
+        settled(&chats, 3)
+    })
+    .await?;
+    let stop = CancellationToken::new();
+    let history = History::watch(&client, "default", "minimal", &stop);
+    let proxy = ServiceProxy::start(client.clone(), "default", "minimal", "client").await?;
+    eventually(
+        "the Service has 3 endpoints",
+        Duration::from_secs(30),
+        || async { (proxy.endpoints().len() == 3).then_some(()) },
+    )
+    .await?;
+
+    let load = Load::start(&format!("ws://{}", proxy.addr), 60, 3, 5.0, "70s")?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cluster
+        .kubectl(&[
+            "patch",
+            "chat",
+            "minimal",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"replicas":5}}"#,
+        ])
+        .await?;
+    eventually("5 nodes settle", Duration::from_secs(120), || {
+        settled(&chats, 5)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster
+        .kubectl(&[
+            "patch",
+            "chat",
+            "minimal",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ])
+        .await?;
+    eventually("2 nodes settle", Duration::from_secs(180), || {
+        settled(&chats, 2)
+    })
+    .await?;
+    eventually("minimal-2..4 are gone", Duration::from_secs(90), || async {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+        let list = pods.list(&kube::api::ListParams::default()).await.ok()?;
+        (list.items.len() == 2).then_some(())
+    })
+    .await?;
+
+    let report = load.report(Duration::from_secs(150)).await?;
+    eprintln!("bench across 3 -> 5 -> 2: {}", report.0);
+    assert!(
+        report.count("delivered") > 5_000,
+        "traffic flowed: {}",
+        report.0
+    );
+    assert_eq!(report.count("lost"), 0, "no message lost: {}", report.0);
+    assert_eq!(
+        report.count("duplicates"),
+        0,
+        "no message repeated: {}",
+        report.0
+    );
+    assert_eq!(report.errors(), 0, "no send refused: {}", report.0);
+    assert!(
+        report.count("reconnects") > 0,
+        "clients of drained pods reconnected: {}",
+        report.0
+    );
+    stop.cancel();
+
+    // The order, as etcd saw it: each removed pod was emptied in a published table before the
+    // StatefulSet went to 2, and terminated only after that.
+    let events = history.events();
+    let shrunk = events
+        .iter()
+        .find(|(_, s)| matches!(s, Seen::Replicas(2)))
+        .map(|(rv, _)| *rv)
+        .ok_or("no StatefulSet event with 2 replicas")?;
+    let table_then = events
+        .iter()
+        .filter(|(rv, _)| *rv < shrunk)
+        .filter_map(|(_, s)| match s {
+            Seen::Table(t) => Some(t.clone()),
+            _ => None,
+        })
+        .next_back()
+        .ok_or("no table before the StatefulSet shrank")?;
+    for gone in ["minimal-2", "minimal-3", "minimal-4"] {
+        let node = NodeName::new(gone)?;
+        assert!(
+            table_then.shards_of(&node).is_empty(),
+            "{gone} owned shards when the StatefulSet shrank: {:?}",
+            table_then.counts()
+        );
+        assert!(
+            table_then
+                .moves
+                .iter()
+                .all(|m| m.from != node && m.to != node),
+            "moves of {gone} were pending when the StatefulSet shrank"
+        );
+        let terminating = events
+            .iter()
+            .find(|(_, s)| matches!(s, Seen::PodTerminating(p) if p == gone))
+            .map(|(rv, _)| *rv)
+            .ok_or(format!("{gone} was never terminating"))?;
+        assert!(
+            shrunk < terminating,
+            "{gone} terminated at {terminating}, before the StatefulSet shrank at {shrunk}"
+        );
+    }
+    let replicas: Vec<i32> = events
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Seen::Replicas(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        replicas.iter().all(|r| [3, 5, 2].contains(r)),
+        "the StatefulSet only ever had 3, 5 or 2 replicas: {replicas:?}"
+    );
+    Ok(())
+}
