@@ -1,5 +1,6 @@
-//! The node's ConfigMap table source against an in-memory Kubernetes API server (memkube):
-//! the table the operator writes into the ConfigMap reaches the node, newest epoch first.
+//! The node's ConfigMap table source against the real kube-apiserver (a control plane with
+//! no Nodes, from `testing/kubeharness`): the table the operator writes into the ConfigMap
+//! reaches the node, newest epoch first.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use kubeharness::{TestCluster, TestClusterOptions};
 use node::auth::Authenticator;
 use node::configmap_source::ConfigMapTableSource;
 use node::peer::{PeerSettings, Peers};
@@ -19,6 +21,16 @@ use shard::{AssignmentTable, NodeInfo, NodeName};
 use tokio_util::sync::CancellationToken;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A control plane with no Nodes: the API server is all these tests need.
+async fn control_plane() -> Result<TestCluster, kubeharness::Error> {
+    TestCluster::start(TestClusterOptions {
+        nodes: 0,
+        images: BTreeMap::new(),
+        ..TestClusterOptions::default()
+    })
+    .await
+}
 
 const SHARDS: u32 = 8;
 
@@ -46,8 +58,9 @@ async fn write(api: &Api<ConfigMap>, text: &str) -> TestResult {
 
 #[tokio::test]
 async fn the_source_yields_each_newer_table_and_keeps_the_last_good_one() -> TestResult {
-    let server = memkube::ApiServer::start("127.0.0.1:0".parse()?).await?;
-    let api: Api<ConfigMap> = Api::namespaced(server.client()?, "default");
+    let cluster = control_plane().await?;
+    let client = cluster.client().await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     // Another ConfigMap in the namespace is not followed.
     api.create(
         &PostParams::default(),
@@ -56,7 +69,7 @@ async fn the_source_yields_each_newer_table_and_keeps_the_last_good_one() -> Tes
     )
     .await?;
     write(&api, &table(1, "chat-0").to_json()).await?;
-    let source = ConfigMapTableSource::new(server.client()?, "default", "chat-assignments");
+    let source = ConfigMapTableSource::new(client.clone(), "default", "chat-assignments");
 
     let first = tokio::time::timeout(Duration::from_secs(5), source.next(0)).await??;
     assert_eq!(first, table(1, "chat-0"));
@@ -74,14 +87,15 @@ async fn the_source_yields_each_newer_table_and_keeps_the_last_good_one() -> Tes
     write(&api, &table(3, "chat-0").to_json()).await?;
     let third = tokio::time::timeout(Duration::from_secs(5), source.next(2)).await??;
     assert_eq!(third.epoch, 3);
-    server.shutdown().await?;
+    cluster.stop().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_node_following_the_configmap_applies_each_new_epoch() -> TestResult {
-    let server = memkube::ApiServer::start("127.0.0.1:0".parse()?).await?;
-    let api: Api<ConfigMap> = Api::namespaced(server.client()?, "default");
+    let cluster = control_plane().await?;
+    let client = cluster.client().await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let config = NodeConfig::try_parse_from([
         "roomshard-node",
         "--name",
@@ -99,7 +113,7 @@ async fn a_node_following_the_configmap_applies_each_new_epoch() -> TestResult {
     });
     let node = NodeState::clustered(settings, Authenticator::open(), peers);
     let source: Arc<dyn TableSource> = Arc::new(ConfigMapTableSource::new(
-        server.client()?,
+        client.clone(),
         &config.namespace,
         "chat-assignments",
     ));
@@ -117,7 +131,7 @@ async fn a_node_following_the_configmap_applies_each_new_epoch() -> TestResult {
 
     stop.cancel();
     following.await?;
-    server.shutdown().await?;
+    cluster.stop().await;
     Ok(())
 }
 

@@ -1,15 +1,27 @@
-//! The real kube `Controller` wiring against memkube: watch events (the cluster, its pods)
-//! trigger passes; no requeue timer is needed for membership to follow readiness.
+//! The real kube `Controller` wiring against the real control plane: watch events (the
+//! cluster, its pods) trigger passes; no requeue timer is needed for membership to follow
+//! readiness.
 
 mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::Api;
 use operator::k8s::controller;
+use operator::k8s::crd::ChatCluster;
 use operator::k8s::reconcile::Options;
 use serde_json::json;
-use support::{Harness, TestResult};
+use support::{Harness, NS, TestResult, until};
 use tokio_util::sync::CancellationToken;
+
+/// `ready` nodes in the cluster's status.
+fn ready_nodes(ready: i32) -> impl Fn(Option<&ChatCluster>) -> bool {
+    move |c: Option<&ChatCluster>| {
+        c.and_then(|c| c.status.as_ref())
+            .is_some_and(|s| s.ready_nodes == ready)
+    }
+}
 
 #[tokio::test]
 async fn the_controller_follows_pod_readiness_through_its_watches() -> TestResult {
@@ -26,33 +38,24 @@ async fn the_controller_follows_pod_readiness_through_its_watches() -> TestResul
 
     h.create("chat", json!({"replicas": 2, "shards": 8}))
         .await?;
-    wait(|| async { h.replicas("chat").await == 2 }).await?;
-    h.kubelet("chat").await?;
-    h.ready("chat-0", true)?;
-    wait(|| async { h.status("chat").await.ready_nodes == 1 }).await?;
-    h.ready("chat-1", true)?;
-    wait(|| async { h.status("chat").await.ready_nodes == 2 }).await?;
+    let sts: Api<StatefulSet> = Api::namespaced(h.client.clone(), NS);
+    until(
+        &sts,
+        "chat",
+        "the StatefulSet has 2 replicas",
+        |s: Option<&StatefulSet>| s.and_then(|s| s.spec.as_ref()?.replicas) == Some(2),
+    )
+    .await?;
+    h.statefulset_pods("chat").await?;
+    h.ready("chat-0", true).await?;
+    until(&h.clusters(), "chat", "1 ready node", ready_nodes(1)).await?;
+    h.ready("chat-1", true).await?;
+    until(&h.clusters(), "chat", "2 ready nodes", ready_nodes(2)).await?;
     let table = h.table("chat").await;
     assert_eq!(table.nodes.len(), 2);
     assert!(h.ctx.metrics.reconciles() >= 3);
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), running).await??;
-    Ok(())
-}
-
-/// Polls `check` every 20 ms for up to ten seconds.
-async fn wait<F, Fut>(mut check: F) -> TestResult
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        if tokio::time::Instant::now() > deadline {
-            return Err("timed out".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     Ok(())
 }

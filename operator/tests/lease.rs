@@ -1,5 +1,5 @@
-//! Leader election against memkube: one holder at a time, takeover on expiry or release, and a
-//! leader that loses its Lease stops working.
+//! Leader election against the real API server: one holder at a time, takeover on expiry or
+//! release, and a leader that loses its Lease stops working.
 
 mod support;
 
@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use memkube::ApiServer;
+use kube::api::{Patch, PatchParams, PostParams};
 use operator::k8s::lease::{Elector, LeaseConfig, lead};
 use serde_json::json;
-use support::TestResult;
+use support::{TestResult, control_plane, until};
 use tokio_util::sync::CancellationToken;
 
 fn config(identity: &str) -> LeaseConfig {
@@ -35,14 +35,27 @@ async fn holder(client: &kube::Client) -> Option<String> {
         .holder_identity
 }
 
-/// Polls `check` every 20 ms for up to five seconds.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> TestResult
+/// Waits (on a watch) until `identity` holds the Lease.
+async fn until_held_by(client: &kube::Client, identity: &str) -> TestResult {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    until(
+        &leases,
+        "roomshard-operator",
+        &format!("{identity} leads"),
+        |l: Option<&Lease>| {
+            l.and_then(|l| l.spec.as_ref()?.holder_identity.as_deref()) == Some(identity)
+        },
+    )
+    .await
+}
+
+/// Polls `check` every 20 ms for up to five seconds (the work counter has no signal).
+async fn eventually<F>(what: &str, check: F) -> TestResult
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    F: Fn() -> bool,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !check().await {
+    while !check() {
         if tokio::time::Instant::now() > deadline {
             return Err(format!("timed out waiting for {what}").into());
         }
@@ -53,8 +66,8 @@ where
 
 #[tokio::test]
 async fn one_candidate_holds_the_lease_until_it_steps_down() -> TestResult {
-    let server = ApiServer::start("127.0.0.1:0".parse()?).await?;
-    let client = server.client()?;
+    let cluster = control_plane().await?;
+    let client = cluster.client().await?;
     let a = Elector::new(client.clone(), config("a"));
     let b = Elector::new(client.clone(), config("b"));
     assert!(a.try_acquire_or_renew().await?);
@@ -79,17 +92,22 @@ async fn one_candidate_holds_the_lease_until_it_steps_down() -> TestResult {
 
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_and_counts_a_transition() -> TestResult {
-    let server = ApiServer::start("127.0.0.1:0".parse()?).await?;
-    let client = server.client()?;
-    server.store().create(json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "roomshard-operator", "namespace": "default"},
-        "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 15,
-                 "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 3},
-    }))?;
+    let cluster = control_plane().await?;
+    let client = cluster.client().await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    leases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "roomshard-operator", "namespace": "default"},
+                "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 15,
+                         "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 3},
+            }))?,
+        )
+        .await?;
     let b = Elector::new(client.clone(), config("b"));
     assert!(b.try_acquire_or_renew().await?);
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     let spec = leases
         .get("roomshard-operator")
         .await?
@@ -102,8 +120,8 @@ async fn an_expired_lease_is_taken_over_and_counts_a_transition() -> TestResult 
 
 #[tokio::test]
 async fn only_the_leader_works_and_a_standby_takes_over_when_it_shuts_down() -> TestResult {
-    let server = ApiServer::start("127.0.0.1:0".parse()?).await?;
-    let client = server.client()?;
+    let cluster = control_plane().await?;
+    let client = cluster.client().await?;
     let working = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
     let work = |who: &'static str| {
@@ -128,24 +146,18 @@ async fn only_the_leader_works_and_a_standby_takes_over_when_it_shuts_down() -> 
         stop_a.clone(),
         work("a"),
     ));
-    eventually("a leads", || async {
-        holder(&client).await.as_deref() == Some("a")
-    })
-    .await?;
+    until_held_by(&client, "a").await?;
     let b = tokio::spawn(lead(
         Elector::new(client.clone(), config("b")),
         stop_b.clone(),
         work("b"),
     ));
-    eventually("a works", || async { working.load(Ordering::SeqCst) == 1 }).await?;
+    eventually("a works", || working.load(Ordering::SeqCst) == 1).await?;
 
     stop_a.cancel();
     a.await?;
-    eventually("b leads", || async {
-        holder(&client).await.as_deref() == Some("b")
-    })
-    .await?;
-    eventually("b works", || async { working.load(Ordering::SeqCst) == 1 }).await?;
+    until_held_by(&client, "b").await?;
+    eventually("b works", || working.load(Ordering::SeqCst) == 1).await?;
     stop_b.cancel();
     b.await?;
     assert_eq!(working.load(Ordering::SeqCst), 0);
@@ -155,8 +167,8 @@ async fn only_the_leader_works_and_a_standby_takes_over_when_it_shuts_down() -> 
 
 #[tokio::test]
 async fn a_leader_whose_lease_is_taken_stops_working() -> TestResult {
-    let server = ApiServer::start("127.0.0.1:0".parse()?).await?;
-    let client = server.client()?;
+    let cluster = control_plane().await?;
+    let client = cluster.client().await?;
     let stopped = CancellationToken::new();
     let seen = stopped.clone();
     let shutdown = CancellationToken::new();
@@ -171,20 +183,17 @@ async fn a_leader_whose_lease_is_taken_stops_working() -> TestResult {
             }
         },
     ));
-    eventually("a leads", || async {
-        holder(&client).await.as_deref() == Some("a")
-    })
-    .await?;
+    until_held_by(&client, "a").await?;
     // Another replica (with a clock far ahead, say) writes itself in as the holder.
-    server.store().modify(
-        "leases.coordination.k8s.io",
-        "default",
-        "roomshard-operator",
-        |l| {
-            l["spec"]["holderIdentity"] = json!("thief");
-            l["spec"]["renewTime"] = json!("2999-01-01T00:00:00.000000Z");
-        },
-    )?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    leases
+        .patch(
+            "roomshard-operator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "thief",
+                "renewTime": "2999-01-01T00:00:00.000000Z"}})),
+        )
+        .await?;
     tokio::time::timeout(Duration::from_secs(5), stopped.cancelled()).await?;
     shutdown.cancel();
     leading.await?;

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The deploy checks: the Helm chart (rendered and linted by Helm's own engine), the manifests
 # and the CRD (Kubernetes schemas, strict, offline), the examples (the CRD's schema, and
-# kubectl apply against the in-memory API server), the RBAC against the code's API calls, and
+# kubectl apply against a real control plane), the RBAC against the code's API calls, and
 # the Dockerfile (BuildKit's parser, hadolint). Python, from a virtual environment created here.
 #
 #   tests/deploy/run.sh                  # create/refresh .venv-deploy if needed, run every check
 #   tests/deploy/run.sh --setup          # only create/refresh the environment
 #   tests/deploy/run.sh -k rbac -x       # extra arguments go to pytest
 #
-# Needs python3 (3.11) with venv, and the workspace binaries for the memkube and operator checks
-# (`cargo build --workspace --bins`; those checks are skipped with a notice without them).
+# Needs python3 (3.11) with venv, and the workspace binaries for the kubectl and operator checks
+# (`cargo build --workspace --bins`; those checks are skipped with a notice without them). The
+# kubectl checks start `roomshard-testcluster --nodes 0` (the real control plane, built by
+# testing/controlplane/build.sh on first use), which needs root.
 # Ends with pytest's summary line, e.g. `==== 120 passed, 2 skipped in 40.1s ====`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -10,8 +10,8 @@ The conversion keeps the API server's semantics for what it changes:
 - `x-kubernetes-embedded-resource: true` admits apiVersion, kind and metadata;
 - the root admits apiVersion, kind and metadata, which a CRD's schema may leave out.
 Every other `x-kubernetes-*` key (list types, CEL `x-kubernetes-validations`, map types) is an
-annotation here: CEL rules, immutability included, are checked against the in-memory API server
-(test_memkube.py), not by this module.
+annotation here: CEL rules, immutability included, are checked against a real API server
+(test_kubectl.py), not by this module.
 """
 
 from __future__ import annotations

@@ -458,7 +458,7 @@ mod tests {
                 "currentRevision": "c-b", "updateRevision": "c-b"}),
         );
         assert!(rollout_of(Some(&behind)).in_progress);
-        // No status yet (memkube, or just created): nothing to say.
+        // No status yet (just created, before the StatefulSet controller wrote one): nothing to say.
         assert_eq!(rollout_of(None), Rollout::default());
     }
 

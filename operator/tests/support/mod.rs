@@ -1,6 +1,9 @@
-//! A cluster for reconciler tests: memkube with the CRD installed, a reconcile [`Context`] with a
-//! fake `/status` reader, and a kubelet played by the test (pods created for the StatefulSet's
-//! replicas, readiness set explicitly).
+//! A cluster for reconciler tests: the real control plane (kube-apiserver, the StatefulSet
+//! controller, the garbage collector, the scheduler; no Nodes) with the CRD installed, a
+//! reconcile [`Context`] with a fake `/status` reader, and the kubelet played by the test: the
+//! real StatefulSet controller creates and deletes the pods, which stay unscheduled (there is
+//! no Node), and the test writes their Ready condition and address to their status as the
+//! kubelet would.
 
 #![allow(dead_code)]
 
@@ -8,14 +11,22 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
-use kube::{Client, CustomResourceExt, ResourceExt};
-use memkube::{ApiServer, RunningServer};
+use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::runtime::watcher;
+use kube::{Client, CustomResourceExt, Resource, ResourceExt};
+use kubeharness::{TestCluster, TestClusterOptions};
 use operator::decide::Report;
 use operator::k8s::crd::{ChatCluster, ChatClusterStatus};
 use operator::k8s::metrics::Metrics;
@@ -24,9 +35,49 @@ use operator::k8s::reconcile::{Context, Options, reconcile};
 use serde_json::{Value, json};
 use shard::{AssignmentTable, NodeName};
 
-pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+pub type TestError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestResult<T = ()> = Result<T, TestError>;
 
 pub const NS: &str = "default";
+
+/// How long the real control plane gets for anything asynchronous (a controller acting, the
+/// garbage collector, a watch event): generous, as the machine may be busy; a passing test
+/// waits only as long as it has to.
+pub const WITHIN: Duration = Duration::from_secs(60);
+
+/// A control plane with no Nodes: enough for everything but running pods.
+///
+/// # Errors
+///
+/// When the harness cannot start (it needs root and `testing/controlplane/build.sh`).
+pub async fn control_plane() -> TestResult<TestCluster> {
+    Ok(TestCluster::start(TestClusterOptions {
+        nodes: 0,
+        images: BTreeMap::new(),
+        ..TestClusterOptions::default()
+    })
+    .await?)
+}
+
+/// Waits (on a watch, no polling) until `name` meets `condition`.
+///
+/// # Errors
+///
+/// When the watch fails or [`WITHIN`] passes first, naming `what`.
+pub async fn until<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    condition: impl Condition<K>,
+) -> TestResult
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::time::timeout(WITHIN, await_condition(api.clone(), name, condition))
+        .await
+        .map_err(|_| format!("timed out after {WITHIN:?}: {what}"))??;
+    Ok(())
+}
 
 /// What the nodes' `/status` says, as the test sets it; a node without an entry has no report.
 #[derive(Debug, Default)]
@@ -87,18 +138,19 @@ impl StatusReader for FakeNodes {
     }
 }
 
-/// memkube, a client, the fake nodes and a reconcile context.
+/// The control plane, an admin client, the fake nodes and a reconcile context. Dropping it
+/// stops the control plane (its processes are killed with their handles).
 pub struct Harness {
-    pub server: RunningServer,
+    pub cluster: TestCluster,
     pub client: Client,
     pub nodes: Arc<FakeNodes>,
     pub ctx: Arc<Context>,
 }
 
 impl Harness {
-    /// A server with the ChatCluster CRD installed; the context assigns shards as soon as a pod
-    /// is ready (no initial grace) unless `options` says otherwise.
-    pub async fn start() -> Result<Harness, Box<dyn std::error::Error + Send + Sync>> {
+    /// A control plane with the ChatCluster CRD installed; the context assigns shards as soon
+    /// as a pod is ready (no initial grace) unless `options` says otherwise.
+    pub async fn start() -> TestResult<Harness> {
         Self::with_options(Options {
             initial_grace: Duration::ZERO,
             ..Options::default()
@@ -106,22 +158,33 @@ impl Harness {
         .await
     }
 
-    pub async fn with_options(
-        options: Options,
-    ) -> Result<Harness, Box<dyn std::error::Error + Send + Sync>> {
-        let server = ApiServer::start("127.0.0.1:0".parse()?).await?;
-        let client = server.client()?;
+    pub async fn with_options(options: Options) -> TestResult<Harness> {
+        let cluster = control_plane().await?;
+        let client = cluster.client().await?;
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.create(&PostParams::default(), &ChatCluster::crd())
-            .await?;
+        let crd = ChatCluster::crd();
+        crds.create(&PostParams::default(), &crd).await?;
+        // A real API server serves a new CRD's resource only once it is Established.
+        until(
+            &crds,
+            &crd.name_any(),
+            "the CRD is established",
+            conditions::is_crd_established(),
+        )
+        .await?;
         let nodes = Arc::new(FakeNodes::default());
         let ctx = Arc::new(new_context(&client, nodes.clone(), options));
         Ok(Harness {
-            server,
+            cluster,
             client,
             nodes,
             ctx,
         })
+    }
+
+    /// Stops the control plane and removes its files.
+    pub async fn stop(self) {
+        self.cluster.stop().await;
     }
 
     /// A fresh context, as a restarted operator would have.
@@ -131,6 +194,10 @@ impl Harness {
     }
 
     pub fn clusters(&self) -> Api<ChatCluster> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), NS)
     }
 
@@ -183,73 +250,160 @@ impl Harness {
             .unwrap_or(-1)
     }
 
-    /// The store's resourceVersion: unchanged means nothing was written.
-    pub fn resource_version(&self) -> u64 {
-        self.server.store().resource_version()
+    /// `resource`'s object `name` in [`NS`] as JSON, if it exists. `resource` is kubectl's
+    /// spelling (`statefulsets.apps`, `services`, ...).
+    pub async fn object(&self, resource: &str, name: &str) -> TestResult<Option<Value>> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), NS, &api_resource(resource)?);
+        Ok(api
+            .get_opt(name)
+            .await?
+            .map(serde_json::to_value)
+            .transpose()?)
     }
 
-    /// Plays the StatefulSet controller: creates the missing pods `0..replicas` (not ready,
-    /// with a pod IP) and deletes those at or above `replicas`.
-    pub async fn kubelet(&self, name: &str) -> TestResult {
-        let store = self.server.store();
-        let sts: Api<StatefulSet> = Api::namespaced(self.client.clone(), NS);
-        let sts = sts.get(name).await?;
-        let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        let labels = sts
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default();
-        let owner = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name,
-            "uid": sts.uid(), "controller": true, "blockOwnerDeletion": true}]);
-        for ordinal in 0..replicas {
-            let pod = format!("{name}-{ordinal}");
-            if store.get("pods", NS, &pod).is_none() {
-                store.create(json!({
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": pod, "namespace": NS, "labels": labels,
-                                 "ownerReferences": owner},
-                    "spec": {"containers": [{"name": "node", "image": "roomshard-node"}]},
-                    "status": {"phase": "Pending", "podIP": format!("10.0.0.{}", ordinal + 10)},
-                }))?;
+    /// Waits (on a watch) until `resource` `name` is gone.
+    pub async fn until_gone(&self, resource: &str, name: &str) -> TestResult {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), NS, &api_resource(resource)?);
+        let Some(object) = api.get_opt(name).await? else {
+            return Ok(());
+        };
+        let uid = object.uid().unwrap_or_default();
+        until(
+            &api,
+            name,
+            &format!("{resource} {name} is gone"),
+            conditions::is_deleted(&uid),
+        )
+        .await
+    }
+
+    /// The resourceVersion of everything the operator writes for `name`: the cluster (with
+    /// its status), each child, and each event. Unchanged means nothing was written.
+    ///
+    /// (Not etcd's revision: every controller's write moves that, so only the operator's own
+    /// objects count.)
+    pub async fn written(&self, name: &str) -> TestResult<BTreeMap<String, String>> {
+        let mut seen = BTreeMap::new();
+        let cluster = self.clusters().get(name).await?;
+        seen.insert(
+            format!("chatcluster/{name}"),
+            cluster.resource_version().unwrap_or_default(),
+        );
+        for (resource, child) in children(name) {
+            if let Some(o) = self.object(resource, &child).await? {
+                let rv = o["metadata"]["resourceVersion"].as_str().unwrap_or("");
+                seen.insert(format!("{resource}/{child}"), rv.to_owned());
             }
         }
-        for pod in store.list("pods", Some(NS)) {
-            let pod_name = pod["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let ordinal = pod_name
-                .strip_prefix(&format!("{name}-"))
-                .and_then(|o| o.parse::<i32>().ok());
-            if ordinal.is_some_and(|o| o >= replicas) {
-                store.delete("pods", NS, &pod_name)?;
-            }
+        for e in self.event_objects(name).await? {
+            seen.insert(
+                format!("event/{}", e.name_any()),
+                e.resource_version().unwrap_or_default(),
+            );
         }
-        Ok(())
+        Ok(seen)
     }
 
-    /// Sets `pod`'s Ready condition, as the kubelet does from its readiness probe.
-    pub fn ready(&self, pod: &str, ready: bool) -> TestResult {
-        self.server.store().set_pod_ready(NS, pod, ready)?;
-        Ok(())
-    }
-
-    /// Creates `name` with `replicas`, runs the kubelet, makes every pod ready and reporting,
-    /// and passes until the table assigns every shard.
-    pub async fn running(
+    /// Waits (on a watch of the pods) until `check` holds for the pods of [`NS`], by name.
+    pub async fn until_pods(
         &self,
-        name: &str,
-        spec: Value,
-    ) -> Result<AssignmentTable, Box<dyn std::error::Error + Send + Sync>> {
+        what: &str,
+        check: impl Fn(&BTreeMap<String, Pod>) -> bool,
+    ) -> TestResult {
+        let mut events = watcher(self.pods(), watcher::Config::default()).boxed();
+        let mut pods = BTreeMap::new();
+        let mut listing = BTreeMap::new();
+        let mut listed = false;
+        let waited = tokio::time::timeout(WITHIN, async {
+            while let Some(event) = events.next().await {
+                match event? {
+                    watcher::Event::Init => listing.clear(),
+                    watcher::Event::InitApply(p) => {
+                        listing.insert(p.name_any(), p);
+                    }
+                    watcher::Event::InitDone => {
+                        pods = std::mem::take(&mut listing);
+                        listed = true;
+                    }
+                    watcher::Event::Apply(p) => {
+                        pods.insert(p.name_any(), p);
+                    }
+                    watcher::Event::Delete(p) => {
+                        pods.remove(&p.name_any());
+                    }
+                }
+                // Only once the first list is complete: a partial one could pass by accident.
+                if listed && check(&pods) {
+                    return Ok(());
+                }
+            }
+            TestResult::Err("the pod watch ended".into())
+        })
+        .await;
+        waited.map_err(|_| format!("timed out after {WITHIN:?}: {what}"))?
+    }
+
+    /// Waits until the real StatefulSet controller has made the pods `0..replicas` of `name`
+    /// and removed (or started removing) those above, as the StatefulSet now says.
+    pub async fn statefulset_pods(&self, name: &str) -> TestResult {
+        let replicas = self.replicas(name).await;
+        let prefix = format!("{name}-");
+        self.until_pods(
+            &format!("{name}'s pods follow the StatefulSet's {replicas} replicas"),
+            |pods| {
+                let ordinals = |terminating: bool| -> Vec<i32> {
+                    let mut o: Vec<i32> = pods
+                        .values()
+                        .filter(|p| p.metadata.deletion_timestamp.is_some() == terminating)
+                        .filter_map(|p| p.name_any().strip_prefix(&prefix)?.parse().ok())
+                        .collect();
+                    o.sort_unstable();
+                    o
+                };
+                ordinals(false) == (0..replicas).collect::<Vec<_>>()
+            },
+        )
+        .await
+    }
+
+    /// Sets `pod`'s Ready condition and its address (`10.0.0.{ordinal + 10}`), as the kubelet
+    /// does from its readiness probe. A strategic merge patch of the status subresource, so
+    /// the scheduler's `PodScheduled` condition is kept.
+    pub async fn ready(&self, pod: &str, ready: bool) -> TestResult {
+        let ordinal: u32 = pod
+            .rsplit('-')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .ok_or(format!("{pod} has no ordinal"))?;
+        let ip = format!("10.0.0.{}", ordinal + 10);
+        let status = if ready { "True" } else { "False" };
+        let patch = json!({"status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            // Long ago: the StatefulSet controller counts a pod available only `minReadySeconds`
+            // after it turned Ready, and these tests are not about that wait.
+            "conditions": [{"type": "Ready", "status": status,
+                            "lastTransitionTime": "2020-01-01T00:00:00Z"}],
+        }});
+        self.pods()
+            .patch_status(pod, &PatchParams::default(), &Patch::Strategic(patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Creates `name` with `replicas`, lets the StatefulSet controller make the pods, makes
+    /// every pod ready and reporting, and passes until the table assigns every shard.
+    pub async fn running(&self, name: &str, spec: Value) -> TestResult<AssignmentTable> {
         self.create(name, spec).await?;
         self.pass(name).await?;
-        self.kubelet(name).await?;
+        self.statefulset_pods(name).await?;
         let replicas = self.replicas(name).await;
         let pods: Vec<String> = (0..replicas).map(|i| format!("{name}-{i}")).collect();
         for pod in &pods {
-            self.ready(pod, true)?;
+            self.ready(pod, true).await?;
         }
         self.pass(name).await?;
         let table = self.table(name).await;
@@ -259,30 +413,77 @@ impl Harness {
         Ok(self.table(name).await)
     }
 
-    /// Event reasons published on `name`, oldest first.
-    pub fn events(&self, name: &str) -> Vec<(String, String)> {
-        let mut events: Vec<Value> = self
-            .server
-            .store()
-            .list("events.events.k8s.io", Some(NS))
+    async fn event_objects(&self, name: &str) -> TestResult<Vec<Event>> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
+        let mut events: Vec<Event> = events
+            .list(&ListParams::default())
+            .await?
+            .items
             .into_iter()
-            .filter(|e| e["regarding"]["name"] == name)
-            .collect();
-        events.sort_by_key(|e| {
-            e["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse::<u64>().ok())
-        });
-        events
-            .iter()
-            .map(|e| {
-                (
-                    e["reason"].as_str().unwrap_or_default().to_owned(),
-                    e["note"].as_str().unwrap_or_default().to_owned(),
-                )
+            // The cluster's own: the real StatefulSet, disruption and endpoint controllers
+            // publish events on the children that share its name.
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("ChatCluster") && r.name.as_deref() == Some(name)
+                })
             })
-            .collect()
+            .collect();
+        // Oldest first: an event's time is set once, when it is first published (a repeat
+        // becomes a series on the same event).
+        events.sort_by(|a, b| {
+            let at = |e: &Event| e.event_time.as_ref().map(|t| t.0);
+            at(a)
+                .cmp(&at(b))
+                .then_with(|| a.name_any().cmp(&b.name_any()))
+        });
+        Ok(events)
     }
+
+    /// Event (reason, note) published on the ChatCluster `name`, oldest first.
+    pub async fn events(&self, name: &str) -> TestResult<Vec<(String, String)>> {
+        Ok(self
+            .event_objects(name)
+            .await?
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect())
+    }
+}
+
+/// Every child of cluster `name`, by kubectl-style resource and name.
+pub fn children(name: &str) -> [(&'static str, String); 9] {
+    [
+        ("statefulsets.apps", name.to_owned()),
+        ("services", name.to_owned()),
+        ("services", format!("{name}-peers")),
+        ("configmaps", format!("{name}-assignments")),
+        ("secrets", format!("{name}-peer-key")),
+        ("poddisruptionbudgets.policy", name.to_owned()),
+        ("serviceaccounts", format!("{name}-node")),
+        ("roles.rbac.authorization.k8s.io", format!("{name}-node")),
+        (
+            "rolebindings.rbac.authorization.k8s.io",
+            format!("{name}-node"),
+        ),
+    ]
+}
+
+/// The API resource kubectl calls `resource`.
+fn api_resource(resource: &str) -> TestResult<ApiResource> {
+    Ok(match resource {
+        "statefulsets.apps" => ApiResource::erase::<StatefulSet>(&()),
+        "services" => ApiResource::erase::<Service>(&()),
+        "configmaps" => ApiResource::erase::<ConfigMap>(&()),
+        "secrets" => ApiResource::erase::<Secret>(&()),
+        "poddisruptionbudgets.policy" => ApiResource::erase::<PodDisruptionBudget>(&()),
+        "serviceaccounts" => ApiResource::erase::<ServiceAccount>(&()),
+        "roles.rbac.authorization.k8s.io" => ApiResource::erase::<Role>(&()),
+        "rolebindings.rbac.authorization.k8s.io" => ApiResource::erase::<RoleBinding>(&()),
+        "ingresses.networking.k8s.io" => ApiResource::erase::<Ingress>(&()),
+        "pods" => ApiResource::erase::<Pod>(&()),
+        "chatclusters.roomshard.dev" => ApiResource::erase::<ChatCluster>(&()),
+        other => return Err(format!("unknown resource {other}").into()),
+    })
 }
 
 fn new_context(client: &Client, nodes: Arc<FakeNodes>, options: Options) -> Context {

@@ -1,8 +1,13 @@
 //! Runs a test cluster by hand: the real control plane and the process kubelet, with the
-//! workspace's binaries as images, until Ctrl-C. Prints the kubeconfig to use.
+//! workspace's binaries as images, until Ctrl-C (SIGINT) or SIGTERM. Prints the kubeconfig to
+//! use.
 //!
 //!   target/debug/roomshard-testcluster --nodes 3
 //!   KUBECONFIG=<printed path> kubectl get nodes
+//!
+//! A test suite in another language starts it with `--until-stdin-closes` and a pipe as its
+//! standard input: should the suite die without signalling it, the pipe closes and the cluster
+//! stops anyway, so no control plane outlives the tests that started it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +24,10 @@ struct Args {
     /// Directory with the roomshard binaries run as images (default: next to this program).
     #[arg(long)]
     images: Option<PathBuf>,
+    /// Also stop when standard input reaches its end (the process that started this one and
+    /// holds the other end of the pipe has exited).
+    #[arg(long)]
+    until_stdin_closes: bool,
 }
 
 #[tokio::main]
@@ -50,7 +59,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("kubeconfig: {}", cluster.kubeconfig().display());
     println!("api server: {}", cluster.plane.server);
     println!("Ctrl-C stops the cluster and removes everything it made.");
-    tokio::signal::ctrl_c().await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stdin_closed = async {
+        if args.until_stdin_closes {
+            stdin_closed().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted?,
+        _ = terminate.recv() => {}
+        () = stdin_closed => {}
+    }
     cluster.stop().await;
     Ok(())
+}
+
+/// Returns once standard input ends (or fails): whatever is written to it is ignored.
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
 }

