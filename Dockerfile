@@ -23,6 +23,7 @@ COPY node ./node
 COPY clients/js/roomshard.js ./clients/js/roomshard.js
 COPY operator ./operator
 COPY testing ./testing
+COPY tests/kube ./tests/kube
 # The registry and target caches stay on the build machine between builds; the binaries are
 # copied out of the cached target directory, which is not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
