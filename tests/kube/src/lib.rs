@@ -206,6 +206,35 @@ impl Cluster {
         }
     }
 
+    /// The operator replica holding the leader Lease, if any.
+    pub async fn lease_holder(&self) -> Option<String> {
+        let out = self
+            .kubectl(&[
+                "-n",
+                OPERATOR_NS,
+                "get",
+                "lease",
+                "roomshard-operator",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .await
+            .ok()?;
+        let out = out.trim();
+        (!out.is_empty()).then(|| out.to_owned())
+    }
+
+    /// `kubectl patch chat NAME --type merge -p PATCH`, as a user changes a cluster.
+    ///
+    /// # Errors
+    ///
+    /// With kubectl's stderr when it fails.
+    pub async fn patch_chat(&self, name: &str, patch: &str) -> TestResult {
+        self.kubectl(&["patch", "chat", name, "--type", "merge", "-p", patch])
+            .await?;
+        Ok(())
+    }
+
     /// An admin client.
     ///
     /// # Errors
@@ -278,6 +307,26 @@ impl Cluster {
     pub async fn stop(self) {
         self.inner.stop().await;
     }
+}
+
+/// `Some(())` once ChatCluster `name` runs `replicas` Ready pods with no move, drain or exit in
+/// flight and every pod owning ⌊S/N⌋ or ⌈S/N⌉ of its shards.
+pub async fn settled(
+    chats: &kube::Api<operator::k8s::crd::ChatCluster>,
+    name: &str,
+    replicas: i32,
+) -> Option<()> {
+    let c = chats.get(name).await.ok()?;
+    let shards = c.spec.shards;
+    let s = c.status?;
+    let (low, high) = (shards / replicas, (shards + replicas - 1) / replicas);
+    (s.phase.as_deref() == Some("Running")
+        && s.ready_nodes == replicas
+        && s.moves_in_flight == 0
+        && s.draining.is_empty()
+        && i32::try_from(s.shards_per_node.len()).ok()? == replicas
+        && s.shards_per_node.values().all(|n| (low..=high).contains(n)))
+    .then_some(())
 }
 
 /// Polls `f` until it gives a value, at most `within`.

@@ -112,15 +112,7 @@ async fn through_nginx(cluster: &Cluster) -> TestResult {
     );
     tokio::time::sleep(Duration::from_secs(8)).await;
     cluster
-        .kubectl(&[
-            "patch",
-            "chat",
-            "ingress-auth",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"replicas":2}}"#,
-        ])
+        .patch_chat("ingress-auth", r#"{"spec":{"replicas":2}}"#)
         .await?;
     let outcome = traffic.verify().await?;
     eventually(

@@ -17,25 +17,12 @@ async fn deleting_the_leader_pod_hands_the_lease_to_a_live_replica_which_then_re
     with_cluster(2, |c| Box::pin(failover(c))).await
 }
 
-async fn holder(cluster: &Cluster) -> Option<String> {
-    let out = cluster
-        .kubectl(&[
-            "-n",
-            OPERATOR_NS,
-            "get",
-            "lease",
-            "roomshard-operator",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .await
-        .ok()?;
-    (!out.trim().is_empty()).then(|| out.trim().to_owned())
-}
-
 async fn failover(cluster: &Cluster) -> TestResult {
     cluster.install_operator(&[]).await?;
-    let leader = eventually("a leader", Duration::from_secs(30), || holder(cluster)).await?;
+    let leader = eventually("a leader", Duration::from_secs(30), || {
+        cluster.lease_holder()
+    })
+    .await?;
     let pods = cluster
         .kubectl(&[
             "-n",
@@ -65,7 +52,7 @@ async fn failover(cluster: &Cluster) -> TestResult {
     let new_leader = eventually(
         "the standby takes the Lease",
         LEASE_DURATION * 2,
-        || async { holder(cluster).await.filter(|h| *h != leader) },
+        || async { cluster.lease_holder().await.filter(|h| *h != leader) },
     )
     .await?;
     let took = deleted_at.elapsed();

@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::EvictParams;
 use kube_e2e::history::{History, Seen};
 use kube_e2e::traffic::{Traffic, plain};
-use kube_e2e::{Cluster, TestResult, eventually, with_cluster};
+use kube_e2e::{Cluster, TestResult, eventually, settled, with_cluster};
 use kubeharness::service_proxy::ServiceProxy;
 use operator::k8s::crd::ChatCluster;
 use shard::NodeName;
@@ -39,7 +39,7 @@ async fn setup(
         .await?;
     let chats: Api<ChatCluster> = Api::namespaced(client.clone(), "default");
     eventually("3 nodes settle", Duration::from_secs(90), || {
-        settled(&chats)
+        settled(&chats, "minimal", 3)
     })
     .await?;
     let history = History::watch(&client, "default", "minimal", stop);
@@ -51,17 +51,6 @@ async fn setup(
     )
     .await?;
     Ok((chats, history, proxy))
-}
-
-async fn settled(chats: &Api<ChatCluster>) -> Option<()> {
-    let s = chats.get("minimal").await.ok()?.status?;
-    (s.phase.as_deref() == Some("Running")
-        && s.ready_nodes == 3
-        && s.moves_in_flight == 0
-        && s.draining.is_empty()
-        && s.shards_per_node.len() == 3
-        && s.shards_per_node.values().all(|n| (85..=86).contains(n)))
-    .then_some(())
 }
 
 /// Each pod in `pods` was emptied in a published table after it began terminating and before it
@@ -108,15 +97,10 @@ async fn rollout(cluster: &Cluster) -> TestResult {
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     cluster
-        .kubectl(&[
-            "patch",
-            "chat",
+        .patch_chat(
             "minimal",
-            "--type",
-            "merge",
-            "-p",
             r#"{"spec":{"image":"registry.example/roomshard-node:v2"}}"#,
-        ])
+        )
         .await?;
     let client = cluster.client().await?;
     let pods: Api<Pod> = Api::namespaced(client, "default");
@@ -133,8 +117,10 @@ async fn rollout(cluster: &Cluster) -> TestResult {
                             == Some("registry.example/roomshard-node:v2")
                     }) && p.metadata.deletion_timestamp.is_none()
                 });
-            (new_image && s.updated_replicas == Some(3) && settled(&chats).await.is_some())
-                .then_some(())
+            (new_image
+                && s.updated_replicas == Some(3)
+                && settled(&chats, "minimal", 3).await.is_some())
+            .then_some(())
         },
     )
     .await?;
@@ -203,8 +189,9 @@ async fn evict_and_delete(cluster: &Cluster) -> TestResult {
         Duration::from_secs(120),
         || async {
             let p = pods.get("minimal-1").await.ok()?;
-            (p.metadata.deletion_timestamp.is_none() && settled(&chats).await.is_some())
-                .then_some(())
+            (p.metadata.deletion_timestamp.is_none()
+                && settled(&chats, "minimal", 3).await.is_some())
+            .then_some(())
         },
     )
     .await?;
@@ -217,8 +204,9 @@ async fn evict_and_delete(cluster: &Cluster) -> TestResult {
         Duration::from_secs(120),
         || async {
             let p = pods.get("minimal-2").await.ok()?;
-            (p.metadata.deletion_timestamp.is_none() && settled(&chats).await.is_some())
-                .then_some(())
+            (p.metadata.deletion_timestamp.is_none()
+                && settled(&chats, "minimal", 3).await.is_some())
+            .then_some(())
         },
     )
     .await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::Api;
 use kube_e2e::bench::Load;
 use kube_e2e::history::{History, Seen};
-use kube_e2e::{Cluster, TestResult, eventually, with_cluster};
+use kube_e2e::{Cluster, TestResult, eventually, settled, with_cluster};
 use kubeharness::service_proxy::ServiceProxy;
 use operator::k8s::crd::ChatCluster;
 use shard::NodeName;
@@ -19,16 +19,6 @@ async fn scaling_three_five_two_under_load_drains_before_the_statefulset_shrinks
     with_cluster(3, |c| Box::pin(scale(c))).await
 }
 
-async fn settled(chats: &Api<ChatCluster>, replicas: i32) -> Option<()> {
-    let s = chats.get("minimal").await.ok()?.status?;
-    (s.phase.as_deref() == Some("Running")
-        && s.ready_nodes == replicas
-        && s.moves_in_flight == 0
-        && s.draining.is_empty()
-        && i32::try_from(s.shards_per_node.len()).ok()? == replicas)
-        .then_some(())
-}
-
 async fn scale(cluster: &Cluster) -> TestResult {
     let client = cluster.client().await?;
     cluster.install_operator(&[]).await?;
@@ -37,7 +27,7 @@ async fn scale(cluster: &Cluster) -> TestResult {
         .await?;
     let chats: Api<ChatCluster> = Api::namespaced(client.clone(), "default");
     eventually("3 nodes settle", Duration::from_secs(90), || {
-        settled(&chats, 3)
+        settled(&chats, "minimal", 3)
     })
     .await?;
     let stop = CancellationToken::new();
@@ -53,34 +43,18 @@ async fn scale(cluster: &Cluster) -> TestResult {
     let load = Load::start(&format!("ws://{}", proxy.addr), 60, 3, 5.0, "70s")?;
     tokio::time::sleep(Duration::from_secs(6)).await;
     cluster
-        .kubectl(&[
-            "patch",
-            "chat",
-            "minimal",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"replicas":5}}"#,
-        ])
+        .patch_chat("minimal", r#"{"spec":{"replicas":5}}"#)
         .await?;
     eventually("5 nodes settle", Duration::from_secs(120), || {
-        settled(&chats, 5)
+        settled(&chats, "minimal", 5)
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     cluster
-        .kubectl(&[
-            "patch",
-            "chat",
-            "minimal",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"replicas":2}}"#,
-        ])
+        .patch_chat("minimal", r#"{"spec":{"replicas":2}}"#)
         .await?;
     eventually("2 nodes settle", Duration::from_secs(180), || {
-        settled(&chats, 2)
+        settled(&chats, "minimal", 2)
     })
     .await?;
     eventually("minimal-2..4 are gone", Duration::from_secs(90), || async {

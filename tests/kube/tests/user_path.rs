@@ -37,21 +37,7 @@ async fn user_path(cluster: &Cluster) -> TestResult {
     let holder = eventually(
         "an operator replica holds the Lease",
         Duration::from_secs(30),
-        || async {
-            let out = cluster
-                .kubectl(&[
-                    "-n",
-                    OPERATOR_NS,
-                    "get",
-                    "lease",
-                    "roomshard-operator",
-                    "-o",
-                    "jsonpath={.spec.holderIdentity}",
-                ])
-                .await
-                .ok()?;
-            (!out.is_empty()).then_some(out)
-        },
+        || cluster.lease_holder(),
     )
     .await?;
     assert!(
