@@ -156,6 +156,11 @@ async fn only_the_leader_works_and_a_standby_takes_over_when_it_shuts_down() -> 
 
     stop_a.cancel();
     a.await?;
+    assert_ne!(
+        holder(&client).await.as_deref(),
+        Some("a"),
+        "a released the lease when it shut down"
+    );
     until_held_by(&client, "b").await?;
     eventually("b works", || working.load(Ordering::SeqCst) == 1).await?;
     stop_b.cancel();
@@ -202,5 +207,31 @@ async fn a_leader_whose_lease_is_taken_stops_working() -> TestResult {
         Some("thief"),
         "a released the thief's lease"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_is_already_shutting_down_never_takes_the_lease() -> TestResult {
+    let cluster = control_plane().await?;
+    let client = cluster.client().await?;
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let worked = Arc::new(AtomicUsize::new(0));
+    let counter = worked.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        lead(
+            Elector::new(client.clone(), config("late")),
+            shutdown,
+            move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async {}
+            },
+        ),
+    )
+    .await?;
+    assert_eq!(worked.load(Ordering::SeqCst), 0, "no work started");
+    assert_eq!(holder(&client).await, None, "the lease was not taken");
+    cluster.stop().await;
     Ok(())
 }

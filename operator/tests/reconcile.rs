@@ -940,3 +940,34 @@ async fn a_rolling_update_replaces_one_settled_outdated_pod_at_a_time_highest_or
     assert_eq!(condition(&done, "UpToDate").0, "True");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_statefulset_made_by_the_previous_release_with_rolling_update_is_switched_to_on_delete()
+-> TestResult {
+    let h = Harness::start().await?;
+    h.running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    // What the previous operator wrote: the StatefulSet controller's own RollingUpdate, which
+    // the API server completes with `maxUnavailable: 1`.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(h.client.clone(), NS);
+    let old = json!({"spec": {"updateStrategy": {"type": "RollingUpdate",
+        "rollingUpdate": {"partition": 0}}}});
+    statefulsets
+        .patch("chat", &PatchParams::default(), &Patch::Merge(&old))
+        .await?;
+    let before = h
+        .object("statefulsets.apps", "chat")
+        .await?
+        .ok_or("no statefulset")?;
+    assert_eq!(before["spec"]["updateStrategy"]["type"], "RollingUpdate");
+
+    h.pass("chat").await?;
+    let after = h
+        .object("statefulsets.apps", "chat")
+        .await?
+        .ok_or("no statefulset")?;
+    assert_eq!(after["spec"]["updateStrategy"], json!({"type": "OnDelete"}));
+    // And the next pass is a plain apply again: nothing left to switch, nothing refused.
+    h.pass("chat").await?;
+    Ok(())
+}

@@ -142,22 +142,29 @@ impl Elector {
     ///
     /// [`Error::Kube`] when the API server cannot be read or written.
     pub async fn step_down(&self) -> Result<(), Error> {
-        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
-            return Ok(());
-        };
-        let Some(spec) = lease.spec.as_mut() else {
-            return Ok(());
-        };
-        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
-            return Ok(());
+        // A write that lost a race (409) is tried again on a fresh read, a few times: a leader
+        // that leaves without releasing makes every standby wait out the lease duration.
+        for _ in 0..3 {
+            let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+                return Ok(());
+            };
+            let Some(spec) = lease.spec.as_mut() else {
+                return Ok(());
+            };
+            if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            spec.renew_time = None;
+            if won(self
+                .api
+                .replace(&self.config.name, &PostParams::default(), &lease)
+                .await)?
+            {
+                return Ok(());
+            }
         }
-        spec.holder_identity = None;
-        spec.renew_time = None;
-        won(self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await)
-        .map(|_| ())
+        Ok(())
     }
 }
 
@@ -179,8 +186,12 @@ where
 {
     let retry = elector.config.retry_period;
     loop {
-        // Candidate.
+        // Candidate. A replica that is shutting down never takes the Lease (again): its work
+        // may have ended a moment before the shutdown was seen.
         loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
             match elector.try_acquire_or_renew().await {
                 Ok(true) => break,
                 Ok(false) => {}
@@ -199,6 +210,8 @@ where
         let mut ended = None;
         let shutting_down = loop {
             tokio::select! {
+                // Shutdown first: when the work ends because of it, this is still a shutdown.
+                biased;
                 () = shutdown.cancelled() => break true,
                 result = &mut running => {
                     ended = Some(result);
@@ -221,6 +234,8 @@ where
                 }
             }
         };
+        // The work stops when the shutdown cancels its token, and may win the race to be seen.
+        let shutting_down = shutting_down || shutdown.is_cancelled();
         stop.cancel();
         let result = match ended {
             Some(result) => result,
@@ -230,8 +245,9 @@ where
             tracing::error!(error = %e, "the leader's work failed");
         }
         if shutting_down {
-            if let Err(e) = elector.step_down().await {
-                tracing::warn!(error = %e, "cannot release the lease");
+            match elector.step_down().await {
+                Ok(()) => tracing::info!(identity = elector.identity(), "released the lease"),
+                Err(e) => tracing::warn!(error = %e, "cannot release the lease"),
             }
             return;
         }
