@@ -5,8 +5,11 @@
 
 mod support;
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, EvictParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use operator::k8s::crd::ChatCluster;
@@ -777,6 +780,25 @@ async fn an_evicted_pod_is_drained_like_any_planned_exit_and_the_pdb_still_allow
     Ok(())
 }
 
+/// Pod name to uid in [`NS`]: a pod replaced under the same name has a new uid.
+async fn pod_uids(h: &Harness) -> TestResult<BTreeMap<String, Option<String>>> {
+    Ok(h.pods()
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p.uid()))
+        .collect())
+}
+
+/// The StatefulSet controller counts `n` pods on the update revision.
+fn updated(n: i32) -> impl Fn(Option<&StatefulSet>) -> bool {
+    move |s| {
+        s.and_then(|s| s.status.as_ref())
+            .is_some_and(|st| st.updated_replicas == Some(n))
+    }
+}
+
 #[tokio::test]
 async fn a_rolling_update_replaces_one_settled_outdated_pod_at_a_time_highest_ordinal_first()
 -> TestResult {
@@ -811,22 +833,9 @@ async fn a_rolling_update_replaces_one_settled_outdated_pod_at_a_time_highest_or
     )
     .await?;
 
-    let uids = |pods: &std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Pod>| {
-        pods.iter()
-            .map(|(n, p)| (n.clone(), p.metadata.uid.clone().unwrap_or_default()))
-            .collect::<std::collections::BTreeMap<_, _>>()
-    };
     let all = ["chat-0", "chat-1", "chat-2"];
     for (step, pod) in ["chat-2", "chat-1", "chat-0"].into_iter().enumerate() {
-        let before = uids(
-            &h.pods()
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
-                .collect(),
-        );
+        let before = pod_uids(&h).await?;
         // Settled passes until the operator deletes the next outdated pod; the StatefulSet
         // controller makes its replacement on the new revision.
         for _ in 0..8 {
@@ -834,25 +843,16 @@ async fn a_rolling_update_replaces_one_settled_outdated_pod_at_a_time_highest_or
             let table = h.table("chat").await;
             h.nodes.applied(&all, &table, true);
             let now = h.pods().get_opt(pod).await?;
-            if now.is_none_or(|p| p.metadata.uid.as_deref() != before.get(pod).map(String::as_str))
-            {
+            if now.is_none_or(|p| Some(&p.uid()) != before.get(pod)) {
                 break;
             }
         }
         h.until_pods(&format!("{pod} is replaced"), |pods| {
-            let now = uids(pods);
+            let now: BTreeMap<_, _> = pods.iter().map(|(n, p)| (n.clone(), p.uid())).collect();
             now.len() == 3 && now.get(pod) != before.get(pod)
         })
         .await?;
-        let now = uids(
-            &h.pods()
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
-                .collect(),
-        );
+        let now = pod_uids(&h).await?;
         for other in all.iter().filter(|o| **o != pod) {
             assert_eq!(
                 now.get(*other),
@@ -863,15 +863,7 @@ async fn a_rolling_update_replaces_one_settled_outdated_pod_at_a_time_highest_or
         // Its replacement is not Ready yet: no other pod goes.
         h.pass("chat").await?;
         h.pass("chat").await?;
-        let still = uids(
-            &h.pods()
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
-                .collect(),
-        );
+        let still = pod_uids(&h).await?;
         assert_eq!(
             still, now,
             "step {step}: nothing else goes while {pod} is not Ready"
@@ -882,10 +874,7 @@ async fn a_rolling_update_replaces_one_settled_outdated_pod_at_a_time_highest_or
                 &statefulsets,
                 "chat",
                 "the controller counts one updated pod",
-                |s: Option<&StatefulSet>| {
-                    s.and_then(|s| s.status.as_ref())
-                        .is_some_and(|st| st.updated_replicas == Some(1))
-                },
+                updated(1),
             )
             .await?;
             h.pass("chat").await?;
@@ -916,16 +905,7 @@ async fn a_rolling_update_replaces_one_settled_outdated_pod_at_a_time_highest_or
     }
 
     // The returning pods get their shards back; then the cluster is Running and up to date.
-    until(
-        &statefulsets,
-        "chat",
-        "every pod is updated",
-        |s: Option<&StatefulSet>| {
-            s.and_then(|s| s.status.as_ref())
-                .is_some_and(|st| st.updated_replicas == Some(3))
-        },
-    )
-    .await?;
+    until(&statefulsets, "chat", "every pod is updated", updated(3)).await?;
     for _ in 0..8 {
         h.pass("chat").await?;
         let table = h.table("chat").await;

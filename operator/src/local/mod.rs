@@ -48,12 +48,11 @@ mod rollout;
 mod view;
 mod workdir;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use shard::{AssignmentTable, DrainStep, PlanOptions};
+use shard::{AssignmentTable, PlanOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -178,18 +177,7 @@ impl LocalCluster {
         };
         let table = Arc::new(AssignmentTable::empty(options.shards));
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                desired: options.nodes,
-                replicas: 0,
-                pods: BTreeMap::new(),
-                step: DrainStep::Steady,
-                stuck: None,
-                drain_since: None,
-                stuck_logged: None,
-                started: Instant::now(),
-                rollout: None,
-                rollouts_done: 0,
-            }),
+            state: Mutex::new(State::new(options.nodes)),
             view: watch::Sender::new(Arc::new(ClusterView::default())),
             table: watch::Sender::new(table),
             wake: Notify::new(),

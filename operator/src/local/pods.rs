@@ -111,6 +111,22 @@ impl Proc {
 }
 
 impl State {
+    /// A cluster that wants `desired` nodes and has started none yet.
+    pub(super) fn new(desired: u32) -> Self {
+        State {
+            desired,
+            replicas: 0,
+            pods: BTreeMap::new(),
+            step: DrainStep::Steady,
+            stuck: None,
+            drain_since: None,
+            stuck_logged: None,
+            started: Instant::now(),
+            rollout: None,
+            rollouts_done: 0,
+        }
+    }
+
     /// The process of pod `ordinal` if it is still incarnation `generation`.
     pub(super) fn proc_mut(&mut self, ordinal: u32, generation: u64) -> Option<&mut Proc> {
         self.pods
@@ -223,7 +239,6 @@ mod tests {
     fn state_with(ordinal: u32, proc: Proc) -> State {
         let name = pod_name(POD_PREFIX, ordinal).expect("valid name");
         State {
-            desired: 3,
             replicas: 3,
             pods: BTreeMap::from([(
                 ordinal,
@@ -237,13 +252,7 @@ mod tests {
                     proc: Some(proc),
                 },
             )]),
-            step: DrainStep::Steady,
-            stuck: None,
-            drain_since: None,
-            stuck_logged: None,
-            started: Instant::now(),
-            rollout: None,
-            rollouts_done: 0,
+            ..State::new(3)
         }
     }
 

@@ -303,6 +303,44 @@ impl Cluster {
         }
     }
 
+    /// Installs the operator, applies `examples/minimal.yaml`, waits until its 3 pods have
+    /// settled, then records its [`history::History`] (until `stop`) and proxies its client
+    /// Service (once all 3 pods are its endpoints): what a test that changes `minimal` under
+    /// observation starts from.
+    ///
+    /// # Errors
+    ///
+    /// When a step fails or does not happen in time.
+    pub async fn run_minimal(
+        &self,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> TestResult<(
+        kube::Api<operator::k8s::crd::ChatCluster>,
+        history::History,
+        kubeharness::service_proxy::ServiceProxy,
+    )> {
+        let client = self.client().await?;
+        self.install_operator(&[]).await?;
+        self.kubectl(&["apply", "-f", "examples/minimal.yaml"])
+            .await?;
+        let chats = kube::Api::namespaced(client.clone(), "default");
+        eventually("3 nodes settle", Duration::from_secs(90), || {
+            settled(&chats, "minimal", 3)
+        })
+        .await?;
+        let history = history::History::watch(&client, "default", "minimal", stop);
+        let proxy =
+            kubeharness::service_proxy::ServiceProxy::start(client, "default", "minimal", "client")
+                .await?;
+        eventually(
+            "the Service has 3 endpoints",
+            Duration::from_secs(30),
+            || async { (proxy.endpoints().len() == 3).then_some(()) },
+        )
+        .await?;
+        Ok((chats, history, proxy))
+    }
+
     /// Stops everything.
     pub async fn stop(self) {
         self.inner.stop().await;

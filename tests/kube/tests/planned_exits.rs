@@ -12,8 +12,6 @@ use kube::api::EvictParams;
 use kube_e2e::history::{History, Seen};
 use kube_e2e::traffic::{Traffic, plain};
 use kube_e2e::{Cluster, TestResult, eventually, settled, with_cluster};
-use kubeharness::service_proxy::ServiceProxy;
-use operator::k8s::crd::ChatCluster;
 use shard::NodeName;
 use tokio_util::sync::CancellationToken;
 
@@ -25,32 +23,6 @@ async fn an_image_change_rolls_every_pod_one_at_a_time_and_loses_nothing() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eviction_and_a_pod_delete_each_drain_the_pod_before_it_exits() -> TestResult {
     with_cluster(3, |c| Box::pin(evict_and_delete(c))).await
-}
-
-/// Operator installed, `minimal` running on 3 settled pods, history recording.
-async fn setup(
-    cluster: &Cluster,
-    stop: &CancellationToken,
-) -> TestResult<(Api<ChatCluster>, History, ServiceProxy)> {
-    let client = cluster.client().await?;
-    cluster.install_operator(&[]).await?;
-    cluster
-        .kubectl(&["apply", "-f", "examples/minimal.yaml"])
-        .await?;
-    let chats: Api<ChatCluster> = Api::namespaced(client.clone(), "default");
-    eventually("3 nodes settle", Duration::from_secs(90), || {
-        settled(&chats, "minimal", 3)
-    })
-    .await?;
-    let history = History::watch(&client, "default", "minimal", stop);
-    let proxy = ServiceProxy::start(client, "default", "minimal", "client").await?;
-    eventually(
-        "the Service has 3 endpoints",
-        Duration::from_secs(30),
-        || async { (proxy.endpoints().len() == 3).then_some(()) },
-    )
-    .await?;
-    Ok((chats, history, proxy))
 }
 
 /// Each pod in `pods` was emptied in a published table after it began terminating and before it
@@ -86,7 +58,7 @@ fn drained_while_alive(history: &History, pods: &[&str]) -> TestResult {
 
 async fn rollout(cluster: &Cluster) -> TestResult {
     let stop = CancellationToken::new();
-    let (chats, history, proxy) = setup(cluster, &stop).await?;
+    let (chats, history, proxy) = cluster.run_minimal(&stop).await?;
     // About 80 messages per room: the whole history stays checkable.
     let traffic = Traffic::start(
         plain(proxy.addr),
@@ -173,7 +145,7 @@ async fn rollout(cluster: &Cluster) -> TestResult {
 
 async fn evict_and_delete(cluster: &Cluster) -> TestResult {
     let stop = CancellationToken::new();
-    let (chats, history, proxy) = setup(cluster, &stop).await?;
+    let (chats, history, proxy) = cluster.run_minimal(&stop).await?;
     let traffic = Traffic::start(
         plain(proxy.addr),
         "exit",

@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use kube::Api;
 use kube_e2e::bench::Load;
-use kube_e2e::history::{History, Seen};
+use kube_e2e::history::Seen;
 use kube_e2e::{Cluster, TestResult, eventually, settled, with_cluster};
-use kubeharness::service_proxy::ServiceProxy;
-use operator::k8s::crd::ChatCluster;
 use shard::NodeName;
 use tokio_util::sync::CancellationToken;
 
@@ -20,25 +18,9 @@ async fn scaling_three_five_two_under_load_drains_before_the_statefulset_shrinks
 }
 
 async fn scale(cluster: &Cluster) -> TestResult {
-    let client = cluster.client().await?;
-    cluster.install_operator(&[]).await?;
-    cluster
-        .kubectl(&["apply", "-f", "examples/minimal.yaml"])
-        .await?;
-    let chats: Api<ChatCluster> = Api::namespaced(client.clone(), "default");
-    eventually("3 nodes settle", Duration::from_secs(90), || {
-        settled(&chats, "minimal", 3)
-    })
-    .await?;
     let stop = CancellationToken::new();
-    let history = History::watch(&client, "default", "minimal", &stop);
-    let proxy = ServiceProxy::start(client.clone(), "default", "minimal", "client").await?;
-    eventually(
-        "the Service has 3 endpoints",
-        Duration::from_secs(30),
-        || async { (proxy.endpoints().len() == 3).then_some(()) },
-    )
-    .await?;
+    let (chats, history, proxy) = cluster.run_minimal(&stop).await?;
+    let client = cluster.client().await?;
 
     let load = Load::start(&format!("ws://{}", proxy.addr), 60, 3, 5.0, "70s")?;
     tokio::time::sleep(Duration::from_secs(6)).await;

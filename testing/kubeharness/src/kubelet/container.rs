@@ -69,18 +69,10 @@ pub async fn supervise(
         .as_ref()
         .and_then(|s| s.restart_policy.clone())
         .unwrap_or_else(|| "Always".to_owned());
-    let mut view = ContainerView {
-        name: container.name.clone(),
-        image: container.image.clone().unwrap_or_default(),
-        state: State::Waiting {
-            reason: "ContainerCreating".to_owned(),
-            message: None,
-        },
-        last_state: None,
-        ready: false,
-        restart_count: 0,
-        pid: None,
-    };
+    let mut view = ContainerView::creating(
+        container.name.clone(),
+        container.image.clone().unwrap_or_default(),
+    );
     let mut backoff = Duration::ZERO;
     loop {
         if stop.borrow().is_some() {

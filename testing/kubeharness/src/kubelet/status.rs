@@ -70,6 +70,25 @@ pub struct ContainerView {
     pub pid: Option<u32>,
 }
 
+impl ContainerView {
+    /// A container not created yet.
+    #[must_use]
+    pub fn creating(name: String, image: String) -> Self {
+        ContainerView {
+            name,
+            image,
+            state: State::Waiting {
+                reason: "ContainerCreating".to_owned(),
+                message: None,
+            },
+            last_state: None,
+            ready: false,
+            restart_count: 0,
+            pid: None,
+        }
+    }
+}
+
 /// The pod's status, kept between updates so transition times only move on a change.
 #[derive(Debug)]
 pub struct PodView {
@@ -95,18 +114,7 @@ impl PodView {
             terminating: false,
             containers: containers
                 .iter()
-                .map(|(name, image)| ContainerView {
-                    name: name.clone(),
-                    image: image.clone(),
-                    state: State::Waiting {
-                        reason: "ContainerCreating".to_owned(),
-                        message: None,
-                    },
-                    last_state: None,
-                    ready: false,
-                    restart_count: 0,
-                    pid: None,
-                })
+                .map(|(name, image)| ContainerView::creating(name.clone(), image.clone()))
                 .collect(),
             start_time: now_time(),
             conditions: Vec::new(),
