@@ -25,6 +25,7 @@ pub mod configmap_source;
 pub mod connection;
 pub mod edge;
 pub mod exit;
+pub mod load;
 pub mod metrics;
 pub mod peer;
 pub mod protocol;

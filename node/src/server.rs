@@ -17,6 +17,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use futures_util::StreamExt;
+use shard::NodeStatus;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
@@ -24,7 +25,7 @@ use crate::auth::IdentityParams;
 use crate::connection::{self, truncate_reason};
 use crate::edge::CLOSE_POLICY;
 use crate::exit::{self, ExitDrain};
-use crate::state::{NodeState, NodeStatus};
+use crate::state::NodeState;
 use crate::table_source::{self, TableSource};
 
 /// How long a stopping node waits for its peer links to deliver what its clients sent last.

@@ -13,13 +13,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
-use serde::Serialize;
-use shard::{AssignmentTable, Membership, Move, NodeInfo, NodeName, PlanOptions, RoomId, ShardId};
+use shard::{
+    AssignmentTable, Membership, Move, NodeInfo, NodeName, NodeStatus, PlanOptions, RoomId, ShardId,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::edge::{ConnId, EdgeEvent, EdgeHub};
+use crate::load::LoadMeter;
 use crate::metrics::Metrics;
 use crate::peer::wire::PeerMsg;
 use crate::peer::{PeerHandler, Peers};
@@ -128,33 +130,6 @@ struct Early {
     hops: u8,
 }
 
-/// What `/status` reports: what the controller reads to follow a drain.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
-    /// This node's name.
-    pub node: String,
-    /// Epoch of the assignment table applied.
-    pub epoch: u64,
-    /// Shards this node owns in that table.
-    pub shards_owned: usize,
-    /// Hand-offs in progress on this node, as source or target.
-    pub moves_in_flight: usize,
-    /// Moves of the current table this node completed as the source.
-    pub moves_done: Vec<Move>,
-    /// Room actors running.
-    pub rooms: usize,
-    /// Client connections open.
-    pub connections: i64,
-    /// Peer links up.
-    pub peers_connected: usize,
-    /// Whether the node takes new clients.
-    pub ready: bool,
-    /// The node was asked to stop and is handing its shards off: the operator treats it as
-    /// draining (what a pod's `deletionTimestamp` says in Kubernetes).
-    pub terminating: bool,
-}
-
 /// The shared state of a running node.
 pub struct NodeState {
     /// Validated settings.
@@ -180,6 +155,8 @@ pub struct NodeState {
     peer_handler: Option<Arc<dyn PeerHandler>>,
     table: RwLock<Arc<AssignmentTable>>,
     handoffs: Mutex<Handoffs>,
+    /// Rates for `/status`'s load (autoscaling and placement read them).
+    load: LoadMeter,
     /// Tables are applied one at a time, in order.
     applying: tokio::sync::Mutex<()>,
     next_conn: AtomicU64,
@@ -228,6 +205,15 @@ impl PeerHandler for Handler {
             state.on_bounce(to, msg);
         }
     }
+}
+
+/// The window `/status` load rates are averaged over: long enough to smooth a burst, short
+/// enough that an autoscaler sees a change within a few of the operator's passes.
+const LOAD_WINDOW: Duration = Duration::from_secs(10);
+
+/// A count as the `u32` `/status` carries (saturating; nothing here comes near it).
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -280,6 +266,7 @@ impl NodeState {
             NodeState {
                 settings,
                 peer_handler,
+                load: LoadMeter::new(LOAD_WINDOW),
                 metrics,
                 hub,
                 rooms,
@@ -731,14 +718,16 @@ impl NodeState {
         NodeStatus {
             node: self.me().to_string(),
             epoch: table.epoch,
-            shards_owned: table.shards_of(self.me()).len(),
-            moves_in_flight: handoffs.incoming.len() + handoffs.outgoing.len(),
+            shards_owned: count(table.shards_of(self.me()).len()),
+            moves_in_flight: count(handoffs.incoming.len() + handoffs.outgoing.len()),
             moves_done: handoffs.done.clone(),
-            rooms: self.rooms.active(),
-            connections: self.metrics.connections.load(Ordering::Relaxed),
-            peers_connected: self.peers.as_ref().map_or(0, |p| p.connected()),
+            rooms: self.rooms.active() as u64,
+            connections: u64::try_from(self.metrics.connections.load(Ordering::Relaxed))
+                .unwrap_or(0),
+            peers_connected: count(self.peers.as_ref().map_or(0, |p| p.connected())),
             ready: !self.exiting.is_cancelled() && !self.shutdown.is_cancelled(),
             terminating: self.exiting.is_cancelled() || self.shutdown.is_cancelled(),
+            load: self.load.read(&self.metrics, Instant::now()),
         }
     }
 

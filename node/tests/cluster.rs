@@ -381,5 +381,5 @@ async fn a_hand_off_that_times_out_answers_room_unavailable_never_silence() {
         .iter()
         .filter(|m| m.to == nodes[1].name)
         .count();
-    assert_eq!(nodes[1].state.status().moves_in_flight, expected);
+    assert_eq!(nodes[1].state.status().moves_in_flight as usize, expected);
 }

@@ -49,8 +49,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shard::{
-    AssignmentTable, DrainStep, Membership, Move, NodeInfo, NodeName, NodeReport, PlanOptions,
-    ShardError, complete_moves, drain_step, nodes_to_drain, ordinal_of, plan,
+    AssignmentTable, DrainStep, Membership, Move, NodeInfo, NodeLoad, NodeName, NodeReport,
+    NodeStatus, PlanOptions, ShardError, complete_moves, drain_step, nodes_to_drain, ordinal_of,
+    plan,
 };
 
 /// What a node's `/status` said, as far as decisions go.
@@ -64,6 +65,10 @@ pub struct Report {
     pub moves_done: Vec<Move>,
     /// The node was asked to stop (SIGTERM) and waits to hand its shards off.
     pub terminating: bool,
+    /// Client connections open on the node.
+    pub connections: u64,
+    /// How busy the node is (rates over its load window).
+    pub load: NodeLoad,
 }
 
 /// The table to publish when `lingering` pods, removed by a drain, still run: `next` with them
@@ -100,20 +105,6 @@ pub fn keep_lingering(
     table
 }
 
-/// The fields of a node's `/status` that decisions use (the node serves more).
-#[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusWire {
-    node: String,
-    epoch: u64,
-    #[serde(default)]
-    moves_in_flight: u32,
-    #[serde(default)]
-    moves_done: Vec<Move>,
-    #[serde(default)]
-    terminating: bool,
-}
-
 impl Report {
     /// Read a node's `/status` JSON, checking that it comes from `node` (an address reused by
     /// another pod must not report for this one).
@@ -121,7 +112,7 @@ impl Report {
     /// # Errors
     /// A readable reason when the JSON is not a status or names another node.
     pub fn from_status(node: &str, status: &serde_json::Value) -> Result<Report, String> {
-        let wire = StatusWire::deserialize(status)
+        let wire = NodeStatus::deserialize(status)
             .map_err(|e| format!("invalid /status from {node}: {e}"))?;
         if wire.node != node {
             return Err(format!("{node}'s address answers as {}", wire.node));
@@ -131,6 +122,8 @@ impl Report {
             moves_in_flight: wire.moves_in_flight,
             moves_done: wire.moves_done,
             terminating: wire.terminating,
+            connections: wire.connections,
+            load: wire.load,
         })
     }
 }

@@ -16,6 +16,7 @@
 //!   table, balanced and with the fewest moves; [`complete_moves`] clears finished hand-offs.
 //! - [`handoff`]: [`transition`] tells one node what applying a new table means for it.
 //! - [`drain`]: [`drain_step`] decides the next safe step of a scale-down.
+//! - [`status`]: [`NodeStatus`], what a node's `/status` tells the operator (progress and load).
 //!
 //! All fallible functions return [`ShardError`].
 
@@ -25,6 +26,7 @@ pub mod handoff;
 pub mod hash;
 pub mod ids;
 pub mod planner;
+pub mod status;
 pub mod table;
 
 pub use drain::{DrainStep, NodeReport, drain_step, handed_off, nodes_to_drain};
@@ -32,6 +34,7 @@ pub use handoff::{Transition, abandoned_handoffs, transition};
 pub use hash::{room_hash, shard_of};
 pub use ids::{NodeName, RoomId, ShardId, ordinal_of};
 pub use planner::{Membership, PlanOptions, complete_moves, plan};
+pub use status::{NodeLoad, NodeStatus};
 pub use table::{AssignmentTable, Move, NodeInfo};
 
 /// Everything that can go wrong in this crate: invalid names and invalid assignment tables.

@@ -204,7 +204,7 @@ pub async fn wait_applied(nodes: &[&ClusterNode], epoch: u64) {
 
 /// Wait until every peer link among `nodes` is up.
 pub async fn wait_linked(nodes: &[&ClusterNode]) {
-    let want = nodes.len() - 1;
+    let want = u32::try_from(nodes.len() - 1).unwrap_or(u32::MAX);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while nodes
         .iter()

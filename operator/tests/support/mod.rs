@@ -111,7 +111,7 @@ impl FakeNodes {
                     epoch: table.epoch,
                     moves_in_flight: 0,
                     moves_done: done,
-                    terminating: false,
+                    ..Report::default()
                 },
             );
         }
