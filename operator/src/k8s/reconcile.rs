@@ -81,7 +81,7 @@ use shard::{AssignmentTable, DrainStep, NodeName, PlanOptions, nodes_to_drain};
 use super::checks;
 use super::children::{self, FIELD_MANAGER, Owner, TABLE_KEY};
 use super::crd::{ChatCluster, ChatClusterStatus};
-use super::metrics::Metrics;
+use super::metrics::{ClusterView, Metrics};
 use super::observe::{StatusReader, pod_views};
 use super::rollout::{self, Observed, PodState};
 use super::status::{self, Pass, reasons, types};
@@ -370,13 +370,21 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         now,
     });
     transition_events(ctx, cluster, old, &new, &decision, checked.replicas).await;
+    if drain_finished(old, &new) && decision.replicas <= checked.replicas {
+        let took = status::drain_elapsed(old, now);
+        ctx.metrics.drained(&owner.namespace, &owner.name, took);
+    }
     write_status(ctx, &owner, old, &new).await?;
     ctx.metrics.cluster(
         &owner.namespace,
         &owner.name,
-        decision.table.epoch,
-        decision.table.moves.len(),
-        ready_nodes,
+        ClusterView {
+            epoch: decision.table.epoch,
+            moves: decision.table.moves.len(),
+            ready_nodes,
+            unowned_shards: count(decision.table.owners().iter().filter(|o| o.is_none())),
+            drain_stuck: decision.stuck.is_some(),
+        },
     );
 
     // 7. Requeue.
@@ -600,6 +608,17 @@ async fn write_status(
     api.patch_status(&owner.name, &params, &Patch::Apply(&patch))
         .await?;
     Ok(())
+}
+
+/// Whether the drain recorded in `old` ended with this pass (completed or cancelled: the caller
+/// tells them apart by the replicas it keeps).
+fn drain_finished(old: Option<&ChatClusterStatus>, new: &ChatClusterStatus) -> bool {
+    old.is_some_and(|s| !s.draining.is_empty()) && new.draining.is_empty()
+}
+
+/// Counts what `items` yields, saturating at `u32::MAX`.
+fn count<T>(items: impl Iterator<Item = T>) -> u32 {
+    u32::try_from(items.count()).unwrap_or(u32::MAX)
 }
 
 /// Events for what changed between `old` and `new`; nothing when nothing changed.
