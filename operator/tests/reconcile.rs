@@ -267,6 +267,15 @@ async fn scale_down_marks_waits_for_the_epoch_waits_for_the_moves_and_only_then_
     assert!(status.draining.is_empty());
     assert!(status.drain_started.is_none());
     assert_eq!(reasons(&h).await?, ["DrainStarted", "DrainFinished"]);
+    // The drain was timed once, from its start to the replicas lowered; every shard has an owner.
+    let metrics = h.ctx.metrics.render();
+    for line in [
+        "roomshard_cluster_drain_duration_seconds_count{namespace=\"default\",cluster=\"chat\"} 1\n",
+        "roomshard_cluster_unowned_shards{namespace=\"default\",cluster=\"chat\"} 0\n",
+        "roomshard_cluster_drain_stuck{namespace=\"default\",cluster=\"chat\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
 
     // The StatefulSet removes chat-2; the next table forgets it.
     h.statefulset_pods("chat").await?;
@@ -367,6 +376,13 @@ async fn a_drain_past_the_handoff_timeout_is_degraded_naming_the_pod_and_keeps_t
     );
     assert_eq!(status.phase.as_deref(), Some("Degraded"));
     assert_eq!(h.replicas("chat").await, 3, "a stuck drain removes nothing");
+    let metrics = h.ctx.metrics.render();
+    assert!(
+        metrics
+            .contains("roomshard_cluster_drain_stuck{namespace=\"default\",cluster=\"chat\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("roomshard_cluster_drain_duration_seconds_count"));
 
     h.pass("chat").await?;
     let stuck_events = reasons(&h)
