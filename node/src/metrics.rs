@@ -21,8 +21,8 @@ use shard::ShardId;
 use crate::protocol::ErrorCode;
 
 /// Upper bounds (seconds) of the hand-off duration buckets: a snapshot of a few rooms arrives
-/// in milliseconds, a large shard or a slow link in seconds, and the default hand-off timeout
-/// is 30 s.
+/// in milliseconds, a large shard or a slow link in seconds; the hand-off timeout (10 s by
+/// default, `--handoff-timeout`) bounds the wait.
 const HANDOFF_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];

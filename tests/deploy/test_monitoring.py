@@ -17,7 +17,7 @@ from typing import Any
 import promql_parser
 import pytest
 
-from conftest import FIXTURES, RELEASE_NAMESPACE, render
+from conftest import FIXTURES, RELEASE_NAMESPACE, binary, render
 
 METRIC_LISTS = {name: FIXTURES / "metrics" / f"{name}.txt" for name in ("node", "operator")}
 
@@ -184,3 +184,40 @@ def test_dashboard_panels_have_unique_ids_and_a_datasource_variable(rendered):
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
             assert panel.get("description"), f"panel {panel['title']!r} has no description"
+
+
+def scraped_names(text: str) -> set[str]:
+    """Series names of a Prometheus text scrape (the Rust tests' `exported_names`)."""
+    return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in text.splitlines()
+            if line.strip() and not line.startswith("#")}
+
+
+def test_a_running_node_exports_what_the_committed_list_says():
+    # The list again, from a real process: a standalone node started here and scraped.
+    import subprocess
+    import urllib.request
+
+    node = binary("roomshard-node")
+    if node is None:
+        pytest.skip("NOTICE: target/debug/roomshard-node is not built")
+    process = subprocess.Popen([str(node), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        # The node prints its address once its listener is bound (the kernel queues the
+        # connection until the server accepts it).
+        first = process.stdout.readline() if process.stdout else ""
+        found = re.search(r"listening on http://(\S+) ", first)
+        assert found, f"roomshard-node printed {first!r}"
+        with urllib.request.urlopen(f"http://{found.group(1)}/metrics", timeout=30) as response:
+            content_type = response.headers["Content-Type"]
+            text = response.read().decode()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert content_type.startswith("text/plain; version=0.0.4"), content_type
+    listed = {line.strip() for line in METRIC_LISTS["node"].read_text().splitlines() if line.strip()}
+    live = scraped_names(text)
+    assert live <= listed, f"scraped but not in the list: {sorted(live - listed)}"
+    # Only the per-shard hand-off histogram waits for its first hand-off to appear.
+    missing = {n for n in listed - live if not n.startswith("roomshard_handoff_duration_seconds")}
+    assert missing == set(), f"in the list but not scraped: {sorted(missing)}"
