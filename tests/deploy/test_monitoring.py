@@ -104,6 +104,10 @@ def test_the_rule_carries_the_additional_labels(rendered):
     rule = rendered["monitoring"].one("PrometheusRule")
     assert rule["metadata"]["namespace"] == RELEASE_NAMESPACE
     assert rule["metadata"]["labels"]["release"] == "prometheus"
+    notes = rendered["monitoring"].notes
+    assert "get prometheusrule roomshard-roomshard-operator" in notes, notes
+    assert "roomshard-roomshard-operator-dashboard in namespace grafana" in notes, notes
+    assert "Monitoring:" not in rendered["defaults"].notes
 
 
 def test_there_are_alerts_for_drains_owners_slow_consumers_and_peer_links(rendered):
