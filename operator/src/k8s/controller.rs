@@ -25,6 +25,7 @@ use super::crd::ChatCluster;
 use super::metrics::Metrics;
 use super::reconcile::{Context, error_policy, reconcile};
 use crate::Error;
+use crate::map::MapStore;
 
 /// An API over every namespace, or over `namespace` only.
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -67,7 +68,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         .await;
 }
 
-/// Serves `/metrics` (Prometheus text) and `/healthz` on `listener` until `shutdown`.
+/// Serves `/metrics` (Prometheus text), `/healthz` and the shard map (`/map`, `/map.json`, from
+/// `map`) on `listener` until `shutdown`.
 ///
 /// # Errors
 ///
@@ -75,6 +77,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    map: Arc<MapStore>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let app = Router::new()
@@ -90,9 +93,20 @@ pub async fn serve_metrics(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/map", get(|| async { crate::map::page() }))
+        .route(
+            "/map.json",
+            get(move || {
+                let map = map.clone();
+                async move { crate::map::json(&map.snapshot()) }
+            }),
+        );
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "serving /metrics and /healthz");
+    tracing::info!(
+        ?addr,
+        "serving /metrics, /healthz and the shard map at /map"
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
