@@ -46,9 +46,11 @@ pub fn cluster_of(pod: &Pod) -> Option<ObjectRef<ChatCluster>> {
 }
 
 /// Reconciles every `ChatCluster` (in `namespace`, or all) until `shutdown`, then finishes the
-/// passes in flight and returns.
+/// passes in flight, forgets the shard maps (a replica that no longer leads must not show stale
+/// ones) and returns.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
+    let map = ctx.map.clone();
     let ns = namespace.as_deref();
     let managed = format!("{}={FIELD_MANAGER}", labels::MANAGED_BY);
     let ours = watcher::Config::default().labels(&managed);
@@ -59,13 +61,21 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         .watches(api::<Pod>(&client, ns), pods, |pod| cluster_of(&pod))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(cluster = %object, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+        .for_each(|result| {
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = &result {
+                // A deleted cluster (it has no finalizer, so no pass sees it go): its last
+                // requeue finds it gone, and its map goes too.
+                map.forget(gone.namespace.as_deref().unwrap_or_default(), &gone.name);
+            }
+            async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(cluster = %object, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+                }
             }
         })
         .await;
+    map.clear();
 }
 
 /// Serves `/metrics` (Prometheus text), `/healthz` and the shard map (`/map`, `/map.json`, from

@@ -57,6 +57,13 @@ impl MapStore {
         entries.refused = false;
     }
 
+    /// Forgets every cluster: a replica that stops leading shows no map rather than a stale one.
+    pub fn clear(&self) {
+        let mut entries = self.lock();
+        entries.maps.clear();
+        entries.refused = false;
+    }
+
     /// Every cluster's latest map, ordered by namespace and name.
     pub fn snapshot(&self) -> ShardMap {
         let maps: Vec<Arc<ClusterMap>> = self.lock().maps.values().cloned().collect();
@@ -94,6 +101,8 @@ mod tests {
         assert_eq!(shown, vec![("a".into(), 1), ("b".into(), 2)]);
         store.forget("a", "chat");
         assert_eq!(store.snapshot().clusters.len(), 1);
+        store.clear();
+        assert!(store.snapshot().clusters.is_empty());
     }
 
     #[test]
