@@ -305,9 +305,14 @@ mod tests {
         pods: &'a [PodView],
         table: &'a AssignmentTable,
         step: &'a DrainStep,
-        rollout: &'a RolloutProgress,
         updated: &'a BTreeMap<NodeName, bool>,
     ) -> MapInputs<'a> {
+        const NOT_ROLLING: &RolloutProgress = &RolloutProgress {
+            in_progress: false,
+            updated: 0,
+            total: 0,
+            current: None,
+        };
         MapInputs {
             namespace: "ns",
             name: "chat",
@@ -317,9 +322,14 @@ mod tests {
             step,
             drain_elapsed: Duration::from_secs(3),
             stuck: None,
-            rollout,
+            rollout: NOT_ROLLING,
             updated,
         }
+    }
+
+    /// The map of `pods` and `table` with nothing known about revisions.
+    fn map_of(pods: &[PodView], table: &AssignmentTable, step: &DrainStep) -> ClusterMap {
+        build(&inputs(pods, table, step, &BTreeMap::new()))
     }
 
     #[test]
@@ -334,13 +344,7 @@ mod tests {
             pod("chat-1", true, None),
         ];
         let updated = BTreeMap::from([(name("chat-0"), true)]);
-        let map = build(&inputs(
-            &pods,
-            &t,
-            &DrainStep::Steady,
-            &RolloutProgress::default(),
-            &updated,
-        ));
+        let map = build(&inputs(&pods, &t, &DrainStep::Steady, &updated));
         assert_eq!((map.namespace.as_str(), map.name.as_str()), ("ns", "chat"));
         assert_eq!((map.epoch, map.shards, map.unowned), (4, 4, 0));
         assert!(map.detailed);
@@ -395,13 +399,7 @@ mod tests {
             epoch: 9,
             lagging: vec![name("chat-2")],
         };
-        let map = build(&inputs(
-            &pods,
-            &t,
-            &step,
-            &RolloutProgress::default(),
-            &BTreeMap::new(),
-        ));
+        let map = map_of(&pods, &t, &step);
         let draining = &map.pods[2];
         assert_eq!(draining.name, "chat-2");
         assert!(draining.draining && draining.terminating && !draining.ready);
@@ -419,13 +417,7 @@ mod tests {
     fn a_pod_the_table_still_lists_is_drawn_after_the_driver_stopped_counting_it() {
         let t = table(&["chat-0", "chat-1"], &["chat-0", "chat-0"]);
         let pods = [pod("chat-0", true, None)];
-        let map = build(&inputs(
-            &pods,
-            &t,
-            &DrainStep::Steady,
-            &RolloutProgress::default(),
-            &BTreeMap::new(),
-        ));
+        let map = map_of(&pods, &t, &DrainStep::Steady);
         let names: Vec<&str> = map.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["chat-0", "chat-1"]);
         let lingering = &map.pods[1];
@@ -436,13 +428,7 @@ mod tests {
     fn pods_are_ordered_by_ordinal_and_unowned_shards_are_counted() {
         let t = table(&["chat-2", "chat-10"], &["chat-10", "", "chat-2"]);
         let pods = [pod("chat-10", true, None), pod("chat-2", true, None)];
-        let map = build(&inputs(
-            &pods,
-            &t,
-            &DrainStep::Steady,
-            &RolloutProgress::default(),
-            &BTreeMap::new(),
-        ));
+        let map = map_of(&pods, &t, &DrainStep::Steady);
         let names: Vec<&str> = map.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["chat-2", "chat-10"]);
         assert_eq!(map.unowned, 1);
@@ -463,13 +449,7 @@ mod tests {
             })
             .collect();
         let pods = [pod("chat-0", true, None), pod("chat-1", true, None)];
-        let map = build(&inputs(
-            &pods,
-            &t,
-            &DrainStep::Steady,
-            &RolloutProgress::default(),
-            &BTreeMap::new(),
-        ));
+        let map = map_of(&pods, &t, &DrainStep::Steady);
         assert!(!map.detailed);
         assert!(map.pods.iter().all(|p| p.shards.is_empty()));
         assert_eq!(map.pods[0].shard_count, DETAIL_SHARDS);
@@ -481,13 +461,7 @@ mod tests {
     fn the_json_uses_the_names_the_page_reads() {
         let t = table(&["chat-0"], &["chat-0"]);
         let pods = [pod("chat-0", true, Some(report(0, 1, 2)))];
-        let map = build(&inputs(
-            &pods,
-            &t,
-            &DrainStep::Steady,
-            &RolloutProgress::default(),
-            &BTreeMap::new(),
-        ));
+        let map = map_of(&pods, &t, &DrainStep::Steady);
         let json = serde_json::to_value(ShardMap {
             clusters: vec![map],
         })
