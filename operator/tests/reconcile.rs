@@ -967,3 +967,93 @@ async fn a_statefulset_made_by_the_previous_release_with_rolling_update_is_switc
     h.pass("chat").await?;
     Ok(())
 }
+
+/// The map the context holds for cluster `chat`.
+fn map_of(h: &Harness) -> operator::map::ClusterMap {
+    h.ctx
+        .map
+        .snapshot()
+        .clusters
+        .into_iter()
+        .find(|m| m.namespace == NS && m.name == "chat")
+        .expect("the pass published a map of chat")
+}
+
+#[tokio::test]
+async fn the_shard_map_follows_a_scale_down_pass_by_pass_and_is_served_next_to_the_metrics()
+-> TestResult {
+    let h = Harness::start().await?;
+    let all = ["chat-0", "chat-1", "chat-2"];
+    h.running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    let settled = map_of(&h);
+    let counts: Vec<(String, u32)> = settled
+        .pods
+        .iter()
+        .map(|p| (p.name.clone(), p.shard_count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("chat-0".into(), 4),
+            ("chat-1".into(), 4),
+            ("chat-2".into(), 4)
+        ]
+    );
+    assert!(settled.pods.iter().all(|p| p.ready && p.in_table));
+    assert_eq!((settled.unowned, settled.moves_total), (0, 0));
+    assert_eq!(settled.drain.phase, "Steady");
+
+    // Served by the metrics server: the JSON and the page.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(operator::k8s::controller::serve_metrics(
+        listener,
+        h.ctx.metrics.clone(),
+        h.ctx.map.clone(),
+        stop.clone(),
+    ));
+    let timeout = std::time::Duration::from_secs(5);
+    let served = operator::http::get(&addr, "/map.json", timeout).await?;
+    let served: operator::map::ShardMap = serde_json::from_str(&served.body)?;
+    assert_eq!(served.clusters, vec![settled.clone()]);
+    let page = operator::http::get(&addr, "/map", timeout).await?;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("map.json"));
+    stop.cancel();
+    server.await??;
+
+    // The drain: chat-2 is marked, owns nothing, and its 4 shards are on their way.
+    set_spec(&h, json!({"replicas": 2})).await?;
+    h.pass("chat").await?;
+    let draining = map_of(&h);
+    let chat2 = &draining.pods[2];
+    assert_eq!(chat2.name, "chat-2");
+    assert!(chat2.draining && chat2.shards.is_empty());
+    assert_eq!(draining.moves_total, 4);
+    assert!(draining.moves.iter().all(|m| m.from == n("chat-2")));
+    assert_eq!(draining.drain.draining, ["chat-2"]);
+    assert_eq!(draining.drain.shards_left, 4);
+    assert_ne!(draining.drain.phase, "Steady");
+    assert_eq!(draining.desired_replicas, 2);
+
+    // Moves done, everyone at the cleared epoch, chat-2 removed and gone.
+    let marked = h.table("chat").await;
+    h.nodes.applied(&all, &marked, false);
+    h.nodes.applied(&["chat-2"], &marked, true);
+    h.pass("chat").await?;
+    let cleared = h.table("chat").await;
+    h.nodes.applied(&all, &cleared, false);
+    h.pass("chat").await?;
+    h.statefulset_pods("chat").await?;
+    h.pass("chat").await?;
+    let done = map_of(&h);
+    let names: Vec<&str> = done.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["chat-0", "chat-1"]);
+    assert_eq!(done.pods.iter().map(|p| p.shard_count).sum::<u32>(), 12);
+    assert_eq!((done.unowned, done.moves_total), (0, 0));
+    assert_eq!(done.drain.phase, "Steady");
+    assert!(done.drain.draining.is_empty());
+    Ok(())
+}
