@@ -7,6 +7,8 @@
 //!
 //! Events for one room arrive in the owner's order and are applied in that order under a lock,
 //! so a member sees its `joined` before any message after it, and messages in `seq` order.
+//! Across a hand-off too: the old owner sends its snapshot only once the edges have handled
+//! its last events (see `state::outgoing`), so the new owner's first ones come after them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

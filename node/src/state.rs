@@ -369,6 +369,35 @@ impl NodeState {
         None
     }
 
+    /// Queue the commands a hand-off buffered to their rooms, in order. Called under the
+    /// hand-off lock, right after the shard is installed, so that nothing routed meanwhile gets
+    /// ahead of them; what is not taken here is returned for [`Self::settle_refused`], to be
+    /// forwarded or answered once the lock is released.
+    fn replay(&self, buffer: VecDeque<(RoomId, RoomCommand)>) -> Vec<(RoomId, Refused)> {
+        let table = self.table();
+        buffer
+            .into_iter()
+            .filter_map(|(room, command)| {
+                if table.owner_of_room(&room) != Some(self.me()) {
+                    let error = RouteError::Moved;
+                    return Some((room, Refused { error, command }));
+                }
+                let refused = self.rooms.try_send(&room, command).err()?;
+                Some((room, refused))
+            })
+            .collect()
+    }
+
+    /// Forward the commands [`Self::replay`] could not queue here, or answer their senders.
+    fn settle_refused(&self, refused: Vec<(RoomId, Refused)>) {
+        for (room, Refused { error, command }) in refused {
+            match error {
+                RouteError::Moved => self.forward(room, command, 0),
+                error => self.answer_error(&command, error, &room),
+            }
+        }
+    }
+
     /// Send `command` on to the owner the current table names.
     fn forward(&self, room: RoomId, command: RoomCommand, hops: u8) {
         let table = self.table();
@@ -513,22 +542,30 @@ impl NodeState {
                 });
                 return;
             }
-            if expected {
+            let incoming = if expected {
                 handoffs.incoming.remove(&shard)
             } else {
                 None
+            };
+            match incoming {
+                Some(incoming) => {
+                    // Installed and replayed before the lock is released: a command routed
+                    // here in between would otherwise start a room afresh (from seq 0) or get
+                    // ahead of the commands that waited for the snapshot.
+                    let count = rooms.len();
+                    self.rooms.install(shard, rooms);
+                    let refused = self.replay(incoming.buffer);
+                    Some((incoming.started, count, refused))
+                }
+                None => None,
             }
         };
         match incoming {
-            Some(incoming) => {
-                let count = rooms.len();
-                self.rooms.install(shard, rooms);
-                for (room, command) in incoming.buffer {
-                    self.accept_as_owner(room, command, 0);
-                }
-                let took = incoming.started.elapsed();
-                self.metrics.handoff_completed(shard, took);
+            Some((started, count, refused)) => {
+                self.settle_refused(refused);
+                let took = started.elapsed();
                 tracing::info!(%shard, %from, rooms = count, ?took, "shard received");
+                self.metrics.handoff_completed(shard, took);
             }
             None => {
                 tracing::warn!(%shard, %from, epoch, "a snapshot nobody waits for (the move was cancelled)")
@@ -601,16 +638,19 @@ impl NodeState {
             peers.update(&new);
         }
         for (shard, from) in abandoned {
-            let incoming = lock(&self.handoffs).incoming.remove(&shard);
-            // A snapshot already received is not abandoned: the source handed it off and left
-            // before the operator cleared the move.
-            if incoming.is_some() && new.owner(shard) == Some(&me) {
-                tracing::warn!(%shard, %from, "hand-off abandoned (source gone): starting the shard empty");
-                self.rooms.install(shard, Vec::new());
-            }
-            for (room, command) in incoming.map(|i| i.buffer).unwrap_or_default() {
-                self.accept_as_owner(room, command, 0);
-            }
+            let refused = {
+                let mut handoffs = lock(&self.handoffs);
+                let incoming = handoffs.incoming.remove(&shard);
+                // A snapshot already received is not abandoned: the source handed it off and
+                // left before the operator cleared the move. Installed and replayed under the
+                // lock, as in `on_snapshot`.
+                if incoming.is_some() && new.owner(shard) == Some(&me) {
+                    tracing::warn!(%shard, %from, "hand-off abandoned (source gone): starting the shard empty");
+                    self.rooms.install(shard, Vec::new());
+                }
+                self.replay(incoming.map(|i| i.buffer).unwrap_or_default())
+            };
+            self.settle_refused(refused);
         }
         for shard in &change.gained_fresh {
             self.rooms.install(*shard, Vec::new());
@@ -641,33 +681,7 @@ impl NodeState {
             let handed = new
                 .move_of(shard)
                 .is_some_and(|m| m.from == me && m.to == to);
-            let state = self.clone();
-            let epoch = new.epoch;
-            tokio::spawn(async move {
-                let rooms = state.rooms.freeze(shard).await;
-                if !handed {
-                    return; // the new owner starts it fresh: nothing to send
-                }
-                lock(&state.handoffs).outgoing.insert(shard, to.clone());
-                if let Some(peers) = &state.peers {
-                    let count = rooms.len();
-                    if peers
-                        .send(
-                            &to,
-                            PeerMsg::Snapshot {
-                                shard,
-                                epoch,
-                                rooms,
-                            },
-                        )
-                        .is_err()
-                    {
-                        tracing::error!(%shard, %to, "peer outbox full: snapshot not sent");
-                    } else {
-                        tracing::info!(%shard, %to, rooms = count, "shard handed off");
-                    }
-                }
-            });
+            tokio::spawn(self.clone().hand_off(shard, to, handed, new.epoch));
         }
         for shard in change.lost_unassigned {
             let rooms = self.rooms.clone();
@@ -804,3 +818,8 @@ fn solo_table(settings: &NodeSettings) -> AssignmentTable {
         &PlanOptions::default(),
     )
 }
+
+mod outgoing;
+
+#[cfg(test)]
+mod handoff_tests;

@@ -35,6 +35,17 @@ struct LinkState {
     unacked: VecDeque<(u64, Arc<PeerMsg>)>,
     /// Bumped by each new connection, so an old one stops writing.
     generation: u64,
+    /// Bumped whenever the outbox is emptied without acknowledgement (the peer restarted or
+    /// left), so a [`Sent`] mark taken before knows its messages are settled.
+    resets: u64,
+}
+
+/// How far this node's stream to a peer had got at one moment: what [`PeerLink::delivered`]
+/// waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    resets: u64,
+    seq: u64,
 }
 
 /// The delivery state of the link to one peer.
@@ -44,6 +55,8 @@ pub struct PeerLink {
     pub peer: NodeName,
     state: Mutex<LinkState>,
     wake: Notify,
+    /// Woken when messages are acknowledged or bounced, for [`PeerLink::delivered`].
+    settled: Notify,
     /// Ends the current connection (see [`PeerLink::reset`]).
     cut: Notify,
     connected: AtomicBool,
@@ -60,6 +73,7 @@ impl PeerLink {
                 ..LinkState::default()
             }),
             wake: Notify::new(),
+            settled: Notify::new(),
             cut: Notify::new(),
             connected: AtomicBool::new(false),
             max_unacked: max_unacked.max(1),
@@ -87,6 +101,36 @@ impl PeerLink {
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// A mark of everything queued for the peer so far.
+    pub fn sent(&self) -> Sent {
+        let state = self.state();
+        Sent {
+            resets: state.resets,
+            seq: state.next_seq - 1,
+        }
+    }
+
+    /// Whether everything queued up to `mark` is settled: the peer acknowledged it, so it has
+    /// handled it (a peer acknowledges a message only after handling it), or it was bounced.
+    pub fn is_delivered(&self, mark: Sent) -> bool {
+        let state = self.state();
+        state.resets != mark.resets || state.unacked.front().is_none_or(|(seq, _)| *seq > mark.seq)
+    }
+
+    /// Resolves once everything queued up to `mark` is settled (see [`PeerLink::is_delivered`]).
+    /// A peer that stays unreachable keeps it waiting: callers bound the wait.
+    pub async fn delivered(&self, mark: Sent) {
+        loop {
+            let next = self.settled.notified();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if self.is_delivered(mark) {
+                return;
+            }
+            next.await;
+        }
     }
 
     /// Drop the current connection (if any); the dialer reconnects and the link resends what
@@ -120,7 +164,11 @@ impl PeerLink {
                 state.peer_incarnation = Some(incarnation);
                 state.received = 0;
                 state.next_seq = 1;
-                state.unacked.drain(..).map(|(_, m)| m).collect()
+                state.resets += 1;
+                let bounced = state.unacked.drain(..).map(|(_, m)| m).collect();
+                drop(state);
+                self.settled.notify_waiters();
+                bounced
             }
             _ => {
                 state.peer_incarnation = Some(incarnation);
@@ -133,7 +181,11 @@ impl PeerLink {
     pub fn take_all(&self) -> Vec<Arc<PeerMsg>> {
         let mut state = self.state();
         state.generation += 1;
-        state.unacked.drain(..).map(|(_, m)| m).collect()
+        state.resets += 1;
+        let taken = state.unacked.drain(..).map(|(_, m)| m).collect();
+        drop(state);
+        self.settled.notify_waiters();
+        taken
     }
 
     fn ack(&self, upto: u64) {
@@ -141,6 +193,8 @@ impl PeerLink {
         while state.unacked.front().is_some_and(|(seq, _)| *seq <= upto) {
             state.unacked.pop_front();
         }
+        drop(state);
+        self.settled.notify_waiters();
     }
 
     /// True when `seq` is new (the next one); false for a repeat after a resend.
@@ -262,6 +316,25 @@ impl PeerLink {
     }
 }
 
+/// What unit tests elsewhere in the crate play the peer with.
+#[cfg(test)]
+impl PeerLink {
+    /// What waits for acknowledgement, oldest first.
+    pub(crate) fn outbox(&self) -> Vec<Arc<PeerMsg>> {
+        self.state()
+            .unacked
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// The peer acknowledges everything queued so far.
+    pub(crate) fn ack_all(&self) {
+        let upto = self.state().next_seq - 1;
+        self.ack(upto);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +448,32 @@ mod tests {
             sender.pending(),
             3,
             "4, 5 and 6 wait for their acknowledgement"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sent_mark_is_delivered_once_acknowledged_or_bounced() {
+        let link = link();
+        link.push(msg(1)).expect("room");
+        let first = link.sent();
+        link.push(msg(2)).expect("room");
+        let second = link.sent();
+        assert!(!link.is_delivered(first));
+        link.ack(1);
+        link.delivered(first).await;
+        assert!(!link.is_delivered(second), "2 is not acknowledged yet");
+        let waiter = {
+            let link = link.clone();
+            tokio::spawn(async move { link.delivered(second).await })
+        };
+        link.take_all();
+        waiter
+            .await
+            .expect("a bounced message settles the mark too");
+        link.push(msg(3)).expect("room");
+        assert!(
+            link.is_delivered(second),
+            "later messages do not hold an earlier mark"
         );
     }
 }

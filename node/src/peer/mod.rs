@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as TungMessage;
 use tokio_util::sync::CancellationToken;
 
-use link::PeerLink;
+use link::{PeerLink, Sent};
 use wire::{PeerFrame, PeerMsg};
 
 /// How long each step of a handshake may take.
@@ -113,6 +113,20 @@ impl Peers {
     /// The message back when `to`'s outbox is full.
     pub fn send(&self, to: &NodeName, msg: PeerMsg) -> Result<(), PeerMsg> {
         self.link(to).push(msg)
+    }
+
+    /// What is queued so far for each of `peers` (those this node has a link to), to wait
+    /// until they have all handled it: a hand-off's old owner waits so that nothing the new
+    /// owner sends them can overtake what it sent them itself.
+    pub fn sent_to<'a>(&self, peers: impl IntoIterator<Item = &'a NodeName>) -> Flush {
+        let links = lock(&self.links);
+        Flush(
+            peers
+                .into_iter()
+                .filter_map(|peer| links.get(peer))
+                .map(|link| (link.clone(), link.sent()))
+                .collect(),
+        )
     }
 
     /// Drop the connection to `peer` (it comes back by itself); see [`PeerLink::reset`].
@@ -359,6 +373,43 @@ impl Peers {
                 handler.on_bounce(to, &msg);
             }
         }
+    }
+}
+
+/// What unit tests elsewhere in the crate play a peer with.
+#[cfg(test)]
+impl Peers {
+    /// What waits for `peer`'s acknowledgement, oldest first.
+    pub(crate) fn outbox(&self, peer: &NodeName) -> Vec<Arc<PeerMsg>> {
+        self.link(peer).outbox()
+    }
+
+    /// `peer` acknowledges everything queued for it so far.
+    pub(crate) fn ack_all(&self, peer: &NodeName) {
+        self.link(peer).ack_all();
+    }
+}
+
+/// Messages queued for several peers up to one moment; see [`Peers::sent_to`].
+#[derive(Debug)]
+pub struct Flush(Vec<(Arc<PeerLink>, Sent)>);
+
+impl Flush {
+    /// Resolves once every peer has handled (or bounced) its part. A peer that stays
+    /// unreachable keeps it waiting: callers bound the wait.
+    pub async fn delivered(&self) {
+        for (link, mark) in &self.0 {
+            link.delivered(*mark).await;
+        }
+    }
+
+    /// The peers that have not handled their part yet.
+    pub fn waiting(&self) -> Vec<NodeName> {
+        self.0
+            .iter()
+            .filter(|(link, mark)| !link.is_delivered(*mark))
+            .map(|(link, _)| link.peer.clone())
+            .collect()
     }
 }
 

@@ -1,0 +1,191 @@
+//! The old owner's side of a hand-off, with the peers played by the test: a node whose links
+//! have no connection keeps what it sends in their outboxes, where the test reads it and
+//! acknowledges it at the moment it chooses. That makes the race between the old owner's last
+//! events and the new owner's first ones deterministic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shard::{AssignmentTable, Move, NodeInfo, NodeName, RoomId};
+
+use super::*;
+use crate::edge::ConnId;
+use crate::peer::PeerSettings;
+
+const SHARDS: u32 = 8;
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn name(n: &str) -> NodeName {
+    NodeName::new(n).expect("valid node name")
+}
+
+/// The old owner. It sorts after both peers, so it dials neither: its links stay unconnected
+/// and everything it sends waits in their outboxes.
+fn old_owner() -> (Arc<NodeState>, Arc<Peers>) {
+    let me = name("node-c");
+    let peers = Peers::new(PeerSettings {
+        me: me.clone(),
+        secret: Arc::from(&b"secret"[..]),
+        max_unacked: 1000,
+    });
+    let settings = NodeSettings {
+        name: me,
+        node_id: 2,
+        shards: SHARDS,
+        peer_addr: "127.0.0.1:9".into(),
+        rooms: RoomSettings {
+            history_limit: 10,
+            queue: 64,
+            passivate_after: Duration::from_secs(600),
+            send_timeout: Duration::from_secs(1),
+        },
+        limits: ConnectionLimits {
+            max_text_bytes: 1024,
+            max_frame_bytes: 8192,
+            max_rooms: 8,
+            rate_per_sec: 100,
+            rate_burst: 100,
+            outgoing_queue: 64,
+            close_timeout: Duration::from_secs(1),
+        },
+        handoff: HandoffSettings {
+            timeout: HANDOFF_TIMEOUT,
+            buffer: 100,
+            exit_drain: Duration::from_secs(1),
+        },
+    };
+    let state = NodeState::clustered(settings, Authenticator::open(), peers.clone());
+    (state, peers)
+}
+
+fn table(epoch: u64, owner: &str, moved: Option<(ShardId, &str)>) -> AssignmentTable {
+    let nodes: BTreeMap<NodeName, NodeInfo> = ["node-a", "node-b", "node-c"]
+        .into_iter()
+        .map(|n| (name(n), NodeInfo::new("127.0.0.1:9")))
+        .collect();
+    let mut owners = vec![Some(name(owner)); SHARDS as usize];
+    let mut moves = Vec::new();
+    if let Some((shard, to)) = moved {
+        owners[shard.0 as usize] = Some(name(to));
+        moves.push(Move {
+            shard,
+            from: name(owner),
+            to: name(to),
+        });
+    }
+    let mut table = AssignmentTable::with_owners(owners, nodes).expect("valid table");
+    table.epoch = epoch;
+    table.moves = moves;
+    table
+}
+
+fn has_snapshot(peers: &Peers, to: &NodeName) -> bool {
+    peers
+        .outbox(to)
+        .iter()
+        .any(|m| matches!(**m, PeerMsg::Snapshot { .. }))
+}
+
+/// Chat messages waiting in the outbox to `edge`.
+fn messages_to(peers: &Peers, edge: &NodeName) -> usize {
+    peers
+        .outbox(edge)
+        .iter()
+        .filter(|m| {
+            matches!(
+                &***m,
+                PeerMsg::Event(EdgeEvent::Broadcast { is_msg: true, .. })
+            )
+        })
+        .count()
+}
+
+/// Lets spawned tasks run until `done` holds (the clock is paused: this takes no real time).
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the condition never held");
+}
+
+/// The old owner `node-c` owns room `r`, whose only member is on edge `node-b`; it posts a
+/// message there and then hands the shard to `node-a`.
+async fn owner_with_a_message_in_flight() -> (Arc<NodeState>, Arc<Peers>, ShardId) {
+    let (state, peers) = old_owner();
+    let room = RoomId::new("r").expect("valid room");
+    let shard = shard::shard_of(&room, SHARDS);
+    assert!(state.apply_table(table(1, "node-c", None)).await);
+    let member = MemberKey {
+        node: name("node-b"),
+        conn: ConnId(1),
+    };
+    let user: Arc<str> = "bob".into();
+    let join = RoomCommand::Join {
+        member: member.clone(),
+        user: user.clone(),
+        since: None,
+    };
+    state.route(&room, join).await.expect("joined");
+    let post = RoomCommand::Post {
+        member,
+        user,
+        text: "last words".into(),
+        cid: None,
+    };
+    state.route(&room, post).await.expect("posted");
+    until(|| messages_to(&peers, &name("node-b")) == 1).await;
+    assert!(
+        state
+            .apply_table(table(2, "node-c", Some((shard, "node-a"))))
+            .await
+    );
+    (state, peers, shard)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_snapshot_waits_until_the_rooms_edges_have_handled_the_old_owners_last_events() {
+    let (state, peers, shard) = owner_with_a_message_in_flight().await;
+    let (edge, new_owner) = (name("node-b"), name("node-a"));
+    // The room's last message is still on its way to node-b. Were the snapshot sent now, the
+    // new owner's first message could reach node-b over its own link before this one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !has_snapshot(&peers, &new_owner),
+        "no snapshot while the edge has not handled the old owner's last message"
+    );
+    assert_eq!(state.status().moves_in_flight, 1, "the move is in flight");
+    peers.ack_all(&edge);
+    until(|| has_snapshot(&peers, &new_owner)).await;
+    let snapshot = peers
+        .outbox(&new_owner)
+        .into_iter()
+        .find_map(|m| match &*m {
+            PeerMsg::Snapshot {
+                shard: s, rooms, ..
+            } if *s == shard => Some(rooms.clone()),
+            _ => None,
+        });
+    let rooms = snapshot.expect("the shard's snapshot");
+    assert_eq!(rooms.len(), 1);
+    assert_eq!(
+        rooms[0].seq, 1,
+        "seq continues after the edge's last message"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_edge_that_never_confirms_delays_the_snapshot_by_at_most_half_the_handoff_timeout() {
+    let (_state, peers, _shard) = owner_with_a_message_in_flight().await;
+    let new_owner = name("node-a");
+    tokio::time::sleep(HANDOFF_TIMEOUT / 2 - Duration::from_millis(100)).await;
+    assert!(!has_snapshot(&peers, &new_owner));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        has_snapshot(&peers, &new_owner),
+        "the hand-off goes on without the unreachable edge"
+    );
+}
