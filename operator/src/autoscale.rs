@@ -95,11 +95,11 @@ impl Policy {
     /// zero target or a zero step.
     pub fn validate(&self) -> Result<(), String> {
         if self.min < 1 {
-            return Err("autoscaling minReplicas must be at least 1".into());
+            return Err("autoscaling.minReplicas must be at least 1".into());
         }
         if self.max < self.min {
             return Err(format!(
-                "autoscaling maxReplicas ({}) must not be below minReplicas ({})",
+                "autoscaling.maxReplicas ({}) must not be below minReplicas ({})",
                 self.max, self.min
             ));
         }
@@ -108,13 +108,13 @@ impl Policy {
             deliveries_per_sec_per_pod: d,
         } = self.targets;
         if c.is_none() && d.is_none() {
-            return Err("autoscaling needs at least one target".into());
+            return Err("autoscaling.targets needs at least one target".into());
         }
         if c == Some(0) || d == Some(0) {
-            return Err("autoscaling targets must be above 0".into());
+            return Err("autoscaling.targets must be above 0".into());
         }
         if self.max_step == 0 {
-            return Err("autoscaling maxStep must be at least 1".into());
+            return Err("autoscaling.maxStep must be at least 1".into());
         }
         if !(self.tolerance >= 0.0 && self.tolerance < 1.0) {
             return Err("autoscaling tolerance must be in [0, 1)".into());

@@ -26,8 +26,11 @@
 //!    [`rollout::next_to_replace`] names and publish `RolloutReplacing` on it; write the status
 //!    only when it differs from the stored one; publish events on transitions (drain started,
 //!    finished or cancelled, stuck, invalid spec).
+//!    With `spec.autoscaling`, the [`autoscaler`] then decides from the ready pods' loads and,
+//!    on a change, patches `spec.replicas` through the scale subresource (the next pass acts on
+//!    it like on any scale), records why in `status.autoscaling` and publishes `Scaled`.
 //! 7. **Requeue**: soon while anything is moving (node progress is not an API event), rarely
-//!    when settled.
+//!    when settled (every [`Options::autoscale_interval`] with autoscaling, to follow the load).
 //!
 //! # Guarantees
 //!
@@ -78,6 +81,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use shard::{AssignmentTable, DrainStep, NodeName, PlanOptions, nodes_to_drain};
 
+use super::autoscaler;
 use super::checks;
 use super::children::{self, FIELD_MANAGER, Owner, TABLE_KEY};
 use super::crd::{ChatCluster, ChatClusterStatus};
@@ -101,6 +105,9 @@ pub struct Options {
     pub idle_requeue: Duration,
     /// The longest error backoff.
     pub max_backoff: Duration,
+    /// Requeue interval of a settled cluster with `spec.autoscaling`: how often its load is
+    /// read for the autoscaler.
+    pub autoscale_interval: Duration,
 }
 
 impl Default for Options {
@@ -111,6 +118,7 @@ impl Default for Options {
             busy_requeue: Duration::from_secs(2),
             idle_requeue: Duration::from_secs(60),
             max_backoff: Duration::from_secs(300),
+            autoscale_interval: Duration::from_secs(5),
         }
     }
 }
@@ -129,6 +137,8 @@ pub struct Context {
     pub options: Options,
     /// Consecutive failures per cluster, for the error backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
+    /// The autoscaler's recent recommendations per cluster.
+    autoscaler: autoscaler::Histories,
 }
 
 impl Debug for Context {
@@ -156,6 +166,7 @@ impl Context {
             status_reader,
             options,
             failures: Mutex::new(HashMap::new()),
+            autoscaler: autoscaler::Histories::default(),
         }
     }
 
@@ -206,6 +217,8 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let owner = Owner::of(cluster)?;
     if cluster.metadata.deletion_timestamp.is_some() {
         ctx.metrics.forget(&owner.namespace, &owner.name);
+        ctx.autoscaler
+            .forget(&(owner.namespace.clone(), owner.name.clone()));
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
@@ -359,7 +372,8 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let ready_nodes = views.iter().filter(|v| v.ready).count();
     let ready_nodes = u32::try_from(ready_nodes).unwrap_or(u32::MAX);
-    let new = status::summarize(&Pass {
+    let selector = owner.selector_string();
+    let mut new = status::summarize(&Pass {
         generation,
         desired: checked.replicas,
         ready_nodes,
@@ -368,7 +382,42 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         rollout,
         old,
         now,
+        pods: u32::try_from(pods.len()).unwrap_or(u32::MAX),
+        selector: &selector,
     });
+
+    // The autoscaler: a change of spec.replicas, through the scale subresource.
+    if let Some(policy) = &checked.autoscaling {
+        let busy = crate::decide::draining_in_progress(&decision.step)
+            || !decision.table.moves.is_empty()
+            || !decision.exiting.is_empty()
+            || rollout.in_progress
+            || replaced
+            || current != checked.replicas
+            || decision.replicas != checked.replicas;
+        let step = autoscaler::Step {
+            current: checked.replicas,
+            views: &views,
+            busy,
+        };
+        if let Some(scaled) =
+            autoscaler::step(&ctx.client, &ctx.autoscaler, cluster, policy, step).await?
+        {
+            let note = scaled.reason.clone().unwrap_or_default();
+            event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                autoscaler::SCALED_REASON,
+                &note,
+            )
+            .await;
+            new.autoscaling = Some(scaled);
+        }
+    } else {
+        ctx.autoscaler
+            .forget(&(owner.namespace.clone(), owner.name.clone()));
+    }
     transition_events(ctx, cluster, old, &new, &decision, checked.replicas).await;
     write_status(ctx, &owner, old, &new).await?;
     ctx.metrics.cluster(
@@ -388,11 +437,15 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         && !replaced
         && decision.exiting.is_empty()
         && new.phase.as_deref() == Some(status::phases::RUNNING);
-    Ok(Action::requeue(if settled {
-        ctx.options.idle_requeue
-    } else {
-        ctx.options.busy_requeue
-    }))
+    Ok(Action::requeue(
+        if settled && checked.autoscaling.is_some() {
+            ctx.options.idle_requeue.min(ctx.options.autoscale_interval)
+        } else if settled {
+            ctx.options.idle_requeue
+        } else {
+            ctx.options.busy_requeue
+        },
+    ))
 }
 
 /// The pods above the StatefulSet's `replicas` that still exist (terminating after a drain's

@@ -1,0 +1,219 @@
+//! The operator's autoscaler for clusters with `spec.autoscaling`: one step per reconcile pass.
+//!
+//! Each pass gives it the ready pods' reports (already read for the drain) and whether anything
+//! is moving; [`crate::autoscale::recommend`] decides. A change is made the way a person would
+//! make it: a merge patch of `spec.replicas` through the `ChatCluster`'s scale subresource, as
+//! the field manager [`FIELD_MANAGER`]. The spec change then triggers an ordinary pass, so a
+//! scale-in drains exactly as after `kubectl scale`. The change is recorded in
+//! `status.autoscaling` (the new count, the previous one, when and why) and published as a
+//! `Scaled` event.
+//!
+//! The recent recommendations live in memory, per cluster ([`Histories`]); a restarted or newly
+//! elected operator starts with none, and then waits a whole stabilization window before it
+//! moves the count (see [`crate::autoscale`]), so a restart cannot make the cluster jump.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use super::crd::{AutoscalingStatus, ChatCluster};
+use crate::Error;
+use crate::autoscale::{History, Observed, PodLoad, Policy, Recommendation, recommend};
+use crate::decide::PodView;
+
+/// The field manager of the autoscaler's `spec.replicas` changes, so `kubectl get chat
+/// --show-managed-fields` tells them from a person's.
+pub const FIELD_MANAGER: &str = "roomshard-autoscaler";
+
+/// The reason of the event published on each change.
+pub const SCALED_REASON: &str = "Scaled";
+
+/// The recommendation history of each cluster, with the policy it was made under (a new policy
+/// starts a new history).
+#[derive(Debug, Default)]
+pub struct Histories(Mutex<HashMap<(String, String), (Policy, History)>>);
+
+impl Histories {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), (Policy, History)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One decision for the cluster `key` under `policy`.
+    pub fn recommend(
+        &self,
+        key: (String, String),
+        policy: &Policy,
+        observed: &Observed<'_>,
+    ) -> Recommendation {
+        let mut all = self.lock();
+        let entry = all
+            .entry(key)
+            .or_insert_with(|| (policy.clone(), History::default()));
+        if entry.0 != *policy {
+            *entry = (policy.clone(), History::default());
+        }
+        recommend(policy, observed, &mut entry.1)
+    }
+
+    /// Drops the history of a cluster that no longer autoscales (or no longer exists).
+    pub fn forget(&self, key: &(String, String)) {
+        self.lock().remove(key);
+    }
+}
+
+/// The loads of the pods that are ready members and reported this pass; pods on their way out
+/// are left out (their clients are leaving them).
+pub fn loads(views: &[PodView]) -> Vec<PodLoad> {
+    views
+        .iter()
+        .filter(|v| v.ready && !v.leaving())
+        .filter_map(|v| v.report.as_ref())
+        .map(|r| PodLoad {
+            connections: r.connections,
+            deliveries_per_sec: r.load.deliveries_per_sec,
+        })
+        .collect()
+}
+
+/// What one autoscaler step observed of a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// `spec.replicas` now.
+    pub current: u32,
+    /// The pods of this pass.
+    pub views: &'a [PodView],
+    /// A drain, hand-offs, planned exits, or a rolling update are in progress, or the
+    /// StatefulSet has not reached `spec.replicas` yet.
+    pub busy: bool,
+}
+
+/// Decides for `cluster` and, on a change, patches its scale subresource. Returns the
+/// autoscaling status to record when it scaled, with the reason in words.
+///
+/// # Errors
+///
+/// [`Error::Kube`] when the scale patch fails (the pass is retried).
+pub async fn step(
+    client: &kube::Client,
+    histories: &Histories,
+    cluster: &ChatCluster,
+    policy: &Policy,
+    step: Step<'_>,
+) -> Result<Option<AutoscalingStatus>, Error> {
+    use kube::ResourceExt;
+    let namespace = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let loads = loads(step.views);
+    let recommendation = histories.recommend(
+        (namespace.clone(), name.clone()),
+        policy,
+        &Observed {
+            current: step.current,
+            loads: &loads,
+            busy: step.busy,
+            now: Instant::now(),
+        },
+    );
+    if !recommendation.changes(step.current) {
+        tracing::debug!(cluster = %name, reason = %recommendation.reason, "autoscaler: no change");
+        return Ok(None);
+    }
+    let desired = recommendation.desired;
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), &namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let patch = json!({"spec": {"replicas": desired}});
+    api.patch_scale(&name, &params, &Patch::Merge(&patch))
+        .await?;
+    let reason = format!(
+        "scaled from {} to {desired}: {}",
+        step.current, recommendation.reason
+    );
+    tracing::info!(cluster = %name, from = step.current, to = desired, %reason, "autoscaler");
+    Ok(Some(AutoscalingStatus {
+        desired_replicas: i32::try_from(desired).unwrap_or(i32::MAX),
+        previous_replicas: i32::try_from(step.current).unwrap_or(i32::MAX),
+        last_scale_time: Some(Timestamp::now().to_string()),
+        reason: Some(reason),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Report;
+    use shard::{NodeLoad, NodeName};
+
+    fn view(name: &str, ready: bool, terminating: bool, connections: Option<u64>) -> PodView {
+        PodView {
+            name: NodeName::new(name).expect("name"),
+            running: true,
+            ready,
+            info: None,
+            report: connections.map(|c| Report {
+                connections: c,
+                load: NodeLoad {
+                    deliveries_per_sec: c * 10,
+                    ..NodeLoad::default()
+                },
+                ..Report::default()
+            }),
+            terminating,
+        }
+    }
+
+    #[test]
+    fn only_ready_pods_that_stay_and_reported_count_toward_the_load() {
+        let views = [
+            view("c-0", true, false, Some(5)),
+            view("c-1", false, false, Some(7)),
+            view("c-2", true, true, Some(9)),
+            view("c-3", true, false, None),
+        ];
+        assert_eq!(
+            loads(&views),
+            [PodLoad {
+                connections: 5,
+                deliveries_per_sec: 50
+            }]
+        );
+    }
+
+    #[test]
+    fn a_changed_policy_starts_a_new_history() {
+        use crate::autoscale::Targets;
+        let histories = Histories::default();
+        let key = ("ns".to_owned(), "c".to_owned());
+        let targets = Targets {
+            connections_per_pod: Some(10),
+            deliveries_per_sec_per_pod: None,
+        };
+        let mut policy = Policy::new(1, 5, targets);
+        policy.scale_down_window = std::time::Duration::from_secs(3600);
+        let loads = [PodLoad::default(); 3];
+        let observed = Observed {
+            current: 3,
+            loads: &loads,
+            busy: false,
+            now: Instant::now(),
+        };
+        // The down-window is not covered yet: hold.
+        assert_eq!(
+            histories.recommend(key.clone(), &policy, &observed).desired,
+            3
+        );
+        policy.scale_down_window = std::time::Duration::ZERO;
+        assert_eq!(
+            histories.recommend(key.clone(), &policy, &observed).desired,
+            1
+        );
+        histories.forget(&key);
+        assert!(histories.lock().is_empty());
+    }
+}
