@@ -37,6 +37,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::decide::PodView;
+
 /// The most recommendations a [`History`] keeps, whatever the windows: a pass every 250 ms for a
 /// ten-minute window fits.
 pub const HISTORY_CAP: usize = 4096;
@@ -275,6 +277,20 @@ impl Recommendation {
     }
 }
 
+/// The loads of the pods that are ready members and reported this pass; pods on their way out
+/// are left out (their clients are leaving them).
+pub fn loads(views: &[PodView]) -> Vec<PodLoad> {
+    views
+        .iter()
+        .filter(|v| v.ready && !v.leaving())
+        .filter_map(|v| v.report.as_ref())
+        .map(|r| PodLoad {
+            connections: r.connections,
+            deliveries_per_sec: r.load.deliveries_per_sec,
+        })
+        .collect()
+}
+
 /// One autoscaling pass (see the module doc). Records the raw recommendation in `history`.
 pub fn recommend(
     policy: &Policy,
@@ -405,6 +421,43 @@ fn wanted(policy: &Policy, current: u32, total: u64, target: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::Report;
+    use shard::{NodeLoad, NodeName};
+
+    fn view(name: &str, ready: bool, terminating: bool, connections: Option<u64>) -> PodView {
+        PodView {
+            name: NodeName::new(name).expect("name"),
+            running: true,
+            ready,
+            info: None,
+            report: connections.map(|c| Report {
+                connections: c,
+                load: NodeLoad {
+                    deliveries_per_sec: c * 10,
+                    ..NodeLoad::default()
+                },
+                ..Report::default()
+            }),
+            terminating,
+        }
+    }
+
+    #[test]
+    fn only_ready_pods_that_stay_and_reported_count_toward_the_load() {
+        let views = [
+            view("c-0", true, false, Some(5)),
+            view("c-1", false, false, Some(7)),
+            view("c-2", true, true, Some(9)),
+            view("c-3", true, false, None),
+        ];
+        assert_eq!(
+            super::loads(&views),
+            [PodLoad {
+                connections: 5,
+                deliveries_per_sec: 50
+            }]
+        );
+    }
 
     fn conns(policy_min: u32, policy_max: u32, target: u64) -> Policy {
         let mut policy = Policy::new(

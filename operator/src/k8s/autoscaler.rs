@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::crd::{AutoscalingStatus, ChatCluster};
 use crate::Error;
-use crate::autoscale::{History, Observed, PodLoad, Policy, Recommendation, recommend};
+use crate::autoscale::{History, Observed, Policy, Recommendation, loads, recommend};
 use crate::decide::PodView;
 
 /// The field manager of the autoscaler's `spec.replicas` changes, so `kubectl get chat
@@ -63,20 +63,6 @@ impl Histories {
     pub fn forget(&self, key: &(String, String)) {
         self.lock().remove(key);
     }
-}
-
-/// The loads of the pods that are ready members and reported this pass; pods on their way out
-/// are left out (their clients are leaving them).
-pub fn loads(views: &[PodView]) -> Vec<PodLoad> {
-    views
-        .iter()
-        .filter(|v| v.ready && !v.leaving())
-        .filter_map(|v| v.report.as_ref())
-        .map(|r| PodLoad {
-            connections: r.connections,
-            deliveries_per_sec: r.load.deliveries_per_sec,
-        })
-        .collect()
 }
 
 /// What one autoscaler step observed of a cluster.
@@ -147,43 +133,7 @@ pub async fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::Report;
-    use shard::{NodeLoad, NodeName};
-
-    fn view(name: &str, ready: bool, terminating: bool, connections: Option<u64>) -> PodView {
-        PodView {
-            name: NodeName::new(name).expect("name"),
-            running: true,
-            ready,
-            info: None,
-            report: connections.map(|c| Report {
-                connections: c,
-                load: NodeLoad {
-                    deliveries_per_sec: c * 10,
-                    ..NodeLoad::default()
-                },
-                ..Report::default()
-            }),
-            terminating,
-        }
-    }
-
-    #[test]
-    fn only_ready_pods_that_stay_and_reported_count_toward_the_load() {
-        let views = [
-            view("c-0", true, false, Some(5)),
-            view("c-1", false, false, Some(7)),
-            view("c-2", true, true, Some(9)),
-            view("c-3", true, false, None),
-        ];
-        assert_eq!(
-            loads(&views),
-            [PodLoad {
-                connections: 5,
-                deliveries_per_sec: 50
-            }]
-        );
-    }
+    use crate::autoscale::PodLoad;
 
     #[test]
     fn a_changed_policy_starts_a_new_history() {
