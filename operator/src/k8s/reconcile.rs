@@ -404,10 +404,17 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
             autoscaler::step(&ctx.client, &ctx.autoscaler, cluster, policy, step).await?
         {
             let note = scaled.reason.clone().unwrap_or_default();
-            event(
+            // One action per change, so that the event recorder (which folds events of the same
+            // reason and action into one series, keeping the first note) keeps each reason.
+            let action = format!(
+                "Scale{}To{}",
+                scaled.previous_replicas, scaled.desired_replicas
+            );
+            publish(
                 ctx,
-                cluster,
-                EventType::Normal,
+                &cluster.object_ref(&()),
+                &cluster.name_any(),
+                (EventType::Normal, &action),
                 autoscaler::SCALED_REASON,
                 &note,
             )
@@ -528,7 +535,7 @@ async fn replace_pod(
         ctx,
         &pod.object_ref(&()),
         &name,
-        EventType::Normal,
+        (EventType::Normal, "Reconcile"),
         ROLLOUT_REASON,
         &note,
     )
@@ -702,15 +709,24 @@ async fn transition_events(
 /// Publishes one event on `cluster`; a failure is logged, not fatal (events are best effort).
 async fn event(ctx: &Context, cluster: &ChatCluster, type_: EventType, reason: &str, note: &str) {
     let name = cluster.name_any();
-    publish(ctx, &cluster.object_ref(&()), &name, type_, reason, note).await;
+    publish(
+        ctx,
+        &cluster.object_ref(&()),
+        &name,
+        (type_, "Reconcile"),
+        reason,
+        note,
+    )
+    .await;
 }
 
-/// Publishes one event on the object `reference` (named `name` in the log); best effort.
+/// Publishes one event of `(type, action)` on the object `reference` (named `name` in the
+/// log); best effort.
 async fn publish(
     ctx: &Context,
     reference: &ObjectReference,
     name: &str,
-    type_: EventType,
+    (type_, action): (EventType, &str),
     reason: &str,
     note: &str,
 ) {
@@ -718,7 +734,7 @@ async fn publish(
         type_,
         reason: reason.to_owned(),
         note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".to_owned(),
+        action: action.to_owned(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, reference).await {

@@ -161,6 +161,7 @@ async fn scenario(cluster: &Cluster) -> TestResult {
             "jsonpath={.items[*].message}",
         ])
         .await?;
+    // Each change has its own event, with its reason.
     assert!(events.contains("to 4: connections per pod"), "{events}");
     let managers = cluster
         .kubectl(&[
@@ -186,6 +187,17 @@ async fn scenario(cluster: &Cluster) -> TestResult {
         (pod_count().await? == 2).then_some(())
     })
     .await?;
+    let events = cluster
+        .kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=Scaled,involvedObject.name=minimal",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .await?;
+    assert!(events.contains("to 2: connections per pod 0.0"), "{events}");
     let shrunk = chats.get("minimal").await?;
     let auto = shrunk
         .status
