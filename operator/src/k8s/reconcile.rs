@@ -387,43 +387,15 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     });
 
     // The autoscaler: a change of spec.replicas, through the scale subresource.
-    if let Some(policy) = &checked.autoscaling {
-        let busy = crate::decide::draining_in_progress(&decision.step)
-            || !decision.table.moves.is_empty()
-            || !decision.exiting.is_empty()
-            || rollout.in_progress
-            || replaced
-            || current != checked.replicas
-            || decision.replicas != checked.replicas;
-        let step = autoscaler::Step {
-            current: checked.replicas,
-            views: &views,
-            busy,
-        };
-        if let Some(scaled) =
-            autoscaler::step(&ctx.client, &ctx.autoscaler, cluster, policy, step).await?
-        {
-            let note = scaled.reason.clone().unwrap_or_default();
-            // One action per change, so that the event recorder (which folds events of the same
-            // reason and action into one series, keeping the first note) keeps each reason.
-            let action = format!(
-                "Scale{}To{}",
-                scaled.previous_replicas, scaled.desired_replicas
-            );
-            publish(
-                ctx,
-                &cluster.object_ref(&()),
-                &cluster.name_any(),
-                (EventType::Normal, &action),
-                autoscaler::SCALED_REASON,
-                &note,
-            )
-            .await;
-            new.autoscaling = Some(scaled);
-        }
-    } else {
-        ctx.autoscaler
-            .forget(&(owner.namespace.clone(), owner.name.clone()));
+    let busy = crate::decide::draining_in_progress(&decision.step)
+        || !decision.table.moves.is_empty()
+        || !decision.exiting.is_empty()
+        || rollout.in_progress
+        || replaced
+        || current != checked.replicas
+        || decision.replicas != checked.replicas;
+    if let Some(scaled) = autoscale(ctx, cluster, &owner, &checked, &views, busy).await? {
+        new.autoscaling = Some(scaled);
     }
     transition_events(ctx, cluster, old, &new, &decision, checked.replicas).await;
     write_status(ctx, &owner, old, &new).await?;
@@ -453,6 +425,51 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
             ctx.options.busy_requeue
         },
     ))
+}
+
+/// One autoscaler step for a cluster with `spec.autoscaling` (see [`autoscaler`]): on a change,
+/// `spec.replicas` is patched and a `Scaled` event published, and the status to record is
+/// returned. Without `spec.autoscaling`, the cluster's history is dropped.
+async fn autoscale(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    owner: &Owner,
+    checked: &checks::Checked,
+    views: &[crate::decide::PodView],
+    busy: bool,
+) -> Result<Option<crate::k8s::crd::AutoscalingStatus>, Error> {
+    let Some(policy) = &checked.autoscaling else {
+        ctx.autoscaler
+            .forget(&(owner.namespace.clone(), owner.name.clone()));
+        return Ok(None);
+    };
+    let step = autoscaler::Step {
+        current: checked.replicas,
+        views,
+        busy,
+    };
+    let Some(scaled) =
+        autoscaler::step(&ctx.client, &ctx.autoscaler, cluster, policy, step).await?
+    else {
+        return Ok(None);
+    };
+    let note = scaled.reason.clone().unwrap_or_default();
+    // One action per change, so that the event recorder (which folds events of the same reason
+    // and action into one series, keeping the first note) keeps each reason.
+    let action = format!(
+        "Scale{}To{}",
+        scaled.previous_replicas, scaled.desired_replicas
+    );
+    publish(
+        ctx,
+        &cluster.object_ref(&()),
+        &cluster.name_any(),
+        (EventType::Normal, &action),
+        autoscaler::SCALED_REASON,
+        &note,
+    )
+    .await;
+    Ok(Some(scaled))
 }
 
 /// The pods above the StatefulSet's `replicas` that still exist (terminating after a drain's
