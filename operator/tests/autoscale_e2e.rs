@@ -1,5 +1,5 @@
 //! Autoscaling end to end under the local driver: real `roomshard-node` processes, real
-//! WebSocket clients as the load. The cluster grows when the clients come and shrinks, through
+//! WebSocket clients and the load generator as the load. The cluster grows when the clients come and shrinks, through
 //! the drain, when they leave.
 //!
 //! Needs the workspace's binaries (`cargo build --workspace --bins`, which `./test.sh` does).
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use operator::autoscale::{Policy, Targets};
 use operator::local::LocalOptions;
-use real_nodes::{Client, cluster_with, options, ws_urls};
+use real_nodes::{Client, binary, cluster_with, options, ws_urls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_grows_with_its_connections_and_shrinks_through_the_drain_when_they_leave() {
@@ -84,5 +84,85 @@ async fn the_cluster_grows_with_its_connections_and_shrinks_through_the_drain_wh
     );
     assert_eq!(shrunk.shards_per_node.len(), 1);
     assert!(shrunk.summary().contains("autoscaling 1..3"));
+    cluster.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_follows_the_delivery_rate_of_a_chat_load_up_and_back_down() {
+    let policy = Policy {
+        scale_down_window: Duration::from_secs(3),
+        ..Policy::new(
+            1,
+            2,
+            Targets {
+                connections_per_pod: None,
+                deliveries_per_sec_per_pod: Some(100),
+            },
+        )
+    };
+    let cluster = cluster_with(LocalOptions {
+        nodes: 1,
+        autoscale: Some(policy),
+        ..options()
+    })
+    .await;
+    let (_, ws) = ws_urls(&cluster).into_iter().next().expect("node-0");
+    // 20 rooms of 4 users at 5 messages per second per room: 400 deliveries per second, which
+    // asks for 4 nodes at 100 per node, capped at 2.
+    let mut bench = tokio::process::Command::new(binary("roomshard-bench"))
+        .args([
+            "--nodes",
+            ws.trim_end_matches("/ws"),
+            "--rooms",
+            "20",
+            "--users",
+            "4",
+            "--rate",
+            "5",
+            "--duration",
+            "15s",
+            "--warmup",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start roomshard-bench");
+    let grown = cluster
+        .wait_for(Duration::from_secs(60), |v| {
+            v.desired_replicas == 2 && v.is_settled()
+        })
+        .await
+        .expect("the cluster grows to 2 nodes");
+    let reason = grown
+        .autoscaling
+        .and_then(|a| a.last_reason)
+        .expect("a reason");
+    assert!(
+        reason.starts_with("scaled from 1 to 2: deliveries/s per pod"),
+        "{reason}"
+    );
+    let finished = tokio::time::timeout(Duration::from_secs(60), bench.wait())
+        .await
+        .expect("the bench ends")
+        .expect("the bench runs");
+    assert!(finished.success(), "roomshard-bench: {finished}");
+    // The rate decays over the nodes' 10 s window; 3 s of low recommendations later the
+    // cluster shrinks, through the drain.
+    let mut saw_drain = false;
+    let shrunk = cluster
+        .wait_for(Duration::from_secs(90), |v| {
+            saw_drain |= !v.drain.draining.is_empty();
+            v.desired_replicas == 1 && v.is_settled()
+        })
+        .await
+        .expect("the cluster shrinks back to 1 node");
+    assert!(saw_drain, "the scale-in went through the drain");
+    let scaled = shrunk.autoscaling.expect("autoscaling view");
+    assert_eq!(
+        (scaled.last_from, scaled.last_to, scaled.scalings),
+        (Some(2), Some(1), 2)
+    );
     cluster.shutdown().await.expect("clean shutdown");
 }
