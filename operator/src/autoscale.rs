@@ -164,6 +164,11 @@ impl History {
         self.entries.is_empty()
     }
 
+    /// When the newest recommendation was recorded.
+    pub fn newest(&self) -> Option<Instant> {
+        self.entries.back().map(|(t, _)| *t)
+    }
+
     /// Records `replicas` at `now`, forgetting what is older than `keep` except the newest such
     /// entry (it shows how far back the history reaches).
     fn record(&mut self, now: Instant, replicas: u32, keep: Duration) {

@@ -3,7 +3,7 @@
 
 mod support;
 
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use operator::decide::Report;
 use serde_json::json;
@@ -80,6 +80,18 @@ async fn a_loaded_cluster_is_scaled_through_the_scale_subresource_with_the_reaso
     // The next pass acts on it like on any scale; the autoscaler holds meanwhile.
     h.pass("chat").await?;
     assert_eq!(h.replicas("chat").await, 5);
+    assert_eq!(h.clusters().get("chat").await?.spec.replicas, 5);
+
+    // Without spec.autoscaling the count is the user's again and the record goes.
+    h.clusters()
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"autoscaling": null}})),
+        )
+        .await?;
+    h.pass("chat").await?;
+    assert!(h.status("chat").await.autoscaling.is_none());
     assert_eq!(h.clusters().get("chat").await?.spec.replicas, 5);
     h.stop().await;
     Ok(())

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -31,6 +31,10 @@ pub const FIELD_MANAGER: &str = "roomshard-autoscaler";
 
 /// The reason of the event published on each change.
 pub const SCALED_REASON: &str = "Scaled";
+
+/// A history not added to for this long is dropped: its cluster was deleted (a pass never
+/// sees a cluster without a finalizer go) or no longer autoscales.
+const STALE: Duration = Duration::from_secs(3600);
 
 /// The recommendation history of each cluster, with the policy it was made under (a new policy
 /// starts a new history).
@@ -50,6 +54,11 @@ impl Histories {
         observed: &Observed<'_>,
     ) -> Recommendation {
         let mut all = self.lock();
+        all.retain(|_, (_, history)| {
+            history
+                .newest()
+                .is_none_or(|t| observed.now.saturating_duration_since(t) < STALE)
+        });
         let entry = all
             .entry(key)
             .or_insert_with(|| (policy.clone(), History::default()));
@@ -165,5 +174,33 @@ mod tests {
         );
         histories.forget(&key);
         assert!(histories.lock().is_empty());
+    }
+
+    #[test]
+    fn the_history_of_a_cluster_not_seen_for_an_hour_is_dropped() {
+        use crate::autoscale::Targets;
+        let histories = Histories::default();
+        let policy = Policy::new(
+            1,
+            5,
+            Targets {
+                connections_per_pod: Some(10),
+                deliveries_per_sec_per_pod: None,
+            },
+        );
+        let loads = [PodLoad::default()];
+        let t0 = Instant::now();
+        let at = |now| Observed {
+            current: 1,
+            loads: &loads,
+            busy: false,
+            now,
+        };
+        histories.recommend(("ns".into(), "gone".into()), &policy, &at(t0));
+        histories.recommend(("ns".into(), "kept".into()), &policy, &at(t0));
+        let later = t0 + Duration::from_secs(3601);
+        histories.recommend(("ns".into(), "kept".into()), &policy, &at(later));
+        let keys: Vec<String> = histories.lock().keys().map(|(_, n)| n.clone()).collect();
+        assert_eq!(keys, ["kept"]);
     }
 }

@@ -396,6 +396,8 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         || decision.replicas != checked.replicas;
     if let Some(scaled) = autoscale(ctx, cluster, &owner, &checked, &views, busy).await? {
         new.autoscaling = Some(scaled);
+    } else if checked.autoscaling.is_none() {
+        new.autoscaling = None;
     }
     transition_events(ctx, cluster, old, &new, &decision, checked.replicas).await;
     write_status(ctx, &owner, old, &new).await?;
