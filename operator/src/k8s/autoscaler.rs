@@ -20,7 +20,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+
+use super::checks::Checked;
+use super::children::Owner;
 use super::crd::{AutoscalingStatus, ChatCluster};
+use super::reconcile::{Context, publish};
 use crate::Error;
 use crate::autoscale::{History, Observed, Policy, Recommendation, loads, recommend};
 use crate::decide::PodView;
@@ -99,7 +105,6 @@ pub async fn step(
     policy: &Policy,
     step: Step<'_>,
 ) -> Result<Option<AutoscalingStatus>, Error> {
-    use kube::ResourceExt;
     let namespace = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
     let loads = loads(step.views);
@@ -137,6 +142,49 @@ pub async fn step(
         last_scale_time: Some(Timestamp::now().to_string()),
         reason: Some(reason),
     }))
+}
+
+/// One autoscaler step of a reconcile pass for a cluster with `spec.autoscaling`: on a change,
+/// `spec.replicas` is patched and a `Scaled` event published, and the status to record is
+/// returned. Without `spec.autoscaling`, the cluster's history is dropped.
+pub(super) async fn run(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    owner: &Owner,
+    checked: &Checked,
+    views: &[PodView],
+    busy: bool,
+) -> Result<Option<AutoscalingStatus>, Error> {
+    let Some(policy) = &checked.autoscaling else {
+        ctx.autoscaler
+            .forget(&(owner.namespace.clone(), owner.name.clone()));
+        return Ok(None);
+    };
+    let observed = Step {
+        current: checked.replicas,
+        views,
+        busy,
+    };
+    let Some(scaled) = step(&ctx.client, &ctx.autoscaler, cluster, policy, observed).await? else {
+        return Ok(None);
+    };
+    let note = scaled.reason.clone().unwrap_or_default();
+    // One action per change, so that the event recorder (which folds events of the same reason
+    // and action into one series, keeping the first note) keeps each reason.
+    let action = format!(
+        "Scale{}To{}",
+        scaled.previous_replicas, scaled.desired_replicas
+    );
+    publish(
+        ctx,
+        &cluster.object_ref(&()),
+        &cluster.name_any(),
+        (EventType::Normal, &action),
+        SCALED_REASON,
+        &note,
+    )
+    .await;
+    Ok(Some(scaled))
 }
 
 #[cfg(test)]

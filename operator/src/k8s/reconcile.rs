@@ -138,7 +138,7 @@ pub struct Context {
     /// Consecutive failures per cluster, for the error backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
     /// The autoscaler's recent recommendations per cluster.
-    autoscaler: autoscaler::Histories,
+    pub(super) autoscaler: autoscaler::Histories,
 }
 
 impl Debug for Context {
@@ -394,7 +394,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         || replaced
         || current != checked.replicas
         || decision.replicas != checked.replicas;
-    if let Some(scaled) = autoscale(ctx, cluster, &owner, &checked, &views, busy).await? {
+    if let Some(scaled) = autoscaler::run(ctx, cluster, &owner, &checked, &views, busy).await? {
         new.autoscaling = Some(scaled);
     } else if checked.autoscaling.is_none() {
         new.autoscaling = None;
@@ -427,51 +427,6 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
             ctx.options.busy_requeue
         },
     ))
-}
-
-/// One autoscaler step for a cluster with `spec.autoscaling` (see [`autoscaler`]): on a change,
-/// `spec.replicas` is patched and a `Scaled` event published, and the status to record is
-/// returned. Without `spec.autoscaling`, the cluster's history is dropped.
-async fn autoscale(
-    ctx: &Context,
-    cluster: &ChatCluster,
-    owner: &Owner,
-    checked: &checks::Checked,
-    views: &[crate::decide::PodView],
-    busy: bool,
-) -> Result<Option<crate::k8s::crd::AutoscalingStatus>, Error> {
-    let Some(policy) = &checked.autoscaling else {
-        ctx.autoscaler
-            .forget(&(owner.namespace.clone(), owner.name.clone()));
-        return Ok(None);
-    };
-    let step = autoscaler::Step {
-        current: checked.replicas,
-        views,
-        busy,
-    };
-    let Some(scaled) =
-        autoscaler::step(&ctx.client, &ctx.autoscaler, cluster, policy, step).await?
-    else {
-        return Ok(None);
-    };
-    let note = scaled.reason.clone().unwrap_or_default();
-    // One action per change, so that the event recorder (which folds events of the same reason
-    // and action into one series, keeping the first note) keeps each reason.
-    let action = format!(
-        "Scale{}To{}",
-        scaled.previous_replicas, scaled.desired_replicas
-    );
-    publish(
-        ctx,
-        &cluster.object_ref(&()),
-        &cluster.name_any(),
-        (EventType::Normal, &action),
-        autoscaler::SCALED_REASON,
-        &note,
-    )
-    .await;
-    Ok(Some(scaled))
 }
 
 /// The pods above the StatefulSet's `replicas` that still exist (terminating after a drain's
@@ -741,7 +696,7 @@ async fn event(ctx: &Context, cluster: &ChatCluster, type_: EventType, reason: &
 
 /// Publishes one event of `(type, action)` on the object `reference` (named `name` in the
 /// log); best effort.
-async fn publish(
+pub(super) async fn publish(
     ctx: &Context,
     reference: &ObjectReference,
     name: &str,
