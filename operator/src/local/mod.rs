@@ -24,7 +24,6 @@
 //!   (a new process under the same name) and gets shards again once ready, by hand-off.
 //! - **Rolling restart** ([`rollout`], `POST /restart`, `roomshard-operator restart`): every
 //!   node gets a new process, highest ordinal first, one at a time, as a StatefulSet rolls.
-//!
 //! - **Autoscaling** ([`autoscaler`], `--autoscale MIN:MAX` with targets): each pass reads the
 //!   nodes' loads from their `/status` and may change the desired count, as `POST /scale` would.
 //!

@@ -6,7 +6,8 @@
 //! the table if its epoch changed (keeping drained pods that still run, see
 //! [`crate::decide::keep_lingering`]), log drain transitions and stuck drains, SIGTERM the pods
 //! a scale-down removes, step the autoscaler ([`super::autoscaler`]) and a rolling restart
-//! ([`super::rollout`]), and start the pods the decision names. It never waits: processes are started and stopped by their supervisors.
+//! ([`super::rollout`]), and start the pods the decision names. It never waits: processes are
+//! started and stopped by their supervisors.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
