@@ -92,12 +92,12 @@ pub struct Step<'a> {
     pub busy: bool,
 }
 
-/// Decides for `cluster` and, on a change, patches its scale subresource. Returns the
-/// autoscaling status to record when it scaled, with the reason in words.
+/// Decides for `cluster` and, on a change, patches its scale subresource and records the change
+/// in `status.autoscaling`. Returns that record when it scaled, with the reason in words.
 ///
 /// # Errors
 ///
-/// [`Error::Kube`] when the scale patch fails (the pass is retried).
+/// [`Error::Kube`] when a patch fails (the pass is retried).
 pub async fn step(
     client: &kube::Client,
     histories: &Histories,
@@ -136,17 +136,43 @@ pub async fn step(
         step.current, recommendation.reason
     );
     tracing::info!(cluster = %name, from = step.current, to = desired, %reason, "autoscaler");
-    Ok(Some(AutoscalingStatus {
+    let record = AutoscalingStatus {
         desired_replicas: i32::try_from(desired).unwrap_or(i32::MAX),
         previous_replicas: i32::try_from(step.current).unwrap_or(i32::MAX),
         last_scale_time: Some(Timestamp::now().to_string()),
         reason: Some(reason),
-    }))
+    };
+    write_record(&api, &name, Some(&record)).await?;
+    Ok(Some(record))
+}
+
+/// Writes `status.autoscaling` (or removes it, with `None`) by server-side apply as
+/// [`FIELD_MANAGER`]. The reconciler's own status apply never names the field, so it neither
+/// owns nor removes it: a pass working from a cached copy of the cluster that predates the
+/// change cannot wipe the record.
+async fn write_record(
+    api: &Api<ChatCluster>,
+    name: &str,
+    record: Option<&AutoscalingStatus>,
+) -> Result<(), Error> {
+    let status = match record {
+        Some(record) => json!({"autoscaling": record}),
+        None => json!({}),
+    };
+    let patch = json!({
+        "apiVersion": "roomshard.dev/v1alpha1",
+        "kind": "ChatCluster",
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
 }
 
 /// One autoscaler step of a reconcile pass for a cluster with `spec.autoscaling`: on a change,
-/// `spec.replicas` is patched and a `Scaled` event published, and the status to record is
-/// returned. Without `spec.autoscaling`, the cluster's history is dropped.
+/// `spec.replicas` is patched, the change recorded in `status.autoscaling` and a `Scaled` event
+/// published. Without `spec.autoscaling`, the cluster's history and record are dropped.
 pub(super) async fn run(
     ctx: &Context,
     cluster: &ChatCluster,
@@ -158,6 +184,14 @@ pub(super) async fn run(
     let Some(policy) = &checked.autoscaling else {
         ctx.autoscaler
             .forget(&(owner.namespace.clone(), owner.name.clone()));
+        if cluster
+            .status
+            .as_ref()
+            .is_some_and(|s| s.autoscaling.is_some())
+        {
+            let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+            write_record(&api, &owner.name, None).await?;
+        }
         return Ok(None);
     };
     let observed = Step {

@@ -373,7 +373,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let ready_nodes = views.iter().filter(|v| v.ready).count();
     let ready_nodes = u32::try_from(ready_nodes).unwrap_or(u32::MAX);
     let selector = owner.selector_string();
-    let mut new = status::summarize(&Pass {
+    let new = status::summarize(&Pass {
         generation,
         desired: checked.replicas,
         ready_nodes,
@@ -394,11 +394,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         || replaced
         || current != checked.replicas
         || decision.replicas != checked.replicas;
-    if let Some(scaled) = autoscaler::run(ctx, cluster, &owner, &checked, &views, busy).await? {
-        new.autoscaling = Some(scaled);
-    } else if checked.autoscaling.is_none() {
-        new.autoscaling = None;
-    }
+    autoscaler::run(ctx, cluster, &owner, &checked, &views, busy).await?;
     transition_events(ctx, cluster, old, &new, &decision, checked.replicas).await;
     write_status(ctx, &owner, old, &new).await?;
     ctx.metrics.cluster(
@@ -625,6 +621,11 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    // `autoscaling` belongs to the autoscaler's field manager (see `autoscaler::step`).
+    let new = ChatClusterStatus {
+        autoscaling: None,
+        ..new.clone()
+    };
     let patch = json!({
         "apiVersion": "roomshard.dev/v1alpha1",
         "kind": "ChatCluster",

@@ -286,6 +286,8 @@ pub fn summarize(pass: &Pass<'_>) -> ChatClusterStatus {
         conditions,
         replicas: i32::try_from(pods).unwrap_or(i32::MAX),
         selector: Some(selector.to_owned()),
+        // Written by the autoscaler under its own field manager, never by the status apply;
+        // carried here so that an unchanged cluster still compares equal to its stored status.
         autoscaling: old.and_then(|s| s.autoscaling.clone()),
     }
 }
