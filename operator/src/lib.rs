@@ -11,6 +11,9 @@
 //! - [`decide`](mod@decide): the pure reconcile pass: observed pods, reports and the published table in,
 //!   the next table, the scale-down step and the pods to start or stop out. Built on the `shard`
 //!   crate's planner and drain logic; no processes, no HTTP, no Kubernetes.
+//! - [`autoscale`]: the pure autoscaling decision: per-pod loads, a policy and the recent
+//!   recommendations in, the replica count to have and why out. Both drivers act on it through
+//!   their ordinary scale paths.
 //! - [`local`]: the local cluster driver: node processes ([`local::LocalCluster`]), their
 //!   readiness probes and `/status` reports, the admin and table HTTP server, and the reconcile
 //!   loop that acts on [`decide()`].
@@ -23,6 +26,7 @@
 //!
 //! Every fallible function returns [`Error`].
 
+pub mod autoscale;
 pub mod decide;
 pub mod http;
 pub mod k8s;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use operator::autoscale::{Policy, Targets};
 use operator::local::{LocalCluster, LocalOptions, RestartAnswer, ScaleRequest};
 use operator::{ClusterView, Error, http};
 use tokio_util::sync::CancellationToken;
@@ -131,6 +132,25 @@ struct LocalArgs {
     /// Write each node's log to DIR/NAME.log instead of this terminal.
     #[arg(long)]
     log_dir: Option<PathBuf>,
+    /// Autoscale between MIN and MAX nodes (e.g. `1:5`) from the load the nodes report; needs
+    /// --target-connections or --target-deliveries.
+    #[arg(long, value_name = "MIN:MAX", value_parser = operator::local::parse_bounds)]
+    autoscale: Option<(u32, u32)>,
+    /// Autoscaling target: open client connections per node.
+    #[arg(long, requires = "autoscale")]
+    target_connections: Option<u64>,
+    /// Autoscaling target: messages delivered to clients per second per node.
+    #[arg(long, requires = "autoscale")]
+    target_deliveries: Option<u64>,
+    /// Autoscaling: grow only to the lowest recommendation within this window.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    scale_up_window: Duration,
+    /// Autoscaling: shrink only to the highest recommendation within this window.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    scale_down_window: Duration,
+    /// Autoscaling: add or remove at most this many nodes in one step.
+    #[arg(long, default_value_t = 4)]
+    max_step: u32,
     /// Extra arguments for every node, after `--`.
     #[arg(last = true)]
     node_args: Vec<String>,
@@ -171,6 +191,19 @@ async fn local(args: LocalArgs) -> Result<(), Error> {
         max_moves_per_node: args.max_moves_per_node,
         node_args: args.node_args,
         log_dir: args.log_dir,
+        autoscale: args.autoscale.map(|(min, max)| Policy {
+            scale_up_window: args.scale_up_window,
+            scale_down_window: args.scale_down_window,
+            max_step: args.max_step,
+            ..Policy::new(
+                min,
+                max,
+                Targets {
+                    connections_per_pod: args.target_connections,
+                    deliveries_per_sec_per_pod: args.target_deliveries,
+                },
+            )
+        }),
         ..LocalOptions::default()
     };
     let cluster = LocalCluster::start(options).await?;

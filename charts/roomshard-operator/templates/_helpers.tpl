@@ -96,7 +96,8 @@ compares these rules, grant by grant, with the API calls the operator's code mak
   StatefulSet, the Services, the PodDisruptionBudget, the Ingress (read and deleted when it is
   turned off), the assignment ConfigMap, and the nodes' ServiceAccount, Role and RoleBinding.
   The StatefulSet and the ConfigMap are also read and watched. The status subresource is only
-  ever patched (the ChatCluster exists).
+  ever patched (the ChatCluster exists). With `spec.autoscaling`, the operator patches the
+  scale subresource (`spec.replicas`), as `kubectl scale` would.
 - The nodes' Role lets them get, list and watch their ConfigMap. Kubernetes lets the operator
   create it only because the operator holds those verbs itself (no `escalate`, no `bind`).
 - Secrets: get and create only (the peer-link key, generated once and kept); no list or watch,
@@ -110,7 +111,7 @@ compares these rules, grant by grant, with the API calls the operator's code mak
   resources: ["chatclusters"]
   verbs: ["list", "watch"]
 - apiGroups: ["roomshard.dev"]
-  resources: ["chatclusters/status"]
+  resources: ["chatclusters/status", "chatclusters/scale"]
   verbs: ["patch"]
 - apiGroups: ["roomshard.dev"]
   resources: ["chatclusters/finalizers"]

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use super::crd::{AuthMode, ChatClusterSpec, SecretKeyRef};
+use super::crd::{AuthMode, AutoscalingSpec, ChatClusterSpec, SecretKeyRef};
+use crate::autoscale::{Policy, Targets};
 
 /// A spec that passed [`check`], with its values in the types the controller uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
     /// `spec.replicas`.
     pub replicas: u32,
@@ -19,6 +20,8 @@ pub struct Checked {
     pub handoff_timeout: Duration,
     /// The token signing key, when authentication is on.
     pub auth_key: Option<SecretKeyRef>,
+    /// `spec.autoscaling` as the autoscaler's policy, when set.
+    pub autoscaling: Option<Policy>,
 }
 
 /// Checks `spec`; the error is a sentence for the Degraded condition.
@@ -46,12 +49,53 @@ pub fn check(spec: &ChatClusterSpec) -> Result<Checked, String> {
                 .to_owned()
         })?),
     };
+    let autoscaling = spec.autoscaling.as_ref().map(policy).transpose()?;
     Ok(Checked {
         replicas,
         shards,
         handoff_timeout,
         auth_key,
+        autoscaling,
     })
+}
+
+/// `spec.autoscaling` as a [`Policy`]; the schema's bounds and CEL rules refuse most mistakes
+/// first, this catches the rest (a spec written before the rules, or with them off).
+fn policy(spec: &AutoscalingSpec) -> Result<Policy, String> {
+    let count = |field: &str, value: i32| {
+        u32::try_from(value)
+            .map_err(|_| format!("spec.autoscaling.{field} must not be negative (is {value})"))
+    };
+    let target = |field: &str, value: Option<i64>| {
+        value
+            .map(|v| {
+                u64::try_from(v).map_err(|_| {
+                    format!("spec.autoscaling.targets.{field} must be above 0 (is {v})")
+                })
+            })
+            .transpose()
+    };
+    let window = |field: &str, text: &str| {
+        humantime::parse_duration(text)
+            .map_err(|e| format!("spec.autoscaling.{field} {text:?}: {e}"))
+    };
+    let policy = Policy {
+        min: count("minReplicas", spec.min_replicas)?,
+        max: count("maxReplicas", spec.max_replicas)?,
+        targets: Targets {
+            connections_per_pod: target("connectionsPerPod", spec.targets.connections_per_pod)?,
+            deliveries_per_sec_per_pod: target(
+                "deliveriesPerSecPerPod",
+                spec.targets.deliveries_per_sec_per_pod,
+            )?,
+        },
+        scale_up_window: window("scaleUpStabilization", &spec.scale_up_stabilization)?,
+        scale_down_window: window("scaleDownStabilization", &spec.scale_down_stabilization)?,
+        max_step: count("maxStep", spec.max_step)?,
+        ..Policy::new(1, 1, Targets::default())
+    };
+    policy.validate().map_err(|e| format!("spec.{e}"))?;
+    Ok(policy)
 }
 
 #[cfg(test)]
@@ -93,6 +137,43 @@ mod tests {
         assert_eq!(ok.handoff_timeout, Duration::from_secs(90));
         let err = check(&spec(json!({"replicas": 1, "handoffTimeout": "0s"}))).expect_err("zero");
         assert!(err.contains("longer than zero"));
+    }
+
+    #[test]
+    fn an_autoscaling_spec_becomes_a_policy_with_its_windows_parsed() {
+        let checked = check(&spec(
+            json!({"replicas": 2, "autoscaling": {"minReplicas": 1,
+            "maxReplicas": 5, "targets": {"connectionsPerPod": 100},
+            "scaleDownStabilization": "30s"}}),
+        ))
+        .expect("valid");
+        let policy = checked.autoscaling.expect("policy");
+        assert_eq!((policy.min, policy.max, policy.max_step), (1, 5, 4));
+        assert_eq!(policy.targets.connections_per_pod, Some(100));
+        assert_eq!(policy.scale_up_window, Duration::ZERO);
+        assert_eq!(policy.scale_down_window, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn an_autoscaling_spec_that_slipped_past_the_schema_is_refused_with_the_field_named() {
+        for (autoscaling, field) in [
+            (
+                json!({"minReplicas": 3, "maxReplicas": 2, "targets": {"connectionsPerPod": 1}}),
+                "spec.autoscaling.maxReplicas",
+            ),
+            (
+                json!({"minReplicas": 1, "maxReplicas": 2, "targets": {}}),
+                "spec.autoscaling.targets needs",
+            ),
+            (
+                json!({"minReplicas": 1, "maxReplicas": 2, "targets": {"connectionsPerPod": -1}}),
+                "spec.autoscaling.targets.connectionsPerPod",
+            ),
+        ] {
+            let err =
+                check(&spec(json!({"replicas": 1, "autoscaling": autoscaling}))).expect_err(field);
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

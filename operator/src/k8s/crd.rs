@@ -28,6 +28,11 @@ use serde::{Deserialize, Serialize};
     namespaced,
     doc = "A sharded chat cluster: node pods hosting chat rooms, with graceful hand-off of rooms on scaling.",
     status = "ChatClusterStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyNodes"}"#,
     printcolumn = r#"{"name":"Updated","type":"integer","jsonPath":".status.updatedReplicas"}"#,
@@ -39,7 +44,9 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChatClusterSpec {
     /// Number of node pods. Lowering it drains the highest-numbered pods first: their rooms
-    /// are handed off before the pods are removed.
+    /// are handed off before the pods are removed. Also set through the scale subresource
+    /// (`kubectl scale chat NAME --replicas N`, a HorizontalPodAutoscaler) and, when
+    /// `autoscaling` is set, by the operator itself.
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
     /// Number of shards rooms are hashed into. Fixed for the life of the cluster.
@@ -91,6 +98,61 @@ pub struct ChatClusterSpec {
     /// Topology spread constraints of the node pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// Let the operator set `replicas` from the load the nodes report. Leave it unset when a
+    /// HorizontalPodAutoscaler drives the scale subresource instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// Autoscaling by the operator: it reads each ready node's load, computes the replica count
+/// the targets ask for, and changes `spec.replicas` through the scale subresource, so a
+/// scale-in drains like any other.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.minReplicas <= self.maxReplicas", "message": "autoscaling.minReplicas must not exceed autoscaling.maxReplicas", "fieldPath": ".maxReplicas"},
+]))]
+pub struct AutoscalingSpec {
+    /// The fewest node pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// The most node pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// The per-pod load to aim at; at least one target.
+    pub targets: AutoscalingTargets,
+    /// The count rises only to the lowest recommendation within this window (a duration
+    /// such as `30s`): a short spike does not add pods.
+    #[serde(default = "default_scale_up_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub scale_up_stabilization: String,
+    /// The count falls only to the highest recommendation within this window: pods are
+    /// removed only when the load has been low for this long.
+    #[serde(default = "default_scale_down_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub scale_down_stabilization: String,
+    /// The most pods added or removed in one step.
+    #[serde(default = "default_max_step")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_step: i32,
+}
+
+/// Per-pod load targets; the largest replica count any of them asks for wins.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.connectionsPerPod) || has(self.deliveriesPerSecPerPod)", "message": "autoscaling.targets needs connectionsPerPod or deliveriesPerSecPerPod"},
+]))]
+pub struct AutoscalingTargets {
+    /// Open client connections per pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub connections_per_pod: Option<i64>,
+    /// Chat messages delivered to clients per second per pod (averaged over each node's
+    /// 10 s load window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub deliveries_per_sec_per_pod: Option<i64>,
 }
 
 /// Image pull policy.
@@ -236,6 +298,35 @@ pub struct ChatClusterStatus {
     /// Ready, Progressing, Degraded and UpToDate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Node pods that exist (ready or not, draining included): the scale subresource's
+    /// `status.replicas`.
+    #[serde(default)]
+    pub replicas: i32,
+    /// The label selector of the node pods, as a string: what the scale subresource reports,
+    /// so a HorizontalPodAutoscaler finds the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// What the operator's autoscaler did last (only with `spec.autoscaling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+/// The autoscaler's last change of `spec.replicas`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// The replica count the autoscaler set last.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// The replica count before that change.
+    #[serde(default)]
+    pub previous_replicas: i32,
+    /// When it set it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Why, in words: the load per pod against its target, or a bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn default_shards() -> i32 {
@@ -263,6 +354,18 @@ fn default_service_port() -> i32 {
 
 fn default_handoff_timeout() -> String {
     "30s".to_owned()
+}
+
+fn default_scale_up_window() -> String {
+    "0s".to_owned()
+}
+
+fn default_scale_down_window() -> String {
+    "5m".to_owned()
+}
+
+fn default_max_step() -> i32 {
+    4
 }
 
 /// The `CustomResourceDefinition` of [`ChatCluster`] as YAML: what `roomshard-operator crd`
@@ -401,6 +504,54 @@ mod tests {
         );
         let subresources = crd.spec.versions[0].subresources.as_ref();
         assert!(subresources.is_some_and(|s| s.status.is_some()));
+    }
+
+    #[test]
+    fn the_scale_subresource_maps_replicas_and_the_pod_selector() {
+        let crd = ChatCluster::crd();
+        let scale = crd.spec.versions[0]
+            .subresources
+            .as_ref()
+            .and_then(|s| s.scale.clone())
+            .expect("scale subresource");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+    }
+
+    #[test]
+    fn autoscaling_bounds_and_targets_are_checked_by_the_api_server() {
+        let autoscaling = spec_prop("autoscaling");
+        assert_eq!(
+            autoscaling["x-kubernetes-validations"][0]["rule"],
+            json!("self.minReplicas <= self.maxReplicas")
+        );
+        assert_eq!(
+            autoscaling["x-kubernetes-validations"][0]["fieldPath"],
+            json!(".maxReplicas")
+        );
+        for field in ["minReplicas", "maxReplicas", "maxStep"] {
+            assert_eq!(
+                autoscaling["properties"][field]["minimum"].as_f64(),
+                Some(1.0),
+                "{field}"
+            );
+        }
+        let targets = &autoscaling["properties"]["targets"];
+        for field in ["connectionsPerPod", "deliveriesPerSecPerPod"] {
+            assert_eq!(targets["properties"][field]["minimum"].as_f64(), Some(1.0));
+        }
+        assert_eq!(
+            targets["x-kubernetes-validations"][0]["rule"],
+            json!("has(self.connectionsPerPod) || has(self.deliveriesPerSecPerPod)")
+        );
+        assert_eq!(
+            autoscaling["properties"]["scaleDownStabilization"]["default"],
+            json!("5m")
+        );
     }
 
     #[test]

@@ -8,12 +8,15 @@
 //! - [`status`]: the status summary, condition types and reasons.
 //! - [`reconcile`](mod@reconcile): one pass over a cluster, its [`reconcile::Context`] and
 //!   error policy.
+//! - [`autoscaler`]: `spec.autoscaling`: the load-driven change of `spec.replicas`, through the
+//!   scale subresource.
 //! - [`metrics`]: reconcile counters and per-cluster gauges for `/metrics`.
 //! - [`map`](mod@map): the rolling update's progress for the shard map ([`crate::map`]).
 //! - [`controller`]: the kube `Controller` wiring and the `/metrics` server.
 //! - [`lease`]: leader election with a Lease; only the leader reconciles.
 //! - [`rbac`]: every API call the operator and the node make, for the Helm chart's RBAC.
 
+pub mod autoscaler;
 pub mod checks;
 pub mod children;
 pub mod controller;

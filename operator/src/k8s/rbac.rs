@@ -85,6 +85,14 @@ pub const OPERATOR: &[ApiCall] = &[
     call(
         Watched,
         "roomshard.dev",
+        "chatclusters/scale",
+        &["patch"],
+        "autoscaler.rs: the autoscaler sets spec.replicas through the scale subresource, \
+         as kubectl scale or a HorizontalPodAutoscaler would",
+    ),
+    call(
+        Watched,
+        "roomshard.dev",
         "chatclusters/finalizers",
         &["update"],
         "children: every child has a controller owner reference with blockOwnerDeletion, \

@@ -26,8 +26,11 @@
 //!    [`rollout::next_to_replace`] names and publish `RolloutReplacing` on it; write the status
 //!    only when it differs from the stored one; publish events on transitions (drain started,
 //!    finished or cancelled, stuck, invalid spec).
+//!    With `spec.autoscaling`, the [`autoscaler`] then decides from the ready pods' loads and,
+//!    on a change, patches `spec.replicas` through the scale subresource (the next pass acts on
+//!    it like on any scale), records why in `status.autoscaling` and publishes `Scaled`.
 //! 7. **Requeue**: soon while anything is moving (node progress is not an API event), rarely
-//!    when settled.
+//!    when settled (every [`Options::autoscale_interval`] with autoscaling, to follow the load).
 //!
 //! # Guarantees
 //!
@@ -78,6 +81,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use shard::{AssignmentTable, DrainStep, NodeName, PlanOptions, nodes_to_drain};
 
+use super::autoscaler;
 use super::checks;
 use super::children::{self, FIELD_MANAGER, Owner, TABLE_KEY};
 use super::crd::{ChatCluster, ChatClusterStatus};
@@ -103,6 +107,9 @@ pub struct Options {
     pub idle_requeue: Duration,
     /// The longest error backoff.
     pub max_backoff: Duration,
+    /// Requeue interval of a settled cluster with `spec.autoscaling`: how often its load is
+    /// read for the autoscaler.
+    pub autoscale_interval: Duration,
 }
 
 impl Default for Options {
@@ -113,6 +120,7 @@ impl Default for Options {
             busy_requeue: Duration::from_secs(2),
             idle_requeue: Duration::from_secs(60),
             max_backoff: Duration::from_secs(300),
+            autoscale_interval: Duration::from_secs(5),
         }
     }
 }
@@ -133,6 +141,8 @@ pub struct Context {
     pub options: Options,
     /// Consecutive failures per cluster, for the error backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
+    /// The autoscaler's recent recommendations per cluster.
+    pub(super) autoscaler: autoscaler::Histories,
 }
 
 impl Debug for Context {
@@ -161,6 +171,7 @@ impl Context {
             status_reader,
             options,
             failures: Mutex::new(HashMap::new()),
+            autoscaler: autoscaler::Histories::default(),
         }
     }
 
@@ -212,6 +223,8 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     if cluster.metadata.deletion_timestamp.is_some() {
         ctx.metrics.forget(&owner.namespace, &owner.name);
         ctx.map.forget(&owner.namespace, &owner.name);
+        ctx.autoscaler
+            .forget(&(owner.namespace.clone(), owner.name.clone()));
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
@@ -365,6 +378,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let ready_nodes = views.iter().filter(|v| v.ready).count();
     let ready_nodes = u32::try_from(ready_nodes).unwrap_or(u32::MAX);
+    let selector = owner.selector_string();
     let new = status::summarize(&Pass {
         generation,
         desired: checked.replicas,
@@ -374,7 +388,19 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         rollout,
         old,
         now,
+        pods: u32::try_from(pods.len()).unwrap_or(u32::MAX),
+        selector: &selector,
     });
+
+    // The autoscaler: a change of spec.replicas, through the scale subresource.
+    let busy = crate::decide::draining_in_progress(&decision.step)
+        || !decision.table.moves.is_empty()
+        || !decision.exiting.is_empty()
+        || rollout.in_progress
+        || replaced
+        || current != checked.replicas
+        || decision.replicas != checked.replicas;
+    autoscaler::run(ctx, cluster, &owner, &checked, &views, busy).await?;
     transition_events(ctx, cluster, old, &new, &decision, checked.replicas).await;
     if drain_finished(old, &new) && decision.replicas <= checked.replicas {
         let took = status::drain_elapsed(old, now);
@@ -414,11 +440,15 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         && !replaced
         && decision.exiting.is_empty()
         && new.phase.as_deref() == Some(status::phases::RUNNING);
-    Ok(Action::requeue(if settled {
-        ctx.options.idle_requeue
-    } else {
-        ctx.options.busy_requeue
-    }))
+    Ok(Action::requeue(
+        if settled && checked.autoscaling.is_some() {
+            ctx.options.idle_requeue.min(ctx.options.autoscale_interval)
+        } else if settled {
+            ctx.options.idle_requeue
+        } else {
+            ctx.options.busy_requeue
+        },
+    ))
 }
 
 /// The pods above the StatefulSet's `replicas` that still exist (terminating after a drain's
@@ -501,7 +531,7 @@ async fn replace_pod(
         ctx,
         &pod.object_ref(&()),
         &name,
-        EventType::Normal,
+        (EventType::Normal, "Reconcile"),
         ROLLOUT_REASON,
         &note,
     )
@@ -617,6 +647,11 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    // `autoscaling` belongs to the autoscaler's field manager (see `autoscaler::step`).
+    let new = ChatClusterStatus {
+        autoscaling: None,
+        ..new.clone()
+    };
     let patch = json!({
         "apiVersion": "roomshard.dev/v1alpha1",
         "kind": "ChatCluster",
@@ -686,15 +721,24 @@ async fn transition_events(
 /// Publishes one event on `cluster`; a failure is logged, not fatal (events are best effort).
 async fn event(ctx: &Context, cluster: &ChatCluster, type_: EventType, reason: &str, note: &str) {
     let name = cluster.name_any();
-    publish(ctx, &cluster.object_ref(&()), &name, type_, reason, note).await;
+    publish(
+        ctx,
+        &cluster.object_ref(&()),
+        &name,
+        (type_, "Reconcile"),
+        reason,
+        note,
+    )
+    .await;
 }
 
-/// Publishes one event on the object `reference` (named `name` in the log); best effort.
-async fn publish(
+/// Publishes one event of `(type, action)` on the object `reference` (named `name` in the
+/// log); best effort.
+pub(super) async fn publish(
     ctx: &Context,
     reference: &ObjectReference,
     name: &str,
-    type_: EventType,
+    (type_, action): (EventType, &str),
     reason: &str,
     note: &str,
 ) {
@@ -702,7 +746,7 @@ async fn publish(
         type_,
         reason: reason.to_owned(),
         note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".to_owned(),
+        action: action.to_owned(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, reference).await {

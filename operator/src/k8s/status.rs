@@ -89,6 +89,10 @@ pub struct Pass<'a> {
     pub old: Option<&'a ChatClusterStatus>,
     /// When the pass runs.
     pub now: Timestamp,
+    /// Node pods that exist (the scale subresource's `status.replicas`).
+    pub pods: u32,
+    /// The node pods' label selector (the scale subresource's `status.selector`).
+    pub selector: &'a str,
 }
 
 /// Where a rolling update of the pods stands, from the StatefulSet.
@@ -146,6 +150,8 @@ pub fn summarize(pass: &Pass<'_>) -> ChatClusterStatus {
         rollout,
         old,
         now,
+        pods,
+        selector,
     } = *pass;
     let table = &decision.table;
     let draining_now = draining_in_progress(&decision.step);
@@ -278,6 +284,11 @@ pub fn summarize(pass: &Pass<'_>) -> ChatClusterStatus {
         },
         drain_started,
         conditions,
+        replicas: i32::try_from(pods).unwrap_or(i32::MAX),
+        selector: Some(selector.to_owned()),
+        // Written by the autoscaler under its own field manager, never by the status apply;
+        // carried here so that an unchanged cluster still compares equal to its stored status.
+        autoscaling: old.and_then(|s| s.autoscaling.clone()),
     }
 }
 
@@ -410,6 +421,8 @@ mod tests {
             rollout: Rollout::default(),
             old,
             now,
+            pods: 2,
+            selector: "app.kubernetes.io/name=roomshard,roomshard.dev/cluster=c",
         }
     }
 

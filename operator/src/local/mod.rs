@@ -24,6 +24,8 @@
 //!   (a new process under the same name) and gets shards again once ready, by hand-off.
 //! - **Rolling restart** ([`rollout`], `POST /restart`, `roomshard-operator restart`): every
 //!   node gets a new process, highest ordinal first, one at a time, as a StatefulSet rolls.
+//! - **Autoscaling** ([`autoscaler`], `--autoscale MIN:MAX` with targets): each pass reads the
+//!   nodes' loads from their `/status` and may change the desired count, as `POST /scale` would.
 //!
 //! The admin port also serves `GET /cluster` ([`ClusterView`]), `POST /scale`
 //! (`{"replicas": M}`) and `POST /restart`. Node stderr goes to the driver's stderr, each line prefixed with the
@@ -41,6 +43,7 @@
 //! [`workdir`] (the secret's directory).
 
 mod admin;
+mod autoscaler;
 mod map;
 mod options;
 mod pods;
@@ -63,7 +66,8 @@ use tokio_util::task::TaskTracker;
 use crate::Error;
 use crate::decide::DecideOptions;
 pub use admin::{RestartAnswer, ScaleRequest};
-pub use options::{LocalOptions, MAX_REPLICAS};
+pub use autoscaler::AutoscalingView;
+pub use options::{LocalOptions, MAX_REPLICAS, parse_bounds};
 use pods::State;
 use rollout::Rollout;
 pub use view::{ClusterView, DrainView, NodeView, RolloutView};
@@ -179,7 +183,10 @@ impl LocalCluster {
         };
         let table = Arc::new(AssignmentTable::empty(options.shards));
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(options.nodes)),
+            state: Mutex::new(State {
+                autoscaler: options.autoscale.clone().map(autoscaler::Autoscaler::new),
+                ..State::new(options.nodes)
+            }),
             view: watch::Sender::new(Arc::new(ClusterView::default())),
             table: watch::Sender::new(table),
             wake: Notify::new(),

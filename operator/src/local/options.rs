@@ -39,6 +39,9 @@ pub struct LocalOptions {
     pub log_dir: Option<PathBuf>,
     /// Reconcile and probe period.
     pub interval: Duration,
+    /// Autoscale between the policy's bounds from the nodes' loads (`--autoscale MIN:MAX`);
+    /// `None` keeps the count where `nodes` and `scale` put it.
+    pub autoscale: Option<crate::autoscale::Policy>,
 }
 
 impl Default for LocalOptions {
@@ -56,6 +59,7 @@ impl Default for LocalOptions {
             node_args: Vec::new(),
             log_dir: None,
             interval: Duration::from_millis(250),
+            autoscale: None,
         }
     }
 }
@@ -86,12 +90,39 @@ pub(super) fn validate(options: &LocalOptions) -> Result<(), Error> {
             "the reconcile interval must not be zero".into(),
         ));
     }
+    if let Some(policy) = &options.autoscale {
+        policy
+            .validate()
+            .map_err(|e| Error::Config(format!("--autoscale: {e}")))?;
+        if policy.max > MAX_REPLICAS {
+            return Err(Error::Config(format!(
+                "--autoscale: the maximum must not exceed {MAX_REPLICAS}"
+            )));
+        }
+    }
     if options.max_moves_per_node == 0 {
         return Err(Error::Config(
             "--max-moves-per-node must be at least 1".into(),
         ));
     }
     Ok(())
+}
+
+/// Reads `--autoscale MIN:MAX`.
+///
+/// # Errors
+///
+/// A message when it is not two numbers separated by a colon.
+pub fn parse_bounds(text: &str) -> Result<(u32, u32), String> {
+    let (min, max) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not MIN:MAX"))?;
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("{s:?} in {text:?}: {e}"))
+    };
+    Ok((number(min)?, number(max)?))
 }
 
 /// `roomshard-node` next to the current executable (how `cargo build` lays binaries out), then
@@ -144,6 +175,40 @@ mod tests {
             assert!(validate(&options).is_err(), "{options:?}");
         }
         assert!(validate(&LocalOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn autoscale_bounds_read_as_min_colon_max_and_bad_policies_are_refused() {
+        assert_eq!(parse_bounds("1:5"), Ok((1, 5)));
+        assert!(parse_bounds("5").is_err());
+        assert!(parse_bounds("a:5").is_err());
+        let policy = |min, max, connections| {
+            Some(crate::autoscale::Policy::new(
+                min,
+                max,
+                crate::autoscale::Targets {
+                    connections_per_pod: connections,
+                    deliveries_per_sec_per_pod: None,
+                },
+            ))
+        };
+        for autoscale in [
+            policy(0, 3, Some(10)),
+            policy(3, 2, Some(10)),
+            policy(1, 3, None),
+            policy(1, MAX_REPLICAS + 1, Some(10)),
+        ] {
+            let options = LocalOptions {
+                autoscale,
+                ..LocalOptions::default()
+            };
+            assert!(validate(&options).is_err(), "{:?}", options.autoscale);
+        }
+        let ok = LocalOptions {
+            autoscale: policy(1, 3, Some(10)),
+            ..LocalOptions::default()
+        };
+        assert!(validate(&ok).is_ok());
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub(super) struct State {
     pub rollout: Option<Rollout>,
     /// Rolling restarts finished since the driver started.
     pub rollouts_done: u32,
+    /// The autoscaler (`--autoscale`), when on.
+    pub autoscaler: Option<super::autoscaler::Autoscaler>,
+    /// Changes the autoscaler made since the driver started.
+    pub scalings: u32,
 }
 
 /// One pod across its incarnations (processes).
@@ -124,6 +128,8 @@ impl State {
             started: Instant::now(),
             rollout: None,
             rollouts_done: 0,
+            autoscaler: None,
+            scalings: 0,
         }
     }
 

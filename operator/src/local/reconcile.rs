@@ -5,8 +5,9 @@
 //! A pass observes the pods ([`State::pod_views`]), calls [`crate::decide()`] and acts: publish
 //! the table if its epoch changed (keeping drained pods that still run, see
 //! [`crate::decide::keep_lingering`]), log drain transitions and stuck drains, SIGTERM the pods
-//! a scale-down removes, step a rolling restart ([`super::rollout`]), and start the pods the
-//! decision names. It never waits: processes are started and stopped by their supervisors.
+//! a scale-down removes, step the autoscaler ([`super::autoscaler`]) and a rolling restart
+//! ([`super::rollout`]), and start the pods the decision names. It never waits: processes are
+//! started and stopped by their supervisors.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +88,7 @@ pub(super) fn pass(shared: &Arc<Shared>) {
         shared.table.send_replace(Arc::new(next.clone()));
     }
     track_drain(&mut st, &decision, now);
+    autoscale(shared, &mut st, &decision, &pods, now);
 
     for name in &decision.stop {
         if let Some(ordinal) = ordinal_of(name) {
@@ -140,6 +142,33 @@ fn track_drain(st: &mut State, decision: &Decision, now: Instant) {
     }
     st.step = decision.step.clone();
     st.stuck = decision.stuck.clone();
+}
+
+/// One autoscaler step (`--autoscale`): a change sets the desired count, as `POST /scale`
+/// does, and wakes the next pass to act on it.
+fn autoscale(
+    shared: &Shared,
+    st: &mut State,
+    decision: &Decision,
+    pods: &[crate::decide::PodView],
+    now: Instant,
+) {
+    let busy = draining_in_progress(&decision.step)
+        || !decision.table.moves.is_empty()
+        || !decision.exiting.is_empty()
+        || st.rollout.is_some()
+        || decision.replicas != st.desired
+        || st.replicas != st.desired;
+    let desired = st.desired;
+    let mut scalings = st.scalings;
+    let Some(autoscaler) = st.autoscaler.as_mut() else {
+        return;
+    };
+    if let Some(to) = autoscaler.step(desired, pods, busy, now, &mut scalings) {
+        st.desired = to;
+        shared.wake.notify_one();
+    }
+    st.scalings = scalings;
 }
 
 /// One step of the rolling restart in progress, if any.

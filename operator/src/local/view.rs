@@ -41,6 +41,9 @@ pub struct ClusterView {
     /// Where a rolling restart stands.
     #[serde(default)]
     pub rollout: RolloutView,
+    /// The autoscaler, when `--autoscale` is on: its bounds, its last change and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<super::AutoscalingView>,
 }
 
 /// Where a rolling restart (`roomshard-operator restart`) stands.
@@ -160,6 +163,16 @@ impl ClusterView {
                 self.rollout.total,
                 self.rollout.current.as_deref().unwrap_or("-")
             );
+        }
+        if let Some(a) = &self.autoscaling {
+            let _ = writeln!(
+                out,
+                "autoscaling {}..{}: {}",
+                a.min_replicas, a.max_replicas, a.status
+            );
+            if let (Some(reason), Some(ago)) = (&a.last_reason, a.last_secs_ago) {
+                let _ = writeln!(out, "last change ({ago}s ago): {reason}");
+            }
         }
         if !self.drain.draining.is_empty() {
             let _ = writeln!(
@@ -307,5 +320,6 @@ pub(super) fn build(st: &State, table: &AssignmentTable, config: &Config) -> Clu
             stuck: st.stuck.as_ref().map(ToString::to_string),
         },
         rollout,
+        autoscaling: st.autoscaler.as_ref().map(|a| a.view(st.scalings)),
     }
 }
