@@ -12,6 +12,7 @@
 //! - [`controller`]: the kube `Controller` wiring and the `/metrics` server.
 //! - [`lease`]: leader election with a Lease; only the leader reconciles.
 //! - [`rbac`]: every API call the operator and the node make, for the Helm chart's RBAC.
+//! - [`render`]: the children of the ChatClusters in a manifest, built offline.
 
 pub mod checks;
 pub mod children;
@@ -22,5 +23,6 @@ pub mod metrics;
 pub mod observe;
 pub mod rbac;
 pub mod reconcile;
+pub mod render;
 pub mod rollout;
 pub mod status;
