@@ -144,6 +144,16 @@ def test_custom_values_reach_the_deployment(rendered):
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
 
 
+def test_an_image_digest_pins_the_operator_image_instead_of_the_tag():
+    digest = "sha256:" + "ab" * 32
+    r = render({"image": {"tag": "0.1.0", "digest": digest}})
+    (c,) = r.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"ghcr.io/roomshard/roomshard-operator@{digest}"
+    with pytest.raises(helm_python.HelmValuesError) as refused:
+        render({"image": {"digest": "latest"}})
+    assert "/image/digest" in str(refused.value)
+
+
 def test_one_replica_gets_no_pod_disruption_budget(rendered):
     assert rendered["bare"].of_kind("PodDisruptionBudget") == []
 
