@@ -1,7 +1,7 @@
 //! `roomshard-operator`: run the Kubernetes controller (`run`, alias `controller`, which the
-//! Helm chart and the image use), print the CRD (`crd`), the
-//! API calls it needs (`rbac`) or the children it writes for a manifest (`render`), run a local cluster (`local`), or talk to a running one's admin
-//! port (`scale`, `restart`, `status`).
+//! Helm chart and the image use), print the CRD (`crd`), the API calls it needs (`rbac`) or the
+//! children it writes for a manifest (`render`), run a local cluster (`local`), or talk to a
+//! running one's admin port (`scale`, `restart`, `status`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -4,7 +4,8 @@
 //! [`crate::k8s::children`], without an API server: to review it before applying, and to scan
 //! it with a policy checker (the deploy checks run checkov on it for every file in
 //! `examples/`). A new cluster's first pass writes exactly these objects: the StatefulSet at
-//! `spec.replicas`, and the assignment ConfigMap with the empty table the nodes start from.
+//! `spec.replicas`, and the assignment ConfigMap with the empty table the nodes start from
+//! (`operator/tests/render.rs` checks it for every example against the real API server).
 //!
 //! What the API server would add is filled in by hand and marked: the cluster's uid in the
 //! owner references is [`PLACEHOLDER_UID`], and a cluster without a namespace gets the one
@@ -17,7 +18,7 @@ use serde_json::Value;
 use shard::AssignmentTable;
 
 use super::checks;
-use super::children::{Owner, access, config, network, statefulset};
+use super::children::{Owner, access, config, network, statefulset, to_json};
 use super::crd::ChatCluster;
 use crate::Error;
 
@@ -40,20 +41,20 @@ pub fn children(cluster: &ChatCluster) -> Result<Vec<Value>, Error> {
         .map_err(|message| Error::Invalid(format!("{}: {message}", owner.name)))?;
     let table = AssignmentTable::empty(checked.shards);
     let mut objects = vec![
-        json(&access::node_service_account(&owner)?)?,
-        json(&access::node_role(&owner)?)?,
-        json(&access::node_role_binding(&owner)?)?,
-        json(&config::peer_secret(&owner)?)?,
-        json(&network::peers_service(&owner)?)?,
-        json(&network::client_service(&owner, spec)?)?,
-        json(&config::disruption_budget(&owner)?)?,
+        to_json(&access::node_service_account(&owner)?)?,
+        to_json(&access::node_role(&owner)?)?,
+        to_json(&access::node_role_binding(&owner)?)?,
+        to_json(&config::peer_secret(&owner)?)?,
+        to_json(&network::peers_service(&owner)?)?,
+        to_json(&network::client_service(&owner, spec)?)?,
+        to_json(&config::disruption_budget(&owner)?)?,
     ];
     if let Some(ingress) = network::ingress(&owner, spec)? {
-        objects.push(json(&ingress)?);
+        objects.push(to_json(&ingress)?);
     }
     let configmap: ConfigMap = config::assignment_configmap(&owner, &table)?;
-    objects.push(json(&configmap)?);
-    objects.push(json(&statefulset::statefulset(
+    objects.push(to_json(&configmap)?);
+    objects.push(to_json(&statefulset::statefulset(
         &owner,
         spec,
         &checked,
@@ -109,10 +110,6 @@ pub fn render_yaml(text: &str, namespace: &str) -> Result<String, Error> {
     Ok(out)
 }
 
-fn json<T: serde::Serialize>(object: &T) -> Result<Value, Error> {
-    serde_json::to_value(object).map_err(|e| Error::Invalid(format!("cannot serialize: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,11 +135,8 @@ spec: {replicas: 5, shards: 64}
         objects
             .iter()
             .map(|o| {
-                format!(
-                    "{}/{}",
-                    o["kind"].as_str().unwrap_or("?"),
-                    o["metadata"]["name"]
-                )
+                let name = o["metadata"]["name"].as_str().unwrap_or("?");
+                format!("{}/{name}", o["kind"].as_str().unwrap_or("?"))
             })
             .collect()
     }
@@ -172,16 +166,16 @@ spec: {replicas: 5, shards: 64}
         assert_eq!(
             kinds(&a),
             [
-                "ServiceAccount/\"a-node\"",
-                "Role/\"a-node\"",
-                "RoleBinding/\"a-node\"",
-                "Secret/\"a-peer-key\"",
-                "Service/\"a-peers\"",
-                "Service/\"a\"",
-                "PodDisruptionBudget/\"a\"",
-                "Ingress/\"a\"",
-                "ConfigMap/\"a-assignments\"",
-                "StatefulSet/\"a\"",
+                "ServiceAccount/a-node",
+                "Role/a-node",
+                "RoleBinding/a-node",
+                "Secret/a-peer-key",
+                "Service/a-peers",
+                "Service/a",
+                "PodDisruptionBudget/a",
+                "Ingress/a",
+                "ConfigMap/a-assignments",
+                "StatefulSet/a",
             ]
         );
         let b = children(&found[1]).expect("children of b");
