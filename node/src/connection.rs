@@ -18,7 +18,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -51,10 +50,8 @@ where
         control: control.clone(),
     };
     node.hub.register(handle.clone());
-    node.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    node.metrics
-        .connections_total
-        .fetch_add(1, Ordering::Relaxed);
+    node.metrics.connections.inc();
+    node.metrics.connections_total.inc();
     let writer = tokio::spawn(write_loop(
         sink,
         out_rx,
@@ -125,7 +122,7 @@ where
         });
     }
     let _ = writer.await;
-    node.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    node.metrics.connections.dec();
 }
 
 /// How long a connection told to reconnect is still served: a `send` the client wrote before it
@@ -244,7 +241,7 @@ impl Connection {
     }
 
     async fn on_text(&mut self, text: &str) {
-        self.node.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.node.metrics.frames_in.inc();
         let max_text = self.node.settings.limits.max_text_bytes;
         let op = match protocol::parse_client_frame(text, max_text) {
             Ok(op) => op,

@@ -341,20 +341,16 @@ impl EdgeHub {
     pub fn push(&self, handle: &ConnHandle, frame: Utf8Bytes, is_msg: bool) -> bool {
         match handle.out.try_send(frame) {
             Ok(()) => {
-                self.metrics
-                    .frames_delivered
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.frames_delivered.inc();
                 if is_msg {
-                    self.metrics
-                        .messages_delivered
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics.messages_delivered.inc();
                 }
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.queue_drops.fetch_add(1, Ordering::Relaxed);
+                self.metrics.queue_drops.inc();
                 if !handle.control.is_closed() {
-                    self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.slow_consumers.inc();
                     tracing::info!(conn = handle.id.0, "disconnecting slow consumer");
                 }
                 handle.control.close(CloseReason {
@@ -460,8 +456,8 @@ mod tests {
         );
         assert!(!fast.control.is_closed());
         assert_eq!(std::iter::from_fn(|| fast_rx.try_recv().ok()).count(), 11);
-        assert_eq!(metrics.slow_consumers.load(Ordering::Relaxed), 1);
-        assert_eq!(metrics.queue_drops.load(Ordering::Relaxed), 9);
+        assert_eq!(metrics.slow_consumers.get(), 1);
+        assert_eq!(metrics.queue_drops.get(), 9);
     }
 
     #[test]

@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shard::NodeLoad;
@@ -47,8 +46,8 @@ impl LoadMeter {
     pub fn read(&self, metrics: &Metrics, now: Instant) -> NodeLoad {
         let sample = Sample {
             at: now,
-            deliveries: metrics.messages_delivered.load(Ordering::Relaxed),
-            frames_in: metrics.frames_in.load(Ordering::Relaxed),
+            deliveries: metrics.messages_delivered.get(),
+            frames_in: metrics.frames_in.get(),
         };
         let mut samples = self
             .samples
@@ -95,10 +94,8 @@ mod tests {
         let metrics = Metrics::default();
         let start = Instant::now();
         assert_eq!(meter.read(&metrics, start), NodeLoad::default());
-        metrics
-            .messages_delivered
-            .fetch_add(5_000, Ordering::Relaxed);
-        metrics.frames_in.fetch_add(50, Ordering::Relaxed);
+        metrics.messages_delivered.inc_by(5_000);
+        metrics.frames_in.inc_by(50);
         let load = meter.read(&metrics, start + Duration::from_secs(5));
         assert_eq!(load.deliveries_per_sec, 1_000);
         assert_eq!(load.frames_in_per_sec, 10);
@@ -118,7 +115,7 @@ mod tests {
         let metrics = Metrics::default();
         let start = Instant::now();
         for i in 0..1_000u64 {
-            metrics.messages_delivered.fetch_add(10, Ordering::Relaxed);
+            metrics.messages_delivered.inc_by(10);
             meter.read(&metrics, start + Duration::from_millis(i * 10));
         }
         let len = meter.samples.lock().map(|s| s.len()).unwrap_or(usize::MAX);

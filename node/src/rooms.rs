@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shard::{NodeName, RoomId, ShardId};
 use tokio::sync::{mpsc, oneshot};
@@ -39,8 +39,9 @@ pub trait Fanout: Send + Sync + std::fmt::Debug + 'static {
 /// What a room actor's queue carries.
 #[derive(Debug)]
 enum ActorMsg {
-    /// A request from a member.
-    Command(RoomCommand),
+    /// A request from a member, with when the registry received it (the start of the
+    /// send-to-fan-out histogram).
+    Command(RoomCommand, Instant),
     /// Snapshot the room for a hand-off, then forward everything after.
     HandOff(oneshot::Sender<RoomSnapshot>),
 }
@@ -152,9 +153,10 @@ impl Rooms {
         room: &RoomId,
         command: RoomCommand,
     ) -> Result<(), Refused> {
+        let received = Instant::now();
         let tx = match self.reserve(room) {
             Ok(Ok(permit)) => {
-                permit.send(ActorMsg::Command(command));
+                permit.send(ActorMsg::Command(command, received));
                 return Ok(());
             }
             Ok(Err(tx)) => tx,
@@ -163,7 +165,7 @@ impl Rooms {
         let error = match tokio::time::timeout(self.settings.send_timeout, tx.reserve_owned()).await
         {
             Ok(Ok(permit)) => {
-                permit.send(ActorMsg::Command(command));
+                permit.send(ActorMsg::Command(command, received));
                 return Ok(());
             }
             Ok(Err(_)) => RouteError::Unavailable,
@@ -177,9 +179,10 @@ impl Rooms {
     /// # Errors
     /// As [`Rooms::send`], with `Overloaded` as soon as the queue is full.
     pub fn try_send(self: &Arc<Self>, room: &RoomId, command: RoomCommand) -> Result<(), Refused> {
+        let received = Instant::now();
         let error = match self.reserve(room) {
             Ok(Ok(permit)) => {
-                permit.send(ActorMsg::Command(command));
+                permit.send(ActorMsg::Command(command, received));
                 return Ok(());
             }
             Ok(Err(_)) => RouteError::Overloaded,
@@ -293,8 +296,12 @@ impl Rooms {
             .values()
             .filter_map(|slot| slot.tx.clone())
             .collect();
+        let received = Instant::now();
         for tx in senders {
-            if tx.try_send(ActorMsg::Command(command.clone())).is_err() {
+            if tx
+                .try_send(ActorMsg::Command(command.clone(), received))
+                .is_err()
+            {
                 tracing::warn!("a room's queue is full; it misses a membership update");
             }
         }
@@ -336,7 +343,7 @@ impl Rooms {
             weak: tx.downgrade(),
             rooms: self.clone(),
         };
-        self.metrics.rooms_active.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rooms_active.inc();
         self.tracker.spawn(actor.run());
         tx
     }
@@ -394,10 +401,10 @@ impl RoomActor {
             let idle = tokio::time::sleep(idle_after);
             tokio::select! {
                 message = self.rx.recv() => match message {
-                    Some(ActorMsg::Command(command)) if self.forwarding => {
+                    Some(ActorMsg::Command(command, _)) if self.forwarding => {
                         rooms.fanout.forward(self.room.id().clone(), command);
                     }
-                    Some(ActorMsg::Command(command)) => self.handle(command),
+                    Some(ActorMsg::Command(command, received)) => self.handle(command, received),
                     Some(ActorMsg::HandOff(reply)) => {
                         if !self.forwarding {
                             let _ = reply.send(self.room.snapshot());
@@ -409,7 +416,7 @@ impl RoomActor {
                 () = idle, if self.forwarding || self.room.is_empty() => {
                     if rooms.try_passivate(self.room.id(), &self.weak, !self.rx.is_empty()) {
                         if !self.forwarding {
-                            rooms.metrics.rooms_passivated.fetch_add(1, Ordering::Relaxed);
+                            rooms.metrics.rooms_passivated.inc();
                         }
                         tracing::debug!(room = %self.room.id(), seq = self.room.seq(), "room actor stopped");
                         break;
@@ -417,25 +424,26 @@ impl RoomActor {
                 }
             }
         }
-        rooms.metrics.rooms_active.fetch_sub(1, Ordering::Relaxed);
+        rooms.metrics.rooms_active.dec();
     }
 
-    fn handle(&mut self, command: RoomCommand) {
+    fn handle(&mut self, command: RoomCommand, received: Instant) {
         let before = self.room.seq();
         let ids = &self.rooms.ids;
         let out = self.room.apply(command, &mut || {
             let ts = unix_ms();
             (ids.next(ts), ts)
         });
-        if self.room.seq() != before {
+        let accepted = self.room.seq() != before;
+        if accepted {
             self.seq.store(self.room.seq(), Ordering::Release);
-            self.rooms
-                .metrics
-                .messages_in
-                .fetch_add(1, Ordering::Relaxed);
+            self.rooms.metrics.messages_in.inc();
         }
         for (node, event) in out {
             self.rooms.fanout.deliver(&node, event);
+        }
+        if accepted {
+            self.rooms.metrics.send_fanned_out(received.elapsed());
         }
     }
 }
@@ -519,7 +527,7 @@ mod tests {
         assert_eq!(rooms.active(), 1, "still active before the idle time");
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert_eq!(rooms.active(), 0, "passivated after the idle time");
-        assert_eq!(metrics.rooms_passivated.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.rooms_passivated.get(), 1);
         assert_eq!(rooms.last_seq(&room), 3);
         rooms.send(&room, join(m.clone())).await.expect("join");
         rooms.send(&room, post(m, "y")).await.expect("post");

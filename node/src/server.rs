@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -25,6 +24,7 @@ use crate::auth::IdentityParams;
 use crate::connection::{self, truncate_reason};
 use crate::edge::CLOSE_POLICY;
 use crate::exit::{self, ExitDrain};
+use crate::metrics::PeerView;
 use crate::state::NodeState;
 use crate::table_source::{self, TableSource};
 
@@ -198,37 +198,23 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let active = state.node.rooms.active() as i64;
-    state
-        .node
-        .metrics
-        .rooms_active
-        .store(active, Ordering::Relaxed);
-    let mut text = state.node.metrics.render();
-    if let Some(peers) = &state.node.peers {
-        use std::fmt::Write;
-        let _ = write!(
-            text,
-            "# HELP roomshard_peers_connected Peer links up.\n# TYPE roomshard_peers_connected gauge\nroomshard_peers_connected {}\n\
-             # HELP roomshard_peer_sessions_total Peer connections established (reconnects count again).\n# TYPE roomshard_peer_sessions_total counter\nroomshard_peer_sessions_total {}\n\
-             # HELP roomshard_peer_unacked Messages to peers waiting for acknowledgement.\n# TYPE roomshard_peer_unacked gauge\nroomshard_peer_unacked {}\n",
-            peers.connected(),
-            peers.sessions(),
-            peers.pending()
-        );
+    let node = &state.node;
+    let active = i64::try_from(node.rooms.active()).unwrap_or(i64::MAX);
+    node.metrics.rooms_active.set(active);
+    let table = node.table();
+    if let Some(peers) = &node.peers {
+        let me = &node.settings.name;
+        node.metrics.set_peers(PeerView {
+            connected: peers.connected(),
+            expected: table.nodes.keys().filter(|n| *n != me).count(),
+            sessions: peers.sessions(),
+            unacked: peers.pending(),
+        });
     }
-    let table = state.node.table();
-    let status = state.node.status();
-    {
-        use std::fmt::Write;
-        let _ = write!(
-            text,
-            "# HELP roomshard_table_epoch Epoch of the assignment table applied.\n# TYPE roomshard_table_epoch gauge\nroomshard_table_epoch {}\n\
-             # HELP roomshard_shards_owned Shards this node owns.\n# TYPE roomshard_shards_owned gauge\nroomshard_shards_owned {}\n\
-             # HELP roomshard_moves_in_flight Hand-offs in progress on this node.\n# TYPE roomshard_moves_in_flight gauge\nroomshard_moves_in_flight {}\n",
-            table.epoch, status.shards_owned, status.moves_in_flight
-        );
-    }
+    let status = node.status();
+    node.metrics
+        .set_table(table.epoch, status.shards_owned, status.moves_in_flight);
+    let text = node.metrics.render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -273,7 +259,7 @@ async fn websocket(
 
 /// Close a connection that has no usable identity with 1008 and the reason.
 async fn refuse(mut socket: WebSocket, node: &NodeState, reason: &str) {
-    node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+    node.metrics.auth_failures.inc();
     tracing::info!(%reason, "refusing connection");
     let frame = CloseFrame {
         code: CLOSE_POLICY,

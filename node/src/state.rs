@@ -93,6 +93,9 @@ pub struct NodeSettings {
 struct Incoming {
     from: NodeName,
     buffer: VecDeque<(RoomId, RoomCommand)>,
+    /// When this node applied the table that moves the shard here (the hand-off histogram's
+    /// start).
+    started: Instant,
     deadline: Instant,
     /// The snapshot is late: senders are answered at once instead of waiting.
     overdue: bool,
@@ -414,7 +417,7 @@ impl NodeState {
         } else if let Some(peers) = &self.peers
             && peers.send(node, PeerMsg::Event(event)).is_err()
         {
-            self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
+            self.metrics.peer_drops.inc();
             tracing::warn!(%node, "peer outbox full: an event was dropped");
         }
     }
@@ -523,7 +526,9 @@ impl NodeState {
                 for (room, command) in incoming.buffer {
                     self.accept_as_owner(room, command, 0);
                 }
-                tracing::info!(%shard, %from, rooms = count, "shard received");
+                let took = incoming.started.elapsed();
+                self.metrics.handoff_completed(shard, took);
+                tracing::info!(%shard, %from, rooms = count, ?took, "shard received");
             }
             None => {
                 tracing::warn!(%shard, %from, epoch, "a snapshot nobody waits for (the move was cancelled)")
@@ -541,7 +546,7 @@ impl NodeState {
                 self.answer_error(command, RouteError::Unavailable, room);
             }
             PeerMsg::Event(_) => {
-                self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
+                self.metrics.peer_drops.inc();
             }
             PeerMsg::Snapshot { shard, .. } => {
                 tracing::error!(%shard, %to, "a snapshot could not be delivered: the target left or restarted");
@@ -571,13 +576,15 @@ impl NodeState {
         let abandoned = shard::abandoned_handoffs(&old, &new, &me);
         {
             let mut handoffs = lock(&self.handoffs);
-            let deadline = Instant::now() + self.settings.handoff.timeout;
+            let started = Instant::now();
+            let deadline = started + self.settings.handoff.timeout;
             for (shard, from) in &change.gained_by_handoff {
                 handoffs.incoming.insert(
                     *shard,
                     Incoming {
                         from: from.clone(),
                         buffer: VecDeque::new(),
+                        started,
                         deadline,
                         overdue: false,
                     },
@@ -722,8 +729,7 @@ impl NodeState {
             moves_in_flight: count(handoffs.incoming.len() + handoffs.outgoing.len()),
             moves_done: handoffs.done.clone(),
             rooms: self.rooms.active() as u64,
-            connections: u64::try_from(self.metrics.connections.load(Ordering::Relaxed))
-                .unwrap_or(0),
+            connections: u64::try_from(self.metrics.connections.get()).unwrap_or(0),
             peers_connected: count(self.peers.as_ref().map_or(0, |p| p.connected())),
             ready: !self.exiting.is_cancelled() && !self.shutdown.is_cancelled(),
             terminating: self.exiting.is_cancelled() || self.shutdown.is_cancelled(),

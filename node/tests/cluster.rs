@@ -16,6 +16,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SHARDS: u32 = 64;
 
+/// The sum of every sample in a `/metrics` scrape whose series starts with `series`.
+fn sample_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn three_nodes(server: &TableServer) -> Vec<ClusterNode> {
     let mut nodes = Vec::new();
     for i in 0..3 {
@@ -77,9 +85,24 @@ async fn members_on_every_node_get_every_message_in_order_whoever_owns_the_room(
     // Fan-out is per node: each owner sent one event per message to each other node.
     let delivered: u64 = nodes
         .iter()
-        .map(|n| n.state.metrics.messages_delivered.load(Ordering::Relaxed))
+        .map(|n| n.state.metrics.messages_delivered.get())
         .sum();
     assert_eq!(delivered, 6 * 3 * 12);
+    // Every message an owner accepted was timed from its room receiving it to its fan-out, and
+    // every node is linked to both others.
+    let mut accepted = 0.0;
+    for node in &nodes {
+        let (_, text) = support::http_get(node.addr, "/metrics").await;
+        let here = sample_sum(&text, "roomshard_messages_in_total");
+        assert_eq!(
+            sample_sum(&text, "roomshard_send_fanout_seconds_count"),
+            here
+        );
+        assert!(text.contains("roomshard_peers_connected 2\n"), "{text}");
+        assert!(text.contains("roomshard_peers_expected 2\n"), "{text}");
+        accepted += here;
+    }
+    assert_eq!(accepted, 6.0 * 3.0 * 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,12 +209,21 @@ async fn rooms_handed_off_under_load_lose_and_repeat_nothing() {
     let refs: Vec<&ClusterNode> = nodes.iter().collect();
     let grown = plan(&server.current(), &refs, &[]);
     assert!(!grown.moves.is_empty(), "adding a node moves shards");
+    let mut handed = grown.moves.len();
     server.publish(grown);
     settle(&server, &refs).await;
     let shrinking = plan(&server.current(), &refs, &["node-2"]);
     assert!(shrinking.moves.iter().all(|m| m.from.as_str() == "node-2"));
+    handed += shrinking.moves.len();
     server.publish(shrinking);
     settle(&server, &refs).await;
+    // Each completed hand-off was timed once, by its new owner, under its shard's label.
+    let mut timed = 0.0;
+    for node in &nodes {
+        let (_, text) = support::http_get(node.addr, "/metrics").await;
+        timed += sample_sum(&text, "roomshard_handoff_duration_seconds_count{shard=");
+    }
+    assert_eq!(timed, handed as f64);
     assert!(
         server.current().shards_of(&nodes[2].name).is_empty(),
         "the drained node owns nothing"
@@ -305,10 +337,7 @@ async fn peer_connections_that_drop_and_come_back_lose_and_repeat_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop_and_check(traffic, 10, "link resets").await;
-    let resent: u64 = nodes
-        .iter()
-        .map(|n| n.state.metrics.peer_drops.load(Ordering::Relaxed))
-        .sum();
+    let resent: u64 = nodes.iter().map(|n| n.state.metrics.peer_drops.get()).sum();
     assert_eq!(resent, 0, "nothing was dropped");
 }
 

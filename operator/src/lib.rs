@@ -18,6 +18,8 @@
 //!   that acts on [`decide()`] with a ConfigMap and a StatefulSet, leader election, metrics
 //!   and the list of API calls for RBAC.
 //! - [`http`]: the small HTTP/1.1 client the driver, the CLI and tests use on loopback.
+//! - [`map`]: the live shard map (`GET /map`, `GET /map.json`) both drivers serve: pods,
+//!   shards by owner, moves, drain and rollout progress, load.
 //!
 //! Every fallible function returns [`Error`].
 
@@ -25,6 +27,7 @@ pub mod decide;
 pub mod http;
 pub mod k8s;
 pub mod local;
+pub mod map;
 
 pub use decide::{Decision, Inputs, PodView, Report, Stuck, decide};
 pub use local::{ClusterView, LocalCluster, LocalOptions, NodeView};

@@ -218,6 +218,7 @@ fn print_banner(view: &ClusterView) {
         }
     }
     println!("admin:  {admin}  (GET /cluster, GET /table, POST /scale, POST /restart)");
+    println!("map:    {admin}/map  (live shard map; JSON at /map.json)");
     println!("scale:  roomshard-operator scale --admin {admin} --replicas 4");
     println!("status: roomshard-operator status --admin {admin}");
     println!("roll:   roomshard-operator restart --admin {admin}");
@@ -292,6 +293,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
     let serving = tokio::spawn(controller::serve_metrics(
         listener,
         metrics,
+        ctx.map.clone(),
         shutdown.clone(),
     ));
     let elector = lease::Elector::new(

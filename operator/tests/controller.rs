@@ -1,6 +1,6 @@
 //! The real kube `Controller` wiring against the real control plane: watch events (the
 //! cluster, its pods) trigger passes; no requeue timer is needed for membership to follow
-//! readiness.
+//! readiness, and the shard map forgets a deleted cluster.
 
 mod support;
 
@@ -54,6 +54,35 @@ async fn the_controller_follows_pod_readiness_through_its_watches() -> TestResul
     let table = h.table("chat").await;
     assert_eq!(table.nodes.len(), 2);
     assert!(h.ctx.metrics.reconciles() >= 3);
+    let shown = |h: &Harness| -> Vec<usize> {
+        h.ctx
+            .map
+            .snapshot()
+            .clusters
+            .iter()
+            .filter(|m| m.namespace == NS && m.name == "chat")
+            .map(|m| m.pods.iter().filter(|p| p.ready).count())
+            .collect()
+    };
+    assert_eq!(
+        shown(&h),
+        [2],
+        "the shard map shows the cluster's 2 ready pods"
+    );
+
+    // Deleted: no pass sees it (there is no finalizer), but the map forgets it once the
+    // controller is triggered for it again (its children going) and finds it gone.
+    h.clusters()
+        .delete("chat", &kube::api::DeleteParams::default())
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !shown(&h).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the map still shows the deleted cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), running).await??;

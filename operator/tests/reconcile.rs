@@ -267,6 +267,15 @@ async fn scale_down_marks_waits_for_the_epoch_waits_for_the_moves_and_only_then_
     assert!(status.draining.is_empty());
     assert!(status.drain_started.is_none());
     assert_eq!(reasons(&h).await?, ["DrainStarted", "DrainFinished"]);
+    // The drain was timed once, from its start to the replicas lowered; every shard has an owner.
+    let metrics = h.ctx.metrics.render();
+    for line in [
+        "roomshard_cluster_drain_duration_seconds_count{namespace=\"default\",cluster=\"chat\"} 1\n",
+        "roomshard_cluster_unowned_shards{namespace=\"default\",cluster=\"chat\"} 0\n",
+        "roomshard_cluster_drain_stuck{namespace=\"default\",cluster=\"chat\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
 
     // The StatefulSet removes chat-2; the next table forgets it.
     h.statefulset_pods("chat").await?;
@@ -367,6 +376,13 @@ async fn a_drain_past_the_handoff_timeout_is_degraded_naming_the_pod_and_keeps_t
     );
     assert_eq!(status.phase.as_deref(), Some("Degraded"));
     assert_eq!(h.replicas("chat").await, 3, "a stuck drain removes nothing");
+    let metrics = h.ctx.metrics.render();
+    assert!(
+        metrics
+            .contains("roomshard_cluster_drain_stuck{namespace=\"default\",cluster=\"chat\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("roomshard_cluster_drain_duration_seconds_count"));
 
     h.pass("chat").await?;
     let stuck_events = reasons(&h)
@@ -973,5 +989,95 @@ async fn a_statefulset_made_by_the_previous_release_with_rolling_update_is_switc
     assert_eq!(after["spec"]["updateStrategy"], json!({"type": "OnDelete"}));
     // And the next pass is a plain apply again: nothing left to switch, nothing refused.
     h.pass("chat").await?;
+    Ok(())
+}
+
+/// The map the context holds for cluster `chat`.
+fn map_of(h: &Harness) -> operator::map::ClusterMap {
+    h.ctx
+        .map
+        .snapshot()
+        .clusters
+        .into_iter()
+        .find(|m| m.namespace == NS && m.name == "chat")
+        .expect("the pass published a map of chat")
+}
+
+#[tokio::test]
+async fn the_shard_map_follows_a_scale_down_pass_by_pass_and_is_served_next_to_the_metrics()
+-> TestResult {
+    let h = Harness::start().await?;
+    let all = ["chat-0", "chat-1", "chat-2"];
+    h.running("chat", json!({"replicas": 3, "shards": 12}))
+        .await?;
+    let settled = map_of(&h);
+    let counts: Vec<(String, u32)> = settled
+        .pods
+        .iter()
+        .map(|p| (p.name.clone(), p.shard_count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("chat-0".into(), 4),
+            ("chat-1".into(), 4),
+            ("chat-2".into(), 4)
+        ]
+    );
+    assert!(settled.pods.iter().all(|p| p.ready && p.in_table));
+    assert_eq!((settled.unowned, settled.moves_total), (0, 0));
+    assert_eq!(settled.drain.phase, "Steady");
+
+    // Served by the metrics server: the JSON and the page.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(operator::k8s::controller::serve_metrics(
+        listener,
+        h.ctx.metrics.clone(),
+        h.ctx.map.clone(),
+        stop.clone(),
+    ));
+    let timeout = std::time::Duration::from_secs(5);
+    let served = operator::http::get(&addr, "/map.json", timeout).await?;
+    let served: operator::map::ShardMap = serde_json::from_str(&served.body)?;
+    assert_eq!(served.clusters, vec![settled.clone()]);
+    let page = operator::http::get(&addr, "/map", timeout).await?;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("map.json"));
+    stop.cancel();
+    server.await??;
+
+    // The drain: chat-2 is marked, owns nothing, and its 4 shards are on their way.
+    set_spec(&h, json!({"replicas": 2})).await?;
+    h.pass("chat").await?;
+    let draining = map_of(&h);
+    let chat2 = &draining.pods[2];
+    assert_eq!(chat2.name, "chat-2");
+    assert!(chat2.draining && chat2.shards.is_empty());
+    assert_eq!(draining.moves_total, 4);
+    assert!(draining.moves.iter().all(|m| m.from == n("chat-2")));
+    assert_eq!(draining.drain.draining, ["chat-2"]);
+    assert_eq!(draining.drain.shards_left, 4);
+    assert_ne!(draining.drain.phase, "Steady");
+    assert_eq!(draining.desired_replicas, 2);
+
+    // Moves done, everyone at the cleared epoch, chat-2 removed and gone.
+    let marked = h.table("chat").await;
+    h.nodes.applied(&all, &marked, false);
+    h.nodes.applied(&["chat-2"], &marked, true);
+    h.pass("chat").await?;
+    let cleared = h.table("chat").await;
+    h.nodes.applied(&all, &cleared, false);
+    h.pass("chat").await?;
+    h.statefulset_pods("chat").await?;
+    h.pass("chat").await?;
+    let done = map_of(&h);
+    let names: Vec<&str> = done.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["chat-0", "chat-1"]);
+    assert_eq!(done.pods.iter().map(|p| p.shard_count).sum::<u32>(), 12);
+    assert_eq!((done.unowned, done.moves_total), (0, 0));
+    assert_eq!(done.drain.phase, "Steady");
+    assert!(done.drain.draining.is_empty());
     Ok(())
 }

@@ -48,6 +48,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "service-monitor": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     },
+    # The PodMonitor, the PrometheusRule and the Grafana dashboard, in Grafana's namespace.
+    "monitoring": {
+        "metrics": {
+            "serviceMonitor": {"enabled": True},
+            "podMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        },
+        "prometheusRule": {"enabled": True, "additionalLabels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True, "namespace": "grafana"},
+    },
     "watch-namespace": {"watchNamespace": "team-chat"},
     "custom-resources": {
         "replicaCount": 3,

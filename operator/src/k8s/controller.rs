@@ -25,6 +25,7 @@ use super::crd::ChatCluster;
 use super::metrics::Metrics;
 use super::reconcile::{Context, error_policy, reconcile};
 use crate::Error;
+use crate::map::MapStore;
 
 /// An API over every namespace, or over `namespace` only.
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -45,9 +46,11 @@ pub fn cluster_of(pod: &Pod) -> Option<ObjectRef<ChatCluster>> {
 }
 
 /// Reconciles every `ChatCluster` (in `namespace`, or all) until `shutdown`, then finishes the
-/// passes in flight and returns.
+/// passes in flight, forgets the shard maps (a replica that no longer leads must not show stale
+/// ones) and returns.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
+    let map = ctx.map.clone();
     let ns = namespace.as_deref();
     let managed = format!("{}={FIELD_MANAGER}", labels::MANAGED_BY);
     let ours = watcher::Config::default().labels(&managed);
@@ -58,16 +61,25 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         .watches(api::<Pod>(&client, ns), pods, |pod| cluster_of(&pod))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(cluster = %object, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+        .for_each(|result| {
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = &result {
+                // A deleted cluster (it has no finalizer, so no pass sees it go): its last
+                // requeue finds it gone, and its map goes too.
+                map.forget(gone.namespace.as_deref().unwrap_or_default(), &gone.name);
+            }
+            async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(cluster = %object, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+                }
             }
         })
         .await;
+    map.clear();
 }
 
-/// Serves `/metrics` (Prometheus text) and `/healthz` on `listener` until `shutdown`.
+/// Serves `/metrics` (Prometheus text), `/healthz` and the shard map (`/map`, `/map.json`, from
+/// `map`) on `listener` until `shutdown`.
 ///
 /// # Errors
 ///
@@ -75,6 +87,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    map: Arc<MapStore>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let app = Router::new()
@@ -90,9 +103,20 @@ pub async fn serve_metrics(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/map", get(|| async { crate::map::page() }))
+        .route(
+            "/map.json",
+            get(move || {
+                let map = map.clone();
+                async move { crate::map::json(&map.snapshot()) }
+            }),
+        );
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "serving /metrics and /healthz");
+    tracing::info!(
+        ?addr,
+        "serving /metrics, /healthz and the shard map at /map"
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

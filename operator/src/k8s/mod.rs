@@ -9,6 +9,7 @@
 //! - [`reconcile`](mod@reconcile): one pass over a cluster, its [`reconcile::Context`] and
 //!   error policy.
 //! - [`metrics`]: reconcile counters and per-cluster gauges for `/metrics`.
+//! - [`map`](mod@map): the rolling update's progress for the shard map ([`crate::map`]).
 //! - [`controller`]: the kube `Controller` wiring and the `/metrics` server.
 //! - [`lease`]: leader election with a Lease; only the leader reconciles.
 //! - [`rbac`]: every API call the operator and the node make, for the Helm chart's RBAC.
@@ -19,6 +20,7 @@ pub mod children;
 pub mod controller;
 pub mod crd;
 pub mod lease;
+pub mod map;
 pub mod metrics;
 pub mod observe;
 pub mod rbac;

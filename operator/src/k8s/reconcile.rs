@@ -81,12 +81,14 @@ use shard::{AssignmentTable, DrainStep, NodeName, PlanOptions, nodes_to_drain};
 use super::checks;
 use super::children::{self, FIELD_MANAGER, Owner, TABLE_KEY};
 use super::crd::{ChatCluster, ChatClusterStatus};
-use super::metrics::Metrics;
+use super::map;
+use super::metrics::{ClusterView, Metrics};
 use super::observe::{StatusReader, pod_views};
 use super::rollout::{self, Observed, PodState};
 use super::status::{self, Pass, reasons, types};
 use crate::Error;
 use crate::decide::{DecideOptions, Decision, Inputs, decide};
+use crate::map::{MapInputs, MapStore};
 
 /// Knobs of the reconciler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +125,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Reconcile counters and cluster gauges.
     pub metrics: Arc<Metrics>,
+    /// The latest shard map of each cluster, for `GET /map.json`.
+    pub map: Arc<MapStore>,
     /// Reads the nodes' `/status`.
     pub status_reader: Arc<dyn StatusReader>,
     /// Knobs.
@@ -153,6 +157,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            map: Arc::new(MapStore::default()),
             status_reader,
             options,
             failures: Mutex::new(HashMap::new()),
@@ -206,6 +211,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let owner = Owner::of(cluster)?;
     if cluster.metadata.deletion_timestamp.is_some() {
         ctx.metrics.forget(&owner.namespace, &owner.name);
+        ctx.map.forget(&owner.namespace, &owner.name);
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
@@ -370,14 +376,34 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         now,
     });
     transition_events(ctx, cluster, old, &new, &decision, checked.replicas).await;
+    if drain_finished(old, &new) && decision.replicas <= checked.replicas {
+        let took = status::drain_elapsed(old, now);
+        ctx.metrics.drained(&owner.namespace, &owner.name, took);
+    }
     write_status(ctx, &owner, old, &new).await?;
     ctx.metrics.cluster(
         &owner.namespace,
         &owner.name,
-        decision.table.epoch,
-        decision.table.moves.len(),
-        ready_nodes,
+        ClusterView {
+            epoch: decision.table.epoch,
+            moves: decision.table.moves.len(),
+            ready_nodes,
+            unowned_shards: count(decision.table.owners().iter().filter(|o| o.is_none())),
+            drain_stuck: decision.stuck.is_some(),
+        },
     );
+    ctx.map.publish(crate::map::build(&MapInputs {
+        namespace: &owner.namespace,
+        name: &owner.name,
+        desired_replicas: checked.replicas,
+        pods: &views,
+        table: &decision.table,
+        step: &decision.step,
+        drain_elapsed: status::drain_elapsed(Some(&new), now),
+        stuck: decision.stuck.as_ref(),
+        rollout: &map::rollout_progress(rollout, &states),
+        updated: &map::updated(&states, rollout::update_revision(&applied)),
+    }));
 
     // 7. Requeue.
     let settled = decision.step == DrainStep::Steady
@@ -600,6 +626,17 @@ async fn write_status(
     api.patch_status(&owner.name, &params, &Patch::Apply(&patch))
         .await?;
     Ok(())
+}
+
+/// Whether the drain recorded in `old` ended with this pass (completed or cancelled: the caller
+/// tells them apart by the replicas it keeps).
+fn drain_finished(old: Option<&ChatClusterStatus>, new: &ChatClusterStatus) -> bool {
+    old.is_some_and(|s| !s.draining.is_empty()) && new.draining.is_empty()
+}
+
+/// Counts what `items` yields, saturating at `u32::MAX`.
+fn count<T>(items: impl Iterator<Item = T>) -> u32 {
+    u32::try_from(items.count()).unwrap_or(u32::MAX)
 }
 
 /// Events for what changed between `old` and `new`; nothing when nothing changed.

@@ -8,6 +8,7 @@
 //!   body, or `400` with `{"error": ...}`.
 //! - `POST /restart`: starts a rolling restart; `202` with `{"nodes": N}`, or `409` with
 //!   `{"error": ...}` when one is already under way.
+//! - `GET /map` and `GET /map.json`: the live shard map ([`crate::map`]) of this cluster.
 //! - `GET /healthz`: `200` while the driver runs.
 
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/cluster", get(cluster))
         .route("/scale", post(scale))
         .route("/restart", post(restart))
+        .route("/map", get(|| async { crate::map::page() }))
+        .route("/map.json", get(map_json))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared);
     let served = axum::serve(listener, app)
@@ -82,6 +85,14 @@ async fn table(State(shared): State<Arc<Shared>>, Query(query): Query<TableQuery
 
 async fn cluster(State(shared): State<Arc<Shared>>) -> Response {
     Json(shared.view_now()).into_response()
+}
+
+async fn map_json(State(shared): State<Arc<Shared>>) -> Response {
+    let table = shared.table.borrow().clone();
+    let map = super::map::build_map(&shared.lock(), &table);
+    crate::map::json(&crate::map::ShardMap {
+        clusters: vec![map],
+    })
 }
 
 async fn scale(State(shared): State<Arc<Shared>>, Json(request): Json<ScaleRequest>) -> Response {

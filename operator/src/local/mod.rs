@@ -37,9 +37,11 @@
 //! The parts, one concept per file: [`options`] (what to run), [`pods`] (what the driver knows
 //! of each pod and process), [`process`] (one process: spawn, announce, probe, stop),
 //! [`reconcile`] (the loop: observe, decide, act), [`rollout`] (rolling restart steps),
-//! [`view`] (`GET /cluster`), [`admin`] (the HTTP port), [`workdir`] (the secret's directory).
+//! [`view`] (`GET /cluster`), [`map`] (`GET /map.json`), [`admin`] (the HTTP port),
+//! [`workdir`] (the secret's directory).
 
 mod admin;
+mod map;
 mod options;
 mod pods;
 mod process;

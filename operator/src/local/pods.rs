@@ -176,7 +176,7 @@ impl State {
             .collect()
     }
 
-    fn pod_view(&self, ordinal: u32) -> Option<PodView> {
+    pub(super) fn pod_view(&self, ordinal: u32) -> Option<PodView> {
         let Some(pod) = self.pods.get(&ordinal) else {
             // Not started yet: a pod that should exist but has no process.
             return pod_name(POD_PREFIX, ordinal).ok().map(|name| PodView {
