@@ -1,7 +1,7 @@
 //! `roomshard-operator`: run the Kubernetes controller (`run`, alias `controller`, which the
-//! Helm chart and the image use), print the CRD (`crd`) or the
-//! API calls it needs (`rbac`), run a local cluster (`local`), or talk to a running one's admin
-//! port (`scale`, `restart`, `status`).
+//! Helm chart and the image use), print the CRD (`crd`), the API calls it needs (`rbac`) or the
+//! children it writes for a manifest (`render`), run a local cluster (`local`), or talk to a
+//! running one's admin port (`scale`, `restart`, `status`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +65,17 @@ enum Command {
     Crd,
     /// Print every Kubernetes API call the operator and the node make (JSON), for RBAC.
     Rbac,
+    /// Print the objects the controller writes for each ChatCluster in a manifest (YAML), built
+    /// offline by the controller's own builders: to review them or scan them with a policy
+    /// checker. Other kinds in the file are skipped.
+    Render {
+        /// The manifest (`-` for standard input), e.g. examples/minimal.yaml.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Namespace of a ChatCluster that names none (as `kubectl apply -n`).
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
     /// Run the Kubernetes controller (with leader election).
     #[command(visible_alias = "controller")]
     Run(RunArgs),
@@ -167,6 +178,7 @@ async fn main() -> ExitCode {
         Command::Status { admin, json } => status(&admin, json).await,
         Command::Crd => crd(),
         Command::Rbac => rbac(),
+        Command::Render { file, namespace } => render(&file, &namespace),
         Command::Run(args) => run(args).await,
     };
     match result {
@@ -256,6 +268,20 @@ fn rbac() -> Result<(), Error> {
     let json = serde_json::to_string_pretty(&operator::k8s::rbac::to_json())
         .map_err(|e| Error::Config(e.to_string()))?;
     println!("{json}");
+    Ok(())
+}
+
+fn render(file: &std::path::Path, namespace: &str) -> Result<(), Error> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|source| Error::Io {
+        context: format!("cannot read {}", file.display()),
+        source,
+    })?;
+    print!("{}", operator::k8s::render::render_yaml(&text, namespace)?);
     Ok(())
 }
 

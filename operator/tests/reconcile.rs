@@ -646,6 +646,30 @@ async fn disabling_the_ingress_removes_it() -> TestResult {
     Ok(())
 }
 
+#[tokio::test]
+async fn node_pods_get_default_requests_until_spec_resources_replaces_them_as_a_whole() -> TestResult
+{
+    let h = Harness::start().await?;
+    h.create("chat", json!({"replicas": 1})).await?;
+    h.pass("chat").await?;
+    let resources = |sts: Option<serde_json::Value>| -> TestResult<serde_json::Value> {
+        let sts = sts.ok_or("no statefulset")?;
+        Ok(sts["spec"]["template"]["spec"]["containers"][0]["resources"].clone())
+    };
+    let stored = resources(h.object("statefulsets.apps", "chat").await?)?;
+    assert_eq!(
+        stored,
+        json!({"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
+    );
+
+    set_spec(&h, json!({"resources": {"requests": {"cpu": "2"}}})).await?;
+    h.pass("chat").await?;
+    let stored = resources(h.object("statefulsets.apps", "chat").await?)?;
+    // Server-side apply drops the defaults the operator no longer writes.
+    assert_eq!(stored, json!({"requests": {"cpu": "2"}}));
+    Ok(())
+}
+
 /// Gives `pod` a finalizer and deletes it: it stays, Terminating, with a `deletionTimestamp`
 /// (what a rolling update, an eviction or `kubectl delete pod` does to a running pod; the
 /// finalizer stands for the kubelet, which keeps a running pod until its process exits).

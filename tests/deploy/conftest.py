@@ -97,6 +97,27 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             }
         },
     },
+    # The operator's NetworkPolicy narrowed: Prometheus only, the API server's address, DNS.
+    "operator-network": {
+        "networkPolicy": {
+            "namespaces": ["chat-a", "chat-b"],
+            "operator": {
+                "metrics": {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                            }
+                        }
+                    ]
+                },
+                "apiServer": {"to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}], "ports": [6443]},
+                "extraEgress": [
+                    {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+                ],
+            },
+        },
+    },
     "bare": {
         "replicaCount": 1,
         "rbac": {"create": False},

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The deploy checks: the Helm chart (rendered and linted by Helm's own engine), the manifests
 # and the CRD (Kubernetes schemas, strict, offline), the examples (the CRD's schema, and
-# kubectl apply against a real control plane), the RBAC against the code's API calls, and
-# the Dockerfile (BuildKit's parser, hadolint). Python, from a virtual environment created here.
+# kubectl apply against a real control plane), the RBAC against the code's API calls,
+# the Dockerfile (BuildKit's parser, hadolint), and a policy scan (checkov) of the rendered chart
+# and of the children the operator writes. Python, from virtual environments created here
+# (.venv-deploy, and .venv-checkov for checkov, whose pins clash with pytest's).
 #
 #   tests/deploy/run.sh                  # create/refresh .venv-deploy if needed, run every check
 #   tests/deploy/run.sh --setup          # only create/refresh the environment
@@ -32,8 +34,24 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "$want" >"$stamp"
 fi
 
+# checkov, the policy scanner, in an environment of its own (its pins clash with pytest's).
+checkov_venv="${CHECKOV_VENV:-$repo/.venv-checkov}"
+checkov_requirements="$here/checkov/requirements.txt"
+checkov_stamp="$checkov_venv/.requirements.sha256"
+want="$(sha256sum "$checkov_requirements" | cut -d' ' -f1)"
+if [ ! -x "$checkov_venv/bin/checkov" ] || [ "$(cat "$checkov_stamp" 2>/dev/null)" != "$want" ]; then
+  echo "deploy checks: installing $checkov_venv from tests/deploy/checkov/requirements.txt"
+  rm -rf "$checkov_venv"
+  python3 -m venv "$checkov_venv"
+  "$checkov_venv/bin/pip" install --quiet --disable-pip-version-check --no-input \
+    -r "$checkov_requirements"
+  echo "$want" >"$checkov_stamp"
+fi
+export CHECKOV="$checkov_venv/bin/checkov"
+
 if [ "${1:-}" = "--setup" ]; then
   "$venv/bin/python" -c 'import helm_python; print("helm", helm_python.helm_sdk_version())'
+  echo "checkov $("$CHECKOV" --version)"
   exit 0
 fi
 

@@ -60,6 +60,11 @@ def test_the_default_values_pass_the_values_schema():
             chart.validate_schema(chart.merge_values(values))
 
 
+#: The node pods' NetworkPolicy (one per node namespace) and the operator pods' one.
+NODE_POLICY = "roomshard-roomshard-operator-nodes"
+OPERATOR_POLICY = "roomshard-roomshard-operator"
+
+
 BROKEN = sorted(p.name for p in (FIXTURES / "values").glob("broken-*.yaml"))
 
 
@@ -139,6 +144,16 @@ def test_custom_values_reach_the_deployment(rendered):
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
 
 
+def test_an_image_digest_pins_the_operator_image_instead_of_the_tag():
+    digest = "sha256:" + "ab" * 32
+    r = render({"image": {"tag": "0.1.0", "digest": digest}})
+    (c,) = r.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"ghcr.io/roomshard/roomshard-operator@{digest}"
+    with pytest.raises(helm_python.HelmValuesError) as refused:
+        render({"image": {"digest": "latest"}})
+    assert "/image/digest" in str(refused.value)
+
+
 def test_one_replica_gets_no_pod_disruption_budget(rendered):
     assert rendered["bare"].of_kind("PodDisruptionBudget") == []
 
@@ -160,7 +175,7 @@ def test_watching_one_namespace_uses_a_role_there_and_no_cluster_role(rendered):
     args = r.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--watch-namespace=team-chat" in args
     # The node pods' network rules follow into the watched namespace.
-    assert r.one("NetworkPolicy")["metadata"]["namespace"] == "team-chat"
+    assert r.one("NetworkPolicy", NODE_POLICY)["metadata"]["namespace"] == "team-chat"
 
 
 def test_a_node_namespace_outside_the_watched_one_is_refused():
@@ -182,7 +197,7 @@ def test_the_chart_gives_rights_to_the_operator_only(rendered):
 
 
 def test_the_node_network_policy_opens_the_client_port_and_guards_the_peer_port(rendered):
-    policy = rendered["defaults"].one("NetworkPolicy")
+    policy = rendered["defaults"].one("NetworkPolicy", NODE_POLICY)
     spec = policy["spec"]
     node_pods = {"matchLabels": {"app.kubernetes.io/name": "roomshard",
                                  "app.kubernetes.io/managed-by": "roomshard-operator"}}
@@ -205,12 +220,60 @@ def test_the_node_network_policy_opens_the_client_port_and_guards_the_peer_port(
 
 
 def test_clients_can_be_limited_to_the_ingress_controller_in_every_node_namespace(rendered):
-    policies = rendered["ingress-clients-only"].of_kind("NetworkPolicy")
+    policies = [p for p in rendered["ingress-clients-only"].of_kind("NetworkPolicy")
+                if p["metadata"]["name"] == NODE_POLICY]
     assert sorted(p["metadata"]["namespace"] for p in policies) == ["chat-a", "chat-b"]
     for p in policies:
         client_rule = [r for r in p["spec"]["ingress"] if r["ports"][0]["port"] == 8080][0]
         assert client_rule["from"] == VALUE_SETS["ingress-clients-only"]["networkPolicy"][
             "clients"]["from"]
+
+
+def test_the_operator_network_policy_admits_only_the_metrics_port_and_lets_out_only_the_api_server_and_node_status(rendered):
+    r = rendered["defaults"]
+    policy = r.one("NetworkPolicy", OPERATOR_POLICY)
+    assert policy["metadata"]["namespace"] == RELEASE_NAMESPACE
+    spec = policy["spec"]
+    assert spec["podSelector"] == r.one("Deployment")["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    # In: the metrics port (/metrics, /healthz, the probes' target), from anyone by default.
+    (ingress,) = spec["ingress"]
+    assert ingress["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert "from" not in ingress
+    container = r.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert [p["containerPort"] for p in container["ports"]] == [9090], "nothing else listens"
+    # Out: the API server's ports to any address, and the node pods' peer port (/status) in
+    # the node namespace; no DNS (the operator connects to addresses only).
+    api, status = spec["egress"]
+    assert api["ports"] == [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]
+    assert "to" not in api
+    assert status["ports"] == [{"port": 7070, "protocol": "TCP"}]
+    assert status["to"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NAMESPACE}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "roomshard",
+                                        "app.kubernetes.io/managed-by": "roomshard-operator"}},
+    }]
+    assert not any(p["port"] == 53 for rule in spec["egress"] for p in rule["ports"])
+
+
+def test_the_operator_network_policy_takes_its_sources_api_server_and_extra_rules_from_values(rendered):
+    r = rendered["operator-network"]
+    wanted = VALUE_SETS["operator-network"]["networkPolicy"]["operator"]
+    spec = r.one("NetworkPolicy", OPERATOR_POLICY)["spec"]
+    assert spec["ingress"][0]["from"] == wanted["metrics"]["from"]
+    api, status, dns = spec["egress"]
+    assert api == {"ports": [{"port": 6443, "protocol": "TCP"}], "to": wanted["apiServer"]["to"]}
+    assert [t["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for t in status["to"]] == ["chat-a", "chat-b"]
+    assert dns == wanted["extraEgress"][0]
+    # The node pods' policies admit the operator's /status reads in both namespaces.
+    assert sorted(p["metadata"]["namespace"] for p in r.of_kind("NetworkPolicy")
+                  if p["metadata"]["name"] == NODE_POLICY) == ["chat-a", "chat-b"]
+
+
+def test_the_operator_network_policy_can_be_left_out_alone():
+    r = render({"networkPolicy": {"operator": {"enabled": False}}})
+    assert [p["metadata"]["name"] for p in r.of_kind("NetworkPolicy")] == [NODE_POLICY]
 
 
 def test_the_metrics_service_selects_the_operator_pods(rendered):

@@ -58,9 +58,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "roomshard-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
-{{/* The operator image reference. */}}
+{{/* The operator image reference: by digest when image.digest is set, else by tag. */}}
 {{- define "roomshard-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -61,7 +61,9 @@ pub struct ChatClusterSpec {
     /// Image pull policy of the node containers (Always, IfNotPresent, Never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
-    /// CPU and memory requests and limits of each node container.
+    /// CPU and memory requests and limits of each node container, replacing the defaults as a
+    /// whole. Unset: requests of 250m CPU and 128Mi memory and a 512Mi memory limit (what the
+    /// scheduler and an autoscaler need); `{}` asks for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Messages of history kept per room (for `join` with `since`).

@@ -15,6 +15,7 @@
 //! - [`controller`]: the kube `Controller` wiring and the `/metrics` server.
 //! - [`lease`]: leader election with a Lease; only the leader reconciles.
 //! - [`rbac`]: every API call the operator and the node make, for the Helm chart's RBAC.
+//! - [`render`]: the children of the ChatClusters in a manifest, built offline.
 
 pub mod autoscaler;
 pub mod checks;
@@ -27,5 +28,6 @@ pub mod metrics;
 pub mod observe;
 pub mod rbac;
 pub mod reconcile;
+pub mod render;
 pub mod rollout;
 pub mod status;

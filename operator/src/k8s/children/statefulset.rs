@@ -60,6 +60,40 @@ pub const AUTH_KEY_DIR: &str = "/etc/roomshard/auth";
 /// The user the node runs as (the distroless `nonroot` user).
 const RUN_AS_USER: i64 = 65532;
 
+/// CPU each node pod requests when `spec.resources` is unset. In the throughput benchmark
+/// (README, "Benchmarks") a node cost 16.8 CPU-seconds per million deliveries, so the
+/// benchmark's 10,000 deliveries/s per node took about 170m; 250m covers that with room for
+/// the hand-off bursts of a scale or a rollout.
+pub const DEFAULT_CPU_REQUEST: &str = "250m";
+/// Memory each node pod requests when `spec.resources` is unset: an idle connection measured
+/// 7,241 bytes (RSS), so 10,000 connections take about 70 MiB, plus the history of the rooms
+/// (100 messages per room by default) and the runtime.
+pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";
+/// The memory limit when `spec.resources` is unset: four times the request, so a node that
+/// grows without bound (a leak, a flood of rooms) is restarted and its shards handed to the
+/// others before it takes the Kubernetes node's memory from its neighbours. There is no CPU
+/// limit on purpose: CFS throttling stalls every room of the pod at once, and message latency
+/// is what the cluster is measured by.
+pub const DEFAULT_MEMORY_LIMIT: &str = "512Mi";
+
+/// The node container's resources: `spec.resources` as written (`{}` asks for none), or
+/// [`DEFAULT_CPU_REQUEST`], [`DEFAULT_MEMORY_REQUEST`] and [`DEFAULT_MEMORY_LIMIT`]. Requests
+/// are what the scheduler packs pods by and what a HorizontalPodAutoscaler's utilisation is a
+/// share of, so a pod without them is placed blindly and cannot be autoscaled on CPU.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] when `spec.resources` cannot be serialized (a bug).
+pub fn node_resources(spec: &ChatClusterSpec) -> Result<serde_json::Value, Error> {
+    match &spec.resources {
+        Some(resources) => to_json(resources),
+        None => Ok(json!({
+            "requests": {"cpu": DEFAULT_CPU_REQUEST, "memory": DEFAULT_MEMORY_REQUEST},
+            "limits": {"memory": DEFAULT_MEMORY_LIMIT},
+        })),
+    }
+}
+
 /// The StatefulSet for `spec` with `replicas` pods (the count the reconcile decided, which may
 /// be above `spec.replicas` while a drain is under way).
 ///
@@ -140,12 +174,10 @@ pub fn statefulset(
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": mounts,
+        "resources": node_resources(spec)?,
     });
     if let Some(policy) = spec.image_pull_policy {
         container["imagePullPolicy"] = to_json(&policy)?;
-    }
-    if let Some(resources) = &spec.resources {
-        container["resources"] = to_json(resources)?;
     }
 
     let mut pod_spec = json!({
@@ -445,5 +477,49 @@ mod tests {
                 .is_some_and(|r| r.contains_key("cpu"))
         );
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    }
+
+    fn resources(sts: &StatefulSet) -> serde_json::Value {
+        serde_json::to_value(node(sts).resources).expect("resources serialize")
+    }
+
+    #[test]
+    fn without_spec_resources_the_node_requests_the_measured_defaults_and_a_memory_limit() {
+        let sts = build(json!({"replicas": 3}), 3);
+        assert_eq!(
+            resources(&sts),
+            json!({
+                "requests": {"cpu": DEFAULT_CPU_REQUEST, "memory": DEFAULT_MEMORY_REQUEST},
+                "limits": {"memory": DEFAULT_MEMORY_LIMIT},
+            })
+        );
+        assert_eq!(
+            (
+                DEFAULT_CPU_REQUEST,
+                DEFAULT_MEMORY_REQUEST,
+                DEFAULT_MEMORY_LIMIT
+            ),
+            ("250m", "128Mi", "512Mi")
+        );
+    }
+
+    #[test]
+    fn spec_resources_replace_the_defaults_as_a_whole() {
+        let sts = build(
+            json!({"replicas": 1,
+                "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "4", "memory": "1Gi"}}}),
+            1,
+        );
+        assert_eq!(
+            resources(&sts),
+            json!({"requests": {"cpu": "2"}, "limits": {"cpu": "4", "memory": "1Gi"}}),
+            "no default is merged into what the spec says"
+        );
+    }
+
+    #[test]
+    fn empty_spec_resources_ask_for_no_requests_or_limits() {
+        let sts = build(json!({"replicas": 1, "resources": {}}), 1);
+        assert_eq!(resources(&sts), json!({}));
     }
 }
