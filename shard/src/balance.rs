@@ -56,13 +56,13 @@ pub struct LoadPolicy {
 }
 
 impl Default for LoadPolicy {
-    /// Slack 1, act above 125 %, stop at 110 %, steps of at least 5 % of the mean.
+    /// Slack 1, act above 125 %, stop at 110 %, steps of at least 1 % of the mean.
     fn default() -> Self {
         LoadPolicy {
             slack: 1,
             trigger_percent: 125,
             goal_percent: 110,
-            min_gain_percent: 5,
+            min_gain_percent: 1,
         }
     }
 }
