@@ -210,11 +210,9 @@ pub(crate) fn rebalance(
     let n = nodes as u32;
     let (floor, cap) = (shards / n, shards.div_ceil(n).saturating_add(policy.slack));
     let total: u64 = node_load.iter().sum();
-    let hottest_shard = (0..shards)
-        .filter(|&s| slots[s as usize].owner.is_some())
-        .map(|s| loads.of(s))
-        .max()
-        .unwrap_or(0);
+    // Over every shard, movable or not, so that planning again (when this plan's moves are in
+    // flight and cannot move) sees the same reference.
+    let hottest_shard = loads.per_shard.iter().copied().max().unwrap_or(0);
     // "load > p% of max(mean, hottest shard)", in integers.
     let above = |load: u64, percent: u32| -> bool {
         let l = u128::from(load) * 100;
