@@ -38,7 +38,7 @@ pub use handoff::{Transition, abandoned_handoffs, transition};
 pub use hash::{room_hash, shard_of};
 pub use ids::{NodeName, RoomId, ShardId, ordinal_of};
 pub use planner::{Membership, PlanOptions, complete_moves, plan};
-pub use status::{NodeLoad, NodeStatus};
+pub use status::{NodeLoad, NodeStatus, ShardLoad};
 pub use table::{AssignmentTable, Move, NodeInfo};
 
 /// Everything that can go wrong in this crate: invalid names and invalid assignment tables.
