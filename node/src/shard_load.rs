@@ -137,12 +137,9 @@ impl ShardMeter {
                 continue;
             }
             let from = base.deliveries.get(shard).copied().unwrap_or(0);
-            let deliveries_per_sec = if elapsed_ms == 0 {
-                0
-            } else {
-                let n = u128::from(to.saturating_sub(from)) * 1000 / elapsed_ms;
-                u64::try_from(n).unwrap_or(u64::MAX)
-            };
+            let deliveries_per_sec = (u128::from(to.saturating_sub(from)) * 1000)
+                .checked_div(elapsed_ms)
+                .map_or(0, |n| u64::try_from(n).unwrap_or(u64::MAX));
             let members = counters.members(shard);
             if deliveries_per_sec > 0 || members > 0 {
                 out.push(ShardLoad {

@@ -275,6 +275,10 @@ pub(crate) fn rebalance(
     steps
 }
 
+/// How a candidate step ranks, lowest best: the new max of the pair, 0 for a move and 1 for a
+/// swap (fewer hand-offs first), then the node, the shard and the other shard.
+type Rank = (u64, u8, usize, u32, u32);
+
 /// A candidate step: one shard to a node, or two shards exchanged.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -307,9 +311,8 @@ fn best_step(
     let nodes = count.len();
     let cost = |s: u32| usize::from(slots[s as usize].holds);
     let hot_load = node_load[hot];
-    // (new max of the pair, 0 = move / 1 = swap, node, shard, other shard)
-    let mut best: Option<((u64, u8, usize, u32, u32), Kind)> = None;
-    let mut offer = |key: (u64, u8, usize, u32, u32), kind: Kind| {
+    let mut best: Option<(Rank, Kind)> = None;
+    let mut offer = |key: Rank, kind: Kind| {
         if key.0 < hot_load && best.as_ref().is_none_or(|(k, _)| key < *k) {
             best = Some((key, kind));
         }
