@@ -16,6 +16,9 @@
 //!   shards until the busiest node is at or below [`LoadPolicy::goal_percent`] of the
 //!   reference, or no step gains at least [`LoadPolicy::min_gain_percent`] of the mean, or the
 //!   move cap is used up. Noise smaller than the band between goal and trigger moves nothing.
+//! - **Counts first.** While the move cap holds the count plan back (a shard still with a node
+//!   that may not own it, or a node below ⌊S/N⌋), load moves wait: they would spend the budget
+//!   the count moves need.
 //! - **Fewest moves.** Each step is the one move (preferred) or swap of a shard of the busiest
 //!   node that leaves the pair's busier node the least loaded; a step that would not lower the
 //!   busiest node's load is never taken. Hand-offs in flight and shards moved earlier in the same
@@ -23,7 +26,8 @@
 //!   is two moves for both nodes).
 //! - **Stable.** Planning again with the same loads changes nothing: moves in flight still hold
 //!   their budget, and a table the balance step produced either is under the trigger or has no
-//!   step left that gains enough.
+//!   step left that gains enough. (Like [`plan`], this is exact without a move cap; with one, a
+//!   second plan may use budget the first left over for count moves.)
 //! - **No loads, no change.** With an empty load map [`plan_with_load`] is exactly [`plan`].
 //!
 //! Loads are read as given: a shard that has just moved reads low until its new owner has a full
@@ -209,6 +213,10 @@ pub(crate) fn rebalance(
     let policy = loads.policy;
     let n = nodes as u32;
     let (floor, cap) = (shards / n, shards.div_ceil(n).saturating_add(policy.slack));
+    // Counts still catching up (the cap deferred some moves): they go first.
+    if count.iter().any(|&c| c < floor) {
+        return steps;
+    }
     let total: u64 = node_load.iter().sum();
     // Over every shard, movable or not, so that planning again (when this plan's moves are in
     // flight and cannot move) sees the same reference.

@@ -330,8 +330,13 @@ fn assign(
     }
     kept_moves.extend(new_moves);
 
-    // 5. Load-aware: move or swap the busiest node's shards (see `crate::balance`).
-    if let Some(loads) = loads {
+    // 5. Load-aware: move or swap the busiest node's shards (see `crate::balance`), once the
+    //    count plan is not held back by the cap (no shard left with a node that may not own it).
+    let deferred = next
+        .owners()
+        .iter()
+        .any(|o| o.as_ref().is_some_and(|o| !index.contains_key(o)));
+    if let Some(loads) = loads.filter(|_| !deferred) {
         let moving: BTreeSet<ShardId> = kept_moves.iter().map(|m| m.shard).collect();
         let mut count = vec![0u32; eligible.len()];
         let mut slots: Vec<Slot> = (0..shards)

@@ -156,11 +156,14 @@ fn check(
         }
     }
 
-    // Stable: the same loads again move nothing.
-    prop_assert_eq!(
-        &plan_with_load(new, membership, options, policy, loads),
-        new
-    );
+    // Stable: the same loads again move nothing. Exact without a cap, as for the count plan
+    // (with one, a second plan may spend budget the first left over).
+    if options.max_moves_per_node == usize::MAX {
+        prop_assert_eq!(
+            &plan_with_load(new, membership, options, policy, loads),
+            new
+        );
+    }
     Ok(())
 }
 
