@@ -33,6 +33,7 @@ pub mod rate;
 pub mod room;
 pub mod rooms;
 pub mod server;
+pub mod shard_load;
 pub mod snowflake;
 pub mod state;
 pub mod table_source;

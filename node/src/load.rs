@@ -80,6 +80,7 @@ impl LoadMeter {
             deliveries_per_sec: per_sec(first.deliveries, sample.deliveries),
             frames_in_per_sec: per_sec(first.frames_in, sample.frames_in),
             window_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            shards: Vec::new(),
         }
     }
 }

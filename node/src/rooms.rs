@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::edge::EdgeEvent;
 use crate::metrics::Metrics;
 use crate::room::{Room, RoomCommand, RoomSnapshot};
+use crate::shard_load::ShardCounters;
 use crate::snowflake::{Snowflake, unix_ms};
 
 /// Where a room actor sends what it produces: events for edge nodes, and commands that reached
@@ -107,6 +108,8 @@ pub struct Rooms {
     fanout: Arc<dyn Fanout>,
     ids: Arc<Snowflake>,
     metrics: Arc<Metrics>,
+    /// Per-shard deliveries and members, for `/status`'s shard load.
+    counters: ShardCounters,
     tracker: TaskTracker,
 }
 
@@ -128,8 +131,14 @@ impl Rooms {
             fanout,
             ids,
             metrics,
+            counters: ShardCounters::new(shards),
             tracker: TaskTracker::new(),
         })
+    }
+
+    /// The per-shard load counters the room actors keep.
+    pub fn shard_counters(&self) -> &ShardCounters {
+        &self.counters
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -336,6 +345,8 @@ impl Rooms {
     fn spawn_actor(self: &Arc<Self>, room: Room, seq: Arc<AtomicU64>) -> mpsc::Sender<ActorMsg> {
         let (tx, rx) = mpsc::channel(self.settings.queue.max(1));
         let actor = RoomActor {
+            shard: self.shard(room.id()).0,
+            counted: 0,
             room,
             forwarding: false,
             seq,
@@ -379,6 +390,10 @@ impl Rooms {
 }
 
 struct RoomActor {
+    /// The room's shard, for the per-shard counters.
+    shard: u32,
+    /// The members this actor has added to its shard's member gauge.
+    counted: usize,
     room: Room,
     /// Set by a hand-off: the state went to the new owner, late commands follow it there.
     forwarding: bool,
@@ -391,6 +406,7 @@ struct RoomActor {
 impl RoomActor {
     async fn run(mut self) {
         let rooms = self.rooms.clone();
+        self.count_members(self.room.member_count());
         loop {
             // A forwarding actor only lingers for commands already on their way to it.
             let idle_after = if self.forwarding {
@@ -409,6 +425,8 @@ impl RoomActor {
                         if !self.forwarding {
                             let _ = reply.send(self.room.snapshot());
                             self.forwarding = true;
+                            // The members went with the state.
+                            self.count_members(0);
                         }
                     }
                     None => break,
@@ -424,7 +442,17 @@ impl RoomActor {
                 }
             }
         }
+        self.count_members(0);
         rooms.metrics.rooms_active.dec();
+    }
+
+    /// Brings the shard's member gauge to `members` for this room.
+    fn count_members(&mut self, members: usize) {
+        if members != self.counted {
+            let delta = members as i64 - self.counted as i64;
+            self.rooms.counters.members_changed(self.shard, delta);
+            self.counted = members;
+        }
     }
 
     fn handle(&mut self, command: RoomCommand, received: Instant) {
@@ -438,6 +466,13 @@ impl RoomActor {
         if accepted {
             self.seq.store(self.room.seq(), Ordering::Release);
             self.rooms.metrics.messages_in.inc();
+            // Every member gets it, the sender's echo included.
+            self.rooms
+                .counters
+                .delivered(self.shard, self.room.member_count());
+        }
+        if !self.forwarding {
+            self.count_members(self.room.member_count());
         }
         for (node, event) in out {
             self.rooms.fanout.deliver(&node, event);
@@ -543,6 +578,46 @@ mod tests {
             Some(4),
             "seq continues after passivation"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_owner_counts_deliveries_and_members_per_shard_until_the_shard_is_handed_off() {
+        let rooms = Rooms::new(
+            settings(Duration::from_secs(60)),
+            16,
+            Arc::new(Recorder::default()),
+            Arc::new(Snowflake::new(1)),
+            Arc::new(Metrics::default()),
+        );
+        let room = RoomId::new("r").expect("valid");
+        let shard = rooms.shard(&room);
+        let (a, b) = (
+            member(),
+            MemberKey {
+                conn: ConnId(2),
+                ..member()
+            },
+        );
+        rooms.send(&room, join(a.clone())).await.expect("join");
+        rooms.send(&room, join(b)).await.expect("join");
+        for _ in 0..3 {
+            rooms.send(&room, post(a.clone(), "x")).await.expect("post");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let counters = rooms.shard_counters();
+        let total: u64 = counters.deliveries().iter().sum();
+        // Three messages, two recipients each, all in the room's shard.
+        assert_eq!(counters.deliveries()[shard.0 as usize], 6);
+        assert_eq!(total, 6);
+        assert_eq!(counters.members(shard.0 as usize), 2);
+        // Handed off: the members went with the state.
+        let snapshots = rooms.freeze(shard).await;
+        assert_eq!(snapshots.len(), 1);
+        assert_eq!(counters.members(shard.0 as usize), 0);
+        // Installed elsewhere (here, on the same registry): counted again.
+        rooms.install(shard, snapshots);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(counters.members(shard.0 as usize), 2);
     }
 
     #[tokio::test(start_paused = true)]

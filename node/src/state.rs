@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use shard::{
-    AssignmentTable, Membership, Move, NodeInfo, NodeName, NodeStatus, PlanOptions, RoomId, ShardId,
+    AssignmentTable, Membership, Move, NodeInfo, NodeLoad, NodeName, NodeStatus, PlanOptions,
+    RoomId, ShardId,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,7 @@ use crate::peer::{PeerHandler, Peers};
 use crate::protocol::{self, ErrorCode};
 use crate::room::{MemberKey, RoomCommand, RoomSnapshot};
 use crate::rooms::{Fanout, Refused, RoomSettings, Rooms, RouteError};
+use crate::shard_load::ShardMeter;
 use crate::snowflake::Snowflake;
 
 /// Forwards a command may take before it is answered with `room_unavailable`.
@@ -160,6 +162,8 @@ pub struct NodeState {
     handoffs: Mutex<Handoffs>,
     /// Rates for `/status`'s load (autoscaling and placement read them).
     load: LoadMeter,
+    /// Per-shard rates for `/status`'s load (load-aware placement reads them).
+    shard_load: ShardMeter,
     /// Tables are applied one at a time, in order.
     applying: tokio::sync::Mutex<()>,
     next_conn: AtomicU64,
@@ -270,6 +274,7 @@ impl NodeState {
                 settings,
                 peer_handler,
                 load: LoadMeter::new(LOAD_WINDOW),
+                shard_load: ShardMeter::new(LOAD_WINDOW),
                 metrics,
                 hub,
                 rooms,
@@ -735,6 +740,7 @@ impl NodeState {
     /// The `/status` report.
     pub fn status(&self) -> NodeStatus {
         let table = self.table();
+        let now = Instant::now();
         let handoffs = lock(&self.handoffs);
         NodeStatus {
             node: self.me().to_string(),
@@ -747,7 +753,12 @@ impl NodeState {
             peers_connected: count(self.peers.as_ref().map_or(0, |p| p.connected())),
             ready: !self.exiting.is_cancelled() && !self.shutdown.is_cancelled(),
             terminating: self.exiting.is_cancelled() || self.shutdown.is_cancelled(),
-            load: self.load.read(&self.metrics, Instant::now()),
+            load: NodeLoad {
+                shards: self.shard_load.read(self.rooms.shard_counters(), now, |s| {
+                    table.owner(ShardId(s)) == Some(self.me())
+                }),
+                ..self.load.read(&self.metrics, now)
+            },
         }
     }
 

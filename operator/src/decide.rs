@@ -25,7 +25,10 @@
 //!    (table epoch 0) waits until every desired pod is ready, or
 //!    [`DecideOptions::initial_grace`] has passed, before the first assignment: otherwise the
 //!    first pod to be ready would get every shard and hand most of them on right away.
-//! 3. **Plan.** [`plan`] gives the next table; it is published only when its epoch changed.
+//! 3. **Plan.** [`plan_with_load`] gives the next table, balancing by shard count and by the
+//!    per-shard loads the running pods report ([`shard_loads`], under
+//!    [`DecideOptions::balance`]; with no loads it is [`plan`]); it is published only when its
+//!    epoch changed.
 //! 4. **Drain step.** [`drain_step`] on the planned table says whether the pods above the
 //!    desired count may go: only on [`DrainStep::Remove`] does the replica count drop.
 //! 5. **Pods to start.** Pods below the desired count whose process is not running, once the
@@ -49,10 +52,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shard::{
-    AssignmentTable, DrainStep, Membership, Move, NodeInfo, NodeLoad, NodeName, NodeReport,
-    NodeStatus, PlanOptions, ShardError, complete_moves, drain_step, nodes_to_drain, ordinal_of,
-    plan,
+    AssignmentTable, DrainStep, LoadPolicy, Membership, Move, NodeInfo, NodeLoad, NodeName,
+    NodeReport, NodeStatus, PlanOptions, ShardError, complete_moves, drain_step, nodes_to_drain,
+    ordinal_of, plan_with_load,
 };
+
+use crate::placement::shard_loads;
+#[cfg(doc)]
+use shard::plan;
 
 /// What a node's `/status` said, as far as decisions go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -159,6 +166,9 @@ impl PodView {
 pub struct DecideOptions {
     /// Passed to [`plan`]: caps the moves per node in one table.
     pub plan: PlanOptions,
+    /// When and how far reported per-shard load moves shards ([`LoadPolicy::off`] plans by
+    /// count only).
+    pub balance: LoadPolicy,
     /// How long a scale-down may take before it is reported as [`Stuck`].
     pub drain_timeout: Duration,
     /// Pod names are `{pod_prefix}-{ordinal}`.
@@ -356,7 +366,14 @@ pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, S
     }
 
     // 3. Plan.
-    let table = plan(&completed, &membership, &options.plan);
+    let loads = shard_loads(pods);
+    let table = plan_with_load(
+        &completed,
+        &membership,
+        &options.plan,
+        &options.balance,
+        &loads,
+    );
     let publish = table.epoch != published.epoch;
 
     // 4. Drain step, on the table the nodes are about to get.
@@ -439,6 +456,7 @@ mod tests {
     fn options() -> DecideOptions {
         DecideOptions {
             plan: PlanOptions::default(),
+            balance: LoadPolicy::default(),
             drain_timeout: Duration::from_secs(30),
             pod_prefix: "node".into(),
             initial_grace: Duration::from_secs(10),

@@ -20,6 +20,7 @@
 //! - [`k8s`]: the Kubernetes controller: the `ChatCluster` CRD, its children, the reconciler
 //!   that acts on [`decide()`] with a ConfigMap and a StatefulSet, leader election, metrics
 //!   and the list of API calls for RBAC.
+//! - [`placement`]: the per-shard loads the nodes report, merged for load-aware planning.
 //! - [`http`]: the small HTTP/1.1 client the driver, the CLI and tests use on loopback.
 //! - [`map`]: the live shard map (`GET /map`, `GET /map.json`) both drivers serve: pods,
 //!   shards by owner, moves, drain and rollout progress, load.
@@ -32,6 +33,7 @@ pub mod http;
 pub mod k8s;
 pub mod local;
 pub mod map;
+pub mod placement;
 
 pub use decide::{Decision, Inputs, PodView, Report, Stuck, decide};
 pub use local::{ClusterView, LocalCluster, LocalOptions, NodeView};

@@ -104,6 +104,10 @@ struct RunArgs {
     /// At most this many hand-offs per node in one table.
     #[arg(long, default_value_t = 64)]
     max_moves_per_node: usize,
+    /// Load-aware placement: move shards when the busiest node carries more than this
+    /// percentage of max(mean node load, hottest shard); 0 plans by shard count only.
+    #[arg(long, default_value_t = 125)]
+    load_trigger_percent: u32,
     /// How often a settled cluster is reconciled again (a safety net; changes arrive as watch
     /// events).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -140,6 +144,10 @@ struct LocalArgs {
     /// At most this many hand-offs per node in one table.
     #[arg(long, default_value_t = 64)]
     max_moves_per_node: usize,
+    /// Load-aware placement: move shards when the busiest node carries more than this
+    /// percentage of max(mean node load, hottest shard); 0 plans by shard count only.
+    #[arg(long, default_value_t = 125)]
+    load_trigger_percent: u32,
     /// Write each node's log to DIR/NAME.log instead of this terminal.
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -201,6 +209,7 @@ async fn local(args: LocalArgs) -> Result<(), Error> {
         shutdown_grace: args.shutdown_grace,
         drain_timeout: args.drain_timeout,
         max_moves_per_node: args.max_moves_per_node,
+        balance: load_policy(args.load_trigger_percent),
         node_args: args.node_args,
         log_dir: args.log_dir,
         autoscale: args.autoscale.map(|(min, max)| Policy {
@@ -258,6 +267,16 @@ fn print_banner(view: &ClusterView) {
     println!("Ctrl-C stops every node.");
 }
 
+/// The default load policy with `--load-trigger-percent`; the goal stays below the trigger.
+fn load_policy(trigger_percent: u32) -> shard::LoadPolicy {
+    let default = shard::LoadPolicy::default();
+    shard::LoadPolicy {
+        trigger_percent,
+        goal_percent: default.goal_percent.min(trigger_percent),
+        ..default
+    }
+}
+
 fn crd() -> Result<(), Error> {
     let yaml = operator::k8s::crd::crd_yaml().map_err(|e| Error::Config(e.to_string()))?;
     print!("{yaml}");
@@ -296,6 +315,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
     let options = reconcile::Options {
         initial_grace: args.initial_grace,
         max_moves_per_node: args.max_moves_per_node,
+        balance: load_policy(args.load_trigger_percent),
         idle_requeue: args.requeue_after,
         ..reconcile::Options::default()
     };

@@ -13,6 +13,7 @@ const SHARDS: u32 = 12;
 fn options() -> DecideOptions {
     DecideOptions {
         plan: PlanOptions::default(),
+        balance: shard::LoadPolicy::default(),
         drain_timeout: Duration::from_secs(30),
         pod_prefix: "node".into(),
         initial_grace: Duration::from_secs(10),

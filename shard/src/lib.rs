@@ -14,12 +14,15 @@
 //! - [`format`](mod@format): the table's compact, versioned JSON form (ConfigMap and HTTP).
 //! - [`planner`]: [`plan`] turns the current table and the cluster's [`Membership`] into the next
 //!   table, balanced and with the fewest moves; [`complete_moves`] clears finished hand-offs.
+//! - [`balance`]: [`plan_with_load`] also balances per-shard load (deliveries per second) under a
+//!   [`LoadPolicy`], moving the fewest shards.
 //! - [`handoff`]: [`transition`] tells one node what applying a new table means for it.
 //! - [`drain`]: [`drain_step`] decides the next safe step of a scale-down.
 //! - [`status`]: [`NodeStatus`], what a node's `/status` tells the operator (progress and load).
 //!
 //! All fallible functions return [`ShardError`].
 
+pub mod balance;
 pub mod drain;
 pub mod format;
 pub mod handoff;
@@ -29,12 +32,13 @@ pub mod planner;
 pub mod status;
 pub mod table;
 
+pub use balance::{LoadPolicy, plan_with_load};
 pub use drain::{DrainStep, NodeReport, drain_step, handed_off, nodes_to_drain};
 pub use handoff::{Transition, abandoned_handoffs, transition};
 pub use hash::{room_hash, shard_of};
 pub use ids::{NodeName, RoomId, ShardId, ordinal_of};
 pub use planner::{Membership, PlanOptions, complete_moves, plan};
-pub use status::{NodeLoad, NodeStatus};
+pub use status::{NodeLoad, NodeStatus, ShardLoad};
 pub use table::{AssignmentTable, Move, NodeInfo};
 
 /// Everything that can go wrong in this crate: invalid names and invalid assignment tables.

@@ -26,10 +26,15 @@
 //!    than k moves in the result; shards that would exceed it stay with their current owner (even a
 //!    draining one) for a later plan. Planning and completing moves repeatedly converges to the
 //!    balanced table.
+//! 9. **Load.** [`plan`] counts shards only. [`plan_with_load`](crate::plan_with_load) takes
+//!    per-shard loads and then also balances load, within ⌊S/N⌋..⌈S/N⌉ + a slack instead of rule
+//!    2's bounds (see [`crate::balance`]); rules 1 and 4-8 hold for it too, and with no loads it is
+//!    exactly [`plan`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::balance::{Loads, Slot, rebalance, tolerant_targets};
 use crate::ids::{NodeName, ShardId};
 use crate::table::{AssignmentTable, Move, NodeInfo};
 
@@ -77,6 +82,16 @@ pub fn plan(
     membership: &Membership,
     options: &PlanOptions,
 ) -> AssignmentTable {
+    plan_inner(current, membership, options, None)
+}
+
+/// [`plan`], load-aware when `loads` is given (see [`crate::balance`]).
+pub(crate) fn plan_inner(
+    current: &AssignmentTable,
+    membership: &Membership,
+    options: &PlanOptions,
+    loads: Option<Loads<'_>>,
+) -> AssignmentTable {
     let ready = &membership.ready;
     let draining: BTreeSet<NodeName> = membership
         .draining
@@ -97,6 +112,7 @@ pub fn plan(
             ready,
             &eligible,
             options.max_moves_per_node,
+            loads,
         );
     }
     if next != *current {
@@ -132,6 +148,7 @@ fn assign(
     ready: &BTreeMap<NodeName, NodeInfo>,
     eligible: &[NodeName],
     max_moves: usize,
+    loads: Option<Loads<'_>>,
 ) {
     let index: BTreeMap<&NodeName, usize> = eligible.iter().zip(0..).collect();
     let shards = next.shards;
@@ -185,7 +202,10 @@ fn assign(
         .zip(&pinned)
         .map(|(k, p)| k.len() as u32 + p)
         .collect();
-    let targets = targets(&have, &pinned, shards);
+    let mut targets = targets(&have, &pinned, shards);
+    if let Some(loads) = loads {
+        targets = tolerant_targets(&have, &pinned, &targets, shards, loads.policy.slack);
+    }
     let mut deficit = vec![0u32; eligible.len()];
     for (i, node) in eligible.iter().enumerate() {
         let keep = targets[i].saturating_sub(pinned[i]) as usize;
@@ -203,6 +223,10 @@ fn assign(
         deficit[i] = targets[i].saturating_sub(pinned[i] + kept[i].len() as u32);
     }
     homeless.sort_by_key(|h| h.shard);
+    if let Some(loads) = loads {
+        // Hottest first, so the big ones land on the least loaded nodes.
+        homeless.sort_by_key(|h| (Reverse(loads.of(h.shard)), h.shard));
+    }
 
     // 3. Budgets for the cap: moves kept in flight already use some.
     let mut budget: BTreeMap<&NodeName, usize> = ready.keys().map(|n| (n, max_moves)).collect();
@@ -220,29 +244,55 @@ fn assign(
     // 4. Hand homeless shards out in shard order, filling one receiver after another (name
     //    order) so a node's new shards form runs. Both cursors only move forward: a receiver
     //    whose deficit (or budget) is used up never becomes usable again within one plan.
+    //    Load-aware, the hottest shard goes first to the least loaded receiver instead.
+    let mut node_load: Vec<u64> = vec![0; eligible.len()];
+    if let Some(loads) = loads {
+        for shard in 0..shards {
+            if let Some(&i) = next.owner(ShardId(shard)).and_then(|o| index.get(o)) {
+                node_load[i] += loads.of(shard);
+            }
+        }
+    }
+    let least_loaded = |node_load: &[u64], usable: &dyn Fn(usize) -> bool| -> Option<usize> {
+        (0..eligible.len())
+            .filter(|&i| usable(i))
+            .min_by_key(|&i| (node_load[i], i))
+    };
+    let mut fresh: BTreeSet<u32> = BTreeSet::new();
     let mut new_moves: Vec<Move> = Vec::new();
     let mut fresh_cursor = 0;
     let mut moved_cursor = 0;
     for Homeless { shard, source } in homeless {
         let shard_id = ShardId(shard);
+        let shard_load = loads.map_or(0, |l| l.of(shard));
         let Some(source) = source else {
-            while deficit.get(fresh_cursor) == Some(&0) {
-                fresh_cursor += 1;
-            }
             // Deficits add up to the homeless count, so a receiver exists; fall back to the
             // first node rather than leave a shard without owner.
-            let i = if fresh_cursor < eligible.len() {
-                fresh_cursor
+            let i = if loads.is_some() {
+                least_loaded(&node_load, &|i| deficit[i] > 0).unwrap_or(0)
             } else {
-                0
+                while deficit.get(fresh_cursor) == Some(&0) {
+                    fresh_cursor += 1;
+                }
+                if fresh_cursor < eligible.len() {
+                    fresh_cursor
+                } else {
+                    0
+                }
             };
             deficit[i] = deficit[i].saturating_sub(1);
+            node_load[i] += shard_load;
+            fresh.insert(shard);
             next.set_owner(shard_id, Some(eligible[i].clone()));
             continue;
         };
         let source_index = index.get(&source).copied();
         let receiver = if left(&budget, &source) == 0 {
             None
+        } else if loads.is_some() {
+            least_loaded(&node_load, &|i| {
+                deficit[i] > 0 && left(&budget, &eligible[i]) > 0
+            })
         } else {
             while moved_cursor < eligible.len()
                 && (deficit[moved_cursor] == 0 || left(&budget, &eligible[moved_cursor]) == 0)
@@ -254,6 +304,7 @@ fn assign(
         match receiver {
             Some(i) if Some(i) != source_index => {
                 deficit[i] -= 1;
+                node_load[i] += shard_load;
                 for end in [&source, &eligible[i]] {
                     if let Some(b) = budget.get_mut(end) {
                         *b = b.saturating_sub(1);
@@ -271,12 +322,58 @@ fn assign(
             _ => {
                 if let Some(i) = source_index {
                     deficit[i] = deficit[i].saturating_sub(1);
+                    node_load[i] += shard_load;
                 }
                 next.set_owner(shard_id, Some(source));
             }
         }
     }
     kept_moves.extend(new_moves);
+
+    // 5. Load-aware: move or swap the busiest node's shards (see `crate::balance`), once the
+    //    count plan is not held back by the cap (no shard left with a node that may not own it).
+    let deferred = next
+        .owners()
+        .iter()
+        .any(|o| o.as_ref().is_some_and(|o| !index.contains_key(o)));
+    if let Some(loads) = loads.filter(|_| !deferred) {
+        let moving: BTreeSet<ShardId> = kept_moves.iter().map(|m| m.shard).collect();
+        let mut count = vec![0u32; eligible.len()];
+        let mut slots: Vec<Slot> = (0..shards)
+            .map(|shard| {
+                let owner = next
+                    .owner(ShardId(shard))
+                    .and_then(|o| index.get(o))
+                    .copied();
+                if let Some(i) = owner {
+                    count[i] += 1;
+                }
+                Slot {
+                    owner: owner.filter(|_| !moving.contains(&ShardId(shard))),
+                    holds: !fresh.contains(&shard),
+                }
+            })
+            .collect();
+        let mut left_per_node: Vec<usize> = eligible.iter().map(|n| left(&budget, n)).collect();
+        let steps = rebalance(
+            &mut slots,
+            &mut count,
+            &mut left_per_node,
+            loads,
+            shards,
+            &mut node_load,
+        );
+        for step in steps {
+            next.set_owner(ShardId(step.shard), Some(eligible[step.to].clone()));
+            if step.handoff {
+                kept_moves.push(Move {
+                    shard: ShardId(step.shard),
+                    from: eligible[step.from].clone(),
+                    to: eligible[step.to].clone(),
+                });
+            }
+        }
+    }
     kept_moves.sort();
     next.moves = kept_moves;
 }

@@ -63,6 +63,33 @@ pub struct NodeLoad {
     /// The window the rates were measured over, in milliseconds (0 until a second sample).
     #[serde(default)]
     pub window_ms: u64,
+    /// Per-shard load of the shards this node owns, only those with any: what load-aware
+    /// placement balances (see [`crate::balance`]). Ascending by shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardLoad>,
+}
+
+/// One owned shard's load, as its owner measures it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardLoad {
+    /// The shard.
+    pub shard: u32,
+    /// Chat messages delivered per second for the shard's rooms: each accepted message counts
+    /// once per room member (its recipients), averaged over the node's shard load window.
+    #[serde(default)]
+    pub deliveries_per_sec: u64,
+    /// Members of the shard's rooms now (connections joined to them, wherever they are).
+    #[serde(default)]
+    pub members: u64,
+}
+
+impl ShardLoad {
+    /// The weight placement balances: deliveries per second, plus one per member so that a
+    /// crowded but quiet shard is not taken for an empty one.
+    pub fn weight(&self) -> u64 {
+        self.deliveries_per_sec.saturating_add(self.members)
+    }
 }
 
 #[cfg(test)]
@@ -96,11 +123,20 @@ mod tests {
                 deliveries_per_sec: 1500,
                 frames_in_per_sec: 30,
                 window_ms: 10_000,
+                shards: vec![ShardLoad {
+                    shard: 7,
+                    deliveries_per_sec: 1200,
+                    members: 9,
+                }],
             },
         };
         let text = serde_json::to_string(&status).expect("serialise");
         assert!(text.contains("\"deliveriesPerSec\":1500"), "{text}");
         assert!(text.contains("\"shardsOwned\":3"), "{text}");
+        assert!(
+            text.contains(r#""shards":[{"shard":7,"deliveriesPerSec":1200,"members":9}]"#),
+            "{text}"
+        );
         let back: NodeStatus = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, status);
     }

@@ -79,7 +79,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use shard::{AssignmentTable, DrainStep, NodeName, PlanOptions, nodes_to_drain};
+use shard::{AssignmentTable, DrainStep, LoadPolicy, NodeName, PlanOptions, nodes_to_drain};
 
 use super::autoscaler;
 use super::checks;
@@ -101,6 +101,8 @@ pub struct Options {
     pub initial_grace: Duration,
     /// At most this many hand-offs per node in one table.
     pub max_moves_per_node: usize,
+    /// Load-aware placement by the per-shard load pods report (see [`shard::balance`]).
+    pub balance: LoadPolicy,
     /// Requeue interval while pods start, shards move or a drain runs.
     pub busy_requeue: Duration,
     /// Requeue interval of a settled cluster (a safety net; changes arrive as watch events).
@@ -117,6 +119,7 @@ impl Default for Options {
         Options {
             initial_grace: Duration::from_secs(30),
             max_moves_per_node: 64,
+            balance: LoadPolicy::default(),
             busy_requeue: Duration::from_secs(2),
             idle_requeue: Duration::from_secs(60),
             max_backoff: Duration::from_secs(300),
@@ -309,6 +312,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
         plan: PlanOptions {
             max_moves_per_node: ctx.options.max_moves_per_node,
         },
+        balance: ctx.options.balance.clone(),
         drain_timeout: checked.handoff_timeout,
         pod_prefix: names.statefulset.clone(),
         initial_grace: ctx.options.initial_grace,

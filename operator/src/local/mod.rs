@@ -174,6 +174,7 @@ impl LocalCluster {
                 plan: PlanOptions {
                     max_moves_per_node: options.max_moves_per_node,
                 },
+                balance: options.balance.clone(),
                 drain_timeout: options
                     .drain_timeout
                     .unwrap_or(options.handoff_timeout.saturating_mul(3)),

@@ -33,6 +33,8 @@ pub struct LocalOptions {
     pub drain_timeout: Option<Duration>,
     /// Cap on the moves one node takes part in per table (see [`shard::PlanOptions`]).
     pub max_moves_per_node: usize,
+    /// Load-aware placement by the per-shard load nodes report (see [`shard::balance`]).
+    pub balance: shard::LoadPolicy,
     /// Extra arguments appended to every node's command line.
     pub node_args: Vec<String>,
     /// Write each node's stderr to `{log_dir}/{name}.log` instead of the driver's stderr.
@@ -56,6 +58,7 @@ impl Default for LocalOptions {
             shutdown_grace: Duration::from_secs(10),
             drain_timeout: None,
             max_moves_per_node: 64,
+            balance: shard::LoadPolicy::default(),
             node_args: Vec::new(),
             log_dir: None,
             interval: Duration::from_millis(250),

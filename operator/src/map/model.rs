@@ -283,6 +283,7 @@ mod tests {
                 deliveries_per_sec: deliveries,
                 frames_in_per_sec: 1,
                 window_ms: 10_000,
+                ..NodeLoad::default()
             },
             ..Report::default()
         }
