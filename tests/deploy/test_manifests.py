@@ -54,74 +54,60 @@ def prometheus_operator_kind(kind: str, spec: dict) -> dict:
     }
 
 
-def list_of(item_properties: dict, required: list[str] | None = None, min_items: int = 1) -> dict:
-    """A schema for a list of at least `min_items` objects with exactly `item_properties`."""
-    item = {"type": "object", "additionalProperties": False}
+def closed_object(properties: dict, required: list[str] | None = None) -> dict:
+    """A schema for an object with `required` of `properties` and no other field."""
+    schema = {"type": "object", "additionalProperties": False}
     if required:
-        item["required"] = required
-    item["properties"] = item_properties
-    return {"type": "array", "minItems": min_items, "items": item}
+        schema["required"] = required
+    schema["properties"] = properties
+    return schema
 
 
-SERVICE_MONITOR_SUBSET = prometheus_operator_kind("ServiceMonitor", {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["endpoints", "selector"],
-    "properties": {
-        "namespaceSelector": NAMESPACE_SELECTOR,
-        "selector": SELECTOR,
-        "endpoints": list_of({**SCRAPE_ENDPOINT, "honorLabels": {"type": "boolean"}}),
-    },
-})
+def list_of(item_properties: dict, required: list[str] | None = None) -> dict:
+    """A schema for a non-empty list of `closed_object(item_properties, required)`."""
+    return {"type": "array", "minItems": 1, "items": closed_object(item_properties, required)}
+
+
+SERVICE_MONITOR_SUBSET = prometheus_operator_kind("ServiceMonitor", closed_object({
+    "namespaceSelector": NAMESPACE_SELECTOR,
+    "selector": SELECTOR,
+    "endpoints": list_of({**SCRAPE_ENDPOINT, "honorLabels": {"type": "boolean"}}),
+}, required=["endpoints", "selector"]))
 
 # PodMonitor and PrometheusRule, the other prometheus-operator CRDs the chart can render, are
 # unknown to kubernetes-validate too (test_kubernetes_validate_knows_no_prometheus_operator_kind
 # shows it): the same kind of subset, from the same API reference.
-POD_MONITOR_SUBSET = prometheus_operator_kind("PodMonitor", {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["podMetricsEndpoints", "selector"],
-    "properties": {
-        "namespaceSelector": NAMESPACE_SELECTOR,
-        "selector": SELECTOR,
-        "podMetricsEndpoints": list_of({
-            **SCRAPE_ENDPOINT,
-            "relabelings": {
-                "type": "array",
-                "items": {
-                    "type": "object", "additionalProperties": False,
-                    "properties": {
-                        "sourceLabels": {"type": "array",
-                                         "items": {"type": "string",
-                                                   "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
-                        "targetLabel": {"type": "string"},
-                        "action": {"type": "string"},
-                        "regex": {"type": "string"},
-                        "replacement": {"type": "string"},
-                    },
-                },
-            },
-        }),
-    },
-})
-PROMETHEUS_RULE_SUBSET = prometheus_operator_kind("PrometheusRule", {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["groups"],
-    "properties": {
-        "groups": list_of({
-            "name": {"type": "string", "minLength": 1},
-            "interval": {"type": "string", "pattern": PROM_DURATION},
-            "rules": list_of({
-                "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
-                "expr": {"type": "string", "minLength": 1},
-                "for": {"type": "string", "pattern": PROM_DURATION},
-                "labels": LABELS,
-                "annotations": LABELS,
-            }, required=["alert", "expr"]),
-        }, required=["name", "rules"]),
-    },
-})
+POD_MONITOR_SUBSET = prometheus_operator_kind("PodMonitor", closed_object({
+    "namespaceSelector": NAMESPACE_SELECTOR,
+    "selector": SELECTOR,
+    "podMetricsEndpoints": list_of({
+        **SCRAPE_ENDPOINT,
+        "relabelings": {
+            "type": "array",
+            "items": closed_object({
+                "sourceLabels": {"type": "array",
+                                 "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+                "targetLabel": {"type": "string"},
+                "action": {"type": "string"},
+                "regex": {"type": "string"},
+                "replacement": {"type": "string"},
+            }),
+        },
+    }),
+}, required=["podMetricsEndpoints", "selector"]))
+PROMETHEUS_RULE_SUBSET = prometheus_operator_kind("PrometheusRule", closed_object({
+    "groups": list_of({
+        "name": {"type": "string", "minLength": 1},
+        "interval": {"type": "string", "pattern": PROM_DURATION},
+        "rules": list_of({
+            "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+            "expr": {"type": "string", "minLength": 1},
+            "for": {"type": "string", "pattern": PROM_DURATION},
+            "labels": LABELS,
+            "annotations": LABELS,
+        }, required=["alert", "expr"]),
+    }, required=["name", "rules"]),
+}, required=["groups"]))
 #: What each prometheus-operator kind is checked against instead of the Kubernetes schemas.
 CRD_SUBSETS = {
     "ServiceMonitor": SERVICE_MONITOR_SUBSET,
