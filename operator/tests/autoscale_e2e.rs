@@ -8,8 +8,9 @@ mod real_nodes;
 
 use std::time::Duration;
 
+use operator::ClusterView;
 use operator::autoscale::{Policy, Targets};
-use operator::local::LocalOptions;
+use operator::local::{LocalCluster, LocalOptions};
 use real_nodes::{Client, binary, cluster_with, options, ws_urls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,15 +65,7 @@ async fn the_cluster_grows_with_its_connections_and_shrinks_through_the_drain_wh
     // The load falls: the clients leave, and after the 3 s down-window the cluster shrinks,
     // each removed node drained first.
     drop(clients);
-    let mut saw_drain = false;
-    let shrunk = cluster
-        .wait_for(Duration::from_secs(90), |v| {
-            saw_drain |= !v.drain.draining.is_empty();
-            v.desired_replicas == 1 && v.is_settled()
-        })
-        .await
-        .expect("the cluster shrinks back to 1 node");
-    assert!(saw_drain, "the scale-in went through the drain");
+    let shrunk = shrinks_to_one_node_through_the_drain(&cluster).await;
     let scaled = shrunk.autoscaling.clone().expect("autoscaling view");
     assert_eq!(scaled.last_to, Some(1));
     assert!(
@@ -150,6 +143,18 @@ async fn the_cluster_follows_the_delivery_rate_of_a_chat_load_up_and_back_down()
     assert!(finished.success(), "roomshard-bench: {finished}");
     // The rate decays over the nodes' 10 s window; 3 s of low recommendations later the
     // cluster shrinks, through the drain.
+    let shrunk = shrinks_to_one_node_through_the_drain(&cluster).await;
+    let scaled = shrunk.autoscaling.expect("autoscaling view");
+    assert_eq!(
+        (scaled.last_from, scaled.last_to, scaled.scalings),
+        (Some(2), Some(1), 2)
+    );
+    cluster.shutdown().await.expect("clean shutdown");
+}
+
+/// Waits (up to 90 s) for `cluster` to settle at 1 node, asserting that the scale-in went
+/// through the drain, and returns the settled view.
+async fn shrinks_to_one_node_through_the_drain(cluster: &LocalCluster) -> ClusterView {
     let mut saw_drain = false;
     let shrunk = cluster
         .wait_for(Duration::from_secs(90), |v| {
@@ -159,10 +164,5 @@ async fn the_cluster_follows_the_delivery_rate_of_a_chat_load_up_and_back_down()
         .await
         .expect("the cluster shrinks back to 1 node");
     assert!(saw_drain, "the scale-in went through the drain");
-    let scaled = shrunk.autoscaling.expect("autoscaling view");
-    assert_eq!(
-        (scaled.last_from, scaled.last_to, scaled.scalings),
-        (Some(2), Some(1), 2)
-    );
-    cluster.shutdown().await.expect("clean shutdown");
+    shrunk
 }

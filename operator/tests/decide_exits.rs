@@ -3,26 +3,15 @@
 //! like a scale-down, stays in the table as a source until its process is gone, and a pod that
 //! comes back under the same name gets shards again only once ready, by hand-off.
 
+mod decide_support;
+
 use std::time::Duration;
 
-use operator::decide::{DecideOptions, Decision, Inputs, PodView, Report, decide, pod_name};
-use shard::{AssignmentTable, DrainStep, NodeInfo, NodeName, PlanOptions, complete_moves};
+use decide_support::{name, options};
+use operator::decide::{Decision, Inputs, PodView, Report, decide};
+use shard::{AssignmentTable, DrainStep, NodeInfo, complete_moves};
 
 const SHARDS: u32 = 12;
-
-fn options() -> DecideOptions {
-    DecideOptions {
-        plan: PlanOptions::default(),
-        balance: shard::LoadPolicy::default(),
-        drain_timeout: Duration::from_secs(30),
-        pod_prefix: "node".into(),
-        initial_grace: Duration::from_secs(10),
-    }
-}
-
-fn name(i: u32) -> NodeName {
-    pod_name("node", i).expect("valid pod name")
-}
 
 fn ready(i: u32, epoch: u64) -> PodView {
     PodView {

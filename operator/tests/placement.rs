@@ -1,29 +1,15 @@
 //! The decision step with per-shard loads: a skewed report moves the hot shards off the busy
 //! node, an even one moves nothing, and planning again on the result changes nothing.
 
+mod decide_support;
+
 use std::time::Duration;
 
-use operator::decide::{DecideOptions, Decision, Inputs, PodView, Report, decide, pod_name};
-use shard::{
-    AssignmentTable, LoadPolicy, Membership, NodeInfo, NodeLoad, NodeName, PlanOptions, ShardId,
-    ShardLoad,
-};
+use decide_support::{name, options};
+use operator::decide::{Decision, Inputs, PodView, Report, decide};
+use shard::{AssignmentTable, Membership, NodeInfo, NodeLoad, PlanOptions, ShardId, ShardLoad};
 
 const SHARDS: u32 = 12;
-
-fn options() -> DecideOptions {
-    DecideOptions {
-        plan: PlanOptions::default(),
-        balance: LoadPolicy::default(),
-        drain_timeout: Duration::from_secs(30),
-        pod_prefix: "node".into(),
-        initial_grace: Duration::from_secs(10),
-    }
-}
-
-fn name(i: u32) -> NodeName {
-    pod_name("node", i).expect("valid pod name")
-}
 
 fn info(i: u32) -> NodeInfo {
     NodeInfo::new(format!("127.0.0.1:{}", 7000 + i))

@@ -257,16 +257,20 @@ fn setup(hot: &[(u32, u64)]) -> (AssignmentTable, Membership, Loads) {
     (table, common::membership(0..4, &[]), loads)
 }
 
+/// Plans `table` with the default count options and the given load `policy`.
+fn plan_by_load(
+    table: &AssignmentTable,
+    membership: &Membership,
+    policy: &LoadPolicy,
+    loads: &Loads,
+) -> AssignmentTable {
+    plan_with_load(table, membership, &PlanOptions::default(), policy, loads)
+}
+
 #[test]
 fn even_load_moves_nothing() {
     let (table, membership, loads) = setup(&[]);
-    let after = plan_with_load(
-        &table,
-        &membership,
-        &PlanOptions::default(),
-        &LoadPolicy::default(),
-        &loads,
-    );
+    let after = plan_by_load(&table, &membership, &LoadPolicy::default(), &loads);
     assert_eq!(after, table);
 }
 
@@ -277,13 +281,7 @@ fn load_noise_inside_the_trigger_band_moves_nothing() {
     let eligible = membership.eligible();
     let per_node = node_loads(&table, &eligible, &loads);
     assert!(per_node[0] * 100 * 4 < 125 * per_node.iter().sum::<u64>());
-    let after = plan_with_load(
-        &table,
-        &membership,
-        &PlanOptions::default(),
-        &LoadPolicy::default(),
-        &loads,
-    );
+    let after = plan_by_load(&table, &membership, &LoadPolicy::default(), &loads);
     assert_eq!(after, table);
 }
 
@@ -293,13 +291,7 @@ fn two_hot_shards_on_one_node_are_split_with_the_fewest_moves() {
     let (table, membership, loads) = setup(&[(0, 100), (1, 100)]);
     assert_eq!(table.owner(ShardId(0)), Some(&node(0)));
     assert_eq!(table.owner(ShardId(1)), Some(&node(0)));
-    let after = plan_with_load(
-        &table,
-        &membership,
-        &PlanOptions::default(),
-        &LoadPolicy::default(),
-        &loads,
-    );
+    let after = plan_by_load(&table, &membership, &LoadPolicy::default(), &loads);
     let eligible = membership.eligible();
     let per_node = node_loads(&after, &eligible, &loads);
     let (max, total) = (
@@ -316,13 +308,7 @@ fn two_hot_shards_on_one_node_are_split_with_the_fewest_moves() {
     // Done once the hand-offs complete: the next plan keeps the table.
     let done = complete_moves(&after, &after.moves);
     assert_eq!(
-        plan_with_load(
-            &done,
-            &membership,
-            &PlanOptions::default(),
-            &LoadPolicy::default(),
-            &loads
-        ),
+        plan_by_load(&done, &membership, &LoadPolicy::default(), &loads),
         done
     );
 }
@@ -330,13 +316,7 @@ fn two_hot_shards_on_one_node_are_split_with_the_fewest_moves() {
 #[test]
 fn a_policy_that_is_off_plans_by_count_only() {
     let (table, membership, loads) = setup(&[(0, 300), (1, 300)]);
-    let after = plan_with_load(
-        &table,
-        &membership,
-        &PlanOptions::default(),
-        &LoadPolicy::off(),
-        &loads,
-    );
+    let after = plan_by_load(&table, &membership, &LoadPolicy::off(), &loads);
     assert_eq!(after, table);
 }
 
@@ -345,13 +325,7 @@ fn a_node_joining_takes_load_and_not_just_shards() {
     // node-0 holds both hot shards: 350 of 820.
     let (table, _, loads) = setup(&[(0, 100), (1, 100)]);
     let joined = common::membership(0..5, &[]);
-    let after = plan_with_load(
-        &table,
-        &joined,
-        &PlanOptions::default(),
-        &LoadPolicy::default(),
-        &loads,
-    );
+    let after = plan_by_load(&table, &joined, &LoadPolicy::default(), &loads);
     let eligible = joined.eligible();
     let max = |t: &AssignmentTable| node_loads(t, &eligible, &loads).into_iter().max();
     let by_count = plan(&table, &joined, &PlanOptions::default());

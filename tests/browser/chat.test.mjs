@@ -12,11 +12,9 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium, nodeBin } from './support.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const nodeBin = path.resolve(here, process.env.ROOMSHARD_NODE_BIN || '../../target/debug/roomshard-node');
-const chromiumBin = process.env.CHROMIUM || '/usr/bin/chromium';
 const artifacts = path.join(here, 'artifacts');
 
 const START_TIMEOUT_MS = 20_000; // node binary printing its listening line
@@ -108,12 +106,7 @@ async function openAs(context, user, room) {
 before(async () => {
   const port = await startNode();
   baseUrl = `http://127.0.0.1:${port}/`;
-  browser = await chromium.launch({
-    executablePath: chromiumBin,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    timeout: STEP_TIMEOUT_MS,
-  });
+  browser = await launchChromium(STEP_TIMEOUT_MS);
 });
 
 after(async () => {

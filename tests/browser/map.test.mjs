@@ -13,83 +13,27 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const operatorBin = path.resolve(here, process.env.ROOMSHARD_OPERATOR_BIN || '../../target/debug/roomshard-operator');
-const nodeBin = path.resolve(here, process.env.ROOMSHARD_NODE_BIN || '../../target/debug/roomshard-node');
-const chromiumBin = process.env.CHROMIUM || '/usr/bin/chromium';
+import { LocalCluster, launchChromium } from './support.mjs';
 
 const START_TIMEOUT_MS = 40_000; // the cluster settling and printing its banner
 const STEP_TIMEOUT_MS = 20_000;  // any single wait in the browser
 const SHARDS = 64;
 
-let cluster;          // the roomshard-operator child process
-let clusterLog = '';  // its stdout and stderr, shown when something fails
+let cluster;          // the local cluster (see support.mjs)
 let browser;
 
-/** Starts `roomshard-operator local --nodes 3` and resolves with the node URLs and admin URL. */
-function startCluster() {
-  for (const bin of [operatorBin, nodeBin]) {
-    if (!fs.existsSync(bin)) throw new Error(`${bin} not found; run \`cargo build --workspace --bins\``);
-  }
-  cluster = spawn(operatorBin, ['local', '--nodes', '3', '--shards', String(SHARDS), '--port', '0',
-    '--node-bin', nodeBin, '--max-moves-per-node', '1', '--shutdown-grace', '3s', '--', '--worker-threads', '1'],
-  { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no banner from the local cluster within ${START_TIMEOUT_MS} ms:\n${clusterLog}`)), START_TIMEOUT_MS);
-    const nodes = {};
-    cluster.stdout.setEncoding('utf8');
-    cluster.stderr.setEncoding('utf8');
-    cluster.stderr.on('data', (chunk) => { clusterLog += chunk; });
-    cluster.stdout.on('data', (chunk) => {
-      clusterLog += chunk;
-      for (const line of chunk.split('\n')) {
-        const node = line.match(/^\s+(node-\d+)\s+ws:\/\/(127\.0\.0\.1:\d+)\/ws/);
-        if (node) nodes[node[1]] = node[2];
-        const admin = line.match(/^admin:\s+(http:\/\/127\.0\.0\.1:\d+)/);
-        if (admin) { clearTimeout(timer); resolve({ nodes, admin: admin[1] }); }
-      }
-    });
-    cluster.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`the local cluster exited early (code ${code}, signal ${signal}):\n${clusterLog}`));
-    });
-  });
-}
-
-function killCluster(signal) {
-  if (!cluster) return;
-  try { process.kill(-cluster.pid, signal); } catch { /* already gone */ }
-}
-process.once('exit', () => killCluster('SIGKILL'));
-
 before(async () => {
-  const info = await startCluster();
-  assert.ok(info.nodes['node-0'] && info.nodes['node-2'], `the nodes are listed in the banner:\n${clusterLog}`);
+  cluster = new LocalCluster(['--nodes', '3', '--shards', String(SHARDS), '--max-moves-per-node', '1',
+    '--shutdown-grace', '3s', '--', '--worker-threads', '1'], START_TIMEOUT_MS);
+  const info = await cluster.started;
+  assert.ok(info.nodes['node-0'] && info.nodes['node-2'], `the nodes are listed in the banner:\n${cluster.log}`);
   cluster.info = info;
-  browser = await chromium.launch({
-    executablePath: chromiumBin,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    timeout: STEP_TIMEOUT_MS,
-  });
+  browser = await launchChromium(STEP_TIMEOUT_MS);
 });
 
 after(async () => {
   await browser?.close().catch(() => {});
-  if (cluster && cluster.exitCode === null && cluster.signalCode === null) {
-    const exited = new Promise((resolve) => cluster.once('exit', resolve));
-    killCluster('SIGINT'); // the driver stops every node on Ctrl-C
-    const timer = setTimeout(() => killCluster('SIGKILL'), 10_000);
-    await exited;
-    clearTimeout(timer);
-  }
-  killCluster('SIGKILL');
+  await cluster?.stop();
 });
 
 /** The shard counts the map shows, by pod. */
@@ -105,7 +49,7 @@ async function cellOwners(page) {
 }
 
 test('the shard map shows every pod and shard, then a scale-down draining a pod, then the smaller cluster', { timeout: 120_000 }, async (t) => {
-  t.after(() => { if (t.passed === false) console.error(clusterLog); });
+  t.after(() => { if (t.passed === false) console.error(cluster.log); });
   const { admin, nodes } = cluster.info;
   const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
   try {

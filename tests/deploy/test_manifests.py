@@ -18,141 +18,96 @@ from conftest import CHART_DIR, KUBE_VERSIONS, NEWEST_KUBE, OLDEST_KUBE, VALUE_S
 # reference; the duration pattern is the CRD's own).
 PROM_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
 LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
-SERVICE_MONITOR_SUBSET = {
+PROM_METADATA = {
     "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": {
-            "type": "object",
-            "required": ["name", "namespace"],
-            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
-                           "labels": LABELS},
-        },
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["endpoints", "selector"],
-            "properties": {
-                "namespaceSelector": {
-                    "type": "object", "additionalProperties": False,
-                    "properties": {"any": {"type": "boolean"},
-                                   "matchNames": {"type": "array", "items": {"type": "string"}}},
-                },
-                "selector": {"type": "object", "additionalProperties": False,
-                             "properties": {"matchLabels": LABELS,
-                                            "matchExpressions": {"type": "array"}}},
-                "endpoints": {
-                    "type": "array", "minItems": 1,
-                    "items": {
-                        "type": "object", "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "interval": {"type": "string", "pattern": PROM_DURATION},
-                            "scrapeTimeout": {"type": "string", "pattern": PROM_DURATION},
-                            "honorLabels": {"type": "boolean"},
-                        },
-                    },
-                },
-            },
-        },
-    },
+    "required": ["name", "namespace"],
+    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": LABELS},
 }
+NAMESPACE_SELECTOR = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"any": {"type": "boolean"},
+                   "matchNames": {"type": "array", "items": {"type": "string"}}},
+}
+SELECTOR = {"type": "object", "additionalProperties": False,
+            "properties": {"matchLabels": LABELS, "matchExpressions": {"type": "array"}}}
+#: The fields a ServiceMonitor endpoint and a PodMonitor podMetricsEndpoint share.
+SCRAPE_ENDPOINT = {
+    "port": {"type": "string"},
+    "path": {"type": "string"},
+    "interval": {"type": "string", "pattern": PROM_DURATION},
+    "scrapeTimeout": {"type": "string", "pattern": PROM_DURATION},
+}
+
+
+def prometheus_operator_kind(kind: str, spec: dict) -> dict:
+    """The schema subset of a monitoring.coreos.com/v1 `kind` whose spec is checked against
+    `spec`: the envelope (apiVersion, kind, metadata) is the same for every kind."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": PROM_METADATA,
+            "spec": spec,
+        },
+    }
+
+
+def closed_object(properties: dict, required: list[str] | None = None) -> dict:
+    """A schema for an object with `required` of `properties` and no other field."""
+    schema = {"type": "object", "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    schema["properties"] = properties
+    return schema
+
+
+def list_of(item_properties: dict, required: list[str] | None = None) -> dict:
+    """A schema for a non-empty list of `closed_object(item_properties, required)`."""
+    return {"type": "array", "minItems": 1, "items": closed_object(item_properties, required)}
+
+
+SERVICE_MONITOR_SUBSET = prometheus_operator_kind("ServiceMonitor", closed_object({
+    "namespaceSelector": NAMESPACE_SELECTOR,
+    "selector": SELECTOR,
+    "endpoints": list_of({**SCRAPE_ENDPOINT, "honorLabels": {"type": "boolean"}}),
+}, required=["endpoints", "selector"]))
 
 # PodMonitor and PrometheusRule, the other prometheus-operator CRDs the chart can render, are
 # unknown to kubernetes-validate too (test_kubernetes_validate_knows_no_prometheus_operator_kind
 # shows it): the same kind of subset, from the same API reference.
-PROM_METADATA = SERVICE_MONITOR_SUBSET["properties"]["metadata"]
-POD_MONITOR_SUBSET = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PodMonitor"},
-        "metadata": PROM_METADATA,
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["podMetricsEndpoints", "selector"],
-            "properties": {
-                "namespaceSelector": SERVICE_MONITOR_SUBSET["properties"]["spec"]["properties"]
-                ["namespaceSelector"],
-                "selector": SERVICE_MONITOR_SUBSET["properties"]["spec"]["properties"]["selector"],
-                "podMetricsEndpoints": {
-                    "type": "array", "minItems": 1,
-                    "items": {
-                        "type": "object", "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "interval": {"type": "string", "pattern": PROM_DURATION},
-                            "scrapeTimeout": {"type": "string", "pattern": PROM_DURATION},
-                            "relabelings": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object", "additionalProperties": False,
-                                    "properties": {
-                                        "sourceLabels": {"type": "array",
-                                                         "items": {"type": "string",
-                                                                   "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
-                                        "targetLabel": {"type": "string"},
-                                        "action": {"type": "string"},
-                                        "regex": {"type": "string"},
-                                        "replacement": {"type": "string"},
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
-            },
+POD_MONITOR_SUBSET = prometheus_operator_kind("PodMonitor", closed_object({
+    "namespaceSelector": NAMESPACE_SELECTOR,
+    "selector": SELECTOR,
+    "podMetricsEndpoints": list_of({
+        **SCRAPE_ENDPOINT,
+        "relabelings": {
+            "type": "array",
+            "items": closed_object({
+                "sourceLabels": {"type": "array",
+                                 "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+                "targetLabel": {"type": "string"},
+                "action": {"type": "string"},
+                "regex": {"type": "string"},
+                "replacement": {"type": "string"},
+            }),
         },
-    },
-}
-PROMETHEUS_RULE_SUBSET = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": PROM_METADATA,
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["groups"],
-            "properties": {
-                "groups": {
-                    "type": "array", "minItems": 1,
-                    "items": {
-                        "type": "object", "additionalProperties": False,
-                        "required": ["name", "rules"],
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "interval": {"type": "string", "pattern": PROM_DURATION},
-                            "rules": {
-                                "type": "array", "minItems": 1,
-                                "items": {
-                                    "type": "object", "additionalProperties": False,
-                                    "required": ["alert", "expr"],
-                                    "properties": {
-                                        "alert": {"type": "string",
-                                                  "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
-                                        "expr": {"type": "string", "minLength": 1},
-                                        "for": {"type": "string", "pattern": PROM_DURATION},
-                                        "labels": LABELS,
-                                        "annotations": LABELS,
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
+    }),
+}, required=["podMetricsEndpoints", "selector"]))
+PROMETHEUS_RULE_SUBSET = prometheus_operator_kind("PrometheusRule", closed_object({
+    "groups": list_of({
+        "name": {"type": "string", "minLength": 1},
+        "interval": {"type": "string", "pattern": PROM_DURATION},
+        "rules": list_of({
+            "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+            "expr": {"type": "string", "minLength": 1},
+            "for": {"type": "string", "pattern": PROM_DURATION},
+            "labels": LABELS,
+            "annotations": LABELS,
+        }, required=["alert", "expr"]),
+    }, required=["name", "rules"]),
+}, required=["groups"]))
 #: What each prometheus-operator kind is checked against instead of the Kubernetes schemas.
 CRD_SUBSETS = {
     "ServiceMonitor": SERVICE_MONITOR_SUBSET,

@@ -155,22 +155,26 @@ def unexcused(result: Scan, scope: str, name: str, exceptions: dict[str, dict[st
             if not excused(check, scope, name, exceptions)]
 
 
+def assert_only_documented_findings(result: Scan, scope: str, name: str,
+                                    exceptions: dict[str, dict[str, Any]]) -> None:
+    """Prints the scan `name` of `scope` in brief and fails on any finding that is not a
+    documented exception."""
+    print(f"{name}: {len(result.passed)} passed, {len(result.failed)} failed:",
+          sorted({c for c, _ in result.failed}))
+    assert unexcused(result, scope, name, exceptions) == []
+
+
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
 def test_the_rendered_chart_has_no_finding_but_the_documented_exceptions(
         chart_scans, exceptions, value_set):
-    result = chart_scans[value_set]
-    print(f"{value_set}: {len(result.passed)} passed, {len(result.failed)} failed:",
-          sorted({c for c, _ in result.failed}))
-    assert unexcused(result, "chart", value_set, exceptions) == []
+    assert_only_documented_findings(chart_scans[value_set], "chart", value_set, exceptions)
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_the_children_of_every_example_have_no_finding_but_the_documented_exceptions(
         children_scans, exceptions, example):
-    result = children_scans[example]
-    print(f"{example}: {len(result.passed)} passed, {len(result.failed)} failed:",
-          sorted({c for c, _ in result.failed}))
-    assert unexcused(result, "children", example, exceptions) == []
+    assert_only_documented_findings(children_scans[example], "children", example,
+                                    exceptions)
 
 
 def test_every_exception_still_matches_a_finding_in_each_of_its_scopes(

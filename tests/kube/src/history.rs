@@ -125,3 +125,60 @@ impl History {
         history
     }
 }
+
+/// Checks, in `events` (resourceVersion order), that the StatefulSet went down to `replicas`
+/// only once a published table had emptied every pod in `gone` (no shards, no pending move to
+/// or from it), and that each of them terminated only after that: a scale-in drains first.
+///
+/// # Errors
+///
+/// When `events` lack the scale-in, a table before it, or the termination of a pod in `gone`.
+///
+/// # Panics
+///
+/// When a pod in `gone` still had shards or moves, or terminated before the StatefulSet shrank.
+pub fn drained_before_removed(
+    events: &[(u64, Seen)],
+    replicas: i32,
+    gone: &[&str],
+) -> crate::TestResult {
+    let shrunk = events
+        .iter()
+        .find(|(_, s)| matches!(s, Seen::Replicas(r) if *r == replicas))
+        .map(|(rv, _)| *rv)
+        .ok_or(format!("no StatefulSet event with {replicas} replicas"))?;
+    let table_then = events
+        .iter()
+        .filter(|(rv, _)| *rv < shrunk)
+        .filter_map(|(_, s)| match s {
+            Seen::Table(t) => Some(t.clone()),
+            _ => None,
+        })
+        .next_back()
+        .ok_or("no table before the StatefulSet shrank")?;
+    for name in gone {
+        let node = shard::NodeName::new(*name)?;
+        assert!(
+            table_then.shards_of(&node).is_empty(),
+            "{name} owned shards when the StatefulSet shrank: {:?}",
+            table_then.counts()
+        );
+        assert!(
+            table_then
+                .moves
+                .iter()
+                .all(|m| m.from != node && m.to != node),
+            "moves of {name} were pending when the StatefulSet shrank"
+        );
+        let terminating = events
+            .iter()
+            .find(|(_, s)| matches!(s, Seen::PodTerminating(p) if p == name))
+            .map(|(rv, _)| *rv)
+            .ok_or(format!("{name} was never terminating"))?;
+        assert!(
+            shrunk < terminating,
+            "{name} terminated at {terminating}, before the StatefulSet shrank at {shrunk}"
+        );
+    }
+    Ok(())
+}

@@ -341,6 +341,25 @@ impl Cluster {
         Ok((chats, history, proxy))
     }
 
+    /// The messages of the Events with `reason` about the object `name`, space-separated
+    /// (`kubectl get events`).
+    ///
+    /// # Errors
+    ///
+    /// When kubectl fails.
+    pub async fn event_messages(&self, reason: &str, name: &str) -> TestResult<String> {
+        let selector = format!("reason={reason},involvedObject.name={name}");
+        self.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            &selector,
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .await
+    }
+
     /// Stops everything.
     pub async fn stop(self) {
         self.inner.stop().await;
@@ -365,6 +384,18 @@ pub async fn settled(
         && i32::try_from(s.shards_per_node.len()).ok()? == replicas
         && s.shards_per_node.values().all(|n| (low..=high).contains(n)))
     .then_some(())
+}
+
+/// The whitespace-separated columns of line `line` of kubectl's table output (0 is the header);
+/// empty when there is no such line.
+#[must_use]
+pub fn kubectl_row(table: &str, line: usize) -> Vec<&str> {
+    table
+        .lines()
+        .nth(line)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect()
 }
 
 /// Polls `f` until it gives a value, at most `within`.

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 use kube_e2e::chat::ChatClient;
-use kube_e2e::history::Seen;
-use kube_e2e::{Cluster, TestResult, eventually, settled, with_cluster};
+use kube_e2e::history::{Seen, drained_before_removed};
+use kube_e2e::{Cluster, TestResult, eventually, kubectl_row, settled, with_cluster};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -62,12 +62,7 @@ async fn scenario(cluster: &Cluster) -> TestResult {
         "{scale}"
     );
     let table = cluster.kubectl(&["get", "chat", "minimal"]).await?;
-    let row: Vec<&str> = table
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let row = kubectl_row(&table, 1);
     assert_eq!(row.get(1..3), Some(&["4", "4"][..]), "{table}");
 
     cluster
@@ -81,7 +76,7 @@ async fn scenario(cluster: &Cluster) -> TestResult {
         (pod_count().await? == 2).then_some(())
     })
     .await?;
-    drained_before_removed(&history.events(), &["minimal-2", "minimal-3"])?;
+    drained_before_removed(&history.events(), 2, &["minimal-2", "minimal-3"])?;
 
     // 2. Invalid autoscaling specs are refused with the field named.
     for (autoscaling, field) in [
@@ -151,16 +146,7 @@ async fn scenario(cluster: &Cluster) -> TestResult {
         reason.contains("to 4: connections per pod") && reason.contains("target of 10"),
         "{reason}"
     );
-    let events = cluster
-        .kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            "reason=Scaled,involvedObject.name=minimal",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ])
-        .await?;
+    let events = cluster.event_messages("Scaled", "minimal").await?;
     // Each change has its own event, with its reason.
     assert!(events.contains("to 4: connections per pod"), "{events}");
     let managers = cluster
@@ -187,16 +173,7 @@ async fn scenario(cluster: &Cluster) -> TestResult {
         (pod_count().await? == 2).then_some(())
     })
     .await?;
-    let events = cluster
-        .kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            "reason=Scaled,involvedObject.name=minimal",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ])
-        .await?;
+    let events = cluster.event_messages("Scaled", "minimal").await?;
     assert!(events.contains("to 2: connections per pod 0.0"), "{events}");
     let shrunk = chats.get("minimal").await?;
     let auto = shrunk
@@ -221,45 +198,9 @@ async fn scenario(cluster: &Cluster) -> TestResult {
         .ok_or("the autoscaler never took the StatefulSet to 4 replicas")?;
     drained_before_removed(
         &events[first_down + autoscaled_up..],
+        2,
         &["minimal-2", "minimal-3"],
     )?;
     stop.cancel();
-    Ok(())
-}
-
-/// In `events` (resourceVersion order), the StatefulSet went to 2 only once a published table
-/// had emptied every pod in `gone`, and each of them terminated only after that.
-fn drained_before_removed(events: &[(u64, Seen)], gone: &[&str]) -> TestResult {
-    let shrunk = events
-        .iter()
-        .find(|(_, s)| matches!(s, Seen::Replicas(2)))
-        .map(|(rv, _)| *rv)
-        .ok_or("no StatefulSet event with 2 replicas")?;
-    let table_then = events
-        .iter()
-        .filter(|(rv, _)| *rv < shrunk)
-        .filter_map(|(_, s)| match s {
-            Seen::Table(t) => Some(t.clone()),
-            _ => None,
-        })
-        .next_back()
-        .ok_or("no table before the StatefulSet shrank")?;
-    for name in gone {
-        let node = shard::NodeName::new(*name)?;
-        assert!(
-            table_then.shards_of(&node).is_empty(),
-            "{name} owned shards when the StatefulSet shrank: {:?}",
-            table_then.counts()
-        );
-        let terminating = events
-            .iter()
-            .find(|(_, s)| matches!(s, Seen::PodTerminating(p) if p == name))
-            .map(|(rv, _)| *rv)
-            .ok_or(format!("{name} was never terminating"))?;
-        assert!(
-            shrunk < terminating,
-            "{name} terminated at {terminating}, before the StatefulSet shrank at {shrunk}"
-        );
-    }
     Ok(())
 }

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use kube::Api;
 use kube_e2e::bench::Load;
-use kube_e2e::history::Seen;
+use kube_e2e::history::{Seen, drained_before_removed};
 use kube_e2e::{Cluster, TestResult, eventually, settled, with_cluster};
-use shard::NodeName;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,44 +70,7 @@ async fn scale(cluster: &Cluster) -> TestResult {
     // The order, as etcd saw it: each removed pod was emptied in a published table before the
     // StatefulSet went to 2, and terminated only after that.
     let events = history.events();
-    let shrunk = events
-        .iter()
-        .find(|(_, s)| matches!(s, Seen::Replicas(2)))
-        .map(|(rv, _)| *rv)
-        .ok_or("no StatefulSet event with 2 replicas")?;
-    let table_then = events
-        .iter()
-        .filter(|(rv, _)| *rv < shrunk)
-        .filter_map(|(_, s)| match s {
-            Seen::Table(t) => Some(t.clone()),
-            _ => None,
-        })
-        .next_back()
-        .ok_or("no table before the StatefulSet shrank")?;
-    for gone in ["minimal-2", "minimal-3", "minimal-4"] {
-        let node = NodeName::new(gone)?;
-        assert!(
-            table_then.shards_of(&node).is_empty(),
-            "{gone} owned shards when the StatefulSet shrank: {:?}",
-            table_then.counts()
-        );
-        assert!(
-            table_then
-                .moves
-                .iter()
-                .all(|m| m.from != node && m.to != node),
-            "moves of {gone} were pending when the StatefulSet shrank"
-        );
-        let terminating = events
-            .iter()
-            .find(|(_, s)| matches!(s, Seen::PodTerminating(p) if p == gone))
-            .map(|(rv, _)| *rv)
-            .ok_or(format!("{gone} was never terminating"))?;
-        assert!(
-            shrunk < terminating,
-            "{gone} terminated at {terminating}, before the StatefulSet shrank at {shrunk}"
-        );
-    }
+    drained_before_removed(&events, 2, &["minimal-2", "minimal-3", "minimal-4"])?;
     let replicas: Vec<i32> = events
         .iter()
         .filter_map(|(_, s)| match s {

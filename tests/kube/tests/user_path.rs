@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use kube_e2e::chat::ChatClient;
-use kube_e2e::{Cluster, OPERATOR_NS, TestResult, binary, eventually, with_cluster};
+use kube_e2e::{Cluster, OPERATOR_NS, TestResult, binary, eventually, kubectl_row, with_cluster};
 use kubeharness::service_proxy::ServiceProxy;
 use operator::k8s::crd::ChatCluster;
 use serde_json::Value;
@@ -61,24 +61,14 @@ async fn user_path(cluster: &Cluster) -> TestResult {
     )
     .await?;
     let table = cluster.kubectl(&["get", "chat"]).await?;
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header = kubectl_row(&table, 0);
     assert_eq!(
         header,
         [
             "NAME", "REPLICAS", "READY", "UPDATED", "SHARDS", "EPOCH", "PHASE", "AGE"
         ]
     );
-    let row: Vec<&str> = table
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let row = kubectl_row(&table, 1);
     assert_eq!(
         &row[..5],
         ["minimal", "3", "3", "3", "256"],
