@@ -73,7 +73,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         () = stdin_closed => {}
     }
     cluster.stop().await;
-    Ok(())
+    // Exit now rather than return: tokio reads stdin on a blocking thread, and returning from
+    // main waits for that thread, which waits for stdin to close: a suite that sent SIGINT and
+    // keeps the pipe open until the process is gone would wait for nothing.
+    std::process::exit(0)
 }
 
 /// Returns once standard input ends (or fails): whatever is written to it is ignored.
