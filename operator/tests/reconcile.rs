@@ -695,6 +695,9 @@ async fn hold(h: &Harness, pod: &str) -> TestResult {
 
 /// Lets a terminating `pod` go (its process has exited) and waits until it is gone.
 async fn finish_terminating(h: &Harness, pod: &str) -> TestResult {
+    // The uid before the finalizer goes: once it has, the StatefulSet controller may make a
+    // new pod of the same name before the wait below reads it.
+    let uid = h.pods().get(pod).await?.uid().unwrap_or_default();
     h.pods()
         .patch(
             pod,
@@ -702,7 +705,7 @@ async fn finish_terminating(h: &Harness, pod: &str) -> TestResult {
             &Patch::Merge(json!({"metadata": {"finalizers": null}})),
         )
         .await?;
-    h.until_gone("pods", pod).await
+    h.until_deleted("pods", pod, &uid).await
 }
 
 #[tokio::test]

@@ -269,12 +269,21 @@ impl Harness {
         let Some(object) = api.get_opt(name).await? else {
             return Ok(());
         };
-        let uid = object.uid().unwrap_or_default();
+        self.until_deleted(resource, name, &object.uid().unwrap_or_default())
+            .await
+    }
+
+    /// Waits until the object `name` with `uid` is gone. A controller may already have made
+    /// another one of that name (a StatefulSet replaces its pod at once), so what is waited
+    /// for is this uid, taken before the deletion could have happened.
+    pub async fn until_deleted(&self, resource: &str, name: &str, uid: &str) -> TestResult {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), NS, &api_resource(resource)?);
         until(
             &api,
             name,
-            &format!("{resource} {name} is gone"),
-            conditions::is_deleted(&uid),
+            &format!("{resource} {name} (uid {uid}) is gone"),
+            conditions::is_deleted(uid),
         )
         .await
     }
