@@ -206,6 +206,25 @@ impl Cluster {
         }
     }
 
+    /// The names of the operator's pods, terminating ones included.
+    ///
+    /// # Errors
+    ///
+    /// When kubectl fails.
+    pub async fn operator_pods(&self) -> TestResult<Vec<String>> {
+        let out = self
+            .kubectl(&[
+                "-n",
+                OPERATOR_NS,
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ])
+            .await?;
+        Ok(out.split_whitespace().map(str::to_owned).collect())
+    }
+
     /// The operator replica holding the leader Lease, if any.
     pub async fn lease_holder(&self) -> Option<String> {
         let out = self

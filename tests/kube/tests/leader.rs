@@ -23,23 +23,13 @@ async fn failover(cluster: &Cluster) -> TestResult {
         cluster.lease_holder()
     })
     .await?;
-    let pods = cluster
-        .kubectl(&[
-            "-n",
-            OPERATOR_NS,
-            "get",
-            "pods",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ])
-        .await?;
+    let before = cluster.operator_pods().await?;
     eprintln!(
         "{}",
         cluster
             .kubectl(&["-n", OPERATOR_NS, "get", "pods", "-o", "wide"])
             .await?
     );
-    let before: Vec<String> = pods.split_whitespace().map(str::to_owned).collect();
     assert!(
         before.contains(&leader),
         "the leader {leader} is one of {before:?}"
@@ -106,19 +96,8 @@ async fn failover(cluster: &Cluster) -> TestResult {
         "the Deployment has two replicas again",
         Duration::from_secs(60),
         || async {
-            let out = cluster
-                .kubectl(&[
-                    "-n",
-                    OPERATOR_NS,
-                    "get",
-                    "pods",
-                    "-o",
-                    "jsonpath={.items[*].metadata.name}",
-                ])
-                .await
-                .ok()?;
-            let names: Vec<&str> = out.split_whitespace().collect();
-            (names.len() == 2 && !names.contains(&leader.as_str())).then_some(())
+            let names = cluster.operator_pods().await.ok()?;
+            (names.len() == 2 && !names.contains(&leader)).then_some(())
         },
     )
     .await?;
