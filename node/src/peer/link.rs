@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use shard::NodeName;
 use tokio::sync::Notify;
@@ -233,7 +234,7 @@ impl PeerLink {
         deliver: &(dyn Fn(PeerMsg) + Send + Sync),
     ) where
         W: Sink<Vec<u8>> + Unpin + Send,
-        R: Stream<Item = Vec<u8>> + Unpin + Send,
+        R: Stream<Item = Bytes> + Unpin + Send,
     {
         self.ack(resume_from);
         let generation = {
@@ -244,7 +245,7 @@ impl PeerLink {
         self.connected.store(true, Ordering::Relaxed);
         let reader = async {
             while let Some(bytes) = stream.next().await {
-                match PeerFrame::decode(&bytes) {
+                match PeerFrame::decode_shared(&bytes) {
                     Ok(PeerFrame::Data { seq, msg }) => {
                         if self.accept(seq) {
                             deliver(msg);
@@ -411,7 +412,7 @@ mod tests {
         }
         // First connection: the peer reads frames but the connection breaks before any ack.
         let (tx, mut wire) = mpsc::channel::<Vec<u8>>(64);
-        let incoming = futures_util::stream::pending::<Vec<u8>>();
+        let incoming = futures_util::stream::pending::<Bytes>();
         let first = {
             let sender = sender.clone();
             tokio::spawn(async move { sender.run(PollSender::new(tx), incoming, 0, &|_| {}).await })
@@ -429,7 +430,7 @@ mod tests {
         // Second connection: the peer says it got up to 3, so 4 and 5 come again, then 6.
         sender.push(msg(6)).expect("room");
         let (tx, mut wire) = mpsc::channel::<Vec<u8>>(64);
-        let incoming = futures_util::stream::pending::<Vec<u8>>();
+        let incoming = futures_util::stream::pending::<Bytes>();
         let second = {
             let sender = sender.clone();
             tokio::spawn(async move { sender.run(PollSender::new(tx), incoming, 3, &|_| {}).await })

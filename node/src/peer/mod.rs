@@ -231,7 +231,7 @@ impl Peers {
         let (mut sink, stream) = ws.split();
         let mut stream = Box::pin(stream.filter_map(|m| async move {
             match m {
-                Ok(TungMessage::Binary(bytes)) => Some(bytes.to_vec()),
+                Ok(TungMessage::Binary(bytes)) => Some(bytes),
                 _ => None,
             }
         }));
@@ -292,7 +292,7 @@ impl Peers {
         let (mut sink, stream) = socket.split();
         let mut stream = Box::pin(stream.filter_map(|m| async move {
             match m {
-                Ok(AxumMessage::Binary(bytes)) => Some(bytes.to_vec()),
+                Ok(AxumMessage::Binary(bytes)) => Some(bytes),
                 _ => None,
             }
         }));
@@ -415,13 +415,13 @@ impl Flush {
 
 async fn next_frame<S>(stream: &mut S) -> Result<PeerFrame, String>
 where
-    S: futures_util::Stream<Item = Vec<u8>> + Unpin,
+    S: futures_util::Stream<Item = bytes::Bytes> + Unpin,
 {
     let bytes = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.next())
         .await
         .map_err(|_| "peer handshake timed out".to_owned())?
         .ok_or_else(|| "peer closed during the handshake".to_owned())?;
-    PeerFrame::decode(&bytes).map_err(|e| format!("malformed handshake frame: {e}"))
+    PeerFrame::decode_shared(&bytes).map_err(|e| format!("malformed handshake frame: {e}"))
 }
 
 async fn refuse<S>(sink: &mut S, reason: &str)

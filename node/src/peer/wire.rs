@@ -1,21 +1,147 @@
-//! What nodes say to each other over a peer link, and how a link proves both ends hold the
-//! cluster secret.
+//! What nodes say to each other over a peer link, in an explicit, versioned binary encoding.
 //!
-//! Frames are binary WebSocket messages in postcard (compact, serde-driven): a client frame
-//! crosses a link as its raw bytes, with no JSON escaping on one side and unescaping on the
-//! other, which is most of what a link costs per message. Data frames carry a per-link sequence
-//! number so that what a broken link may have lost is resent after it comes back.
+//! Every frame is one binary WebSocket message: a format version byte
+//! ([`PEER_WIRE_VERSION`]), a kind byte ([`kind`]), then the kind's fields in a fixed order.
+//! Integers are LEB128 varints, strings and client frames are length-prefixed bytes (a client
+//! frame crosses a link as its raw bytes: no JSON escaping on one side and unescaping on the
+//! other), optional values are a `0`/`1` tag then the value. Nothing depends on the order of
+//! Rust enum variants, so reordering code cannot silently change what goes over the wire; the
+//! golden vectors in the tests catch any change of the encoding.
+//!
+//! Decoding never panics and never allocates from a length it has not checked against the
+//! bytes present; a client frame's text is a slice of the received message, not a copy.
+//! Data frames carry a per-link sequence number so that what a broken link may have lost is
+//! resent after it comes back (see [`super::link`]). The layout of each kind is in
+//! `docs/peer-links.md`.
 
+mod codec;
+#[cfg(test)]
+mod tests;
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use shard::{NodeName, RoomId, ShardId};
 
-use crate::edge::EdgeEvent;
-use crate::room::{RoomCommand, RoomSnapshot};
+use crate::edge::{ConnId, EdgeEvent};
+use crate::room::{MemberKey, RoomCommand, RoomSnapshot};
+use codec::{Reader, Writer};
+
+/// The peer wire format this node speaks. A frame with another version is refused as a whole
+/// (there is no partial understanding), and a peer whose handshake uses another version is
+/// refused with a log line saying which.
+pub const PEER_WIRE_VERSION: u8 = 1;
+
+/// The kind bytes, one namespace per level. Never reuse a retired number.
+pub mod kind {
+    /// Acceptor -> dialer, first frame.
+    pub const CHALLENGE: u8 = 0x01;
+    /// Dialer -> acceptor, answering the challenge.
+    pub const PROOF: u8 = 0x02;
+    /// Acceptor -> dialer, the handshake's last frame.
+    pub const WELCOME: u8 = 0x03;
+    /// A numbered [`super::PeerMsg`].
+    pub const DATA: u8 = 0x04;
+    /// Everything up to a seq arrived.
+    pub const ACK: u8 = 0x05;
+
+    /// Message kinds inside a data frame.
+    pub mod msg {
+        /// A room operation for the room's owner.
+        pub const COMMAND: u8 = 0x01;
+        /// An owner's event for an edge.
+        pub const EVENT: u8 = 0x02;
+        /// A shard's rooms, old owner -> new owner.
+        pub const SNAPSHOT: u8 = 0x03;
+        /// The new owner installed the snapshot.
+        pub const SNAPSHOT_ACK: u8 = 0x04;
+    }
+
+    /// Room command kinds inside a command message.
+    pub mod command {
+        /// Join (or re-sync).
+        pub const JOIN: u8 = 0x01;
+        /// Leave.
+        pub const LEAVE: u8 = 0x02;
+        /// Post a message.
+        pub const POST: u8 = 0x03;
+        /// Drop an edge's members.
+        pub const DROP_NODE: u8 = 0x04;
+    }
+
+    /// Edge event kinds inside an event message.
+    pub mod event {
+        /// A connection joined.
+        pub const JOINED: u8 = 0x01;
+        /// A connection left.
+        pub const LEFT: u8 = 0x02;
+        /// A frame for one connection.
+        pub const TO_CONN: u8 = 0x03;
+        /// A frame for a room's local members.
+        pub const BROADCAST: u8 = 0x04;
+    }
+}
+
+/// Why bytes are not a peer frame this node understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// A message with no bytes at all.
+    #[error("empty peer frame")]
+    Empty,
+    /// The sender speaks another version of this format.
+    #[error(
+        "peer wire format version {found} is not supported (this node speaks {PEER_WIRE_VERSION})"
+    )]
+    UnsupportedVersion {
+        /// The version byte received.
+        found: u8,
+    },
+    /// A kind byte this version does not define.
+    #[error("unknown {what} kind {kind:#04x}")]
+    UnknownKind {
+        /// Which level: frame, message, command or event.
+        what: &'static str,
+        /// The byte received.
+        kind: u8,
+    },
+    /// A field, or a length or count, runs past the end of the message.
+    #[error("truncated peer frame: {what} needs {needed} bytes, {left} left")]
+    Truncated {
+        /// The field being read.
+        what: &'static str,
+        /// Bytes it claims.
+        needed: u64,
+        /// Bytes present.
+        left: usize,
+    },
+    /// A varint longer than 64 bits.
+    #[error("{what} is not a valid varint")]
+    BadVarint {
+        /// The field being read.
+        what: &'static str,
+    },
+    /// A string that is not UTF-8.
+    #[error("{what} is not valid UTF-8")]
+    BadUtf8 {
+        /// The field being read.
+        what: &'static str,
+    },
+    /// A field whose value is out of its range (a bad name, tag or boolean).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// The field being read.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Bytes after the last field.
+    #[error("{0} unexpected bytes after the peer frame")]
+    Trailing(usize),
+}
 
 /// A message between two nodes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub enum PeerMsg {
     /// An edge (or a forwarding node) sends a room operation to the room's owner. `hops` counts
     /// forwards, so tables that disagree for a moment cannot bounce a command forever.
@@ -40,7 +166,7 @@ pub enum PeerMsg {
 }
 
 /// A frame on a peer link.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub enum PeerFrame {
     /// Acceptor -> dialer, first: who the acceptor is, and a nonce to sign.
     Challenge {
@@ -65,36 +191,387 @@ pub enum PeerFrame {
     Ack { seq: u64 },
 }
 
-/// The borrowed twin of [`PeerFrame::Data`], serialized identically, so that sending a queued
-/// message does not copy it first. The encoding names a variant by its position, so the
-/// variants before `Data` stand in for [`PeerFrame`]'s (a test checks they stay in step).
-#[derive(Serialize)]
-#[allow(dead_code)]
-enum PeerFrameRef<'a> {
-    Challenge,
-    Proof,
-    Welcome,
-    Data { seq: u64, msg: &'a PeerMsg },
+fn header(kind: u8) -> Writer {
+    let mut w = Writer::default();
+    w.u8(PEER_WIRE_VERSION);
+    w.u8(kind);
+    w
 }
 
 /// Encode a data frame without copying its message.
 pub fn encode_data(seq: u64, msg: &PeerMsg) -> Vec<u8> {
-    postcard::to_allocvec(&PeerFrameRef::Data { seq, msg }).unwrap_or_default()
+    let mut w = header(kind::DATA);
+    w.varint(seq);
+    put_msg(&mut w, msg);
+    w.buf
 }
 
 impl PeerFrame {
     /// The frame as the bytes of a binary WebSocket message.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+        match self {
+            PeerFrame::Challenge {
+                node,
+                incarnation,
+                nonce,
+            } => {
+                let mut w = header(kind::CHALLENGE);
+                w.str(node.as_str());
+                w.varint(*incarnation);
+                w.str(nonce);
+                w.buf
+            }
+            PeerFrame::Proof {
+                node,
+                incarnation,
+                mac,
+                nonce,
+                last_received,
+            } => {
+                let mut w = header(kind::PROOF);
+                w.str(node.as_str());
+                w.varint(*incarnation);
+                w.str(mac);
+                w.str(nonce);
+                w.varint(*last_received);
+                w.buf
+            }
+            PeerFrame::Welcome { mac, last_received } => {
+                let mut w = header(kind::WELCOME);
+                w.str(mac);
+                w.varint(*last_received);
+                w.buf
+            }
+            PeerFrame::Data { seq, msg } => encode_data(*seq, msg),
+            PeerFrame::Ack { seq } => {
+                let mut w = header(kind::ACK);
+                w.varint(*seq);
+                w.buf
+            }
+        }
     }
 
-    /// Parse a binary message.
+    /// Parse a binary message (copies it first; the link uses [`PeerFrame::decode_shared`]).
+    /// The entry point the fuzz target drives.
     ///
     /// # Errors
-    /// The decoding error for bytes that are not a peer frame.
-    pub fn decode(bytes: &[u8]) -> Result<PeerFrame, postcard::Error> {
-        postcard::from_bytes(bytes)
+    /// [`WireError`] for bytes that are not a whole frame of [`PEER_WIRE_VERSION`].
+    pub fn decode(bytes: &[u8]) -> Result<PeerFrame, WireError> {
+        PeerFrame::decode_shared(&Bytes::copy_from_slice(bytes))
     }
+
+    /// Parse a received binary message; client frames in it are slices of `bytes`.
+    ///
+    /// # Errors
+    /// [`WireError`] for bytes that are not a whole frame of [`PEER_WIRE_VERSION`].
+    pub fn decode_shared(bytes: &Bytes) -> Result<PeerFrame, WireError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8("version").map_err(|_| WireError::Empty)?;
+        if version != PEER_WIRE_VERSION {
+            return Err(WireError::UnsupportedVersion { found: version });
+        }
+        let frame = match r.u8("frame kind")? {
+            kind::CHALLENGE => PeerFrame::Challenge {
+                node: r.node("node")?,
+                incarnation: r.varint("incarnation")?,
+                nonce: r.str("nonce")?.to_owned(),
+            },
+            kind::PROOF => PeerFrame::Proof {
+                node: r.node("node")?,
+                incarnation: r.varint("incarnation")?,
+                mac: r.str("mac")?.to_owned(),
+                nonce: r.str("nonce")?.to_owned(),
+                last_received: r.varint("last received")?,
+            },
+            kind::WELCOME => PeerFrame::Welcome {
+                mac: r.str("mac")?.to_owned(),
+                last_received: r.varint("last received")?,
+            },
+            kind::DATA => PeerFrame::Data {
+                seq: r.varint("seq")?,
+                msg: get_msg(&mut r)?,
+            },
+            kind::ACK => PeerFrame::Ack {
+                seq: r.varint("seq")?,
+            },
+            other => {
+                return Err(WireError::UnknownKind {
+                    what: "frame",
+                    kind: other,
+                });
+            }
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+fn put_member(w: &mut Writer, member: &MemberKey) {
+    w.str(member.node.as_str());
+    w.varint(member.conn.0);
+}
+
+fn get_member(r: &mut Reader<'_>) -> Result<MemberKey, WireError> {
+    Ok(MemberKey {
+        node: r.node("member node")?,
+        conn: ConnId(r.varint("member conn")?),
+    })
+}
+
+fn put_msg(w: &mut Writer, msg: &PeerMsg) {
+    match msg {
+        PeerMsg::Command {
+            room,
+            command,
+            hops,
+            epoch,
+        } => {
+            w.u8(kind::msg::COMMAND);
+            w.str(room.as_str());
+            w.u8(*hops);
+            w.varint(*epoch);
+            put_command(w, command);
+        }
+        PeerMsg::Event(event) => {
+            w.u8(kind::msg::EVENT);
+            put_event(w, event);
+        }
+        PeerMsg::Snapshot {
+            shard,
+            epoch,
+            rooms,
+        } => {
+            w.u8(kind::msg::SNAPSHOT);
+            w.varint(u64::from(shard.0));
+            w.varint(*epoch);
+            w.varint(rooms.len() as u64);
+            for room in rooms {
+                w.str(room.room.as_str());
+                w.varint(room.seq);
+                w.varint(room.history.len() as u64);
+                for (seq, frame) in &room.history {
+                    w.varint(*seq);
+                    w.str(frame);
+                }
+                w.varint(room.members.len() as u64);
+                for (member, user) in &room.members {
+                    put_member(w, member);
+                    w.str(user);
+                }
+            }
+        }
+        PeerMsg::SnapshotAck { shard, epoch } => {
+            w.u8(kind::msg::SNAPSHOT_ACK);
+            w.varint(u64::from(shard.0));
+            w.varint(*epoch);
+        }
+    }
+}
+
+fn get_shard(r: &mut Reader<'_>) -> Result<ShardId, WireError> {
+    let shard = r.varint("shard")?;
+    u32::try_from(shard)
+        .map(ShardId)
+        .map_err(|_| WireError::Invalid {
+            what: "shard",
+            reason: format!("{shard} is out of range"),
+        })
+}
+
+fn get_msg(r: &mut Reader<'_>) -> Result<PeerMsg, WireError> {
+    Ok(match r.u8("message kind")? {
+        kind::msg::COMMAND => PeerMsg::Command {
+            room: r.room()?,
+            hops: r.u8("hops")?,
+            epoch: r.varint("epoch")?,
+            command: get_command(r)?,
+        },
+        kind::msg::EVENT => PeerMsg::Event(get_event(r)?),
+        kind::msg::SNAPSHOT => {
+            let shard = get_shard(r)?;
+            let epoch = r.varint("epoch")?;
+            // A room takes at least 5 bytes: name (2), seq, history and member counts.
+            let count = r.count("snapshot rooms", 5)?;
+            let mut rooms = Vec::with_capacity(count);
+            for _ in 0..count {
+                let room = r.room()?;
+                let seq = r.varint("room seq")?;
+                let count = r.count("room history", 2)?;
+                let mut history = Vec::with_capacity(count);
+                for _ in 0..count {
+                    history.push((r.varint("history seq")?, r.str("history frame")?.to_owned()));
+                }
+                let count = r.count("room members", 4)?;
+                let mut members = Vec::with_capacity(count);
+                for _ in 0..count {
+                    members.push((get_member(r)?, r.str("member user")?.into()));
+                }
+                rooms.push(RoomSnapshot {
+                    room,
+                    seq,
+                    history,
+                    members,
+                });
+            }
+            PeerMsg::Snapshot {
+                shard,
+                epoch,
+                rooms,
+            }
+        }
+        kind::msg::SNAPSHOT_ACK => PeerMsg::SnapshotAck {
+            shard: get_shard(r)?,
+            epoch: r.varint("epoch")?,
+        },
+        other => {
+            return Err(WireError::UnknownKind {
+                what: "message",
+                kind: other,
+            });
+        }
+    })
+}
+
+fn put_command(w: &mut Writer, command: &RoomCommand) {
+    match command {
+        RoomCommand::Join {
+            member,
+            user,
+            since,
+        } => {
+            w.u8(kind::command::JOIN);
+            put_member(w, member);
+            w.str(user);
+            w.option(*since, Writer::varint);
+        }
+        RoomCommand::Leave { member, reply } => {
+            w.u8(kind::command::LEAVE);
+            put_member(w, member);
+            w.bool(*reply);
+        }
+        RoomCommand::Post {
+            member,
+            user,
+            text,
+            cid,
+        } => {
+            w.u8(kind::command::POST);
+            put_member(w, member);
+            w.str(user);
+            w.str(text);
+            w.option(cid.as_deref(), Writer::str);
+        }
+        RoomCommand::DropNode { node } => {
+            w.u8(kind::command::DROP_NODE);
+            w.str(node.as_str());
+        }
+    }
+}
+
+fn get_command(r: &mut Reader<'_>) -> Result<RoomCommand, WireError> {
+    Ok(match r.u8("command kind")? {
+        kind::command::JOIN => RoomCommand::Join {
+            member: get_member(r)?,
+            user: r.str("user")?.into(),
+            since: r.option("since", |r| r.varint("since"))?,
+        },
+        kind::command::LEAVE => RoomCommand::Leave {
+            member: get_member(r)?,
+            reply: r.bool("reply")?,
+        },
+        kind::command::POST => RoomCommand::Post {
+            member: get_member(r)?,
+            user: r.str("user")?.into(),
+            text: r.str("text")?.to_owned(),
+            cid: r.option("cid", |r| r.str("cid").map(str::to_owned))?,
+        },
+        kind::command::DROP_NODE => RoomCommand::DropNode {
+            node: r.node("node")?,
+        },
+        other => {
+            return Err(WireError::UnknownKind {
+                what: "command",
+                kind: other,
+            });
+        }
+    })
+}
+
+/// An edge event: the one place that knows [`EdgeEvent`]'s fields on the wire (client frames
+/// cross as their raw bytes).
+fn put_event(w: &mut Writer, event: &EdgeEvent) {
+    let frame = |w: &mut Writer, frame: &Utf8Bytes| w.str(frame.as_str());
+    match event {
+        EdgeEvent::Joined {
+            room,
+            conn,
+            frame: f,
+        } => {
+            w.u8(kind::event::JOINED);
+            w.str(room.as_str());
+            w.varint(conn.0);
+            frame(w, f);
+        }
+        EdgeEvent::Left {
+            room,
+            conn,
+            frame: f,
+        } => {
+            w.u8(kind::event::LEFT);
+            w.str(room.as_str());
+            w.varint(conn.0);
+            w.option(f.as_ref(), frame);
+        }
+        EdgeEvent::ToConn { conn, frame: f } => {
+            w.u8(kind::event::TO_CONN);
+            w.varint(conn.0);
+            frame(w, f);
+        }
+        EdgeEvent::Broadcast {
+            room,
+            frame: f,
+            skip,
+            is_msg,
+        } => {
+            w.u8(kind::event::BROADCAST);
+            w.str(room.as_str());
+            frame(w, f);
+            w.option(skip.map(|c| c.0), Writer::varint);
+            w.bool(*is_msg);
+        }
+    }
+}
+
+/// The twin of [`put_event`]; frames are slices of the received message.
+fn get_event(r: &mut Reader<'_>) -> Result<EdgeEvent, WireError> {
+    Ok(match r.u8("event kind")? {
+        kind::event::JOINED => EdgeEvent::Joined {
+            room: r.room()?,
+            conn: ConnId(r.varint("conn")?),
+            frame: r.text("frame")?,
+        },
+        kind::event::LEFT => EdgeEvent::Left {
+            room: r.room()?,
+            conn: ConnId(r.varint("conn")?),
+            frame: r.option("frame", |r| r.text("frame"))?,
+        },
+        kind::event::TO_CONN => EdgeEvent::ToConn {
+            conn: ConnId(r.varint("conn")?),
+            frame: r.text("frame")?,
+        },
+        kind::event::BROADCAST => EdgeEvent::Broadcast {
+            room: r.room()?,
+            frame: r.text("frame")?,
+            skip: r.option("skip", |r| r.varint("skip").map(ConnId))?,
+            is_msg: r.bool("is_msg")?,
+        },
+        other => {
+            return Err(WireError::UnknownKind {
+                what: "event",
+                kind: other,
+            });
+        }
+    })
 }
 
 /// The MAC over what a handshake proves: protocol version, role, the other side's nonce, and
@@ -132,118 +609,4 @@ pub fn verify(secret: &[u8], role: &str, nonce: &str, node: &NodeName, mac_hex: 
 /// A fresh random nonce.
 pub fn nonce() -> String {
     hex::encode(rand::random::<[u8; 16]>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_signature_verifies_only_with_the_same_secret_nonce_role_and_node() {
-        let node = NodeName::new("node-1").expect("valid");
-        let other = NodeName::new("node-2").expect("valid");
-        let mac = sign(b"s3cret", "dialer", "abc", &node);
-        assert!(verify(b"s3cret", "dialer", "abc", &node, &mac));
-        assert!(!verify(b"other", "dialer", "abc", &node, &mac));
-        assert!(!verify(b"s3cret", "acceptor", "abc", &node, &mac));
-        assert!(!verify(b"s3cret", "dialer", "abd", &node, &mac));
-        assert!(!verify(b"s3cret", "dialer", "abc", &other, &mac));
-        assert!(!verify(b"s3cret", "dialer", "abc", &node, "not hex"));
-    }
-
-    #[test]
-    fn a_borrowed_data_frame_decodes_as_the_owned_one() {
-        let msg = PeerMsg::SnapshotAck {
-            shard: ShardId(4),
-            epoch: 9,
-        };
-        let frame = PeerFrame::decode(&encode_data(3, &msg)).expect("decodes");
-        assert!(matches!(
-            frame,
-            PeerFrame::Data {
-                seq: 3,
-                msg: PeerMsg::SnapshotAck { epoch: 9, .. }
-            }
-        ));
-    }
-
-    #[test]
-    fn every_message_kind_round_trips_through_the_binary_encoding() {
-        use crate::edge::ConnId;
-        use crate::room::MemberKey;
-        let room = RoomId::new("lobby \u{1F600} \"quoted\"").expect("room");
-        let member = MemberKey {
-            node: NodeName::new("node-2").expect("name"),
-            conn: ConnId(7),
-        };
-        let frame = r#"{"op":"msg","text":"a \"b\" \n c"}"#;
-        let msgs = [
-            PeerMsg::Command {
-                room: room.clone(),
-                command: RoomCommand::Post {
-                    member: member.clone(),
-                    user: "ann".into(),
-                    text: "hi".into(),
-                    cid: None,
-                },
-                hops: 2,
-                epoch: 9,
-            },
-            PeerMsg::Command {
-                room: room.clone(),
-                command: RoomCommand::Join {
-                    member: member.clone(),
-                    user: "ann".into(),
-                    since: Some(4),
-                },
-                hops: 0,
-                epoch: 1,
-            },
-            PeerMsg::Event(EdgeEvent::Broadcast {
-                room: room.clone(),
-                frame: frame.into(),
-                skip: Some(ConnId(3)),
-                is_msg: true,
-            }),
-            PeerMsg::Event(EdgeEvent::Left {
-                room: room.clone(),
-                conn: ConnId(1),
-                frame: None,
-            }),
-            PeerMsg::Event(EdgeEvent::Left {
-                room: room.clone(),
-                conn: ConnId(1),
-                frame: Some(frame.into()),
-            }),
-            PeerMsg::Snapshot {
-                shard: ShardId(12),
-                epoch: 3,
-                rooms: vec![RoomSnapshot {
-                    room: room.clone(),
-                    seq: 41,
-                    history: vec![(41, frame.to_owned())],
-                    members: vec![(member, "ann".into())],
-                }],
-            },
-            PeerMsg::SnapshotAck {
-                shard: ShardId(12),
-                epoch: 3,
-            },
-        ];
-        for (seq, msg) in msgs.iter().enumerate() {
-            let decoded = PeerFrame::decode(&encode_data(seq as u64, msg)).expect("decodes");
-            let PeerFrame::Data { msg: back, .. } = decoded else {
-                panic!("not a data frame");
-            };
-            assert_eq!(format!("{back:?}"), format!("{msg:?}"));
-        }
-    }
-
-    #[test]
-    fn frames_round_trip_and_garbage_is_an_error() {
-        let frame = PeerFrame::Ack { seq: 9 };
-        let back = PeerFrame::decode(&frame.encode()).expect("decodes");
-        assert!(matches!(back, PeerFrame::Ack { seq: 9 }));
-        assert!(PeerFrame::decode(b"\x00\x01garbage").is_err());
-    }
 }
