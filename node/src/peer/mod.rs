@@ -6,6 +6,7 @@
 //! with 1008. A dialer that loses its connection dials again with backoff; delivery state
 //! lives in [`link::PeerLink`], so nothing in flight is lost across a reconnect.
 
+pub mod handshake;
 pub mod link;
 pub mod wire;
 
@@ -15,14 +16,17 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as AxumMessage, WebSocket};
+use futures_util::future::ready;
 use futures_util::{SinkExt, StreamExt};
 use shard::{AssignmentTable, NodeName};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as TungMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{Error, Result};
+use handshake::{Identity, Met};
 use link::{PeerLink, Sent};
-use wire::{PeerFrame, PeerMsg};
+use wire::PeerMsg;
 
 /// How long each step of a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -207,6 +211,9 @@ impl Peers {
         while !self.shutdown.is_cancelled() {
             match self.dial_once(&peer, &addr).await {
                 Ok(()) => backoff = BACKOFF_MIN,
+                Err(e) if e.is_misconfiguration() => {
+                    tracing::warn!(%peer, %addr, error = %e, "peer refused");
+                }
                 Err(e) => tracing::debug!(%peer, %addr, error = %e, "peer dial failed"),
             }
             let jitter = Duration::from_millis(rand::random::<u64>() % 25);
@@ -219,148 +226,116 @@ impl Peers {
     }
 
     /// Dial, authenticate both ways, then carry the link until the connection ends.
-    async fn dial_once(self: &Arc<Self>, peer: &NodeName, addr: &str) -> Result<(), String> {
+    async fn dial_once(self: &Arc<Self>, peer: &NodeName, addr: &str) -> Result<()> {
         let url = format!("ws://{addr}/peer");
         let (ws, _) = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             tokio_tungstenite::connect_async_with_config(&url, None, true),
         )
         .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-        let (mut sink, stream) = ws.split();
-        let mut stream = Box::pin(stream.filter_map(|m| async move {
-            match m {
+        .map_err(|_| Error::HandshakeTimeout)?
+        .map_err(|e| Error::PeerConnect {
+            addr: addr.to_owned(),
+            source: Box::new(e),
+        })?;
+        let (sink, stream) = ws.split();
+        let mut stream = stream.filter_map(|m| {
+            ready(match m {
                 Ok(TungMessage::Binary(bytes)) => Some(bytes),
                 _ => None,
-            }
-        }));
-        let secret = &self.settings.secret;
-        let challenge = next_frame(&mut stream).await?;
-        let PeerFrame::Challenge {
-            node,
-            incarnation,
-            nonce,
-        } = challenge
-        else {
-            return Err("expected a challenge".into());
-        };
-        if &node != peer {
-            return Err(format!("dialed {peer} at {addr} but {node} answered"));
-        }
-        let link = self.link(peer);
-        self.bounce(peer, link.meet(incarnation));
-        let my_nonce = wire::nonce();
-        let proof = PeerFrame::Proof {
-            node: self.settings.me.clone(),
-            incarnation: self.incarnation,
-            mac: wire::sign(secret, "dialer", &nonce, &self.settings.me),
-            nonce: my_nonce.clone(),
-            last_received: link.received(),
-        };
-        sink.send(TungMessage::Binary(proof.encode().into()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let PeerFrame::Welcome { mac, last_received } = next_frame(&mut stream).await? else {
-            return Err("expected a welcome".into());
-        };
-        if !wire::verify(secret, "acceptor", &my_nonce, peer, &mac) {
-            return Err(format!(
-                "{peer} could not prove it holds the cluster secret"
-            ));
-        }
-        tracing::info!(%peer, %addr, "peer link up (dialed)");
-        self.sessions.fetch_add(1, Ordering::Relaxed);
-        let sink = sink.with(|bytes: Vec<u8>| async move {
-            Ok::<_, tokio_tungstenite::tungstenite::Error>(TungMessage::Binary(bytes.into()))
+            })
         });
-        let handler = self.handler();
-        let from = peer.clone();
-        let deliver = move |msg: PeerMsg| {
-            if let Some(handler) = &handler {
-                handler.on_message(&from, msg);
-            }
-        };
-        link.run(Box::pin(sink), stream, last_received, &deliver)
-            .await;
-        tracing::info!(%peer, "peer link down");
+        let mut sink = sink.with(|bytes: Vec<u8>| {
+            ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(
+                TungMessage::Binary(bytes.into()),
+            ))
+        });
+        let met = handshake::dial(
+            self.identity(),
+            peer,
+            &mut sink,
+            &mut stream,
+            |peer, incarnation| self.meet(peer, incarnation),
+        )
+        .await?;
+        tracing::info!(%peer, %addr, "peer link up (dialed)");
+        self.carry(met, sink, stream).await;
         Ok(())
     }
 
-    /// Serve a connection that arrived at `/peer`: authenticate it, then carry its link.
+    /// Serve a connection that arrived at `/peer`: authenticate it, then carry its link. A
+    /// connection that fails the handshake is closed with 1008 and the reason.
     pub async fn accept(self: Arc<Self>, socket: WebSocket) {
-        let (mut sink, stream) = socket.split();
-        let mut stream = Box::pin(stream.filter_map(|m| async move {
-            match m {
+        let (mut raw_sink, stream) = socket.split();
+        let mut stream = stream.filter_map(|m| {
+            ready(match m {
                 Ok(AxumMessage::Binary(bytes)) => Some(bytes),
                 _ => None,
-            }
-        }));
-        let nonce = wire::nonce();
-        let challenge = PeerFrame::Challenge {
-            node: self.settings.me.clone(),
-            incarnation: self.incarnation,
-            nonce: nonce.clone(),
-        };
-        if sink
-            .send(AxumMessage::Binary(challenge.encode().into()))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let proof = next_frame(&mut stream).await;
-        let Ok(PeerFrame::Proof {
-            node,
-            incarnation,
-            mac,
-            nonce: their_nonce,
-            last_received,
-        }) = proof
-        else {
-            refuse(&mut sink, "peer handshake expected a proof").await;
-            return;
-        };
-        if !wire::verify(&self.settings.secret, "dialer", &nonce, &node, &mac) {
-            tracing::warn!(%node, "refused a peer connection without the cluster secret");
-            refuse(&mut sink, "peer authentication failed").await;
-            return;
-        }
-        let link = self.link(&node);
-        self.bounce(&node, link.meet(incarnation));
-        let welcome = PeerFrame::Welcome {
-            mac: wire::sign(
-                &self.settings.secret,
-                "acceptor",
-                &their_nonce,
-                &self.settings.me,
-            ),
-            last_received: link.received(),
-        };
-        if sink
-            .send(AxumMessage::Binary(welcome.encode().into()))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        tracing::info!(peer = %node, "peer link up (accepted)");
-        self.sessions.fetch_add(1, Ordering::Relaxed);
-        let sink = sink.with(|bytes: Vec<u8>| async move {
-            Ok::<_, axum::Error>(AxumMessage::Binary(bytes.into()))
+            })
         });
+        let mut sink = (&mut raw_sink)
+            .with(|bytes: Vec<u8>| ready(Ok::<_, axum::Error>(AxumMessage::Binary(bytes.into()))));
+        let met = handshake::accept(
+            self.identity(),
+            &mut sink,
+            &mut stream,
+            |peer, incarnation| self.meet(peer, incarnation),
+        )
+        .await;
+        match met {
+            Ok(met) => {
+                tracing::info!(peer = %met.peer, "peer link up (accepted)");
+                tokio::select! {
+                    () = self.carry(met, sink, stream) => {}
+                    () = self.shutdown.cancelled() => {}
+                }
+            }
+            Err(e) => {
+                if e.is_misconfiguration() {
+                    tracing::warn!(error = %e, "refused a peer connection");
+                } else {
+                    tracing::debug!(error = %e, "peer handshake failed");
+                }
+                drop(sink);
+                refuse(&mut raw_sink, &e.to_string()).await;
+            }
+        }
+    }
+
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            me: &self.settings.me,
+            incarnation: self.incarnation,
+            secret: &self.settings.secret,
+            timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// A handshake named the peer's process: bounce what a restarted one will never
+    /// acknowledge, and say how far this node got in its stream.
+    fn meet(&self, peer: &NodeName, incarnation: u64) -> u64 {
+        let link = self.link(peer);
+        self.bounce(peer, link.meet(incarnation));
+        link.received()
+    }
+
+    /// Carry the link to the peer a handshake met until the connection ends.
+    async fn carry<W, R>(&self, met: Met, sink: W, stream: R)
+    where
+        W: futures_util::Sink<Vec<u8>> + Unpin + Send,
+        R: futures_util::Stream<Item = bytes::Bytes> + Unpin + Send,
+    {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        let link = self.link(&met.peer);
         let handler = self.handler();
-        let from = node.clone();
+        let from = met.peer.clone();
         let deliver = move |msg: PeerMsg| {
             if let Some(handler) = &handler {
                 handler.on_message(&from, msg);
             }
         };
-        tokio::select! {
-            () = link.run(Box::pin(sink), stream, last_received, &deliver) => {}
-            () = self.shutdown.cancelled() => {}
-        }
-        tracing::info!(peer = %node, "peer link down");
+        link.run(sink, stream, met.resume_from, &deliver).await;
+        tracing::info!(peer = %met.peer, "peer link down");
     }
 
     fn bounce(&self, to: &NodeName, msgs: Vec<Arc<PeerMsg>>) {
@@ -413,24 +388,19 @@ impl Flush {
     }
 }
 
-async fn next_frame<S>(stream: &mut S) -> Result<PeerFrame, String>
-where
-    S: futures_util::Stream<Item = bytes::Bytes> + Unpin,
-{
-    let bytes = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.next())
-        .await
-        .map_err(|_| "peer handshake timed out".to_owned())?
-        .ok_or_else(|| "peer closed during the handshake".to_owned())?;
-    PeerFrame::decode_shared(&bytes).map_err(|e| format!("malformed handshake frame: {e}"))
-}
-
+/// Close a connection that failed the handshake with 1008 and the reason (cut to the 123
+/// bytes a close frame holds: a claimed node name alone may be longer).
 async fn refuse<S>(sink: &mut S, reason: &str)
 where
     S: futures_util::Sink<AxumMessage> + Unpin,
 {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     let frame = CloseFrame {
         code: crate::edge::CLOSE_POLICY,
-        reason: reason.into(),
+        reason: reason[..end].into(),
     };
     let _ = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,

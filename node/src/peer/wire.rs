@@ -20,8 +20,6 @@ mod tests;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use shard::{NodeName, RoomId, ShardId};
 
 use crate::edge::{ConnId, EdgeEvent};
@@ -572,41 +570,4 @@ fn get_event(r: &mut Reader<'_>) -> Result<EdgeEvent, WireError> {
             });
         }
     })
-}
-
-/// The MAC over what a handshake proves: protocol version, role, the other side's nonce, and
-/// the signer's name (so a proof cannot be replayed for another node or role).
-fn handshake_mac(secret: &[u8], role: &str, nonce: &str, node: &NodeName) -> Option<Hmac<Sha256>> {
-    // HMAC accepts keys of any length, so this only fails on an impossible key.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
-    for part in [
-        b"roomshard-peer-v1".as_slice(),
-        role.as_bytes(),
-        nonce.as_bytes(),
-        node.as_str().as_bytes(),
-    ] {
-        mac.update(part);
-        mac.update(b"|");
-    }
-    Some(mac)
-}
-
-/// Sign `nonce` for `node` in `role` with the cluster secret (HMAC-SHA256, hex).
-pub fn sign(secret: &[u8], role: &str, nonce: &str, node: &NodeName) -> String {
-    handshake_mac(secret, role, nonce, node)
-        .map(|mac| hex::encode(mac.finalize().into_bytes()))
-        .unwrap_or_default()
-}
-
-/// Check a signature from [`sign`] in constant time.
-pub fn verify(secret: &[u8], role: &str, nonce: &str, node: &NodeName, mac_hex: &str) -> bool {
-    let Ok(expected) = hex::decode(mac_hex) else {
-        return false;
-    };
-    handshake_mac(secret, role, nonce, node).is_some_and(|mac| mac.verify_slice(&expected).is_ok())
-}
-
-/// A fresh random nonce.
-pub fn nonce() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
 }

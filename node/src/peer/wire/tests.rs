@@ -431,16 +431,3 @@ fn invalid_names_text_and_tags_are_errors() {
         Err(WireError::Invalid { what: "shard", .. })
     ));
 }
-
-#[test]
-fn a_signature_verifies_only_with_the_same_secret_nonce_role_and_node() {
-    let node = name("node-1");
-    let other = name("node-2");
-    let mac = sign(b"s3cret", "dialer", "abc", &node);
-    assert!(verify(b"s3cret", "dialer", "abc", &node, &mac));
-    assert!(!verify(b"other", "dialer", "abc", &node, &mac));
-    assert!(!verify(b"s3cret", "acceptor", "abc", &node, &mac));
-    assert!(!verify(b"s3cret", "dialer", "abd", &node, &mac));
-    assert!(!verify(b"s3cret", "dialer", "abc", &other, &mac));
-    assert!(!verify(b"s3cret", "dialer", "abc", &node, "not hex"));
-}
