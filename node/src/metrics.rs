@@ -76,6 +76,8 @@ pub struct Metrics {
     pub auth_failures: Counter,
     /// Events for another node dropped because its link's outbox was full.
     pub peer_drops: Counter,
+    /// Snapshots sent again because their acknowledgement did not come (see `state/outgoing`).
+    pub snapshot_resends: Counter,
     /// Per-code error counters, in [`ErrorCode::ALL`] order (clones of the family's members,
     /// so counting one is an index and an atomic add, no lookup).
     errors: [Counter; ErrorCode::ALL.len()],
@@ -138,6 +140,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             auth_failures: Counter::default(),
             peer_drops: Counter::default(),
+            snapshot_resends: Counter::default(),
             errors,
             peers_connected: Gauge::default(),
             peers_expected: Gauge::default(),
@@ -211,6 +214,11 @@ impl Metrics {
             "roomshard_peer_drops",
             "Events for other nodes dropped by a full peer outbox",
             m.peer_drops.clone(),
+        );
+        r.register(
+            "roomshard_snapshot_resends",
+            "Hand-off snapshots sent again because the new owner's acknowledgement did not come",
+            m.snapshot_resends.clone(),
         );
         r.register(
             "roomshard_errors",

@@ -92,16 +92,31 @@ impl PeerLink {
     /// # Errors
     /// The message back when the outbox is full (the peer has been unreachable for long).
     pub fn push(&self, msg: PeerMsg) -> Result<(), PeerMsg> {
+        // The message is the only handle to itself here: handing it back does not copy it.
+        self.push_shared(Arc::new(msg))
+            .map_err(Arc::unwrap_or_clone)
+    }
+
+    /// Queue a message that the caller keeps a handle to (to send it again later).
+    ///
+    /// # Errors
+    /// The message back when the outbox is full.
+    pub fn push_shared(&self, msg: Arc<PeerMsg>) -> Result<(), Arc<PeerMsg>> {
         let mut state = self.state();
         if state.unacked.len() >= self.max_unacked {
             return Err(msg);
         }
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.unacked.push_back((seq, Arc::new(msg)));
+        state.unacked.push_back((seq, msg));
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether the outbox is full (a push now would fail).
+    pub fn is_full(&self) -> bool {
+        self.state().unacked.len() >= self.max_unacked
     }
 
     /// A mark of everything queued for the peer so far.

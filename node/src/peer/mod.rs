@@ -119,6 +119,14 @@ impl Peers {
         self.link(to).push(msg)
     }
 
+    /// Queue a message the caller keeps a handle to, to send it again later without copying.
+    ///
+    /// # Errors
+    /// The message back when `to`'s outbox is full.
+    pub fn send_shared(&self, to: &NodeName, msg: Arc<PeerMsg>) -> Result<(), Arc<PeerMsg>> {
+        self.link(to).push_shared(msg)
+    }
+
     /// What is queued so far for each of `peers` (those this node has a link to), to wait
     /// until they have all handled it: a hand-off's old owner waits so that nothing the new
     /// owner sends them can overtake what it sent them itself.
