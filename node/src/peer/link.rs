@@ -7,20 +7,23 @@
 //! restarted or left the cluster and can never take it — handed back ("bounced") so that its
 //! sender can be answered with an error instead of silence.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use shard::NodeName;
+use shard::{NodeName, RoomId};
 use tokio::sync::Notify;
 
 use super::wire::{PeerFrame, PeerMsg};
 
 /// How many data frames a writer sends before it flushes.
 const BATCH: usize = 256;
+/// Rooms a gap names one by one; past this many it covers every room (bounded whatever the
+/// number of rooms whose events were refused).
+const MAX_GAP_ROOMS: usize = 256;
 /// How often a receiver acknowledges what it got, at the latest.
 const ACK_EVERY: Duration = Duration::from_millis(20);
 
@@ -39,6 +42,37 @@ struct LinkState {
     /// Bumped whenever the outbox is emptied without acknowledgement (the peer restarted or
     /// left), so a [`Sent`] mark taken before knows its messages are settled.
     resets: u64,
+    /// Events the full outbox could not take, to announce once it has room.
+    gap: Option<Gap>,
+}
+
+/// What a full outbox refused: the rooms of the events, or all rooms.
+#[derive(Debug, Default)]
+struct Gap {
+    rooms: BTreeSet<RoomId>,
+    all: bool,
+}
+
+impl Gap {
+    fn add(&mut self, room: Option<RoomId>) {
+        match room {
+            Some(room) if !self.all && self.rooms.len() < MAX_GAP_ROOMS => {
+                self.rooms.insert(room);
+            }
+            Some(room) if self.rooms.contains(&room) => {}
+            _ => {
+                self.all = true;
+                self.rooms.clear();
+            }
+        }
+    }
+
+    fn into_msg(self) -> PeerMsg {
+        PeerMsg::Gap {
+            rooms: self.rooms.into_iter().collect(),
+            all: self.all,
+        }
+    }
 }
 
 /// How far this node's stream to a peer had got at one moment: what [`PeerLink::delivered`]
@@ -103,6 +137,7 @@ impl PeerLink {
     /// The message back when the outbox is full.
     pub fn push_shared(&self, msg: Arc<PeerMsg>) -> Result<(), Arc<PeerMsg>> {
         let mut state = self.state();
+        Self::announce_gap(&mut state, self.max_unacked);
         if state.unacked.len() >= self.max_unacked {
             return Err(msg);
         }
@@ -112,6 +147,31 @@ impl PeerLink {
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Note that an event for `room` (`None`: for a room not known) could not be queued. The
+    /// gap is announced to the peer as soon as the outbox has room, ahead of anything newer;
+    /// see [`PeerMsg::Gap`].
+    /// Returns true when this starts a gap (none was pending).
+    pub fn mark_gap(&self, room: Option<RoomId>) -> bool {
+        let mut state = self.state();
+        let started = state.gap.is_none();
+        state.gap.get_or_insert_default().add(room);
+        started
+    }
+
+    /// Queue the pending gap announcement if there is one and room for it; true if queued.
+    fn announce_gap(state: &mut LinkState, max_unacked: usize) -> bool {
+        if state.unacked.len() >= max_unacked {
+            return false;
+        }
+        let Some(gap) = state.gap.take() else {
+            return false;
+        };
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.unacked.push_back((seq, Arc::new(gap.into_msg())));
+        true
     }
 
     /// Whether the outbox is full (a push now would fail).
@@ -181,6 +241,8 @@ impl PeerLink {
                 state.received = 0;
                 state.next_seq = 1;
                 state.resets += 1;
+                // Its clients reconnected to a new process anyway.
+                state.gap = None;
                 let bounced = state.unacked.drain(..).map(|(_, m)| m).collect();
                 drop(state);
                 self.settled.notify_waiters();
@@ -198,6 +260,7 @@ impl PeerLink {
         let mut state = self.state();
         state.generation += 1;
         state.resets += 1;
+        state.gap = None;
         let taken = state.unacked.drain(..).map(|(_, m)| m).collect();
         drop(state);
         self.settled.notify_waiters();
@@ -209,8 +272,17 @@ impl PeerLink {
         while state.unacked.front().is_some_and(|(seq, _)| *seq <= upto) {
             state.unacked.pop_front();
         }
+        let announced = Self::announce_gap(&mut state, self.max_unacked);
         drop(state);
         self.settled.notify_waiters();
+        if announced {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a gap waits to be announced.
+    pub fn has_gap(&self) -> bool {
+        self.state().gap.is_some()
     }
 
     /// True when `seq` is new (the next one); false for a repeat after a resend.
@@ -491,5 +563,41 @@ mod tests {
             link.is_delivered(second),
             "later messages do not hold an earlier mark"
         );
+    }
+
+    fn gaps(link: &PeerLink) -> Vec<(usize, bool)> {
+        link.outbox()
+            .iter()
+            .filter_map(|m| match &**m {
+                PeerMsg::Gap { rooms, all } => Some((rooms.len(), *all)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_is_announced_once_the_outbox_has_room_and_stays_bounded() {
+        let link = link();
+        for n in 0..4 {
+            link.push(msg(n)).expect("room");
+        }
+        for n in 0..MAX_GAP_ROOMS {
+            assert_eq!(
+                link.mark_gap(Some(RoomId::new(format!("r{n}")).expect("room"))),
+                n == 0,
+                "only the first refusal opens the gap"
+            );
+        }
+        assert!(link.has_gap());
+        link.ack(2);
+        assert_eq!(gaps(&link), [(MAX_GAP_ROOMS, false)]);
+        assert!(!link.has_gap());
+        // One room past the bound widens the next gap to every room.
+        link.push(msg(5)).expect("room");
+        for n in 0..=MAX_GAP_ROOMS {
+            link.mark_gap(Some(RoomId::new(format!("s{n}")).expect("room")));
+        }
+        link.ack_all();
+        assert_eq!(gaps(&link), [(0, true)]);
     }
 }

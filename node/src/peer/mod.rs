@@ -119,6 +119,17 @@ impl Peers {
         self.link(to).push(msg)
     }
 
+    /// Whether `to`'s outbox has room for another message (true for a node without a link).
+    pub fn can_take(&self, to: &NodeName) -> bool {
+        lock(&self.links).get(to).is_none_or(|link| !link.is_full())
+    }
+
+    /// Note that an event for `room` could not be queued for `to`; see [`PeerLink::mark_gap`].
+    /// Returns true when this starts a gap.
+    pub fn mark_gap(&self, to: &NodeName, room: Option<shard::RoomId>) -> bool {
+        self.link(to).mark_gap(room)
+    }
+
     /// Queue a message the caller keeps a handle to, to send it again later without copying.
     ///
     /// # Errors

@@ -54,6 +54,8 @@ pub mod kind {
         pub const SNAPSHOT: u8 = 0x03;
         /// The new owner installed the snapshot.
         pub const SNAPSHOT_ACK: u8 = 0x04;
+        /// Events for some rooms could not be queued (a full outbox).
+        pub const GAP: u8 = 0x05;
     }
 
     /// Room command kinds inside a command message.
@@ -161,6 +163,10 @@ pub enum PeerMsg {
     },
     /// The new owner confirms it started the shard from the snapshot.
     SnapshotAck { shard: ShardId, epoch: u64 },
+    /// Owner -> edge, once the outbox has room again: events for `rooms` (for every room the
+    /// sender owns when `all`) could not be queued while it was full. The edge tells those
+    /// rooms' members to reconnect and re-join with `since`, which replays what they missed.
+    Gap { rooms: Vec<RoomId>, all: bool },
 }
 
 /// A frame on a peer link.
@@ -363,6 +369,14 @@ fn put_msg(w: &mut Writer, msg: &PeerMsg) {
             w.varint(u64::from(shard.0));
             w.varint(*epoch);
         }
+        PeerMsg::Gap { rooms, all } => {
+            w.u8(kind::msg::GAP);
+            w.bool(*all);
+            w.varint(rooms.len() as u64);
+            for room in rooms {
+                w.str(room.as_str());
+            }
+        }
     }
 }
 
@@ -421,6 +435,15 @@ fn get_msg(r: &mut Reader<'_>) -> Result<PeerMsg, WireError> {
             shard: get_shard(r)?,
             epoch: r.varint("epoch")?,
         },
+        kind::msg::GAP => {
+            let all = r.bool("gap all")?;
+            let count = r.count("gap rooms", 2)?;
+            let mut rooms = Vec::with_capacity(count);
+            for _ in 0..count {
+                rooms.push(r.room()?);
+            }
+            PeerMsg::Gap { rooms, all }
+        }
         other => {
             return Err(WireError::UnknownKind {
                 what: "message",

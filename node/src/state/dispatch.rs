@@ -37,6 +37,7 @@ impl NodeState {
                 self.accept_as_owner(room, command, hops)
             }
             PeerMsg::Event(event) => self.hub.deliver(event),
+            PeerMsg::Gap { rooms, all } => self.on_gap(from, &rooms, all),
             PeerMsg::Snapshot {
                 shard,
                 epoch,
@@ -146,7 +147,7 @@ impl NodeState {
             PeerMsg::Snapshot { shard, .. } => {
                 tracing::error!(%shard, %to, "a snapshot could not be delivered: the target left or restarted");
             }
-            PeerMsg::SnapshotAck { .. } => {}
+            PeerMsg::SnapshotAck { .. } | PeerMsg::Gap { .. } => {}
         }
     }
 }

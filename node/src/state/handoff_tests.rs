@@ -18,18 +18,23 @@ use crate::rooms::RoomSettings;
 const SHARDS: u32 = 8;
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn name(n: &str) -> NodeName {
+pub(super) fn name(n: &str) -> NodeName {
     NodeName::new(n).expect("valid node name")
 }
 
 /// The old owner. It sorts after both peers, so it dials neither: its links stay unconnected
 /// and everything it sends waits in their outboxes.
 fn old_owner() -> (Arc<NodeState>, Arc<Peers>) {
+    node_c(1000)
+}
+
+/// `node-c`, whose links hold at most `outbox` messages each.
+pub(super) fn node_c(outbox: usize) -> (Arc<NodeState>, Arc<Peers>) {
     let me = name("node-c");
     let peers = Peers::new(PeerSettings {
         me: me.clone(),
         secret: Arc::from(&b"secret"[..]),
-        max_unacked: 1000,
+        max_unacked: outbox,
     });
     let settings = NodeSettings {
         name: me,
@@ -61,7 +66,7 @@ fn old_owner() -> (Arc<NodeState>, Arc<Peers>) {
     (state, peers)
 }
 
-fn table(epoch: u64, owner: &str, moved: Option<(ShardId, &str)>) -> AssignmentTable {
+pub(super) fn table(epoch: u64, owner: &str, moved: Option<(ShardId, &str)>) -> AssignmentTable {
     let nodes: BTreeMap<NodeName, NodeInfo> = ["node-a", "node-b", "node-c"]
         .into_iter()
         .map(|n| (name(n), NodeInfo::new("127.0.0.1:9")))
@@ -104,7 +109,7 @@ fn messages_to(peers: &Peers, edge: &NodeName) -> usize {
 }
 
 /// Lets spawned tasks run until `done` holds (the clock is paused: this takes no real time).
-async fn until(mut done: impl FnMut() -> bool) {
+pub(super) async fn until(mut done: impl FnMut() -> bool) {
     for _ in 0..1000 {
         if done() {
             return;

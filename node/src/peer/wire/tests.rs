@@ -165,6 +165,14 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
             }),
             "0104ac02040203",
         ),
+        (
+            "gap",
+            data(PeerMsg::Gap {
+                rooms: vec![room("r")],
+                all: false,
+            }),
+            "0104ac0205000101 72".replace(' ', "").leak(),
+        ),
     ]
 }
 
