@@ -111,6 +111,13 @@ pub enum Error {
         /// The node that answered.
         answered: NodeName,
     },
+    /// An authenticated peer that the table in force does not name: it left the cluster, or
+    /// this node has not applied the table that adds it yet (the dialer tries again).
+    #[error("{peer} is not in this node's assignment table")]
+    UnknownPeer {
+        /// The node it proved to be.
+        peer: NodeName,
+    },
     /// The other side could not prove it holds the cluster secret.
     #[error("peer authentication failed: {peer} could not prove it holds the cluster secret")]
     PeerSecret {

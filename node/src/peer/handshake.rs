@@ -56,7 +56,7 @@ pub struct Met {
 }
 
 /// The dialer's side, towards `dialed`. `meet(peer, incarnation)` is called once the acceptor
-/// named itself and returns how far this node got in its stream.
+/// named itself and returns how far this node got in its stream (or refuses the peer).
 ///
 /// # Errors
 /// [`Error`] for a timeout, a closed connection, another version, another node than
@@ -66,7 +66,7 @@ pub async fn dial<W, R>(
     dialed: &NodeName,
     sink: &mut W,
     stream: &mut R,
-    meet: impl FnOnce(&NodeName, u64) -> u64,
+    meet: impl FnOnce(&NodeName, u64) -> Result<u64>,
 ) -> Result<Met>
 where
     W: Sink<Vec<u8>> + Unpin,
@@ -88,7 +88,7 @@ where
             answered: node,
         });
     }
-    let last_received = meet(&node, incarnation);
+    let last_received = meet(&node, incarnation)?;
     let my_nonce = nonce_hex();
     let proof = PeerFrame::Proof {
         node: me.me.clone(),
@@ -114,7 +114,7 @@ where
 }
 
 /// The acceptor's side. `meet(peer, incarnation)` is called once the dialer proved itself and
-/// returns how far this node got in its stream.
+/// returns how far this node got in its stream (or refuses the peer).
 ///
 /// # Errors
 /// [`Error`] for a timeout, a closed connection, another version, or a dialer that cannot
@@ -123,7 +123,7 @@ pub async fn accept<W, R>(
     me: Identity<'_>,
     sink: &mut W,
     stream: &mut R,
-    meet: impl FnOnce(&NodeName, u64) -> u64,
+    meet: impl FnOnce(&NodeName, u64) -> Result<u64>,
 ) -> Result<Met>
 where
     W: Sink<Vec<u8>> + Unpin,
@@ -149,7 +149,7 @@ where
     if !verify(me.secret, DIALER, &nonce, &node, &mac) {
         return Err(Error::PeerSecret { peer: node });
     }
-    let last_received = meet(&node, incarnation);
+    let last_received = meet(&node, incarnation)?;
     let welcome = PeerFrame::Welcome {
         mac: sign(me.secret, ACCEPTOR, &their_nonce, me.me),
         last_received,
@@ -267,14 +267,14 @@ mod tests {
             &a,
             &mut to_acceptor,
             &mut from_acceptor,
-            |_, _| 3,
+            |_, _| Ok(3),
         );
         let acceptor = async {
             let met = accept(
                 identity(&a, acceptor_secret),
                 &mut to_dialer,
                 &mut from_dialer,
-                |_, _| 5,
+                |_, _| Ok(5),
             )
             .await;
             // A refusing acceptor drops the connection: the dialer sees it close.
@@ -323,7 +323,7 @@ mod tests {
         let mut proof = PeerFrame::Ack { seq: 1 }.encode();
         proof[0] = 2;
         to_acceptor.send(proof).await.expect("queued");
-        let met = accept(identity(&me, b"s"), &mut sink, &mut stream, |_, _| 0).await;
+        let met = accept(identity(&me, b"s"), &mut sink, &mut stream, |_, _| Ok(0)).await;
         let err = met.expect_err("refused");
         assert!(matches!(err, Error::PeerVersion { found: 2 }));
         assert_eq!(
@@ -346,7 +346,7 @@ mod tests {
             &name("node-b"),
             &mut sink,
             &mut stream,
-            |_, _| 0,
+            |_, _| Ok(0),
         )
         .await;
         assert!(
@@ -371,10 +371,41 @@ mod tests {
             &name("node-b"),
             &mut sink,
             &mut stream,
-            |_, _| 0,
+            |_, _| Ok(0),
         )
         .await;
         assert!(matches!(met, Err(Error::WrongPeer { .. })), "{met:?}");
+    }
+
+    #[tokio::test]
+    async fn a_proven_peer_that_meet_refuses_is_not_met() {
+        let (d, a) = (name("node-a"), name("node-b"));
+        let (mut to_acceptor, mut from_dialer) = pipe();
+        let (mut to_dialer, mut from_acceptor) = pipe();
+        let dialer = dial(
+            identity(&d, b"s"),
+            &a,
+            &mut to_acceptor,
+            &mut from_acceptor,
+            |_, _| Ok(0),
+        );
+        let acceptor = async {
+            let met = accept(
+                identity(&a, b"s"),
+                &mut to_dialer,
+                &mut from_dialer,
+                |peer, _| Err(Error::UnknownPeer { peer: peer.clone() }),
+            )
+            .await;
+            drop(to_dialer);
+            met
+        };
+        let (dialer, acceptor) = tokio::join!(dialer, acceptor);
+        assert!(
+            matches!(acceptor, Err(Error::UnknownPeer { .. })),
+            "{acceptor:?}"
+        );
+        assert!(dialer.is_err(), "the dialer is not welcomed");
     }
 
     #[tokio::test(start_paused = true)]
@@ -382,7 +413,7 @@ mod tests {
         let me = name("node-b");
         let (mut sink, _challenge) = pipe();
         let mut silent = futures_util::stream::pending::<Bytes>();
-        let met = accept(identity(&me, b"s"), &mut sink, &mut silent, |_, _| 0).await;
+        let met = accept(identity(&me, b"s"), &mut sink, &mut silent, |_, _| Ok(0)).await;
         assert!(matches!(met, Err(Error::HandshakeTimeout)), "{met:?}");
         let mut silent = futures_util::stream::pending::<Bytes>();
         let met = dial(
@@ -390,7 +421,7 @@ mod tests {
             &name("node-c"),
             &mut sink,
             &mut silent,
-            |_, _| 0,
+            |_, _| Ok(0),
         )
         .await;
         assert!(matches!(met, Err(Error::HandshakeTimeout)), "{met:?}");

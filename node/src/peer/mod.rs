@@ -8,6 +8,8 @@
 
 pub mod handshake;
 pub mod link;
+#[cfg(test)]
+mod registry_tests;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -104,19 +106,23 @@ impl Peers {
         self.handler.get().and_then(Weak::upgrade)
     }
 
-    fn link(&self, peer: &NodeName) -> Arc<PeerLink> {
-        lock(&self.links)
-            .entry(peer.clone())
-            .or_insert_with(|| Arc::new(PeerLink::new(peer.clone(), self.settings.max_unacked)))
-            .clone()
+    /// The link to `peer`, when the table in force names it. Links are made and dropped only
+    /// by [`Peers::update`], so the registry holds exactly the table's other nodes: a name
+    /// that arrives in a message (a member's node, a forged or departed one) cannot add one.
+    fn link(&self, peer: &NodeName) -> Option<Arc<PeerLink>> {
+        lock(&self.links).get(peer).cloned()
     }
 
     /// Queue a message for `to`.
     ///
     /// # Errors
-    /// The message back when `to`'s outbox is full.
+    /// The message back when `to`'s outbox is full, or when the table in force does not name
+    /// `to` (it left, or never was a member).
     pub fn send(&self, to: &NodeName, msg: PeerMsg) -> Result<(), PeerMsg> {
-        self.link(to).push(msg)
+        match self.link(to) {
+            Some(link) => link.push(msg),
+            None => Err(msg),
+        }
     }
 
     /// Whether `to`'s outbox has room for another message (true for a node without a link).
@@ -126,16 +132,20 @@ impl Peers {
 
     /// Note that an event for `room` could not be queued for `to`; see [`PeerLink::mark_gap`].
     /// Returns true when this starts a gap.
+    /// Nothing is noted for a node the table does not name: it has no clients to tell.
     pub fn mark_gap(&self, to: &NodeName, room: Option<shard::RoomId>) -> bool {
-        self.link(to).mark_gap(room)
+        self.link(to).is_some_and(|link| link.mark_gap(room))
     }
 
     /// Queue a message the caller keeps a handle to, to send it again later without copying.
     ///
     /// # Errors
-    /// The message back when `to`'s outbox is full.
+    /// The message back when `to`'s outbox is full or the table does not name `to`.
     pub fn send_shared(&self, to: &NodeName, msg: Arc<PeerMsg>) -> Result<(), Arc<PeerMsg>> {
-        self.link(to).push_shared(msg)
+        match self.link(to) {
+            Some(link) => link.push_shared(msg),
+            None => Err(msg),
+        }
     }
 
     /// What is queued so far for each of `peers` (those this node has a link to), to wait
@@ -191,9 +201,14 @@ impl Peers {
             if let Some((_, dialer)) = lock(&self.dialers).remove(&name) {
                 dialer.abort();
             }
-            if let (Some(link), Some(handler)) = (link, self.handler()) {
-                for msg in link.take_all() {
-                    handler.on_bounce(&name, &msg);
+            if let Some(link) = link {
+                // An accepted connection from the departed node ends too.
+                link.reset();
+                let bounced = link.take_all();
+                if let Some(handler) = self.handler() {
+                    for msg in bounced {
+                        handler.on_bounce(&name, &msg);
+                    }
                 }
             }
         }
@@ -201,7 +216,9 @@ impl Peers {
             if name == me {
                 continue;
             }
-            self.link(name);
+            lock(&self.links).entry(name.clone()).or_insert_with(|| {
+                Arc::new(PeerLink::new(name.clone(), self.settings.max_unacked))
+            });
             if me < name {
                 let mut dialers = lock(&self.dialers);
                 let current = dialers.get(name).map(|(addr, _)| addr.clone());
@@ -332,10 +349,16 @@ impl Peers {
 
     /// A handshake named the peer's process: bounce what a restarted one will never
     /// acknowledge, and say how far this node got in its stream.
-    fn meet(&self, peer: &NodeName, incarnation: u64) -> u64 {
-        let link = self.link(peer);
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`] when the table in force does not name `peer` (it left, or this
+    /// node has not applied the table that adds it yet: the dialer tries again).
+    fn meet(&self, peer: &NodeName, incarnation: u64) -> Result<u64> {
+        let link = self
+            .link(peer)
+            .ok_or_else(|| Error::UnknownPeer { peer: peer.clone() })?;
         self.bounce(peer, link.meet(incarnation));
-        link.received()
+        Ok(link.received())
     }
 
     /// Carry the link to the peer a handshake met until the connection ends.
@@ -344,8 +367,10 @@ impl Peers {
         W: futures_util::Sink<Vec<u8>> + Unpin + Send,
         R: futures_util::Stream<Item = bytes::Bytes> + Unpin + Send,
     {
+        let Some(link) = self.link(&met.peer) else {
+            return; // the peer left the table during the handshake
+        };
         self.sessions.fetch_add(1, Ordering::Relaxed);
-        let link = self.link(&met.peer);
         let handler = self.handler();
         let from = met.peer.clone();
         let deliver = move |msg: PeerMsg| {
@@ -375,12 +400,21 @@ impl Peers {
 impl Peers {
     /// What waits for `peer`'s acknowledgement, oldest first.
     pub(crate) fn outbox(&self, peer: &NodeName) -> Vec<Arc<PeerMsg>> {
-        self.link(peer).outbox()
+        self.link(peer)
+            .map(|link| link.outbox())
+            .unwrap_or_default()
     }
 
     /// `peer` acknowledges everything queued for it so far.
     pub(crate) fn ack_all(&self, peer: &NodeName) {
-        self.link(peer).ack_all();
+        if let Some(link) = self.link(peer) {
+            link.ack_all();
+        }
+    }
+
+    /// Links in the registry.
+    pub(crate) fn link_count(&self) -> usize {
+        lock(&self.links).len()
     }
 }
 

@@ -131,7 +131,7 @@ impl NodeState {
                 .send(from, PeerMsg::SnapshotAck { shard, epoch })
                 .is_err()
         {
-            tracing::warn!(%shard, %from, "peer outbox full: the snapshot's acknowledgement waits for its resend");
+            tracing::warn!(%shard, %from, "could not queue the snapshot's acknowledgement (outbox full or peer gone): it waits for the resend");
         }
         self.progress.notify_waiters();
     }

@@ -81,7 +81,7 @@ impl NodeState {
             let queued = match peers.send_shared(to, snapshot.clone()) {
                 Ok(()) => true,
                 Err(_) => {
-                    tracing::warn!(%shard, %to, "peer outbox full: the snapshot waits for room");
+                    tracing::warn!(%shard, %to, "could not queue the snapshot (outbox full or peer gone): trying again");
                     false
                 }
             };
