@@ -95,6 +95,8 @@ pub struct PeerLink {
     /// Ends the current connection (see [`PeerLink::reset`]).
     cut: Notify,
     connected: AtomicBool,
+    /// Whether the outbox is full, readable without the lock.
+    full: AtomicBool,
     max_unacked: usize,
 }
 
@@ -111,6 +113,7 @@ impl PeerLink {
             settled: Notify::new(),
             cut: Notify::new(),
             connected: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             max_unacked: max_unacked.max(1),
         }
     }
@@ -139,11 +142,13 @@ impl PeerLink {
         let mut state = self.state();
         Self::announce_gap(&mut state, self.max_unacked);
         if state.unacked.len() >= self.max_unacked {
+            self.note_fill(&state);
             return Err(msg);
         }
         let seq = state.next_seq;
         state.next_seq += 1;
         state.unacked.push_back((seq, msg));
+        self.note_fill(&state);
         drop(state);
         self.wake.notify_one();
         Ok(())
@@ -151,8 +156,7 @@ impl PeerLink {
 
     /// Note that an event for `room` (`None`: for a room not known) could not be queued. The
     /// gap is announced to the peer as soon as the outbox has room, ahead of anything newer;
-    /// see [`PeerMsg::Gap`].
-    /// Returns true when this starts a gap (none was pending).
+    /// see [`PeerMsg::Gap`]. Returns true when this starts a gap (none was pending).
     pub fn mark_gap(&self, room: Option<RoomId>) -> bool {
         let mut state = self.state();
         let started = state.gap.is_none();
@@ -174,9 +178,16 @@ impl PeerLink {
         true
     }
 
-    /// Whether the outbox is full (a push now would fail).
+    /// Whether the outbox is full (a push now would fail). Lock-free: room owners ask it for
+    /// every message.
     pub fn is_full(&self) -> bool {
-        self.state().unacked.len() >= self.max_unacked
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Keep [`PeerLink::is_full`] in step with the outbox (called with the state locked).
+    fn note_fill(&self, state: &LinkState) {
+        self.full
+            .store(state.unacked.len() >= self.max_unacked, Ordering::Relaxed);
     }
 
     /// A mark of everything queued for the peer so far.
@@ -244,6 +255,7 @@ impl PeerLink {
                 // Its clients reconnected to a new process anyway.
                 state.gap = None;
                 let bounced = state.unacked.drain(..).map(|(_, m)| m).collect();
+                self.note_fill(&state);
                 drop(state);
                 self.settled.notify_waiters();
                 bounced
@@ -262,6 +274,7 @@ impl PeerLink {
         state.resets += 1;
         state.gap = None;
         let taken = state.unacked.drain(..).map(|(_, m)| m).collect();
+        self.note_fill(&state);
         drop(state);
         self.settled.notify_waiters();
         taken
@@ -273,6 +286,7 @@ impl PeerLink {
             state.unacked.pop_front();
         }
         let announced = Self::announce_gap(&mut state, self.max_unacked);
+        self.note_fill(&state);
         drop(state);
         self.settled.notify_waiters();
         if announced {
@@ -452,9 +466,11 @@ mod tests {
         for n in 0..4 {
             assert!(link.push(msg(n)).is_ok());
         }
+        assert!(link.is_full());
         let bounced = link.push(msg(9)).expect_err("outbox full");
         assert_eq!(conn_of(&bounced), 9);
         link.ack(2);
+        assert!(!link.is_full());
         assert!(
             link.push(msg(10)).is_ok(),
             "acknowledged messages free room"

@@ -14,7 +14,9 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as AxumMessage, WebSocket};
@@ -60,7 +62,8 @@ pub struct Peers {
     settings: PeerSettings,
     /// This process; a peer that sees a new one knows we restarted.
     incarnation: u64,
-    links: Mutex<HashMap<NodeName, Arc<PeerLink>>>,
+    /// Read on every message (to find a link), written only when a table is applied.
+    links: RwLock<HashMap<NodeName, Arc<PeerLink>>>,
     dialers: Mutex<HashMap<NodeName, (String, JoinHandle<()>)>>,
     handler: OnceLock<Weak<dyn PeerHandler>>,
     shutdown: CancellationToken,
@@ -83,13 +86,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Peers {
     /// The peer layer of a node; nothing is dialed until [`Peers::update`].
     pub fn new(settings: PeerSettings) -> Arc<Peers> {
         Arc::new(Peers {
             settings,
             incarnation: rand::random::<u64>() | 1,
-            links: Mutex::default(),
+            links: RwLock::default(),
             dialers: Mutex::default(),
             handler: OnceLock::new(),
             shutdown: CancellationToken::new(),
@@ -110,7 +122,7 @@ impl Peers {
     /// by [`Peers::update`], so the registry holds exactly the table's other nodes: a name
     /// that arrives in a message (a member's node, a forged or departed one) cannot add one.
     fn link(&self, peer: &NodeName) -> Option<Arc<PeerLink>> {
-        lock(&self.links).get(peer).cloned()
+        read(&self.links).get(peer).cloned()
     }
 
     /// Queue a message for `to`.
@@ -127,7 +139,7 @@ impl Peers {
 
     /// Whether `to`'s outbox has room for another message (true for a node without a link).
     pub fn can_take(&self, to: &NodeName) -> bool {
-        lock(&self.links).get(to).is_none_or(|link| !link.is_full())
+        read(&self.links).get(to).is_none_or(|link| !link.is_full())
     }
 
     /// Note that an event for `room` could not be queued for `to`; see [`PeerLink::mark_gap`].
@@ -152,7 +164,7 @@ impl Peers {
     /// until they have all handled it: a hand-off's old owner waits so that nothing the new
     /// owner sends them can overtake what it sent them itself.
     pub fn sent_to<'a>(&self, peers: impl IntoIterator<Item = &'a NodeName>) -> Flush {
-        let links = lock(&self.links);
+        let links = read(&self.links);
         Flush(
             peers
                 .into_iter()
@@ -164,7 +176,7 @@ impl Peers {
 
     /// Drop the connection to `peer` (it comes back by itself); see [`PeerLink::reset`].
     pub fn reset(&self, peer: &NodeName) {
-        if let Some(link) = lock(&self.links).get(peer) {
+        if let Some(link) = read(&self.links).get(peer) {
             link.reset();
         }
     }
@@ -176,7 +188,7 @@ impl Peers {
 
     /// Number of peers with a live connection.
     pub fn connected(&self) -> usize {
-        lock(&self.links)
+        read(&self.links)
             .values()
             .filter(|l| l.is_connected())
             .count()
@@ -184,20 +196,20 @@ impl Peers {
 
     /// Messages waiting for acknowledgement, over all links.
     pub fn pending(&self) -> usize {
-        lock(&self.links).values().map(|l| l.pending()).sum()
+        read(&self.links).values().map(|l| l.pending()).sum()
     }
 
     /// Follow the table's membership: dial the peers this node dials, and drop the links of
     /// nodes that left (what was queued for them is bounced).
     pub fn update(self: &Arc<Self>, table: &AssignmentTable) {
         let me = &self.settings.me;
-        let gone: Vec<NodeName> = lock(&self.links)
+        let gone: Vec<NodeName> = read(&self.links)
             .keys()
             .filter(|name| !table.nodes.contains_key(*name))
             .cloned()
             .collect();
         for name in gone {
-            let link = lock(&self.links).remove(&name);
+            let link = write(&self.links).remove(&name);
             if let Some((_, dialer)) = lock(&self.dialers).remove(&name) {
                 dialer.abort();
             }
@@ -216,7 +228,7 @@ impl Peers {
             if name == me {
                 continue;
             }
-            lock(&self.links).entry(name.clone()).or_insert_with(|| {
+            write(&self.links).entry(name.clone()).or_insert_with(|| {
                 Arc::new(PeerLink::new(name.clone(), self.settings.max_unacked))
             });
             if me < name {
@@ -414,7 +426,7 @@ impl Peers {
 
     /// Links in the registry.
     pub(crate) fn link_count(&self) -> usize {
-        lock(&self.links).len()
+        read(&self.links).len()
     }
 }
 
