@@ -45,9 +45,12 @@ pub enum Error {
     /// The table source answered with an error status.
     #[error("table source answered with status {0}")]
     TableStatus(hyper::StatusCode),
-    /// The table source's answer broke off, or is not UTF-8.
-    #[error("table source answer unreadable: {0}")]
-    TableBody(String),
+    /// The table source's answer broke off.
+    #[error("table source answer broke off: {0}")]
+    TableBody(#[source] hyper::Error),
+    /// The table source's answer is not UTF-8.
+    #[error("table source answer is not UTF-8: {0}")]
+    TableNotUtf8(#[from] std::str::Utf8Error),
     /// The table source has no table (yet), or its watch ended.
     #[error("no assignment table: {0}")]
     NoTable(&'static str),

@@ -36,9 +36,9 @@ pub trait Fanout: Send + Sync + std::fmt::Debug + 'static {
     /// Send a command on to the room's current owner (the room moved away from this node).
     fn forward(&self, room: RoomId, command: RoomCommand);
 
-    /// Whether `node`'s edge can take another event now. A message is refused with
-    /// `overloaded` before it gets a seq when one of its room's nodes cannot.
-    fn can_take(&self, _node: &NodeName) -> bool {
+    /// Whether every one of `nodes`' edges can take another event now. A message is refused
+    /// with `overloaded` before it gets a seq when one of its room's nodes cannot.
+    fn can_take(&self, _nodes: &mut dyn Iterator<Item = &NodeName>) -> bool {
         true
     }
 }
@@ -463,10 +463,7 @@ impl RoomActor {
 
     fn handle(&mut self, command: RoomCommand, received: Instant) {
         if let RoomCommand::Post { member, cid, .. } = &command
-            && self
-                .room
-                .nodes()
-                .any(|node| !self.rooms.fanout.can_take(node))
+            && !self.rooms.fanout.can_take(&mut self.room.nodes())
         {
             // Refused before it takes a seq: a message some members could not be sent.
             let frame = crate::protocol::error_frame(

@@ -64,9 +64,9 @@ impl TableSource for HttpTableSource {
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| Error::TableBody(e.to_string()))?
+                .map_err(Error::TableBody)?
                 .to_bytes();
-            let text = std::str::from_utf8(&body).map_err(|e| Error::TableBody(e.to_string()))?;
+            let text = std::str::from_utf8(&body)?;
             Ok(AssignmentTable::from_json(text)?)
         })
     }

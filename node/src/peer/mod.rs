@@ -137,9 +137,16 @@ impl Peers {
         }
     }
 
-    /// Whether `to`'s outbox has room for another message (true for a node without a link).
-    pub fn can_take(&self, to: &NodeName) -> bool {
-        read(&self.links).get(to).is_none_or(|link| !link.is_full())
+    /// Whether each of `peers`' outboxes has room for another message (true for a node
+    /// without a link). One registry read for all of them: room owners ask for every message.
+    pub fn can_take(&self, peers: &mut dyn Iterator<Item = &NodeName>) -> bool {
+        let links = read(&self.links);
+        for to in peers {
+            if links.get(to).is_some_and(|link| link.is_full()) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Note that an event for `room` could not be queued for `to`; see [`PeerLink::mark_gap`].

@@ -24,9 +24,12 @@ use crate::protocol;
 const GAP_REASON: &str = "events for a room were lost under overload: re-join with since";
 
 impl NodeState {
-    /// Whether `node`'s edge can take another event now (this node's always can).
-    pub(super) fn can_take(&self, node: &NodeName) -> bool {
-        node == self.me() || self.peers.as_ref().is_none_or(|p| p.can_take(node))
+    /// Whether every one of `nodes`' edges can take another event now (this node's always can).
+    pub(super) fn can_take(&self, nodes: &mut dyn Iterator<Item = &NodeName>) -> bool {
+        let me = self.me();
+        self.peers
+            .as_ref()
+            .is_none_or(|p| p.can_take(&mut (&mut *nodes).filter(|n| *n != me)))
     }
 
     /// `event` for `node` did not fit in its outbox: open (or widen) the link's gap.

@@ -107,8 +107,10 @@ impl Fanout for Outlet {
         }
     }
 
-    fn can_take(&self, node: &NodeName) -> bool {
-        self.node.upgrade().is_none_or(|state| state.can_take(node))
+    fn can_take(&self, nodes: &mut dyn Iterator<Item = &NodeName>) -> bool {
+        self.node
+            .upgrade()
+            .is_none_or(|state| state.can_take(nodes))
     }
 }
 
