@@ -196,15 +196,38 @@ pub enum PeerFrame {
 }
 
 fn header(kind: u8) -> Writer {
-    let mut w = Writer::default();
+    header_with_capacity(kind, 32)
+}
+
+fn header_with_capacity(kind: u8, capacity: usize) -> Writer {
+    let mut w = Writer {
+        buf: Vec::with_capacity(capacity),
+    };
     w.u8(PEER_WIRE_VERSION);
     w.u8(kind);
     w
 }
 
+/// Enough bytes for most data frames in one allocation: an event is mostly its client frame.
+fn size_hint(msg: &PeerMsg) -> usize {
+    let frame = match msg {
+        PeerMsg::Event(
+            EdgeEvent::Joined { frame, .. }
+            | EdgeEvent::ToConn { frame, .. }
+            | EdgeEvent::Broadcast { frame, .. },
+        ) => frame.len(),
+        PeerMsg::Command {
+            command: RoomCommand::Post { text, .. },
+            ..
+        } => text.len(),
+        _ => 0,
+    };
+    frame + 160
+}
+
 /// Encode a data frame without copying its message.
 pub fn encode_data(seq: u64, msg: &PeerMsg) -> Vec<u8> {
-    let mut w = header(kind::DATA);
+    let mut w = header_with_capacity(kind::DATA, size_hint(msg));
     w.varint(seq);
     put_msg(&mut w, msg);
     w.buf

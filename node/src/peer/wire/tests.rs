@@ -439,3 +439,55 @@ fn invalid_names_text_and_tags_are_errors() {
         Err(WireError::Invalid { what: "shard", .. })
     ));
 }
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_bytes_decode_to_a_frame_or_an_error_never_a_panic(
+        bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        version_and_kind in proptest::option::of((1u8..=1, 1u8..=5)),
+    ) {
+        let mut bytes = bytes;
+        if let Some((version, kind)) = version_and_kind {
+            bytes.splice(0..0, [version, kind]);
+        }
+        let _ = PeerFrame::decode(&bytes);
+    }
+
+    #[test]
+    fn any_text_and_numbers_round_trip(
+        room_name in "[a-z0-9 ]{1,40}",
+        frame in ".{0,200}",
+        user in ".{0,20}",
+        seq in proptest::num::u64::ANY,
+        conn in proptest::num::u64::ANY,
+        skip in proptest::option::of(proptest::num::u64::ANY),
+    ) {
+        let room = room(&room_name);
+        let msgs = [
+            PeerMsg::Event(EdgeEvent::Broadcast {
+                room: room.clone(),
+                frame: frame.as_str().into(),
+                skip: skip.map(ConnId),
+                is_msg: true,
+            }),
+            PeerMsg::Command {
+                room: room.clone(),
+                command: RoomCommand::Post {
+                    member: MemberKey { node: name("n1"), conn: ConnId(conn) },
+                    user: user.as_str().into(),
+                    text: frame.clone(),
+                    cid: Some(user.clone()),
+                },
+                hops: 3,
+                epoch: seq,
+            },
+        ];
+        for msg in msgs {
+            let back = PeerFrame::decode(&encode_data(seq, &msg)).expect("decodes");
+            proptest::prop_assert_eq!(
+                format!("{back:?}"),
+                format!("{:?}", PeerFrame::Data { seq, msg })
+            );
+        }
+    }
+}
