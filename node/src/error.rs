@@ -140,12 +140,10 @@ impl From<WireError> for Error {
 
 impl Error {
     /// Whether the error says the cluster is misconfigured (another secret or version) rather
-    /// than that the network failed: worth a warning each time, not a debug line.
+    /// than that the network failed or a table is still on its way (a stale address, a peer not
+    /// in the table yet): worth a warning each time, not a debug line.
     pub fn is_misconfiguration(&self) -> bool {
-        matches!(
-            self,
-            Error::PeerVersion { .. } | Error::PeerSecret { .. } | Error::WrongPeer { .. }
-        )
+        matches!(self, Error::PeerVersion { .. } | Error::PeerSecret { .. })
     }
 }
 
