@@ -2,6 +2,8 @@
 //! and damaged or forged input is an error naming what is wrong, never a panic.
 
 use super::*;
+use crate::edge::ConnId;
+use crate::room::MemberKey;
 
 fn name(n: &str) -> NodeName {
     NodeName::new(n).expect("valid node name")
