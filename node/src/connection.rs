@@ -15,6 +15,7 @@
 //! hand-off timeout, after which every waiting sender has been answered anyway. Reading the
 //! socket pauses meanwhile, which is what keeps the order.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -246,12 +247,13 @@ impl Connection {
             }
             ClientOp::Send { room, text, cid } => {
                 if !self.joined.contains(&room) {
-                    return self.refuse(not_joined(room, cid));
+                    return self.refuse(not_joined(room, cid.map(Cow::into_owned)));
                 }
+                let cid = cid.map(Cow::into_owned);
                 let command = RoomCommand::Post {
                     member: self.member(),
                     user: self.user.clone(),
-                    text,
+                    text: text.into_owned(),
                     cid: cid.clone(),
                 };
                 if let Err(e) = self.route(&room, command).await {
