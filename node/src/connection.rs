@@ -69,11 +69,16 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
     // Set when the node starts shutting down: the client was told to reconnect, and frames it
     // wrote before it saw that are still read and answered until then.
     let mut closing_at: Option<tokio::time::Instant> = None;
+    // Made once, not per frame: each wait on a cancellation token takes that token's lock, and
+    // the shutdown token is shared by every connection of the node.
+    let closed = control.closed();
+    let shutdown = node.shutdown.cancelled();
+    tokio::pin!(closed, shutdown);
     loop {
         tokio::select! {
             biased;
-            () = control.closed() => break,
-            () = node.shutdown.cancelled(), if closing_at.is_none() => {
+            () = &mut closed => break,
+            () = &mut shutdown, if closing_at.is_none() => {
                 conn.push(protocol::reconnect_frame("node shutting down", Some(0)));
                 closing_at = Some(tokio::time::Instant::now() + RECONNECT_GRACE);
             }
