@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shard::{AssignmentTable, Move, NodeInfo, NodeName, RoomId};
+use shard::{AssignmentTable, Move, NodeInfo, NodeName, RoomId, ShardId};
 
 use super::*;
 use crate::edge::ConnId;
 use crate::peer::PeerSettings;
+use crate::room::MemberKey;
+use crate::rooms::RoomSettings;
 
 const SHARDS: u32 = 8;
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
