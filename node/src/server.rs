@@ -160,6 +160,7 @@ async fn peer_link(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
     };
     upgrade
         .max_message_size(64 << 20)
+        .read_buffer_size(crate::peer::READ_BUFFER)
         .on_upgrade(move |socket| peers.accept(socket))
 }
 
