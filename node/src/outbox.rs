@@ -41,7 +41,7 @@ pub enum Pushed {
 /// One connection's outgoing frames.
 #[derive(Debug)]
 pub struct Outbox {
-    /// The client's socket; `None` for an outbox that only queues (unit tests of the edge).
+    /// The client's socket; `None` only for an outbox that just queues (unit tests of the edge).
     socket: Option<Arc<TcpStream>>,
     queue: Mutex<Queue>,
     /// Wakes the writer task when something was queued.
@@ -78,7 +78,8 @@ impl Outbox {
     }
 
     /// An outbox with no socket: it only queues (for tests of what gets delivered).
-    pub fn detached(capacity: usize) -> Outbox {
+    #[cfg(test)]
+    pub(crate) fn detached(capacity: usize) -> Outbox {
         Outbox {
             socket: None,
             queue: Mutex::default(),
@@ -122,7 +123,8 @@ impl Outbox {
     }
 
     /// Take the queued frames' texts (what a detached outbox was given).
-    pub fn take_queued(&self) -> Vec<String> {
+    #[cfg(test)]
+    pub(crate) fn take_queued(&self) -> Vec<String> {
         let mut queue = lock(&self.queue);
         queue.written = 0;
         queue
