@@ -213,10 +213,17 @@ impl Rooms {
         if registry.frozen.contains(&shard) {
             return Err(RouteError::Moved);
         }
-        let slot = registry.slots.entry(room.clone()).or_insert_with(|| Slot {
-            tx: None,
-            seq: Arc::new(AtomicU64::new(0)),
-        });
+        if !registry.slots.contains_key(room) {
+            // The name is copied only for a room new to the registry, not per command.
+            let slot = Slot {
+                tx: None,
+                seq: Arc::new(AtomicU64::new(0)),
+            };
+            registry.slots.insert(room.clone(), slot);
+        }
+        let Some(slot) = registry.slots.get_mut(room) else {
+            return Err(RouteError::Unavailable); // just inserted under this lock
+        };
         let tx = match &slot.tx {
             Some(tx) if !tx.is_closed() => tx.clone(),
             _ => {
@@ -413,31 +420,40 @@ impl RoomActor {
     async fn run(mut self) {
         let rooms = self.rooms.clone();
         self.count_members(self.room.member_count());
+        // One timer for the actor's life, moved only when it fires early: a command costs a
+        // clock read, not a new timer.
+        let idle = tokio::time::sleep(self.idle_after());
+        tokio::pin!(idle);
+        let mut last = tokio::time::Instant::now();
         loop {
-            // A forwarding actor only lingers for commands already on their way to it.
-            let idle_after = if self.forwarding {
-                Duration::from_millis(200).min(rooms.settings.passivate_after)
-            } else {
-                rooms.settings.passivate_after
-            };
-            let idle = tokio::time::sleep(idle_after);
             tokio::select! {
-                message = self.rx.recv() => match message {
-                    Some(ActorMsg::Command(command, _)) if self.forwarding => {
-                        rooms.fanout.forward(self.room.id().clone(), command);
-                    }
-                    Some(ActorMsg::Command(command, received)) => self.handle(command, received),
-                    Some(ActorMsg::HandOff(reply)) => {
-                        if !self.forwarding {
-                            let _ = reply.send(self.room.snapshot());
-                            self.forwarding = true;
-                            // The members went with the state.
-                            self.count_members(0);
+                message = self.rx.recv() => {
+                    last = tokio::time::Instant::now();
+                    match message {
+                        Some(ActorMsg::Command(command, _)) if self.forwarding => {
+                            rooms.fanout.forward(self.room.id().clone(), command);
                         }
+                        Some(ActorMsg::Command(command, received)) => self.handle(command, received),
+                        Some(ActorMsg::HandOff(reply)) => {
+                            if !self.forwarding {
+                                let _ = reply.send(self.room.snapshot());
+                                self.forwarding = true;
+                                // The members went with the state.
+                                self.count_members(0);
+                                // A forwarding actor lingers briefly: bring the timer forward.
+                                idle.as_mut().reset(last + self.idle_after());
+                            }
+                        }
+                        None => break,
                     }
-                    None => break,
-                },
-                () = idle, if self.forwarding || self.room.is_empty() => {
+                }
+                () = &mut idle, if self.forwarding || self.room.is_empty() => {
+                    let now = tokio::time::Instant::now();
+                    let due = last + self.idle_after();
+                    if now < due {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
                     if rooms.try_passivate(self.room.id(), &self.weak, !self.rx.is_empty()) {
                         if !self.forwarding {
                             rooms.metrics.rooms_passivated.inc();
@@ -445,11 +461,22 @@ impl RoomActor {
                         tracing::debug!(room = %self.room.id(), seq = self.room.seq(), "room actor stopped");
                         break;
                     }
+                    idle.as_mut().reset(now + self.idle_after());
                 }
             }
         }
         self.count_members(0);
         rooms.metrics.rooms_active.dec();
+    }
+
+    /// How long the room waits idle before it passivates (briefly, once it only forwards).
+    fn idle_after(&self) -> Duration {
+        let passivate_after = self.rooms.settings.passivate_after;
+        if self.forwarding {
+            Duration::from_millis(200).min(passivate_after)
+        } else {
+            passivate_after
+        }
     }
 
     /// Brings the shard's member gauge to `members` for this room.
