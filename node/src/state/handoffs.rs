@@ -1,0 +1,162 @@
+//! The new owner's side of a hand-off, and commands that arrive ahead of this node's table:
+//! both wait in bounded buffers until the snapshot or the table arrives, or their deadline
+//! passes and their senders are answered.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Weak;
+use std::time::Duration;
+
+use shard::{Move, NodeName, RoomId, ShardId};
+use tokio::time::Instant;
+
+use super::{NodeState, lock};
+use crate::room::{RoomCommand, RoomSnapshot};
+use crate::rooms::{Refused, RouteError};
+
+/// A shard this node is receiving: commands wait here for the snapshot.
+#[derive(Debug)]
+pub(super) struct Incoming {
+    pub(super) from: NodeName,
+    pub(super) buffer: VecDeque<(RoomId, RoomCommand)>,
+    /// When this node applied the table that moves the shard here (the hand-off histogram's
+    /// start).
+    pub(super) started: Instant,
+    pub(super) deadline: Instant,
+    /// The snapshot is late: senders are answered at once instead of waiting.
+    pub(super) overdue: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Handoffs {
+    pub(super) incoming: HashMap<ShardId, Incoming>,
+    /// Shards handed away whose snapshot the new owner has not confirmed yet: to whom, and
+    /// the epoch the snapshot carries (which its acknowledgement echoes).
+    pub(super) outgoing: HashMap<ShardId, (NodeName, u64)>,
+    /// Moves of the current table this node finished as the source, until the table drops them.
+    pub(super) done: Vec<Move>,
+    /// Commands from peers that already route by a newer table than ours.
+    pub(super) early: Vec<Early>,
+    /// Snapshots that arrived before the table that announces their move.
+    pub(super) early_snapshots: Vec<EarlySnapshot>,
+}
+
+/// A snapshot waiting for this node's table to reach `epoch`.
+#[derive(Debug)]
+pub(super) struct EarlySnapshot {
+    pub(super) from: NodeName,
+    pub(super) shard: ShardId,
+    pub(super) epoch: u64,
+    pub(super) rooms: Vec<RoomSnapshot>,
+}
+
+/// A command that waits for this node's table to reach `epoch`.
+#[derive(Debug)]
+pub(super) struct Early {
+    pub(super) epoch: u64,
+    pub(super) deadline: Instant,
+    pub(super) room: RoomId,
+    pub(super) command: RoomCommand,
+    pub(super) hops: u8,
+}
+
+impl NodeState {
+    /// Buffer `command` when its shard is on its way to this node (answering its sender when
+    /// the buffer is full or the hand-off overdue); otherwise hand it back.
+    pub(super) fn buffer_if_incoming(
+        &self,
+        room: &RoomId,
+        command: RoomCommand,
+    ) -> Option<RoomCommand> {
+        let shard = shard::shard_of(room, self.settings.shards);
+        let mut handoffs = lock(&self.handoffs);
+        let Some(incoming) = handoffs.incoming.get_mut(&shard) else {
+            return Some(command);
+        };
+        if incoming.overdue || incoming.buffer.len() >= self.settings.handoff.buffer {
+            drop(handoffs);
+            self.answer_error(&command, RouteError::Unavailable, room);
+            return None;
+        }
+        incoming.buffer.push_back((room.clone(), command));
+        None
+    }
+
+    /// Queue the commands a hand-off buffered to their rooms, in order. Called under the
+    /// hand-off lock, right after the shard is installed, so that nothing routed meanwhile gets
+    /// ahead of them; what is not taken here is returned for [`Self::settle_refused`], to be
+    /// forwarded or answered once the lock is released.
+    pub(super) fn replay(&self, buffer: VecDeque<(RoomId, RoomCommand)>) -> Vec<(RoomId, Refused)> {
+        let table = self.table();
+        buffer
+            .into_iter()
+            .filter_map(|(room, command)| {
+                if table.owner_of_room(&room) != Some(self.me()) {
+                    let error = RouteError::Moved;
+                    return Some((room, Refused { error, command }));
+                }
+                let refused = self.rooms.try_send(&room, command).err()?;
+                Some((room, refused))
+            })
+            .collect()
+    }
+
+    /// Forward the commands [`Self::replay`] could not queue here, or answer their senders.
+    pub(super) fn settle_refused(&self, refused: Vec<(RoomId, Refused)>) {
+        for (room, Refused { error, command }) in refused {
+            match error {
+                RouteError::Moved => self.forward(room, command, 0),
+                error => self.answer_error(&command, error, &room),
+            }
+        }
+    }
+
+    /// Whether this node has nothing left to hand off: see [`shard::handed_off`].
+    pub fn handed_off(&self) -> bool {
+        let in_progress = {
+            let handoffs = lock(&self.handoffs);
+            handoffs.incoming.len() + handoffs.outgoing.len()
+        };
+        shard::handed_off(&self.table(), self.me(), in_progress)
+    }
+
+    /// Whether no hand-off is in progress here, either way.
+    pub(super) fn handoffs_idle(&self) -> bool {
+        let handoffs = lock(&self.handoffs);
+        handoffs.incoming.is_empty() && handoffs.outgoing.is_empty()
+    }
+
+    /// Answer senders waiting on overdue hand-offs or on a table that never came.
+    pub(super) fn expire_handoffs(&self, now: Instant) {
+        let mut expired = Vec::new();
+        {
+            let mut handoffs = lock(&self.handoffs);
+            let (late, waiting) = std::mem::take(&mut handoffs.early)
+                .into_iter()
+                .partition(|e| now >= e.deadline);
+            handoffs.early = waiting;
+            expired.extend(late.into_iter().map(|e: Early| (e.room, e.command)));
+            for (shard, incoming) in handoffs.incoming.iter_mut() {
+                if !incoming.overdue && now >= incoming.deadline {
+                    incoming.overdue = true;
+                    tracing::warn!(%shard, from = %incoming.from, "hand-off overdue: answering waiting senders");
+                    expired.extend(incoming.buffer.drain(..));
+                }
+            }
+        }
+        for (room, command) in expired {
+            self.answer_error(&command, RouteError::Unavailable, &room);
+        }
+    }
+}
+
+pub(super) async fn watch_handoff_deadlines(node: Weak<NodeState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        if node.shutdown.is_cancelled() && node.handoffs_idle() {
+            return;
+        }
+        node.expire_handoffs(Instant::now());
+    }
+}

@@ -1,0 +1,149 @@
+//! Routing: an edge sends a room operation to the owner its table names. An owner that is
+//! receiving the room's shard buffers it until the snapshot arrives; one that handed the shard
+//! away forwards it to the new owner. A forward counts hops, so two nodes whose tables
+//! disagree for a moment cannot bounce a command forever: past [`MAX_HOPS`] the sender gets
+//! `room_unavailable`. Every path ends in a delivery or an error frame to the sender.
+
+use shard::{NodeName, RoomId};
+
+use super::NodeState;
+use crate::edge::EdgeEvent;
+use crate::peer::wire::PeerMsg;
+use crate::protocol::{self, ErrorCode};
+use crate::room::{MemberKey, RoomCommand};
+use crate::rooms::{Refused, RouteError};
+
+/// Forwards a command may take before it is answered with `room_unavailable`.
+pub const MAX_HOPS: u8 = 4;
+
+impl NodeState {
+    /// Send a room operation from a local client to the room's owner.
+    ///
+    /// # Errors
+    /// [`RouteError`] when the owner cannot take it; the caller answers the client.
+    pub async fn route(&self, room: &RoomId, command: RoomCommand) -> Result<(), RouteError> {
+        let table = self.table();
+        match table.owner_of_room(room) {
+            None => Err(RouteError::Unavailable),
+            Some(owner) if owner == self.me() => {
+                let Some(command) = self.buffer_if_incoming(room, command) else {
+                    return Ok(());
+                };
+                match self.rooms.send(room, command).await {
+                    Ok(()) => Ok(()),
+                    Err(Refused {
+                        error: RouteError::Moved,
+                        command,
+                    }) => {
+                        self.forward(room.clone(), command, 0);
+                        Ok(())
+                    }
+                    Err(refused) => Err(refused.error),
+                }
+            }
+            Some(owner) => self
+                .send_command(owner, room.clone(), command, 0)
+                .map_err(|_| RouteError::Unavailable),
+        }
+    }
+
+    /// A command as its owner receives it from a peer; errors are answered to the member.
+    pub(super) fn accept_as_owner(&self, room: RoomId, command: RoomCommand, hops: u8) {
+        let table = self.table();
+        if table.owner_of_room(&room) != Some(self.me()) {
+            return self.forward(room, command, hops);
+        }
+        let Some(command) = self.buffer_if_incoming(&room, command) else {
+            return;
+        };
+        match self.rooms.try_send(&room, command) {
+            Ok(()) => {}
+            Err(Refused {
+                error: RouteError::Moved,
+                command,
+            }) => self.forward(room, command, hops),
+            Err(Refused { error, command }) => self.answer_error(&command, error, &room),
+        }
+    }
+
+    /// Send `command` on to the owner the current table names.
+    pub(super) fn forward(&self, room: RoomId, command: RoomCommand, hops: u8) {
+        let table = self.table();
+        let refused = match table.owner_of_room(&room) {
+            Some(owner) if owner != self.me() && hops < MAX_HOPS => {
+                self.send_command(owner, room.clone(), command, hops + 1)
+            }
+            _ => Err(command),
+        };
+        if let Err(command) = refused {
+            self.answer_error(&command, RouteError::Unavailable, &room);
+        }
+    }
+
+    /// Queue `command` for `owner`; the command comes back when it cannot be sent.
+    pub(super) fn send_command(
+        &self,
+        owner: &NodeName,
+        room: RoomId,
+        command: RoomCommand,
+        hops: u8,
+    ) -> Result<(), RoomCommand> {
+        let Some(peers) = &self.peers else {
+            return Err(command);
+        };
+        let epoch = self.table().epoch;
+        let msg = PeerMsg::Command {
+            room,
+            command,
+            hops,
+            epoch,
+        };
+        match peers.send(owner, msg) {
+            Ok(())
+            | Err(
+                PeerMsg::Event(_)
+                | PeerMsg::Snapshot { .. }
+                | PeerMsg::SnapshotAck { .. }
+                | PeerMsg::Gap { .. },
+            ) => Ok(()),
+            Err(PeerMsg::Command { command, .. }) => Err(command),
+        }
+    }
+
+    /// Deliver an event to `node`'s edge: here, or over the link.
+    pub(super) fn deliver(&self, node: &NodeName, event: EdgeEvent) {
+        if node == self.me() {
+            self.hub.deliver(event);
+        } else if let Some(peers) = &self.peers
+            && let Err(PeerMsg::Event(event)) = peers.send(node, PeerMsg::Event(event))
+        {
+            self.gap(peers, node, &event);
+        }
+    }
+
+    /// Answer the member behind `command` with an error frame (nothing when there is none).
+    pub(super) fn answer_error(&self, command: &RoomCommand, error: RouteError, room: &RoomId) {
+        let Some(member) = command.member() else {
+            return;
+        };
+        let code = match error {
+            RouteError::Overloaded => ErrorCode::Overloaded,
+            RouteError::Unavailable | RouteError::Moved => ErrorCode::RoomUnavailable,
+        };
+        let frame = protocol::error_frame(code, &error.to_string(), command.cid(), Some(room));
+        self.deliver_to_member(member, frame);
+        if member.node == *self.me() {
+            self.metrics.error(code);
+        }
+    }
+
+    pub(super) fn deliver_to_member(&self, member: &MemberKey, frame: String) {
+        self.deliver(
+            &member.node,
+            EdgeEvent::ToConn {
+                conn: member.conn,
+                frame: frame.into(),
+            },
+        );
+    }
+}

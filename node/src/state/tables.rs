@@ -1,0 +1,158 @@
+//! Applying a new assignment table: start, receive, hand off and drop shards as it says, then
+//! re-join members of rooms whose owner vanished.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use shard::AssignmentTable;
+use tokio::time::Instant;
+
+use super::handoffs::{Early, EarlySnapshot, Incoming};
+use super::{NodeState, lock};
+use crate::room::{MemberKey, RoomCommand};
+
+impl NodeState {
+    /// Apply a new assignment table: start, receive, hand off and drop shards as it says.
+    /// Returns false when the table is not newer than the one in force (it is ignored).
+    pub async fn apply_table(self: &Arc<Self>, new: AssignmentTable) -> bool {
+        let _one_at_a_time = self.applying.lock().await;
+        let old = self.table();
+        if new.epoch <= old.epoch && !(old.epoch == 0 && old.nodes.is_empty()) {
+            return false;
+        }
+        if new.shards != self.settings.shards {
+            tracing::error!(
+                table = new.shards,
+                node = self.settings.shards,
+                "table has a different shard count; ignored"
+            );
+            return false;
+        }
+        let me = self.me().clone();
+        let change = shard::transition(&old, &new, &me);
+        let abandoned = shard::abandoned_handoffs(&old, &new, &me);
+        {
+            let mut handoffs = lock(&self.handoffs);
+            let started = Instant::now();
+            let deadline = started + self.settings.handoff.timeout;
+            for (shard, from) in &change.gained_by_handoff {
+                handoffs.incoming.insert(
+                    *shard,
+                    Incoming {
+                        from: from.clone(),
+                        buffer: VecDeque::new(),
+                        started,
+                        deadline,
+                        overdue: false,
+                    },
+                );
+            }
+            handoffs.done.retain(|m| new.moves.contains(m));
+            handoffs
+                .outgoing
+                .retain(|shard, (to, _)| new.move_of(*shard).is_some_and(|m| &m.to == to));
+        }
+        let new = Arc::new(new);
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        if let Some(peers) = &self.peers {
+            peers.update(&new);
+        }
+        for (shard, from) in abandoned {
+            let refused = {
+                let mut handoffs = lock(&self.handoffs);
+                let incoming = handoffs.incoming.remove(&shard);
+                // A snapshot already received is not abandoned: the source handed it off and
+                // left before the operator cleared the move. Installed and replayed under the
+                // lock, as in `on_snapshot`.
+                if incoming.is_some() && new.owner(shard) == Some(&me) {
+                    tracing::warn!(%shard, %from, "hand-off abandoned (source gone): starting the shard empty");
+                    self.rooms.install(shard, Vec::new());
+                }
+                self.replay(incoming.map(|i| i.buffer).unwrap_or_default())
+            };
+            self.settle_refused(refused);
+        }
+        for shard in &change.gained_fresh {
+            self.rooms.install(*shard, Vec::new());
+        }
+        let snapshots: Vec<EarlySnapshot> = {
+            let mut handoffs = lock(&self.handoffs);
+            let (ready, later) = std::mem::take(&mut handoffs.early_snapshots)
+                .into_iter()
+                .partition(|e| e.epoch <= new.epoch);
+            handoffs.early_snapshots = later;
+            ready
+        };
+        for early in snapshots {
+            self.on_snapshot(&early.from, early.shard, early.epoch, early.rooms);
+        }
+        let ready: Vec<Early> = {
+            let mut handoffs = lock(&self.handoffs);
+            let (ready, later) = std::mem::take(&mut handoffs.early)
+                .into_iter()
+                .partition(|e| e.epoch <= new.epoch);
+            handoffs.early = later;
+            ready
+        };
+        for early in ready {
+            self.accept_as_owner(early.room, early.command, early.hops);
+        }
+        for (shard, to) in change.lost {
+            let handed = new
+                .move_of(shard)
+                .is_some_and(|m| m.from == me && m.to == to);
+            tokio::spawn(self.clone().hand_off(shard, to, handed, new.epoch));
+        }
+        for shard in change.lost_unassigned {
+            let rooms = self.rooms.clone();
+            tokio::spawn(async move {
+                rooms.freeze(shard).await;
+            });
+        }
+        for node in old.nodes.keys().filter(|n| !new.nodes.contains_key(*n)) {
+            self.rooms
+                .tell_all(&RoomCommand::DropNode { node: node.clone() });
+        }
+        self.rejoin_orphaned_members(&old, &new).await;
+        tracing::info!(
+            epoch = new.epoch,
+            owned = new.shards_of(&me).len(),
+            "assignment table applied"
+        );
+        self.progress.notify_waiters();
+        true
+    }
+
+    /// Rooms whose owner vanished (no hand-off) restart empty on a new owner: re-join this
+    /// edge's members there, so each is told the room's new state with a `joined`.
+    pub(super) async fn rejoin_orphaned_members(
+        &self,
+        old: &AssignmentTable,
+        new: &AssignmentTable,
+    ) {
+        for (room, members) in self.hub.rooms_with_members() {
+            let shard = new.shard_of(&room);
+            let (before, after) = (old.owner(shard), new.owner(shard));
+            let orphaned = before != after
+                && after.is_some()
+                && new.move_of(shard).is_none()
+                && before.is_none_or(|o| !new.nodes.contains_key(o));
+            if !orphaned {
+                continue;
+            }
+            for member in members {
+                let command = RoomCommand::Join {
+                    member: MemberKey {
+                        node: self.me().clone(),
+                        conn: member.id,
+                    },
+                    user: member.user.clone(),
+                    since: None,
+                };
+                if let Err(e) = self.route(&room, command).await {
+                    tracing::warn!(%room, error = %e, "could not re-join a member to the room's new owner");
+                }
+            }
+        }
+    }
+}
