@@ -5,6 +5,7 @@
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]   SECONDS per target (default 60); every target by default
 #   fuzz/run.sh 1800                    the long form: half an hour per target
+#   fuzz/run.sh 0                       only replay the committed corpus, each input once
 #
 # What a run finds worth keeping goes to a scratch corpus ($ROOMSHARD_FUZZ_WORK, else a
 # temporary directory removed at the end), never into fuzz/corpus/: the tree stays clean. A
@@ -23,9 +24,9 @@ targets=("${@:-${all_targets[@]}}")
 
 # Limits: no single allocation above malloc_limit (the largest legitimate one is an assignment
 # table of the maximum shard count, 1 Mi owners of 16 bytes), no process above rss_limit, no
-# input slower than timeout.
+# input slower than timeout (AddressSanitizer's quarantine alone keeps 256 MB resident).
 malloc_limit_mb=64
-rss_limit_mb=1024
+rss_limit_mb=2048
 timeout_s=10
 
 target_dir="${ROOMSHARD_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/roomshard/fuzz-target}"
@@ -44,12 +45,14 @@ for t in "${targets[@]}"; do
   log="$scratch/$t.log"
   started=$SECONDS
   status=0
+  # libFuzzer reads -max_total_time=0 as "no limit": 0 seconds means one pass over the corpus.
+  if [ "$seconds" -eq 0 ]; then bound=(-runs=0); else bound=(-max_total_time="$seconds"); fi
   "$target_dir/$triple/release/$t" "$scratch/$t" "corpus/$t" \
-    -max_total_time="$seconds" -rss_limit_mb="$rss_limit_mb" -malloc_limit_mb="$malloc_limit_mb" \
+    "${bound[@]}" -rss_limit_mb="$rss_limit_mb" -malloc_limit_mb="$malloc_limit_mb" \
     -timeout="$timeout_s" -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1 || status=$?
-  runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
-  cov="$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)"
-  corp="$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -n 1 | cut -d' ' -f2)"
+  runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1 || true)"
+  cov="$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2 || true)"
+  corp="$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -n 1 | cut -d' ' -f2 || true)"
   took=$((SECONDS - started))
   if [ "$status" -eq 0 ]; then
     echo "fuzz $t: ok, ${took} s, ${runs:-?} runs, coverage ${cov:-?} edges, corpus ${corp:-?}"

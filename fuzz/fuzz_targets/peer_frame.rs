@@ -1,6 +1,6 @@
-//! A binary message received on a peer link, as `node::peer::wire` decodes it: any bytes must
-//! give a frame or an error, never a panic or a huge allocation; a decoded frame re-encodes to
-//! bytes that decode to the same encoding.
+//! A binary message received on a peer link, as `node::peer::wire` decodes it (the versioned
+//! encoding of `docs/peer-links.md`): any bytes must give a frame or an error, never a panic or
+//! a huge allocation; a decoded frame re-encodes to bytes that decode to the same encoding.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
