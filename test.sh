@@ -46,7 +46,7 @@ cargo build --workspace --bins
 section "rust tests: cargo test --workspace (the real-cluster suite runs last, below)"
 cargo test --workspace --exclude kube-e2e
 
-section "fuzz: fuzz/run.sh (3 targets, ${ROOMSHARD_FUZZ_SECONDS:-60} s each)"
+section "fuzz: fuzz/run.sh (4 targets, ${ROOMSHARD_FUZZ_SECONDS:-60} s each)"
 fuzz/run.sh "${ROOMSHARD_FUZZ_SECONDS:-60}"
 
 section "JavaScript client: clients/js (npm test)"

@@ -19,7 +19,7 @@ cd "$(dirname "$0")"
 seconds="${1:-60}"
 [ "$#" -gt 0 ] && shift
 [[ "$seconds" =~ ^[0-9]+$ ]] || { echo "fuzz/run.sh: SECONDS must be a whole number, not $seconds" >&2; exit 2; }
-all_targets=(client_frame peer_frame assignment_table)
+all_targets=(client_frame ws_frame peer_frame assignment_table)
 targets=("${@:-${all_targets[@]}}")
 
 # Limits: no single allocation above malloc_limit (the largest legitimate one is an assignment

@@ -14,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
     };
     match parse_client_frame(frame, MAX_TEXT_BYTES) {
         Ok(op) => {
-            let again = parse_client_frame(&to_json(&op), MAX_TEXT_BYTES);
+            let json = to_json(&op);
+            let again = parse_client_frame(&json, MAX_TEXT_BYTES);
             assert_eq!(again.ok(), Some(op));
         }
         Err(refusal) => {

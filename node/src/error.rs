@@ -27,6 +27,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Start-up: `--table-configmap` needs the Kubernetes API.
+    #[cfg(feature = "kubernetes")]
     #[error("cannot reach the Kubernetes API for --table-configmap: {0}")]
     Kube(#[source] kube::Error),
     /// A listener failed while serving.

@@ -24,6 +24,7 @@
 
 pub mod auth;
 pub mod config;
+#[cfg(feature = "kubernetes")]
 pub mod configmap_source;
 pub mod connection;
 pub mod edge;

@@ -1,6 +1,7 @@
 //! The node's ConfigMap table source against the real kube-apiserver (a control plane with
 //! no Nodes, from `testing/kubeharness`): the table the operator writes into the ConfigMap
 //! reaches the node, newest epoch first.
+#![cfg(feature = "kubernetes")]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
