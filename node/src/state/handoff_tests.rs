@@ -41,6 +41,7 @@ fn old_owner() -> (Arc<NodeState>, Arc<Peers>) {
             queue: 64,
             passivate_after: Duration::from_secs(600),
             send_timeout: Duration::from_secs(1),
+            remembered: 1_000,
         },
         limits: ConnectionLimits {
             max_text_bytes: 1024,
