@@ -438,8 +438,14 @@ impl RoomActor {
         self.count_members(self.room.member_count());
         loop {
             // A forwarding actor only lingers for commands already on their way to it.
+            // A bare room (joined and left, nothing said) has nothing to keep: it goes at
+            // once, so joining and leaving room names costs no memory past the visit.
             let idle_after = if self.forwarding {
                 Duration::from_millis(200).min(rooms.settings.passivate_after)
+            } else if self.room.is_bare() {
+                // (A millisecond, not zero: a sender holding a permit makes passivation wait,
+                // and the actor must not spin meanwhile.)
+                Duration::from_millis(1).min(rooms.settings.passivate_after)
             } else {
                 rooms.settings.passivate_after
             };

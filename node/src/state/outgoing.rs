@@ -30,13 +30,16 @@ impl NodeState {
         handed: bool,
         epoch: u64,
     ) {
+        let started = std::time::Instant::now();
         let rooms = self.rooms.freeze(shard).await;
+        let frozen = started.elapsed();
         if !handed {
             return;
         }
         lock(&self.handoffs).outgoing.insert(shard, to.clone());
         let Some(peers) = &self.peers else { return };
         self.flush_edges(peers, shard, &to, &rooms).await;
+        let flushed = started.elapsed();
         let count = rooms.len();
         let snapshot = PeerMsg::Snapshot {
             shard,
@@ -46,7 +49,8 @@ impl NodeState {
         if peers.send(&to, snapshot).is_err() {
             tracing::error!(%shard, %to, "peer outbox full: snapshot not sent");
         } else {
-            tracing::info!(%shard, %to, rooms = count, "shard handed off");
+            // The steps of the pause this shard's rooms see, for finding where it goes.
+            tracing::info!(%shard, %to, rooms = count, ?frozen, ?flushed, "shard handed off");
         }
     }
 
