@@ -287,14 +287,19 @@ impl Rooms {
                 .collect();
             (running, passive)
         };
-        for tx in running {
+        // Every room is asked at once and answers as soon as its own queue is through: the
+        // shard waits for its busiest room, not for the sum of all of them.
+        let asked = running.into_iter().map(|tx| async move {
             let (reply, snapshot) = oneshot::channel();
-            if tx.send(ActorMsg::HandOff(reply)).await.is_ok()
-                && let Ok(snapshot) = snapshot.await
-            {
-                snapshots.push(snapshot);
-            }
-        }
+            tx.send(ActorMsg::HandOff(reply)).await.ok()?;
+            snapshot.await.ok()
+        });
+        snapshots.extend(
+            futures_util::future::join_all(asked)
+                .await
+                .into_iter()
+                .flatten(),
+        );
         snapshots
     }
 
