@@ -22,6 +22,8 @@ COPY node ./node
 # The node embeds the JavaScript client it serves at /roomshard.js.
 COPY clients/js/roomshard.js ./clients/js/roomshard.js
 COPY operator ./operator
+# The load generator is a workspace member too (not built here, but its manifest is needed).
+COPY bench ./bench
 COPY testing ./testing
 COPY tests/kube ./tests/kube
 # The registry and target caches stay on the build machine between builds; the binaries are

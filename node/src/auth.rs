@@ -7,6 +7,8 @@
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::Deserialize;
 
+use crate::error::Error;
+
 /// Longest user name we accept, in bytes; names are echoed to every room member.
 pub const MAX_USER_BYTES: usize = 64;
 
@@ -67,35 +69,29 @@ impl Authenticator {
     /// The user name for a connection.
     ///
     /// # Errors
-    /// A lowercase reason, fit for a 1008 close frame, when no usable identity was given.
-    pub fn identify(&self, params: &IdentityParams) -> Result<String, String> {
+    /// [`Error`] (its message fits a 1008 close frame) when no usable identity was given.
+    pub fn identify(&self, params: &IdentityParams) -> Result<String, Error> {
         let user = match &self.key {
             Some(key) => {
-                let token = params
-                    .token
-                    .as_deref()
-                    .ok_or_else(|| "authentication required: pass ?token=".to_owned())?;
+                let token = params.token.as_deref().ok_or(Error::TokenRequired)?;
                 decode::<Claims>(token, key, &self.validation)
-                    .map_err(|e| format!("invalid token: {e}"))?
+                    .map_err(Error::InvalidToken)?
                     .claims
                     .sub
             }
-            None => params
-                .user
-                .clone()
-                .ok_or_else(|| "missing identity: pass ?user=".to_owned())?,
+            None => params.user.clone().ok_or(Error::UserRequired)?,
         };
         validate_user(&user)?;
         Ok(user)
     }
 }
 
-fn validate_user(user: &str) -> Result<(), String> {
+fn validate_user(user: &str) -> Result<(), Error> {
     if user.is_empty() || user.len() > MAX_USER_BYTES {
-        return Err(format!("user name must be 1 to {MAX_USER_BYTES} bytes"));
+        return Err(Error::UserLength);
     }
     if user.chars().any(char::is_control) {
-        return Err("user name must not contain control characters".to_owned());
+        return Err(Error::UserControl);
     }
     Ok(())
 }
@@ -135,7 +131,10 @@ mod tests {
     #[test]
     fn without_a_key_the_user_parameter_is_the_identity() {
         let auth = Authenticator::open();
-        assert_eq!(auth.identify(&params(None, Some("ann"))), Ok("ann".into()));
+        assert_eq!(
+            auth.identify(&params(None, Some("ann"))).ok(),
+            Some("ann".into())
+        );
         assert!(auth.identify(&params(None, None)).is_err());
         assert!(auth.identify(&params(None, Some(""))).is_err());
         assert!(auth.identify(&params(None, Some("a\nb"))).is_err());
@@ -146,8 +145,8 @@ mod tests {
         let auth = Authenticator::with_hs256_key(b"k1");
         let good = token(b"k1", "bob", in_an_hour());
         assert_eq!(
-            auth.identify(&params(Some(good), Some("mallory"))),
-            Ok("bob".into())
+            auth.identify(&params(Some(good), Some("mallory"))).ok(),
+            Some("bob".into())
         );
     }
 
@@ -157,14 +156,14 @@ mod tests {
         let missing = auth
             .identify(&params(None, Some("ann")))
             .expect_err("no token");
-        assert!(missing.contains("authentication required"));
+        assert!(missing.to_string().contains("authentication required"));
         let forged = token(b"other", "bob", in_an_hour());
         assert!(auth.identify(&params(Some(forged), None)).is_err());
         let expired = token(b"k1", "bob", 1_000);
         let reason = auth
             .identify(&params(Some(expired), None))
             .expect_err("expired");
-        assert!(reason.contains("invalid token"), "{reason}");
+        assert!(reason.to_string().contains("invalid token"), "{reason}");
         assert!(
             auth.identify(&params(Some("garbage".into()), None))
                 .is_err()

@@ -17,7 +17,8 @@ use shard::AssignmentTable;
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::table_source::{BoxedTable, SourceError, TableSource};
+use crate::error::Error;
+use crate::table_source::{BoxedTable, TableSource};
 
 /// The ConfigMap key that holds the table (the operator writes it).
 pub const TABLE_KEY: &str = "table.json";
@@ -95,13 +96,11 @@ impl TableSource for ConfigMapTableSource {
             .await;
             match waited {
                 Ok(Ok(Some(table))) => Ok((*table).clone()),
-                Ok(Ok(None)) => Err(SourceError::Unreachable("no table".into())),
-                Ok(Err(_)) => Err(SourceError::Unreachable("the watch ended".into())),
+                Ok(Ok(None)) => Err(Error::NoTable("the ConfigMap has none")),
+                Ok(Err(_)) => Err(Error::NoTable("the ConfigMap watch ended")),
                 Err(_) => match self.latest.borrow().as_ref() {
                     Some(table) => Ok((**table).clone()),
-                    None => Err(SourceError::Unreachable(
-                        "no assignment table in the ConfigMap yet".into(),
-                    )),
+                    None => Err(Error::NoTable("none in the ConfigMap yet")),
                 },
             }
         })

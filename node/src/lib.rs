@@ -25,6 +25,7 @@ pub mod config;
 pub mod configmap_source;
 pub mod connection;
 pub mod edge;
+pub mod error;
 pub mod exit;
 pub mod load;
 pub mod metrics;
@@ -42,5 +43,6 @@ pub mod state;
 pub mod table_source;
 
 pub use config::{ConfigError, NodeConfig};
+pub use error::{Error, Result};
 pub use server::run;
 pub use state::{NodeSettings, NodeState};

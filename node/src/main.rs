@@ -38,17 +38,28 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+async fn serve(config: NodeConfig) -> Result<(), node::Error> {
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| node::Error::Listen {
+                what: "clients",
+                addr: config.listen,
+                source,
+            })?;
     let bound = listener.local_addr()?;
     let peer_listener = match config.peer_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen for peers on {addr}: {e}"))?,
-        ),
+        Some(addr) => {
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| node::Error::Listen {
+                        what: "peers",
+                        addr,
+                        source,
+                    })?,
+            )
+        }
         None => None,
     };
     let peer_bound = match &peer_listener {
@@ -63,9 +74,9 @@ async fn serve(config: NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let source: Option<Arc<dyn TableSource>> = match (&config.table_url, &config.table_configmap) {
         (Some(url), _) => Some(Arc::new(HttpTableSource::new(url.clone()))),
         (None, Some(configmap)) => {
-            let client = kube::Client::try_default().await.map_err(|e| {
-                format!("cannot reach the Kubernetes API for --table-configmap: {e}")
-            })?;
+            let client = kube::Client::try_default()
+                .await
+                .map_err(node::Error::Kube)?;
             Some(Arc::new(ConfigMapTableSource::new(
                 client,
                 &config.namespace,

@@ -74,8 +74,19 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Connections refused for want of a usable identity.
     pub auth_failures: Counter,
-    /// Events for another node dropped because its link's outbox was full.
+    /// Events for another node that its link's full outbox could not take: each is announced
+    /// to that node as a gap once the outbox has room (see `peer::link`).
     pub peer_drops: Counter,
+    /// Gap announcements queued for edge nodes (each makes the edge tell the affected
+    /// members to reconnect and re-join with `since`).
+    pub peer_gaps: Counter,
+    /// Members this edge told to reconnect because an owner announced a gap in their rooms.
+    pub gap_reconnects: Counter,
+    /// Sends refused with `overloaded` before they got a seq, because a node with members in
+    /// the room could not take more (its peer outbox was full).
+    pub sends_refused_overloaded: Counter,
+    /// Snapshots sent again because their acknowledgement did not come (see `state/outgoing`).
+    pub snapshot_resends: Counter,
     /// Per-code error counters, in [`ErrorCode::ALL`] order (clones of the family's members,
     /// so counting one is an index and an atomic add, no lookup).
     errors: [Counter; ErrorCode::ALL.len()],
@@ -138,6 +149,10 @@ impl Metrics {
             slow_consumers: Counter::default(),
             auth_failures: Counter::default(),
             peer_drops: Counter::default(),
+            snapshot_resends: Counter::default(),
+            peer_gaps: Counter::default(),
+            gap_reconnects: Counter::default(),
+            sends_refused_overloaded: Counter::default(),
             errors,
             peers_connected: Gauge::default(),
             peers_expected: Gauge::default(),
@@ -209,8 +224,28 @@ impl Metrics {
         );
         r.register(
             "roomshard_peer_drops",
-            "Events for other nodes dropped by a full peer outbox",
+            "Events for other nodes a full peer outbox could not take (announced as gaps)",
             m.peer_drops.clone(),
+        );
+        r.register(
+            "roomshard_peer_gaps",
+            "Gap announcements queued for edge nodes after their outbox had been full",
+            m.peer_gaps.clone(),
+        );
+        r.register(
+            "roomshard_gap_reconnects",
+            "Members told to reconnect and re-join because an owner announced a gap in their room",
+            m.gap_reconnects.clone(),
+        );
+        r.register(
+            "roomshard_sends_refused_overloaded",
+            "Sends refused with overloaded before taking a seq (a member node's peer outbox was full)",
+            m.sends_refused_overloaded.clone(),
+        );
+        r.register(
+            "roomshard_snapshot_resends",
+            "Hand-off snapshots sent again because the new owner's acknowledgement did not come",
+            m.snapshot_resends.clone(),
         );
         r.register(
             "roomshard_errors",
@@ -354,8 +389,8 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(helps, types, "every metric has help text");
-        // 21: the hand-off histogram shows once a shard has been handed here.
-        assert_eq!(types, 21);
+        // 25: the hand-off histogram shows once a shard has been handed here.
+        assert_eq!(types, 25);
         assert!(!text.contains(".."), "help text ends with one period");
     }
 

@@ -153,6 +153,11 @@ impl Room {
         &self.id
     }
 
+    /// The edge nodes with members here: where a message goes.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeName> {
+        self.nodes.keys()
+    }
+
     /// The last sequence number given out.
     pub fn seq(&self) -> u64 {
         self.seq

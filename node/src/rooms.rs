@@ -40,6 +40,12 @@ pub trait Fanout: Send + Sync + std::fmt::Debug + 'static {
 
     /// Send a command on to the room's current owner (the room moved away from this node).
     fn forward(&self, room: RoomId, command: RoomCommand);
+
+    /// Whether every one of `nodes`' edges can take another event now. A message is refused
+    /// with `overloaded` before it gets a seq when one of its room's nodes cannot.
+    fn can_take(&self, _nodes: &mut dyn Iterator<Item = &NodeName>) -> bool {
+        true
+    }
 }
 
 /// What a room actor's queue carries.
@@ -496,6 +502,23 @@ impl RoomActor {
     }
 
     fn handle(&mut self, command: RoomCommand, received: Instant) {
+        if let RoomCommand::Post { member, cid, .. } = &command
+            && !self.rooms.fanout.can_take(&mut self.room.nodes())
+        {
+            // Refused before it takes a seq: a message some members could not be sent.
+            let frame = crate::protocol::error_frame(
+                crate::protocol::ErrorCode::Overloaded,
+                "a node with members in this room cannot take more messages now; retry later",
+                cid.as_deref(),
+                Some(self.room.id()),
+            );
+            let answer = EdgeEvent::ToConn {
+                conn: member.conn,
+                frame: frame.into(),
+            };
+            self.rooms.metrics.sends_refused_overloaded.inc();
+            return self.rooms.fanout.deliver(&member.node, answer);
+        }
         let before = self.room.seq();
         let ids = &self.rooms.ids;
         let out = self.room.apply(command, &mut || {

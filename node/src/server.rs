@@ -251,7 +251,7 @@ async fn websocket(
                     let (sink, stream) = socket.split();
                     connection::serve(sink, stream, node, user).await;
                 }
-                Err(reason) => refuse(socket, &node, &reason).await,
+                Err(reason) => refuse(socket, &node, &reason.to_string()).await,
             }
         })
     })

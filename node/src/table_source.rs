@@ -19,22 +19,11 @@ use hyper_util::rt::TokioExecutor;
 use shard::AssignmentTable;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{Error, Result};
 use crate::state::NodeState;
 
-/// Why a table could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The source could not be reached or answered with an error.
-    #[error("table source unreachable: {0}")]
-    Unreachable(String),
-    /// The source answered with something that is not a valid table.
-    #[error("invalid table from source: {0}")]
-    Invalid(#[from] shard::ShardError),
-}
-
 /// What [`TableSource::next`] returns.
-pub type BoxedTable<'a> =
-    Pin<Box<dyn Future<Output = Result<AssignmentTable, SourceError>> + Send + 'a>>;
+pub type BoxedTable<'a> = Pin<Box<dyn Future<Output = Result<AssignmentTable>> + Send + 'a>>;
 
 /// A stream of assignment tables.
 pub trait TableSource: Send + Sync + 'static {
@@ -63,27 +52,21 @@ impl TableSource for HttpTableSource {
     fn next(&self, after: u64) -> BoxedTable<'_> {
         Box::pin(async move {
             let separator = if self.url.contains('?') { '&' } else { '?' };
-            let uri = format!("{}{separator}after={after}", self.url)
-                .parse::<hyper::Uri>()
-                .map_err(|e| SourceError::Unreachable(e.to_string()))?;
+            let uri = format!("{}{separator}after={after}", self.url).parse::<hyper::Uri>()?;
             let response = tokio::time::timeout(Duration::from_secs(60), self.client.get(uri))
                 .await
-                .map_err(|_| SourceError::Unreachable("timed out".into()))?
-                .map_err(|e| SourceError::Unreachable(e.to_string()))?;
+                .map_err(|_| Error::TableTimeout)?
+                .map_err(Error::TableRequest)?;
             if !response.status().is_success() {
-                return Err(SourceError::Unreachable(format!(
-                    "status {}",
-                    response.status()
-                )));
+                return Err(Error::TableStatus(response.status()));
             }
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| SourceError::Unreachable(e.to_string()))?
+                .map_err(Error::TableBody)?
                 .to_bytes();
-            let text =
-                std::str::from_utf8(&body).map_err(|e| SourceError::Unreachable(e.to_string()))?;
+            let text = std::str::from_utf8(&body)?;
             Ok(AssignmentTable::from_json(text)?)
         })
     }

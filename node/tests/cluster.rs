@@ -260,7 +260,7 @@ async fn a_peer_connection_without_the_secret_is_refused() {
     let proof = node::peer::wire::PeerFrame::Proof {
         node: forger.clone(),
         incarnation: 1,
-        mac: node::peer::wire::sign(b"wrong secret", "dialer", &nonce, &forger),
+        mac: node::peer::handshake::sign(b"wrong secret", "dialer", &nonce, &forger),
         nonce: "n".into(),
         last_received: 0,
     };
@@ -278,12 +278,12 @@ async fn a_peer_connection_without_the_secret_is_refused() {
         other => panic!("expected a 1008 close, got {other:?}"),
     }
     // The real secret passes the same check.
-    assert!(node::peer::wire::verify(
+    assert!(node::peer::handshake::verify(
         SECRET,
         "dialer",
         "x",
         &forger,
-        &node::peer::wire::sign(SECRET, "dialer", "x", &forger)
+        &node::peer::handshake::sign(SECRET, "dialer", "x", &forger)
     ));
     // And a browser-style client cannot open it as a chat socket either: /peer is not on the client port.
     let (code, _) = support::http_get(nodes[0].addr, "/peer").await;

@@ -7,19 +7,23 @@
 //! restarted or left the cluster and can never take it — handed back ("bounced") so that its
 //! sender can be answered with an error instead of silence.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use shard::NodeName;
+use shard::{NodeName, RoomId};
 use tokio::sync::Notify;
 
 use super::wire::{PeerFrame, PeerMsg};
 
 /// How many data frames a writer sends before it flushes.
 const BATCH: usize = 256;
+/// Rooms a gap names one by one; past this many it covers every room (bounded whatever the
+/// number of rooms whose events were refused).
+const MAX_GAP_ROOMS: usize = 256;
 /// How often a receiver acknowledges what it got, at the latest.
 const ACK_EVERY: Duration = Duration::from_millis(20);
 
@@ -38,6 +42,37 @@ struct LinkState {
     /// Bumped whenever the outbox is emptied without acknowledgement (the peer restarted or
     /// left), so a [`Sent`] mark taken before knows its messages are settled.
     resets: u64,
+    /// Events the full outbox could not take, to announce once it has room.
+    gap: Option<Gap>,
+}
+
+/// What a full outbox refused: the rooms of the events, or all rooms.
+#[derive(Debug, Default)]
+struct Gap {
+    rooms: BTreeSet<RoomId>,
+    all: bool,
+}
+
+impl Gap {
+    fn add(&mut self, room: Option<RoomId>) {
+        match room {
+            Some(room) if !self.all && self.rooms.len() < MAX_GAP_ROOMS => {
+                self.rooms.insert(room);
+            }
+            Some(room) if self.rooms.contains(&room) => {}
+            _ => {
+                self.all = true;
+                self.rooms.clear();
+            }
+        }
+    }
+
+    fn into_msg(self) -> PeerMsg {
+        PeerMsg::Gap {
+            rooms: self.rooms.into_iter().collect(),
+            all: self.all,
+        }
+    }
 }
 
 /// How far this node's stream to a peer had got at one moment: what [`PeerLink::delivered`]
@@ -60,6 +95,8 @@ pub struct PeerLink {
     /// Ends the current connection (see [`PeerLink::reset`]).
     cut: Notify,
     connected: AtomicBool,
+    /// Whether the outbox is full, readable without the lock.
+    full: AtomicBool,
     max_unacked: usize,
 }
 
@@ -76,6 +113,7 @@ impl PeerLink {
             settled: Notify::new(),
             cut: Notify::new(),
             connected: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             max_unacked: max_unacked.max(1),
         }
     }
@@ -91,16 +129,65 @@ impl PeerLink {
     /// # Errors
     /// The message back when the outbox is full (the peer has been unreachable for long).
     pub fn push(&self, msg: PeerMsg) -> Result<(), PeerMsg> {
+        // The message is the only handle to itself here: handing it back does not copy it.
+        self.push_shared(Arc::new(msg))
+            .map_err(Arc::unwrap_or_clone)
+    }
+
+    /// Queue a message that the caller keeps a handle to (to send it again later).
+    ///
+    /// # Errors
+    /// The message back when the outbox is full.
+    pub fn push_shared(&self, msg: Arc<PeerMsg>) -> Result<(), Arc<PeerMsg>> {
         let mut state = self.state();
+        Self::announce_gap(&mut state, self.max_unacked);
         if state.unacked.len() >= self.max_unacked {
+            self.note_fill(&state);
             return Err(msg);
         }
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.unacked.push_back((seq, Arc::new(msg)));
+        state.unacked.push_back((seq, msg));
+        self.note_fill(&state);
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Note that an event for `room` (`None`: for a room not known) could not be queued. The
+    /// gap is announced to the peer as soon as the outbox has room, ahead of anything newer;
+    /// see [`PeerMsg::Gap`]. Returns true when this starts a gap (none was pending).
+    pub fn mark_gap(&self, room: Option<RoomId>) -> bool {
+        let mut state = self.state();
+        let started = state.gap.is_none();
+        state.gap.get_or_insert_default().add(room);
+        started
+    }
+
+    /// Queue the pending gap announcement if there is one and room for it; true if queued.
+    fn announce_gap(state: &mut LinkState, max_unacked: usize) -> bool {
+        if state.unacked.len() >= max_unacked {
+            return false;
+        }
+        let Some(gap) = state.gap.take() else {
+            return false;
+        };
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.unacked.push_back((seq, Arc::new(gap.into_msg())));
+        true
+    }
+
+    /// Whether the outbox is full (a push now would fail). Lock-free: room owners ask it for
+    /// every message.
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Keep [`PeerLink::is_full`] in step with the outbox (called with the state locked).
+    fn note_fill(&self, state: &LinkState) {
+        self.full
+            .store(state.unacked.len() >= self.max_unacked, Ordering::Relaxed);
     }
 
     /// A mark of everything queued for the peer so far.
@@ -165,7 +252,10 @@ impl PeerLink {
                 state.received = 0;
                 state.next_seq = 1;
                 state.resets += 1;
+                // Its clients reconnected to a new process anyway.
+                state.gap = None;
                 let bounced = state.unacked.drain(..).map(|(_, m)| m).collect();
+                self.note_fill(&state);
                 drop(state);
                 self.settled.notify_waiters();
                 bounced
@@ -182,7 +272,9 @@ impl PeerLink {
         let mut state = self.state();
         state.generation += 1;
         state.resets += 1;
+        state.gap = None;
         let taken = state.unacked.drain(..).map(|(_, m)| m).collect();
+        self.note_fill(&state);
         drop(state);
         self.settled.notify_waiters();
         taken
@@ -193,8 +285,18 @@ impl PeerLink {
         while state.unacked.front().is_some_and(|(seq, _)| *seq <= upto) {
             state.unacked.pop_front();
         }
+        let announced = Self::announce_gap(&mut state, self.max_unacked);
+        self.note_fill(&state);
         drop(state);
         self.settled.notify_waiters();
+        if announced {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a gap waits to be announced.
+    pub fn has_gap(&self) -> bool {
+        self.state().gap.is_some()
     }
 
     /// True when `seq` is new (the next one); false for a repeat after a resend.
@@ -233,7 +335,7 @@ impl PeerLink {
         deliver: &(dyn Fn(PeerMsg) + Send + Sync),
     ) where
         W: Sink<Vec<u8>> + Unpin + Send,
-        R: Stream<Item = Vec<u8>> + Unpin + Send,
+        R: Stream<Item = Bytes> + Unpin + Send,
     {
         self.ack(resume_from);
         let generation = {
@@ -244,7 +346,7 @@ impl PeerLink {
         self.connected.store(true, Ordering::Relaxed);
         let reader = async {
             while let Some(bytes) = stream.next().await {
-                match PeerFrame::decode(&bytes) {
+                match PeerFrame::decode_shared(&bytes) {
                     Ok(PeerFrame::Data { seq, msg }) => {
                         if self.accept(seq) {
                             deliver(msg);
@@ -336,144 +438,4 @@ impl PeerLink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::edge::{ConnId, EdgeEvent};
-
-    fn msg(n: u64) -> PeerMsg {
-        PeerMsg::Event(EdgeEvent::ToConn {
-            conn: ConnId(n),
-            frame: "x".into(),
-        })
-    }
-
-    fn conn_of(msg: &PeerMsg) -> u64 {
-        match msg {
-            PeerMsg::Event(EdgeEvent::ToConn { conn, .. }) => conn.0,
-            _ => 0,
-        }
-    }
-
-    fn link() -> Arc<PeerLink> {
-        Arc::new(PeerLink::new(NodeName::new("peer").expect("valid"), 4))
-    }
-
-    #[test]
-    fn a_full_outbox_hands_the_message_back() {
-        let link = link();
-        for n in 0..4 {
-            assert!(link.push(msg(n)).is_ok());
-        }
-        let bounced = link.push(msg(9)).expect_err("outbox full");
-        assert_eq!(conn_of(&bounced), 9);
-        link.ack(2);
-        assert!(
-            link.push(msg(10)).is_ok(),
-            "acknowledged messages free room"
-        );
-    }
-
-    #[test]
-    fn repeats_after_a_resend_are_dropped() {
-        let link = link();
-        assert!(link.accept(1));
-        assert!(link.accept(2));
-        assert!(!link.accept(2));
-        assert!(!link.accept(1));
-        assert!(link.accept(3));
-    }
-
-    #[test]
-    fn a_restarted_peer_gets_its_unacknowledged_messages_bounced_and_numbering_restarts() {
-        let link = link();
-        assert!(link.meet(7).is_empty());
-        link.push(msg(1)).expect("room");
-        link.push(msg(2)).expect("room");
-        link.accept(5);
-        assert!(link.meet(7).is_empty(), "same process: nothing changes");
-        let bounced = link.meet(8);
-        assert_eq!(
-            bounced.iter().map(|m| conn_of(m)).collect::<Vec<_>>(),
-            [1, 2]
-        );
-        assert_eq!(link.received(), 0);
-        link.push(msg(3)).expect("room");
-        assert_eq!(link.unsent(0, 0).expect("same generation")[0].0, 1);
-    }
-
-    #[tokio::test]
-    async fn messages_lost_with_a_broken_connection_are_resent_on_the_next_one() {
-        use tokio::sync::mpsc;
-        use tokio_util::sync::PollSender;
-        let sender = Arc::new(PeerLink::new(NodeName::new("peer").expect("valid"), 16));
-        for n in 1..=5 {
-            sender.push(msg(n)).expect("room");
-        }
-        // First connection: the peer reads frames but the connection breaks before any ack.
-        let (tx, mut wire) = mpsc::channel::<Vec<u8>>(64);
-        let incoming = futures_util::stream::pending::<Vec<u8>>();
-        let first = {
-            let sender = sender.clone();
-            tokio::spawn(async move { sender.run(PollSender::new(tx), incoming, 0, &|_| {}).await })
-        };
-        let mut seen = Vec::new();
-        while seen.len() < 5 {
-            if let Some(bytes) = wire.recv().await
-                && let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes)
-            {
-                seen.push(seq);
-            }
-        }
-        first.abort();
-        assert_eq!(seen, [1, 2, 3, 4, 5]);
-        // Second connection: the peer says it got up to 3, so 4 and 5 come again, then 6.
-        sender.push(msg(6)).expect("room");
-        let (tx, mut wire) = mpsc::channel::<Vec<u8>>(64);
-        let incoming = futures_util::stream::pending::<Vec<u8>>();
-        let second = {
-            let sender = sender.clone();
-            tokio::spawn(async move { sender.run(PollSender::new(tx), incoming, 3, &|_| {}).await })
-        };
-        let mut again = Vec::new();
-        while again.len() < 3 {
-            if let Some(bytes) = wire.recv().await
-                && let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes)
-            {
-                again.push(seq);
-            }
-        }
-        second.abort();
-        assert_eq!(again, [4, 5, 6]);
-        assert_eq!(
-            sender.pending(),
-            3,
-            "4, 5 and 6 wait for their acknowledgement"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_sent_mark_is_delivered_once_acknowledged_or_bounced() {
-        let link = link();
-        link.push(msg(1)).expect("room");
-        let first = link.sent();
-        link.push(msg(2)).expect("room");
-        let second = link.sent();
-        assert!(!link.is_delivered(first));
-        link.ack(1);
-        link.delivered(first).await;
-        assert!(!link.is_delivered(second), "2 is not acknowledged yet");
-        let waiter = {
-            let link = link.clone();
-            tokio::spawn(async move { link.delivered(second).await })
-        };
-        link.take_all();
-        waiter
-            .await
-            .expect("a bounced message settles the mark too");
-        link.push(msg(3)).expect("room");
-        assert!(
-            link.is_delivered(second),
-            "later messages do not hold an earlier mark"
-        );
-    }
-}
+mod tests;

@@ -6,23 +6,31 @@
 //! with 1008. A dialer that loses its connection dials again with backoff; delivery state
 //! lives in [`link::PeerLink`], so nothing in flight is lost across a reconnect.
 
+pub mod handshake;
 pub mod link;
+#[cfg(test)]
+mod registry_tests;
 pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as AxumMessage, WebSocket};
+use futures_util::future::ready;
 use futures_util::{SinkExt, StreamExt};
 use shard::{AssignmentTable, NodeName};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as TungMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{Error, Result};
+use handshake::{Identity, Met};
 use link::{PeerLink, Sent};
-use wire::{PeerFrame, PeerMsg};
+use wire::PeerMsg;
 
 /// How long each step of a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,7 +62,8 @@ pub struct Peers {
     settings: PeerSettings,
     /// This process; a peer that sees a new one knows we restarted.
     incarnation: u64,
-    links: Mutex<HashMap<NodeName, Arc<PeerLink>>>,
+    /// Read on every message (to find a link), written only when a table is applied.
+    links: RwLock<HashMap<NodeName, Arc<PeerLink>>>,
     dialers: Mutex<HashMap<NodeName, (String, JoinHandle<()>)>>,
     handler: OnceLock<Weak<dyn PeerHandler>>,
     shutdown: CancellationToken,
@@ -77,13 +86,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Peers {
     /// The peer layer of a node; nothing is dialed until [`Peers::update`].
     pub fn new(settings: PeerSettings) -> Arc<Peers> {
         Arc::new(Peers {
             settings,
             incarnation: rand::random::<u64>() | 1,
-            links: Mutex::default(),
+            links: RwLock::default(),
             dialers: Mutex::default(),
             handler: OnceLock::new(),
             shutdown: CancellationToken::new(),
@@ -100,26 +118,60 @@ impl Peers {
         self.handler.get().and_then(Weak::upgrade)
     }
 
-    fn link(&self, peer: &NodeName) -> Arc<PeerLink> {
-        lock(&self.links)
-            .entry(peer.clone())
-            .or_insert_with(|| Arc::new(PeerLink::new(peer.clone(), self.settings.max_unacked)))
-            .clone()
+    /// The link to `peer`, when the table in force names it. Links are made and dropped only
+    /// by [`Peers::update`], so the registry holds exactly the table's other nodes: a name
+    /// that arrives in a message (a member's node, a forged or departed one) cannot add one.
+    fn link(&self, peer: &NodeName) -> Option<Arc<PeerLink>> {
+        read(&self.links).get(peer).cloned()
     }
 
     /// Queue a message for `to`.
     ///
     /// # Errors
-    /// The message back when `to`'s outbox is full.
+    /// The message back when `to`'s outbox is full, or when the table in force does not name
+    /// `to` (it left, or never was a member).
     pub fn send(&self, to: &NodeName, msg: PeerMsg) -> Result<(), PeerMsg> {
-        self.link(to).push(msg)
+        match self.link(to) {
+            Some(link) => link.push(msg),
+            None => Err(msg),
+        }
+    }
+
+    /// Whether each of `peers`' outboxes has room for another message (true for a node
+    /// without a link). One registry read for all of them: room owners ask for every message.
+    pub fn can_take(&self, peers: &mut dyn Iterator<Item = &NodeName>) -> bool {
+        let links = read(&self.links);
+        for to in peers {
+            if links.get(to).is_some_and(|link| link.is_full()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Note that an event for `room` could not be queued for `to`; see [`PeerLink::mark_gap`].
+    /// Returns true when this starts a gap.
+    /// Nothing is noted for a node the table does not name: it has no clients to tell.
+    pub fn mark_gap(&self, to: &NodeName, room: Option<shard::RoomId>) -> bool {
+        self.link(to).is_some_and(|link| link.mark_gap(room))
+    }
+
+    /// Queue a message the caller keeps a handle to, to send it again later without copying.
+    ///
+    /// # Errors
+    /// The message back when `to`'s outbox is full or the table does not name `to`.
+    pub fn send_shared(&self, to: &NodeName, msg: Arc<PeerMsg>) -> Result<(), Arc<PeerMsg>> {
+        match self.link(to) {
+            Some(link) => link.push_shared(msg),
+            None => Err(msg),
+        }
     }
 
     /// What is queued so far for each of `peers` (those this node has a link to), to wait
     /// until they have all handled it: a hand-off's old owner waits so that nothing the new
     /// owner sends them can overtake what it sent them itself.
     pub fn sent_to<'a>(&self, peers: impl IntoIterator<Item = &'a NodeName>) -> Flush {
-        let links = lock(&self.links);
+        let links = read(&self.links);
         Flush(
             peers
                 .into_iter()
@@ -131,7 +183,7 @@ impl Peers {
 
     /// Drop the connection to `peer` (it comes back by itself); see [`PeerLink::reset`].
     pub fn reset(&self, peer: &NodeName) {
-        if let Some(link) = lock(&self.links).get(peer) {
+        if let Some(link) = read(&self.links).get(peer) {
             link.reset();
         }
     }
@@ -143,7 +195,7 @@ impl Peers {
 
     /// Number of peers with a live connection.
     pub fn connected(&self) -> usize {
-        lock(&self.links)
+        read(&self.links)
             .values()
             .filter(|l| l.is_connected())
             .count()
@@ -151,26 +203,31 @@ impl Peers {
 
     /// Messages waiting for acknowledgement, over all links.
     pub fn pending(&self) -> usize {
-        lock(&self.links).values().map(|l| l.pending()).sum()
+        read(&self.links).values().map(|l| l.pending()).sum()
     }
 
     /// Follow the table's membership: dial the peers this node dials, and drop the links of
     /// nodes that left (what was queued for them is bounced).
     pub fn update(self: &Arc<Self>, table: &AssignmentTable) {
         let me = &self.settings.me;
-        let gone: Vec<NodeName> = lock(&self.links)
+        let gone: Vec<NodeName> = read(&self.links)
             .keys()
             .filter(|name| !table.nodes.contains_key(*name))
             .cloned()
             .collect();
         for name in gone {
-            let link = lock(&self.links).remove(&name);
+            let link = write(&self.links).remove(&name);
             if let Some((_, dialer)) = lock(&self.dialers).remove(&name) {
                 dialer.abort();
             }
-            if let (Some(link), Some(handler)) = (link, self.handler()) {
-                for msg in link.take_all() {
-                    handler.on_bounce(&name, &msg);
+            if let Some(link) = link {
+                // An accepted connection from the departed node ends too.
+                link.reset();
+                let bounced = link.take_all();
+                if let Some(handler) = self.handler() {
+                    for msg in bounced {
+                        handler.on_bounce(&name, &msg);
+                    }
                 }
             }
         }
@@ -178,7 +235,9 @@ impl Peers {
             if name == me {
                 continue;
             }
-            self.link(name);
+            write(&self.links).entry(name.clone()).or_insert_with(|| {
+                Arc::new(PeerLink::new(name.clone(), self.settings.max_unacked))
+            });
             if me < name {
                 let mut dialers = lock(&self.dialers);
                 let current = dialers.get(name).map(|(addr, _)| addr.clone());
@@ -207,6 +266,9 @@ impl Peers {
         while !self.shutdown.is_cancelled() {
             match self.dial_once(&peer, &addr).await {
                 Ok(()) => backoff = BACKOFF_MIN,
+                Err(e) if e.is_misconfiguration() => {
+                    tracing::warn!(%peer, %addr, error = %e, "peer refused");
+                }
                 Err(e) => tracing::debug!(%peer, %addr, error = %e, "peer dial failed"),
             }
             let jitter = Duration::from_millis(rand::random::<u64>() % 25);
@@ -219,148 +281,124 @@ impl Peers {
     }
 
     /// Dial, authenticate both ways, then carry the link until the connection ends.
-    async fn dial_once(self: &Arc<Self>, peer: &NodeName, addr: &str) -> Result<(), String> {
+    async fn dial_once(self: &Arc<Self>, peer: &NodeName, addr: &str) -> Result<()> {
         let url = format!("ws://{addr}/peer");
         let (ws, _) = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             tokio_tungstenite::connect_async_with_config(&url, None, true),
         )
         .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-        let (mut sink, stream) = ws.split();
-        let mut stream = Box::pin(stream.filter_map(|m| async move {
-            match m {
-                Ok(TungMessage::Binary(bytes)) => Some(bytes.to_vec()),
+        .map_err(|_| Error::HandshakeTimeout)?
+        .map_err(|e| Error::PeerConnect {
+            addr: addr.to_owned(),
+            source: Box::new(e),
+        })?;
+        let (sink, stream) = ws.split();
+        let mut stream = stream.filter_map(|m| {
+            ready(match m {
+                Ok(TungMessage::Binary(bytes)) => Some(bytes),
                 _ => None,
-            }
-        }));
-        let secret = &self.settings.secret;
-        let challenge = next_frame(&mut stream).await?;
-        let PeerFrame::Challenge {
-            node,
-            incarnation,
-            nonce,
-        } = challenge
-        else {
-            return Err("expected a challenge".into());
-        };
-        if &node != peer {
-            return Err(format!("dialed {peer} at {addr} but {node} answered"));
-        }
-        let link = self.link(peer);
-        self.bounce(peer, link.meet(incarnation));
-        let my_nonce = wire::nonce();
-        let proof = PeerFrame::Proof {
-            node: self.settings.me.clone(),
-            incarnation: self.incarnation,
-            mac: wire::sign(secret, "dialer", &nonce, &self.settings.me),
-            nonce: my_nonce.clone(),
-            last_received: link.received(),
-        };
-        sink.send(TungMessage::Binary(proof.encode().into()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let PeerFrame::Welcome { mac, last_received } = next_frame(&mut stream).await? else {
-            return Err("expected a welcome".into());
-        };
-        if !wire::verify(secret, "acceptor", &my_nonce, peer, &mac) {
-            return Err(format!(
-                "{peer} could not prove it holds the cluster secret"
-            ));
-        }
-        tracing::info!(%peer, %addr, "peer link up (dialed)");
-        self.sessions.fetch_add(1, Ordering::Relaxed);
-        let sink = sink.with(|bytes: Vec<u8>| async move {
-            Ok::<_, tokio_tungstenite::tungstenite::Error>(TungMessage::Binary(bytes.into()))
+            })
         });
-        let handler = self.handler();
-        let from = peer.clone();
-        let deliver = move |msg: PeerMsg| {
-            if let Some(handler) = &handler {
-                handler.on_message(&from, msg);
-            }
-        };
-        link.run(Box::pin(sink), stream, last_received, &deliver)
-            .await;
-        tracing::info!(%peer, "peer link down");
+        let mut sink = sink.with(|bytes: Vec<u8>| {
+            ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(
+                TungMessage::Binary(bytes.into()),
+            ))
+        });
+        let met = handshake::dial(
+            self.identity(),
+            peer,
+            &mut sink,
+            &mut stream,
+            |peer, incarnation| self.meet(peer, incarnation),
+        )
+        .await?;
+        tracing::info!(%peer, %addr, "peer link up (dialed)");
+        self.carry(met, sink, stream).await;
         Ok(())
     }
 
-    /// Serve a connection that arrived at `/peer`: authenticate it, then carry its link.
+    /// Serve a connection that arrived at `/peer`: authenticate it, then carry its link. A
+    /// connection that fails the handshake is closed with 1008 and the reason.
     pub async fn accept(self: Arc<Self>, socket: WebSocket) {
-        let (mut sink, stream) = socket.split();
-        let mut stream = Box::pin(stream.filter_map(|m| async move {
-            match m {
-                Ok(AxumMessage::Binary(bytes)) => Some(bytes.to_vec()),
+        let (mut raw_sink, stream) = socket.split();
+        let mut stream = stream.filter_map(|m| {
+            ready(match m {
+                Ok(AxumMessage::Binary(bytes)) => Some(bytes),
                 _ => None,
-            }
-        }));
-        let nonce = wire::nonce();
-        let challenge = PeerFrame::Challenge {
-            node: self.settings.me.clone(),
-            incarnation: self.incarnation,
-            nonce: nonce.clone(),
-        };
-        if sink
-            .send(AxumMessage::Binary(challenge.encode().into()))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let proof = next_frame(&mut stream).await;
-        let Ok(PeerFrame::Proof {
-            node,
-            incarnation,
-            mac,
-            nonce: their_nonce,
-            last_received,
-        }) = proof
-        else {
-            refuse(&mut sink, "peer handshake expected a proof").await;
-            return;
-        };
-        if !wire::verify(&self.settings.secret, "dialer", &nonce, &node, &mac) {
-            tracing::warn!(%node, "refused a peer connection without the cluster secret");
-            refuse(&mut sink, "peer authentication failed").await;
-            return;
-        }
-        let link = self.link(&node);
-        self.bounce(&node, link.meet(incarnation));
-        let welcome = PeerFrame::Welcome {
-            mac: wire::sign(
-                &self.settings.secret,
-                "acceptor",
-                &their_nonce,
-                &self.settings.me,
-            ),
-            last_received: link.received(),
-        };
-        if sink
-            .send(AxumMessage::Binary(welcome.encode().into()))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        tracing::info!(peer = %node, "peer link up (accepted)");
-        self.sessions.fetch_add(1, Ordering::Relaxed);
-        let sink = sink.with(|bytes: Vec<u8>| async move {
-            Ok::<_, axum::Error>(AxumMessage::Binary(bytes.into()))
+            })
         });
+        let mut sink = (&mut raw_sink)
+            .with(|bytes: Vec<u8>| ready(Ok::<_, axum::Error>(AxumMessage::Binary(bytes.into()))));
+        let met = handshake::accept(
+            self.identity(),
+            &mut sink,
+            &mut stream,
+            |peer, incarnation| self.meet(peer, incarnation),
+        )
+        .await;
+        match met {
+            Ok(met) => {
+                tracing::info!(peer = %met.peer, "peer link up (accepted)");
+                tokio::select! {
+                    () = self.carry(met, sink, stream) => {}
+                    () = self.shutdown.cancelled() => {}
+                }
+            }
+            Err(e) => {
+                if e.is_misconfiguration() {
+                    tracing::warn!(error = %e, "refused a peer connection");
+                } else {
+                    tracing::debug!(error = %e, "peer handshake failed");
+                }
+                drop(sink);
+                refuse(&mut raw_sink, &e.to_string()).await;
+            }
+        }
+    }
+
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            me: &self.settings.me,
+            incarnation: self.incarnation,
+            secret: &self.settings.secret,
+            timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// A handshake named the peer's process: bounce what a restarted one will never
+    /// acknowledge, and say how far this node got in its stream.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`] when the table in force does not name `peer` (it left, or this
+    /// node has not applied the table that adds it yet: the dialer tries again).
+    fn meet(&self, peer: &NodeName, incarnation: u64) -> Result<u64> {
+        let link = self
+            .link(peer)
+            .ok_or_else(|| Error::UnknownPeer { peer: peer.clone() })?;
+        self.bounce(peer, link.meet(incarnation));
+        Ok(link.received())
+    }
+
+    /// Carry the link to the peer a handshake met until the connection ends.
+    async fn carry<W, R>(&self, met: Met, sink: W, stream: R)
+    where
+        W: futures_util::Sink<Vec<u8>> + Unpin + Send,
+        R: futures_util::Stream<Item = bytes::Bytes> + Unpin + Send,
+    {
+        let Some(link) = self.link(&met.peer) else {
+            return; // the peer left the table during the handshake
+        };
+        self.sessions.fetch_add(1, Ordering::Relaxed);
         let handler = self.handler();
-        let from = node.clone();
+        let from = met.peer.clone();
         let deliver = move |msg: PeerMsg| {
             if let Some(handler) = &handler {
                 handler.on_message(&from, msg);
             }
         };
-        tokio::select! {
-            () = link.run(Box::pin(sink), stream, last_received, &deliver) => {}
-            () = self.shutdown.cancelled() => {}
-        }
-        tracing::info!(peer = %node, "peer link down");
+        link.run(sink, stream, met.resume_from, &deliver).await;
+        tracing::info!(peer = %met.peer, "peer link down");
     }
 
     fn bounce(&self, to: &NodeName, msgs: Vec<Arc<PeerMsg>>) {
@@ -381,12 +419,21 @@ impl Peers {
 impl Peers {
     /// What waits for `peer`'s acknowledgement, oldest first.
     pub(crate) fn outbox(&self, peer: &NodeName) -> Vec<Arc<PeerMsg>> {
-        self.link(peer).outbox()
+        self.link(peer)
+            .map(|link| link.outbox())
+            .unwrap_or_default()
     }
 
     /// `peer` acknowledges everything queued for it so far.
     pub(crate) fn ack_all(&self, peer: &NodeName) {
-        self.link(peer).ack_all();
+        if let Some(link) = self.link(peer) {
+            link.ack_all();
+        }
+    }
+
+    /// Links in the registry.
+    pub(crate) fn link_count(&self) -> usize {
+        read(&self.links).len()
     }
 }
 
@@ -413,24 +460,19 @@ impl Flush {
     }
 }
 
-async fn next_frame<S>(stream: &mut S) -> Result<PeerFrame, String>
-where
-    S: futures_util::Stream<Item = Vec<u8>> + Unpin,
-{
-    let bytes = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.next())
-        .await
-        .map_err(|_| "peer handshake timed out".to_owned())?
-        .ok_or_else(|| "peer closed during the handshake".to_owned())?;
-    PeerFrame::decode(&bytes).map_err(|e| format!("malformed handshake frame: {e}"))
-}
-
+/// Close a connection that failed the handshake with 1008 and the reason (cut to the 123
+/// bytes a close frame holds: a claimed node name alone may be longer).
 async fn refuse<S>(sink: &mut S, reason: &str)
 where
     S: futures_util::Sink<AxumMessage> + Unpin,
 {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     let frame = CloseFrame {
         code: crate::edge::CLOSE_POLICY,
-        reason: reason.into(),
+        reason: reason[..end].into(),
     };
     let _ = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,

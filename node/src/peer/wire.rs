@@ -1,21 +1,148 @@
-//! What nodes say to each other over a peer link, and how a link proves both ends hold the
-//! cluster secret.
+//! What nodes say to each other over a peer link, in an explicit, versioned binary encoding.
 //!
-//! Frames are binary WebSocket messages in postcard (compact, serde-driven): a client frame
-//! crosses a link as its raw bytes, with no JSON escaping on one side and unescaping on the
-//! other, which is most of what a link costs per message. Data frames carry a per-link sequence
-//! number so that what a broken link may have lost is resent after it comes back.
+//! Every frame is one binary WebSocket message: a format version byte
+//! ([`PEER_WIRE_VERSION`]), a kind byte ([`kind`]), then the kind's fields in a fixed order.
+//! Integers are LEB128 varints, strings and client frames are length-prefixed bytes (a client
+//! frame crosses a link as its raw bytes: no JSON escaping on one side and unescaping on the
+//! other), optional values are a `0`/`1` tag then the value. Nothing depends on the order of
+//! Rust enum variants, so reordering code cannot silently change what goes over the wire; the
+//! golden vectors in the tests catch any change of the encoding.
+//!
+//! Decoding never panics and never allocates from a length it has not checked against the
+//! bytes present; a client frame's text is a slice of the received message, not a copy.
+//! Data frames carry a per-link sequence number so that what a broken link may have lost is
+//! resent after it comes back (see [`super::link`]). The layout of each kind is in
+//! `docs/peer-links.md`.
 
-use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+mod codec;
+mod messages;
+#[cfg(test)]
+mod tests;
+
+use bytes::Bytes;
 use shard::{NodeName, RoomId, ShardId};
 
 use crate::edge::EdgeEvent;
 use crate::room::{RoomCommand, RoomSnapshot};
+use codec::{Reader, Writer};
+use messages::{get_msg, put_msg};
+
+/// The peer wire format this node speaks. A frame with another version is refused as a whole
+/// (there is no partial understanding), and a peer whose handshake uses another version is
+/// refused with a log line saying which.
+pub const PEER_WIRE_VERSION: u8 = 1;
+
+/// The kind bytes, one namespace per level. Never reuse a retired number.
+pub mod kind {
+    /// Acceptor -> dialer, first frame.
+    pub const CHALLENGE: u8 = 0x01;
+    /// Dialer -> acceptor, answering the challenge.
+    pub const PROOF: u8 = 0x02;
+    /// Acceptor -> dialer, the handshake's last frame.
+    pub const WELCOME: u8 = 0x03;
+    /// A numbered [`super::PeerMsg`].
+    pub const DATA: u8 = 0x04;
+    /// Everything up to a seq arrived.
+    pub const ACK: u8 = 0x05;
+
+    /// Message kinds inside a data frame.
+    pub mod msg {
+        /// A room operation for the room's owner.
+        pub const COMMAND: u8 = 0x01;
+        /// An owner's event for an edge.
+        pub const EVENT: u8 = 0x02;
+        /// A shard's rooms, old owner -> new owner.
+        pub const SNAPSHOT: u8 = 0x03;
+        /// The new owner installed the snapshot.
+        pub const SNAPSHOT_ACK: u8 = 0x04;
+        /// Events for some rooms could not be queued (a full outbox).
+        pub const GAP: u8 = 0x05;
+    }
+
+    /// Room command kinds inside a command message.
+    pub mod command {
+        /// Join (or re-sync).
+        pub const JOIN: u8 = 0x01;
+        /// Leave.
+        pub const LEAVE: u8 = 0x02;
+        /// Post a message.
+        pub const POST: u8 = 0x03;
+        /// Drop an edge's members.
+        pub const DROP_NODE: u8 = 0x04;
+    }
+
+    /// Edge event kinds inside an event message.
+    pub mod event {
+        /// A connection joined.
+        pub const JOINED: u8 = 0x01;
+        /// A connection left.
+        pub const LEFT: u8 = 0x02;
+        /// A frame for one connection.
+        pub const TO_CONN: u8 = 0x03;
+        /// A frame for a room's local members.
+        pub const BROADCAST: u8 = 0x04;
+    }
+}
+
+/// Why bytes are not a peer frame this node understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// A message with no bytes at all.
+    #[error("empty peer frame")]
+    Empty,
+    /// The sender speaks another version of this format.
+    #[error(
+        "peer wire format version {found} is not supported (this node speaks {PEER_WIRE_VERSION})"
+    )]
+    UnsupportedVersion {
+        /// The version byte received.
+        found: u8,
+    },
+    /// A kind byte this version does not define.
+    #[error("unknown {what} kind {kind:#04x}")]
+    UnknownKind {
+        /// Which level: frame, message, command or event.
+        what: &'static str,
+        /// The byte received.
+        kind: u8,
+    },
+    /// A field, or a length or count, runs past the end of the message.
+    #[error("truncated peer frame: {what} needs {needed} bytes, {left} left")]
+    Truncated {
+        /// The field being read.
+        what: &'static str,
+        /// Bytes it claims.
+        needed: u64,
+        /// Bytes present.
+        left: usize,
+    },
+    /// A varint longer than 64 bits.
+    #[error("{what} is not a valid varint")]
+    BadVarint {
+        /// The field being read.
+        what: &'static str,
+    },
+    /// A string that is not UTF-8.
+    #[error("{what} is not valid UTF-8")]
+    BadUtf8 {
+        /// The field being read.
+        what: &'static str,
+    },
+    /// A field whose value is out of its range (a bad name, tag or boolean).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// The field being read.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Bytes after the last field.
+    #[error("{0} unexpected bytes after the peer frame")]
+    Trailing(usize),
+}
 
 /// A message between two nodes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub enum PeerMsg {
     /// An edge (or a forwarding node) sends a room operation to the room's owner. `hops` counts
     /// forwards, so tables that disagree for a moment cannot bounce a command forever.
@@ -37,10 +164,14 @@ pub enum PeerMsg {
     },
     /// The new owner confirms it started the shard from the snapshot.
     SnapshotAck { shard: ShardId, epoch: u64 },
+    /// Owner -> edge, once the outbox has room again: events for `rooms` (for every room the
+    /// sender owns when `all`) could not be queued while it was full. The edge tells those
+    /// rooms' members to reconnect and re-join with `since`, which replays what they missed.
+    Gap { rooms: Vec<RoomId>, all: bool },
 }
 
 /// A frame on a peer link.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub enum PeerFrame {
     /// Acceptor -> dialer, first: who the acceptor is, and a nonce to sign.
     Challenge {
@@ -65,185 +196,140 @@ pub enum PeerFrame {
     Ack { seq: u64 },
 }
 
-/// The borrowed twin of [`PeerFrame::Data`], serialized identically, so that sending a queued
-/// message does not copy it first. The encoding names a variant by its position, so the
-/// variants before `Data` stand in for [`PeerFrame`]'s (a test checks they stay in step).
-#[derive(Serialize)]
-#[allow(dead_code)]
-enum PeerFrameRef<'a> {
-    Challenge,
-    Proof,
-    Welcome,
-    Data { seq: u64, msg: &'a PeerMsg },
+fn header(kind: u8) -> Writer {
+    header_with_capacity(kind, 32)
+}
+
+fn header_with_capacity(kind: u8, capacity: usize) -> Writer {
+    let mut w = Writer {
+        buf: Vec::with_capacity(capacity),
+    };
+    w.u8(PEER_WIRE_VERSION);
+    w.u8(kind);
+    w
+}
+
+/// Enough bytes for most data frames in one allocation: an event is mostly its client frame.
+fn size_hint(msg: &PeerMsg) -> usize {
+    let frame = match msg {
+        PeerMsg::Event(
+            EdgeEvent::Joined { frame, .. }
+            | EdgeEvent::ToConn { frame, .. }
+            | EdgeEvent::Broadcast { frame, .. },
+        ) => frame.len(),
+        PeerMsg::Command {
+            command: RoomCommand::Post { text, .. },
+            ..
+        } => text.len(),
+        _ => 0,
+    };
+    frame + 160
 }
 
 /// Encode a data frame without copying its message.
 pub fn encode_data(seq: u64, msg: &PeerMsg) -> Vec<u8> {
-    postcard::to_allocvec(&PeerFrameRef::Data { seq, msg }).unwrap_or_default()
+    let mut w = header_with_capacity(kind::DATA, size_hint(msg));
+    w.varint(seq);
+    put_msg(&mut w, msg);
+    w.buf
 }
 
 impl PeerFrame {
     /// The frame as the bytes of a binary WebSocket message.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
-    }
-
-    /// Parse a binary message.
-    ///
-    /// # Errors
-    /// The decoding error for bytes that are not a peer frame.
-    pub fn decode(bytes: &[u8]) -> Result<PeerFrame, postcard::Error> {
-        postcard::from_bytes(bytes)
-    }
-}
-
-/// The MAC over what a handshake proves: protocol version, role, the other side's nonce, and
-/// the signer's name (so a proof cannot be replayed for another node or role).
-fn handshake_mac(secret: &[u8], role: &str, nonce: &str, node: &NodeName) -> Option<Hmac<Sha256>> {
-    // HMAC accepts keys of any length, so this only fails on an impossible key.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
-    for part in [
-        b"roomshard-peer-v1".as_slice(),
-        role.as_bytes(),
-        nonce.as_bytes(),
-        node.as_str().as_bytes(),
-    ] {
-        mac.update(part);
-        mac.update(b"|");
-    }
-    Some(mac)
-}
-
-/// Sign `nonce` for `node` in `role` with the cluster secret (HMAC-SHA256, hex).
-pub fn sign(secret: &[u8], role: &str, nonce: &str, node: &NodeName) -> String {
-    handshake_mac(secret, role, nonce, node)
-        .map(|mac| hex::encode(mac.finalize().into_bytes()))
-        .unwrap_or_default()
-}
-
-/// Check a signature from [`sign`] in constant time.
-pub fn verify(secret: &[u8], role: &str, nonce: &str, node: &NodeName, mac_hex: &str) -> bool {
-    let Ok(expected) = hex::decode(mac_hex) else {
-        return false;
-    };
-    handshake_mac(secret, role, nonce, node).is_some_and(|mac| mac.verify_slice(&expected).is_ok())
-}
-
-/// A fresh random nonce.
-pub fn nonce() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_signature_verifies_only_with_the_same_secret_nonce_role_and_node() {
-        let node = NodeName::new("node-1").expect("valid");
-        let other = NodeName::new("node-2").expect("valid");
-        let mac = sign(b"s3cret", "dialer", "abc", &node);
-        assert!(verify(b"s3cret", "dialer", "abc", &node, &mac));
-        assert!(!verify(b"other", "dialer", "abc", &node, &mac));
-        assert!(!verify(b"s3cret", "acceptor", "abc", &node, &mac));
-        assert!(!verify(b"s3cret", "dialer", "abd", &node, &mac));
-        assert!(!verify(b"s3cret", "dialer", "abc", &other, &mac));
-        assert!(!verify(b"s3cret", "dialer", "abc", &node, "not hex"));
-    }
-
-    #[test]
-    fn a_borrowed_data_frame_decodes_as_the_owned_one() {
-        let msg = PeerMsg::SnapshotAck {
-            shard: ShardId(4),
-            epoch: 9,
-        };
-        let frame = PeerFrame::decode(&encode_data(3, &msg)).expect("decodes");
-        assert!(matches!(
-            frame,
-            PeerFrame::Data {
-                seq: 3,
-                msg: PeerMsg::SnapshotAck { epoch: 9, .. }
+        match self {
+            PeerFrame::Challenge {
+                node,
+                incarnation,
+                nonce,
+            } => {
+                let mut w = header(kind::CHALLENGE);
+                w.str(node.as_str());
+                w.varint(*incarnation);
+                w.str(nonce);
+                w.buf
             }
-        ));
-    }
-
-    #[test]
-    fn every_message_kind_round_trips_through_the_binary_encoding() {
-        use crate::edge::ConnId;
-        use crate::room::MemberKey;
-        let room = RoomId::new("lobby \u{1F600} \"quoted\"").expect("room");
-        let member = MemberKey {
-            node: NodeName::new("node-2").expect("name"),
-            conn: ConnId(7),
-        };
-        let frame = r#"{"op":"msg","text":"a \"b\" \n c"}"#;
-        let msgs = [
-            PeerMsg::Command {
-                room: room.clone(),
-                command: RoomCommand::Post {
-                    member: member.clone(),
-                    user: "ann".into(),
-                    text: "hi".into(),
-                    cid: None,
-                },
-                hops: 2,
-                epoch: 9,
-            },
-            PeerMsg::Command {
-                room: room.clone(),
-                command: RoomCommand::Join {
-                    member: member.clone(),
-                    user: "ann".into(),
-                    since: Some(4),
-                },
-                hops: 0,
-                epoch: 1,
-            },
-            PeerMsg::Event(EdgeEvent::Broadcast {
-                room: room.clone(),
-                frame: frame.into(),
-                skip: Some(ConnId(3)),
-                is_msg: true,
-            }),
-            PeerMsg::Event(EdgeEvent::Left {
-                room: room.clone(),
-                conn: ConnId(1),
-                frame: None,
-            }),
-            PeerMsg::Event(EdgeEvent::Left {
-                room: room.clone(),
-                conn: ConnId(1),
-                frame: Some(frame.into()),
-            }),
-            PeerMsg::Snapshot {
-                shard: ShardId(12),
-                epoch: 3,
-                rooms: vec![RoomSnapshot {
-                    room: room.clone(),
-                    seq: 41,
-                    history: vec![(41, frame.to_owned())],
-                    members: vec![(member, "ann".into())],
-                }],
-            },
-            PeerMsg::SnapshotAck {
-                shard: ShardId(12),
-                epoch: 3,
-            },
-        ];
-        for (seq, msg) in msgs.iter().enumerate() {
-            let decoded = PeerFrame::decode(&encode_data(seq as u64, msg)).expect("decodes");
-            let PeerFrame::Data { msg: back, .. } = decoded else {
-                panic!("not a data frame");
-            };
-            assert_eq!(format!("{back:?}"), format!("{msg:?}"));
+            PeerFrame::Proof {
+                node,
+                incarnation,
+                mac,
+                nonce,
+                last_received,
+            } => {
+                let mut w = header(kind::PROOF);
+                w.str(node.as_str());
+                w.varint(*incarnation);
+                w.str(mac);
+                w.str(nonce);
+                w.varint(*last_received);
+                w.buf
+            }
+            PeerFrame::Welcome { mac, last_received } => {
+                let mut w = header(kind::WELCOME);
+                w.str(mac);
+                w.varint(*last_received);
+                w.buf
+            }
+            PeerFrame::Data { seq, msg } => encode_data(*seq, msg),
+            PeerFrame::Ack { seq } => {
+                let mut w = header(kind::ACK);
+                w.varint(*seq);
+                w.buf
+            }
         }
     }
 
-    #[test]
-    fn frames_round_trip_and_garbage_is_an_error() {
-        let frame = PeerFrame::Ack { seq: 9 };
-        let back = PeerFrame::decode(&frame.encode()).expect("decodes");
-        assert!(matches!(back, PeerFrame::Ack { seq: 9 }));
-        assert!(PeerFrame::decode(b"\x00\x01garbage").is_err());
+    /// Parse a binary message (copies it first; the link uses [`PeerFrame::decode_shared`]).
+    /// The entry point the fuzz target drives.
+    ///
+    /// # Errors
+    /// [`WireError`] for bytes that are not a whole frame of [`PEER_WIRE_VERSION`].
+    pub fn decode(bytes: &[u8]) -> Result<PeerFrame, WireError> {
+        PeerFrame::decode_shared(&Bytes::copy_from_slice(bytes))
+    }
+
+    /// Parse a received binary message; client frames in it are slices of `bytes`.
+    ///
+    /// # Errors
+    /// [`WireError`] for bytes that are not a whole frame of [`PEER_WIRE_VERSION`].
+    pub fn decode_shared(bytes: &Bytes) -> Result<PeerFrame, WireError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8("version").map_err(|_| WireError::Empty)?;
+        if version != PEER_WIRE_VERSION {
+            return Err(WireError::UnsupportedVersion { found: version });
+        }
+        let frame = match r.u8("frame kind")? {
+            kind::CHALLENGE => PeerFrame::Challenge {
+                node: r.node("node")?,
+                incarnation: r.varint("incarnation")?,
+                nonce: r.str("nonce")?.to_owned(),
+            },
+            kind::PROOF => PeerFrame::Proof {
+                node: r.node("node")?,
+                incarnation: r.varint("incarnation")?,
+                mac: r.str("mac")?.to_owned(),
+                nonce: r.str("nonce")?.to_owned(),
+                last_received: r.varint("last received")?,
+            },
+            kind::WELCOME => PeerFrame::Welcome {
+                mac: r.str("mac")?.to_owned(),
+                last_received: r.varint("last received")?,
+            },
+            kind::DATA => PeerFrame::Data {
+                seq: r.varint("seq")?,
+                msg: get_msg(&mut r)?,
+            },
+            kind::ACK => PeerFrame::Ack {
+                seq: r.varint("seq")?,
+            },
+            other => {
+                return Err(WireError::UnknownKind {
+                    what: "frame",
+                    kind: other,
+                });
+            }
+        };
+        r.finish()?;
+        Ok(frame)
     }
 }

@@ -43,6 +43,7 @@ impl NodeState {
                 self.accept_as_owner(room, command, hops)
             }
             PeerMsg::Event(event) => self.hub.deliver(event),
+            PeerMsg::Gap { rooms, all } => self.on_gap(from, &rooms, all),
             PeerMsg::Snapshot {
                 shard,
                 epoch,
@@ -50,7 +51,14 @@ impl NodeState {
             } => self.on_snapshot(from, shard, epoch, rooms),
             PeerMsg::SnapshotAck { shard, epoch } => {
                 let mut handoffs = lock(&self.handoffs);
-                if handoffs.outgoing.remove(&shard).is_some() {
+                // Only the acknowledgement of this move's snapshot ends it (a late one from an
+                // earlier move of the same shard does not).
+                let this_move = handoffs
+                    .outgoing
+                    .get(&shard)
+                    .is_some_and(|(to, sent)| to == from && *sent == epoch);
+                if this_move {
+                    handoffs.outgoing.remove(&shard);
                     handoffs.done.push(Move {
                         shard,
                         from: self.me().clone(),
@@ -115,12 +123,23 @@ impl NodeState {
                 tracing::info!(%shard, %from, rooms = count, ?took, "shard received");
                 self.metrics.handoff_completed(shard, took);
             }
+            None if self.table().owner(shard) == Some(self.me()) => {
+                // The old owner did not get our acknowledgement and sent the snapshot again:
+                // the shard is installed already, so only the acknowledgement is repeated.
+                tracing::info!(%shard, %from, epoch, "repeated snapshot of an installed shard: acknowledged again");
+            }
             None => {
                 tracing::warn!(%shard, %from, epoch, "a snapshot nobody waits for (the move was cancelled)")
             }
         }
-        if let Some(peers) = &self.peers {
-            let _ = peers.send(from, PeerMsg::SnapshotAck { shard, epoch });
+        // A lost acknowledgement (full outbox) is not retried here: the old owner sends the
+        // snapshot again, and this answers it again.
+        if let Some(peers) = &self.peers
+            && peers
+                .send(from, PeerMsg::SnapshotAck { shard, epoch })
+                .is_err()
+        {
+            tracing::warn!(%shard, %from, "could not queue the snapshot's acknowledgement (outbox full or peer gone): it waits for the resend");
         }
         self.progress.notify_waiters();
     }
@@ -136,7 +155,7 @@ impl NodeState {
             PeerMsg::Snapshot { shard, .. } => {
                 tracing::error!(%shard, %to, "a snapshot could not be delivered: the target left or restarted");
             }
-            PeerMsg::SnapshotAck { .. } => {}
+            PeerMsg::SnapshotAck { .. } | PeerMsg::Gap { .. } => {}
         }
     }
 }

@@ -12,24 +12,29 @@ use shard::{AssignmentTable, Move, NodeInfo, NodeName, RoomId, ShardId};
 use super::*;
 use crate::edge::ConnId;
 use crate::peer::PeerSettings;
-use crate::room::MemberKey;
+use crate::room::{MemberKey, RoomSnapshot};
 use crate::rooms::RoomSettings;
 
 const SHARDS: u32 = 8;
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn name(n: &str) -> NodeName {
+pub(super) fn name(n: &str) -> NodeName {
     NodeName::new(n).expect("valid node name")
 }
 
 /// The old owner. It sorts after both peers, so it dials neither: its links stay unconnected
 /// and everything it sends waits in their outboxes.
 fn old_owner() -> (Arc<NodeState>, Arc<Peers>) {
+    node_c(1000)
+}
+
+/// `node-c`, whose links hold at most `outbox` messages each.
+pub(super) fn node_c(outbox: usize) -> (Arc<NodeState>, Arc<Peers>) {
     let me = name("node-c");
     let peers = Peers::new(PeerSettings {
         me: me.clone(),
         secret: Arc::from(&b"secret"[..]),
-        max_unacked: 1000,
+        max_unacked: outbox,
     });
     let settings = NodeSettings {
         name: me,
@@ -62,7 +67,7 @@ fn old_owner() -> (Arc<NodeState>, Arc<Peers>) {
     (state, peers)
 }
 
-fn table(epoch: u64, owner: &str, moved: Option<(ShardId, &str)>) -> AssignmentTable {
+pub(super) fn table(epoch: u64, owner: &str, moved: Option<(ShardId, &str)>) -> AssignmentTable {
     let nodes: BTreeMap<NodeName, NodeInfo> = ["node-a", "node-b", "node-c"]
         .into_iter()
         .map(|n| (name(n), NodeInfo::new("127.0.0.1:9")))
@@ -105,7 +110,7 @@ fn messages_to(peers: &Peers, edge: &NodeName) -> usize {
 }
 
 /// Lets spawned tasks run until `done` holds (the clock is paused: this takes no real time).
-async fn until(mut done: impl FnMut() -> bool) {
+pub(super) async fn until(mut done: impl FnMut() -> bool) {
     for _ in 0..1000 {
         if done() {
             return;
@@ -191,6 +196,158 @@ async fn an_edge_that_never_confirms_delays_the_snapshot_by_at_most_half_the_han
         has_snapshot(&peers, &new_owner),
         "the hand-off goes on without the unreachable edge"
     );
+}
+
+/// Everything on `node-c` moves to `node-a`; `shard` (room `r`'s) by hand-off.
+fn all_to_a(epoch: u64, handing: Option<ShardId>) -> AssignmentTable {
+    let mut table = table(epoch, "node-a", None);
+    if let Some(shard) = handing {
+        table.moves = vec![Move {
+            shard,
+            from: name("node-c"),
+            to: name("node-a"),
+        }];
+    }
+    table
+}
+
+fn snapshots_to(peers: &Peers, to: &NodeName) -> usize {
+    peers
+        .outbox(to)
+        .iter()
+        .filter(|m| matches!(***m, PeerMsg::Snapshot { .. }))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_snapshot_acknowledgement_is_answered_by_a_resend_and_the_drain_completes() {
+    let (state, peers) = old_owner();
+    let (edge, new_owner) = (name("node-b"), name("node-a"));
+    let room = RoomId::new("r").expect("valid room");
+    let shard = shard::shard_of(&room, SHARDS);
+    assert!(state.apply_table(table(1, "node-c", None)).await);
+    let join = RoomCommand::Join {
+        member: MemberKey {
+            node: edge.clone(),
+            conn: ConnId(1),
+        },
+        user: "bob".into(),
+        since: None,
+    };
+    state.route(&room, join).await.expect("joined");
+    until(|| !peers.outbox(&edge).is_empty()).await;
+    peers.ack_all(&edge);
+    assert!(state.apply_table(all_to_a(2, Some(shard))).await);
+    until(|| snapshots_to(&peers, &new_owner) == 1).await;
+    // The new owner handles the snapshot (its link acknowledges it) but its SnapshotAck is
+    // lost: the old owner has no move confirmed and cannot finish draining.
+    peers.ack_all(&new_owner);
+    assert_eq!(snapshots_to(&peers, &new_owner), 0);
+    assert!(state.status().moves_done.is_empty());
+    assert!(!state.handed_off());
+    tokio::time::sleep(super::outgoing::SNAPSHOT_RETRY + Duration::from_millis(100)).await;
+    assert_eq!(
+        snapshots_to(&peers, &new_owner),
+        1,
+        "the snapshot is sent again"
+    );
+    assert_eq!(state.metrics.snapshot_resends.get(), 1);
+    // A copy still on its way is not sent twice.
+    tokio::time::sleep(super::outgoing::SNAPSHOT_RETRY * 3).await;
+    assert_eq!(snapshots_to(&peers, &new_owner), 1);
+    // This time the acknowledgement arrives.
+    state.on_peer_message(&new_owner, PeerMsg::SnapshotAck { shard, epoch: 2 });
+    let confirmed = Move {
+        shard,
+        from: name("node-c"),
+        to: new_owner.clone(),
+    };
+    assert_eq!(state.status().moves_done, vec![confirmed]);
+    // The operator sees the move done and clears it: the node has handed everything off.
+    assert!(state.apply_table(all_to_a(3, None)).await);
+    assert!(state.handed_off());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acknowledgement_of_another_epoch_or_node_does_not_confirm_the_move() {
+    let (state, peers) = old_owner();
+    let new_owner = name("node-a");
+    let shard = shard::shard_of(&RoomId::new("r").expect("room"), SHARDS);
+    assert!(state.apply_table(table(1, "node-c", None)).await);
+    assert!(state.apply_table(all_to_a(2, Some(shard))).await);
+    until(|| snapshots_to(&peers, &new_owner) == 1).await;
+    state.on_peer_message(&new_owner, PeerMsg::SnapshotAck { shard, epoch: 1 });
+    state.on_peer_message(&name("node-b"), PeerMsg::SnapshotAck { shard, epoch: 2 });
+    assert!(state.status().moves_done.is_empty());
+    assert_eq!(state.status().moves_in_flight, 1);
+}
+
+/// The `seq`s of chat messages waiting in the outbox to `edge`.
+fn seqs_to(peers: &Peers, edge: &NodeName) -> Vec<u64> {
+    peers
+        .outbox(edge)
+        .iter()
+        .filter_map(|m| match &**m {
+            PeerMsg::Event(EdgeEvent::Broadcast {
+                frame,
+                is_msg: true,
+                ..
+            }) => serde_json::from_str::<serde_json::Value>(frame.as_str())
+                .ok()?
+                .get("seq")?
+                .as_u64(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_snapshot_is_acknowledged_again_without_reinstalling_the_shard() {
+    let (state, peers) = old_owner(); // node-c, here the new owner
+    let (edge, source) = (name("node-b"), name("node-a"));
+    let room = RoomId::new("r").expect("valid room");
+    let shard = shard::shard_of(&room, SHARDS);
+    assert!(state.apply_table(table(1, "node-a", None)).await);
+    assert!(
+        state
+            .apply_table(table(2, "node-a", Some((shard, "node-c"))))
+            .await
+    );
+    let member = MemberKey {
+        node: edge.clone(),
+        conn: ConnId(1),
+    };
+    let snapshot = || PeerMsg::Snapshot {
+        shard,
+        epoch: 2,
+        rooms: vec![RoomSnapshot {
+            room: room.clone(),
+            seq: 5,
+            history: Vec::new(),
+            members: vec![(member.clone(), "bob".into())],
+        }],
+    };
+    let post = || RoomCommand::Post {
+        member: member.clone(),
+        user: "bob".into(),
+        text: "hi".into(),
+        cid: None,
+    };
+    let acks = |peers: &Peers| {
+        peers
+            .outbox(&source)
+            .iter()
+            .filter(|m| matches!(***m, PeerMsg::SnapshotAck { epoch: 2, .. }))
+            .count()
+    };
+    state.on_peer_message(&source, snapshot());
+    assert_eq!(acks(&peers), 1);
+    state.route(&room, post()).await.expect("posted");
+    until(|| seqs_to(&peers, &edge) == [6]).await;
+    state.on_peer_message(&source, snapshot());
+    assert_eq!(acks(&peers), 2, "the repeat is acknowledged again");
+    state.route(&room, post()).await.expect("posted");
+    until(|| seqs_to(&peers, &edge) == [6, 7]).await;
 }
 
 /// Error answers waiting in the outbox to `edge`.

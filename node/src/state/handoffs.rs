@@ -29,8 +29,9 @@ pub(super) struct Incoming {
 #[derive(Debug, Default)]
 pub(super) struct Handoffs {
     pub(super) incoming: HashMap<ShardId, Incoming>,
-    /// Shards handed away whose snapshot the new owner has not confirmed yet.
-    pub(super) outgoing: HashMap<ShardId, NodeName>,
+    /// Shards handed away whose snapshot the new owner has not confirmed yet: to whom, and
+    /// the epoch the snapshot carries (which its acknowledgement echoes).
+    pub(super) outgoing: HashMap<ShardId, (NodeName, u64)>,
     /// Moves of the current table this node finished as the source, until the table drops them.
     pub(super) done: Vec<Move>,
     /// Commands from peers that already route by a newer table than ours.

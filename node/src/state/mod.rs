@@ -3,6 +3,8 @@
 //! - [`settings`]: validated settings;
 //! - `routing`: room operations to their owner, forwards, answers to senders;
 //! - `dispatch`: what peers send (commands, events, snapshots and their acks);
+//! - `gaps`: events a full peer outbox could not take, announced and answered, never lost
+//!   quietly;
 //! - `tables`: applying a new assignment table;
 //! - `handoffs`: the new owner's buffers and deadlines; `outgoing`: the old owner's side;
 //! - `status`: the `/status` report.
@@ -27,6 +29,7 @@ use crate::shard_load::ShardMeter;
 use crate::snowflake::Snowflake;
 
 mod dispatch;
+mod gaps;
 mod handoffs;
 mod outgoing;
 mod routing;
@@ -102,6 +105,12 @@ impl Fanout for Outlet {
         if let Some(state) = self.node.upgrade() {
             state.forward(room, command, 0);
         }
+    }
+
+    fn can_take(&self, nodes: &mut dyn Iterator<Item = &NodeName>) -> bool {
+        self.node
+            .upgrade()
+            .is_none_or(|state| state.can_take(nodes))
     }
 }
 
@@ -228,5 +237,7 @@ fn solo_table(settings: &NodeSettings) -> AssignmentTable {
     )
 }
 
+#[cfg(test)]
+mod gap_tests;
 #[cfg(test)]
 mod handoff_tests;

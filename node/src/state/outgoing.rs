@@ -11,13 +11,19 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use shard::{NodeName, ShardId};
+use tokio::time::Instant;
 
 use super::{NodeState, lock};
 use crate::peer::Peers;
 use crate::peer::wire::PeerMsg;
 use crate::room::RoomSnapshot;
+
+/// How long the old owner waits for the acknowledgement of a snapshot the new owner has
+/// handled before it sends the snapshot again.
+pub(super) const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
 impl NodeState {
     /// The old owner's side of a hand-off: freeze the shard, wait until its rooms' other edges
@@ -36,21 +42,76 @@ impl NodeState {
         if !handed {
             return;
         }
-        lock(&self.handoffs).outgoing.insert(shard, to.clone());
+        lock(&self.handoffs)
+            .outgoing
+            .insert(shard, (to.clone(), epoch));
         let Some(peers) = &self.peers else { return };
         self.flush_edges(peers, shard, &to, &rooms).await;
         let flushed = started.elapsed();
         let count = rooms.len();
-        let snapshot = PeerMsg::Snapshot {
+        let snapshot = Arc::new(PeerMsg::Snapshot {
             shard,
             epoch,
             rooms,
+        });
+        // The steps of the pause this shard's rooms see, for finding where it goes.
+        tracing::info!(%shard, %to, rooms = count, ?frozen, ?flushed, "handing the shard off");
+        self.send_until_acknowledged(peers, shard, &to, epoch, snapshot)
+            .await;
+    }
+
+    /// Send the snapshot, and again whenever the new owner handled (or bounced) the last copy
+    /// and its acknowledgement has not come [`SNAPSHOT_RETRY`] later, until it comes or the
+    /// table drops the move. The acknowledgement can be lost (the new owner's outbox to this
+    /// node was full) and a node cannot drain until it comes; a new owner answers a repeated
+    /// snapshot with the acknowledgement again without reinstalling anything. A copy that is
+    /// still on its way (the link resends it across reconnects) is not sent twice.
+    async fn send_until_acknowledged(
+        &self,
+        peers: &Peers,
+        shard: ShardId,
+        to: &NodeName,
+        epoch: u64,
+        snapshot: Arc<PeerMsg>,
+    ) {
+        let awaiting = || {
+            lock(&self.handoffs)
+                .outgoing
+                .get(&shard)
+                .is_some_and(|(t, e)| t == to && *e == epoch)
         };
-        if peers.send(&to, snapshot).is_err() {
-            tracing::error!(%shard, %to, "peer outbox full: snapshot not sent");
-        } else {
-            // The steps of the pause this shard's rooms see, for finding where it goes.
-            tracing::info!(%shard, %to, rooms = count, ?frozen, ?flushed, "shard handed off");
+        let mut copies = 0u32;
+        while awaiting() && !self.shutdown.is_cancelled() {
+            let queued = match peers.send_shared(to, snapshot.clone()) {
+                Ok(()) => true,
+                Err(_) => {
+                    tracing::warn!(%shard, %to, "could not queue the snapshot (outbox full or peer gone): trying again");
+                    false
+                }
+            };
+            if queued && copies > 0 {
+                self.metrics.snapshot_resends.inc();
+                tracing::warn!(%shard, %to, copies, "no acknowledgement of the snapshot: sent it again");
+            }
+            copies += u32::from(queued);
+            let mark = peers.sent_to([to]);
+            let mut deadline = Instant::now() + SNAPSHOT_RETRY;
+            loop {
+                let progress = self.progress.notified();
+                tokio::pin!(progress);
+                progress.as_mut().enable();
+                if !awaiting() || self.shutdown.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    () = progress => continue,
+                    () = tokio::time::sleep_until(deadline) => {}
+                }
+                if !queued || mark.waiting().is_empty() {
+                    break;
+                }
+                deadline += SNAPSHOT_RETRY;
+            }
         }
     }
 

@@ -100,9 +100,12 @@ impl NodeState {
         };
         match peers.send(owner, msg) {
             Ok(())
-            | Err(PeerMsg::Event(_) | PeerMsg::Snapshot { .. } | PeerMsg::SnapshotAck { .. }) => {
-                Ok(())
-            }
+            | Err(
+                PeerMsg::Event(_)
+                | PeerMsg::Snapshot { .. }
+                | PeerMsg::SnapshotAck { .. }
+                | PeerMsg::Gap { .. },
+            ) => Ok(()),
             Err(PeerMsg::Command { command, .. }) => Err(command),
         }
     }
@@ -112,10 +115,9 @@ impl NodeState {
         if node == self.me() {
             self.hub.deliver(event);
         } else if let Some(peers) = &self.peers
-            && peers.send(node, PeerMsg::Event(event)).is_err()
+            && let Err(PeerMsg::Event(event)) = peers.send(node, PeerMsg::Event(event))
         {
-            self.metrics.peer_drops.inc();
-            tracing::warn!(%node, "peer outbox full: an event was dropped");
+            self.gap(peers, node, &event);
         }
     }
 

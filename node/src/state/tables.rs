@@ -50,7 +50,7 @@ impl NodeState {
             handoffs.done.retain(|m| new.moves.contains(m));
             handoffs
                 .outgoing
-                .retain(|shard, to| new.move_of(*shard).is_some_and(|m| &m.to == to));
+                .retain(|shard, (to, _)| new.move_of(*shard).is_some_and(|m| &m.to == to));
         }
         let new = Arc::new(new);
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = new.clone();

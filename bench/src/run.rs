@@ -25,10 +25,10 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::args::{IdlePlan, LoadPlan, NodeAddr, Plan};
-use super::client::{self, Ready, RoomShared, SendOrder, Shared, UserReport, UserSpec};
-use super::histogram::Histogram;
-use super::{procfs, scrape};
+use crate::args::{IdlePlan, LoadPlan, NodeAddr, Plan};
+use crate::client::{self, Ready, RoomShared, SendOrder, Shared, UserReport, UserSpec};
+use crate::histogram::Histogram;
+use crate::{procfs, scrape};
 
 /// Send orders a user may have waiting (while it reconnects, say) before its pacer counts
 /// further ones as not sent: a bounded backlog, and a visible one.
@@ -123,7 +123,7 @@ struct LoadReport {
     server_metrics: Option<BTreeMap<String, f64>>,
     /// With `--audit-history`: every room's history read afterwards.
     #[serde(skip_serializing_if = "Option::is_none")]
-    history: Option<super::audit::HistoryAudit>,
+    history: Option<crate::audit::HistoryAudit>,
 }
 
 /// The idle run's JSON line.
@@ -474,7 +474,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         _ => None,
     };
     let history = if plan.audit_history {
-        Some(super::audit::audit(&plan.nodes, &plan.prefix, plan.rooms).await)
+        Some(crate::audit::audit(&plan.nodes, &plan.prefix, plan.rooms).await)
     } else {
         None
     };
@@ -585,7 +585,7 @@ async fn pace_room(
     not_sent
 }
 
-async fn scrape_or_warn(targets: &[super::args::HttpTarget]) -> Option<BTreeMap<String, f64>> {
+async fn scrape_or_warn(targets: &[crate::args::HttpTarget]) -> Option<BTreeMap<String, f64>> {
     if targets.is_empty() {
         return None;
     }

@@ -5,7 +5,7 @@
 //! - order: each `msg` in its room must have `seq = last + 1`; a jump is a gap (lost messages),
 //!   a `seq` at or below the last one under a new id is out of order;
 //! - duplicates: an `id` seen twice;
-//! - latency: the send time embedded in the text (see [`super::wire`]) against the receive time.
+//! - latency: the send time embedded in the text (see [`crate::wire`]) against the receive time.
 //!
 //! As a sender it keeps every `cid` it sent until the node answers: its own `msg` coming back
 //! means accepted, an `error` with that `cid` means refused; anything left at the end was never
@@ -29,9 +29,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use super::args::NodeAddr;
-use super::histogram::Histogram;
-use super::wire::{self, ServerFrame, WireMsg};
+use crate::args::NodeAddr;
+use crate::histogram::Histogram;
+use crate::wire::{self, ServerFrame, WireMsg};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

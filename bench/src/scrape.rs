@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::args::HttpTarget;
+use crate::args::HttpTarget;
 
 /// Longest a scrape may take; a node too busy to answer is reported, not waited for.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -241,7 +241,7 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
 
 /// One socket per connection: refuse up front rather than fail half-way with EMFILE.
 fn check_file_limit(connections: usize) -> Result<(), String> {
-    let Some(limit) = super::procfs::open_files_limit() else {
+    let Some(limit) = crate::procfs::open_files_limit() else {
         return Ok(());
     };
     let needed = connections as u64 + SPARE_FILES;

@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::args::NodeAddr;
+use crate::args::NodeAddr;
 
 /// Rooms read over one connection: within a node's default burst of 100 frames.
 const ROOMS_PER_CONNECTION: usize = 40;

@@ -9,17 +9,34 @@
 //! - idle (`--idle N`): N bare connections, to measure the nodes' memory per connection.
 //!
 //! Progress goes to stderr; stdout carries the JSON line alone, so scripts can `| jq`.
-//! The code lives in `src/bench/` (declared here only, so the node library is untouched).
+//! A crate of its own: a client of the node, it depends on nothing of the node's code, only on
+//! the protocol as documented in `docs/protocol.md`.
+//!
+//! The pieces, from the outside in:
+//! - [`args`]: flags, checked into a [`args::Plan`] (loopback-only node addresses);
+//! - [`run`]: the phases (connect, warm up, send, drain, report) and the idle mode;
+//! - [`client`]: one simulated user, its connection, reconnects and what it observed;
+//! - [`wire`]: the protocol v1 frames the bench sends and reads;
+//! - [`audit`]: after the run, every room's whole history, checked for cuts;
+//! - [`histogram`]: latency percentiles in fixed memory;
+//! - [`procfs`]: the nodes' CPU time and memory from `/proc`, and our own file limit;
+//! - [`scrape`]: optional before/after reads of the nodes' `/metrics`.
 
-#[path = "../bench/mod.rs"]
-mod bench;
+mod args;
+mod audit;
+mod client;
+mod histogram;
+mod procfs;
+mod run;
+mod scrape;
+mod wire;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = bench::args::Args::parse();
+    let args = args::Args::parse();
     let plan = match args.validate() {
         Ok(plan) => plan,
         Err(e) => {
@@ -37,7 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(bench::run::run(plan)) {
+    match runtime.block_on(run::run(plan)) {
         Ok(json) => {
             println!("{json}");
             ExitCode::SUCCESS

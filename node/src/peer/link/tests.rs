@@ -1,0 +1,179 @@
+//! Delivery state of one link: outbox bounds, resends, restarts, settled marks and gaps.
+
+use super::*;
+use crate::edge::{ConnId, EdgeEvent};
+
+fn msg(n: u64) -> PeerMsg {
+    PeerMsg::Event(EdgeEvent::ToConn {
+        conn: ConnId(n),
+        frame: "x".into(),
+    })
+}
+
+fn conn_of(msg: &PeerMsg) -> u64 {
+    match msg {
+        PeerMsg::Event(EdgeEvent::ToConn { conn, .. }) => conn.0,
+        _ => 0,
+    }
+}
+
+fn link() -> Arc<PeerLink> {
+    Arc::new(PeerLink::new(NodeName::new("peer").expect("valid"), 4))
+}
+
+#[test]
+fn a_full_outbox_hands_the_message_back() {
+    let link = link();
+    for n in 0..4 {
+        assert!(link.push(msg(n)).is_ok());
+    }
+    assert!(link.is_full());
+    let bounced = link.push(msg(9)).expect_err("outbox full");
+    assert_eq!(conn_of(&bounced), 9);
+    link.ack(2);
+    assert!(!link.is_full());
+    assert!(
+        link.push(msg(10)).is_ok(),
+        "acknowledged messages free room"
+    );
+}
+
+#[test]
+fn repeats_after_a_resend_are_dropped() {
+    let link = link();
+    assert!(link.accept(1));
+    assert!(link.accept(2));
+    assert!(!link.accept(2));
+    assert!(!link.accept(1));
+    assert!(link.accept(3));
+}
+
+#[test]
+fn a_restarted_peer_gets_its_unacknowledged_messages_bounced_and_numbering_restarts() {
+    let link = link();
+    assert!(link.meet(7).is_empty());
+    link.push(msg(1)).expect("room");
+    link.push(msg(2)).expect("room");
+    link.accept(5);
+    assert!(link.meet(7).is_empty(), "same process: nothing changes");
+    let bounced = link.meet(8);
+    assert_eq!(
+        bounced.iter().map(|m| conn_of(m)).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(link.received(), 0);
+    link.push(msg(3)).expect("room");
+    assert_eq!(link.unsent(0, 0).expect("same generation")[0].0, 1);
+}
+
+#[tokio::test]
+async fn messages_lost_with_a_broken_connection_are_resent_on_the_next_one() {
+    use tokio::sync::mpsc;
+    use tokio_util::sync::PollSender;
+    let sender = Arc::new(PeerLink::new(NodeName::new("peer").expect("valid"), 16));
+    for n in 1..=5 {
+        sender.push(msg(n)).expect("room");
+    }
+    // First connection: the peer reads frames but the connection breaks before any ack.
+    let (tx, mut wire) = mpsc::channel::<Vec<u8>>(64);
+    let incoming = futures_util::stream::pending::<Bytes>();
+    let first = {
+        let sender = sender.clone();
+        tokio::spawn(async move { sender.run(PollSender::new(tx), incoming, 0, &|_| {}).await })
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        if let Some(bytes) = wire.recv().await
+            && let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes)
+        {
+            seen.push(seq);
+        }
+    }
+    first.abort();
+    assert_eq!(seen, [1, 2, 3, 4, 5]);
+    // Second connection: the peer says it got up to 3, so 4 and 5 come again, then 6.
+    sender.push(msg(6)).expect("room");
+    let (tx, mut wire) = mpsc::channel::<Vec<u8>>(64);
+    let incoming = futures_util::stream::pending::<Bytes>();
+    let second = {
+        let sender = sender.clone();
+        tokio::spawn(async move { sender.run(PollSender::new(tx), incoming, 3, &|_| {}).await })
+    };
+    let mut again = Vec::new();
+    while again.len() < 3 {
+        if let Some(bytes) = wire.recv().await
+            && let Ok(PeerFrame::Data { seq, .. }) = PeerFrame::decode(&bytes)
+        {
+            again.push(seq);
+        }
+    }
+    second.abort();
+    assert_eq!(again, [4, 5, 6]);
+    assert_eq!(
+        sender.pending(),
+        3,
+        "4, 5 and 6 wait for their acknowledgement"
+    );
+}
+
+#[tokio::test]
+async fn a_sent_mark_is_delivered_once_acknowledged_or_bounced() {
+    let link = link();
+    link.push(msg(1)).expect("room");
+    let first = link.sent();
+    link.push(msg(2)).expect("room");
+    let second = link.sent();
+    assert!(!link.is_delivered(first));
+    link.ack(1);
+    link.delivered(first).await;
+    assert!(!link.is_delivered(second), "2 is not acknowledged yet");
+    let waiter = {
+        let link = link.clone();
+        tokio::spawn(async move { link.delivered(second).await })
+    };
+    link.take_all();
+    waiter
+        .await
+        .expect("a bounced message settles the mark too");
+    link.push(msg(3)).expect("room");
+    assert!(
+        link.is_delivered(second),
+        "later messages do not hold an earlier mark"
+    );
+}
+
+fn gaps(link: &PeerLink) -> Vec<(usize, bool)> {
+    link.outbox()
+        .iter()
+        .filter_map(|m| match &**m {
+            PeerMsg::Gap { rooms, all } => Some((rooms.len(), *all)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_gap_is_announced_once_the_outbox_has_room_and_stays_bounded() {
+    let link = link();
+    for n in 0..4 {
+        link.push(msg(n)).expect("room");
+    }
+    for n in 0..MAX_GAP_ROOMS {
+        assert_eq!(
+            link.mark_gap(Some(RoomId::new(format!("r{n}")).expect("room"))),
+            n == 0,
+            "only the first refusal opens the gap"
+        );
+    }
+    assert!(link.has_gap());
+    link.ack(2);
+    assert_eq!(gaps(&link), [(MAX_GAP_ROOMS, false)]);
+    assert!(!link.has_gap());
+    // One room past the bound widens the next gap to every room.
+    link.push(msg(5)).expect("room");
+    for n in 0..=MAX_GAP_ROOMS {
+        link.mark_gap(Some(RoomId::new(format!("s{n}")).expect("room")));
+    }
+    link.ack_all();
+    assert_eq!(gaps(&link), [(0, true)]);
+}

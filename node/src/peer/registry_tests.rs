@@ -1,0 +1,82 @@
+//! The link registry follows the table and nothing else: names alone (a member's node in a
+//! message, a departed node) cannot grow it, and what was queued for a node that left is
+//! handed back to be answered.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use shard::{AssignmentTable, NodeInfo, NodeName};
+
+use super::wire::PeerMsg;
+use super::{PeerHandler, PeerSettings, Peers};
+use crate::edge::{ConnId, EdgeEvent};
+
+fn name(n: &str) -> NodeName {
+    NodeName::new(n).expect("valid node name")
+}
+
+/// Records what is bounced.
+#[derive(Debug, Default)]
+struct Bounces(Mutex<Vec<NodeName>>);
+
+impl PeerHandler for Bounces {
+    fn on_message(&self, _from: &NodeName, _msg: PeerMsg) {}
+
+    fn on_bounce(&self, to: &NodeName, _msg: &PeerMsg) {
+        self.0.lock().expect("lock").push(to.clone());
+    }
+}
+
+/// A table naming `nodes` (this node, `node-z`, sorts last: it dials nobody).
+fn table(epoch: u64, nodes: &[&str]) -> AssignmentTable {
+    let nodes: BTreeMap<NodeName, NodeInfo> = nodes
+        .iter()
+        .map(|n| (name(n), NodeInfo::new("127.0.0.1:9")))
+        .collect();
+    let owners = vec![Some(name("node-z")); 4];
+    let mut table = AssignmentTable::with_owners(owners, nodes).expect("valid table");
+    table.epoch = epoch;
+    table
+}
+
+fn event() -> PeerMsg {
+    PeerMsg::Event(EdgeEvent::ToConn {
+        conn: ConnId(1),
+        frame: "{}".into(),
+    })
+}
+
+#[tokio::test]
+async fn links_exist_only_for_the_tables_nodes_and_departed_ones_bounce_their_outbox() {
+    let peers = Peers::new(PeerSettings {
+        me: name("node-z"),
+        secret: Arc::from(&b"s"[..]),
+        max_unacked: 8,
+    });
+    let bounces = Arc::new(Bounces::default());
+    let handler: Arc<dyn PeerHandler> = bounces.clone();
+    peers.set_handler(Arc::downgrade(&handler));
+    peers.update(&table(1, &["node-a", "node-b", "node-z"]));
+    assert_eq!(peers.link_count(), 2, "one link per other node");
+    // Names that arrive in messages do not add links: the message comes back instead.
+    for n in 0..1000 {
+        assert!(peers.send(&name(&format!("ghost-{n}")), event()).is_err());
+        assert!(!peers.mark_gap(&name(&format!("ghost-{n}")), None));
+    }
+    assert_eq!(peers.link_count(), 2);
+    // node-a leaves with two messages queued: its link goes, and they are bounced.
+    peers.send(&name("node-a"), event()).expect("queued");
+    peers.send(&name("node-a"), event()).expect("queued");
+    peers.update(&table(2, &["node-b", "node-z"]));
+    assert_eq!(peers.link_count(), 1);
+    assert_eq!(
+        *bounces.0.lock().expect("lock"),
+        [name("node-a"), name("node-a")]
+    );
+    assert!(
+        peers.send(&name("node-a"), event()).is_err(),
+        "nothing is queued for a departed node"
+    );
+    assert_eq!(peers.pending(), 0);
+    peers.close();
+}
