@@ -4,11 +4,13 @@
 //! Starts a `roomshard-node` process (standalone), reads its resident memory, joins and leaves
 //! `ROOMS` distinct room names from one connection (optionally posting one message in each),
 //! waits for the rooms to passivate, and prints one JSON line: RSS before, at peak (`VmHWM`),
-//! after the rooms passivated and after the client left.
+//! after the rooms passivated and after the client left. With `ROUNDS` > 1 the same client
+//! visits new names again after each passivation, and the RSS after each round is listed: a
+//! node that reuses what it freed stays flat from the second round on.
 //!
 //! ```text
 //! cargo build --release -p node --bins --examples
-//! flock /tmp/roomshard-heavy.lock target/release/examples/hostile_rooms [ROOMS] [POSTS] [-- NODE FLAGS]
+//! flock /tmp/roomshard-heavy.lock target/release/examples/hostile_rooms [ROOMS] [POSTS] [ROUNDS] [-- NODE FLAGS]
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -82,52 +84,62 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let rooms: usize = ours.first().map_or(Ok(200_000), |s| s.parse())?;
     let posts: usize = ours.get(1).map_or(Ok(0), |s| s.parse())?;
+    let rounds: usize = ours.get(2).map_or(Ok(1), |s| s.parse())?;
     let (node, addr) = start_node(extra)?;
     let pid = node.0.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = status_kib(pid, "VmRSS:");
 
     let (mut ws, _) = connect_async(format!("ws://{addr}/ws?user=mallory")).await?;
-    let started = Instant::now();
-    let names: Vec<String> = (0..rooms).map(|i| format!("junk-{i}")).collect();
-    for burst in names.chunks(BURST) {
-        for room in burst {
-            let join = format!(r#"{{"op":"join","room":"{room}"}}"#);
-            ws.feed(Message::text(join)).await?;
-            for i in 0..posts {
-                let send = format!(r#"{{"op":"send","room":"{room}","text":"x","cid":"{i}"}}"#);
-                ws.feed(Message::text(send)).await?;
-            }
-            ws.feed(Message::text(format!(
-                r#"{{"op":"leave","room":"{room}"}}"#
-            )))
-            .await?;
-        }
-        ws.flush().await?;
-        let mut left = 0;
-        while left < burst.len() {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) if text.as_str().starts_with(r#"{"op":"left""#) => {
-                    left += 1;
+    let mut visiting = Duration::ZERO;
+    let mut during = 0;
+    let mut passivated = 0;
+    let mut per_round = Vec::new();
+    for round in 0..rounds.max(1) {
+        let names: Vec<String> = (0..rooms).map(|i| format!("junk-{round}-{i}")).collect();
+        let started = Instant::now();
+        for burst in names.chunks(BURST) {
+            for room in burst {
+                let join = format!(r#"{{"op":"join","room":"{room}"}}"#);
+                ws.feed(Message::text(join)).await?;
+                for i in 0..posts {
+                    let send = format!(r#"{{"op":"send","room":"{room}","text":"x","cid":"{i}"}}"#);
+                    ws.feed(Message::text(send)).await?;
                 }
-                Some(Ok(_)) => {}
-                _ => return Err("the node closed the connection".into()),
+                ws.feed(Message::text(format!(
+                    r#"{{"op":"leave","room":"{room}"}}"#
+                )))
+                .await?;
+            }
+            ws.flush().await?;
+            let mut left = 0;
+            while left < burst.len() {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text)))
+                        if text.as_str().starts_with(r#"{"op":"left""#) =>
+                    {
+                        left += 1;
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return Err("the node closed the connection".into()),
+                }
             }
         }
+        visiting += started.elapsed();
+        during = status_kib(pid, "VmRSS:");
+        // Passivation takes `--passivate-after` (1 s) plus the idle timer's slack.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        passivated = status_kib(pid, "VmRSS:");
+        per_round.push(passivated);
     }
-    let visited = started.elapsed();
-    let during = status_kib(pid, "VmRSS:");
-    // Passivation takes `--passivate-after` (1 s) plus the idle timer's slack.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let passivated = status_kib(pid, "VmRSS:");
     ws.close(None).await?;
     drop(ws);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = status_kib(pid, "VmRSS:");
     let peak = status_kib(pid, "VmHWM:");
     println!(
-        "{{\"scenario\":\"hostile_rooms\",\"rooms\":{rooms},\"posts_per_room\":{posts},\"seconds\":{:.1},\"rss_kib_before\":{before},\"rss_kib_peak\":{peak},\"rss_kib_end_of_visits\":{during},\"rss_kib_passivated\":{passivated},\"rss_kib_after_client_left\":{after}}}",
-        visited.as_secs_f64()
+        "{{\"scenario\":\"hostile_rooms\",\"rooms\":{rooms},\"posts_per_room\":{posts},\"seconds\":{:.1},\"rss_kib_before\":{before},\"rss_kib_peak\":{peak},\"rss_kib_end_of_visits\":{during},\"rss_kib_passivated\":{passivated},\"rss_kib_after_client_left\":{after},\"rss_kib_after_each_round\":{per_round:?}}}",
+        visiting.as_secs_f64()
     );
     drop(node);
     Ok(())
