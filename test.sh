@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's single test command. On a fresh Debian machine it first installs what it lacks
-# (Chromium and nginx from Debian, the npm and Python packages, the Kubernetes control plane
-# built from source modules), then runs everything:
-#   Rust unit and integration tests (cargo test), the JavaScript client's tests (clients/js),
+# (Chromium and nginx from Debian, the npm and Python packages, nightly Rust and cargo-fuzz, the
+# Kubernetes control plane built from source modules), then runs everything:
+#   Rust unit and integration tests (cargo test), a bounded fuzzing run (fuzz/run.sh, 60 s per
+#   target), the JavaScript client's tests (clients/js),
 #   the chat page in headless Chromium (tests/browser), the deployment checks (tests/deploy), and
 #   the real-cluster suite (tests/kube: helm, kubectl, the operator and node pods on a real
 #   kube-apiserver, controller manager and scheduler).
@@ -32,6 +33,9 @@ fi
 [ -d clients/js/node_modules/ws ] || (cd clients/js && npm ci --no-audit --no-fund)
 [ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --no-audit --no-fund)
 tests/deploy/run.sh --setup
+# The fuzz step (fuzz/run.sh) needs nightly Rust and cargo-fuzz.
+rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version '^0.13' --locked
 section "setup: the Kubernetes control plane (testing/controlplane/build.sh; built once, then reused)"
 ROOMSHARD_CONTROLPLANE_BIN=$(testing/controlplane/build.sh | tail -n 1)
 export ROOMSHARD_CONTROLPLANE_BIN
@@ -41,6 +45,9 @@ cargo build --workspace --bins
 
 section "rust tests: cargo test --workspace (the real-cluster suite runs last, below)"
 cargo test --workspace --exclude kube-e2e
+
+section "fuzz: fuzz/run.sh (3 targets, ${ROOMSHARD_FUZZ_SECONDS:-60} s each)"
+fuzz/run.sh "${ROOMSHARD_FUZZ_SECONDS:-60}"
 
 section "JavaScript client: clients/js (npm test)"
 (cd clients/js && npm test)

@@ -11,8 +11,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario="${1:-all}"
-cargo build --release --bins >&2
-bin=target/release
+# BIN=DIR runs the binaries in DIR (roomshard-operator, roomshard-node, roomshard-bench) without
+# building: keep a copy of a build to compare it with another one back to back.
+if [ -n "${BIN:-}" ]; then
+  bin="$BIN"
+else
+  cargo build --release --bins >&2
+  bin=target/release
+fi
 work="$(mktemp -d)"
 cluster_pid=""
 cleanup() {
@@ -61,11 +67,22 @@ wait_settled() { # wait_settled REPLICAS TIMEOUT_S
   return 1
 }
 
+# RATE=N sets the messages per second per room (default 10: 30,000 deliveries/s; 1: 3,000/s).
+# PERF_OUT=FILE also records a 10 s call-graph profile (`perf record -g`) of the first node,
+# starting 8 s into the run (read it with `perf report -i FILE --no-children`).
 throughput() {
   start_cluster 3
   wait_settled 3 60
-  "$bin/roomshard-bench" --nodes "$(nodes_csv)" --pids "$(pids_csv)" \
-    --rooms 300 --users 10 --rate 10 --duration 30s --warmup 3s 2>"$work/bench.log"
+  local pids
+  pids="$(pids_csv)"
+  "$bin/roomshard-bench" --nodes "$(nodes_csv)" --pids "$pids" \
+    --rooms 300 --users 10 --rate "${RATE:-10}" --duration 30s --warmup 3s 2>"$work/bench.log" &
+  local bench=$!
+  if [ -n "${PERF_OUT:-}" ]; then
+    sleep 8
+    perf record -g -p "${pids%%,*}" -o "$PERF_OUT" -- sleep 10 >/dev/null 2>&1 || echo "perf record failed" >&2
+  fi
+  wait "$bench"
   stop_cluster
 }
 

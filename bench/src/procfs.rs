@@ -36,6 +36,13 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// User plus system CPU time of the calling thread, in clock ticks: what `send-floor` charges
+/// to its sending thread alone.
+pub fn thread_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    parse_cpu_ticks(&stat)
+}
+
 /// Resident memory of `pid` in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

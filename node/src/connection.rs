@@ -1,10 +1,9 @@
-//! One client connection: read frames, check them, send room operations to owners, and write
-//! what comes back.
+//! One client connection: read its messages, check them, send room operations to owners.
 //!
-//! The socket is split into a reader (this task) and a writer task that drains the
-//! connection's bounded outgoing queue. Nothing else ever waits on a client: owners and the
-//! edge only `try_send` into the queue, and a full queue closes the connection as a slow
-//! consumer. The loop is generic over `Sink`/`Stream` so tests can drive it with channels.
+//! Nothing ever waits on a client: owners and the edge write into its socket without
+//! blocking, and what the socket cannot take waits in the connection's bounded [`Outbox`];
+//! a full one closes the connection as a slow consumer. The connection's writer task only
+//! finishes what the socket could not take at once, and sends the close frame.
 //!
 //! **Per-room route fence.** A connection's commands to one room keep their order across a
 //! hand-off. Without care they could swap: a send routed to the old owner A is forwarded by A
@@ -16,48 +15,47 @@
 //! hand-off timeout, after which every waiting sender has been answered anyway. Reading the
 //! socket pauses meanwhile, which is what keeps the order.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use axum::extract::ws::Message;
 use shard::{NodeName, RoomId};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 
-use crate::edge::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CloseReason, ConnControl, ConnHandle, ConnId};
+use crate::edge::{CLOSE_GOING_AWAY, CloseReason, ConnControl, ConnHandle, ConnId};
+use crate::outbox::Outbox;
 use crate::protocol::{self, ClientOp, ErrorCode, Refusal};
 use crate::rate::TokenBucket;
 use crate::room::{MemberKey, RoomCommand};
 use crate::rooms::RouteError;
 use crate::state::NodeState;
+use crate::ws::frame::{FrameError, WireFrame};
+use crate::ws::{ClientStream, ReadError};
 
-/// Serve one authenticated client until it leaves, is closed, or the node shuts down.
-pub async fn serve<W, R, E>(sink: W, mut stream: R, node: Arc<NodeState>, user: String)
-where
-    W: Sink<Message> + Unpin + Send + 'static,
-    R: Stream<Item = Result<Message, E>> + Unpin,
-    E: std::fmt::Display,
-{
+/// Serve one authenticated client on its upgraded socket (`already_read`: bytes the HTTP layer
+/// read past the upgrade request) until it leaves, is closed, or the node shuts down.
+pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState>, user: String) {
     let limits = node.settings.limits.clone();
-    let (out, out_rx) = mpsc::channel(limits.outgoing_queue.max(1));
+    let mut stream = ClientStream::new(tcp.clone(), already_read, limits.max_frame_bytes);
+    let out = Arc::new(Outbox::new(tcp, limits.outgoing_queue));
     let control = Arc::new(ConnControl::default());
     let user: Arc<str> = user.into();
     let handle = ConnHandle {
         id: node.next_conn_id(),
         user: user.clone(),
-        out,
+        out: out.clone(),
         control: control.clone(),
     };
     node.hub.register(handle.clone());
     node.metrics.connections.inc();
     node.metrics.connections_total.inc();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        out_rx,
-        control.clone(),
-        limits.close_timeout,
-    ));
+    let writer = {
+        let control = control.clone();
+        let close_timeout = limits.close_timeout;
+        tokio::spawn(async move { out.run(&control, close_timeout).await })
+    };
 
     let mut conn = Connection {
         node: node.clone(),
@@ -71,11 +69,16 @@ where
     // Set when the node starts shutting down: the client was told to reconnect, and frames it
     // wrote before it saw that are still read and answered until then.
     let mut closing_at: Option<tokio::time::Instant> = None;
+    // Made once, not per frame: each wait on a cancellation token takes that token's lock, and
+    // the shutdown token is shared by every connection of the node.
+    let closed = control.closed();
+    let shutdown = node.shutdown.cancelled();
+    tokio::pin!(closed, shutdown);
     loop {
         tokio::select! {
             biased;
-            () = control.closed() => break,
-            () = node.shutdown.cancelled(), if closing_at.is_none() => {
+            () = &mut closed => break,
+            () = &mut shutdown, if closing_at.is_none() => {
                 conn.push(protocol::reconnect_frame("node shutting down", Some(0)));
                 closing_at = Some(tokio::time::Instant::now() + RECONNECT_GRACE);
             }
@@ -87,31 +90,38 @@ where
                 });
                 break;
             }
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
-                Some(Ok(Message::Binary(_))) => conn.refuse(Refusal::new(
+            message = stream.next() => match message {
+                Ok(Some(Message::Text(text))) => conn.on_text(text.as_str()).await,
+                Ok(Some(Message::Binary(_))) => conn.refuse(Refusal::new(
                     ErrorCode::BadRequest,
                     "binary frames are not supported: send json text frames",
                 )),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(e)) => {
-                    let text = e.to_string();
-                    if is_too_big(&text) {
-                        control.close(CloseReason {
-                            code: CLOSE_TOO_BIG,
-                            reason: format!("message over {} bytes", limits.max_frame_bytes),
-                            flush: false,
-                        });
-                    }
-                    tracing::debug!(error = %text, "client read failed");
+                Ok(Some(Message::Ping(payload))) => {
+                    node.hub.push(&conn.handle, &WireFrame::pong(&payload), false);
+                }
+                Ok(Some(Message::Pong(_))) => {}
+                Ok(Some(Message::Close(_)) | None) => break,
+                Err(ReadError::Frame(error)) => {
+                    let reason = match error {
+                        FrameError::TooBig { limit } => format!("message over {limit} bytes"),
+                        _ => error.to_string(),
+                    };
+                    tracing::debug!(%error, "client broke the framing");
+                    control.close(CloseReason {
+                        code: error.close_code(),
+                        reason,
+                        flush: false,
+                    });
+                    break;
+                }
+                Err(ReadError::Io(error)) => {
+                    tracing::debug!(%error, "client read failed");
                     break;
                 }
             }
         }
     }
     conn.depart().await;
-    // Dropping our queue handle lets the writer finish once it has flushed (or was told to close).
     let Connection { handle, .. } = conn;
     drop(handle);
     if !control.is_closed() {
@@ -134,66 +144,6 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// tungstenite reports an over-limit message as a capacity error.
-fn is_too_big(error: &str) -> bool {
-    let error = error.to_ascii_lowercase();
-    error.contains("space limit") || error.contains("too long") || error.contains("capacity")
-}
-
-/// The writer: drain the queue into the socket until the connection is closed, then send the
-/// close frame, all within `close_timeout` once closing starts.
-async fn write_loop<W>(
-    mut sink: W,
-    mut queue: mpsc::Receiver<Utf8Bytes>,
-    control: Arc<ConnControl>,
-    close_timeout: std::time::Duration,
-) where
-    W: Sink<Message> + Unpin,
-{
-    loop {
-        tokio::select! {
-            biased;
-            () = control.closed() => break,
-            frame = queue.recv() => {
-                let Some(frame) = frame else { break };
-                // Write everything already queued, then flush once: one syscall for a burst.
-                let burst = async {
-                    sink.feed(Message::Text(frame)).await?;
-                    while let Ok(more) = queue.try_recv() {
-                        sink.feed(Message::Text(more)).await?;
-                    }
-                    sink.flush().await
-                };
-                tokio::select! {
-                    sent = burst => if sent.is_err() { return },
-                    () = control.closed() => break,
-                }
-            }
-        }
-    }
-    let reason = control.reason().unwrap_or(CloseReason {
-        code: 1000,
-        reason: String::new(),
-        flush: true,
-    });
-    let closing = async {
-        if reason.flush {
-            while let Ok(frame) = queue.try_recv() {
-                if sink.send(Message::Text(frame)).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let frame = CloseFrame {
-            code: reason.code,
-            reason: truncate_reason(&reason.reason).into(),
-        };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-        let _ = sink.close().await;
-    };
-    let _ = tokio::time::timeout(close_timeout, closing).await;
 }
 
 /// A close frame's reason may hold at most 123 bytes.
@@ -232,7 +182,9 @@ impl Connection {
     }
 
     fn push(&self, frame: String) {
-        self.node.hub.push(&self.handle, frame.into(), false);
+        self.node
+            .hub
+            .push(&self.handle, &WireFrame::text(&frame), false);
     }
 
     fn refuse(&self, refusal: Refusal) {
@@ -300,12 +252,13 @@ impl Connection {
             }
             ClientOp::Send { room, text, cid } => {
                 if !self.joined.contains(&room) {
-                    return self.refuse(not_joined(room, cid));
+                    return self.refuse(not_joined(room, cid.map(Cow::into_owned)));
                 }
+                let cid = cid.map(Cow::into_owned);
                 let command = RoomCommand::Post {
                     member: self.member(),
                     user: self.user.clone(),
-                    text,
+                    text: text.into_owned(),
                     cid: cid.clone(),
                 };
                 if let Err(e) = self.route(&room, command).await {

@@ -1,8 +1,10 @@
 //! The edge: this node's local client connections and the rooms they are in.
 //!
 //! Room owners (local actors now, remote owners over peer links later) send one [`EdgeEvent`]
-//! per node, never one per member; the edge fans it out to its own members. Delivery never
-//! waits: each connection has a bounded outgoing queue, and a connection whose queue is full is
+//! per node, never one per member; the edge fans it out to its own members. A broadcast's
+//! WebSocket frame is encoded once and written into each member's socket right here, without
+//! waking a task per member (see `outbox`). Delivery never waits: what a socket cannot take
+//! waits in the connection's bounded queue, and a connection whose queue is full is
 //! disconnected as a slow consumer, so one client that stops reading cannot slow anybody else.
 //!
 //! Events for one room arrive in the owner's order and are applied in that order under a lock,
@@ -17,10 +19,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use shard::RoomId;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Pushed};
+use crate::ws::frame::WireFrame;
 
 /// A connection's id, unique within its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -50,6 +54,10 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a policy violation (no identity).
 pub const CLOSE_POLICY: u16 = 1008;
+/// Close code for a client that broke the WebSocket framing rules.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text message that is not UTF-8.
+pub const CLOSE_NOT_UTF8: u16 = 1007;
 
 /// The node's side of one connection's lifecycle: set once, read by its writer task.
 #[derive(Debug, Default)]
@@ -122,8 +130,8 @@ pub struct ConnHandle {
     pub id: ConnId,
     /// The user it authenticated as (needed to re-join it when a room's owner is replaced).
     pub user: Arc<str>,
-    /// Its bounded outgoing queue (drained by its writer task).
-    pub out: mpsc::Sender<Utf8Bytes>,
+    /// Its way out: direct writes, and a bounded queue for what the socket cannot take yet.
+    pub out: Arc<Outbox>,
     /// Its close switch.
     pub control: Arc<ConnControl>,
 }
@@ -321,7 +329,7 @@ impl EdgeHub {
                 let mut stripe = self.room_stripe(&room);
                 // Queue the answer while holding the room's lock, so that no broadcast for the
                 // room can slip in ahead of `joined`.
-                self.push(&handle, frame, false);
+                self.push(&handle, &WireFrame::text(&frame), false);
                 handle.control.answer();
                 stripe.rooms.entry(room).or_default().insert(conn, handle);
             }
@@ -329,7 +337,7 @@ impl EdgeHub {
                 let removed = self.room_stripe(&room).remove_member(&room, conn);
                 let handle = removed.or_else(|| self.conn_stripe(conn).conns.get(&conn).cloned());
                 if let (Some(handle), Some(frame)) = (handle, frame) {
-                    self.push(&handle, frame, false);
+                    self.push(&handle, &WireFrame::text(&frame), false);
                     handle.control.answer();
                 }
             }
@@ -338,7 +346,7 @@ impl EdgeHub {
                 if let Some(handle) = handle {
                     // An error, or the connection's own message (its echo).
                     let is_msg = frame.as_str().starts_with(r#"{"op":"msg""#);
-                    self.push(&handle, frame, is_msg);
+                    self.push(&handle, &WireFrame::text(&frame), is_msg);
                     handle.control.answer();
                 }
             }
@@ -350,12 +358,14 @@ impl EdgeHub {
             } => {
                 let stripe = self.room_stripe(&room);
                 if let Some(members) = stripe.rooms.get(&room) {
+                    // Encoded once, written to every member as is (server frames are unmasked).
+                    let frame = WireFrame::text(&frame);
                     // A message with no skip at all comes from an owner of an earlier version,
                     // which echoes to the sender in the broadcast: it may answer anyone here.
                     let from_older_owner = is_msg && skip.is_none();
                     for handle in members.values() {
                         if Some(handle.id) != skip {
-                            self.push(handle, frame.clone(), is_msg);
+                            self.push(handle, &frame, is_msg);
                             if from_older_owner {
                                 handle.control.answer();
                             }
@@ -366,17 +376,17 @@ impl EdgeHub {
         }
     }
 
-    /// Queue a frame for one connection without waiting; a full queue disconnects it.
-    pub fn push(&self, handle: &ConnHandle, frame: Utf8Bytes, is_msg: bool) -> bool {
-        match handle.out.try_send(frame) {
-            Ok(()) => {
+    /// Write (or queue) a frame for one connection without waiting; a full queue disconnects it.
+    pub fn push(&self, handle: &ConnHandle, frame: &WireFrame, is_msg: bool) -> bool {
+        match handle.out.push(frame) {
+            Pushed::Written | Pushed::Queued => {
                 self.metrics.frames_delivered.inc();
                 if is_msg {
                     self.metrics.messages_delivered.inc();
                 }
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Pushed::Full => {
                 self.metrics.queue_drops.inc();
                 if !handle.control.is_closed() {
                     self.metrics.slow_consumers.inc();
@@ -389,7 +399,7 @@ impl EdgeHub {
                 });
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Pushed::Closed => false,
         }
     }
 }
@@ -402,16 +412,17 @@ mod tests {
         RoomId::new(name).expect("valid room")
     }
 
-    fn conn(hub: &EdgeHub, id: u64, capacity: usize) -> (ConnHandle, mpsc::Receiver<Utf8Bytes>) {
-        let (out, rx) = mpsc::channel(capacity);
+    /// A connection whose frames stay queued for the test to read, in `capacity` slots.
+    fn conn(hub: &EdgeHub, id: u64, capacity: usize) -> (ConnHandle, Arc<Outbox>) {
+        let out = Arc::new(Outbox::detached(capacity));
         let handle = ConnHandle {
             id: ConnId(id),
             user: "u".into(),
-            out,
+            out: out.clone(),
             control: Arc::default(),
         };
         hub.register(handle.clone());
-        (handle, rx)
+        (handle, out)
     }
 
     fn broadcast(room_name: &str, text: &str, skip: Option<ConnId>) -> EdgeEvent {
@@ -426,8 +437,8 @@ mod tests {
     #[test]
     fn a_member_gets_joined_first_then_broadcasts_and_non_members_get_nothing() {
         let hub = EdgeHub::new(Arc::default());
-        let (_a, mut a_rx) = conn(&hub, 1, 8);
-        let (_b, mut b_rx) = conn(&hub, 2, 8);
+        let (_a, a_out) = conn(&hub, 1, 8);
+        let (_b, b_out) = conn(&hub, 2, 8);
         hub.deliver(broadcast("r", "before", None));
         hub.deliver(EdgeEvent::Joined {
             room: room("r"),
@@ -435,16 +446,15 @@ mod tests {
             frame: "joined".into(),
         });
         hub.deliver(broadcast("r", "m1", None));
-        assert_eq!(a_rx.try_recv().expect("joined").as_str(), "joined");
-        assert_eq!(a_rx.try_recv().expect("m1").as_str(), "m1");
-        assert!(b_rx.try_recv().is_err());
+        assert_eq!(a_out.take_queued(), ["joined", "m1"]);
+        assert!(b_out.take_queued().is_empty());
     }
 
     #[test]
     fn broadcast_skips_the_named_connection() {
         let hub = EdgeHub::new(Arc::default());
-        let (_a, mut a_rx) = conn(&hub, 1, 8);
-        let (_b, mut b_rx) = conn(&hub, 2, 8);
+        let (_a, a_out) = conn(&hub, 1, 8);
+        let (_b, b_out) = conn(&hub, 2, 8);
         for id in [1, 2] {
             hub.deliver(EdgeEvent::Joined {
                 room: room("r"),
@@ -453,21 +463,16 @@ mod tests {
             });
         }
         hub.deliver(broadcast("r", "presence", Some(ConnId(1))));
-        assert_eq!(a_rx.try_recv().map(|f| f.to_string()), Ok("j".to_owned()));
-        assert!(a_rx.try_recv().is_err());
-        assert_eq!(b_rx.try_recv().map(|f| f.to_string()), Ok("j".to_owned()));
-        assert_eq!(
-            b_rx.try_recv().map(|f| f.to_string()),
-            Ok("presence".to_owned())
-        );
+        assert_eq!(a_out.take_queued(), ["j"]);
+        assert_eq!(b_out.take_queued(), ["j", "presence"]);
     }
 
     #[test]
     fn a_full_queue_disconnects_only_that_slow_consumer() {
         let metrics = Arc::new(Metrics::default());
         let hub = EdgeHub::new(metrics.clone());
-        let (slow, _slow_rx) = conn(&hub, 1, 2);
-        let (fast, mut fast_rx) = conn(&hub, 2, 64);
+        let (slow, _slow_out) = conn(&hub, 1, 2);
+        let (fast, fast_out) = conn(&hub, 2, 64);
         for id in [1, 2] {
             hub.deliver(EdgeEvent::Joined {
                 room: room("r"),
@@ -484,7 +489,7 @@ mod tests {
             Some(CLOSE_SLOW_CONSUMER)
         );
         assert!(!fast.control.is_closed());
-        assert_eq!(std::iter::from_fn(|| fast_rx.try_recv().ok()).count(), 11);
+        assert_eq!(fast_out.take_queued().len(), 11);
         assert_eq!(metrics.slow_consumers.get(), 1);
         assert_eq!(metrics.queue_drops.get(), 9);
     }
@@ -492,7 +497,7 @@ mod tests {
     #[test]
     fn leaving_and_unregistering_stop_delivery() {
         let hub = EdgeHub::new(Arc::default());
-        let (_a, mut a_rx) = conn(&hub, 1, 8);
+        let (_a, a_out) = conn(&hub, 1, 8);
         hub.deliver(EdgeEvent::Joined {
             room: room("r"),
             conn: ConnId(1),
@@ -504,15 +509,13 @@ mod tests {
             frame: Some("left".into()),
         });
         hub.deliver(broadcast("r", "after", None));
-        let got: Vec<String> =
-            std::iter::from_fn(|| a_rx.try_recv().ok().map(|f| f.to_string())).collect();
-        assert_eq!(got, ["j", "left"]);
+        assert_eq!(a_out.take_queued(), ["j", "left"]);
         assert_eq!(hub.local_members(&room("r")), 0);
         hub.unregister(ConnId(1), []);
         hub.deliver(EdgeEvent::ToConn {
             conn: ConnId(1),
             frame: "err".into(),
         });
-        assert!(a_rx.try_recv().is_err());
+        assert!(a_out.take_queued().is_empty());
     }
 }

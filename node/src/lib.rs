@@ -4,9 +4,12 @@
 //! actors of the rooms it owns and delivers their messages to its own clients.
 //!
 //! A tour, from the wire inwards:
+//! - [`ws`]: WebSocket itself: the upgrade, client frames read off the socket, server frames
+//!   encoded once per fan-out.
 //! - [`protocol`]: the wire format; every client frame is parsed into one enum here.
 //! - [`auth`]: who a connection is (`?user=` or a signed `?token=`).
-//! - [`connection`]: one client: reader, writer, limits (size, rate, rooms), slow consumers.
+//! - [`connection`]: one client: reader, limits (size, rate, rooms), the route fence.
+//! - [`outbox`]: a connection's way out: direct writes, a bounded queue, slow consumers.
 //! - [`edge`]: this node's clients per room; owners deliver to it once per node.
 //! - [`room`]: a room's state on its owner (seq, history, members) as a pure state machine.
 //! - [`rooms`]: the room actors, started on demand and passivated when idle; [`resting`]: the
@@ -29,6 +32,7 @@ pub mod error;
 pub mod exit;
 pub mod load;
 pub mod metrics;
+pub mod outbox;
 pub mod peer;
 pub mod protocol;
 pub mod rate;
@@ -41,6 +45,7 @@ pub mod shrink;
 pub mod snowflake;
 pub mod state;
 pub mod table_source;
+pub mod ws;
 
 pub use config::{ConfigError, NodeConfig};
 pub use error::{Error, Result};

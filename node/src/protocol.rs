@@ -7,6 +7,7 @@
 //! [`ClientOp::NAMES`], [`SERVER_OPS`] and [`ErrorCode::ALL`] list the protocol's vocabulary;
 //! `node/tests/protocol_doc.rs` fails when `docs/protocol.md` lists a different one.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -79,9 +80,10 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// A client request, parsed and validated.
+/// A client request, parsed and validated. Its strings borrow from the frame it was read from
+/// whenever they carry no JSON escapes; they are copied once, into the room command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientOp {
+pub enum ClientOp<'a> {
     /// Join a room, optionally replaying history after `since`.
     Join { room: RoomId, since: Option<u64> },
     /// Leave a room.
@@ -89,14 +91,14 @@ pub enum ClientOp {
     /// Post a message to a joined room.
     Send {
         room: RoomId,
-        text: String,
-        cid: Option<String>,
+        text: Cow<'a, str>,
+        cid: Option<Cow<'a, str>>,
     },
     /// Liveness check.
-    Ping { cid: Option<String> },
+    Ping { cid: Option<Cow<'a, str>> },
 }
 
-impl ClientOp {
+impl ClientOp<'_> {
     /// Every client op of protocol v1, as named on the wire.
     pub const NAMES: [&'static str; 4] = ["join", "leave", "send", "ping"];
 
@@ -165,60 +167,107 @@ impl Refusal {
     }
 }
 
-/// The shape every op deserializes from; fields are checked per op afterwards so that the
-/// error says exactly which field is missing or wrong.
+/// The shape every op deserializes from, borrowing from the frame: each field is kept as raw
+/// JSON and read per op afterwards, so that the error says exactly which field is missing or
+/// of the wrong type.
 #[derive(Deserialize)]
-struct RawOp {
-    op: String,
-    room: Option<String>,
-    since: Option<serde_json::Value>,
-    text: Option<serde_json::Value>,
+struct RawOp<'a> {
+    #[serde(borrow)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow)]
+    room: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cid: Option<&'a RawValue>,
 }
 
-/// Parse one text frame into a [`ClientOp`], enforcing `max_text_bytes` on `send`.
+/// A JSON string, borrowed from the frame unless it had escapes to undo.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// `raw` as a string; `None` when it is JSON `null`, `Err` for any other type.
+fn string<'a>(raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, ()> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => serde_json::from_str::<Text<'a>>(raw.get())
+            .map(|Text(text)| Some(text))
+            .map_err(|_| ()),
+    }
+}
+
+/// Parse one text frame into a [`ClientOp`], enforcing `max_text_bytes` on `send`. The frame is
+/// read once; strings in the result borrow from it.
 ///
 /// # Errors
 /// A [`Refusal`] with `bad_request` for malformed JSON, a non-object, an unknown op, a missing
 /// or mistyped field or an invalid room name; `too_large` for text over the limit.
-pub fn parse_client_frame(frame: &str, max_text_bytes: usize) -> Result<ClientOp, Refusal> {
-    let value: serde_json::Value = serde_json::from_str(frame)
-        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("malformed json: {e}")))?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, "a frame must be a json object"))?;
-    let cid = match object.get("cid") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(cid)) => Some(cid.clone()),
-        Some(_) => {
-            return Err(Refusal::new(
-                ErrorCode::BadRequest,
-                "`cid` must be a string",
-            ));
-        }
-    };
+pub fn parse_client_frame(frame: &str, max_text_bytes: usize) -> Result<ClientOp<'_>, Refusal> {
+    if !frame.trim_start().starts_with('{') {
+        // A struct would also read from a JSON array: say what is wrong instead.
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(frame) {
+            Err(e) => Refusal::new(ErrorCode::BadRequest, format!("malformed json: {e}")),
+            Ok(_) => Refusal::new(ErrorCode::BadRequest, "a frame must be a json object"),
+        });
+    }
+    let raw: RawOp<'_> = serde_json::from_str(frame).map_err(|e| {
+        let message = if e.is_data() {
+            format!("invalid frame: {e}")
+        } else {
+            format!("malformed json: {e}")
+        };
+        Refusal::new(ErrorCode::BadRequest, message)
+    })?;
+    let cid = string(raw.cid)
+        .map_err(|()| Refusal::new(ErrorCode::BadRequest, "`cid` must be a string"))?;
     let refuse = |code: ErrorCode, message: String| Refusal {
         code,
         message,
-        cid: cid.clone(),
+        cid: cid.as_deref().map(str::to_owned),
         room: None,
     };
-    let raw: RawOp = serde_json::from_value(value.clone())
-        .map_err(|e| refuse(ErrorCode::BadRequest, format!("invalid frame: {e}")))?;
-    let room = |raw_room: Option<String>| -> Result<RoomId, Refusal> {
-        let name = raw_room.ok_or_else(|| {
-            refuse(
+    let op = match string(raw.op) {
+        Ok(Some(op)) => op,
+        Ok(None) => {
+            return Err(refuse(
                 ErrorCode::BadRequest,
-                format!("missing field `room` for op `{}`", raw.op),
-            )
-        })?;
+                "invalid frame: missing field `op`".to_owned(),
+            ));
+        }
+        Err(()) => {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "invalid frame: `op` must be a string".to_owned(),
+            ));
+        }
+    };
+    let room = || -> Result<RoomId, Refusal> {
+        let name = match string(raw.room) {
+            Ok(Some(name)) => name,
+            Ok(None) => {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!("missing field `room` for op `{op}`"),
+                ));
+            }
+            Err(()) => {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    "invalid room: `room` must be a string".to_owned(),
+                ));
+            }
+        };
         RoomId::new(name).map_err(|e| refuse(ErrorCode::BadRequest, format!("invalid room: {e}")))
     };
-    match raw.op.as_str() {
+    match &*op {
         "join" => {
-            let room = room(raw.room.clone())?;
-            let since = match &raw.since {
-                None | Some(serde_json::Value::Null) => None,
-                Some(v) => Some(v.as_u64().ok_or_else(|| Refusal {
+            let room = room()?;
+            let since = match raw.since.map(RawValue::get) {
+                None | Some("null") => None,
+                Some(since) => Some(serde_json::from_str::<u64>(since).map_err(|_| Refusal {
                     room: Some(room.clone()),
                     ..refuse(
                         ErrorCode::BadRequest,
@@ -228,29 +277,29 @@ pub fn parse_client_frame(frame: &str, max_text_bytes: usize) -> Result<ClientOp
             };
             Ok(ClientOp::Join { room, since })
         }
-        "leave" => Ok(ClientOp::Leave {
-            room: room(raw.room.clone())?,
-        }),
+        "leave" => Ok(ClientOp::Leave { room: room()? }),
         "send" => {
-            let room = room(raw.room.clone())?;
+            let room = room()?;
             let in_room = |code, message: String| Refusal {
                 room: Some(room.clone()),
                 ..refuse(code, message)
             };
-            let text = match &raw.text {
-                Some(serde_json::Value::String(text)) => text,
-                Some(_) => {
-                    return Err(in_room(
-                        ErrorCode::BadRequest,
-                        "`text` must be a string".to_owned(),
-                    ));
-                }
+            let text = match raw.text {
                 None => {
                     return Err(in_room(
                         ErrorCode::BadRequest,
                         "missing field `text` for op `send`".to_owned(),
                     ));
                 }
+                Some(text) => match string(Some(text)) {
+                    Ok(Some(text)) => text,
+                    Ok(None) | Err(()) => {
+                        return Err(in_room(
+                            ErrorCode::BadRequest,
+                            "`text` must be a string".to_owned(),
+                        ));
+                    }
+                },
             };
             if text.len() > max_text_bytes {
                 return Err(in_room(
@@ -261,11 +310,7 @@ pub fn parse_client_frame(frame: &str, max_text_bytes: usize) -> Result<ClientOp
                     ),
                 ));
             }
-            Ok(ClientOp::Send {
-                room,
-                text: text.clone(),
-                cid,
-            })
+            Ok(ClientOp::Send { room, text, cid })
         }
         "ping" => Ok(ClientOp::Ping { cid }),
         other => Err(refuse(

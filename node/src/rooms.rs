@@ -447,37 +447,40 @@ impl RoomActor {
     async fn run(mut self) {
         let rooms = self.rooms.clone();
         self.count_members(self.room.member_count());
+        // One timer for the actor's life, moved only when it fires early: a command costs a
+        // clock read, not a new timer.
+        let idle = tokio::time::sleep(self.idle_after());
+        tokio::pin!(idle);
+        let mut last = tokio::time::Instant::now();
         loop {
-            // A forwarding actor only lingers for commands already on their way to it.
-            // A bare room (joined and left, nothing said) has nothing to keep: it goes at
-            // once, so joining and leaving room names costs no memory past the visit.
-            let idle_after = if self.forwarding {
-                Duration::from_millis(200).min(rooms.settings.passivate_after)
-            } else if self.room.is_bare() {
-                // (A millisecond, not zero: a sender holding a permit makes passivation wait,
-                // and the actor must not spin meanwhile.)
-                Duration::from_millis(1).min(rooms.settings.passivate_after)
-            } else {
-                rooms.settings.passivate_after
-            };
-            let idle = tokio::time::sleep(idle_after);
             tokio::select! {
-                message = self.rx.recv() => match message {
-                    Some(ActorMsg::Command(command, _)) if self.forwarding => {
-                        rooms.fanout.forward(self.room.id().clone(), command);
-                    }
-                    Some(ActorMsg::Command(command, received)) => self.handle(command, received),
-                    Some(ActorMsg::HandOff(reply)) => {
-                        if !self.forwarding {
-                            let _ = reply.send(self.room.snapshot());
-                            self.forwarding = true;
-                            // The members went with the state.
-                            self.count_members(0);
+                message = self.rx.recv() => {
+                    last = tokio::time::Instant::now();
+                    match message {
+                        Some(ActorMsg::Command(command, _)) if self.forwarding => {
+                            rooms.fanout.forward(self.room.id().clone(), command);
                         }
+                        Some(ActorMsg::Command(command, received)) => self.handle(command, received),
+                        Some(ActorMsg::HandOff(reply)) => {
+                            if !self.forwarding {
+                                let _ = reply.send(self.room.snapshot());
+                                self.forwarding = true;
+                                // The members went with the state.
+                                self.count_members(0);
+                                // A forwarding actor lingers briefly: bring the timer forward.
+                                idle.as_mut().reset(last + self.idle_after());
+                            }
+                        }
+                        None => break,
                     }
-                    None => break,
-                },
-                () = idle, if self.forwarding || self.room.is_empty() => {
+                }
+                () = &mut idle, if self.forwarding || self.room.is_empty() => {
+                    let now = tokio::time::Instant::now();
+                    let due = last + self.idle_after();
+                    if now < due {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
                     if rooms.try_passivate(self.room.id(), &self.weak, !self.rx.is_empty()) {
                         if !self.forwarding {
                             rooms.metrics.rooms_passivated.inc();
@@ -485,11 +488,28 @@ impl RoomActor {
                         tracing::debug!(room = %self.room.id(), seq = self.room.seq(), "room actor stopped");
                         break;
                     }
+                    idle.as_mut().reset(now + self.idle_after());
                 }
             }
         }
         self.count_members(0);
         rooms.metrics.rooms_active.dec();
+    }
+
+    /// How long the room waits idle before it passivates: briefly once it only forwards, and
+    /// at once when it is bare (joined and left, nothing said): it has nothing to keep, so
+    /// joining and leaving room names costs no memory past the visit.
+    fn idle_after(&self) -> Duration {
+        let passivate_after = self.rooms.settings.passivate_after;
+        if self.forwarding {
+            Duration::from_millis(200).min(passivate_after)
+        } else if self.room.is_bare() {
+            // A millisecond, not zero: a sender holding a permit makes passivation wait, and
+            // the actor must not spin meanwhile.
+            Duration::from_millis(1).min(passivate_after)
+        } else {
+            passivate_after
+        }
     }
 
     /// Brings the shard's member gauge to `members` for this room.

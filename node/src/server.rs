@@ -3,30 +3,31 @@
 //! drains every connection.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use futures_util::StreamExt;
 use shard::NodeStatus;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::IdentityParams;
-use crate::connection::{self, truncate_reason};
+use crate::connection;
 use crate::edge::CLOSE_POLICY;
 use crate::exit::{self, ExitDrain};
 use crate::metrics::PeerView;
 use crate::state::NodeState;
 use crate::table_source::{self, TableSource};
+use crate::ws::frame::WireFrame;
+use crate::ws::socket::{ClientListener, ClientSocket, shutdown_write};
+use crate::ws::{ClientStream, upgrade};
 
 /// How long a stopping node waits for its peer links to deliver what its clients sent last.
 const PEER_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -106,13 +107,10 @@ pub async fn run(
                 .await
         })
     });
-    // Chat frames are small and latency-bound: send them without Nagle's delay.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    // Client sockets are shared with the connections that write to them directly.
     let served = axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        ClientListener(listener),
+        router(state).into_make_service_with_connect_info::<ClientSocket>(),
     )
     .with_graceful_shutdown(signal)
     .await;
@@ -162,6 +160,7 @@ async fn peer_link(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
     };
     upgrade
         .max_message_size(64 << 20)
+        .read_buffer_size(crate::peer::READ_BUFFER)
         .on_upgrade(move |socket| peers.accept(socket))
 }
 
@@ -224,55 +223,55 @@ async fn status(State(state): State<AppState>) -> axum::Json<NodeStatus> {
 
 async fn websocket(
     State(state): State<AppState>,
+    ConnectInfo(socket): ConnectInfo<ClientSocket>,
     params: Result<Query<IdentityParams>, QueryRejection>,
-    upgrade: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
-    let limits = &state.node.settings.limits;
-    // Small socket buffers: tungstenite's 128 KiB default read buffer is zero-filled on every
-    // read, which made each idle connection cost 141 KB; chat frames are small, and a larger
-    // one is read in several steps.
-    let upgrade = upgrade
-        .read_buffer_size(1024)
-        .write_buffer_size(1024)
-        .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(4).max(1 << 20))
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes);
+    let (mut parts, _body) = request.into_parts();
+    let (accept, on_upgrade) =
+        match upgrade::accept(&parts.method, &parts.headers, &mut parts.extensions) {
+            Ok(accepted) => accepted,
+            Err(refused) => return refused.into_response(),
+        };
     if state.node.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node shutting down").into_response();
     }
     let params = params.map(|Query(p)| p).unwrap_or_default();
     let identity = state.node.auth.identify(&params);
     let node = state.node.clone();
-    let tracker = state.connections.clone();
-    upgrade.on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            match identity {
-                Ok(user) => {
-                    let (sink, stream) = socket.split();
-                    connection::serve(sink, stream, node, user).await;
-                }
-                Err(reason) => refuse(socket, &node, &reason.to_string()).await,
+    tokio::spawn(state.connections.track_future(async move {
+        let already_read = match on_upgrade.await {
+            Ok(upgraded) => upgrade::already_read(upgraded),
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
             }
-        })
-    })
+        };
+        match identity {
+            Ok(user) => connection::serve(socket.tcp, &already_read, node, user).await,
+            Err(reason) => refuse(socket.tcp, &already_read, &node, &reason.to_string()).await,
+        }
+    }));
+    upgrade::switching_protocols(accept)
 }
 
 /// Close a connection that has no usable identity with 1008 and the reason.
-async fn refuse(mut socket: WebSocket, node: &NodeState, reason: &str) {
+async fn refuse(tcp: Arc<TcpStream>, already_read: &[u8], node: &NodeState, reason: &str) {
     node.metrics.auth_failures.inc();
     tracing::info!(%reason, "refusing connection");
-    let frame = CloseFrame {
-        code: CLOSE_POLICY,
-        reason: truncate_reason(reason).into(),
-    };
+    let close = WireFrame::close(CLOSE_POLICY, reason);
+    let mut stream = ClientStream::new(tcp.clone(), already_read, 4096);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = socket.send(Message::Close(Some(frame))).await;
+        if crate::ws::write_all(&tcp, close.bytes()).await.is_err() {
+            return;
+        }
         // Wait for the client's close answer so the frame is not lost to a reset.
-        while let Some(Ok(message)) = socket.next().await {
+        while let Ok(Some(message)) = stream.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
         }
     })
     .await;
+    let _ = shutdown_write(&tcp);
 }

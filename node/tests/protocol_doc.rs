@@ -7,7 +7,10 @@
 
 use std::collections::BTreeSet;
 
-use node::edge::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG};
+use node::edge::{
+    CLOSE_GOING_AWAY, CLOSE_NOT_UTF8, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+};
 use node::protocol::{ClientOp, ErrorCode, SERVER_OPS};
 
 const DOC: &str = include_str!("../../docs/protocol.md");
@@ -92,6 +95,8 @@ fn the_document_lists_exactly_the_close_codes_the_node_uses() {
             CLOSE_POLICY,
             CLOSE_TOO_BIG,
             CLOSE_SLOW_CONSUMER,
+            CLOSE_PROTOCOL_ERROR,
+            CLOSE_NOT_UTF8,
         ]),
     );
 }

@@ -9,14 +9,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Message;
 use clap::Parser;
+use futures_util::SinkExt;
 use node::auth::Authenticator;
 use node::edge::{ConnId, EdgeEvent};
 use node::peer::{PeerSettings, Peers};
 use node::{NodeConfig, NodeState};
 use shard::{AssignmentTable, Move, NodeInfo, NodeName, RoomId, ShardId};
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 const SHARDS: u32 = 4;
 
@@ -91,22 +94,19 @@ async fn a_send_after_its_room_changed_owner_waits_for_the_answers_to_the_earlie
     let node = NodeState::clustered(settings, Authenticator::open(), peers.clone());
     assert!(node.apply_table(table(1, "node-1", None)).await);
 
-    // A client on channels instead of a socket.
-    let (client_tx, client_rx) = mpsc::unbounded_channel::<Message>();
-    let stream = Box::pin(futures_util::stream::unfold(
-        client_rx,
-        |mut rx| async move { rx.recv().await.map(|m| (Ok::<_, String>(m), rx)) },
-    ));
-    let sink = Box::pin(futures_util::sink::unfold(
-        (),
-        |(), _frame: Message| async move { Ok::<_, std::convert::Infallible>(()) },
-    ));
+    // A client on a loopback socket served directly, past any HTTP upgrade.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let tcp = TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (server_side, _) = listener.accept().await.expect("accept");
     let serving = tokio::spawn(node::connection::serve(
-        sink,
-        stream,
+        Arc::new(server_side),
+        &[],
         node.clone(),
         "ann".into(),
     ));
+    let mut client_tx = WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
     let room = "r";
     let send =
         |k: u32| text(serde_json::json!({"op": "send", "room": room, "text": k.to_string()}));
@@ -114,13 +114,14 @@ async fn a_send_after_its_room_changed_owner_waits_for_the_answers_to_the_earlie
     // Join and a first message go to node-1, the owner; neither is answered yet.
     client_tx
         .send(text(serde_json::json!({"op": "join", "room": room})))
+        .await
         .expect("join");
-    client_tx.send(send(1)).expect("send 1");
+    client_tx.send(send(1)).await.expect("send 1");
     routed(&peers, 2).await;
 
     // The room moves to node-2. The next message must not overtake the first one.
     assert!(node.apply_table(table(2, "node-2", Some("node-1"))).await);
-    client_tx.send(send(2)).expect("send 2");
+    client_tx.send(send(2)).await.expect("send 2");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         peers.pending(),

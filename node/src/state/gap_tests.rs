@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use shard::RoomId;
-use tokio::sync::mpsc;
 
 use super::handoff_tests::{name, node_c, table, until};
 use super::*;
 use crate::edge::{CLOSE_SLOW_CONSUMER, ConnControl, ConnHandle};
+use crate::outbox::Outbox;
 use crate::room::MemberKey;
 
 /// The answers (frames for one connection) waiting for `peer`, as JSON; then acknowledged.
@@ -141,12 +141,12 @@ async fn an_announced_gap_makes_the_rooms_local_members_reconnect_and_no_one_els
     );
     let mut outs = Vec::new();
     for (conn, room) in [(1, &lost), (2, &kept)] {
-        let (tx, rx) = mpsc::channel(8);
+        let out = Arc::new(Outbox::detached(8));
         let control = Arc::new(ConnControl::default());
         state.hub.register(ConnHandle {
             id: ConnId(conn),
             user: "ann".into(),
-            out: tx,
+            out: out.clone(),
             control: control.clone(),
         });
         state.hub.deliver(EdgeEvent::Joined {
@@ -154,7 +154,7 @@ async fn an_announced_gap_makes_the_rooms_local_members_reconnect_and_no_one_els
             conn: ConnId(conn),
             frame: "{\"op\":\"joined\"}".into(),
         });
-        outs.push((rx, control));
+        outs.push((out, control));
     }
     state.on_peer_message(
         &name("node-a"),
@@ -163,10 +163,10 @@ async fn an_announced_gap_makes_the_rooms_local_members_reconnect_and_no_one_els
             all: false,
         },
     );
-    let (rx, control) = &mut outs[0];
-    rx.recv().await.expect("joined");
-    let frame = rx.recv().await.expect("a reconnect frame");
-    assert!(frame.as_str().contains("\"op\":\"reconnect\""), "{frame}");
+    let (out, control) = &outs[0];
+    let frames = out.take_queued();
+    assert_eq!(frames.len(), 2, "joined, then reconnect: {frames:?}");
+    assert!(frames[1].contains("\"op\":\"reconnect\""), "{frames:?}");
     let reason = control.reason().expect("closed");
     assert_eq!(reason.code, CLOSE_SLOW_CONSUMER);
     assert!(

@@ -19,6 +19,7 @@ use super::NodeState;
 use crate::edge::{CLOSE_SLOW_CONSUMER, CloseReason, EdgeEvent};
 use crate::peer::Peers;
 use crate::protocol;
+use crate::ws::frame::WireFrame;
 
 /// What a reconnect after a gap says, in the frame and in the close frame.
 const GAP_REASON: &str = "events for a room were lost under overload: re-join with since";
@@ -44,14 +45,14 @@ impl NodeState {
     /// An owner announced a gap: the members of those rooms here (of every room with members
     /// when `all`) reconnect and re-join with `since`, which replays what they missed.
     pub(super) fn on_gap(&self, from: &NodeName, rooms: &[RoomId], all: bool) {
-        let frame = protocol::reconnect_frame(GAP_REASON, Some(0));
+        let frame = WireFrame::text(&protocol::reconnect_frame(GAP_REASON, Some(0)));
         let mut told = 0u64;
         for (room, members) in self.hub.rooms_with_members() {
             if !all && !rooms.contains(&room) {
                 continue;
             }
             for member in members {
-                self.hub.push(&member, frame.as_str().into(), false);
+                self.hub.push(&member, &frame, false);
                 member.control.close(CloseReason {
                     code: CLOSE_SLOW_CONSUMER,
                     reason: GAP_REASON.to_owned(),
