@@ -79,6 +79,11 @@ pub struct NodeConfig {
     /// Commands queued per room before senders wait (and then get `overloaded`).
     #[arg(long, env = "ROOMSHARD_ROOM_QUEUE", default_value_t = 4096)]
     pub room_queue: usize,
+    /// Passivated rooms whose last seq a node remembers exactly; past it the oldest are
+    /// forgotten and their shard's rooms restart above the highest seq forgotten (a gap, never
+    /// a repeat). Bounds what clients inventing room names can cost (see `docs/limits.md`).
+    #[arg(long, env = "ROOMSHARD_REMEMBERED_ROOMS", default_value_t = 20_000)]
+    pub remembered_rooms: usize,
     /// How long an empty room stays in memory after its last activity (e.g. `5m`, `30s`).
     #[arg(long, env = "ROOMSHARD_PASSIVATE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
     pub passivate_after: Duration,
@@ -161,6 +166,7 @@ impl NodeConfig {
                 queue: self.room_queue.max(1),
                 passivate_after: self.passivate_after,
                 send_timeout: Duration::from_secs(2),
+                remembered: self.remembered_rooms,
             },
             limits: ConnectionLimits {
                 max_text_bytes: self.max_message_bytes,

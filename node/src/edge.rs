@@ -214,6 +214,31 @@ struct Stripe {
     conns: HashMap<ConnId, ConnHandle>,
 }
 
+impl Stripe {
+    /// Take `conn` out of `room`, dropping the room's entry when it empties and giving back
+    /// the memory of maps that did (room names come from clients: see [`crate::shrink`]).
+    fn remove_member(&mut self, room: &RoomId, conn: ConnId) -> Option<ConnHandle> {
+        let members = self.rooms.get_mut(room)?;
+        let removed = members.remove(&conn);
+        if members.is_empty() {
+            self.rooms.remove(room);
+            crate::shrink::map_if_sparse(&mut self.rooms);
+        } else {
+            crate::shrink::map_if_sparse(members);
+        }
+        removed
+    }
+}
+
+/// How many entries the hub's maps hold, for tests: back to the baseline once clients left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HubSizes {
+    /// Rooms with at least one local member.
+    pub rooms: usize,
+    /// Connections registered.
+    pub conns: usize,
+}
+
 /// The local delivery hub of a node.
 #[derive(Debug)]
 pub struct EdgeHub {
@@ -254,15 +279,24 @@ impl EdgeHub {
     /// Forget a connection: it stops receiving from `rooms` and from owners' replies.
     pub fn unregister(&self, conn: ConnId, rooms: impl IntoIterator<Item = RoomId>) {
         for room in rooms {
-            let mut stripe = self.room_stripe(&room);
-            if let Some(members) = stripe.rooms.get_mut(&room) {
-                members.remove(&conn);
-                if members.is_empty() {
-                    stripe.rooms.remove(&room);
-                }
-            }
+            self.room_stripe(&room).remove_member(&room, conn);
         }
-        self.conn_stripe(conn).conns.remove(&conn);
+        let mut stripe = self.conn_stripe(conn);
+        stripe.conns.remove(&conn);
+        crate::shrink::map_if_sparse(&mut stripe.conns);
+    }
+
+    /// How many entries the hub's maps hold (see [`HubSizes`]).
+    pub fn sizes(&self) -> HubSizes {
+        self.stripes
+            .iter()
+            .fold(HubSizes::default(), |sizes, stripe| {
+                let stripe = lock(stripe);
+                HubSizes {
+                    rooms: sizes.rooms + stripe.rooms.len(),
+                    conns: sizes.conns + stripe.conns.len(),
+                }
+            })
     }
 
     /// Every room with local members, with those members (for re-joining them elsewhere).
@@ -300,14 +334,7 @@ impl EdgeHub {
                 stripe.rooms.entry(room).or_default().insert(conn, handle);
             }
             EdgeEvent::Left { room, conn, frame } => {
-                let removed = {
-                    let mut stripe = self.room_stripe(&room);
-                    let removed = stripe.rooms.get_mut(&room).and_then(|m| m.remove(&conn));
-                    if stripe.rooms.get(&room).is_some_and(HashMap::is_empty) {
-                        stripe.rooms.remove(&room);
-                    }
-                    removed
-                };
+                let removed = self.room_stripe(&room).remove_member(&room, conn);
                 let handle = removed.or_else(|| self.conn_stripe(conn).conns.get(&conn).cloned());
                 if let (Some(handle), Some(frame)) = (handle, frame) {
                     self.push(&handle, &WireFrame::text(&frame), false);

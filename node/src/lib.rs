@@ -12,7 +12,8 @@
 //! - [`outbox`]: a connection's way out: direct writes, a bounded queue, slow consumers.
 //! - [`edge`]: this node's clients per room; owners deliver to it once per node.
 //! - [`room`]: a room's state on its owner (seq, history, members) as a pure state machine.
-//! - [`rooms`]: the room actors, started on demand and passivated when idle.
+//! - [`rooms`]: the room actors, started on demand and passivated when idle; [`resting`]: the
+//!   bounded memory of passivated rooms' seqs; [`shrink`]: registries give memory back.
 //! - [`state`]: the node's shared state, routing to a room's owner, tables and hand-offs.
 //! - [`peer`]: authenticated links between nodes that resend what a broken link lost.
 //! - [`table_source`]: where the assignment table comes from (HTTP long-poll), and
@@ -36,10 +37,12 @@ pub mod outbox;
 pub mod peer;
 pub mod protocol;
 pub mod rate;
+pub mod resting;
 pub mod room;
 pub mod rooms;
 pub mod server;
 pub mod shard_load;
+pub mod shrink;
 pub mod snowflake;
 pub mod state;
 pub mod table_source;

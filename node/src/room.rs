@@ -168,6 +168,12 @@ impl Room {
         self.members.is_empty()
     }
 
+    /// Whether the room holds nothing its seq does not say: no members and no history. Such a
+    /// room costs an actor for nothing and is passivated at once.
+    pub fn is_bare(&self) -> bool {
+        self.members.is_empty() && self.history.is_empty()
+    }
+
     /// Number of member connections.
     pub fn member_count(&self) -> usize {
         self.members.len()

@@ -4,7 +4,10 @@
 //! The registry hands out queue permits under its lock and an actor passivates only under the
 //! same lock when no permit is outstanding and its queue is empty, so a command can never be
 //! accepted by an actor that is about to disappear. A passivated room releases its members and
-//! history but keeps its last `seq` (a few bytes), so its sequence never goes backwards.
+//! history; its last `seq` goes to [`RestingSeqs`], a bounded memory that guarantees the room's
+//! sequence never goes backwards even when it forgets the room (see [`crate::resting`]). The
+//! registry itself holds running rooms only, so a client that joins and leaves any number of
+//! room names leaves nothing behind.
 //!
 //! Hand-off, old owner's side: [`Rooms::freeze`] closes a shard to new commands under the same
 //! lock, then asks every room of the shard for its snapshot through the room's own queue, so
@@ -23,8 +26,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::edge::EdgeEvent;
 use crate::metrics::Metrics;
+use crate::resting::RestingSeqs;
 use crate::room::{Room, RoomCommand, RoomSnapshot};
 use crate::shard_load::ShardCounters;
+use crate::shrink;
 use crate::snowflake::{Snowflake, unix_ms};
 
 /// Where a room actor sends what it produces: events for edge nodes, and commands that reached
@@ -64,6 +69,8 @@ pub struct RoomSettings {
     pub passivate_after: Duration,
     /// How long a sender waits for room in a full queue before it is told `overloaded`.
     pub send_timeout: Duration,
+    /// Passivated rooms whose last seq is remembered exactly (see [`crate::resting`]).
+    pub remembered: usize,
 }
 
 /// Why a command could not be queued to a room.
@@ -90,19 +97,33 @@ pub struct Refused {
     pub command: RoomCommand,
 }
 
+/// A running room.
 #[derive(Debug)]
 struct Slot {
-    /// The actor's queue; `None` while the room is passivated.
-    tx: Option<mpsc::Sender<ActorMsg>>,
-    /// The room's last seq, kept across passivation.
+    /// The actor's queue.
+    tx: mpsc::Sender<ActorMsg>,
+    /// The room's last seq, written by its actor, read when it passivates.
     seq: Arc<AtomicU64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Registry {
+    /// Running rooms only: a passivated room leaves only its seq, in `resting`.
     slots: HashMap<RoomId, Slot>,
+    /// The last seq of rooms that do not run here, bounded.
+    resting: RestingSeqs,
     /// Shards being handed away: no new command gets into their rooms.
     frozen: HashSet<ShardId>,
+}
+
+/// How many entries the room registries hold, for tests and `/metrics`: all of them return to
+/// their baseline once clients have left and the rooms passivated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RegistrySizes {
+    /// Room actors running (including ones only forwarding to a new owner).
+    pub running: usize,
+    /// Passivated rooms whose seq is remembered exactly.
+    pub remembered: usize,
 }
 
 /// All rooms this node owns.
@@ -131,7 +152,11 @@ impl Rooms {
         metrics: Arc<Metrics>,
     ) -> Arc<Rooms> {
         Arc::new(Rooms {
-            registry: Mutex::default(),
+            registry: Mutex::new(Registry {
+                slots: HashMap::new(),
+                resting: RestingSeqs::new(shards, settings.remembered),
+                frozen: HashSet::new(),
+            }),
             shards,
             settings,
             fanout,
@@ -213,27 +238,23 @@ impl Rooms {
         if registry.frozen.contains(&shard) {
             return Err(RouteError::Moved);
         }
-        if !registry.slots.contains_key(room) {
-            // The name is copied only for a room new to the registry, not per command.
-            let slot = Slot {
-                tx: None,
-                seq: Arc::new(AtomicU64::new(0)),
-            };
-            registry.slots.insert(room.clone(), slot);
-        }
-        let Some(slot) = registry.slots.get_mut(room) else {
-            return Err(RouteError::Unavailable); // just inserted under this lock
-        };
-        let tx = match &slot.tx {
-            Some(tx) if !tx.is_closed() => tx.clone(),
-            _ => {
-                let state = Room::new(
-                    room.clone(),
-                    slot.seq.load(Ordering::Acquire),
-                    self.settings.history_limit,
-                );
-                let tx = self.spawn_actor(state, slot.seq.clone());
-                slot.tx = Some(tx.clone());
+        let running = registry.slots.get(room).filter(|slot| !slot.tx.is_closed());
+        let tx = match running {
+            Some(slot) => slot.tx.clone(),
+            None => {
+                let last = match registry.slots.remove(room) {
+                    // An actor that ended without passivating (it panicked): its seq stands.
+                    Some(slot) => slot.seq.load(Ordering::Acquire),
+                    None => registry.resting.take(room),
+                };
+                let seq = Arc::new(AtomicU64::new(last));
+                let state = Room::new(room.clone(), last, self.settings.history_limit);
+                let tx = self.spawn_actor(state, seq.clone());
+                let slot = Slot {
+                    tx: tx.clone(),
+                    seq,
+                };
+                registry.slots.insert(room.clone(), slot);
                 tx
             }
         };
@@ -246,45 +267,45 @@ impl Rooms {
     }
 
     /// Close `shard` to new commands and collect the snapshots of its rooms (running ones
-    /// through their queues, passivated ones from their kept seq). The running actors stay,
-    /// only to forward late commands to the new owner.
+    /// through their queues, passivated ones from their remembered seq). The running actors
+    /// stay, only to forward late commands to the new owner.
     pub async fn freeze(self: &Arc<Self>, shard: ShardId) -> Vec<RoomSnapshot> {
         let (running, mut snapshots) = {
             let mut registry = self.registry();
             registry.frozen.insert(shard);
-            let mut running = Vec::new();
-            let mut passive = Vec::new();
             let shards = self.shards;
-            registry.slots.retain(|room, slot| {
-                if shard::shard_of(room, shards) != shard {
-                    return true;
-                }
-                match &slot.tx {
-                    Some(tx) => {
-                        running.push(tx.clone());
-                        true
-                    }
-                    None => {
-                        passive.push(RoomSnapshot {
-                            room: room.clone(),
-                            seq: slot.seq.load(Ordering::Acquire),
-                            history: Vec::new(),
-                            members: Vec::new(),
-                        });
-                        false
-                    }
-                }
-            });
+            let running: Vec<_> = registry
+                .slots
+                .iter()
+                .filter(|(room, _)| shard::shard_of(room, shards) == shard)
+                .map(|(_, slot)| slot.tx.clone())
+                .collect();
+            let passive: Vec<_> = registry
+                .resting
+                .take_shard(shard)
+                .into_iter()
+                .map(|(room, seq)| RoomSnapshot {
+                    room,
+                    seq,
+                    history: Vec::new(),
+                    members: Vec::new(),
+                })
+                .collect();
             (running, passive)
         };
-        for tx in running {
+        // Every room is asked at once and answers as soon as its own queue is through: the
+        // shard waits for its busiest room, not for the sum of all of them.
+        let asked = running.into_iter().map(|tx| async move {
             let (reply, snapshot) = oneshot::channel();
-            if tx.send(ActorMsg::HandOff(reply)).await.is_ok()
-                && let Ok(snapshot) = snapshot.await
-            {
-                snapshots.push(snapshot);
-            }
-        }
+            tx.send(ActorMsg::HandOff(reply)).await.ok()?;
+            snapshot.await.ok()
+        });
+        snapshots.extend(
+            futures_util::future::join_all(asked)
+                .await
+                .into_iter()
+                .flatten(),
+        );
         snapshots
     }
 
@@ -298,14 +319,15 @@ impl Rooms {
         let mut registry = self.registry();
         registry.frozen.remove(&shard);
         for snapshot in snapshots {
-            let seq = Arc::new(AtomicU64::new(snapshot.seq));
             let room = snapshot.room.clone();
-            let tx = if snapshot.members.is_empty() && snapshot.history.is_empty() {
-                None // nothing worth memory: keep only the seq, as for a passivated room
-            } else {
-                let state = Room::from_snapshot(snapshot, self.settings.history_limit);
-                Some(self.spawn_actor(state, seq.clone()))
-            };
+            if snapshot.members.is_empty() && snapshot.history.is_empty() {
+                // Nothing worth an actor: keep only the seq, as for a passivated room.
+                registry.resting.remember(room, snapshot.seq);
+                continue;
+            }
+            let seq = Arc::new(AtomicU64::new(snapshot.seq));
+            let state = Room::from_snapshot(snapshot, self.settings.history_limit);
+            let tx = self.spawn_actor(state, seq.clone());
             registry.slots.insert(room, Slot { tx, seq });
         }
     }
@@ -316,7 +338,7 @@ impl Rooms {
             .registry()
             .slots
             .values()
-            .filter_map(|slot| slot.tx.clone())
+            .map(|slot| slot.tx.clone())
             .collect();
         let received = Instant::now();
         for tx in senders {
@@ -331,26 +353,31 @@ impl Rooms {
 
     /// Number of room actors running.
     pub fn active(&self) -> usize {
-        self.registry()
-            .slots
-            .values()
-            .filter(|s| s.tx.is_some())
-            .count()
+        self.registry().slots.len()
     }
 
-    /// The last seq of `room` as the registry knows it (0 for a room never seen).
+    /// How many entries the registries hold (see [`RegistrySizes`]).
+    pub fn sizes(&self) -> RegistrySizes {
+        let registry = self.registry();
+        RegistrySizes {
+            running: registry.slots.len(),
+            remembered: registry.resting.len(),
+        }
+    }
+
+    /// The seq `room` continues from here: its last seq, or its shard's floor when this node
+    /// forgot it (0 for a room never seen).
     pub fn last_seq(&self, room: &RoomId) -> u64 {
-        self.registry()
-            .slots
-            .get(room)
-            .map_or(0, |slot| slot.seq.load(Ordering::Acquire))
+        let registry = self.registry();
+        match registry.slots.get(room) {
+            Some(slot) => slot.seq.load(Ordering::Acquire),
+            None => registry.resting.peek(room),
+        }
     }
 
     /// Stop every actor and wait for them (node shutdown).
     pub async fn close(&self) {
-        for slot in self.registry().slots.values_mut() {
-            slot.tx = None;
-        }
+        self.registry().slots.clear();
         self.tracker.close();
         self.tracker.wait().await;
     }
@@ -380,23 +407,23 @@ impl Rooms {
         queued: bool,
     ) -> bool {
         let mut registry = self.registry();
-        let registered = registry
-            .slots
-            .get(room)
-            .and_then(|slot| slot.tx.as_ref())
-            .is_some_and(|tx| weak.upgrade().is_some_and(|mine| mine.same_channel(tx)));
+        let registered = registry.slots.get(room).is_some_and(|slot| {
+            weak.upgrade()
+                .is_some_and(|mine| mine.same_channel(&slot.tx))
+        });
         // Strong senders besides the registry's own mean a permit is held or awaited.
         let others = weak.strong_count().saturating_sub(usize::from(registered));
         if queued || others > 0 {
             return false;
         }
-        if registered {
-            if registry.frozen.contains(&self.shard(room)) {
-                // Its state went to the new owner with the hand-off: nothing to keep here.
-                registry.slots.remove(room);
-            } else if let Some(slot) = registry.slots.get_mut(room) {
-                slot.tx = None;
+        if registered && let Some(slot) = registry.slots.remove(room) {
+            // A frozen shard's state went to the new owner with the hand-off: nothing to keep.
+            if !registry.frozen.contains(&self.shard(room)) {
+                registry
+                    .resting
+                    .remember(room.clone(), slot.seq.load(Ordering::Acquire));
             }
+            shrink::map_if_sparse(&mut registry.slots);
         }
         true
     }
@@ -469,11 +496,17 @@ impl RoomActor {
         rooms.metrics.rooms_active.dec();
     }
 
-    /// How long the room waits idle before it passivates (briefly, once it only forwards).
+    /// How long the room waits idle before it passivates: briefly once it only forwards, and
+    /// at once when it is bare (joined and left, nothing said): it has nothing to keep, so
+    /// joining and leaving room names costs no memory past the visit.
     fn idle_after(&self) -> Duration {
         let passivate_after = self.rooms.settings.passivate_after;
         if self.forwarding {
             Duration::from_millis(200).min(passivate_after)
+        } else if self.room.is_bare() {
+            // A millisecond, not zero: a sender holding a permit makes passivation wait, and
+            // the actor must not spin meanwhile.
+            Duration::from_millis(1).min(passivate_after)
         } else {
             passivate_after
         }
@@ -556,6 +589,7 @@ mod tests {
             queue: 16,
             passivate_after,
             send_timeout: Duration::from_millis(100),
+            remembered: 1_000,
         }
     }
 

@@ -24,6 +24,12 @@ impl NodeState {
                 // command parked here is always seen by the next table's flush.
                 let mut handoffs = lock(&self.handoffs);
                 if epoch > self.table().epoch {
+                    if handoffs.early.len() >= self.settings.handoff.buffer {
+                        // Bounded like a hand-off's buffer: past it, the sender is answered.
+                        drop(handoffs);
+                        self.answer_error(&command, RouteError::Unavailable, &room);
+                        return;
+                    }
                     handoffs.early.push(Early {
                         epoch,
                         deadline: Instant::now() + TABLE_CATCH_UP,
@@ -81,7 +87,9 @@ impl NodeState {
                 .is_some_and(|i| &i.from == from);
             if !expected && epoch > self.table().epoch {
                 // The source applied the move's table before this node did: keep the snapshot
-                // until that table arrives here (read under the lock `apply_table` takes).
+                // until that table arrives here (read under the lock `apply_table` takes). One
+                // per shard at most: a newer one for the same shard replaces it.
+                handoffs.early_snapshots.retain(|e| e.shard != shard);
                 handoffs.early_snapshots.push(EarlySnapshot {
                     from: from.clone(),
                     shard,

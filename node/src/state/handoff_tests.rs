@@ -46,6 +46,7 @@ pub(super) fn node_c(outbox: usize) -> (Arc<NodeState>, Arc<Peers>) {
             queue: 64,
             passivate_after: Duration::from_secs(600),
             send_timeout: Duration::from_secs(1),
+            remembered: 1_000,
         },
         limits: ConnectionLimits {
             max_text_bytes: 1024,
@@ -347,4 +348,45 @@ async fn a_repeated_snapshot_is_acknowledged_again_without_reinstalling_the_shar
     assert_eq!(acks(&peers), 2, "the repeat is acknowledged again");
     state.route(&room, post()).await.expect("posted");
     until(|| seqs_to(&peers, &edge) == [6, 7]).await;
+}
+
+/// Error answers waiting in the outbox to `edge`.
+fn errors_to(peers: &Peers, edge: &NodeName) -> usize {
+    peers
+        .outbox(edge)
+        .iter()
+        .filter(|m| matches!(&***m, PeerMsg::Event(EdgeEvent::ToConn { frame, .. }) if frame.as_str().contains("room_unavailable")))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_ahead_of_this_nodes_table_wait_in_a_bounded_buffer_and_the_rest_are_answered() {
+    let (state, peers) = old_owner();
+    assert!(state.apply_table(table(1, "node-c", None)).await);
+    let buffer = state.settings.handoff.buffer;
+    let (edge, room) = (name("node-b"), RoomId::new("r").expect("valid room"));
+    for i in 0..buffer + 3 {
+        let command = RoomCommand::Post {
+            member: MemberKey {
+                node: edge.clone(),
+                conn: ConnId(1),
+            },
+            user: "bob".into(),
+            text: format!("{i}"),
+            cid: Some(format!("{i}")),
+        };
+        let early = PeerMsg::Command {
+            room: room.clone(),
+            command,
+            hops: 0,
+            epoch: 2,
+        };
+        state.on_peer_message(&edge, early);
+    }
+    assert_eq!(lock(&state.handoffs).early.len(), buffer, "bounded");
+    assert_eq!(
+        errors_to(&peers, &edge),
+        3,
+        "the ones past the bound are answered"
+    );
 }

@@ -36,7 +36,9 @@ impl NodeState {
         handed: bool,
         epoch: u64,
     ) {
+        let started = std::time::Instant::now();
         let rooms = self.rooms.freeze(shard).await;
+        let frozen = started.elapsed();
         if !handed {
             return;
         }
@@ -45,13 +47,15 @@ impl NodeState {
             .insert(shard, (to.clone(), epoch));
         let Some(peers) = &self.peers else { return };
         self.flush_edges(peers, shard, &to, &rooms).await;
+        let flushed = started.elapsed();
         let count = rooms.len();
         let snapshot = Arc::new(PeerMsg::Snapshot {
             shard,
             epoch,
             rooms,
         });
-        tracing::info!(%shard, %to, rooms = count, "handing the shard off");
+        // The steps of the pause this shard's rooms see, for finding where it goes.
+        tracing::info!(%shard, %to, rooms = count, ?frozen, ?flushed, "handing the shard off");
         self.send_until_acknowledged(peers, shard, &to, epoch, snapshot)
             .await;
     }
