@@ -38,7 +38,10 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// User plus system CPU time of the calling thread, in clock ticks: what `send-floor` charges
 /// to its sending thread alone.
-#[allow(dead_code, reason = "the send-floor binary uses it; the load generator does not")]
+#[allow(
+    dead_code,
+    reason = "the send-floor binary uses it; the load generator does not"
+)]
 pub fn thread_cpu_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
     parse_cpu_ticks(&stat)
