@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rerunnable benchmarks of a local 3-node cluster (the figures in the README come from here).
 #
-#   bench/cluster.sh [throughput|idle|scaledown|restart|all]   (default: all)
+#   bench/cluster.sh [throughput|idle|scaledown|restart|floor|all]   (default: all)
 #
 # Nodes run with one runtime thread each (WORKER_THREADS=N to change): several nodes share the
 # machine's 2 cores here, as pods would share a node.
@@ -132,11 +132,19 @@ restart() {
   stop_cluster
 }
 
+# The floor under throughput's CPU figure: one loopback `send` per delivery, measured alone
+# (`send-floor`, no node code) at the same 3,000 sockets and the same two rates.
+floor() {
+  ulimit -n 20000 2>/dev/null || true # 6,000 sockets: both ends of 3,000 connections
+  "$bin/send-floor" --connections 3000 --rate "$((${RATE:-10} * 3000))"
+}
+
 case "$scenario" in
   throughput) throughput ;;
   idle) idle ;;
   scaledown) scaledown ;;
   restart) restart ;;
-  all) throughput; idle; scaledown; restart ;;
-  *) echo "usage: $0 [throughput|idle|scaledown|restart|all]" >&2; exit 2 ;;
+  floor) floor ;;
+  all) throughput; idle; scaledown; restart; floor ;;
+  *) echo "usage: $0 [throughput|idle|scaledown|restart|floor|all]" >&2; exit 2 ;;
 esac
