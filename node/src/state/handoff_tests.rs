@@ -320,6 +320,7 @@ async fn a_repeated_snapshot_is_acknowledged_again_without_reinstalling_the_shar
     let snapshot = || PeerMsg::Snapshot {
         shard,
         epoch: 2,
+        floor: 0,
         rooms: vec![RoomSnapshot {
             room: room.clone(),
             seq: 5,
