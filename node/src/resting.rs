@@ -55,6 +55,19 @@ impl RestingSeqs {
         self.floors.get(shard.0 as usize).copied().unwrap_or(0)
     }
 
+    /// Raise the floor of `shard` to at least `floor`: the old owner of a shard handed here
+    /// forgot rooms up to it, so they must start above it here too.
+    pub fn raise_floor(&mut self, shard: ShardId, floor: u64) {
+        if let Some(mine) = self.floor_mut(shard) {
+            *mine = (*mine).max(floor);
+        }
+        // Remembered seqs at or below the new floor say nothing the floor does not.
+        let shards = self.shards();
+        self.seqs
+            .retain(|room, (seq, _)| shard::shard_of(room, shards) != shard || *seq > floor);
+        self.tidy();
+    }
+
     /// Remember that `room` rests at `seq` (nothing is kept for a room at or below its floor).
     pub fn remember(&mut self, room: RoomId, seq: u64) {
         let shard = shard::shard_of(&room, self.shards());
@@ -192,6 +205,24 @@ mod tests {
         seqs.remember(room("busy"), 10_001);
         assert_eq!(seqs.len(), 1);
         assert!(seqs.order.len() <= 2 * seqs.len() + 65);
+    }
+
+    #[test]
+    fn a_raised_floor_lifts_every_room_of_its_shard_and_no_other() {
+        let mut seqs = RestingSeqs::new(4, 100);
+        let shard = shard::shard_of(&room("r0"), 4);
+        let other = (0..100)
+            .map(|i| room(&format!("o{i}")))
+            .find(|r| shard::shard_of(r, 4) != shard)
+            .expect("a room of another shard");
+        seqs.remember(room("r0"), 3);
+        seqs.raise_floor(shard, 9);
+        assert_eq!(seqs.floor(shard), 9);
+        assert_eq!(seqs.peek(&room("r0")), 9);
+        assert_eq!(seqs.peek(&other), 0);
+        // A lower floor never lowers it.
+        seqs.raise_floor(shard, 2);
+        assert_eq!(seqs.floor(shard), 9);
     }
 
     #[test]

@@ -97,6 +97,16 @@ pub struct Refused {
     pub command: RoomCommand,
 }
 
+/// What a shard hands to its new owner: its rooms' snapshots and its floor.
+#[derive(Debug)]
+pub struct FrozenShard {
+    /// The highest seq this node forgot in the shard (see [`crate::resting`]): a room of it
+    /// with nothing in `rooms` must start above it on the new owner.
+    pub floor: u64,
+    /// Every room of the shard still known here, running or passivated.
+    pub rooms: Vec<RoomSnapshot>,
+}
+
 /// A running room.
 #[derive(Debug)]
 struct Slot {
@@ -267,10 +277,11 @@ impl Rooms {
     }
 
     /// Close `shard` to new commands and collect the snapshots of its rooms (running ones
-    /// through their queues, passivated ones from their remembered seq). The running actors
-    /// stay, only to forward late commands to the new owner.
-    pub async fn freeze(self: &Arc<Self>, shard: ShardId) -> Vec<RoomSnapshot> {
-        let (running, mut snapshots) = {
+    /// through their queues, passivated ones from their remembered seq) with the shard's
+    /// floor (rooms forgotten here start above it on the new owner). The running actors stay,
+    /// only to forward late commands to the new owner.
+    pub async fn freeze(self: &Arc<Self>, shard: ShardId) -> FrozenShard {
+        let (running, mut snapshots, floor) = {
             let mut registry = self.registry();
             registry.frozen.insert(shard);
             let shards = self.shards;
@@ -291,7 +302,7 @@ impl Rooms {
                     members: Vec::new(),
                 })
                 .collect();
-            (running, passive)
+            (running, passive, registry.resting.floor(shard))
         };
         // Every room is asked at once and answers as soon as its own queue is through: the
         // shard waits for its busiest room, not for the sum of all of them.
@@ -306,7 +317,10 @@ impl Rooms {
                 .into_iter()
                 .flatten(),
         );
-        snapshots
+        FrozenShard {
+            floor,
+            rooms: snapshots,
+        }
     }
 
     /// Whether `shard` is closed here because it was handed away.
@@ -314,10 +328,12 @@ impl Rooms {
         self.registry().frozen.contains(&shard)
     }
 
-    /// Open `shard` on this node (it owns it now), starting rooms from `snapshots`.
-    pub fn install(self: &Arc<Self>, shard: ShardId, snapshots: Vec<RoomSnapshot>) {
+    /// Open `shard` on this node (it owns it now), starting rooms from `snapshots`, its floor
+    /// raised to at least `floor` (the old owner's, so rooms it forgot never repeat a seq).
+    pub fn install(self: &Arc<Self>, shard: ShardId, floor: u64, snapshots: Vec<RoomSnapshot>) {
         let mut registry = self.registry();
         registry.frozen.remove(&shard);
+        registry.resting.raise_floor(shard, floor);
         for snapshot in snapshots {
             let room = snapshot.room.clone();
             if snapshot.members.is_empty() && snapshot.history.is_empty() {
@@ -664,6 +680,53 @@ mod tests {
         );
     }
 
+    /// Says `posts` messages in `room` and leaves it, so that it passivates.
+    async fn talk_and_leave(rooms: &Arc<Rooms>, room: &RoomId, posts: usize) {
+        let m = member();
+        rooms.send(room, join(m.clone())).await.expect("join");
+        for _ in 0..posts {
+            rooms.send(room, post(m.clone(), "x")).await.expect("post");
+        }
+        rooms.send(room, leave(m)).await.expect("leave");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_rooms_floor_goes_with_its_shard_and_the_new_owner_starts_above_it() {
+        let mut small = settings(Duration::from_secs(1));
+        small.remembered = 1;
+        let new = |s: RoomSettings| {
+            Rooms::new(
+                s,
+                16,
+                Arc::new(Recorder::default()),
+                Arc::new(Snowflake::new(1)),
+                Arc::new(Metrics::default()),
+            )
+        };
+        let (old, owner) = (new(small), new(settings(Duration::from_secs(1))));
+        let room = RoomId::new("r").expect("valid");
+        let shard = old.shard(&room);
+        talk_and_leave(&old, &room, 3).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        talk_and_leave(&old, &RoomId::new("other").expect("valid"), 1).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(old.active(), 0, "both rooms passivated");
+        assert_eq!(
+            old.sizes().remembered,
+            1,
+            "`r` was forgotten, only `other` is kept"
+        );
+        let frozen = old.freeze(shard).await;
+        assert!(
+            frozen.rooms.iter().all(|snapshot| snapshot.room != room),
+            "nothing is left of `r` but the floor"
+        );
+        assert_eq!(frozen.floor, 3, "the floor is `r`'s last seq");
+        assert_eq!(owner.last_seq(&room), 0, "the new owner never saw `r`");
+        owner.install(shard, frozen.floor, frozen.rooms);
+        assert_eq!(owner.last_seq(&room), 3, "`r` continues above its old seq");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_owner_counts_deliveries_and_members_per_shard_until_the_shard_is_handed_off() {
         let rooms = Rooms::new(
@@ -695,11 +758,11 @@ mod tests {
         assert_eq!(total, 6);
         assert_eq!(counters.members(shard.0 as usize), 2);
         // Handed off: the members went with the state.
-        let snapshots = rooms.freeze(shard).await;
-        assert_eq!(snapshots.len(), 1);
+        let frozen = rooms.freeze(shard).await;
+        assert_eq!(frozen.rooms.len(), 1);
         assert_eq!(counters.members(shard.0 as usize), 0);
         // Installed elsewhere (here, on the same registry): counted again.
-        rooms.install(shard, snapshots);
+        rooms.install(shard, frozen.floor, frozen.rooms);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(counters.members(shard.0 as usize), 2);
     }

@@ -160,6 +160,9 @@ pub enum PeerMsg {
     Snapshot {
         shard: ShardId,
         epoch: u64,
+        /// The highest seq the old owner forgot in the shard: the new owner's floor for it
+        /// rises to at least this, so a forgotten room never repeats a seq after the move.
+        floor: u64,
         rooms: Vec<RoomSnapshot>,
     },
     /// The new owner confirms it started the shard from the snapshot.

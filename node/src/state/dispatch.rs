@@ -47,8 +47,9 @@ impl NodeState {
             PeerMsg::Snapshot {
                 shard,
                 epoch,
+                floor,
                 rooms,
-            } => self.on_snapshot(from, shard, epoch, rooms),
+            } => self.on_snapshot(from, shard, epoch, floor, rooms),
             PeerMsg::SnapshotAck { shard, epoch } => {
                 let mut handoffs = lock(&self.handoffs);
                 // Only the acknowledgement of this move's snapshot ends it (a late one from an
@@ -77,6 +78,7 @@ impl NodeState {
         from: &NodeName,
         shard: ShardId,
         epoch: u64,
+        floor: u64,
         rooms: Vec<RoomSnapshot>,
     ) {
         let incoming = {
@@ -94,6 +96,7 @@ impl NodeState {
                     from: from.clone(),
                     shard,
                     epoch,
+                    floor,
                     rooms,
                 });
                 return;
@@ -109,7 +112,7 @@ impl NodeState {
                     // here in between would otherwise start a room afresh (from seq 0) or get
                     // ahead of the commands that waited for the snapshot.
                     let count = rooms.len();
-                    self.rooms.install(shard, rooms);
+                    self.rooms.install(shard, floor, rooms);
                     let refused = self.replay(incoming.buffer);
                     Some((incoming.started, count, refused))
                 }

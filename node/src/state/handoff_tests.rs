@@ -30,6 +30,20 @@ fn old_owner() -> (Arc<NodeState>, Arc<Peers>) {
 
 /// `node-c`, whose links hold at most `outbox` messages each.
 pub(super) fn node_c(outbox: usize) -> (Arc<NodeState>, Arc<Peers>) {
+    node_c_with(
+        outbox,
+        RoomSettings {
+            history_limit: 10,
+            queue: 64,
+            passivate_after: Duration::from_secs(600),
+            send_timeout: Duration::from_secs(1),
+            remembered: 1_000,
+        },
+    )
+}
+
+/// `node-c` with the given room settings.
+fn node_c_with(outbox: usize, rooms: RoomSettings) -> (Arc<NodeState>, Arc<Peers>) {
     let me = name("node-c");
     let peers = Peers::new(PeerSettings {
         me: me.clone(),
@@ -41,13 +55,7 @@ pub(super) fn node_c(outbox: usize) -> (Arc<NodeState>, Arc<Peers>) {
         node_id: 2,
         shards: SHARDS,
         peer_addr: "127.0.0.1:9".into(),
-        rooms: RoomSettings {
-            history_limit: 10,
-            queue: 64,
-            passivate_after: Duration::from_secs(600),
-            send_timeout: Duration::from_secs(1),
-            remembered: 1_000,
-        },
+        rooms,
         limits: ConnectionLimits {
             max_text_bytes: 1024,
             max_frame_bytes: 8192,
@@ -320,6 +328,7 @@ async fn a_repeated_snapshot_is_acknowledged_again_without_reinstalling_the_shar
     let snapshot = || PeerMsg::Snapshot {
         shard,
         epoch: 2,
+        floor: 0,
         rooms: vec![RoomSnapshot {
             room: room.clone(),
             seq: 5,
@@ -389,4 +398,89 @@ async fn commands_ahead_of_this_nodes_table_wait_in_a_bounded_buffer_and_the_res
         3,
         "the ones past the bound are answered"
     );
+}
+
+/// Joins `room` from edge `node-b`, says `posts` messages and leaves, so that it passivates.
+async fn talk_and_leave(state: &NodeState, room: &RoomId, posts: usize) {
+    let member = MemberKey {
+        node: name("node-b"),
+        conn: ConnId(1),
+    };
+    let join = RoomCommand::Join {
+        member: member.clone(),
+        user: "bob".into(),
+        since: None,
+    };
+    state.route(room, join).await.expect("joined");
+    for i in 0..posts {
+        let post = RoomCommand::Post {
+            member: member.clone(),
+            user: "bob".into(),
+            text: format!("{i}"),
+            cid: None,
+        };
+        state.route(room, post).await.expect("posted");
+    }
+    let leave = RoomCommand::Leave {
+        member,
+        reply: false,
+    };
+    state.route(room, leave).await.expect("left");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_forgotten_on_the_old_owner_comes_back_on_the_new_one_above_its_old_seq() {
+    let rooms = RoomSettings {
+        history_limit: 10,
+        queue: 64,
+        passivate_after: Duration::from_secs(1),
+        send_timeout: Duration::from_secs(1),
+        remembered: 1,
+    };
+    let (old, old_peers) = node_c_with(1000, rooms.clone());
+    let (edge, new_owner) = (name("node-b"), name("node-a"));
+    let room = RoomId::new("r").expect("valid room");
+    let shard = shard::shard_of(&room, SHARDS);
+    assert!(old.apply_table(table(1, "node-c", None)).await);
+    talk_and_leave(&old, &room, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A second room to remember pushes `r` out of a memory of one room.
+    talk_and_leave(&old, &RoomId::new("other").expect("valid room"), 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(old.rooms.active(), 0, "both rooms passivated");
+    assert_eq!(old.rooms.sizes().remembered, 1, "`r` was forgotten");
+    assert!(
+        old.apply_table(table(2, "node-c", Some((shard, "node-a"))))
+            .await
+    );
+    until(|| has_snapshot(&old_peers, &new_owner)).await;
+    let snapshot = old_peers
+        .outbox(&new_owner)
+        .into_iter()
+        .find(|m| matches!(**m, PeerMsg::Snapshot { .. }))
+        .expect("the shard's snapshot");
+    let PeerMsg::Snapshot {
+        floor,
+        rooms: ref snapshots,
+        ..
+    } = *snapshot
+    else {
+        unreachable!("matched above")
+    };
+    assert_eq!(floor, 3, "the snapshot carries the floor `r` left");
+    assert!(
+        snapshots.iter().all(|s| s.room != room),
+        "nothing else of `r`"
+    );
+
+    // Another node-c plays the new owner, to which node-a hands the shard.
+    let (new, new_peers) = node_c_with(1000, rooms);
+    assert!(new.apply_table(table(1, "node-a", None)).await);
+    assert!(
+        new.apply_table(table(2, "node-a", Some((shard, "node-c"))))
+            .await
+    );
+    new.on_peer_message(&new_owner, (*snapshot).clone());
+    talk_and_leave(&new, &room, 1).await;
+    until(|| seqs_to(&new_peers, &edge) == [4]).await;
 }

@@ -46,6 +46,7 @@ pub(super) struct EarlySnapshot {
     pub(super) from: NodeName,
     pub(super) shard: ShardId,
     pub(super) epoch: u64,
+    pub(super) floor: u64,
     pub(super) rooms: Vec<RoomSnapshot>,
 }
 

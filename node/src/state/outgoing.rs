@@ -20,6 +20,7 @@ use super::{NodeState, lock};
 use crate::peer::Peers;
 use crate::peer::wire::PeerMsg;
 use crate::room::RoomSnapshot;
+use crate::rooms::FrozenShard;
 
 /// How long the old owner waits for the acknowledgement of a snapshot the new owner has
 /// handled before it sends the snapshot again.
@@ -37,7 +38,7 @@ impl NodeState {
         epoch: u64,
     ) {
         let started = std::time::Instant::now();
-        let rooms = self.rooms.freeze(shard).await;
+        let FrozenShard { floor, rooms } = self.rooms.freeze(shard).await;
         let frozen = started.elapsed();
         if !handed {
             return;
@@ -52,6 +53,7 @@ impl NodeState {
         let snapshot = Arc::new(PeerMsg::Snapshot {
             shard,
             epoch,
+            floor,
             rooms,
         });
         // The steps of the pause this shard's rooms see, for finding where it goes.

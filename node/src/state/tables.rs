@@ -66,14 +66,14 @@ impl NodeState {
                 // lock, as in `on_snapshot`.
                 if incoming.is_some() && new.owner(shard) == Some(&me) {
                     tracing::warn!(%shard, %from, "hand-off abandoned (source gone): starting the shard empty");
-                    self.rooms.install(shard, Vec::new());
+                    self.rooms.install(shard, 0, Vec::new());
                 }
                 self.replay(incoming.map(|i| i.buffer).unwrap_or_default())
             };
             self.settle_refused(refused);
         }
         for shard in &change.gained_fresh {
-            self.rooms.install(*shard, Vec::new());
+            self.rooms.install(*shard, 0, Vec::new());
         }
         let snapshots: Vec<EarlySnapshot> = {
             let mut handoffs = lock(&self.handoffs);
@@ -84,7 +84,13 @@ impl NodeState {
             ready
         };
         for early in snapshots {
-            self.on_snapshot(&early.from, early.shard, early.epoch, early.rooms);
+            self.on_snapshot(
+                &early.from,
+                early.shard,
+                early.epoch,
+                early.floor,
+                early.rooms,
+            );
         }
         let ready: Vec<Early> = {
             let mut handoffs = lock(&self.handoffs);

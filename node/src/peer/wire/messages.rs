@@ -43,11 +43,13 @@ pub(super) fn put_msg(w: &mut Writer, msg: &PeerMsg) {
         PeerMsg::Snapshot {
             shard,
             epoch,
+            floor,
             rooms,
         } => {
             w.u8(kind::msg::SNAPSHOT);
             w.varint(u64::from(shard.0));
             w.varint(*epoch);
+            w.varint(*floor);
             w.varint(rooms.len() as u64);
             for room in rooms {
                 w.str(room.room.as_str());
@@ -102,6 +104,7 @@ pub(super) fn get_msg(r: &mut Reader<'_>) -> Result<PeerMsg, WireError> {
         kind::msg::SNAPSHOT => {
             let shard = get_shard(r)?;
             let epoch = r.varint("epoch")?;
+            let floor = r.varint("shard floor")?;
             // A room takes at least 5 bytes: name (2), seq, history and member counts.
             let count = r.count("snapshot rooms", 5)?;
             let mut rooms = Vec::with_capacity(count);
@@ -128,6 +131,7 @@ pub(super) fn get_msg(r: &mut Reader<'_>) -> Result<PeerMsg, WireError> {
             PeerMsg::Snapshot {
                 shard,
                 epoch,
+                floor,
                 rooms,
             }
         }

@@ -148,6 +148,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
             data(PeerMsg::Snapshot {
                 shard: ShardId(2),
                 epoch: 3,
+                floor: 5,
                 rooms: vec![RoomSnapshot {
                     room: room("r"),
                     seq: 4,
@@ -155,7 +156,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                     members: vec![(member(), "u".into())],
                 }],
             }),
-            "0104ac0203020301017204010402 7b7d 01 026e32 07 0175"
+            "0104ac020302030501017204010402 7b7d 01 026e32 07 0175"
                 .replace(' ', "")
                 .leak(),
         ),
