@@ -67,8 +67,6 @@ wait_settled() { # wait_settled REPLICAS TIMEOUT_S
   return 1
 }
 
-# CONNECT_CONCURRENCY=N lets N simulated users be in a WebSocket handshake at once (default
-# 128), in scaledown: the clients of drained nodes all reconnect at the same moment.
 # RATE=N sets the messages per second per room (default 10: 30,000 deliveries/s; 1: 3,000/s).
 # PERF_OUT=FILE also records a 10 s call-graph profile (`perf record -g`) of the first node,
 # starting 8 s into the run (read it with `perf report -i FILE --no-children`).
@@ -99,7 +97,6 @@ scaledown() {
   start_cluster 5
   wait_settled 5 60
   "$bin/roomshard-bench" --nodes "$(nodes_csv)" --rooms 3000 --users 2 --rate 2 \
-    --connect-concurrency "${CONNECT_CONCURRENCY:-128}" \
     --duration 30s --warmup 3s >"$work/scaledown.json" 2>"$work/bench.log" &
   local bench=$!
   sleep 13 # 3 s warm-up and 10 s of steady load before the scale-down

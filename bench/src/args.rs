@@ -44,7 +44,8 @@ pub struct Args {
     /// Longest wait for every connection to be up (and joined) before sending starts.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
-    /// WebSocket handshakes in progress at once (a connect storm is not what we measure).
+    /// WebSocket handshakes in progress at once while the users first connect (a connect storm
+    /// is not what we measure). Reconnects are not held back.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
     /// Bytes of text per message (the send time is embedded at its start).

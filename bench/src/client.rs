@@ -258,7 +258,9 @@ impl User {
                 self.tell_ready(Ready::Failed(last_error));
                 return;
             }
-            let wait = match self.connect(node).await {
+            // Only the first connect waits its turn: clients that were told to reconnect are
+            // independent and come back at once, as real ones would.
+            let wait = match self.connect(node, !ever_connected).await {
                 Ok(ws) => {
                     if ever_connected {
                         self.report.reconnects += 1;
@@ -300,18 +302,23 @@ impl User {
         }
     }
 
-    async fn connect(&self, node: usize) -> Result<Ws, String> {
+    async fn connect(&self, node: usize, throttled: bool) -> Result<Ws, String> {
         let addr = &self.shared.nodes[node];
         let url = format!("{}/ws?user={}", addr.base, self.spec.name);
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
         let stop = self.shared.stop.clone();
         let attempt = async {
-            let _permit = self
-                .shared
-                .handshakes
-                .acquire()
-                .await
-                .map_err(|_| "stopping".to_owned())?;
+            let _permit = if throttled {
+                Some(
+                    self.shared
+                        .handshakes
+                        .acquire()
+                        .await
+                        .map_err(|_| "stopping".to_owned())?,
+                )
+            } else {
+                None
+            };
             // Nagle off: a paced stream of small frames must not wait for ACKs.
             let connecting =
                 tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
