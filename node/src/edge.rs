@@ -17,17 +17,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use serde::{Deserialize, Serialize};
 use shard::RoomId;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pushed};
 use crate::ws::frame::WireFrame;
 
 /// A connection's id, unique within its node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
 /// A `skip` that skips nobody: what an owner puts in a message's broadcast to the nodes where
@@ -137,71 +137,31 @@ pub struct ConnHandle {
 }
 
 /// Something an owner tells the edge about a room. It travels over peer links, so frames are
-/// carried as the exact text every client receives: serialized once, on the owner.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// carried as the exact text every client receives: serialized once, on the owner (the link's
+/// encoding is `peer::wire`'s).
+#[derive(Debug, Clone)]
 pub enum EdgeEvent {
     /// `conn` is now a member of `room`; `frame` is its `joined` answer.
     Joined {
         room: RoomId,
         conn: ConnId,
-        #[serde(with = "frame_text")]
         frame: Utf8Bytes,
     },
     /// `conn` is no longer a member; `frame` (the `left` answer) when it asked to leave.
     Left {
         room: RoomId,
         conn: ConnId,
-        #[serde(with = "frame_text::optional")]
         frame: Option<Utf8Bytes>,
     },
     /// A frame for one connection only (an `error` answer).
-    ToConn {
-        conn: ConnId,
-        #[serde(with = "frame_text")]
-        frame: Utf8Bytes,
-    },
+    ToConn { conn: ConnId, frame: Utf8Bytes },
     /// A frame for every local member of `room` but `skip`.
     Broadcast {
         room: RoomId,
-        #[serde(with = "frame_text")]
         frame: Utf8Bytes,
         skip: Option<ConnId>,
         is_msg: bool,
     },
-}
-
-mod frame_text {
-    //! Client frames travel between nodes as plain strings.
-    use axum::extract::ws::Utf8Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(frame: &Utf8Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(frame.as_str())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Utf8Bytes, D::Error> {
-        String::deserialize(deserializer).map(Utf8Bytes::from)
-    }
-
-    pub mod optional {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(
-            frame: &Option<Utf8Bytes>,
-            serializer: S,
-        ) -> Result<S::Ok, S::Error> {
-            match frame {
-                Some(frame) => serializer.serialize_some(frame.as_str()),
-                None => serializer.serialize_none(),
-            }
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            deserializer: D,
-        ) -> Result<Option<Utf8Bytes>, D::Error> {
-            Option::<String>::deserialize(deserializer).map(|f| f.map(Utf8Bytes::from))
-        }
-    }
 }
 
 /// Rooms and connections are spread over stripes so that owners delivering to different rooms
@@ -244,13 +204,6 @@ pub struct HubSizes {
 pub struct EdgeHub {
     stripes: Vec<Mutex<Stripe>>,
     metrics: Arc<Metrics>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain maps behind, still consistent enough to use.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl EdgeHub {

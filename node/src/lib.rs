@@ -32,6 +32,7 @@ pub mod edge;
 pub mod error;
 pub mod exit;
 pub mod load;
+mod lock;
 pub mod metrics;
 pub mod outbox;
 pub mod peer;

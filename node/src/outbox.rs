@@ -12,13 +12,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::edge::{CloseReason, ConnControl};
+use crate::lock::lock;
 use crate::ws::frame::WireFrame;
 use crate::ws::socket::shutdown_write;
 
@@ -56,13 +57,6 @@ struct Queue {
     written: usize,
     /// No more frames are taken (the connection is closing, or its socket failed).
     closed: bool,
-}
-
-fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    // A panic under this lock leaves a plain queue behind, still usable.
-    queue
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Outbox {

@@ -10,14 +10,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use serde::{Deserialize, Serialize};
 use shard::{NodeName, RoomId};
 
 use crate::edge::{ConnId, EdgeEvent, NO_CONN};
 use crate::protocol::{self, ChatMessage, ErrorCode, PresenceEvent};
 
 /// A member of a room: one connection on one node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MemberKey {
     /// The edge node the connection is on.
     pub node: NodeName,
@@ -26,7 +25,7 @@ pub struct MemberKey {
 }
 
 /// A request to a room's owner; it may travel over a peer link.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub enum RoomCommand {
     /// Add a member (or re-sync one that is already in), replaying history after `since`.
     Join {
@@ -68,7 +67,7 @@ impl RoomCommand {
 }
 
 /// A room's whole state, as its old owner hands it to the new one.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct RoomSnapshot {
     /// The room.
     pub room: RoomId,
@@ -386,6 +385,7 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::wire::{PeerFrame, PeerMsg};
 
     fn node(name: &str) -> NodeName {
         NodeName::new(name).expect("valid node name")
@@ -582,8 +582,21 @@ mod tests {
             post(&mut room, &a, "ann", &format!("t{i}"));
         }
         let snapshot = room.snapshot();
-        let wire = serde_json::to_string(&snapshot).expect("snapshot serializes");
-        let back: RoomSnapshot = serde_json::from_str(&wire).expect("snapshot parses");
+        // Across the peer link's own encoding, as a hand-off carries it.
+        let msg = PeerMsg::Snapshot {
+            shard: shard::ShardId(0),
+            epoch: 1,
+            floor: 0,
+            rooms: vec![snapshot],
+        };
+        let wire = crate::peer::wire::encode_data(1, &msg);
+        let back = match PeerFrame::decode(&wire).expect("snapshot parses") {
+            PeerFrame::Data {
+                msg: PeerMsg::Snapshot { mut rooms, .. },
+                ..
+            } => rooms.pop().expect("one room"),
+            other => panic!("not a snapshot: {other:?}"),
+        };
         let mut restored = Room::from_snapshot(back, 3);
         assert_eq!(restored.seq(), 5);
         assert_eq!(restored.member_count(), 2);

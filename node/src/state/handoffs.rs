@@ -131,11 +131,8 @@ impl NodeState {
         let mut expired = Vec::new();
         {
             let mut handoffs = lock(&self.handoffs);
-            let (late, waiting) = std::mem::take(&mut handoffs.early)
-                .into_iter()
-                .partition(|e| now >= e.deadline);
-            handoffs.early = waiting;
-            expired.extend(late.into_iter().map(|e: Early| (e.room, e.command)));
+            let late = take_where(&mut handoffs.early, |e| now >= e.deadline);
+            expired.extend(late.into_iter().map(|e| (e.room, e.command)));
             for (shard, incoming) in handoffs.incoming.iter_mut() {
                 if !incoming.overdue && now >= incoming.deadline {
                     incoming.overdue = true;
@@ -160,4 +157,14 @@ pub(super) async fn watch_handoff_deadlines(node: Weak<NodeState>) {
         }
         node.expire_handoffs(Instant::now());
     }
+}
+
+/// Take out of `items`, in order, those `take` picks: what a table or a deadline releases from
+/// the waiting buffers; the rest stay, in order.
+pub(super) fn take_where<T>(items: &mut Vec<T>, take: impl Fn(&T) -> bool) -> Vec<T> {
+    let (taken, kept) = std::mem::take(items)
+        .into_iter()
+        .partition(|item| take(item));
+    *items = kept;
+    taken
 }

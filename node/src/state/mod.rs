@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use shard::{AssignmentTable, Membership, NodeInfo, NodeName, PlanOptions, RoomId};
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::edge::{ConnId, EdgeEvent, EdgeHub};
 use crate::load::LoadMeter;
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::peer::wire::PeerMsg;
 use crate::peer::{PeerHandler, Peers};
@@ -133,12 +134,6 @@ impl PeerHandler for Handler {
 /// The window `/status` load rates are averaged over: long enough to smooth a burst, short
 /// enough that an autoscaler sees a change within a few of the operator's passes.
 const LOAD_WINDOW: Duration = Duration::from_secs(10);
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 impl NodeState {
     /// A node alone: it owns every shard itself.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use shard::AssignmentTable;
 use tokio::time::Instant;
 
-use super::handoffs::{Early, EarlySnapshot, Incoming};
+use super::handoffs::{Incoming, take_where};
 use super::{NodeState, lock};
 use crate::room::{MemberKey, RoomCommand};
 
@@ -75,14 +75,9 @@ impl NodeState {
         for shard in &change.gained_fresh {
             self.rooms.install(*shard, 0, Vec::new());
         }
-        let snapshots: Vec<EarlySnapshot> = {
-            let mut handoffs = lock(&self.handoffs);
-            let (ready, later) = std::mem::take(&mut handoffs.early_snapshots)
-                .into_iter()
-                .partition(|e| e.epoch <= new.epoch);
-            handoffs.early_snapshots = later;
-            ready
-        };
+        let snapshots = take_where(&mut lock(&self.handoffs).early_snapshots, |e| {
+            e.epoch <= new.epoch
+        });
         for early in snapshots {
             self.on_snapshot(
                 &early.from,
@@ -92,14 +87,7 @@ impl NodeState {
                 early.rooms,
             );
         }
-        let ready: Vec<Early> = {
-            let mut handoffs = lock(&self.handoffs);
-            let (ready, later) = std::mem::take(&mut handoffs.early)
-                .into_iter()
-                .partition(|e| e.epoch <= new.epoch);
-            handoffs.early = later;
-            ready
-        };
+        let ready = take_where(&mut lock(&self.handoffs).early, |e| e.epoch <= new.epoch);
         for early in ready {
             self.accept_as_owner(early.room, early.command, early.hops);
         }
