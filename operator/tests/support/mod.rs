@@ -28,6 +28,7 @@ use kube::runtime::watcher;
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use kubeharness::{TestCluster, TestClusterOptions};
 use operator::decide::Report;
+use operator::k8s::children::FIELD_MANAGER;
 use operator::k8s::crd::{ChatCluster, ChatClusterStatus};
 use operator::k8s::metrics::Metrics;
 use operator::k8s::observe::{BoxFuture, StatusReader};
@@ -288,11 +289,13 @@ impl Harness {
         .await
     }
 
-    /// The resourceVersion of everything the operator writes for `name`: the cluster (with
-    /// its status), each child, and each event. Unchanged means nothing was written.
+    /// What the operator has written for `name`: the cluster's resourceVersion (only the
+    /// operator writes it and its status), each child as the operator owns it, and each
+    /// event's resourceVersion. Unchanged means nothing was written.
     ///
-    /// (Not etcd's revision: every controller's write moves that, so only the operator's own
-    /// objects count.)
+    /// (Not etcd's revision, nor a child's resourceVersion: Kubernetes' own controllers write
+    /// a PodDisruptionBudget's and a StatefulSet's status whenever pods change, so a child
+    /// counts by its content without `status` and by the operator's managedFields entries.)
     pub async fn written(&self, name: &str) -> TestResult<BTreeMap<String, String>> {
         let mut seen = BTreeMap::new();
         let cluster = self.clusters().get(name).await?;
@@ -302,8 +305,7 @@ impl Harness {
         );
         for (resource, child) in children(name) {
             if let Some(o) = self.object(resource, &child).await? {
-                let rv = o["metadata"]["resourceVersion"].as_str().unwrap_or("");
-                seen.insert(format!("{resource}/{child}"), rv.to_owned());
+                seen.insert(format!("{resource}/{child}"), as_operator_wrote(o));
             }
         }
         for e in self.event_objects(name).await? {
@@ -521,4 +523,19 @@ pub fn condition(status: &ChatClusterStatus, type_: &str) -> (String, String, St
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
         .unwrap_or_default()
+}
+
+/// A child as the operator wrote it: everything but `status` (other controllers' to write),
+/// the resourceVersion (which their writes move) and other managers' managedFields entries.
+fn as_operator_wrote(mut object: Value) -> String {
+    if let Some(o) = object.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+        if let Some(Value::Array(entries)) = meta.get_mut("managedFields") {
+            entries.retain(|e| e["manager"] == FIELD_MANAGER);
+        }
+    }
+    object.to_string()
 }
