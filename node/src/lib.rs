@@ -28,6 +28,7 @@ pub mod config;
 #[cfg(feature = "kubernetes")]
 pub mod configmap_source;
 pub mod connection;
+pub mod copies;
 pub mod edge;
 pub mod error;
 pub mod exit;
@@ -38,6 +39,7 @@ pub mod outbox;
 pub mod peer;
 pub mod protocol;
 pub mod rate;
+pub mod replication;
 pub mod resting;
 pub mod room;
 pub mod rooms;

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub sends_refused_overloaded: Counter,
     /// Snapshots sent again because their acknowledgement did not come (see `state/outgoing`).
     pub snapshot_resends: Counter,
+    /// Changes this node refused as a follower because their sender does not own the shard in
+    /// its table (an old owner fenced out).
+    pub replication_fenced: Counter,
     /// Per-code error counters, in [`ErrorCode::ALL`] order (clones of the family's members,
     /// so counting one is an index and an atomic add, no lookup).
     errors: [Counter; ErrorCode::ALL.len()],
@@ -150,6 +153,7 @@ impl Metrics {
             auth_failures: Counter::default(),
             peer_drops: Counter::default(),
             snapshot_resends: Counter::default(),
+            replication_fenced: Counter::default(),
             peer_gaps: Counter::default(),
             gap_reconnects: Counter::default(),
             sends_refused_overloaded: Counter::default(),
@@ -246,6 +250,11 @@ impl Metrics {
             "roomshard_snapshot_resends",
             "Hand-off snapshots sent again because the new owner's acknowledgement did not come",
             m.snapshot_resends.clone(),
+        );
+        r.register(
+            "roomshard_replication_fenced",
+            "Changes refused as a follower because their sender does not own the shard here",
+            m.replication_fenced.clone(),
         );
         r.register(
             "roomshard_errors",

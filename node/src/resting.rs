@@ -116,6 +116,25 @@ impl RestingSeqs {
         taken
     }
 
+    /// Every remembered room of `shard` with its seq, still remembered here (sent to the
+    /// shard's follower).
+    pub fn peek_shard(&self, shard: ShardId) -> Vec<(RoomId, u64)> {
+        let shards = self.shards();
+        self.seqs
+            .iter()
+            .filter(|(room, _)| shard::shard_of(room, shards) == shard)
+            .map(|(room, (seq, _))| (room.clone(), *seq))
+            .collect()
+    }
+
+    /// Forget every room whose shard `keep` refuses (a follower stopped following it).
+    pub fn retain_shards(&mut self, keep: impl Fn(ShardId) -> bool) {
+        let shards = self.shards();
+        self.seqs
+            .retain(|room, _| keep(shard::shard_of(room, shards)));
+        self.tidy();
+    }
+
     /// Rooms remembered.
     pub fn len(&self) -> usize {
         self.seqs.len()

@@ -14,6 +14,7 @@ use shard::{NodeName, RoomId};
 
 use crate::edge::{ConnId, EdgeEvent, NO_CONN};
 use crate::protocol::{self, ChatMessage, ErrorCode, PresenceEvent};
+use crate::replication::Change;
 
 /// A member of a room: one connection on one node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -218,17 +219,101 @@ impl Room {
         }
     }
 
+    /// Whether `member` is in the room.
+    pub fn has_member(&self, member: &MemberKey) -> bool {
+        self.members.contains_key(member)
+    }
+
+    /// Whether a member of `node` is in the room.
+    pub fn has_node(&self, node: &NodeName) -> bool {
+        self.nodes.contains_key(node)
+    }
+
+    /// The `msg` frame of the last message, if history holds it.
+    pub fn last_frame(&self) -> Option<&Utf8Bytes> {
+        self.history.back().map(|(_, frame)| frame)
+    }
+
+    /// Apply a change its owner made, to this room as a follower's copy of it (no events: the
+    /// owner tells the members).
+    pub fn apply_change(&mut self, change: Change) {
+        match change {
+            Change::Whole(snapshot) => *self = Room::from_snapshot(snapshot, self.history_limit),
+            Change::Message { seq, frame } => {
+                // Changes arrive in order, so a seq at or below ours is a repeat.
+                if seq > self.seq {
+                    self.seq = seq;
+                    self.history.push_back((seq, frame));
+                    while self.history.len() > self.history_limit {
+                        self.history.pop_front();
+                    }
+                }
+            }
+            Change::Joined { member, user } => {
+                self.add_member(member, user);
+            }
+            Change::Left { member } => {
+                self.remove_member(&member);
+            }
+            Change::NodeLeft { node } => {
+                let gone: Vec<MemberKey> = self
+                    .members
+                    .keys()
+                    .filter(|m| m.node == node)
+                    .cloned()
+                    .collect();
+                for member in gone {
+                    self.remove_member(&member);
+                }
+            }
+            Change::Rested { seq } => self.seq = self.seq.max(seq),
+        }
+    }
+
+    /// Forget the messages after `seq` and continue from it: a message the follower refused
+    /// (this node lost the shard) was never acknowledged, so it must not stay in history.
+    pub fn roll_back_to(&mut self, seq: u64) {
+        while self.history.back().is_some_and(|(s, _)| *s > seq) {
+            self.history.pop_back();
+        }
+        self.seq = self.seq.min(seq);
+    }
+
+    /// Adds a member; true when it is its user's first connection here.
+    fn add_member(&mut self, member: MemberKey, user: Arc<str>) -> bool {
+        if self.members.contains_key(&member) {
+            return false;
+        }
+        *self.nodes.entry(member.node.clone()).or_default() += 1;
+        self.members.insert(member, user.clone());
+        let count = self.users.entry(user).or_default();
+        *count += 1;
+        *count == 1
+    }
+
+    /// Removes a member; its user when that was the user's last connection here.
+    fn remove_member(&mut self, member: &MemberKey) -> Option<Arc<str>> {
+        let user = self.members.remove(member)?;
+        if let Some(count) = self.nodes.get_mut(&member.node) {
+            *count -= 1;
+            if *count == 0 {
+                self.nodes.remove(&member.node);
+            }
+        }
+        let count = self.users.get_mut(&user)?;
+        *count -= 1;
+        if *count > 0 {
+            return None;
+        }
+        self.users.remove(&user);
+        Some(user)
+    }
+
     fn join(&mut self, member: MemberKey, user: Arc<str>, since: Option<u64>) -> Vec<Outbound> {
         let mut out = Vec::new();
-        if !self.members.contains_key(&member) {
-            self.members.insert(member.clone(), user.clone());
-            *self.nodes.entry(member.node.clone()).or_default() += 1;
-            let count = self.users.entry(user.clone()).or_default();
-            *count += 1;
-            if *count == 1 {
-                let frame = protocol::presence_frame(&self.id, &user, PresenceEvent::Join);
-                out.extend(self.broadcast(frame.into(), Some(&member), false));
-            }
+        if self.add_member(member.clone(), user.clone()) {
+            let frame = protocol::presence_frame(&self.id, &user, PresenceEvent::Join);
+            out.extend(self.broadcast(frame.into(), Some(&member), false));
         }
         let after = since.unwrap_or(0);
         let history: Vec<&str> = self
@@ -253,22 +338,10 @@ impl Room {
 
     fn leave(&mut self, member: MemberKey, reply: bool) -> Vec<Outbound> {
         let mut out = Vec::new();
-        if let Some(user) = self.members.remove(&member) {
-            if let Some(count) = self.nodes.get_mut(&member.node) {
-                *count -= 1;
-                if *count == 0 {
-                    self.nodes.remove(&member.node);
-                }
-            }
-            if let Some(count) = self.users.get_mut(&user) {
-                *count -= 1;
-                if *count == 0 {
-                    self.users.remove(&user);
-                    // The leaver is told by its `left` answer, not by its own presence event.
-                    let frame = protocol::presence_frame(&self.id, &user, PresenceEvent::Leave);
-                    out.extend(self.broadcast(frame.into(), Some(&member), false));
-                }
-            }
+        if let Some(user) = self.remove_member(&member) {
+            // The leaver is told by its `left` answer, not by its own presence event.
+            let frame = protocol::presence_frame(&self.id, &user, PresenceEvent::Leave);
+            out.extend(self.broadcast(frame.into(), Some(&member), false));
         }
         // The edge removes the member whether or not the owner knew it, so both agree after.
         out.push((

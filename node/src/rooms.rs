@@ -26,11 +26,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::edge::EdgeEvent;
 use crate::metrics::Metrics;
+use crate::replication::{Answer, ChangeFor, FollowerRef};
 use crate::resting::RestingSeqs;
 use crate::room::{Room, RoomCommand, RoomSnapshot};
 use crate::shard_load::ShardCounters;
 use crate::shrink;
-use crate::snowflake::{Snowflake, unix_ms};
+use crate::snowflake::Snowflake;
+use actor::{Answers, RoomActor};
 
 /// Where a room actor sends what it produces: events for edge nodes, and commands that reached
 /// it after its shard moved away.
@@ -46,6 +48,18 @@ pub trait Fanout: Send + Sync + std::fmt::Debug + 'static {
     fn can_take(&self, _nodes: &mut dyn Iterator<Item = &NodeName>) -> bool {
         true
     }
+
+    /// The follower of `shard` in the table in force; `None` when it has none (replication
+    /// 1, or a single node), and then nothing is held back.
+    fn follower(&self, _shard: ShardId) -> Option<FollowerRef> {
+        None
+    }
+
+    /// Send a change to a room's copy on `to`, without waiting; false when it could not be
+    /// queued (the link's outbox is full or the peer unknown).
+    fn replicate(&self, _to: &NodeName, _change: ChangeFor) -> bool {
+        false
+    }
 }
 
 /// What a room actor's queue carries.
@@ -56,6 +70,9 @@ enum ActorMsg {
     Command(RoomCommand, Instant),
     /// Snapshot the room for a hand-off, then forward everything after.
     HandOff(oneshot::Sender<RoomSnapshot>),
+    /// Bring the room's copy on the shard's follower up to date (the table named a new one),
+    /// then answer.
+    Sync(oneshot::Sender<()>),
 }
 
 /// Room actor settings.
@@ -114,6 +131,8 @@ struct Slot {
     tx: mpsc::Sender<ActorMsg>,
     /// The room's last seq, written by its actor, read when it passivates.
     seq: Arc<AtomicU64>,
+    /// The follower's answers to the room's changes, for its actor.
+    answers: Arc<Answers>,
 }
 
 #[derive(Debug)]
@@ -259,11 +278,8 @@ impl Rooms {
                 };
                 let seq = Arc::new(AtomicU64::new(last));
                 let state = Room::new(room.clone(), last, self.settings.history_limit);
-                let tx = self.spawn_actor(state, seq.clone());
-                let slot = Slot {
-                    tx: tx.clone(),
-                    seq,
-                };
+                let slot = self.spawn_actor(state, seq);
+                let tx = slot.tx.clone();
                 registry.slots.insert(room.clone(), slot);
                 tx
             }
@@ -343,8 +359,8 @@ impl Rooms {
             }
             let seq = Arc::new(AtomicU64::new(snapshot.seq));
             let state = Room::from_snapshot(snapshot, self.settings.history_limit);
-            let tx = self.spawn_actor(state, seq.clone());
-            registry.slots.insert(room, Slot { tx, seq });
+            let slot = self.spawn_actor(state, seq);
+            registry.slots.insert(room, slot);
         }
     }
 
@@ -398,21 +414,58 @@ impl Rooms {
         self.tracker.wait().await;
     }
 
-    fn spawn_actor(self: &Arc<Self>, room: Room, seq: Arc<AtomicU64>) -> mpsc::Sender<ActorMsg> {
+    fn spawn_actor(self: &Arc<Self>, room: Room, seq: Arc<AtomicU64>) -> Slot {
         let (tx, rx) = mpsc::channel(self.settings.queue.max(1));
-        let actor = RoomActor {
-            shard: self.shard(room.id()).0,
-            counted: 0,
+        let answers = Arc::new(Answers::default());
+        let actor = RoomActor::new(
             room,
-            forwarding: false,
-            seq,
+            seq.clone(),
             rx,
-            weak: tx.downgrade(),
-            rooms: self.clone(),
-        };
+            tx.downgrade(),
+            answers.clone(),
+            self.clone(),
+        );
         self.metrics.rooms_active.inc();
         self.tracker.spawn(actor.run());
-        tx
+        Slot { tx, seq, answers }
+    }
+
+    /// The follower of `room`'s shard answered one of its changes: pass it to the room's actor.
+    /// An answer for a room no longer running here is stale and dropped.
+    pub fn answered(&self, room: &RoomId, from: &NodeName, rid: u64, answer: Answer) {
+        if let Some(slot) = self.registry().slots.get(room) {
+            slot.answers.push(from, rid, answer);
+        }
+    }
+
+    /// Bring every room of `shard` up to date on the shard's follower in the table in force
+    /// (each running room sends its whole state if the follower is new to it, through its own
+    /// queue), then give the shard's floor and passivated rooms, for the follower's
+    /// [`PeerMsg::CaughtUp`](crate::peer::wire::PeerMsg::CaughtUp).
+    pub async fn sync(self: &Arc<Self>, shard: ShardId) -> (u64, Vec<(RoomId, u64)>) {
+        let (running, resting, floor) = {
+            let registry = self.registry();
+            let shards = self.shards;
+            let running: Vec<_> = registry
+                .slots
+                .iter()
+                .filter(|(room, _)| shard::shard_of(room, shards) == shard)
+                .map(|(_, slot)| slot.tx.clone())
+                .collect();
+            (
+                running,
+                registry.resting.peek_shard(shard),
+                registry.resting.floor(shard),
+            )
+        };
+        let asked = running.into_iter().map(|tx| async move {
+            let (reply, synced) = oneshot::channel();
+            if tx.send(ActorMsg::Sync(reply)).await.is_ok() {
+                let _ = synced.await;
+            }
+        });
+        futures_util::future::join_all(asked).await;
+        (floor, resting)
     }
 
     /// Passivate `room` if nothing is queued or about to be; true when the actor may exit.
@@ -445,142 +498,6 @@ impl Rooms {
     }
 }
 
-struct RoomActor {
-    /// The room's shard, for the per-shard counters.
-    shard: u32,
-    /// The members this actor has added to its shard's member gauge.
-    counted: usize,
-    room: Room,
-    /// Set by a hand-off: the state went to the new owner, late commands follow it there.
-    forwarding: bool,
-    seq: Arc<AtomicU64>,
-    rx: mpsc::Receiver<ActorMsg>,
-    weak: mpsc::WeakSender<ActorMsg>,
-    rooms: Arc<Rooms>,
-}
-
-impl RoomActor {
-    async fn run(mut self) {
-        let rooms = self.rooms.clone();
-        self.count_members(self.room.member_count());
-        // One timer for the actor's life, moved only when it fires early: a command costs a
-        // clock read, not a new timer.
-        let idle = tokio::time::sleep(self.idle_after());
-        tokio::pin!(idle);
-        let mut last = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                message = self.rx.recv() => {
-                    last = tokio::time::Instant::now();
-                    match message {
-                        Some(ActorMsg::Command(command, _)) if self.forwarding => {
-                            rooms.fanout.forward(self.room.id().clone(), command);
-                        }
-                        Some(ActorMsg::Command(command, received)) => self.handle(command, received),
-                        Some(ActorMsg::HandOff(reply)) => {
-                            if !self.forwarding {
-                                let _ = reply.send(self.room.snapshot());
-                                self.forwarding = true;
-                                // The members went with the state.
-                                self.count_members(0);
-                                // A forwarding actor lingers briefly: bring the timer forward.
-                                idle.as_mut().reset(last + self.idle_after());
-                            }
-                        }
-                        None => break,
-                    }
-                }
-                () = &mut idle, if self.forwarding || self.room.is_empty() => {
-                    let now = tokio::time::Instant::now();
-                    let due = last + self.idle_after();
-                    if now < due {
-                        idle.as_mut().reset(due);
-                        continue;
-                    }
-                    if rooms.try_passivate(self.room.id(), &self.weak, !self.rx.is_empty()) {
-                        if !self.forwarding {
-                            rooms.metrics.rooms_passivated.inc();
-                        }
-                        tracing::debug!(room = %self.room.id(), seq = self.room.seq(), "room actor stopped");
-                        break;
-                    }
-                    idle.as_mut().reset(now + self.idle_after());
-                }
-            }
-        }
-        self.count_members(0);
-        rooms.metrics.rooms_active.dec();
-    }
-
-    /// How long the room waits idle before it passivates: briefly once it only forwards, and
-    /// at once when it is bare (joined and left, nothing said): it has nothing to keep, so
-    /// joining and leaving room names costs no memory past the visit.
-    fn idle_after(&self) -> Duration {
-        let passivate_after = self.rooms.settings.passivate_after;
-        if self.forwarding {
-            Duration::from_millis(200).min(passivate_after)
-        } else if self.room.is_bare() {
-            // A millisecond, not zero: a sender holding a permit makes passivation wait, and
-            // the actor must not spin meanwhile.
-            Duration::from_millis(1).min(passivate_after)
-        } else {
-            passivate_after
-        }
-    }
-
-    /// Brings the shard's member gauge to `members` for this room.
-    fn count_members(&mut self, members: usize) {
-        if members != self.counted {
-            let delta = members as i64 - self.counted as i64;
-            self.rooms.counters.members_changed(self.shard, delta);
-            self.counted = members;
-        }
-    }
-
-    fn handle(&mut self, command: RoomCommand, received: Instant) {
-        if let RoomCommand::Post { member, cid, .. } = &command
-            && !self.rooms.fanout.can_take(&mut self.room.nodes())
-        {
-            // Refused before it takes a seq: a message some members could not be sent.
-            let frame = crate::protocol::error_frame(
-                crate::protocol::ErrorCode::Overloaded,
-                "a node with members in this room cannot take more messages now; retry later",
-                cid.as_deref(),
-                Some(self.room.id()),
-            );
-            let answer = EdgeEvent::ToConn {
-                conn: member.conn,
-                frame: frame.into(),
-            };
-            self.rooms.metrics.sends_refused_overloaded.inc();
-            return self.rooms.fanout.deliver(&member.node, answer);
-        }
-        let before = self.room.seq();
-        let ids = &self.rooms.ids;
-        let out = self.room.apply(command, &mut || {
-            let ts = unix_ms();
-            (ids.next(ts), ts)
-        });
-        let accepted = self.room.seq() != before;
-        if accepted {
-            self.seq.store(self.room.seq(), Ordering::Release);
-            self.rooms.metrics.messages_in.inc();
-            // Every member gets it, the sender's echo included.
-            self.rooms
-                .counters
-                .delivered(self.shard, self.room.member_count());
-        }
-        if !self.forwarding {
-            self.count_members(self.room.member_count());
-        }
-        for (node, event) in out {
-            self.rooms.fanout.deliver(&node, event);
-        }
-        if accepted {
-            self.rooms.metrics.send_fanned_out(received.elapsed());
-        }
-    }
-}
-
+mod actor;
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use shard::{NodeName, RoomId, ShardId};
 
 use crate::edge::EdgeEvent;
+use crate::replication::{Answer, Change};
 use crate::room::{RoomCommand, RoomSnapshot};
 use codec::{Reader, Writer};
 use messages::{get_msg, put_msg};
@@ -57,6 +58,38 @@ pub mod kind {
         pub const SNAPSHOT_ACK: u8 = 0x04;
         /// Events for some rooms could not be queued (a full outbox).
         pub const GAP: u8 = 0x05;
+        /// Owner -> follower: one change to a room's copy.
+        pub const REPLICATE: u8 = 0x06;
+        /// Follower -> owner: its answer to one change.
+        pub const REPLICATED: u8 = 0x07;
+        /// Owner -> follower: the whole shard has been sent.
+        pub const CAUGHT_UP: u8 = 0x08;
+    }
+
+    /// Change kinds inside a replicate message.
+    pub mod change {
+        /// The room's whole state.
+        pub const WHOLE: u8 = 0x01;
+        /// A message took a seq.
+        pub const MESSAGE: u8 = 0x02;
+        /// A member joined.
+        pub const JOINED: u8 = 0x03;
+        /// A member left.
+        pub const LEFT: u8 = 0x04;
+        /// An edge node's members are gone.
+        pub const NODE_LEFT: u8 = 0x05;
+        /// The room passivated.
+        pub const RESTED: u8 = 0x06;
+    }
+
+    /// A follower's answers.
+    pub mod answer {
+        /// Applied.
+        pub const HELD: u8 = 0x01;
+        /// The sender does not own the shard.
+        pub const FENCED: u8 = 0x02;
+        /// No copy of the room to apply it to.
+        pub const NO_COPY: u8 = 0x03;
     }
 
     /// Room command kinds inside a command message.
@@ -171,6 +204,30 @@ pub enum PeerMsg {
     /// sender owns when `all`) could not be queued while it was full. The edge tells those
     /// rooms' members to reconnect and re-join with `since`, which replays what they missed.
     Gap { rooms: Vec<RoomId>, all: bool },
+    /// Owner -> follower: change `rid` to `room`'s copy. `epoch` is the owner's table: a
+    /// follower whose table says someone else owns the shard refuses it (fencing).
+    Replicate {
+        shard: ShardId,
+        epoch: u64,
+        room: RoomId,
+        rid: u64,
+        change: Change,
+    },
+    /// Follower -> owner: its answer to change `rid`.
+    Replicated {
+        shard: ShardId,
+        room: RoomId,
+        rid: u64,
+        answer: Answer,
+    },
+    /// Owner -> follower: every room of `shard` has been sent (ahead of this, on the same
+    /// link); here are the shard's floor and its passivated rooms. The copy is live now.
+    CaughtUp {
+        shard: ShardId,
+        epoch: u64,
+        floor: u64,
+        resting: Vec<(RoomId, u64)>,
+    },
 }
 
 /// A frame on a peer link.
@@ -224,6 +281,10 @@ fn size_hint(msg: &PeerMsg) -> usize {
             command: RoomCommand::Post { text, .. },
             ..
         } => text.len(),
+        PeerMsg::Replicate {
+            change: Change::Message { frame, .. },
+            ..
+        } => frame.len(),
         _ => 0,
     };
     frame + 160

@@ -1,6 +1,8 @@
 //! What arrives from peers: commands for rooms owned here (or soon), events for this node's
 //! edge, and the two halves of a hand-off's snapshot exchange.
 
+use std::sync::Arc;
+
 use shard::{Move, NodeName, ShardId};
 use tokio::time::Instant;
 
@@ -11,7 +13,7 @@ use crate::room::RoomSnapshot;
 use crate::rooms::RouteError;
 
 impl NodeState {
-    pub(super) fn on_peer_message(&self, from: &NodeName, msg: PeerMsg) {
+    pub(super) fn on_peer_message(self: &Arc<Self>, from: &NodeName, msg: PeerMsg) {
         match msg {
             PeerMsg::Command {
                 room,
@@ -50,6 +52,22 @@ impl NodeState {
                 floor,
                 rooms,
             } => self.on_snapshot(from, shard, epoch, floor, rooms),
+            PeerMsg::Replicate {
+                shard,
+                epoch,
+                room,
+                rid,
+                change,
+            } => self.on_replicate(from, shard, epoch, room, rid, change),
+            PeerMsg::Replicated {
+                room, rid, answer, ..
+            } => self.rooms.answered(&room, from, rid, answer),
+            PeerMsg::CaughtUp {
+                shard,
+                epoch,
+                floor,
+                resting,
+            } => self.on_caught_up(from, shard, epoch, floor, resting),
             PeerMsg::SnapshotAck { shard, epoch } => {
                 let mut handoffs = lock(&self.handoffs);
                 // Only the acknowledgement of this move's snapshot ends it (a late one from an
@@ -74,7 +92,7 @@ impl NodeState {
     }
 
     pub(super) fn on_snapshot(
-        &self,
+        self: &Arc<Self>,
         from: &NodeName,
         shard: ShardId,
         epoch: u64,
@@ -122,6 +140,7 @@ impl NodeState {
         match incoming {
             Some((started, count, refused)) => {
                 self.settle_refused(refused);
+                tokio::spawn(self.clone().sync_follower(shard));
                 let took = started.elapsed();
                 tracing::info!(%shard, %from, rooms = count, ?took, "shard received");
                 self.metrics.handoff_completed(shard, took);
@@ -158,7 +177,13 @@ impl NodeState {
             PeerMsg::Snapshot { shard, .. } => {
                 tracing::error!(%shard, %to, "a snapshot could not be delivered: the target left or restarted");
             }
-            PeerMsg::SnapshotAck { .. } | PeerMsg::Gap { .. } => {}
+            // A change that never reaches the follower stays held on the owner until the
+            // table names another follower (or none), which syncs the room again.
+            PeerMsg::SnapshotAck { .. }
+            | PeerMsg::Gap { .. }
+            | PeerMsg::Replicate { .. }
+            | PeerMsg::Replicated { .. }
+            | PeerMsg::CaughtUp { .. } => {}
         }
     }
 }

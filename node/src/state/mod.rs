@@ -14,16 +14,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use shard::{AssignmentTable, Membership, NodeInfo, NodeName, PlanOptions, RoomId};
+use shard::{AssignmentTable, Membership, NodeInfo, NodeName, PlanOptions, RoomId, ShardId};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::copies::Copies;
 use crate::edge::{ConnId, EdgeEvent, EdgeHub};
 use crate::load::LoadMeter;
 use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::peer::wire::PeerMsg;
 use crate::peer::{PeerHandler, Peers};
+use crate::replication::{ChangeFor, FollowerRef};
 use crate::room::RoomCommand;
 use crate::rooms::{Fanout, Rooms};
 use crate::shard_load::ShardMeter;
@@ -33,6 +35,7 @@ mod dispatch;
 mod gaps;
 mod handoffs;
 mod outgoing;
+mod replicas;
 mod routing;
 mod settings;
 mod status;
@@ -71,6 +74,8 @@ pub struct NodeState {
     peer_handler: Option<Arc<dyn PeerHandler>>,
     table: RwLock<Arc<AssignmentTable>>,
     handoffs: Mutex<Handoffs>,
+    /// Copies of the rooms of the shards this node follows.
+    copies: Mutex<Copies>,
     /// Rates for `/status`'s load (autoscaling and placement read them).
     load: LoadMeter,
     /// Per-shard rates for `/status`'s load (load-aware placement reads them).
@@ -112,6 +117,16 @@ impl Fanout for Outlet {
         self.node
             .upgrade()
             .is_none_or(|state| state.can_take(nodes))
+    }
+
+    fn follower(&self, shard: ShardId) -> Option<FollowerRef> {
+        self.node.upgrade()?.follower_of(shard)
+    }
+
+    fn replicate(&self, to: &NodeName, change: ChangeFor) -> bool {
+        self.node
+            .upgrade()
+            .is_some_and(|state| state.replicate(to, change))
     }
 }
 
@@ -173,6 +188,11 @@ impl NodeState {
                 Arc::new(Snowflake::new(settings.node_id)),
                 metrics.clone(),
             );
+            let copies = Mutex::new(Copies::new(
+                settings.shards,
+                settings.rooms.history_limit,
+                settings.rooms.remembered,
+            ));
             let peer_handler: Option<Arc<dyn PeerHandler>> = peers
                 .is_some()
                 .then(|| Arc::new(Handler(weak.clone())) as Arc<dyn PeerHandler>);
@@ -191,6 +211,7 @@ impl NodeState {
                 peers,
                 table: RwLock::new(Arc::new(table)),
                 handoffs: Mutex::default(),
+                copies,
                 applying: tokio::sync::Mutex::new(()),
                 next_conn: AtomicU64::new(1),
             }

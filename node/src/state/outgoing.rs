@@ -38,11 +38,24 @@ impl NodeState {
         epoch: u64,
     ) {
         let started = std::time::Instant::now();
-        let FrozenShard { floor, rooms } = self.rooms.freeze(shard).await;
-        let frozen = started.elapsed();
-        if !handed {
-            return;
+        let frozen_shard = self.rooms.freeze(shard).await;
+        tracing::debug!(%shard, frozen = ?started.elapsed(), "shard frozen");
+        if handed {
+            self.send_shard(shard, to, epoch, frozen_shard).await;
         }
+    }
+
+    /// Send a frozen shard (this node's rooms, or its copy of a shard whose owner left) to
+    /// its new owner `to`, once the edges have handled what the rooms sent them, until the
+    /// new owner acknowledges it.
+    pub(super) async fn send_shard(
+        self: Arc<Self>,
+        shard: ShardId,
+        to: NodeName,
+        epoch: u64,
+        FrozenShard { floor, rooms }: FrozenShard,
+    ) {
+        let started = std::time::Instant::now();
         lock(&self.handoffs)
             .outgoing
             .insert(shard, (to.clone(), epoch));
@@ -57,7 +70,7 @@ impl NodeState {
             rooms,
         });
         // The steps of the pause this shard's rooms see, for finding where it goes.
-        tracing::info!(%shard, %to, rooms = count, ?frozen, ?flushed, "handing the shard off");
+        tracing::info!(%shard, %to, rooms = count, ?flushed, "handing the shard off");
         self.send_until_acknowledged(peers, shard, &to, epoch, snapshot)
             .await;
     }

@@ -104,7 +104,10 @@ impl NodeState {
                 PeerMsg::Event(_)
                 | PeerMsg::Snapshot { .. }
                 | PeerMsg::SnapshotAck { .. }
-                | PeerMsg::Gap { .. },
+                | PeerMsg::Gap { .. }
+                | PeerMsg::Replicate { .. }
+                | PeerMsg::Replicated { .. }
+                | PeerMsg::CaughtUp { .. },
             ) => Ok(()),
             Err(PeerMsg::Command { command, .. }) => Err(command),
         }

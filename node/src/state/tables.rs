@@ -72,7 +72,9 @@ impl NodeState {
             };
             self.settle_refused(refused);
         }
-        for shard in &change.gained_fresh {
+        // Shards whose owner left: served from this node's copy where it followed them.
+        let promoted = self.apply_follower_roles(&old, &new);
+        for shard in change.gained_fresh.iter().filter(|s| !promoted.contains(s)) {
             self.rooms.install(*shard, 0, Vec::new());
         }
         let snapshots = take_where(&mut lock(&self.handoffs).early_snapshots, |e| {
@@ -108,6 +110,14 @@ impl NodeState {
                 .tell_all(&RoomCommand::DropNode { node: node.clone() });
         }
         self.rejoin_orphaned_members(&old, &new).await;
+        // Followers new to a shard owned here get its rooms; a shard still waiting for its
+        // snapshot is synced once installed (`on_snapshot`).
+        let waiting: Vec<_> = lock(&self.handoffs).incoming.keys().copied().collect();
+        for shard in self.shards_to_sync(&old, &new) {
+            if !waiting.contains(&shard) {
+                tokio::spawn(self.clone().sync_follower(shard));
+            }
+        }
         tracing::info!(
             epoch = new.epoch,
             owned = new.shards_of(&me).len(),

@@ -8,6 +8,7 @@ use shard::ShardId;
 use super::codec::{Reader, Writer};
 use super::{PeerMsg, WireError, kind};
 use crate::edge::{ConnId, EdgeEvent};
+use crate::replication::{Answer, Change};
 use crate::room::{MemberKey, RoomCommand, RoomSnapshot};
 
 fn put_member(w: &mut Writer, member: &MemberKey) {
@@ -19,6 +20,102 @@ fn get_member(r: &mut Reader<'_>) -> Result<MemberKey, WireError> {
     Ok(MemberKey {
         node: r.node("member node")?,
         conn: ConnId(r.varint("member conn")?),
+    })
+}
+
+fn put_room(w: &mut Writer, room: &RoomSnapshot) {
+    w.str(room.room.as_str());
+    w.varint(room.seq);
+    w.varint(room.history.len() as u64);
+    for (seq, frame) in &room.history {
+        w.varint(*seq);
+        w.str(frame);
+    }
+    w.varint(room.members.len() as u64);
+    for (member, user) in &room.members {
+        put_member(w, member);
+        w.str(user);
+    }
+}
+
+fn get_room(r: &mut Reader<'_>) -> Result<RoomSnapshot, WireError> {
+    let room = r.room()?;
+    let seq = r.varint("room seq")?;
+    let count = r.count("room history", 2)?;
+    let mut history = Vec::with_capacity(count);
+    for _ in 0..count {
+        history.push((r.varint("history seq")?, r.str("history frame")?.to_owned()));
+    }
+    let count = r.count("room members", 4)?;
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        members.push((get_member(r)?, r.str("member user")?.into()));
+    }
+    Ok(RoomSnapshot {
+        room,
+        seq,
+        history,
+        members,
+    })
+}
+
+fn put_change(w: &mut Writer, change: &Change) {
+    match change {
+        Change::Whole(room) => {
+            w.u8(kind::change::WHOLE);
+            put_room(w, room);
+        }
+        Change::Message { seq, frame } => {
+            w.u8(kind::change::MESSAGE);
+            w.varint(*seq);
+            w.str(frame.as_str());
+        }
+        Change::Joined { member, user } => {
+            w.u8(kind::change::JOINED);
+            put_member(w, member);
+            w.str(user);
+        }
+        Change::Left { member } => {
+            w.u8(kind::change::LEFT);
+            put_member(w, member);
+        }
+        Change::NodeLeft { node } => {
+            w.u8(kind::change::NODE_LEFT);
+            w.str(node.as_str());
+        }
+        Change::Rested { seq } => {
+            w.u8(kind::change::RESTED);
+            w.varint(*seq);
+        }
+    }
+}
+
+fn get_change(r: &mut Reader<'_>) -> Result<Change, WireError> {
+    Ok(match r.u8("change kind")? {
+        kind::change::WHOLE => Change::Whole(get_room(r)?),
+        kind::change::MESSAGE => Change::Message {
+            seq: r.varint("message seq")?,
+            frame: r.text("message frame")?,
+        },
+        kind::change::JOINED => Change::Joined {
+            member: get_member(r)?,
+            user: r.str("user")?.into(),
+        },
+        kind::change::LEFT => Change::Left {
+            member: get_member(r)?,
+        },
+        kind::change::NODE_LEFT => Change::NodeLeft {
+            node: r.node("node")?,
+        },
+        kind::change::RESTED => Change::Rested {
+            seq: r.varint("rested seq")?,
+        },
+        other => {
+            return Err(WireError::UnknownKind {
+                what: "change",
+                kind: other,
+            });
+        }
     })
 }
 
@@ -52,18 +149,53 @@ pub(super) fn put_msg(w: &mut Writer, msg: &PeerMsg) {
             w.varint(*floor);
             w.varint(rooms.len() as u64);
             for room in rooms {
-                w.str(room.room.as_str());
-                w.varint(room.seq);
-                w.varint(room.history.len() as u64);
-                for (seq, frame) in &room.history {
-                    w.varint(*seq);
-                    w.str(frame);
-                }
-                w.varint(room.members.len() as u64);
-                for (member, user) in &room.members {
-                    put_member(w, member);
-                    w.str(user);
-                }
+                put_room(w, room);
+            }
+        }
+        PeerMsg::Replicate {
+            shard,
+            epoch,
+            room,
+            rid,
+            change,
+        } => {
+            w.u8(kind::msg::REPLICATE);
+            w.varint(u64::from(shard.0));
+            w.varint(*epoch);
+            w.str(room.as_str());
+            w.varint(*rid);
+            put_change(w, change);
+        }
+        PeerMsg::Replicated {
+            shard,
+            room,
+            rid,
+            answer,
+        } => {
+            w.u8(kind::msg::REPLICATED);
+            w.varint(u64::from(shard.0));
+            w.str(room.as_str());
+            w.varint(*rid);
+            w.u8(match answer {
+                Answer::Held => kind::answer::HELD,
+                Answer::Fenced => kind::answer::FENCED,
+                Answer::NoCopy => kind::answer::NO_COPY,
+            });
+        }
+        PeerMsg::CaughtUp {
+            shard,
+            epoch,
+            floor,
+            resting,
+        } => {
+            w.u8(kind::msg::CAUGHT_UP);
+            w.varint(u64::from(shard.0));
+            w.varint(*epoch);
+            w.varint(*floor);
+            w.varint(resting.len() as u64);
+            for (room, seq) in resting {
+                w.str(room.as_str());
+                w.varint(*seq);
             }
         }
         PeerMsg::SnapshotAck { shard, epoch } => {
@@ -109,30 +241,53 @@ pub(super) fn get_msg(r: &mut Reader<'_>) -> Result<PeerMsg, WireError> {
             let count = r.count("snapshot rooms", 5)?;
             let mut rooms = Vec::with_capacity(count);
             for _ in 0..count {
-                let room = r.room()?;
-                let seq = r.varint("room seq")?;
-                let count = r.count("room history", 2)?;
-                let mut history = Vec::with_capacity(count);
-                for _ in 0..count {
-                    history.push((r.varint("history seq")?, r.str("history frame")?.to_owned()));
-                }
-                let count = r.count("room members", 4)?;
-                let mut members = Vec::with_capacity(count);
-                for _ in 0..count {
-                    members.push((get_member(r)?, r.str("member user")?.into()));
-                }
-                rooms.push(RoomSnapshot {
-                    room,
-                    seq,
-                    history,
-                    members,
-                });
+                rooms.push(get_room(r)?);
             }
             PeerMsg::Snapshot {
                 shard,
                 epoch,
                 floor,
                 rooms,
+            }
+        }
+        kind::msg::REPLICATE => PeerMsg::Replicate {
+            shard: get_shard(r)?,
+            epoch: r.varint("epoch")?,
+            room: r.room()?,
+            rid: r.varint("rid")?,
+            change: get_change(r)?,
+        },
+        kind::msg::REPLICATED => PeerMsg::Replicated {
+            shard: get_shard(r)?,
+            room: r.room()?,
+            rid: r.varint("rid")?,
+            answer: match r.u8("answer")? {
+                kind::answer::HELD => Answer::Held,
+                kind::answer::FENCED => Answer::Fenced,
+                kind::answer::NO_COPY => Answer::NoCopy,
+                other => {
+                    return Err(WireError::UnknownKind {
+                        what: "answer",
+                        kind: other,
+                    });
+                }
+            },
+        },
+        kind::msg::CAUGHT_UP => {
+            let shard = get_shard(r)?;
+            let epoch = r.varint("epoch")?;
+            let floor = r.varint("shard floor")?;
+            // A resting room takes at least 3 bytes: its name (2) and its seq.
+            let count = r.count("resting rooms", 3)?;
+            let mut resting = Vec::with_capacity(count);
+            for _ in 0..count {
+                resting.push((r.room()?, r.varint("resting seq")?));
+            }
+            PeerMsg::CaughtUp {
+                shard,
+                epoch,
+                floor,
+                resting,
             }
         }
         kind::msg::SNAPSHOT_ACK => PeerMsg::SnapshotAck {

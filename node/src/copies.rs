@@ -1,0 +1,162 @@
+//! The follower's half of replication: copies of the rooms of the shards this node follows,
+//! kept current by their owners' changes, ready to be served if an owner goes away.
+//!
+//! A copy is a [`Room`] without an actor: the owner's changes are applied to it in the order
+//! they left the owner (one peer link, in order), and nothing is sent to members from it. A
+//! room its owner passivated leaves only its seq, in a bounded [`RestingSeqs`] like the
+//! owner's, so a promoted shard never repeats a seq. A shard is *live* once its owner said the
+//! whole shard was sent ([`Copies::caught_up`]); `/status` counts live and catching-up shards.
+//!
+//! Who may change a copy (fencing) is decided by the caller against its table; this store only
+//! holds the copies. It holds as many rooms as the owners keep running, each bounded by the
+//! history limit, and drops a shard's copies as soon as the table stops naming this node its
+//! follower.
+
+use std::collections::{HashMap, HashSet};
+
+use shard::{RoomId, ShardId};
+
+use crate::replication::{Answer, Change};
+use crate::resting::RestingSeqs;
+use crate::room::{Room, RoomSnapshot};
+use crate::rooms::FrozenShard;
+
+/// One followed shard.
+#[derive(Debug, Default)]
+struct ShardCopy {
+    /// Copies of the shard's running rooms.
+    rooms: HashMap<RoomId, Room>,
+    /// Whether the owner has sent the whole shard (every room, the floor, the resting seqs).
+    live: bool,
+}
+
+/// The copies this node keeps as a follower.
+#[derive(Debug)]
+pub struct Copies {
+    shards: u32,
+    history_limit: usize,
+    followed: HashMap<ShardId, ShardCopy>,
+    /// The seq of rooms passivated on their owners, and each shard's floor.
+    resting: RestingSeqs,
+}
+
+/// How many followed shards are live and how many are still catching up, for `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FollowCounts {
+    /// Shards whose copy is whole and current.
+    pub live: u32,
+    /// Shards whose owner has not yet sent every room.
+    pub catching_up: u32,
+}
+
+impl Copies {
+    /// No copies, for a cluster of `shards` shards; `remembered` bounds the resting seqs.
+    pub fn new(shards: u32, history_limit: usize, remembered: usize) -> Copies {
+        Copies {
+            shards,
+            history_limit,
+            followed: HashMap::new(),
+            resting: RestingSeqs::new(shards, remembered),
+        }
+    }
+
+    /// Apply one change to `room`'s copy (the caller checked that its sender owns the shard).
+    pub fn apply(&mut self, shard: ShardId, room: &RoomId, change: Change) -> Answer {
+        let copy = self.followed.entry(shard).or_default();
+        match change {
+            Change::Whole(snapshot) => {
+                let room = snapshot.room.clone();
+                let seq = self.resting.take(&room).max(snapshot.seq);
+                let mut copy_of_room = Room::from_snapshot(snapshot, self.history_limit);
+                copy_of_room.apply_change(Change::Rested { seq });
+                copy.rooms.insert(room, copy_of_room);
+                Answer::Held
+            }
+            Change::Rested { seq } => {
+                copy.rooms.remove(room);
+                self.resting.remember(room.clone(), seq);
+                Answer::Held
+            }
+            change => match copy.rooms.get_mut(room) {
+                Some(copy_of_room) => {
+                    copy_of_room.apply_change(change);
+                    Answer::Held
+                }
+                None => Answer::NoCopy,
+            },
+        }
+    }
+
+    /// The owner sent the whole shard: its floor and the seqs of its passivated rooms. From
+    /// now on the copy is live.
+    pub fn caught_up(&mut self, shard: ShardId, floor: u64, resting: Vec<(RoomId, u64)>) {
+        let copy = self.followed.entry(shard).or_default();
+        self.resting.raise_floor(shard, floor);
+        for (room, seq) in resting {
+            if !copy.rooms.contains_key(&room) {
+                self.resting.remember(room, seq);
+            }
+        }
+        copy.live = true;
+    }
+
+    /// Keep only the shards in `following` (the table stopped naming this node follower of
+    /// the others); a shard newly named starts catching up.
+    pub fn retain(&mut self, following: &HashSet<ShardId>) {
+        self.followed.retain(|shard, _| following.contains(shard));
+        for shard in following {
+            self.followed.entry(*shard).or_default();
+        }
+        self.resting.retain_shards(|shard| following.contains(&shard));
+    }
+
+    /// Hand over the copy of `shard` (to serve it, or to send it to a new owner): its rooms,
+    /// its passivated rooms' seqs and its floor. `None` when this node holds no copy of it.
+    pub fn take(&mut self, shard: ShardId) -> Option<FrozenShard> {
+        let copy = self.followed.remove(&shard)?;
+        let mut rooms: Vec<RoomSnapshot> = copy.rooms.values().map(Room::snapshot).collect();
+        rooms.extend(
+            self.resting
+                .take_shard(shard)
+                .into_iter()
+                .map(|(room, seq)| RoomSnapshot {
+                    room,
+                    seq,
+                    history: Vec::new(),
+                    members: Vec::new(),
+                }),
+        );
+        Some(FrozenShard {
+            floor: self.resting.floor(shard),
+            rooms,
+        })
+    }
+
+    /// Whether this node holds a live copy of `shard`.
+    pub fn is_live(&self, shard: ShardId) -> bool {
+        self.followed.get(&shard).is_some_and(|c| c.live)
+    }
+
+    /// Live and catching-up followed shards.
+    pub fn counts(&self) -> FollowCounts {
+        let live = self.followed.values().filter(|c| c.live).count() as u32;
+        FollowCounts {
+            live,
+            catching_up: self.followed.len() as u32 - live,
+        }
+    }
+
+    /// Copies of running rooms held, for tests and `/metrics`.
+    pub fn rooms(&self) -> usize {
+        self.followed.values().map(|c| c.rooms.len()).sum()
+    }
+
+    /// The last seq of `room`'s copy, if this node holds one.
+    pub fn seq(&self, room: &RoomId) -> Option<u64> {
+        let shard = shard::shard_of(room, self.shards);
+        self.followed.get(&shard)?.rooms.get(room).map(Room::seq)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! The follower's copies driven directly: changes in order, rooms without a copy, passivated
+//! rooms, hand-over for a promotion.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use shard::NodeName;
+
+use super::*;
+use crate::edge::ConnId;
+use crate::room::MemberKey;
+
+const SHARDS: u32 = 8;
+
+fn room(name: &str) -> RoomId {
+    RoomId::new(name).expect("valid room")
+}
+
+fn shard_of(name: &str) -> ShardId {
+    shard::shard_of(&room(name), SHARDS)
+}
+
+fn member(conn: u64) -> MemberKey {
+    MemberKey {
+        node: NodeName::new("edge").expect("valid"),
+        conn: ConnId(conn),
+    }
+}
+
+fn whole(name: &str, seq: u64) -> Change {
+    Change::Whole(RoomSnapshot {
+        room: room(name),
+        seq,
+        history: Vec::new(),
+        members: Vec::new(),
+    })
+}
+
+fn message(seq: u64) -> Change {
+    Change::Message {
+        seq,
+        frame: Utf8Bytes::from(format!("{{\"seq\":{seq}}}")),
+    }
+}
+
+#[test]
+fn a_copy_follows_its_owners_changes_in_order_and_ignores_a_repeat() {
+    let mut copies = Copies::new(SHARDS, 10, 100);
+    let (r, s) = (room("lobby"), shard_of("lobby"));
+    assert_eq!(copies.apply(s, &r, whole("lobby", 4)), Answer::Held);
+    let joined = Change::Joined {
+        member: member(1),
+        user: Arc::from("ann"),
+    };
+    assert_eq!(copies.apply(s, &r, joined), Answer::Held);
+    assert_eq!(copies.apply(s, &r, message(5)), Answer::Held);
+    assert_eq!(copies.apply(s, &r, message(6)), Answer::Held);
+    assert_eq!(copies.apply(s, &r, message(6)), Answer::Held);
+    assert_eq!(copies.seq(&r), Some(6));
+    let taken = copies.take(s).expect("a copy");
+    let snapshot = taken.rooms.iter().find(|x| x.room == r).expect("the room");
+    let seqs: Vec<u64> = snapshot.history.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, [5, 6], "each message once, in order");
+    assert_eq!(snapshot.members.len(), 1);
+}
+
+#[test]
+fn a_change_to_a_room_without_a_copy_asks_for_the_whole_room() {
+    let mut copies = Copies::new(SHARDS, 10, 100);
+    let r = room("lobby");
+    assert_eq!(
+        copies.apply(shard_of("lobby"), &r, message(1)),
+        Answer::NoCopy
+    );
+    assert_eq!(copies.seq(&r), None, "nothing made up");
+}
+
+#[test]
+fn a_passivated_room_leaves_its_seq_and_a_promotion_continues_above_it() {
+    let mut copies = Copies::new(SHARDS, 10, 100);
+    let (r, s) = (room("lobby"), shard_of("lobby"));
+    copies.apply(s, &r, whole("lobby", 0));
+    copies.apply(s, &r, message(1));
+    copies.apply(s, &r, Change::Rested { seq: 1 });
+    assert_eq!(copies.rooms(), 0, "a rested room keeps no copy");
+    // Running again on its owner: the whole room comes back, its seq never below the rest.
+    copies.apply(s, &r, whole("lobby", 0));
+    assert_eq!(copies.seq(&r), Some(1));
+    copies.apply(s, &r, Change::Rested { seq: 1 });
+    copies.caught_up(s, 40, vec![(room("other-room"), 3)]);
+    let taken = copies.take(s).expect("a copy");
+    assert_eq!(taken.floor, 40, "the owner's floor travels with the copy");
+    assert!(taken.rooms.iter().any(|x| x.room == r && x.seq == 1));
+}
+
+#[test]
+fn a_shard_is_live_only_after_its_owner_sent_all_of_it_and_is_dropped_when_unfollowed() {
+    let mut copies = Copies::new(SHARDS, 10, 100);
+    let (r, s) = (room("lobby"), shard_of("lobby"));
+    copies.retain(&[s].into_iter().collect());
+    assert_eq!(copies.counts(), FollowCounts { live: 0, catching_up: 1 });
+    copies.apply(s, &r, whole("lobby", 2));
+    assert!(!copies.is_live(s));
+    copies.caught_up(s, 0, Vec::new());
+    assert!(copies.is_live(s));
+    assert_eq!(copies.counts(), FollowCounts { live: 1, catching_up: 0 });
+    copies.retain(&HashSet::new());
+    assert_eq!(copies.counts(), FollowCounts::default());
+    assert_eq!(copies.rooms(), 0);
+    assert!(copies.take(s).is_none());
+}

@@ -1,0 +1,196 @@
+//! Replication between a shard's owner and its follower, as the node takes part in it.
+//!
+//! Owner: its room actors send changes through [`NodeState::replicate`]; when the table names
+//! a new follower for a shard it owns (or it gains a shard), [`NodeState::sync_follower`] has
+//! every room of the shard send its whole state, then tells the follower the shard is whole
+//! ([`PeerMsg::CaughtUp`]).
+//!
+//! Follower: [`NodeState::on_replicate`] applies a change to the copy only if the sender owns
+//! the shard in this node's table and this node follows it (fencing: an old owner cannot get a
+//! message acknowledged once the follower knows it lost the role). A sender whose table is
+//! newer than ours is taken at its word: an owner that lost its role has an older table than
+//! the one that took it away, never a newer one.
+//!
+//! Failover: when a table makes this node the owner of a shard it followed, with no hand-off,
+//! [`NodeState::promote`] starts the shard's rooms from the copy, so seq continues and every
+//! acknowledged message is there. When the table moves such a shard on to another node, the
+//! copy is handed to it like an owner's snapshot.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use shard::{AssignmentTable, NodeName, RoomId, ShardId};
+
+use super::{NodeState, lock};
+use crate::copies::FollowCounts;
+use crate::peer::wire::PeerMsg;
+use crate::replication::{Answer, Change, ChangeFor, FollowerRef};
+
+impl NodeState {
+    /// The follower of `shard` in the table in force, with that table's epoch.
+    pub(super) fn follower_of(&self, shard: ShardId) -> Option<FollowerRef> {
+        let table = self.table();
+        table.follower(shard).map(|node| FollowerRef {
+            node: node.clone(),
+            epoch: table.epoch,
+        })
+    }
+
+    /// Queue a change for a room's follower; false when it cannot be queued.
+    pub(super) fn replicate(&self, to: &NodeName, change: ChangeFor) -> bool {
+        let Some(peers) = &self.peers else {
+            return false;
+        };
+        let ChangeFor {
+            shard,
+            epoch,
+            room,
+            rid,
+            change,
+        } = change;
+        let msg = PeerMsg::Replicate {
+            shard,
+            epoch,
+            room,
+            rid,
+            change,
+        };
+        peers.send(to, msg).is_ok()
+    }
+
+    /// Whether `from` may change this node's copy of `shard` (see the module doc).
+    fn may_replicate(&self, from: &NodeName, shard: ShardId, epoch: u64) -> bool {
+        let table = self.table();
+        epoch > table.epoch
+            || (table.owner(shard) == Some(from) && table.follower(shard) == Some(self.me()))
+    }
+
+    /// A change from an owner: apply it to the copy if the sender may make it, and answer.
+    pub(super) fn on_replicate(
+        &self,
+        from: &NodeName,
+        shard: ShardId,
+        epoch: u64,
+        room: RoomId,
+        rid: u64,
+        change: Change,
+    ) {
+        let answer = if self.may_replicate(from, shard, epoch) {
+            lock(&self.copies).apply(shard, &room, change)
+        } else {
+            self.metrics.replication_fenced.inc();
+            tracing::warn!(%shard, %from, epoch, "refused a change from a node that does not own the shard here");
+            Answer::Fenced
+        };
+        let reply = PeerMsg::Replicated {
+            shard,
+            room,
+            rid,
+            answer,
+        };
+        if let Some(peers) = &self.peers
+            && peers.send(from, reply).is_err()
+        {
+            // The owner resends the whole room when its changes stay unanswered.
+            tracing::warn!(%shard, %from, "could not queue an answer to a change (outbox full or peer gone)");
+        }
+    }
+
+    /// The owner sent the whole shard: the copy is live.
+    pub(super) fn on_caught_up(
+        &self,
+        from: &NodeName,
+        shard: ShardId,
+        epoch: u64,
+        floor: u64,
+        resting: Vec<(RoomId, u64)>,
+    ) {
+        if self.may_replicate(from, shard, epoch) {
+            lock(&self.copies).caught_up(shard, floor, resting);
+            tracing::info!(%shard, %from, "copy of the shard is live");
+        }
+    }
+
+    /// Owner: bring `shard`'s follower up to date (every room whole), then tell it the
+    /// shard is whole. A table that changes the follower meanwhile starts another sync.
+    pub(super) async fn sync_follower(self: Arc<Self>, shard: ShardId) {
+        let Some(follower) = self.follower_of(shard) else {
+            // No follower: the rooms release what they held.
+            self.rooms.sync(shard).await;
+            return;
+        };
+        let (floor, resting) = self.rooms.sync(shard).await;
+        let msg = PeerMsg::CaughtUp {
+            shard,
+            epoch: follower.epoch,
+            floor,
+            resting,
+        };
+        if let Some(peers) = &self.peers
+            && peers.send(&follower.node, msg).is_err()
+        {
+            tracing::warn!(%shard, follower = %follower.node, "could not tell the follower its copy is whole (outbox full or peer gone)");
+        }
+    }
+
+    /// Followed shards, live and catching up, for `/status`.
+    pub fn follow_counts(&self) -> FollowCounts {
+        lock(&self.copies).counts()
+    }
+
+    /// Applying `new`: serve from the copy each shard this node followed and now owns with no
+    /// hand-off (the owner left), hand on the copies the table moves to another node, and
+    /// keep copies only of the shards it follows now. Returns the promoted shards.
+    pub(super) fn apply_follower_roles(
+        self: &Arc<Self>,
+        old: &AssignmentTable,
+        new: &AssignmentTable,
+    ) -> HashSet<ShardId> {
+        let me = self.me().clone();
+        let mut promoted = HashSet::new();
+        for shard in (0..new.shards).map(ShardId) {
+            let followed = old.follower(shard) == Some(&me) && old.owner(shard) != Some(&me);
+            if !followed {
+                continue;
+            }
+            let owns_now = new.owner(shard) == Some(&me) && new.move_of(shard).is_none();
+            let hands_on = new
+                .move_of(shard)
+                .filter(|m| m.from == me && m.to != me)
+                .map(|m| m.to.clone());
+            if !owns_now && hands_on.is_none() {
+                continue;
+            }
+            let Some(copy) = lock(&self.copies).take(shard) else {
+                continue;
+            };
+            match hands_on {
+                Some(to) => {
+                    tracing::info!(%shard, %to, rooms = copy.rooms.len(), "handing on the copy of a shard whose owner left");
+                    tokio::spawn(self.clone().send_shard(shard, to, new.epoch, copy));
+                }
+                None => {
+                    tracing::info!(%shard, rooms = copy.rooms.len(), "owner left: serving the shard from its copy");
+                    self.rooms.install(shard, copy.floor, copy.rooms);
+                    promoted.insert(shard);
+                }
+            }
+        }
+        let following: HashSet<ShardId> = new.followed_by(&me).into_iter().collect();
+        lock(&self.copies).retain(&following);
+        promoted
+    }
+
+    /// Shards this node owns whose follower is new to them in `new` (or that it just gained):
+    /// each needs a sync.
+    pub(super) fn shards_to_sync(&self, old: &AssignmentTable, new: &AssignmentTable) -> Vec<ShardId> {
+        let me = self.me();
+        (0..new.shards)
+            .map(ShardId)
+            .filter(|&shard| {
+                new.owner(shard) == Some(me)
+                    && (old.owner(shard) != Some(me) || old.follower(shard) != new.follower(shard))
+            })
+            .collect()
+    }
+}
