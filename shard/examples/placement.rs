@@ -99,6 +99,7 @@ fn settle(
 ) -> (AssignmentTable, usize, usize) {
     let options = PlanOptions {
         max_moves_per_node: cap,
+        ..PlanOptions::default()
     };
     let policy = LoadPolicy::default();
     let (mut table, mut moves, mut rounds) = (start.clone(), 0, 0);

@@ -12,13 +12,17 @@
 //!     "chat-1": {"peerAddr": "10.0.0.6:7001"}
 //!   },
 //!   "assignments": {"chat-0": "0-127", "chat-1": "128-200,202-255"},
+//!   "followers": {"chat-0": "128-255", "chat-1": "0-127"},
 //!   "moves": [{"shard": 201, "from": "chat-1", "to": "chat-0"}],
 //!   "draining": ["chat-1"]
 //! }
 //! ```
 //!
 //! (There shard 201 is owned by `chat-0`, which is receiving it from `chat-1`.) Unassigned shards
-//! appear nowhere. Unknown fields are ignored so that a newer writer can add some; a different
+//! appear nowhere. `followers` lists, in the same run-length form, the shards each node follows
+//! (keeps a copy of, with replication 2); it is omitted when no shard has a follower, so a
+//! replication-1 table is exactly what versions before followers wrote, and those versions read a
+//! table with followers by ignoring the field. Unknown fields are ignored so that a newer writer can add some; a different
 //! `format` number is refused, because it means the meaning of known fields changed. Reading
 //! checks everything [`AssignmentTable::validate`] checks, plus that no shard is listed twice.
 
@@ -66,24 +70,13 @@ impl AssignmentTable {
 
 impl Serialize for AssignmentTable {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut shards_by_node: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-        for (shard, owner) in self.owners().iter().enumerate() {
-            if let Some(owner) = owner {
-                shards_by_node
-                    .entry(owner.as_str())
-                    .or_default()
-                    .push(shard as u32);
-            }
-        }
         let wire = WireOut {
             format: FORMAT,
             epoch: self.epoch,
             shards: self.shards,
             nodes: self.nodes.iter().map(|(n, i)| (n.as_str(), i)).collect(),
-            assignments: shards_by_node
-                .into_iter()
-                .map(|(node, shards)| (node, ranges_to_string(&shards)))
-                .collect(),
+            assignments: by_node(self.owners()),
+            followers: by_node(self.followers()),
             moves: &self.moves,
             draining: self.draining.iter().map(NodeName::as_str).collect(),
         };
@@ -103,6 +96,23 @@ impl<'de> Deserialize<'de> for AssignmentTable {
     }
 }
 
+/// Node -> its shards as ranges, from a per-shard role slice (owners or followers).
+fn by_node(roles: &[Option<NodeName>]) -> BTreeMap<&str, String> {
+    let mut shards_by_node: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (shard, node) in roles.iter().enumerate() {
+        if let Some(node) = node {
+            shards_by_node
+                .entry(node.as_str())
+                .or_default()
+                .push(shard as u32);
+        }
+    }
+    shards_by_node
+        .into_iter()
+        .map(|(node, shards)| (node, ranges_to_string(&shards)))
+        .collect()
+}
+
 #[derive(Serialize)]
 struct WireOut<'a> {
     format: u64,
@@ -110,6 +120,8 @@ struct WireOut<'a> {
     shards: u32,
     nodes: BTreeMap<&'a str, &'a NodeInfo>,
     assignments: BTreeMap<&'a str, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    followers: BTreeMap<&'a str, String>,
     moves: &'a [Move],
     draining: Vec<&'a str>,
 }
@@ -128,6 +140,8 @@ struct WireIn {
     nodes: BTreeMap<String, NodeInfo>,
     #[serde(default)]
     assignments: Entries,
+    #[serde(default)]
+    followers: Entries,
     #[serde(default)]
     moves: Vec<WireMove>,
     #[serde(default)]
@@ -157,31 +171,8 @@ impl WireIn {
         for (name, info) in self.nodes {
             nodes.insert(NodeName::new(name)?, info);
         }
-        let mut owners: Vec<Option<NodeName>> = vec![None; shards as usize];
-        for (name, ranges) in self.assignments.0 {
-            let node = NodeName::new(name)?;
-            for (first, last) in parse_ranges(&node, &ranges)? {
-                if last >= u64::from(shards) {
-                    return Err(ShardError::ShardOutOfRange {
-                        shard: last,
-                        shards,
-                    });
-                }
-                for shard in first..=last {
-                    let slot = owners
-                        .get_mut(shard as usize)
-                        .ok_or(ShardError::ShardOutOfRange { shard, shards })?;
-                    if let Some(first_owner) = slot {
-                        return Err(ShardError::DuplicateShard {
-                            shard: shard as u32,
-                            first: first_owner.to_string(),
-                            second: node.to_string(),
-                        });
-                    }
-                    *slot = Some(node.clone());
-                }
-            }
-        }
+        let owners = per_shard(self.assignments, shards, "assignments", "assigned to")?;
+        let followers = per_shard(self.followers, shards, "followers", "followed by")?;
         let mut moves = Vec::with_capacity(self.moves.len());
         for m in self.moves {
             let shard = u32::try_from(m.shard).ok().filter(|s| *s < shards).ok_or(
@@ -203,7 +194,7 @@ impl WireIn {
             .into_iter()
             .map(NodeName::new)
             .collect::<Result<BTreeSet<_>, _>>()?;
-        let mut table = AssignmentTable::with_owners(owners, nodes)?;
+        let mut table = AssignmentTable::with_roles(owners, followers, nodes)?;
         table.epoch = self.epoch;
         table.moves = moves;
         table.draining = draining;
@@ -212,10 +203,56 @@ impl WireIn {
     }
 }
 
-/// `assignments` as the list of its entries, so that a node listed twice is an error instead of
-/// the JSON parser silently keeping the last entry.
+/// One role (owner or follower) per shard from the node -> ranges object `field`, refusing a node
+/// listed twice and a shard listed for two nodes. `role` words the error ("assigned to").
+fn per_shard(
+    entries: Entries,
+    shards: u32,
+    field: &str,
+    role: &'static str,
+) -> Result<Vec<Option<NodeName>>, ShardError> {
+    if let Some(node) = entries.listed_twice {
+        return Err(ShardError::Inconsistent(format!(
+            "node {node} is listed twice in {field}"
+        )));
+    }
+    let mut slots: Vec<Option<NodeName>> = vec![None; shards as usize];
+    for (name, ranges) in entries.entries {
+        let node = NodeName::new(name)?;
+        for (first, last) in parse_ranges(&node, &ranges)? {
+            if last >= u64::from(shards) {
+                return Err(ShardError::ShardOutOfRange {
+                    shard: last,
+                    shards,
+                });
+            }
+            for shard in first..=last {
+                let slot = slots
+                    .get_mut(shard as usize)
+                    .ok_or(ShardError::ShardOutOfRange { shard, shards })?;
+                if let Some(first_node) = slot {
+                    return Err(ShardError::DuplicateShard {
+                        shard: shard as u32,
+                        role,
+                        first: first_node.to_string(),
+                        second: node.to_string(),
+                    });
+                }
+                *slot = Some(node.clone());
+            }
+        }
+    }
+    Ok(slots)
+}
+
+/// `assignments` (or `followers`) as the list of its entries, so that a node listed twice is an
+/// error instead of the JSON parser silently keeping the last entry.
 #[derive(Default)]
-struct Entries(Vec<(String, String)>);
+struct Entries {
+    entries: Vec<(String, String)>,
+    /// The first node found listed twice, reported by [`per_shard`] with the field's name.
+    listed_twice: Option<String>,
+}
 
 impl<'de> Deserialize<'de> for Entries {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -230,16 +267,15 @@ impl<'de> Deserialize<'de> for Entries {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
                 let mut seen = BTreeSet::new();
-                let mut entries = Vec::new();
+                let mut out = Entries::default();
                 while let Some((node, ranges)) = map.next_entry::<String, String>()? {
                     if !seen.insert(node.clone()) {
-                        return Err(de::Error::custom(format!(
-                            "node {node} is listed twice in assignments"
-                        )));
+                        out.listed_twice.get_or_insert(node);
+                        continue;
                     }
-                    entries.push((node, ranges));
+                    out.entries.push((node, ranges));
                 }
-                Ok(Entries(entries))
+                Ok(out)
             }
         }
 

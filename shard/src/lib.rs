@@ -24,6 +24,7 @@
 
 pub mod balance;
 pub mod drain;
+pub mod followers;
 pub mod format;
 pub mod handoff;
 pub mod hash;
@@ -75,11 +76,14 @@ pub enum ShardError {
         /// The table's shard count.
         shards: u32,
     },
-    /// Two nodes claim the same shard.
-    #[error("shard {shard} is assigned to both {first} and {second}")]
+    /// Two nodes claim the same role (owner or follower) for one shard.
+    #[error("shard {shard} is {role} both {first} and {second}")]
     DuplicateShard {
         /// The shard claimed twice.
         shard: u32,
+        /// The role claimed twice, worded for the message: "assigned to" (owner) or
+        /// "followed by" (follower).
+        role: &'static str,
         /// The first owner found.
         first: String,
         /// The second owner found.

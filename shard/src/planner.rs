@@ -15,7 +15,8 @@
 //!    moves only shards to it, and one node leaving or draining moves only its shards.
 //! 4. **Determinism.** Ties are broken by node name and shard id; inputs are ordered sets, so the
 //!    result depends only on their contents.
-//! 5. **Epoch.** The epoch grows by exactly 1 iff owners, nodes, moves or draining changed.
+//! 5. **Epoch.** The epoch grows by exactly 1 iff owners, followers, nodes, moves or draining
+//!    changed.
 //! 6. **Moves.** An owner change from a node that is still ready records a [`Move`] so the old
 //!    owner hands the rooms over; from a node that is gone there is no move (the new owner starts
 //!    the shard fresh). A move in flight stays while its source is ready and its target eligible;
@@ -30,11 +31,44 @@
 //!    per-shard loads and then also balances load, within ⌊S/N⌋..⌈S/N⌉ + a slack instead of rule
 //!    2's bounds (see [`crate::balance`]); rules 1 and 4-8 hold for it too, and with no loads it is
 //!    exactly [`plan`].
+//!
+//! With [`PlanOptions::replication`] = 2 every shard also gets a *follower*, a node that keeps a
+//! live copy of its rooms (chosen by [`crate::followers`]). Rules 1-9 hold as before, and:
+//!
+//! - **F1 Followers.** A shard's follower is an eligible node other than its owner. With fewer
+//!   than two eligible nodes, or replication 1, no shard has a follower.
+//! - **F2 Balance.** With S owned shards and N eligible nodes, every node follows ⌊S/N⌋ or
+//!   ⌈S/N⌉ shards. The exception has rule 2's shape: a node cannot follow shards it owns, so
+//!   when hand-offs in flight pile more than ⌈S/N⌉ owned shards on a node, it may follow fewer
+//!   than ⌊S/N⌋ and the others more. (With two nodes and an odd S the node owning ⌈S/N⌉ follows
+//!   ⌊S/N⌋ and the other ⌈S/N⌉: each follows exactly what the other owns.)
+//! - **F3 Zones.** When nodes carry a zone ([`NodeInfo::zone`]), a follower is placed in another
+//!   zone than its owner whenever the balance of F2 allows; with zones of equal node counts,
+//!   every follower is in another zone than its owner. Nodes without a zone conflict with none.
+//! - **F4 Fewest changes.** A follower stays while it is eligible, is not the shard's (new)
+//!   owner, is not in the owner's zone and its node is not above its F2 target. So one node
+//!   joining moves only follower roles to it, and one node leaving changes only the roles it
+//!   held (its shards' followers are promoted or hand their copy over; its followed shards get
+//!   new followers).
+//! - **F5 Failover.** When a shard's owner is no longer ready and its follower is, the follower
+//!   holds the rooms' copy, so it is the hand-off source: it becomes the owner with no move when
+//!   its target allows (promotion), otherwise the new owner gets a `Move` from it, exactly as from
+//!   a live owner. Only when neither is ready does the shard start empty, as in rule 6. (A shard
+//!   whose hand-off is in flight when its source leaves keeps rule 6: the move is dropped.)
+//! - **F6 Determinism and idempotence.** As rules 4 and 5: the result depends only on the
+//!   inputs' contents, and planning the planned table again gives it back, epoch included.
+//! - **F7 Epoch.** Rule 5 counts followers: the epoch grows by exactly 1 iff anything changed,
+//!   followers included.
+//!
+//! [`plan_with_load`](crate::plan_with_load) fills followers the same way after balancing load:
+//! followers are balanced by count, not by load (a follower applies its shards' messages but
+//! serves no client of them).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::balance::{Loads, Slot, rebalance, tolerant_targets};
+use crate::followers::fill_followers;
 use crate::ids::{NodeName, ShardId};
 use crate::table::{AssignmentTable, Move, NodeInfo};
 
@@ -65,14 +99,25 @@ pub struct PlanOptions {
     /// At most this many moves may involve any one node (as source or target) in the planned
     /// table, so a rebalance does not make one node snapshot hundreds of shards at once.
     pub max_moves_per_node: usize,
+    /// Copies of every shard's rooms: 1 (owner only) or 2 (owner and follower, rules F1-F7).
+    /// Other values are clamped to that range (see [`copies`](Self::copies)).
+    pub replication: u8,
 }
 
 impl Default for PlanOptions {
-    /// No cap: every move needed for balance is planned at once.
+    /// No cap: every move needed for balance is planned at once. Replication 1.
     fn default() -> Self {
         PlanOptions {
             max_moves_per_node: usize::MAX,
+            replication: 1,
         }
+    }
+}
+
+impl PlanOptions {
+    /// [`replication`](Self::replication) clamped to `1..=2`: what the planner uses.
+    pub fn copies(&self) -> u8 {
+        self.replication.clamp(1, 2)
     }
 }
 
@@ -114,6 +159,9 @@ pub(crate) fn plan_inner(
             options.max_moves_per_node,
             loads,
         );
+        if options.copies() == 2 {
+            fill_followers(current, &mut next, &eligible);
+        }
     }
     if next != *current {
         next.epoch = current.epoch.saturating_add(1);
@@ -183,10 +231,29 @@ fn assign(
         match owner {
             Some(o) => match index.get(o) {
                 Some(&i) => kept[i].push(shard),
-                None => homeless.push(Homeless {
+                // The owner is still ready (draining): it hands the rooms over.
+                None if ready.contains_key(o) => homeless.push(Homeless {
                     shard,
-                    source: ready.contains_key(o).then(|| o.clone()),
+                    source: Some(o.clone()),
                 }),
+                // The owner is gone: its ready follower holds the rooms' copy (rule F5), and
+                // keeps the shard as owner when it may (promotion) or hands the copy over.
+                None => match current
+                    .follower(ShardId(shard))
+                    .filter(|f| ready.contains_key(*f))
+                {
+                    Some(f) => match index.get(f) {
+                        Some(&i) => kept[i].push(shard),
+                        None => homeless.push(Homeless {
+                            shard,
+                            source: Some(f.clone()),
+                        }),
+                    },
+                    None => homeless.push(Homeless {
+                        shard,
+                        source: None,
+                    }),
+                },
             },
             None => homeless.push(Homeless {
                 shard,

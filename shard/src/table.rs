@@ -1,5 +1,5 @@
-//! The assignment table: which node owns each shard, which hand-offs are in flight, and which
-//! nodes are draining, versioned by an epoch.
+//! The assignment table: which node owns each shard and which node follows it (keeps a copy of
+//! its rooms), which hand-offs are in flight, and which nodes are draining, versioned by an epoch.
 //!
 //! The table is the one piece of shared truth between the operator (which writes it) and the nodes
 //! (which route by it). Nodes apply tables in epoch order and ignore older ones, so the epoch grows
@@ -26,6 +26,11 @@ pub struct NodeInfo {
     /// through a Service), so it may be absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_addr: Option<String>,
+    /// The failure zone the node runs in (the pod's `topology.kubernetes.io/zone` label), so the
+    /// planner can put a shard's follower in another zone than its owner. `None` when unknown: such
+    /// a node is treated as being in no zone in particular.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 impl NodeInfo {
@@ -34,6 +39,15 @@ impl NodeInfo {
         NodeInfo {
             peer_addr: peer_addr.into(),
             client_addr: None,
+            zone: None,
+        }
+    }
+
+    /// The same node, published as running in `zone`.
+    pub fn in_zone(self, zone: impl Into<String>) -> NodeInfo {
+        NodeInfo {
+            zone: Some(zone.into()),
+            ..self
         }
     }
 }
@@ -50,10 +64,15 @@ pub struct Move {
     pub to: NodeName,
 }
 
-/// Shard -> owner for every shard, plus the moves in flight and the draining nodes.
+/// Shard -> owner and shard -> follower for every shard, plus the moves in flight and the draining
+/// nodes.
 ///
-/// Owners are private so that the table always has exactly `shards` entries; read them through
-/// [`owner`](Self::owner) and friends. Tables from outside are checked by
+/// A shard's *follower* keeps a live copy of the shard's rooms (replication 2), so that when the
+/// owner fails the follower can take over with every acknowledged message. With replication 1
+/// no shard has one.
+///
+/// Owners and followers are private so that the table always has exactly `shards` entries of
+/// each; read them through [`owner`](Self::owner), [`follower`](Self::follower) and friends. Tables from outside are checked by
 /// [`validate`](Self::validate) (which [`from_json`](Self::from_json) calls).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssignmentTable {
@@ -63,6 +82,9 @@ pub struct AssignmentTable {
     pub shards: u32,
     /// Index = shard; `None` when no node is eligible to own it.
     owners: Vec<Option<NodeName>>,
+    /// Index = shard; `None` when the shard has no follower (replication 1, fewer than two
+    /// eligible nodes, or no owner).
+    followers: Vec<Option<NodeName>>,
     /// The members that appear in the table (ready ones, draining included), with their addresses.
     pub nodes: BTreeMap<NodeName, NodeInfo>,
     /// Moves in flight, sorted by shard, at most one per shard.
@@ -80,6 +102,7 @@ impl AssignmentTable {
             epoch: 0,
             shards,
             owners: vec![None; shards as usize],
+            followers: vec![None; shards as usize],
             nodes: BTreeMap::new(),
             moves: Vec::new(),
             draining: BTreeSet::new(),
@@ -97,11 +120,29 @@ impl AssignmentTable {
         owners: Vec<Option<NodeName>>,
         nodes: BTreeMap<NodeName, NodeInfo>,
     ) -> Result<AssignmentTable, ShardError> {
+        let followers = vec![None; owners.len()];
+        AssignmentTable::with_roles(owners, followers, nodes)
+    }
+
+    /// [`with_owners`](Self::with_owners), with a follower per shard as well (`followers` is
+    /// indexed by shard like `owners`).
+    ///
+    /// # Errors
+    ///
+    /// As [`with_owners`](Self::with_owners), plus whatever [`validate`](Self::validate) finds
+    /// wrong with the followers (a different length than `owners`, a follower that is its shard's
+    /// owner, is not in `nodes`, or follows an unowned shard).
+    pub fn with_roles(
+        owners: Vec<Option<NodeName>>,
+        followers: Vec<Option<NodeName>>,
+        nodes: BTreeMap<NodeName, NodeInfo>,
+    ) -> Result<AssignmentTable, ShardError> {
         let shards = u32::try_from(owners.len()).map_err(|_| ShardError::ZeroShards)?;
         let table = AssignmentTable {
             epoch: 0,
             shards,
             owners,
+            followers,
             nodes,
             moves: Vec::new(),
             draining: BTreeSet::new(),
@@ -118,6 +159,38 @@ impl AssignmentTable {
     /// Every shard's owner, indexed by shard.
     pub fn owners(&self) -> &[Option<NodeName>] {
         &self.owners
+    }
+
+    /// The follower of `shard` (the node keeping a copy of its rooms), or `None` when it has
+    /// none or is out of range.
+    pub fn follower(&self, shard: ShardId) -> Option<&NodeName> {
+        self.followers
+            .get(shard.0 as usize)
+            .and_then(Option::as_ref)
+    }
+
+    /// Every shard's follower, indexed by shard.
+    pub fn followers(&self) -> &[Option<NodeName>] {
+        &self.followers
+    }
+
+    /// The shards `node` follows, ascending.
+    pub fn followed_by(&self, node: &NodeName) -> Vec<ShardId> {
+        self.followers
+            .iter()
+            .enumerate()
+            .filter(|(_, follower)| follower.as_ref() == Some(node))
+            .map(|(shard, _)| ShardId(shard as u32))
+            .collect()
+    }
+
+    /// Followed shards per node, for status summaries. Nodes following nothing are absent.
+    pub fn follower_counts(&self) -> BTreeMap<NodeName, u32> {
+        let mut counts = BTreeMap::new();
+        for follower in self.followers.iter().flatten() {
+            *counts.entry(follower.clone()).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// The shard `room` lives in under this table's shard count.
@@ -165,9 +238,19 @@ impl AssignmentTable {
         }
     }
 
-    /// Checks the invariants every table must satisfy: at least one shard, one owner slot per
-    /// shard, owners and move endpoints and draining nodes listed in `nodes`, moves sorted by
-    /// shard with at most one per shard, each going to the shard's owner from another node.
+    /// Sets the follower of `shard` (ignored when out of range). Crate-internal like
+    /// [`set_owner`](Self::set_owner).
+    pub(crate) fn set_follower(&mut self, shard: ShardId, follower: Option<NodeName>) {
+        if let Some(slot) = self.followers.get_mut(shard.0 as usize) {
+            *slot = follower;
+        }
+    }
+
+    /// Checks the invariants every table must satisfy: at least one shard, one owner slot and
+    /// one follower slot per shard, owners and move endpoints and draining nodes listed in
+    /// `nodes`, moves sorted by shard with at most one per shard, each going to the shard's owner
+    /// from another node; a follower only for an owned shard, never its owner, listed in `nodes`
+    /// and not draining.
     ///
     /// # Errors
     ///
@@ -192,6 +275,7 @@ impl AssignmentTable {
         for owner in self.owners.iter().flatten() {
             self.require_node("owner", owner)?;
         }
+        self.validate_followers()?;
         for node in &self.draining {
             self.require_node("draining node", node)?;
         }
@@ -224,6 +308,39 @@ impl AssignmentTable {
                     m.shard,
                     m.to,
                     self.owner(m.shard).map_or("nobody", NodeName::as_str)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_followers(&self) -> Result<(), ShardError> {
+        if self.followers.len() != self.owners.len() {
+            return Err(ShardError::Inconsistent(format!(
+                "the table has {} follower slots for {} shards",
+                self.followers.len(),
+                self.shards
+            )));
+        }
+        for (shard, (follower, owner)) in self.followers.iter().zip(&self.owners).enumerate() {
+            let Some(follower) = follower else { continue };
+            self.require_node("follower", follower)?;
+            match owner {
+                None => {
+                    return Err(ShardError::Inconsistent(format!(
+                        "shard {shard} has follower {follower} but no owner"
+                    )));
+                }
+                Some(owner) if owner == follower => {
+                    return Err(ShardError::Inconsistent(format!(
+                        "shard {shard} is followed by its own owner {owner}"
+                    )));
+                }
+                Some(_) => {}
+            }
+            if self.draining.contains(follower) {
+                return Err(ShardError::Inconsistent(format!(
+                    "shard {shard} is followed by {follower}, which is draining"
                 )));
             }
         }

@@ -158,6 +158,7 @@ fn a_pod_to_remove_that_is_not_ready_is_not_waited_for() {
 fn a_draining_node_still_owning_shards_without_moves_needs_another_plan() {
     let capped = PlanOptions {
         max_moves_per_node: 2,
+        ..PlanOptions::default()
     };
     let planned = plan(&balanced(16, 4), &membership(0..4, &[3]), &capped);
     let table = complete_moves(&planned, &planned.moves);

@@ -178,7 +178,7 @@ proptest! {
         policy in policy(),
         events in proptest::collection::vec(event(), 1..5),
     ) {
-        let options = PlanOptions { max_moves_per_node: cap };
+        let options = PlanOptions { max_moves_per_node: cap, ..PlanOptions::default() };
         let mut cluster = Cluster::new(shards, nodes);
         for e in &events {
             cluster.apply(e);
@@ -198,7 +198,7 @@ proptest! {
         zeros in any::<bool>(),
         events in proptest::collection::vec(event(), 1..5),
     ) {
-        let options = PlanOptions { max_moves_per_node: cap };
+        let options = PlanOptions { max_moves_per_node: cap, ..PlanOptions::default() };
         let loads: Loads = if zeros {
             (0..shards).map(|s| (ShardId(s), 0)).collect()
         } else {
@@ -221,7 +221,7 @@ proptest! {
         cap in prop_oneof![Just(usize::MAX), 1usize..=8],
         policy in policy(),
     ) {
-        let options = PlanOptions { max_moves_per_node: cap };
+        let options = PlanOptions { max_moves_per_node: cap, ..PlanOptions::default() };
         let mut cluster = Cluster::new(shards, nodes);
         let eligible = cluster.eligible();
         let mut rounds = 0;

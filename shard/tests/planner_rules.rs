@@ -300,6 +300,7 @@ fn the_cap_limits_moves_per_node_and_leaves_the_rest_with_the_draining_owner() {
     let before = common::balanced(64, 4);
     let options = PlanOptions {
         max_moves_per_node: 3,
+        ..PlanOptions::default()
     };
     let after = plan(&before, &common::membership(0..4, &[0]), &options);
     assert_eq!(after.moves.len(), 3);
@@ -431,7 +432,7 @@ proptest! {
         cap in 1usize..=8,
         events in proptest::collection::vec(event(), 1..5),
     ) {
-        let options = PlanOptions { max_moves_per_node: cap };
+        let options = PlanOptions { max_moves_per_node: cap, ..PlanOptions::default() };
         let mut cluster = Cluster::new(shards, nodes);
         let check_cap = |table: &AssignmentTable| -> Result<(), TestCaseError> {
             let mut per_node: BTreeMap<&NodeName, usize> = BTreeMap::new();

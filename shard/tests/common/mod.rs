@@ -17,6 +17,7 @@ pub fn info(name: &NodeName) -> NodeInfo {
     NodeInfo {
         peer_addr: format!("{name}.chat:7001"),
         client_addr: Some(format!("{name}.chat:8080")),
+        zone: None,
     }
 }
 

@@ -1,0 +1,295 @@
+//! Followers: which node keeps a copy of each shard's rooms (replication 2).
+//!
+//! Once the planner has chosen every shard's owner, [`fill_followers`] chooses every shard's
+//! follower among the eligible nodes (ready, not draining) other than its owner. The rules it
+//! keeps are the planner's F1-F7 (see [`crate::planner`]); how it keeps them:
+//!
+//! 1. **Targets.** Node i may follow at most `S - owned(i)` shards (it cannot follow its own).
+//!    Water-filling under those caps gives every node ⌊S/N⌋ and the remainder one more each, to
+//!    the nodes whose zone has the fewest roles (owned + followed) so far, then to the nodes
+//!    following the most now (fewest changes), then by name. With no pins (hand-offs in flight
+//!    piling shards on one node) the caps never bind below ⌈S/N⌉ except where they must (two
+//!    nodes and an odd shard count: the node owning more follows fewer).
+//! 2. **Keep.** A current follower stays if it is eligible, is not the shard's new owner, is not
+//!    in the owner's zone, and its node is not above its target. A node above its target keeps
+//!    first the shards owned by nodes that are short of followed shards themselves (those could
+//!    not take them over), then the lowest shard ids, and gives up the rest.
+//! 3. **Feasible.** If the shards left without a follower could not all be placed (one node's
+//!    shards plus its own free places exceed all free places), one more kept follower not
+//!    involving that node is released; this is rare and costs one change each.
+//! 4. **Place.** The rest is a transport problem from owners to nodes with free places, solved
+//!    one shard at a time: the owner with the most pressure (shards to place + free places) goes
+//!    first, to a node with free places, in another zone when possible, preferring the shard's
+//!    previous follower, then the node with the most pressure, then by name. Choosing only nodes
+//!    that keep every node's pressure within what is left guarantees the process never gets
+//!    stuck. Each owner's shards then go to their receivers in shard order, so a node's followed
+//!    shards form runs.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use crate::ids::{NodeName, ShardId};
+use crate::table::AssignmentTable;
+
+/// Sets `next`'s followers for its (already planned) owners, from `current`'s followers.
+/// `eligible` is sorted by name; with fewer than two eligible nodes nothing is set.
+pub(crate) fn fill_followers(
+    current: &AssignmentTable,
+    next: &mut AssignmentTable,
+    eligible: &[NodeName],
+) {
+    let n = eligible.len();
+    if n < 2 {
+        return;
+    }
+    let index: BTreeMap<&NodeName, usize> = eligible.iter().zip(0..).collect();
+    let zone_of = |node: &NodeName| -> Option<String> {
+        next.nodes.get(node).and_then(|info| info.zone.clone())
+    };
+    let zones: Vec<Option<String>> = eligible.iter().map(zone_of).collect();
+    let same_zone = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
+    let shards = next.shards;
+
+    // Owners, as groups: eligible owners and (deferred by the move cap) draining ones.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of_node: BTreeMap<NodeName, usize> = BTreeMap::new();
+    let mut group_of_shard: Vec<Option<usize>> = vec![None; shards as usize];
+    let mut owned = vec![0u32; n];
+    for shard in 0..shards {
+        let Some(owner) = next.owner(ShardId(shard)) else {
+            continue;
+        };
+        let g = *group_of_node.entry(owner.clone()).or_insert_with(|| {
+            groups.push(Group {
+                node: index.get(owner).copied(),
+                zone: zone_of(owner),
+                supply: 0,
+            });
+            groups.len() - 1
+        });
+        group_of_shard[shard as usize] = Some(g);
+        if let Some(&i) = index.get(owner) {
+            owned[i] += 1;
+        }
+    }
+    let total: u32 = group_of_shard.iter().flatten().count() as u32;
+    let mut own_group: Vec<Option<usize>> = vec![None; n];
+    for (g, group) in groups.iter().enumerate() {
+        if let Some(i) = group.node {
+            own_group[i] = Some(g);
+        }
+    }
+
+    // Keep candidates: current followers still allowed.
+    let mut candidates: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for shard in 0..shards {
+        let Some(g) = group_of_shard[shard as usize] else {
+            continue;
+        };
+        let Some(&i) = current.follower(ShardId(shard)).and_then(|f| index.get(f)) else {
+            continue;
+        };
+        if groups[g].node != Some(i) && !same_zone(&zones[i], &groups[g].zone) {
+            candidates[i].push(shard);
+        }
+    }
+    let have: Vec<u32> = candidates.iter().map(|c| c.len() as u32).collect();
+    let targets = targets(&owned, &have, &zones, total);
+
+    // Keep up to the target: the shards of owners that need followers themselves first.
+    let needy: Vec<bool> = (0..n).map(|i| have[i] < targets[i]).collect();
+    let owner_needy = |shard: u32| {
+        group_of_shard[shard as usize]
+            .and_then(|g| groups[g].node)
+            .is_some_and(|o| needy[o])
+    };
+    let mut kept: Vec<(u32, usize)> = Vec::new();
+    for (i, mut list) in candidates.into_iter().enumerate() {
+        list.sort_by_key(|&s| (!owner_needy(s), s));
+        list.truncate(targets[i] as usize);
+        kept.extend(list.into_iter().map(|s| (s, i)));
+    }
+    kept.sort_unstable();
+
+    // Free places and shards to place; release kept followers until placing is feasible.
+    let mut free: Vec<u32> = targets.clone();
+    for &(_, i) in &kept {
+        free[i] -= 1;
+    }
+    let mut followed = vec![false; shards as usize];
+    for &(s, _) in &kept {
+        followed[s as usize] = true;
+    }
+    for shard in 0..shards {
+        if let Some(g) = group_of_shard[shard as usize].filter(|_| !followed[shard as usize]) {
+            groups[g].supply += 1;
+        }
+    }
+    let mut places: u32 = free.iter().sum();
+    let pressure = |groups: &[Group], free: &[u32], k: usize| -> u32 {
+        own_group[k].map_or(0, |g| groups[g].supply) + free[k]
+    };
+    while let Some(o) = (0..n).find(|&k| pressure(&groups, &free, k) > places) {
+        let victim = kept
+            .iter()
+            .rposition(|&(s, x)| x != o && group_of_shard[s as usize] != own_group[o]);
+        let Some(at) = victim else { break };
+        let (s, x) = kept.remove(at);
+        if let Some(g) = group_of_shard[s as usize] {
+            groups[g].supply += 1;
+        }
+        free[x] += 1;
+        places += 1;
+    }
+    for &(s, i) in &kept {
+        next.set_follower(ShardId(s), Some(eligible[i].clone()));
+    }
+
+    // Place the rest, one shard at a time, keeping every node's pressure within the places left.
+    let mut previous: BTreeMap<(usize, usize), u32> = BTreeMap::new();
+    for shard in 0..shards {
+        let (Some(g), Some(&i)) = (
+            group_of_shard[shard as usize],
+            current.follower(ShardId(shard)).and_then(|f| index.get(f)),
+        ) else {
+            continue;
+        };
+        if next.follower(ShardId(shard)).is_none() {
+            *previous.entry((g, i)).or_insert(0) += 1;
+        }
+    }
+    let mut sent: BTreeMap<(usize, usize), u32> = BTreeMap::new();
+    while places > 0 {
+        let Some(o) = (0..groups.len())
+            .filter(|&g| groups[g].supply > 0)
+            .max_by_key(|&g| {
+                let pressure = groups[g].supply + groups[g].node.map_or(0, |i| free[i]);
+                (pressure, Reverse(g))
+            })
+        else {
+            break;
+        };
+        let tight: Vec<usize> = (0..n)
+            .filter(|&k| pressure(&groups, &free, k) >= places)
+            .collect();
+        let receiver = (0..n)
+            .filter(|&i| free[i] > 0 && groups[o].node != Some(i))
+            .filter(|&i| tight.iter().all(|&k| k == i || groups[o].node == Some(k)))
+            .min_by_key(|&i| {
+                (
+                    same_zone(&zones[i], &groups[o].zone),
+                    previous.get(&(o, i)).copied().unwrap_or(0) == 0,
+                    Reverse(pressure(&groups, &free, i)),
+                    i,
+                )
+            });
+        let Some(i) = receiver else { break };
+        groups[o].supply -= 1;
+        free[i] -= 1;
+        places -= 1;
+        if let Some(p) = previous.get_mut(&(o, i)) {
+            *p = p.saturating_sub(1);
+        }
+        *sent.entry((o, i)).or_insert(0) += 1;
+    }
+
+    // Each owner's shards to its receivers: previous followers first, then in shard order.
+    for pass in [true, false] {
+        for shard in 0..shards {
+            let Some(g) = group_of_shard[shard as usize] else {
+                continue;
+            };
+            if next.follower(ShardId(shard)).is_some() {
+                continue;
+            }
+            let choice = if pass {
+                current
+                    .follower(ShardId(shard))
+                    .and_then(|f| index.get(f))
+                    .copied()
+                    .filter(|&i| sent.get(&(g, i)).is_some_and(|&c| c > 0))
+            } else {
+                (0..n).find(|&i| sent.get(&(g, i)).is_some_and(|&c| c > 0))
+            };
+            if let Some(i) = choice {
+                if let Some(c) = sent.get_mut(&(g, i)) {
+                    *c -= 1;
+                }
+                next.set_follower(ShardId(shard), Some(eligible[i].clone()));
+            }
+        }
+    }
+}
+
+/// The nodes owning shards, as sources of shards to follow.
+struct Group {
+    /// The owner's index among the eligible nodes; `None` for a draining owner (the move cap
+    /// left it a shard), which any eligible node may follow.
+    node: Option<usize>,
+    zone: Option<String>,
+    /// Its shards still without a follower.
+    supply: u32,
+}
+
+/// How many shards each eligible node should follow: at most `total - owned[i]`, otherwise
+/// ⌊total/N⌋ or one more (see the module doc for who gets the one more).
+fn targets(owned: &[u32], have: &[u32], zones: &[Option<String>], total: u32) -> Vec<u32> {
+    let n = owned.len();
+    let caps: Vec<u32> = owned.iter().map(|&o| total.saturating_sub(o)).collect();
+    let filled = |c: u32| -> u64 { caps.iter().map(|&cap| u64::from(cap.min(c))).sum() };
+    let (mut lo, mut hi) = (0u32, total);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if filled(mid) <= u64::from(total) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let level = lo;
+    let mut targets: Vec<u32> = caps.iter().map(|&cap| cap.min(level)).collect();
+    let mut left_over = u64::from(total).saturating_sub(filled(level));
+    while left_over > 0 {
+        // Roles already in each node's zone (owned + followed); nodes without a zone are apart.
+        let zone_roles = |z: &Option<String>| -> u32 {
+            (0..n)
+                .filter(|&j| z.is_some() && zones[j] == *z)
+                .map(|j| targets[j] + owned[j])
+                .sum()
+        };
+        let Some(i) = (0..n)
+            .filter(|&i| targets[i] == level && caps[i] > level)
+            .min_by_key(|&i| (zone_roles(&zones[i]), zones[i].clone(), Reverse(have[i]), i))
+        else {
+            break;
+        };
+        targets[i] += 1;
+        left_over -= 1;
+    }
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_floor_or_ceil_and_go_to_the_nodes_following_most() {
+        let none = vec![None; 3];
+        assert_eq!(targets(&[4, 3, 3], &[0, 0, 0], &none, 10), vec![4, 3, 3]);
+        assert_eq!(targets(&[4, 3, 3], &[0, 5, 0], &none, 10), vec![3, 4, 3]);
+    }
+
+    #[test]
+    fn with_two_nodes_the_node_owning_more_follows_fewer() {
+        let none = vec![None; 2];
+        assert_eq!(targets(&[2, 1], &[2, 0], &none, 3), vec![1, 2]);
+    }
+
+    #[test]
+    fn the_extra_follows_go_to_the_zone_with_fewer_roles() {
+        let zones = vec![Some("a".to_string()), Some("b".to_string())];
+        // Zone a owns 3 of 5 shards: zone b must follow them, zone a follows the other 2.
+        assert_eq!(targets(&[3, 2], &[0, 0], &zones, 5), vec![2, 3]);
+    }
+}
