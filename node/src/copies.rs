@@ -107,7 +107,8 @@ impl Copies {
         for shard in following {
             self.followed.entry(*shard).or_default();
         }
-        self.resting.retain_shards(|shard| following.contains(&shard));
+        self.resting
+            .retain_shards(|shard| following.contains(&shard));
     }
 
     /// Hand over the copy of `shard` (to serve it, or to send it to a new owner): its rooms,

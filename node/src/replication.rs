@@ -298,7 +298,11 @@ mod tests {
     fn events_without_a_change_keep_their_place_behind_the_changes_in_flight() {
         let mut r = Replication::default();
         r.synced(follower("b"), 1);
-        assert_eq!(conns(&r.after_in_flight(vec![event(9)])), [9], "nothing held");
+        assert_eq!(
+            conns(&r.after_in_flight(vec![event(9)])),
+            [9],
+            "nothing held"
+        );
         r.hold(10, 0, vec![event(1)], sender(1));
         assert!(r.after_in_flight(vec![event(9)]).is_empty());
         let settled = r.answered(&node("b"), 10, Answer::Held);
@@ -332,7 +336,10 @@ mod tests {
         let refused: Vec<u64> = settled.refused.iter().map(|(m, _)| m.conn.0).collect();
         assert_eq!(refused, [1, 3]);
         assert_eq!(r.in_flight(), 0);
-        assert!(r.needs_whole(&follower("b")), "a fenced copy is not trusted");
+        assert!(
+            r.needs_whole(&follower("b")),
+            "a fenced copy is not trusted"
+        );
     }
 
     #[test]

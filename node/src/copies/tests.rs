@@ -98,12 +98,24 @@ fn a_shard_is_live_only_after_its_owner_sent_all_of_it_and_is_dropped_when_unfol
     let mut copies = Copies::new(SHARDS, 10, 100);
     let (r, s) = (room("lobby"), shard_of("lobby"));
     copies.retain(&[s].into_iter().collect());
-    assert_eq!(copies.counts(), FollowCounts { live: 0, catching_up: 1 });
+    assert_eq!(
+        copies.counts(),
+        FollowCounts {
+            live: 0,
+            catching_up: 1
+        }
+    );
     copies.apply(s, &r, whole("lobby", 2));
     assert!(!copies.is_live(s));
     copies.caught_up(s, 0, Vec::new());
     assert!(copies.is_live(s));
-    assert_eq!(copies.counts(), FollowCounts { live: 1, catching_up: 0 });
+    assert_eq!(
+        copies.counts(),
+        FollowCounts {
+            live: 1,
+            catching_up: 0
+        }
+    );
     copies.retain(&HashSet::new());
     assert_eq!(copies.counts(), FollowCounts::default());
     assert_eq!(copies.rooms(), 0);

@@ -13,9 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use super::{ActorMsg, Rooms};
 use crate::edge::EdgeEvent;
 use crate::protocol::{self, ErrorCode};
-use crate::replication::{
-    Answer, Change, ChangeFor, FollowerRef, Replication, Settled, next_rid,
-};
+use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Replication, Settled, next_rid};
 use crate::room::{MemberKey, Outbound, Room, RoomCommand};
 use crate::snowflake::unix_ms;
 
@@ -302,17 +300,14 @@ impl RoomActor {
                 })
             }
             RoomCommand::Leave { member, .. } => {
-                self.room
-                    .has_member(member)
-                    .then(|| Change::Left {
-                        member: member.clone(),
-                    })
+                self.room.has_member(member).then(|| Change::Left {
+                    member: member.clone(),
+                })
             }
-            RoomCommand::DropNode { node } => {
-                self.room
-                    .has_node(node)
-                    .then(|| Change::NodeLeft { node: node.clone() })
-            }
+            RoomCommand::DropNode { node } => self
+                .room
+                .has_node(node)
+                .then(|| Change::NodeLeft { node: node.clone() }),
             RoomCommand::Post { .. } => None,
         }
     }
@@ -377,7 +372,8 @@ impl RoomActor {
             Some(follower) if self.replication.needs_whole(&follower) => {
                 let rid = next_rid();
                 self.replication.synced(follower.clone(), rid);
-                self.replication.hold(rid, self.room.seq(), Vec::new(), None);
+                self.replication
+                    .hold(rid, self.room.seq(), Vec::new(), None);
                 self.send_change(&follower, rid, Change::Whole(self.room.snapshot()));
             }
             Some(_) => {}

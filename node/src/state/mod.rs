@@ -238,10 +238,7 @@ impl NodeState {
 
 /// The table of a node that is alone: every shard is its own.
 fn solo_table(settings: &NodeSettings) -> AssignmentTable {
-    let info = NodeInfo {
-        peer_addr: settings.peer_addr.clone(),
-        client_addr: None,
-    };
+    let info = NodeInfo::new(settings.peer_addr.clone());
     let membership = Membership {
         ready: BTreeMap::from([(settings.name.clone(), info)]),
         draining: BTreeSet::new(),

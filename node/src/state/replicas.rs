@@ -183,7 +183,11 @@ impl NodeState {
 
     /// Shards this node owns whose follower is new to them in `new` (or that it just gained):
     /// each needs a sync.
-    pub(super) fn shards_to_sync(&self, old: &AssignmentTable, new: &AssignmentTable) -> Vec<ShardId> {
+    pub(super) fn shards_to_sync(
+        &self,
+        old: &AssignmentTable,
+        new: &AssignmentTable,
+    ) -> Vec<ShardId> {
         let me = self.me();
         (0..new.shards)
             .map(ShardId)

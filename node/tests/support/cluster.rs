@@ -144,8 +144,8 @@ impl ClusterNode {
 
     pub fn info(&self) -> NodeInfo {
         NodeInfo {
-            peer_addr: self.peer_addr.to_string(),
             client_addr: Some(self.addr.to_string()),
+            ..NodeInfo::new(self.peer_addr.to_string())
         }
     }
 

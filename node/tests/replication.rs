@@ -1,0 +1,252 @@
+//! Two copies of every room, with real nodes and peer links on loopback: an owner that leaves
+//! loses no acknowledged message, the next follower catches up without pausing the room, and
+//! an owner that lost its role can no longer get a message acknowledged.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shard::{AssignmentTable, Membership, NodeName, PlanOptions, RoomId};
+use support::Client;
+use support::cluster::{ClusterNode, TableServer, wait_applied, wait_linked};
+
+const SHARDS: u32 = 16;
+
+fn two_copies() -> PlanOptions {
+    PlanOptions {
+        replication: 2,
+        ..PlanOptions::default()
+    }
+}
+
+/// The next table for `ready`, with a follower for every shard.
+fn plan(current: &AssignmentTable, ready: &[&ClusterNode]) -> AssignmentTable {
+    let membership = Membership {
+        ready: ready.iter().map(|n| (n.name.clone(), n.info())).collect(),
+        draining: Default::default(),
+    };
+    shard::plan(current, &membership, &two_copies())
+}
+
+fn room_id(room: &str) -> RoomId {
+    RoomId::new(room).expect("valid room")
+}
+
+/// A room whose shard `owner` owns in `table`.
+fn room_owned_by(table: &AssignmentTable, owner: &NodeName) -> String {
+    (0..10_000)
+        .map(|i| format!("room-{i}"))
+        .find(|r| table.owner_of_room(&room_id(r)) == Some(owner))
+        .expect("a room owned by the node")
+}
+
+/// Send `count` messages from `client`, each waiting for its echo (its acknowledgement);
+/// returns the acknowledged seqs.
+async fn say_acknowledged(client: &mut Client, room: &str, from: u64, count: u64) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for k in from..from + count {
+        let cid = format!("c{k}");
+        client.say(room, &format!("m{k}"), &cid).await;
+        loop {
+            let frame = client.recv().await;
+            if frame["cid"] == cid.as_str() {
+                assert_eq!(frame["op"], "msg", "acknowledged, not refused: {frame}");
+                seqs.push(frame["seq"].as_u64().expect("seq"));
+                break;
+            }
+        }
+    }
+    seqs
+}
+
+fn history_seqs(joined: &Value) -> Vec<u64> {
+    joined["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+/// Wait until `node` holds a live copy of every shard the table says it follows.
+async fn wait_caught_up(node: &ClusterNode, table: &AssignmentTable) {
+    let want = table.followed_by(&node.name).len() as u32;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = node.state.follow_counts();
+        if counts.live == want && counts.catching_up == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} did not catch up: {counts:?}, {want} followed",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_that_leave_one_after_the_other_lose_no_acknowledged_message() {
+    let server = TableServer::start(SHARDS).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(Some(
+            ClusterNode::start(&format!("node-{i}"), &server.url, SHARDS, &[]).await,
+        ));
+    }
+    let live = |nodes: &[Option<ClusterNode>]| -> Vec<usize> {
+        (0..nodes.len()).filter(|&i| nodes[i].is_some()).collect()
+    };
+    let refs: Vec<&ClusterNode> = nodes.iter().flatten().collect();
+    let table = plan(&server.current(), &refs);
+    assert!(
+        (0..SHARDS).all(|s| table.follower(shard::ShardId(s)).is_some()),
+        "every shard has a follower"
+    );
+    server.publish(table.clone());
+    wait_applied(&refs, table.epoch).await;
+    wait_linked(&refs).await;
+    for node in &refs {
+        wait_caught_up(node, &table).await;
+    }
+
+    let first_owner = nodes[0].as_ref().expect("node").name.clone();
+    let room = room_owned_by(&table, &first_owner);
+    let follower = table
+        .follower(table.shard_of(&room_id(&room)))
+        .expect("a follower")
+        .clone();
+    // The client sits on the third node, which stays to the end.
+    let third = (0..3)
+        .find(|&i| {
+            let name = &nodes[i].as_ref().expect("node").name;
+            *name != first_owner && *name != follower
+        })
+        .expect("a third node");
+    let mut ann = nodes[third].as_ref().expect("node").client("ann").await;
+    ann.join(&room).await;
+    let mut acknowledged = say_acknowledged(&mut ann, &room, 1, 20).await;
+
+    // The owner goes; the table makes its follower the owner, with no hand-off.
+    let owner_index = 0;
+    nodes[owner_index].take().expect("node").stop().await;
+    let refs: Vec<&ClusterNode> = nodes.iter().flatten().collect();
+    let after = plan(&server.current(), &refs);
+    let shard = after.shard_of(&room_id(&room));
+    assert_eq!(
+        after.owner(shard),
+        Some(&follower),
+        "the follower is promoted"
+    );
+    assert!(
+        after.move_of(shard).is_none(),
+        "no hand-off from a node that is gone"
+    );
+    server.publish(after.clone());
+    wait_applied(&refs, after.epoch).await;
+
+    let joined = ann.join_since(&room, 0).await;
+    assert_eq!(
+        history_seqs(&joined),
+        acknowledged,
+        "every acknowledged message is there"
+    );
+    acknowledged.extend(say_acknowledged(&mut ann, &room, 21, 5).await);
+    assert_eq!(
+        acknowledged,
+        (1..=25).collect::<Vec<u64>>(),
+        "no gap, no repeat"
+    );
+
+    // The remaining node became the follower and caught up while the room went on talking;
+    // now the new owner goes too, and that copy serves the room.
+    wait_caught_up(nodes[third].as_ref().expect("node"), &after).await;
+    let promoted = live(&nodes)
+        .into_iter()
+        .find(|&i| nodes[i].as_ref().expect("node").name == follower)
+        .expect("the promoted node");
+    nodes[promoted].take().expect("node").stop().await;
+    let refs: Vec<&ClusterNode> = nodes.iter().flatten().collect();
+    let alone = plan(&server.current(), &refs);
+    server.publish(alone.clone());
+    wait_applied(&refs, alone.epoch).await;
+    let joined = ann.join_since(&room, 0).await;
+    assert_eq!(history_seqs(&joined), acknowledged);
+    assert_eq!(say_acknowledged(&mut ann, &room, 26, 1).await, [26]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_lost_its_role_cannot_get_a_message_acknowledged() {
+    // The old owner reads its tables from a server of its own, which never tells it that it
+    // lost the shard: it stands for a partitioned or slow pod.
+    let stale = TableServer::start(SHARDS).await;
+    let server = TableServer::start(SHARDS).await;
+    let old_owner = ClusterNode::start("node-0", &stale.url, SHARDS, &[]).await;
+    let others = [
+        ClusterNode::start("node-1", &server.url, SHARDS, &[]).await,
+        ClusterNode::start("node-2", &server.url, SHARDS, &[]).await,
+    ];
+    let all = [&old_owner, &others[0], &others[1]];
+    let table = plan(&server.current(), &all);
+    stale.publish(table.clone());
+    server.publish(table.clone());
+    wait_applied(&all, table.epoch).await;
+    wait_linked(&all).await;
+
+    let room = room_owned_by(&table, &old_owner.name);
+    let shard = table.shard_of(&room_id(&room));
+    let follower = table.follower(shard).expect("a follower").clone();
+    let mut ann = old_owner.client("ann").await;
+    ann.join(&room).await;
+    assert_eq!(say_acknowledged(&mut ann, &room, 1, 3).await, [1, 2, 3]);
+
+    // The others' table gives the shard to its follower (as after a failover); node-0 still
+    // believes it owns it.
+    let mut owners = table.owners().to_vec();
+    let mut followers = table.followers().to_vec();
+    owners[shard.0 as usize] = Some(follower.clone());
+    followers[shard.0 as usize] = Some(old_owner.name.clone());
+    let nodes: BTreeMap<_, _> = table.nodes.clone();
+    let mut moved = AssignmentTable::with_roles(owners, followers, nodes).expect("valid table");
+    moved.epoch = table.epoch + 1;
+    server.publish(moved.clone());
+    wait_applied(&[&others[0], &others[1]], moved.epoch).await;
+
+    ann.say(&room, "from the past", "late").await;
+    let answer = loop {
+        let frame = ann.recv().await;
+        if frame["cid"] == "late" {
+            break frame;
+        }
+    };
+    assert_eq!(answer["op"], "error", "not acknowledged: {answer}");
+    assert_eq!(answer["code"], "room_unavailable");
+    let fenced: u64 = others
+        .iter()
+        .map(|n| n.state.metrics.replication_fenced.get())
+        .sum();
+    assert!(fenced >= 1, "the follower refused the change");
+
+    // The refused message exists nowhere: the room's history on its new owner (promoted with
+    // no copy of its own yet, it started the shard as the follower had it) and on the old
+    // owner, rolled back, both end at seq 3.
+    let on_old = ann.join_since(&room, 0).await;
+    assert_eq!(
+        history_seqs(&on_old),
+        [1, 2, 3],
+        "rolled back on the old owner"
+    );
+    let new_owner = others
+        .iter()
+        .find(|n| n.name == follower)
+        .expect("the new owner");
+    let mut bob = new_owner.client("bob").await;
+    bob.send(json!({"op": "join", "room": room, "since": 0}))
+        .await;
+    let joined = bob.recv_op("joined").await;
+    assert_eq!(history_seqs(&joined), [1, 2, 3]);
+    assert_eq!(joined["seq"], 3);
+}
