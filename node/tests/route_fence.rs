@@ -32,11 +32,8 @@ fn table(epoch: u64, owner: &str, moves_from: Option<&str>) -> AssignmentTable {
     let nodes: BTreeMap<NodeName, NodeInfo> = ["node-0", "node-1", "node-2"]
         .into_iter()
         .map(|n| {
-            let info = NodeInfo {
-                // Nothing listens there: links keep what they are given.
-                peer_addr: "127.0.0.1:9".into(),
-                client_addr: None,
-            };
+            // Nothing listens there: links keep what they are given.
+            let info = NodeInfo::new("127.0.0.1:9");
             (name(n), info)
         })
         .collect();

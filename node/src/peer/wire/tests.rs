@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::edge::ConnId;
+use crate::replication::{Answer, Change};
 use crate::room::MemberKey;
 
 fn name(n: &str) -> NodeName {
@@ -176,7 +177,92 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
             }),
             "0104ac0205000101 72".replace(' ', "").leak(),
         ),
+        (
+            "replicate whole",
+            replicate(Change::Whole(RoomSnapshot {
+                room: room("r"),
+                seq: 4,
+                history: vec![(4, "{}".into())],
+                members: vec![(member(), "u".into())],
+            })),
+            "0104ac02 06 02 03 0172 09 01 0172 04 01 04 027b7d 01 026e32 07 0175"
+                .replace(' ', "")
+                .leak(),
+        ),
+        (
+            "replicate message",
+            replicate(Change::Message {
+                seq: 4,
+                frame: "{}".into(),
+            }),
+            "0104ac02 06 02 03 0172 09 02 04 027b7d"
+                .replace(' ', "")
+                .leak(),
+        ),
+        (
+            "replicate joined",
+            replicate(Change::Joined {
+                member: member(),
+                user: "u".into(),
+            }),
+            "0104ac02 06 02 03 0172 09 03 026e32 07 0175"
+                .replace(' ', "")
+                .leak(),
+        ),
+        (
+            "replicate left",
+            replicate(Change::Left { member: member() }),
+            "0104ac02 06 02 03 0172 09 04 026e32 07"
+                .replace(' ', "")
+                .leak(),
+        ),
+        (
+            "replicate node left",
+            replicate(Change::NodeLeft { node: name("n2") }),
+            "0104ac02 06 02 03 0172 09 05 026e32"
+                .replace(' ', "")
+                .leak(),
+        ),
+        (
+            "replicate rested",
+            replicate(Change::Rested { seq: 4 }),
+            "0104ac02 06 02 03 0172 09 06 04".replace(' ', "").leak(),
+        ),
+        (
+            "replicated",
+            data(PeerMsg::Replicated {
+                shard: ShardId(2),
+                room: room("r"),
+                rid: 9,
+                answer: Answer::Fenced,
+            }),
+            "0104ac02 07 02 0172 09 02".replace(' ', "").leak(),
+        ),
+        (
+            "caught up",
+            data(PeerMsg::CaughtUp {
+                shard: ShardId(2),
+                epoch: 3,
+                floor: 5,
+                resting: vec![(room("r"), 4)],
+            }),
+            "0104ac02 08 02 03 05 01 0172 04".replace(' ', "").leak(),
+        ),
     ]
+}
+
+/// A data frame carrying one change to room `r` of shard 2, rid 9, epoch 3.
+fn replicate(change: Change) -> PeerFrame {
+    PeerFrame::Data {
+        seq: 300,
+        msg: PeerMsg::Replicate {
+            shard: ShardId(2),
+            epoch: 3,
+            room: room("r"),
+            rid: 9,
+            change,
+        },
+    }
 }
 
 #[test]
@@ -283,10 +369,10 @@ fn unknown_kinds_are_errors_naming_the_kind() {
         }
     );
     assert_eq!(
-        unknown(&[1, kind::DATA, 1, 0x09]),
+        unknown(&[1, kind::DATA, 1, 0x19]),
         WireError::UnknownKind {
             what: "message",
-            kind: 9
+            kind: 0x19
         }
     );
     assert_eq!(
@@ -301,6 +387,31 @@ fn unknown_kinds_are_errors_naming_the_kind() {
         WireError::UnknownKind {
             what: "command",
             kind: 9
+        }
+    );
+    assert_eq!(
+        unknown(&[
+            1,
+            kind::DATA,
+            1,
+            kind::msg::REPLICATE,
+            2,
+            3,
+            1,
+            b'r',
+            9,
+            0x7e
+        ]),
+        WireError::UnknownKind {
+            what: "change",
+            kind: 0x7e
+        }
+    );
+    assert_eq!(
+        unknown(&[1, kind::DATA, 1, kind::msg::REPLICATED, 2, 1, b'r', 9, 0]),
+        WireError::UnknownKind {
+            what: "answer",
+            kind: 0
         }
     );
     assert_eq!(unknown(&[1, 0x7f]).to_string(), "unknown frame kind 0x7f");
