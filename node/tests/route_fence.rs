@@ -36,6 +36,7 @@ fn table(epoch: u64, owner: &str, moves_from: Option<&str>) -> AssignmentTable {
                 // Nothing listens there: links keep what they are given.
                 peer_addr: "127.0.0.1:9".into(),
                 client_addr: None,
+                zone: None,
             };
             (name(n), info)
         })

@@ -20,7 +20,9 @@
 //! 4. **Place.** The rest is a transport problem from owners to nodes with free places, solved
 //!    one shard at a time: the owner with the most pressure (shards to place + free places) goes
 //!    first, to a node with free places, in another zone when possible, preferring the shard's
-//!    previous follower, then the node with the most pressure, then by name. Choosing only nodes
+//!    previous follower, then the node following the fewest of that owner's shards (an owner's
+//!    shards are spread over many followers, so that when it fails many nodes each promote a
+//!    few, within their balance), then the node with the most pressure, then by name. Choosing only nodes
 //!    that keep every node's pressure within what is left guarantees the process never gets
 //!    stuck. Each owner's shards then go to their receivers in shard order, so a node's followed
 //!    shards form runs.
@@ -146,7 +148,7 @@ pub(crate) fn fill_followers(
     }
 
     // Place the rest, one shard at a time, keeping every node's pressure within the places left.
-    let mut previous: BTreeMap<(usize, usize), u32> = BTreeMap::new();
+    let mut previous = Matrix::new(groups.len(), n);
     for shard in 0..shards {
         let (Some(g), Some(&i)) = (
             group_of_shard[shard as usize],
@@ -155,10 +157,18 @@ pub(crate) fn fill_followers(
             continue;
         };
         if next.follower(ShardId(shard)).is_none() {
-            *previous.entry((g, i)).or_insert(0) += 1;
+            *previous.at(g, i) += 1;
         }
     }
-    let mut sent: BTreeMap<(usize, usize), u32> = BTreeMap::new();
+    let mut sent = Matrix::new(groups.len(), n);
+    // How many of each owner's shards each node follows, kept ones included: an owner's shards
+    // are spread over many followers, so that when it fails each promotes a few.
+    let mut spread = Matrix::new(groups.len(), n);
+    for &(s, i) in &kept {
+        if let Some(g) = group_of_shard[s as usize] {
+            *spread.at(g, i) += 1;
+        }
+    }
     while places > 0 {
         let Some(o) = (0..groups.len())
             .filter(|&g| groups[g].supply > 0)
@@ -178,7 +188,8 @@ pub(crate) fn fill_followers(
             .min_by_key(|&i| {
                 (
                     same_zone(&zones[i], &groups[o].zone),
-                    previous.get(&(o, i)).copied().unwrap_or(0) == 0,
+                    previous.get(o, i) == 0,
+                    spread.get(o, i),
                     Reverse(pressure(&groups, &free, i)),
                     i,
                 )
@@ -187,13 +198,14 @@ pub(crate) fn fill_followers(
         groups[o].supply -= 1;
         free[i] -= 1;
         places -= 1;
-        if let Some(p) = previous.get_mut(&(o, i)) {
-            *p = p.saturating_sub(1);
-        }
-        *sent.entry((o, i)).or_insert(0) += 1;
+        let p = previous.at(o, i);
+        *p = p.saturating_sub(1);
+        *sent.at(o, i) += 1;
+        *spread.at(o, i) += 1;
     }
 
     // Each owner's shards to its receivers: previous followers first, then in shard order.
+    let mut cursor = vec![0usize; groups.len()];
     for pass in [true, false] {
         for shard in 0..shards {
             let Some(g) = group_of_shard[shard as usize] else {
@@ -207,17 +219,41 @@ pub(crate) fn fill_followers(
                     .follower(ShardId(shard))
                     .and_then(|f| index.get(f))
                     .copied()
-                    .filter(|&i| sent.get(&(g, i)).is_some_and(|&c| c > 0))
+                    .filter(|&i| sent.get(g, i) > 0)
             } else {
-                (0..n).find(|&i| sent.get(&(g, i)).is_some_and(|&c| c > 0))
+                while cursor[g] < n && sent.get(g, cursor[g]) == 0 {
+                    cursor[g] += 1;
+                }
+                Some(cursor[g]).filter(|&i| i < n)
             };
             if let Some(i) = choice {
-                if let Some(c) = sent.get_mut(&(g, i)) {
-                    *c -= 1;
-                }
+                *sent.at(g, i) -= 1;
                 next.set_follower(ShardId(shard), Some(eligible[i].clone()));
             }
         }
+    }
+}
+
+/// Counts per (owner group, eligible node), dense: both are bounded by the membership.
+struct Matrix {
+    cols: usize,
+    cells: Vec<u32>,
+}
+
+impl Matrix {
+    fn new(rows: usize, cols: usize) -> Matrix {
+        Matrix {
+            cols,
+            cells: vec![0; rows * cols],
+        }
+    }
+
+    fn get(&self, row: usize, col: usize) -> u32 {
+        self.cells[row * self.cols + col]
+    }
+
+    fn at(&mut self, row: usize, col: usize) -> &mut u32 {
+        &mut self.cells[row * self.cols + col]
     }
 }
 
@@ -249,21 +285,31 @@ fn targets(owned: &[u32], have: &[u32], zones: &[Option<String>], total: u32) ->
     let level = lo;
     let mut targets: Vec<u32> = caps.iter().map(|&cap| cap.min(level)).collect();
     let mut left_over = u64::from(total).saturating_sub(filled(level));
+    // Roles already in each zone (owned + followed); nodes without a zone are apart (0).
+    let mut zone_roles: BTreeMap<&str, u32> = BTreeMap::new();
+    for i in 0..n {
+        if let Some(z) = zones[i].as_deref() {
+            *zone_roles.entry(z).or_insert(0) += targets[i] + owned[i];
+        }
+    }
+    let roles_of = |zone_roles: &BTreeMap<&str, u32>, i: usize| -> u32 {
+        zones[i]
+            .as_deref()
+            .and_then(|z| zone_roles.get(z))
+            .copied()
+            .unwrap_or(0)
+    };
     while left_over > 0 {
-        // Roles already in each node's zone (owned + followed); nodes without a zone are apart.
-        let zone_roles = |z: &Option<String>| -> u32 {
-            (0..n)
-                .filter(|&j| z.is_some() && zones[j] == *z)
-                .map(|j| targets[j] + owned[j])
-                .sum()
-        };
         let Some(i) = (0..n)
             .filter(|&i| targets[i] == level && caps[i] > level)
-            .min_by_key(|&i| (zone_roles(&zones[i]), zones[i].clone(), Reverse(have[i]), i))
+            .min_by_key(|&i| (roles_of(&zone_roles, i), &zones[i], Reverse(have[i]), i))
         else {
             break;
         };
         targets[i] += 1;
+        if let Some(z) = zones[i].as_deref() {
+            *zone_roles.entry(z).or_insert(0) += 1;
+        }
         left_over -= 1;
     }
     targets

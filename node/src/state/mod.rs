@@ -220,6 +220,7 @@ fn solo_table(settings: &NodeSettings) -> AssignmentTable {
     let info = NodeInfo {
         peer_addr: settings.peer_addr.clone(),
         client_addr: None,
+        zone: None,
     };
     let membership = Membership {
         ready: BTreeMap::from([(settings.name.clone(), info)]),

@@ -146,6 +146,7 @@ impl ClusterNode {
         NodeInfo {
             peer_addr: self.peer_addr.to_string(),
             client_addr: Some(self.addr.to_string()),
+            zone: None,
         }
     }
 
