@@ -28,7 +28,7 @@
 //!    shards form runs.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{NodeName, ShardId};
 use crate::table::AssignmentTable;
@@ -84,6 +84,7 @@ pub(crate) fn fill_followers(
 
     // Keep candidates: current followers still allowed.
     let mut candidates: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut following = vec![0u32; n];
     for shard in 0..shards {
         let Some(g) = group_of_shard[shard as usize] else {
             continue;
@@ -91,12 +92,15 @@ pub(crate) fn fill_followers(
         let Some(&i) = current.follower(ShardId(shard)).and_then(|f| index.get(f)) else {
             continue;
         };
-        if groups[g].node != Some(i) && !same_zone(&zones[i], &groups[g].zone) {
-            candidates[i].push(shard);
+        if groups[g].node != Some(i) {
+            following[i] += 1;
+            if !same_zone(&zones[i], &groups[g].zone) {
+                candidates[i].push(shard);
+            }
         }
     }
     let have: Vec<u32> = candidates.iter().map(|c| c.len() as u32).collect();
-    let targets = targets(&owned, &have, &zones, total);
+    let targets = targets(&owned, &following, &zones, total);
 
     // Keep up to the target: the shards of owners that need followers themselves first.
     let needy: Vec<bool> = (0..n).map(|i| have[i] < targets[i]).collect();
@@ -143,6 +147,48 @@ pub(crate) fn fill_followers(
         free[x] += 1;
         places += 1;
     }
+    // The same per zone, as far as it goes: a zone whose shards to place and free places
+    // exceed all places left would have to follow some of its own shards.
+    let zone_names: BTreeSet<&str> = zones
+        .iter()
+        .chain(groups.iter().map(|g| &g.zone))
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let zone_ids: BTreeMap<&str, usize> = zone_names.into_iter().zip(0..).collect();
+    let zone_id = |z: &Option<String>| z.as_deref().and_then(|z| zone_ids.get(z)).copied();
+    let node_zone: Vec<Option<usize>> = zones.iter().map(zone_id).collect();
+    let group_zone: Vec<Option<usize>> = groups.iter().map(|g| zone_id(&g.zone)).collect();
+    let mut zone_pressure = vec![0u32; zone_ids.len()];
+    for (g, group) in groups.iter().enumerate() {
+        if let Some(z) = group_zone[g] {
+            zone_pressure[z] += group.supply;
+        }
+    }
+    for i in 0..n {
+        if let Some(z) = node_zone[i] {
+            zone_pressure[z] += free[i];
+        }
+    }
+    while let Some(z) = (0..zone_pressure.len()).find(|&z| zone_pressure[z] > places) {
+        let victim = kept.iter().rposition(|&(s, x)| {
+            let owner_zone = group_of_shard[s as usize].and_then(|g| group_zone[g]);
+            owner_zone != Some(z) && node_zone[x] != Some(z)
+        });
+        let Some(at) = victim else { break };
+        let (s, x) = kept.remove(at);
+        if let Some(g) = group_of_shard[s as usize] {
+            groups[g].supply += 1;
+            if let Some(z) = group_zone[g] {
+                zone_pressure[z] += 1;
+            }
+        }
+        free[x] += 1;
+        if let Some(z) = node_zone[x] {
+            zone_pressure[z] += 1;
+        }
+        places += 1;
+    }
     for &(s, i) in &kept {
         next.set_follower(ShardId(s), Some(eligible[i].clone()));
     }
@@ -170,11 +216,13 @@ pub(crate) fn fill_followers(
         }
     }
     while places > 0 {
+        // Any owner with shards left keeps the process feasible; the most pressed zone first.
         let Some(o) = (0..groups.len())
             .filter(|&g| groups[g].supply > 0)
             .max_by_key(|&g| {
+                let zone = group_zone[g].map_or(0, |z| zone_pressure[z]);
                 let pressure = groups[g].supply + groups[g].node.map_or(0, |i| free[i]);
-                (pressure, Reverse(g))
+                (zone, pressure, Reverse(g))
             })
         else {
             break;
@@ -182,12 +230,19 @@ pub(crate) fn fill_followers(
         let tight: Vec<usize> = (0..n)
             .filter(|&k| pressure(&groups, &free, k) >= places)
             .collect();
+        let tight_zones: Vec<usize> = (0..zone_pressure.len())
+            .filter(|&z| zone_pressure[z] >= places)
+            .collect();
         let receiver = (0..n)
             .filter(|&i| free[i] > 0 && groups[o].node != Some(i))
             .filter(|&i| tight.iter().all(|&k| k == i || groups[o].node == Some(k)))
             .min_by_key(|&i| {
+                let zone_left_behind = tight_zones
+                    .iter()
+                    .any(|&z| Some(z) != node_zone[i] && Some(z) != group_zone[o]);
                 (
                     same_zone(&zones[i], &groups[o].zone),
+                    zone_left_behind,
                     previous.get(o, i) == 0,
                     spread.get(o, i),
                     Reverse(pressure(&groups, &free, i)),
@@ -198,6 +253,9 @@ pub(crate) fn fill_followers(
         groups[o].supply -= 1;
         free[i] -= 1;
         places -= 1;
+        for z in [group_zone[o], node_zone[i]].into_iter().flatten() {
+            zone_pressure[z] -= 1;
+        }
         let p = previous.at(o, i);
         *p = p.saturating_sub(1);
         *sent.at(o, i) += 1;
