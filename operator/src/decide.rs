@@ -471,6 +471,7 @@ mod tests {
         NodeInfo {
             peer_addr: format!("127.0.0.1:{}", 7000 + i),
             client_addr: Some(format!("127.0.0.1:{}", 8000 + i)),
+            zone: None,
         }
     }
 

@@ -21,6 +21,7 @@ fn ready(i: u32, epoch: u64) -> PodView {
         info: Some(NodeInfo {
             peer_addr: format!("127.0.0.1:{}", 7000 + i),
             client_addr: None,
+            zone: None,
         }),
         report: Some(Report {
             epoch,

@@ -20,13 +20,15 @@
 //! 4. **Place.** The rest is a transport problem from owners to nodes with free places, solved
 //!    one shard at a time: the owner with the most pressure (shards to place + free places) goes
 //!    first, to a node with free places, in another zone when possible, preferring the shard's
-//!    previous follower, then the node with the most pressure, then by name. Choosing only nodes
+//!    previous follower, then the node following the fewest of that owner's shards (an owner's
+//!    shards are spread over many followers, so that when it fails many nodes each promote a
+//!    few, within their balance), then the node with the most pressure, then by name. Choosing only nodes
 //!    that keep every node's pressure within what is left guarantees the process never gets
 //!    stuck. Each owner's shards then go to their receivers in shard order, so a node's followed
 //!    shards form runs.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{NodeName, ShardId};
 use crate::table::AssignmentTable;
@@ -82,6 +84,7 @@ pub(crate) fn fill_followers(
 
     // Keep candidates: current followers still allowed.
     let mut candidates: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut following = vec![0u32; n];
     for shard in 0..shards {
         let Some(g) = group_of_shard[shard as usize] else {
             continue;
@@ -89,12 +92,15 @@ pub(crate) fn fill_followers(
         let Some(&i) = current.follower(ShardId(shard)).and_then(|f| index.get(f)) else {
             continue;
         };
-        if groups[g].node != Some(i) && !same_zone(&zones[i], &groups[g].zone) {
-            candidates[i].push(shard);
+        if groups[g].node != Some(i) {
+            following[i] += 1;
+            if !same_zone(&zones[i], &groups[g].zone) {
+                candidates[i].push(shard);
+            }
         }
     }
     let have: Vec<u32> = candidates.iter().map(|c| c.len() as u32).collect();
-    let targets = targets(&owned, &have, &zones, total);
+    let targets = targets(&owned, &following, &zones, total);
 
     // Keep up to the target: the shards of owners that need followers themselves first.
     let needy: Vec<bool> = (0..n).map(|i| have[i] < targets[i]).collect();
@@ -141,12 +147,54 @@ pub(crate) fn fill_followers(
         free[x] += 1;
         places += 1;
     }
+    // The same per zone, as far as it goes: a zone whose shards to place and free places
+    // exceed all places left would have to follow some of its own shards.
+    let zone_names: BTreeSet<&str> = zones
+        .iter()
+        .chain(groups.iter().map(|g| &g.zone))
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let zone_ids: BTreeMap<&str, usize> = zone_names.into_iter().zip(0..).collect();
+    let zone_id = |z: &Option<String>| z.as_deref().and_then(|z| zone_ids.get(z)).copied();
+    let node_zone: Vec<Option<usize>> = zones.iter().map(zone_id).collect();
+    let group_zone: Vec<Option<usize>> = groups.iter().map(|g| zone_id(&g.zone)).collect();
+    let mut zone_pressure = vec![0u32; zone_ids.len()];
+    for (g, group) in groups.iter().enumerate() {
+        if let Some(z) = group_zone[g] {
+            zone_pressure[z] += group.supply;
+        }
+    }
+    for i in 0..n {
+        if let Some(z) = node_zone[i] {
+            zone_pressure[z] += free[i];
+        }
+    }
+    while let Some(z) = (0..zone_pressure.len()).find(|&z| zone_pressure[z] > places) {
+        let victim = kept.iter().rposition(|&(s, x)| {
+            let owner_zone = group_of_shard[s as usize].and_then(|g| group_zone[g]);
+            owner_zone != Some(z) && node_zone[x] != Some(z)
+        });
+        let Some(at) = victim else { break };
+        let (s, x) = kept.remove(at);
+        if let Some(g) = group_of_shard[s as usize] {
+            groups[g].supply += 1;
+            if let Some(z) = group_zone[g] {
+                zone_pressure[z] += 1;
+            }
+        }
+        free[x] += 1;
+        if let Some(z) = node_zone[x] {
+            zone_pressure[z] += 1;
+        }
+        places += 1;
+    }
     for &(s, i) in &kept {
         next.set_follower(ShardId(s), Some(eligible[i].clone()));
     }
 
     // Place the rest, one shard at a time, keeping every node's pressure within the places left.
-    let mut previous: BTreeMap<(usize, usize), u32> = BTreeMap::new();
+    let mut previous = Matrix::new(groups.len(), n);
     for shard in 0..shards {
         let (Some(g), Some(&i)) = (
             group_of_shard[shard as usize],
@@ -155,16 +203,26 @@ pub(crate) fn fill_followers(
             continue;
         };
         if next.follower(ShardId(shard)).is_none() {
-            *previous.entry((g, i)).or_insert(0) += 1;
+            *previous.at(g, i) += 1;
         }
     }
-    let mut sent: BTreeMap<(usize, usize), u32> = BTreeMap::new();
+    let mut sent = Matrix::new(groups.len(), n);
+    // How many of each owner's shards each node follows, kept ones included: an owner's shards
+    // are spread over many followers, so that when it fails each promotes a few.
+    let mut spread = Matrix::new(groups.len(), n);
+    for &(s, i) in &kept {
+        if let Some(g) = group_of_shard[s as usize] {
+            *spread.at(g, i) += 1;
+        }
+    }
     while places > 0 {
+        // Any owner with shards left keeps the process feasible; the most pressed zone first.
         let Some(o) = (0..groups.len())
             .filter(|&g| groups[g].supply > 0)
             .max_by_key(|&g| {
+                let zone = group_zone[g].map_or(0, |z| zone_pressure[z]);
                 let pressure = groups[g].supply + groups[g].node.map_or(0, |i| free[i]);
-                (pressure, Reverse(g))
+                (zone, pressure, Reverse(g))
             })
         else {
             break;
@@ -172,13 +230,21 @@ pub(crate) fn fill_followers(
         let tight: Vec<usize> = (0..n)
             .filter(|&k| pressure(&groups, &free, k) >= places)
             .collect();
+        let tight_zones: Vec<usize> = (0..zone_pressure.len())
+            .filter(|&z| zone_pressure[z] >= places)
+            .collect();
         let receiver = (0..n)
             .filter(|&i| free[i] > 0 && groups[o].node != Some(i))
             .filter(|&i| tight.iter().all(|&k| k == i || groups[o].node == Some(k)))
             .min_by_key(|&i| {
+                let zone_left_behind = tight_zones
+                    .iter()
+                    .any(|&z| Some(z) != node_zone[i] && Some(z) != group_zone[o]);
                 (
                     same_zone(&zones[i], &groups[o].zone),
-                    previous.get(&(o, i)).copied().unwrap_or(0) == 0,
+                    zone_left_behind,
+                    previous.get(o, i) == 0,
+                    spread.get(o, i),
                     Reverse(pressure(&groups, &free, i)),
                     i,
                 )
@@ -187,13 +253,17 @@ pub(crate) fn fill_followers(
         groups[o].supply -= 1;
         free[i] -= 1;
         places -= 1;
-        if let Some(p) = previous.get_mut(&(o, i)) {
-            *p = p.saturating_sub(1);
+        for z in [group_zone[o], node_zone[i]].into_iter().flatten() {
+            zone_pressure[z] -= 1;
         }
-        *sent.entry((o, i)).or_insert(0) += 1;
+        let p = previous.at(o, i);
+        *p = p.saturating_sub(1);
+        *sent.at(o, i) += 1;
+        *spread.at(o, i) += 1;
     }
 
     // Each owner's shards to its receivers: previous followers first, then in shard order.
+    let mut cursor = vec![0usize; groups.len()];
     for pass in [true, false] {
         for shard in 0..shards {
             let Some(g) = group_of_shard[shard as usize] else {
@@ -207,17 +277,41 @@ pub(crate) fn fill_followers(
                     .follower(ShardId(shard))
                     .and_then(|f| index.get(f))
                     .copied()
-                    .filter(|&i| sent.get(&(g, i)).is_some_and(|&c| c > 0))
+                    .filter(|&i| sent.get(g, i) > 0)
             } else {
-                (0..n).find(|&i| sent.get(&(g, i)).is_some_and(|&c| c > 0))
+                while cursor[g] < n && sent.get(g, cursor[g]) == 0 {
+                    cursor[g] += 1;
+                }
+                Some(cursor[g]).filter(|&i| i < n)
             };
             if let Some(i) = choice {
-                if let Some(c) = sent.get_mut(&(g, i)) {
-                    *c -= 1;
-                }
+                *sent.at(g, i) -= 1;
                 next.set_follower(ShardId(shard), Some(eligible[i].clone()));
             }
         }
+    }
+}
+
+/// Counts per (owner group, eligible node), dense: both are bounded by the membership.
+struct Matrix {
+    cols: usize,
+    cells: Vec<u32>,
+}
+
+impl Matrix {
+    fn new(rows: usize, cols: usize) -> Matrix {
+        Matrix {
+            cols,
+            cells: vec![0; rows * cols],
+        }
+    }
+
+    fn get(&self, row: usize, col: usize) -> u32 {
+        self.cells[row * self.cols + col]
+    }
+
+    fn at(&mut self, row: usize, col: usize) -> &mut u32 {
+        &mut self.cells[row * self.cols + col]
     }
 }
 
@@ -249,21 +343,31 @@ fn targets(owned: &[u32], have: &[u32], zones: &[Option<String>], total: u32) ->
     let level = lo;
     let mut targets: Vec<u32> = caps.iter().map(|&cap| cap.min(level)).collect();
     let mut left_over = u64::from(total).saturating_sub(filled(level));
+    // Roles already in each zone (owned + followed); nodes without a zone are apart (0).
+    let mut zone_roles: BTreeMap<&str, u32> = BTreeMap::new();
+    for i in 0..n {
+        if let Some(z) = zones[i].as_deref() {
+            *zone_roles.entry(z).or_insert(0) += targets[i] + owned[i];
+        }
+    }
+    let roles_of = |zone_roles: &BTreeMap<&str, u32>, i: usize| -> u32 {
+        zones[i]
+            .as_deref()
+            .and_then(|z| zone_roles.get(z))
+            .copied()
+            .unwrap_or(0)
+    };
     while left_over > 0 {
-        // Roles already in each node's zone (owned + followed); nodes without a zone are apart.
-        let zone_roles = |z: &Option<String>| -> u32 {
-            (0..n)
-                .filter(|&j| z.is_some() && zones[j] == *z)
-                .map(|j| targets[j] + owned[j])
-                .sum()
-        };
         let Some(i) = (0..n)
             .filter(|&i| targets[i] == level && caps[i] > level)
-            .min_by_key(|&i| (zone_roles(&zones[i]), zones[i].clone(), Reverse(have[i]), i))
+            .min_by_key(|&i| (roles_of(&zone_roles, i), &zones[i], Reverse(have[i]), i))
         else {
             break;
         };
         targets[i] += 1;
+        if let Some(z) = zones[i].as_deref() {
+            *zone_roles.entry(z).or_insert(0) += 1;
+        }
         left_over -= 1;
     }
     targets

@@ -4,6 +4,10 @@
 //! compares the two from its own point of view: shards to start (fresh, or by waiting for a
 //! snapshot from the previous owner), shards to snapshot and send away, shards to drop. The
 //! tables say everything needed, so this is a pure diff; the node does the I/O.
+//!
+//! [`transition`] is about the rooms a node owns. What happens to the copies it keeps as a
+//! follower (replication 2), including a copy that becomes the owned rooms (promotion) or is
+//! handed to a new owner, is [`follower_transition`](crate::follower_transition)'s.
 
 use crate::ids::{NodeName, ShardId};
 use crate::table::{AssignmentTable, Move};
@@ -12,13 +16,17 @@ use crate::table::{AssignmentTable, Move};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Transition {
     /// Shards this node now owns with nobody to hand them over (the previous owner is gone or
-    /// there was none): start their rooms empty.
+    /// there was none) and no copy of its own: start their rooms empty. A shard this node
+    /// followed and now owns without a move is not here: it is promoted (see
+    /// [`FollowerTransition::promoted`](crate::FollowerTransition::promoted)).
     pub gained_fresh: Vec<ShardId>,
     /// Shards being handed to this node, with the node sending them: buffer their messages until
     /// that node's snapshot arrives.
     pub gained_by_handoff: Vec<(ShardId, NodeName)>,
     /// Shards this node must hand off, with the new owner: stop applying their messages, snapshot
-    /// the rooms, send the snapshot, and forward whatever still arrives.
+    /// the rooms, send the snapshot, and forward whatever still arrives. A hand-off of a
+    /// follower's copy is not here but in
+    /// [`FollowerTransition::hand_off`](crate::FollowerTransition::hand_off).
     pub lost: Vec<(ShardId, NodeName)>,
     /// Shards this node owned that now have no owner (no eligible node is left): stop their rooms.
     pub lost_unassigned: Vec<ShardId>,
@@ -50,14 +58,17 @@ pub fn transition(old: &AssignmentTable, new: &AssignmentTable, me: &NodeName) -
         if new_owner == Some(me) {
             if let Some(m) = new_handoff.filter(|m| m.to == *me) {
                 t.gained_by_handoff.push((shard, m.from.clone()));
-            } else if old_owner != Some(me) && new_move.is_none() {
+            } else if old_owner != Some(me) && new_move.is_none() && old.follower(shard) != Some(me)
+            {
                 t.gained_fresh.push(shard);
             }
             // Otherwise it was already mine, possibly with its hand-off still in flight.
             continue;
         }
         if let Some(m) = new_handoff.filter(|m| m.from == *me) {
-            t.lost.push((shard, m.to.clone()));
+            if !hands_off_copy(old, shard, me) {
+                t.lost.push((shard, m.to.clone()));
+            }
             continue;
         }
         let was_receiving = old_move.is_some_and(|m| m.to == *me);
@@ -69,6 +80,14 @@ pub fn transition(old: &AssignmentTable, new: &AssignmentTable, me: &NodeName) -
         }
     }
     t
+}
+
+/// Whether a move from `me` of `shard` planned after `old` sends `me`'s follower copy (rule F5):
+/// `me` followed the shard and neither owned it nor was already sending its rooms.
+pub(crate) fn hands_off_copy(old: &AssignmentTable, shard: ShardId, me: &NodeName) -> bool {
+    old.follower(shard) == Some(me)
+        && old.owner(shard) != Some(me)
+        && old.move_of(shard).is_none_or(|m| m.from != *me)
 }
 
 /// Hand-offs to `me` that `new` cancels before they completed, with the node that was sending:

@@ -9,14 +9,16 @@
 //! - [`ids`]: validated newtypes for the things we name: [`RoomId`], [`ShardId`], [`NodeName`].
 //! - [`hash`]: the fixed room -> shard hash ([`room_hash`], [`shard_of`]). It is a stable contract:
 //!   every node of every version must agree on it.
-//! - [`table`]: the [`AssignmentTable`], shard -> owner node plus the moves in flight, versioned by
-//!   an epoch.
+//! - [`table`]: the [`AssignmentTable`], shard -> owner node (and follower node, with
+//!   replication 2) plus the moves in flight, versioned by an epoch.
 //! - [`format`](mod@format): the table's compact, versioned JSON form (ConfigMap and HTTP).
 //! - [`planner`]: [`plan`] turns the current table and the cluster's [`Membership`] into the next
 //!   table, balanced and with the fewest moves; [`complete_moves`] clears finished hand-offs.
 //! - [`balance`]: [`plan_with_load`] also balances per-shard load (deliveries per second) under a
 //!   [`LoadPolicy`], moving the fewest shards.
+//! - [`followers`]: how the planner chooses each shard's follower (replication 2).
 //! - [`handoff`]: [`transition`] tells one node what applying a new table means for it.
+//! - [`following`]: [`follower_transition`], the same for the copies it keeps as a follower.
 //! - [`drain`]: [`drain_step`] decides the next safe step of a scale-down.
 //! - [`status`]: [`NodeStatus`], what a node's `/status` tells the operator (progress and load).
 //!
@@ -25,6 +27,7 @@
 pub mod balance;
 pub mod drain;
 pub mod followers;
+pub mod following;
 pub mod format;
 pub mod handoff;
 pub mod hash;
@@ -35,6 +38,7 @@ pub mod table;
 
 pub use balance::{LoadPolicy, plan_with_load};
 pub use drain::{DrainStep, NodeReport, drain_step, handed_off, nodes_to_drain};
+pub use following::{FollowerTransition, follower_transition};
 pub use handoff::{Transition, abandoned_handoffs, transition};
 pub use hash::{room_hash, shard_of};
 pub use ids::{NodeName, RoomId, ShardId, ordinal_of};

@@ -204,6 +204,9 @@ fn assign(
     // 1. Where every shard stands: kept by an eligible node (pinned when its hand-off is in
     //    flight), or homeless.
     let mut kept: Vec<Vec<u32>> = vec![Vec::new(); eligible.len()];
+    // Shards a follower keeps because their owner is gone (rule F5): given up first when the
+    // follower is above its target, since they change owner anyway.
+    let mut promoted: Vec<Vec<u32>> = vec![Vec::new(); eligible.len()];
     let mut pinned = vec![0u32; eligible.len()];
     let mut kept_moves: Vec<Move> = Vec::new();
     let mut homeless: Vec<Homeless> = Vec::new();
@@ -243,7 +246,7 @@ fn assign(
                     .filter(|f| ready.contains_key(*f))
                 {
                     Some(f) => match index.get(f) {
-                        Some(&i) => kept[i].push(shard),
+                        Some(&i) => promoted[i].push(shard),
                         None => homeless.push(Homeless {
                             shard,
                             source: Some(f.clone()),
@@ -264,10 +267,8 @@ fn assign(
 
     // 2. Targets, then give up what is above them (highest shard ids first, so the remaining
     //    ranges stay compact). Pinned shards are never given up; targets cover them.
-    let have: Vec<u32> = kept
-        .iter()
-        .zip(&pinned)
-        .map(|(k, p)| k.len() as u32 + p)
+    let have: Vec<u32> = (0..eligible.len())
+        .map(|i| (kept[i].len() + promoted[i].len()) as u32 + pinned[i])
         .collect();
     let mut targets = targets(&have, &pinned, shards);
     if let Some(loads) = loads {
@@ -276,6 +277,19 @@ fn assign(
     let mut deficit = vec![0u32; eligible.len()];
     for (i, node) in eligible.iter().enumerate() {
         let keep = targets[i].saturating_sub(pinned[i]) as usize;
+        let promotions = keep.saturating_sub(kept[i].len());
+        while promoted[i].len() > promotions {
+            if let Some(shard) = promoted[i].pop() {
+                homeless.push(Homeless {
+                    shard,
+                    source: Some(node.clone()),
+                });
+            }
+        }
+        let mut mine = std::mem::take(&mut promoted[i]);
+        mine.append(&mut kept[i]);
+        mine.sort_unstable();
+        kept[i] = mine;
         while kept[i].len() > keep {
             if let Some(shard) = kept[i].pop() {
                 homeless.push(Homeless {

@@ -22,6 +22,14 @@ pub struct NodeStatus {
     /// Shards this node owns in that table.
     #[serde(default)]
     pub shards_owned: u32,
+    /// Shards this node follows whose copy is live: caught up with the owner and receiving its
+    /// stream (replication 2). A newer operator counts these to say how many shards have a live
+    /// follower.
+    #[serde(default)]
+    pub following: u32,
+    /// Shards this node follows that are still receiving their snapshot from the owner.
+    #[serde(default)]
+    pub catching_up: u32,
     /// Hand-offs in progress on this node, as source or target.
     #[serde(default)]
     pub moves_in_flight: u32,
@@ -104,6 +112,7 @@ mod tests {
         assert_eq!(status.epoch, 4);
         assert_eq!(status.moves_in_flight, 1);
         assert_eq!(status.load, NodeLoad::default());
+        assert_eq!((status.following, status.catching_up), (0, 0));
     }
 
     #[test]
@@ -112,6 +121,8 @@ mod tests {
             node: "chat-1".into(),
             epoch: 9,
             shards_owned: 3,
+            following: 2,
+            catching_up: 1,
             moves_in_flight: 0,
             moves_done: Vec::new(),
             rooms: 12,
@@ -133,6 +144,7 @@ mod tests {
         let text = serde_json::to_string(&status).expect("serialise");
         assert!(text.contains("\"deliveriesPerSec\":1500"), "{text}");
         assert!(text.contains("\"shardsOwned\":3"), "{text}");
+        assert!(text.contains(r#""following":2,"catchingUp":1"#), "{text}");
         assert!(
             text.contains(r#""shards":[{"shard":7,"deliveriesPerSec":1200,"members":9}]"#),
             "{text}"

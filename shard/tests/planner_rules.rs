@@ -45,11 +45,13 @@ fn minimum_changes(old: &AssignmentTable, eligible: &[NodeName]) -> usize {
     homeless + excess as usize
 }
 
-/// Rules 1, 5 (epoch), 6 and 7, and the form of rule 2 that holds with moves in flight.
+/// Rules 1, 5 (epoch), 6 and 7, and the form of rule 2 that holds with moves in flight; with
+/// replication 2 also F1, F2 (where no node owns more than its share) and F5.
 fn check_plan(
     old: &AssignmentTable,
     new: &AssignmentTable,
     membership: &Membership,
+    options: &PlanOptions,
 ) -> Result<(), TestCaseError> {
     let eligible = membership.eligible();
     let eligible_set: BTreeSet<&NodeName> = eligible.iter().collect();
@@ -101,7 +103,12 @@ fn check_plan(
                     Some(&m.from)
                 }
                 None if new_owner == old_owner => continue,
-                None => old_owner.filter(|o| ready.contains_key(*o)),
+                // F5: an owner that is gone hands off through its ready follower.
+                None => match old_owner {
+                    Some(o) if ready.contains_key(o) => Some(o),
+                    Some(_) => old.follower(s).filter(|f| ready.contains_key(*f)),
+                    None => None,
+                },
             };
             if let (Some(from), Some(to)) = (source, new_owner)
                 && from != to
@@ -134,8 +141,46 @@ fn check_plan(
         }
     }
 
+    check_followers(new, membership, options)?;
+
     // Rule 5: idempotent.
-    prop_assert_eq!(&plan(new, membership, &PlanOptions::default()), new);
+    prop_assert_eq!(&plan(new, membership, options), new);
+    Ok(())
+}
+
+/// F1 and F2: followers are eligible and not the owner, one per owned shard with replication 2
+/// and two eligible nodes, none otherwise; balanced unless some node owns more than its share.
+fn check_followers(
+    new: &AssignmentTable,
+    membership: &Membership,
+    options: &PlanOptions,
+) -> Result<(), TestCaseError> {
+    let eligible = membership.eligible();
+    let eligible_set: BTreeSet<&NodeName> = eligible.iter().collect();
+    if options.copies() < 2 || eligible.len() < 2 {
+        prop_assert!(new.followers().iter().all(Option::is_none));
+        return Ok(());
+    }
+    for (owner, follower) in new.owners().iter().zip(new.followers()) {
+        prop_assert_eq!(owner.is_some(), follower.is_some());
+        if let Some(f) = follower {
+            prop_assert!(eligible_set.contains(f), "{f} follows but is not eligible");
+            prop_assert_ne!(Some(f), owner.as_ref());
+        }
+    }
+    let owned = new.owners().iter().flatten().count() as u32;
+    let (_, ceil) = bounds(owned, eligible.len());
+    let (floor_f, ceil_f) = bounds(owned, eligible.len());
+    if counts_of(new, &eligible).values().all(|&c| c <= ceil) {
+        let follows = new.follower_counts();
+        for n in &eligible {
+            let c = follows.get(n).copied().unwrap_or(0);
+            prop_assert!(
+                c == floor_f || c == ceil_f,
+                "{n} follows {c}, not {floor_f} or {ceil_f}"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -321,15 +366,17 @@ proptest! {
         shards in shard_count(),
         nodes in node_count(),
         events in proptest::collection::vec(event(), 1..5),
+        replication in 1u8..=2,
     ) {
-        let mut cluster = Cluster::new(shards, nodes);
+        let options = common::replicated(replication);
+        let mut cluster = Cluster::replicated(shards, nodes, replication);
         prop_assert!(is_balanced(&cluster.table, &cluster.eligible()));
         for e in &events {
             cluster.apply(&Event::CompleteAll);
             cluster.apply(e);
             let old = cluster.table.clone();
-            let new = plan(&old, &cluster.membership, &PlanOptions::default());
-            check_plan(&old, &new, &cluster.membership)?;
+            let new = plan(&old, &cluster.membership, &options);
+            check_plan(&old, &new, &cluster.membership, &options)?;
             let eligible = cluster.eligible();
             if !eligible.is_empty() {
                 prop_assert_eq!(owner_changes(&old, &new), minimum_changes(&old, &eligible));
@@ -343,17 +390,19 @@ proptest! {
         shards in shard_count(),
         nodes in node_count(),
         events in proptest::collection::vec(event(), 1..6),
+        replication in 1u8..=2,
     ) {
-        let mut cluster = Cluster::new(shards, nodes);
+        let options = common::replicated(replication);
+        let mut cluster = Cluster::replicated(shards, nodes, replication);
         for e in &events {
             cluster.apply(e);
             let old = cluster.table.clone();
-            let new = plan(&old, &cluster.membership, &PlanOptions::default());
-            check_plan(&old, &new, &cluster.membership)?;
+            let new = plan(&old, &cluster.membership, &options);
+            check_plan(&old, &new, &cluster.membership, &options)?;
             cluster.table = new;
         }
         cluster.apply(&Event::CompleteAll);
-        let settled = plan(&cluster.table, &cluster.membership, &PlanOptions::default());
+        let settled = plan(&cluster.table, &cluster.membership, &options);
         let eligible = cluster.eligible();
         if !eligible.is_empty() {
             prop_assert!(is_balanced(&settled, &eligible));
@@ -364,9 +413,11 @@ proptest! {
     fn one_node_joining_a_balanced_cluster_moves_only_shards_to_it(
         shards in shard_count(),
         nodes in node_count(),
+        replication in 1u8..=2,
     ) {
-        let before = common::balanced(shards, nodes);
-        let after = plan(&before, &common::membership(0..=nodes, &[]), &PlanOptions::default());
+        let options = common::replicated(replication);
+        let before = common::balanced_with(shards, nodes, replication);
+        let after = plan(&before, &common::membership(0..=nodes, &[]), &options);
         let newcomer = node(nodes);
         let (floor, ceil) = bounds(shards, nodes + 1);
         let gained = after.shards_of(&newcomer).len() as u32;
@@ -382,18 +433,28 @@ proptest! {
         nodes in 2usize..200,
         which in any::<usize>(),
         drain in any::<bool>(),
+        replication in 1u8..=2,
     ) {
-        let before = common::balanced(shards, nodes);
+        let options = common::replicated(replication);
+        let before = common::balanced_with(shards, nodes, replication);
         let gone = which % nodes;
         let membership = if drain {
             common::membership(0..nodes, &[gone])
         } else {
             common::membership((0..nodes).filter(|&i| i != gone), &[])
         };
-        let after = plan(&before, &membership, &PlanOptions::default());
+        let after = plan(&before, &membership, &options);
         let lost = before.shards_of(&node(gone));
         prop_assert_eq!(owner_changes(&before, &after), lost.len());
-        prop_assert_eq!(after.moves.len(), if drain { lost.len() } else { 0 });
+        if drain {
+            prop_assert_eq!(after.moves.len(), lost.len());
+        } else {
+            // F5: only a follower above its share hands its copy on (none with replication 1).
+            for m in &after.moves {
+                prop_assert_eq!(before.owner(m.shard), Some(&node(gone)));
+                prop_assert_eq!(before.follower(m.shard), Some(&m.from));
+            }
+        }
         prop_assert!(is_balanced(&after, &membership.eligible()));
     }
 
@@ -402,8 +463,10 @@ proptest! {
         shards in shard_count(),
         ready in Just((0..40usize).collect::<Vec<_>>()).prop_shuffle(),
         draining in proptest::collection::vec(0..60usize, 0..5),
+        replication in 1u8..=2,
     ) {
-        let current = common::balanced(shards, 30);
+        let options = common::replicated(replication);
+        let current = common::balanced_with(shards, 30, replication);
         let sorted = common::membership(0..40, &{
             let mut d = draining.clone();
             d.sort_unstable();
@@ -416,8 +479,8 @@ proptest! {
         for &i in draining.iter().rev() {
             shuffled.draining.insert(node(i));
         }
-        let a = plan(&current, &sorted, &PlanOptions::default());
-        let b = plan(&current, &shuffled, &PlanOptions::default());
+        let a = plan(&current, &sorted, &options);
+        let b = plan(&current, &shuffled, &options);
         prop_assert_eq!(a, b);
     }
 }
@@ -431,9 +494,10 @@ proptest! {
         nodes in 1usize..40,
         cap in 1usize..=8,
         events in proptest::collection::vec(event(), 1..5),
+        replication in 1u8..=2,
     ) {
-        let options = PlanOptions { max_moves_per_node: cap, ..PlanOptions::default() };
-        let mut cluster = Cluster::new(shards, nodes);
+        let options = PlanOptions { max_moves_per_node: cap, replication };
+        let mut cluster = Cluster::replicated(shards, nodes, replication);
         let check_cap = |table: &AssignmentTable| -> Result<(), TestCaseError> {
             let mut per_node: BTreeMap<&NodeName, usize> = BTreeMap::new();
             for m in &table.moves {

@@ -197,6 +197,139 @@ fn even_fully_scattered_ownership_fits_in_a_configmap() -> Result<(), ShardError
     Ok(())
 }
 
+/// node-0 owns 0-2, node-1 owns 3-4; followers cross over, shard 2 has none.
+fn with_followers() -> Result<AssignmentTable, ShardError> {
+    let (a, b) = (node(0), node(1));
+    let nodes = [
+        (a.clone(), info(&a).in_zone("eu-1a")),
+        (b.clone(), info(&b)),
+    ];
+    AssignmentTable::with_roles(
+        vec![
+            Some(a.clone()),
+            Some(a.clone()),
+            Some(a.clone()),
+            Some(b.clone()),
+            Some(b.clone()),
+        ],
+        vec![
+            Some(b.clone()),
+            Some(b.clone()),
+            None,
+            Some(a.clone()),
+            Some(a),
+        ],
+        nodes.into_iter().collect(),
+    )
+}
+
+#[test]
+fn followers_are_written_as_ranges_and_read_back() -> Result<(), ShardError> {
+    let table = with_followers()?;
+    let json = table.to_json();
+    assert!(
+        json.contains(r#""followers":{"node-0":"3-4","node-1":"0-1"}"#),
+        "{json}"
+    );
+    assert!(json.contains(r#""zone":"eu-1a""#), "{json}");
+    let back = AssignmentTable::from_json(&json)?;
+    assert_eq!(back.follower(ShardId(3)), Some(&node(0)));
+    assert_eq!(back.follower(ShardId(2)), None);
+    assert_eq!(back.followed_by(&node(1)), vec![ShardId(0), ShardId(1)]);
+    assert_eq!(back.follower_counts().get(&node(0)), Some(&2));
+    assert_eq!(
+        back.nodes.get(&node(0)).and_then(|i| i.zone.as_deref()),
+        Some("eu-1a")
+    );
+    assert_eq!(back, table);
+    Ok(())
+}
+
+#[test]
+fn a_table_without_followers_or_zones_is_written_exactly_as_before() {
+    let json = common::balanced(8, 2).to_json();
+    assert_eq!(
+        json,
+        r#"{"format":1,"epoch":1,"shards":8,"nodes":{"node-0":{"peerAddr":"node-0.chat:7001","clientAddr":"node-0.chat:8080"},"node-1":{"peerAddr":"node-1.chat:7001","clientAddr":"node-1.chat:8080"}},"assignments":{"node-0":"0-3","node-1":"4-7"},"moves":[],"draining":[]}"#
+    );
+}
+
+#[test]
+fn a_reader_that_ignores_followers_still_reads_the_owners() -> Result<(), ShardError> {
+    // What a version before followers does: it does not know the field, so it skips it.
+    let mut value: serde_json::Value = serde_json::from_str(&with_followers()?.to_json())?;
+    if let Some(object) = value.as_object_mut() {
+        object.remove("followers");
+    }
+    let owners_only = AssignmentTable::from_json(&value.to_string())?;
+    assert_eq!(owners_only.owners(), with_followers()?.owners());
+    assert!(owners_only.followers().iter().all(Option::is_none));
+    Ok(())
+}
+
+const TWO_NODES: &str = r#""nodes":{"a":{"peerAddr":"a:1"},"b":{"peerAddr":"b:1"}}"#;
+
+fn table_text(rest: &str) -> String {
+    format!(
+        r#"{{"format":1,"epoch":1,"shards":4,{TWO_NODES},"assignments":{{"a":"0-1","b":"2-3"}},{rest}}}"#
+    )
+}
+
+#[test]
+fn a_follower_that_owns_its_shard_is_refused() {
+    assert_eq!(
+        error_of(&table_text(r#""followers":{"a":"0"}"#)),
+        "inconsistent assignment table: shard 0 is followed by its own owner a"
+    );
+}
+
+#[test]
+fn a_follower_not_listed_in_nodes_is_refused() {
+    assert_eq!(
+        error_of(&table_text(r#""followers":{"ghost":"0"}"#)),
+        "follower ghost is not listed in nodes"
+    );
+}
+
+#[test]
+fn a_node_listed_twice_in_followers_is_refused() {
+    assert_eq!(
+        error_of(&table_text(r#""followers":{"b":"0","b":"1"}"#)),
+        "inconsistent assignment table: node b is listed twice in followers"
+    );
+}
+
+#[test]
+fn a_shard_followed_twice_names_both_nodes() {
+    let text = r#"{"format":1,"epoch":1,"shards":4,
+        "nodes":{"a":{"peerAddr":"a:1"},"b":{"peerAddr":"b:1"},"c":{"peerAddr":"c:1"}},
+        "assignments":{"a":"0-3"},"followers":{"b":"0-1","c":"1"}}"#;
+    assert_eq!(error_of(text), "shard 1 is followed by both b and c");
+}
+
+#[test]
+fn a_follower_of_an_unowned_shard_or_a_draining_follower_is_refused() {
+    let unowned = r#"{"format":1,"epoch":1,"shards":4,"nodes":{"a":{"peerAddr":"a:1"},"b":{"peerAddr":"b:1"}},
+        "assignments":{"a":"0-2"},"followers":{"b":"3"}}"#;
+    assert_eq!(
+        error_of(unowned),
+        "inconsistent assignment table: shard 3 has follower b but no owner"
+    );
+    assert_eq!(
+        error_of(&table_text(r#""followers":{"b":"0"},"draining":["b"]"#)),
+        "inconsistent assignment table: shard 0 is followed by b, which is draining"
+    );
+}
+
+#[test]
+fn the_largest_replicated_table_fits_in_a_configmap() -> Result<(), ShardError> {
+    let table = common::balanced_with(65536, 200, 2);
+    let json = table.to_json();
+    assert!(json.len() < 1 << 20, "{} bytes", json.len());
+    assert_eq!(AssignmentTable::from_json(&json)?, table);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -205,11 +338,13 @@ proptest! {
         shards in shard_count(),
         nodes in node_count(),
         events in proptest::collection::vec(event(), 0..5),
+        replication in 1u8..=2,
     ) {
-        let mut cluster = Cluster::new(shards, nodes);
+        let mut cluster = Cluster::replicated(shards, nodes, replication);
+        let options = PlanOptions { replication, ..PlanOptions::default() };
         for e in &events {
             cluster.apply(e);
-            cluster.table = plan(&cluster.table, &cluster.membership, &PlanOptions::default());
+            cluster.table = plan(&cluster.table, &cluster.membership, &options);
         }
         let json = cluster.table.to_json();
         let back = AssignmentTable::from_json(&json);

@@ -20,6 +20,9 @@ impl NodeState {
             node: self.me().to_string(),
             epoch: table.epoch,
             shards_owned: count(table.shards_of(self.me()).len()),
+            // Replication is not built into the node yet: it follows nothing.
+            following: 0,
+            catching_up: 0,
             moves_in_flight: count(handoffs.incoming.len() + handoffs.outgoing.len()),
             moves_done: handoffs.done.clone(),
             rooms: self.rooms.active() as u64,

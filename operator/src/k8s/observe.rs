@@ -115,6 +115,7 @@ pub fn node_info(ip: &str) -> NodeInfo {
     NodeInfo {
         peer_addr: format!("{host}:{PEER_PORT}"),
         client_addr: Some(format!("{host}:{CLIENT_PORT}")),
+        zone: None,
     }
 }
 

@@ -311,6 +311,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let options = DecideOptions {
         plan: PlanOptions {
             max_moves_per_node: ctx.options.max_moves_per_node,
+            ..PlanOptions::default()
         },
         balance: ctx.options.balance.clone(),
         drain_timeout: checked.handoff_timeout,

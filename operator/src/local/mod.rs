@@ -173,6 +173,7 @@ impl LocalCluster {
             decide: DecideOptions {
                 plan: PlanOptions {
                     max_moves_per_node: options.max_moves_per_node,
+                    ..PlanOptions::default()
                 },
                 balance: options.balance.clone(),
                 drain_timeout: options

@@ -199,6 +199,7 @@ impl State {
             Some(NodeInfo {
                 peer_addr: p.peer?.to_string(),
                 client_addr: p.client.map(|a| a.to_string()),
+                zone: None,
             })
         });
         Some(PodView {

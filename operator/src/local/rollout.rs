@@ -142,6 +142,7 @@ mod tests {
                     let info = NodeInfo {
                         peer_addr: format!("127.0.0.1:{}", 7000 + i),
                         client_addr: None,
+                        zone: None,
                     };
                     (name(i), info)
                 })

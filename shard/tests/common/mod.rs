@@ -34,11 +34,33 @@ pub fn membership(ready: impl IntoIterator<Item = usize>, draining: &[usize]) ->
 
 /// A table planned from empty for `nodes` nodes: balanced, no moves.
 pub fn balanced(shards: u32, nodes: usize) -> AssignmentTable {
+    balanced_with(shards, nodes, 1)
+}
+
+/// [`balanced`] with `replication` copies of every shard.
+pub fn balanced_with(shards: u32, nodes: usize, replication: u8) -> AssignmentTable {
     plan(
         &AssignmentTable::empty(shards),
         &membership(0..nodes, &[]),
-        &PlanOptions::default(),
+        &replicated(replication),
     )
+}
+
+/// Plan options with `replication` copies and no move cap.
+pub fn replicated(replication: u8) -> PlanOptions {
+    PlanOptions {
+        replication,
+        ..PlanOptions::default()
+    }
+}
+
+/// How many shards changed follower between two tables.
+pub fn follower_changes(old: &AssignmentTable, new: &AssignmentTable) -> usize {
+    old.followers()
+        .iter()
+        .zip(new.followers())
+        .filter(|(a, b)| a != b)
+        .count()
 }
 
 /// Shards per eligible node, counting nodes that own nothing.
@@ -102,9 +124,14 @@ pub struct Cluster {
 impl Cluster {
     /// `nodes` ready nodes with a table planned from empty.
     pub fn new(shards: u32, nodes: usize) -> Cluster {
+        Cluster::replicated(shards, nodes, 1)
+    }
+
+    /// [`Cluster::new`] with `replication` copies of every shard.
+    pub fn replicated(shards: u32, nodes: usize, replication: u8) -> Cluster {
         Cluster {
             membership: membership(0..nodes, &[]),
-            table: balanced(shards, nodes),
+            table: balanced_with(shards, nodes, replication),
             next_id: nodes,
         }
     }
