@@ -70,19 +70,23 @@ fn history_seqs(joined: &Value) -> Vec<u64> {
         .collect()
 }
 
-/// Wait until `node` holds a live copy of every shard the table says it follows.
+/// Wait until `node`'s `/status` says it holds a live copy of every shard the table says it
+/// follows.
 async fn wait_caught_up(node: &ClusterNode, table: &AssignmentTable) {
     let want = table.followed_by(&node.name).len() as u32;
+    assert!(want > 0, "{} follows some shards", node.name);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let counts = node.state.follow_counts();
-        if counts.live == want && counts.catching_up == 0 {
+        let status = node.state.status();
+        if status.following == want && status.catching_up == 0 {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{} did not catch up: {counts:?}, {want} followed",
-            node.name
+            "{} did not catch up: {} live, {} catching up, {want} followed",
+            node.name,
+            status.following,
+            status.catching_up
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -147,34 +147,33 @@ impl NodeState {
         new: &AssignmentTable,
     ) -> HashSet<ShardId> {
         let me = self.me().clone();
-        let mut promoted = HashSet::new();
-        for shard in (0..new.shards).map(ShardId) {
-            let followed = old.follower(shard) == Some(&me) && old.owner(shard) != Some(&me);
-            if !followed {
-                continue;
-            }
-            let owns_now = new.owner(shard) == Some(&me) && new.move_of(shard).is_none();
-            let hands_on = new
-                .move_of(shard)
-                .filter(|m| m.from == me && m.to != me)
-                .map(|m| m.to.clone());
-            if !owns_now && hands_on.is_none() {
-                continue;
-            }
+        let change = shard::follower_transition(old, new, &me);
+        for (shard, to) in change.hand_off {
             let Some(copy) = lock(&self.copies).take(shard) else {
+                tracing::warn!(%shard, %to, "to hand on a copy this node does not hold: the new owner starts it when the move times out");
                 continue;
             };
-            match hands_on {
-                Some(to) => {
-                    tracing::info!(%shard, %to, rooms = copy.rooms.len(), "handing on the copy of a shard whose owner left");
-                    tokio::spawn(self.clone().send_shard(shard, to, new.epoch, copy));
+            tracing::info!(%shard, %to, rooms = copy.rooms.len(), "handing on the copy of a shard whose owner left");
+            tokio::spawn(self.clone().send_shard(shard, to, new.epoch, copy));
+        }
+        let mut promoted = HashSet::new();
+        for shard in change.promoted {
+            let (live, copy) = {
+                let mut copies = lock(&self.copies);
+                (copies.is_live(shard), copies.take(shard))
+            };
+            match copy {
+                Some(copy) => {
+                    // A copy still catching up may miss rooms the owner had not sent yet.
+                    tracing::info!(%shard, rooms = copy.rooms.len(), live, "owner left: serving the shard from its copy");
+                    self.rooms.install(shard, copy.floor, copy.rooms);
                 }
                 None => {
-                    tracing::info!(%shard, rooms = copy.rooms.len(), "owner left: serving the shard from its copy");
-                    self.rooms.install(shard, copy.floor, copy.rooms);
-                    promoted.insert(shard);
+                    tracing::warn!(%shard, "owner left and this node holds no copy of the shard: it starts empty");
+                    self.rooms.install(shard, 0, Vec::new());
                 }
             }
+            promoted.insert(shard);
         }
         let following: HashSet<ShardId> = new.followed_by(&me).into_iter().collect();
         lock(&self.copies).retain(&following);

@@ -15,14 +15,14 @@ impl NodeState {
     pub fn status(&self) -> NodeStatus {
         let table = self.table();
         let now = Instant::now();
+        let follows = self.follow_counts();
         let handoffs = lock(&self.handoffs);
         NodeStatus {
             node: self.me().to_string(),
             epoch: table.epoch,
             shards_owned: count(table.shards_of(self.me()).len()),
-            // Replication is not built into the node yet: it follows nothing.
-            following: 0,
-            catching_up: 0,
+            following: follows.live,
+            catching_up: follows.catching_up,
             moves_in_flight: count(handoffs.incoming.len() + handoffs.outgoing.len()),
             moves_done: handoffs.done.clone(),
             rooms: self.rooms.active() as u64,
