@@ -65,6 +65,38 @@ pub struct RoomShared {
     pub members: AtomicU64,
     /// Highest seq any member saw, to find members that fell behind at the end.
     pub max_seq: AtomicU64,
+    /// With [`Shared::record_acknowledged`]: every message of the room whose sender got its
+    /// echo (its acknowledgement), as `(seq, id)`, for the history audit.
+    pub acknowledged: Mutex<Vec<(u64, String)>>,
+}
+
+impl RoomShared {
+    /// A room named `name`, nothing seen yet.
+    pub fn new(name: String) -> RoomShared {
+        RoomShared {
+            name,
+            members: AtomicU64::new(0),
+            max_seq: AtomicU64::new(0),
+            acknowledged: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn acknowledge(&self, seq: u64, id: &str) {
+        self.acknowledged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((seq, id.to_owned()));
+    }
+
+    /// The acknowledged messages recorded, taken out.
+    pub fn take_acknowledged(&self) -> Vec<(u64, String)> {
+        std::mem::take(
+            &mut *self
+                .acknowledged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 /// State shared by every user task and the run.
@@ -98,6 +130,8 @@ pub struct Shared {
     pub rooms: Vec<RoomShared>,
     /// End-to-end latency of measured deliveries, in µs.
     pub latency: Mutex<Histogram>,
+    /// Whether rooms record their acknowledged messages (`--audit-history`).
+    pub record_acknowledged: bool,
 }
 
 impl Shared {
@@ -552,12 +586,16 @@ impl User {
         if msg.user == self.spec.name
             && let Some(cid) = &msg.cid
             && let Some(was_measured) = self.pending.remove(cid)
-            && was_measured
         {
-            self.report.accepted += 1;
-            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-            let members = slot.members.load(Ordering::Relaxed);
-            shared.expected.fetch_add(members, Ordering::Relaxed);
+            if shared.record_acknowledged {
+                slot.acknowledge(msg.seq, &msg.id);
+            }
+            if was_measured {
+                self.report.accepted += 1;
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                let members = slot.members.load(Ordering::Relaxed);
+                shared.expected.fetch_add(members, Ordering::Relaxed);
+            }
         }
         if let (true, Some(sent)) = (measured, sent_us) {
             self.report.delivered += 1;

@@ -145,6 +145,7 @@ fn new_shared(
     text_bytes: usize,
     concurrency: usize,
     room_names: Vec<String>,
+    record_acknowledged: bool,
 ) -> Arc<Shared> {
     Arc::new(Shared {
         clock: Instant::now(),
@@ -159,15 +160,9 @@ fn new_shared(
         in_flight: AtomicI64::new(0),
         up: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
-        rooms: room_names
-            .into_iter()
-            .map(|name| RoomShared {
-                name,
-                members: AtomicU64::new(0),
-                max_seq: AtomicU64::new(0),
-            })
-            .collect(),
+        rooms: room_names.into_iter().map(RoomShared::new).collect(),
         latency: Mutex::new(Histogram::default()),
+        record_acknowledged,
     })
 }
 
@@ -273,6 +268,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         plan.text_bytes,
         plan.connect_concurrency,
         room_names,
+        plan.audit_history,
     );
     let total = plan.rooms * plan.users;
     eprintln!(
@@ -474,7 +470,12 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         _ => None,
     };
     let history = if plan.audit_history {
-        Some(crate::audit::audit(&plan.nodes, &plan.prefix, plan.rooms).await)
+        let acknowledged: Vec<Vec<(u64, String)>> = shared
+            .rooms
+            .iter()
+            .map(RoomShared::take_acknowledged)
+            .collect();
+        Some(crate::audit::audit(&plan.nodes, &plan.prefix, &acknowledged).await)
     } else {
         None
     };
@@ -604,7 +605,13 @@ async fn run_idle(plan: IdlePlan) -> Result<String, String> {
         eprintln!("roomshard-bench: no --pids: the nodes' memory cannot be measured");
     }
     let rss_before = procfs::total_rss_kib(&plan.pids).filter(|_| !plan.pids.is_empty());
-    let shared = new_shared(plan.nodes.clone(), 0, plan.connect_concurrency, Vec::new());
+    let shared = new_shared(
+        plan.nodes.clone(),
+        0,
+        plan.connect_concurrency,
+        Vec::new(),
+        false,
+    );
     eprintln!(
         "roomshard-bench: opening {} idle connections to {} node(s)",
         plan.connections,

@@ -1,0 +1,156 @@
+//! Unplanned exits end to end: real `roomshard-node` processes under the local driver with two
+//! copies of every room, loaded by the real `roomshard-bench`, and each node killed with
+//! SIGKILL in turn (no drain, no hand-off: a crash). Every message whose sender got its echo
+//! must still be in its room's history afterwards, under its seq and id, with no gap and no
+//! repeat; the bench reads every history back (`--audit-history`) and says so.
+//!
+//! These need the workspace's binaries (`cargo build --workspace --bins`).
+
+mod real_nodes;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use operator::ClusterView;
+use operator::local::{LocalCluster, LocalOptions};
+use real_nodes::{binary, cluster_with, options, ws_urls};
+use serde_json::Value;
+use tokio::process::Child;
+
+const ROOMS: usize = 60;
+
+/// Three nodes with two copies of every room, keeping every message in history so the audit
+/// can find each acknowledged one.
+async fn three_replicated_nodes() -> LocalCluster {
+    cluster_with(LocalOptions {
+        nodes: 3,
+        replication: 2,
+        node_args: vec![
+            "--history-per-room".into(),
+            "100000".into(),
+            "--worker-threads".into(),
+            "1".into(),
+        ],
+        ..options()
+    })
+    .await
+}
+
+/// `roomshard-bench` on every node: `ROOMS` rooms of 4 users, 10 messages/s per room, with
+/// the history audit at the end.
+fn bench(cluster: &LocalCluster, prefix: &str, duration: &str) -> Child {
+    let nodes: Vec<String> = ws_urls(cluster)
+        .into_iter()
+        .map(|(_, u)| u.trim_end_matches("/ws").to_owned())
+        .collect();
+    tokio::process::Command::new(binary("roomshard-bench"))
+        .args([
+            "--nodes",
+            &nodes.join(","),
+            "--rooms",
+            &ROOMS.to_string(),
+            "--users",
+            "4",
+            "--rate",
+            "10",
+            "--duration",
+            duration,
+            "--warmup",
+            "1s",
+            "--room-prefix",
+            prefix,
+            "--audit-history",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start roomshard-bench")
+}
+
+/// The bench's JSON report, once it has finished.
+async fn report(mut bench: Child) -> Value {
+    let output = tokio::time::timeout(Duration::from_secs(180), async {
+        let mut stdout = bench.stdout.take().expect("stdout");
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
+            .await
+            .expect("read bench output");
+        let _ = bench.wait().await;
+        text
+    })
+    .await
+    .expect("bench finishes");
+    serde_json::from_str(output.lines().last().expect("a JSON line")).expect("bench prints JSON")
+}
+
+/// Settled, with every shard's copy live on its follower (from the nodes' `/status`).
+fn replicated(view: &ClusterView) -> bool {
+    let field = |n: &operator::NodeView, f: &str| {
+        n.status
+            .as_ref()
+            .and_then(|s| s[f].as_u64())
+            .unwrap_or(0)
+    };
+    let live: u64 = view.nodes.iter().map(|n| field(n, "following")).sum();
+    let catching_up: u64 = view.nodes.iter().map(|n| field(n, "catchingUp")).sum();
+    view.is_settled() && live == u64::from(view.shards) && catching_up == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_each_node_in_turn_under_load_loses_no_acknowledged_message() {
+    let cluster = three_replicated_nodes().await;
+    cluster
+        .wait_for(Duration::from_secs(60), replicated)
+        .await
+        .expect("every shard has a live follower before the first kill");
+    let bench = bench(&cluster, "crash", "60s");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    for name in ["node-0", "node-1", "node-2"] {
+        let old = cluster.kill9(name).await.expect("kill -9");
+        let started = std::time::Instant::now();
+        let back = cluster
+            .wait_for(Duration::from_secs(60), |v| {
+                replicated(v)
+                    && v.node(name)
+                        .is_some_and(|n| n.pid.is_some_and(|p| p != old) && n.shards > 0)
+            })
+            .await
+            .expect("the killed node is started again and every shard has two copies again");
+        eprintln!(
+            "kill -9 {name}: back and replicated after {:?} (epoch {})",
+            started.elapsed(),
+            back.epoch
+        );
+        assert_eq!(
+            back.node(name).map(|n| n.restarts),
+            Some(1),
+            "the driver counted the crash"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    let report = report(bench).await;
+    eprintln!("three kills: {report}");
+    assert!(
+        report["delivered"].as_u64().unwrap_or(0) > 10_000,
+        "traffic flowed: {report}"
+    );
+    let history = &report["history"];
+    assert_eq!(history["rooms"], ROOMS, "{report}");
+    assert_eq!(history["unreadable"], 0, "every room read back: {report}");
+    assert!(
+        history["acknowledged"].as_u64().unwrap_or(0) > 5_000,
+        "many acknowledged messages were checked: {report}"
+    );
+    assert_eq!(
+        history["acknowledged_missing"], 0,
+        "every acknowledged message is in its room's history: {report}"
+    );
+    assert_eq!(history["cut"], 0, "no history has a gap: {report}");
+    for field in ["room_resets", "out_of_order"] {
+        assert_eq!(report[field], 0, "{field}: {report}");
+    }
+    cluster.shutdown().await.expect("clean shutdown");
+}
