@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rerunnable benchmarks of a local 3-node cluster (the figures in the README come from here).
 #
-#   bench/cluster.sh [throughput|idle|scaledown|restart|floor|all]   (default: all)
+#   bench/cluster.sh [throughput|idle|scaledown|restart|chaos|floor|all]   (default: all)
 #
 # Nodes run with one runtime thread each (WORKER_THREADS=N to change): several nodes share the
 # machine's 2 cores here, as pods would share a node.
@@ -29,7 +29,9 @@ trap cleanup EXIT
 
 # start_cluster N: runs the local driver with N nodes; sets $admin.
 start_cluster() {
-  "$bin/roomshard-operator" local --nodes "$1" --port 0 --log-dir "$work/logs" \
+  # REPLICATION=1|2 sets the copies of every room (the driver's default is 2); unset, the
+  # flag is not passed, so a build from before it can still be measured with BIN=.
+  "$bin/roomshard-operator" local --nodes "$1" --port 0 --log-dir "$work/logs" ${REPLICATION:+--replication "$REPLICATION"} \
     -- --rate-per-sec 1000 --rate-burst 1000 --worker-threads "${WORKER_THREADS:-1}" ${EXTRA_NODE_ARGS:-} >"$work/banner" 2>"$work/driver.log" &
   cluster_pid=$!
   for _ in $(seq 1 300); do
@@ -132,6 +134,33 @@ restart() {
   stop_cluster
 }
 
+# Chaos: kill -9 a random node every 10 s for CHAOS_S seconds (default 300) under load, the
+# driver starting each one again; then every room's history read back. Reports acknowledged
+# messages missing from history (must be 0), duplicates, the longest time any room went
+# without a delivery, and the sends answered `room_unavailable`.
+chaos() {
+  EXTRA_NODE_ARGS="--history-per-room 100000" start_cluster 3
+  wait_settled 3 60
+  local seconds="${CHAOS_S:-300}"
+  "$bin/roomshard-bench" --nodes "$(nodes_csv)" --rooms 300 --users 4 --rate 2 \
+    --duration "$((seconds + 10))s" --warmup 3s --audit-history >"$work/chaos.json" 2>"$work/bench.log" &
+  local bench=$!
+  sleep 8
+  local kills=0 end=$((SECONDS + seconds))
+  while [ $SECONDS -lt $end ]; do
+    local pids victim
+    pids="$(pids_csv | tr ',' ' ')"
+    if [ -n "$pids" ]; then
+      victim="$(printf '%s\n' $pids | shuf -n 1)"
+      kill -9 "$victim" 2>/dev/null && kills=$((kills + 1))
+    fi
+    sleep 10
+  done
+  wait "$bench"
+  python3 -c "import json; r=json.load(open('$work/chaos.json')); r['scenario']='chaos: kill -9 of a random node every 10 s for $seconds s, 300 rooms'; r['kills']=$kills; print(json.dumps(r))"
+  stop_cluster
+}
+
 # The floor under throughput's CPU figure: one loopback `send` per delivery, measured alone
 # (`send-floor`, no node code) at the same 3,000 sockets and the same two rates.
 floor() {
@@ -144,7 +173,8 @@ case "$scenario" in
   idle) idle ;;
   scaledown) scaledown ;;
   restart) restart ;;
+  chaos) chaos ;;
   floor) floor ;;
   all) throughput; idle; scaledown; restart; floor ;;
-  *) echo "usage: $0 [throughput|idle|scaledown|restart|floor|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [throughput|idle|scaledown|restart|chaos|floor|all]" >&2; exit 2 ;;
 esac
