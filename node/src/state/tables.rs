@@ -127,8 +127,9 @@ impl NodeState {
         true
     }
 
-    /// Rooms whose owner vanished (no hand-off) restart empty on a new owner: re-join this
-    /// edge's members there, so each is told the room's new state with a `joined`.
+    /// Rooms whose owner vanished (no hand-off from it) go on from the follower's copy, or
+    /// restart empty, on a new owner: re-join this edge's members there, so each is told the
+    /// room's state with a `joined`.
     pub(super) async fn rejoin_orphaned_members(
         &self,
         old: &AssignmentTable,
@@ -137,9 +138,15 @@ impl NodeState {
         for (room, members) in self.hub.rooms_with_members() {
             let shard = new.shard_of(&room);
             let (before, after) = (old.owner(shard), new.owner(shard));
+            // A shard handed on by the old owner's follower (the owner is gone) is orphaned
+            // too: members re-join so they get what the old owner acknowledged but never
+            // delivered to their node.
+            let handed_by_owner = new
+                .move_of(shard)
+                .is_some_and(|m| Some(&m.from) == before);
             let orphaned = before != after
                 && after.is_some()
-                && new.move_of(shard).is_none()
+                && !handed_by_owner
                 && before.is_none_or(|o| !new.nodes.contains_key(o));
             if !orphaned {
                 continue;
