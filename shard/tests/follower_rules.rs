@@ -242,7 +242,10 @@ fn followers_in_two_zones_are_always_across_zones() {
     let m = zoned(0..6, 2);
     let table = plan(&AssignmentTable::empty(100), &m, &replicated(2));
     for s in (0..100).map(ShardId) {
-        let (o, f) = (table.owner(s).unwrap(), table.follower(s).unwrap());
+        let (o, f) = (
+            table.owner(s).expect("every shard has an owner"),
+            table.follower(s).expect("every shard has a follower"),
+        );
         assert_ne!(zone_of(&table, o), zone_of(&table, f), "shard {s}");
     }
     assert!(follows_balanced(&table, &m.eligible()));
