@@ -14,18 +14,20 @@
 //!    in the owner's zone, and its node is not above its target. A node above its target keeps
 //!    first the shards owned by nodes that are short of followed shards themselves (those could
 //!    not take them over), then the lowest shard ids, and gives up the rest.
-//! 3. **Feasible.** If the shards left without a follower could not all be placed (one node's
-//!    shards plus its own free places exceed all free places), one more kept follower not
-//!    involving that node is released; this is rare and costs one change each.
+//! 3. **Feasible.** A node's *pressure* is its shards still without a follower plus its own free
+//!    places. If one node's pressure exceeds all free places, its shards could not all be placed
+//!    elsewhere: one kept follower not involving that node is released (rare; one change each).
+//!    The same per zone, as far as a kept follower outside the zone exists, so that followers
+//!    can be placed across zones.
 //! 4. **Place.** The rest is a transport problem from owners to nodes with free places, solved
-//!    one shard at a time: the owner with the most pressure (shards to place + free places) goes
-//!    first, to a node with free places, in another zone when possible, preferring the shard's
+//!    one shard at a time: an owner of the most pressed zone first, to a node with free places,
+//!    in another zone when possible, then one that leaves no other zone short, then the shard's
 //!    previous follower, then the node following the fewest of that owner's shards (an owner's
 //!    shards are spread over many followers, so that when it fails many nodes each promote a
-//!    few, within their balance), then the node with the most pressure, then by name. Choosing only nodes
-//!    that keep every node's pressure within what is left guarantees the process never gets
-//!    stuck. Each owner's shards then go to their receivers in shard order, so a node's followed
-//!    shards form runs.
+//!    few within their balance), then the node with the most pressure, then by name. Only nodes
+//!    that keep every node's pressure within the places left are chosen, which guarantees the
+//!    process never gets stuck. Each owner's shards then go to their receivers in shard order
+//!    (previous followers first).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
