@@ -1,6 +1,6 @@
 //! Followers: which node keeps a copy of each shard's rooms (replication 2).
 //!
-//! Once the planner has chosen every shard's owner, [`fill_followers`] chooses every shard's
+//! Once the planner has chosen every shard's owner, it chooses every shard's
 //! follower among the eligible nodes (ready, not draining) other than its owner. The rules it
 //! keeps are the planner's F1-F7 (see [`crate::planner`]); how it keeps them:
 //!
