@@ -19,9 +19,10 @@
 //!    changed.
 //! 6. **Moves.** An owner change from a node that is still ready records a [`Move`] so the old
 //!    owner hands the rooms over; from a node that is gone there is no move (the new owner starts
-//!    the shard fresh), unless the shard's follower holds a copy (F5). A move in flight stays while its source is ready and its target eligible;
-//!    if the source is gone the move is dropped (the target keeps the shard); if the target is no
-//!    longer eligible the shard is planned again, moving from the original source.
+//!    the shard fresh), unless the shard's follower holds a copy (F5). A move in flight stays
+//!    while its source is ready and its target eligible; if the source is gone the move is
+//!    dropped (the target keeps the shard); if the target is no longer eligible the shard is
+//!    planned again, moving from the original source.
 //! 7. **Members.** `nodes` is the ready set, `draining` the draining nodes that are ready.
 //! 8. **Cap.** With [`PlanOptions::max_moves_per_node`] = k, no node is source or target of more
 //!    than k moves in the result; shards that would exceed it stay with their current owner (even a
