@@ -35,6 +35,7 @@ pub mod ids;
 pub mod planner;
 pub mod status;
 pub mod table;
+mod targets;
 
 pub use balance::{LoadPolicy, plan_with_load};
 pub use drain::{DrainStep, NodeReport, drain_step, handed_off, nodes_to_drain};

@@ -19,9 +19,10 @@
 //!    changed.
 //! 6. **Moves.** An owner change from a node that is still ready records a [`Move`] so the old
 //!    owner hands the rooms over; from a node that is gone there is no move (the new owner starts
-//!    the shard fresh). A move in flight stays while its source is ready and its target eligible;
-//!    if the source is gone the move is dropped (the target keeps the shard); if the target is no
-//!    longer eligible the shard is planned again, moving from the original source.
+//!    the shard fresh), unless the shard's follower holds a copy (F5). A move in flight stays
+//!    while its source is ready and its target eligible; if the source is gone the move is
+//!    dropped (the target keeps the shard); if the target is no longer eligible the shard is
+//!    planned again, moving from the original source.
 //! 7. **Members.** `nodes` is the ready set, `draining` the draining nodes that are ready.
 //! 8. **Cap.** With [`PlanOptions::max_moves_per_node`] = k, no node is source or target of more
 //!    than k moves in the result; shards that would exceed it stay with their current owner (even a
@@ -71,6 +72,7 @@ use crate::balance::{Loads, Slot, rebalance, tolerant_targets};
 use crate::followers::fill_followers;
 use crate::ids::{NodeName, ShardId};
 use crate::table::{AssignmentTable, Move, NodeInfo};
+use crate::targets::targets;
 
 /// The cluster as the operator sees it: which nodes are ready, and which of those are draining.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -457,62 +459,4 @@ fn assign(
     }
     kept_moves.sort();
     next.moves = kept_moves;
-}
-
-/// How many shards each eligible node should end with, given what it `have`s now and how many of
-/// those are `pinned` by hand-offs in flight.
-///
-/// Water-filling: the largest level `c` with `sum(max(pinned, c)) <= shards`, every node gets
-/// `max(pinned, c)`, and the `r` shards left over give `c + 1` to the nodes at level `c` holding
-/// the most (ties by name, i.e. index), which is what minimises moves. Without pins this is
-/// floor(S/N) for everyone and ceil(S/N) for the S mod N largest holders.
-fn targets(have: &[u32], pinned: &[u32], shards: u32) -> Vec<u32> {
-    let filled = |c: u32| -> u64 { pinned.iter().map(|&p| u64::from(p.max(c))).sum() };
-    let total = u64::from(shards);
-    // filled(0) = sum(pinned) <= shards, since pinned shards are distinct.
-    let (mut lo, mut hi) = (0u32, shards);
-    while lo < hi {
-        let mid = lo + (hi - lo).div_ceil(2);
-        if filled(mid) <= total {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    let level = lo;
-    let mut targets: Vec<u32> = pinned.iter().map(|&p| p.max(level)).collect();
-    let mut left_over = total.saturating_sub(filled(level));
-    let mut at_level: Vec<usize> = (0..pinned.len()).filter(|&i| pinned[i] <= level).collect();
-    at_level.sort_by_key(|&i| (Reverse(have[i]), i));
-    for i in at_level {
-        if left_over == 0 {
-            break;
-        }
-        targets[i] += 1;
-        left_over -= 1;
-    }
-    targets
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_without_pins_are_floor_and_ceil_with_ceil_for_the_largest_holders() {
-        assert_eq!(targets(&[0, 0, 0], &[0, 0, 0], 10), vec![4, 3, 3]);
-        assert_eq!(targets(&[1, 5, 4], &[0, 0, 0], 10), vec![3, 4, 3]);
-        assert_eq!(targets(&[0], &[0], 7), vec![7]);
-        assert_eq!(targets(&[0, 0, 0, 0], &[0, 0, 0, 0], 2), vec![1, 1, 0, 0]);
-    }
-
-    #[test]
-    fn targets_never_go_below_the_pinned_shards() {
-        // 10 shards, 4 nodes: 3 nodes have 3 hand-offs each in flight.
-        assert_eq!(targets(&[3, 3, 3, 1], &[3, 3, 3, 0], 10), vec![3, 3, 3, 1]);
-        assert_eq!(targets(&[6, 0, 0], &[6, 0, 0], 10), vec![6, 2, 2]);
-        let t = targets(&[9, 0, 5, 0], &[9, 0, 0, 0], 20);
-        assert_eq!(t.iter().sum::<u32>(), 20);
-        assert_eq!(t, vec![9, 4, 4, 3]);
-    }
 }

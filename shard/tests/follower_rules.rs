@@ -11,7 +11,7 @@ use common::{
 };
 use proptest::prelude::*;
 use shard::{
-    AssignmentTable, LoadPolicy, Membership, Move, NodeInfo, NodeName, ShardId, plan,
+    AssignmentTable, LoadPolicy, Membership, Move, NodeInfo, NodeName, PlanOptions, ShardId, plan,
     plan_with_load,
 };
 
@@ -218,6 +218,37 @@ fn when_owner_and_follower_are_both_gone_the_shard_starts_empty() {
 }
 
 #[test]
+fn a_dead_owner_with_a_draining_follower_is_handed_over_from_the_follower() {
+    let before = balanced_with(24, 4, 2);
+    let (dead, drained) = (node(0), node(1));
+    let shards: Vec<ShardId> = before
+        .shards_of(&dead)
+        .into_iter()
+        .filter(|s| before.follower(*s) == Some(&drained))
+        .collect();
+    assert!(!shards.is_empty());
+    let m = membership(1..4, &[1]);
+    let after = plan(&before, &m, &replicated(2));
+    for s in &shards {
+        let m = after
+            .move_of(*s)
+            .expect("the draining follower hands its copy over");
+        assert_eq!(m.from, drained);
+        assert_ne!(after.owner(*s), Some(&drained));
+    }
+    // With no hand-off budget left, the follower keeps the shard for a later plan.
+    let capped = PlanOptions {
+        max_moves_per_node: 0,
+        replication: 2,
+    };
+    let deferred = plan(&before, &m, &capped);
+    for s in &shards {
+        assert_eq!(deferred.owner(*s), Some(&drained));
+        assert!(deferred.move_of(*s).is_none());
+    }
+}
+
+#[test]
 fn a_draining_node_follows_nothing_and_its_roles_move_to_the_others() {
     let before = balanced_with(64, 4, 2);
     let m = membership(0..4, &[3]);
@@ -242,7 +273,10 @@ fn followers_in_two_zones_are_always_across_zones() {
     let m = zoned(0..6, 2);
     let table = plan(&AssignmentTable::empty(100), &m, &replicated(2));
     for s in (0..100).map(ShardId) {
-        let (o, f) = (table.owner(s).unwrap(), table.follower(s).unwrap());
+        let (o, f) = (
+            table.owner(s).expect("every shard has an owner"),
+            table.follower(s).expect("every shard has a follower"),
+        );
         assert_ne!(zone_of(&table, o), zone_of(&table, f), "shard {s}");
     }
     assert!(follows_balanced(&table, &m.eligible()));

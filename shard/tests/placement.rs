@@ -89,7 +89,8 @@ fn check(
     let eligible_set: BTreeSet<&NodeName> = eligible.iter().collect();
 
     // Moves: in flight ones are never redirected; every owner change from a ready node that
-    // held the rooms is a hand-off from it.
+    // held the rooms (the owner, or its follower's copy when the owner is gone) is a hand-off
+    // from it.
     for s in (0..new.shards).map(ShardId) {
         let (before, after) = (old.owner(s), new.owner(s));
         let in_flight = old
@@ -111,15 +112,26 @@ fn check(
             }
             None if before == after || after.is_none() => prop_assert!(new.move_of(s).is_none()),
             None => {
-                let holder = before.filter(|o| membership.ready.contains_key(*o));
-                prop_assert_eq!(new.move_of(s).map(|m| &m.from), holder);
+                // The ready owner holds the rooms; when it is gone, its ready follower (F5).
+                let ready = |n: &&NodeName| membership.ready.contains_key(*n);
+                let holder = match before {
+                    Some(o) if ready(&o) => Some(o),
+                    Some(_) => old.follower(s).filter(ready),
+                    None => None,
+                };
+                // A holder that keeps the shard (a promoted follower) needs no hand-off.
+                let expected = holder.filter(|h| after != Some(*h));
+                prop_assert_eq!(new.move_of(s).map(|m| &m.from), expected);
             }
         }
         if let Some(owner) = after.filter(|o| !eligible_set.contains(o)) {
             // Only a shard the cap deferred stays off the eligible nodes, with the node that
             // holds its rooms.
             let source = old.move_of(s).map(|m| &m.from);
-            prop_assert!(before == Some(owner) || source == Some(owner));
+            let copy = old
+                .follower(s)
+                .filter(|_| before.is_some_and(|o| !membership.ready.contains_key(o)));
+            prop_assert!(before == Some(owner) || source == Some(owner) || copy == Some(owner));
             prop_assert!(membership.ready.contains_key(owner));
         }
     }
@@ -177,9 +189,10 @@ proptest! {
         cap in prop_oneof![Just(usize::MAX), 1usize..=8],
         policy in policy(),
         events in proptest::collection::vec(event(), 1..5),
+        replication in 1u8..=2,
     ) {
-        let options = PlanOptions { max_moves_per_node: cap, ..PlanOptions::default() };
-        let mut cluster = Cluster::new(shards, nodes);
+        let options = PlanOptions { max_moves_per_node: cap, replication };
+        let mut cluster = Cluster::replicated(shards, nodes, replication);
         for e in &events {
             cluster.apply(e);
             let old = cluster.table.clone();
@@ -197,14 +210,15 @@ proptest! {
         policy in policy(),
         zeros in any::<bool>(),
         events in proptest::collection::vec(event(), 1..5),
+        replication in 1u8..=2,
     ) {
-        let options = PlanOptions { max_moves_per_node: cap, ..PlanOptions::default() };
+        let options = PlanOptions { max_moves_per_node: cap, replication };
         let loads: Loads = if zeros {
             (0..shards).map(|s| (ShardId(s), 0)).collect()
         } else {
             Loads::new()
         };
-        let mut cluster = Cluster::new(shards, nodes);
+        let mut cluster = Cluster::replicated(shards, nodes, replication);
         for e in &events {
             cluster.apply(e);
             let counted = plan(&cluster.table, &cluster.membership, &options);
@@ -220,9 +234,10 @@ proptest! {
         nodes in 2usize..=12,
         cap in prop_oneof![Just(usize::MAX), 1usize..=8],
         policy in policy(),
+        replication in 1u8..=2,
     ) {
-        let options = PlanOptions { max_moves_per_node: cap, ..PlanOptions::default() };
-        let mut cluster = Cluster::new(shards, nodes);
+        let options = PlanOptions { max_moves_per_node: cap, replication };
+        let mut cluster = Cluster::replicated(shards, nodes, replication);
         let eligible = cluster.eligible();
         let mut rounds = 0;
         loop {
