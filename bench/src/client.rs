@@ -530,6 +530,17 @@ impl User {
             // Resuming: the replay fills what we missed while away.
             Some(_) => {
                 for msg in history {
+                    // A message below the last seq we saw, never seen: one this connection
+                    // missed live (an owner that failed before delivering it here), filled in
+                    // by the replay. Late, not out of order; the history audit checks seqs.
+                    let late = self.report.last_seq.is_some_and(|last| msg.seq <= last);
+                    if late
+                        && let Ok(id) = msg.id.parse::<u64>()
+                        && !self.seen.contains(&id)
+                    {
+                        self.seen.insert(id);
+                        continue;
+                    }
                     self.on_msg(msg, now_us);
                 }
                 if let Some(last) = self.report.last_seq

@@ -87,10 +87,7 @@ async fn report(mut bench: Child) -> Value {
 /// Settled, with every shard's copy live on its follower (from the nodes' `/status`).
 fn replicated(view: &ClusterView) -> bool {
     let field = |n: &operator::NodeView, f: &str| {
-        n.status
-            .as_ref()
-            .and_then(|s| s[f].as_u64())
-            .unwrap_or(0)
+        n.status.as_ref().and_then(|s| s[f].as_u64()).unwrap_or(0)
     };
     let live: u64 = view.nodes.iter().map(|n| field(n, "following")).sum();
     let catching_up: u64 = view.nodes.iter().map(|n| field(n, "catchingUp")).sum();

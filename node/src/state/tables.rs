@@ -141,9 +141,7 @@ impl NodeState {
             // A shard handed on by the old owner's follower (the owner is gone) is orphaned
             // too: members re-join so they get what the old owner acknowledged but never
             // delivered to their node.
-            let handed_by_owner = new
-                .move_of(shard)
-                .is_some_and(|m| Some(&m.from) == before);
+            let handed_by_owner = new.move_of(shard).is_some_and(|m| Some(&m.from) == before);
             let orphaned = before != after
                 && after.is_some()
                 && !handed_by_owner
