@@ -30,7 +30,12 @@
 //!    [`DecideOptions::balance`]; with no loads it is [`plan`]); it is published only when its
 //!    epoch changed.
 //! 4. **Drain step.** [`drain_step`] on the planned table says whether the pods above the
-//!    desired count may go: only on [`DrainStep::Remove`] does the replica count drop.
+//!    desired count may go: only on [`DrainStep::Remove`] does the replica count drop. With
+//!    replication 2 a `Remove` also waits until no remaining node reports followed shards still
+//!    catching up at the table's epoch ([`crate::replication::catching_up`]): the step reads
+//!    `WaitForMoves` with no moves pending and [`Decision::catching_up`] names those nodes.
+//!    The wait is bounded by [`DecideOptions::drain_timeout`]: past it the pods are removed
+//!    anyway and [`Decision::stuck`] says which followers were not caught up.
 //! 5. **Pods to start.** Pods below the desired count whose process is not running, once the
 //!    table no longer lists them (a dead pod first leaves membership, its shards are reassigned
 //!    fresh, then a replacement with the same name starts), and new ordinals on scale-up. New
@@ -58,6 +63,7 @@ use shard::{
 };
 
 use crate::placement::shard_loads;
+use crate::replication::{self, FollowerSummary};
 #[cfg(doc)]
 use shard::plan;
 
@@ -72,6 +78,10 @@ pub struct Report {
     pub moves_done: Vec<Move>,
     /// The node was asked to stop (SIGTERM) and waits to hand its shards off.
     pub terminating: bool,
+    /// Shards the node follows whose copy is live (replication 2).
+    pub following: u32,
+    /// Shards the node follows that are still receiving their copy.
+    pub catching_up: u32,
     /// Client connections open on the node.
     pub connections: u64,
     /// How busy the node is (rates over its load window).
@@ -129,6 +139,8 @@ impl Report {
             moves_in_flight: wire.moves_in_flight,
             moves_done: wire.moves_done,
             terminating: wire.terminating,
+            following: wire.following,
+            catching_up: wire.catching_up,
             connections: wire.connections,
             load: wire.load,
         })
@@ -213,6 +225,11 @@ pub struct Decision {
     /// Pods on a planned exit (see [`PodView::leaving`]) that are still in the table: they are
     /// draining members, handing their shards off before their process ends.
     pub exiting: BTreeSet<NodeName>,
+    /// How many shards have a live follower, from the reports (replication 2).
+    pub followers: FollowerSummary,
+    /// Nodes still catching up followed shards of `table`, with how many: a removal waits for
+    /// them (see step 4 of the module doc).
+    pub catching_up: Vec<(NodeName, u32)>,
 }
 
 /// A scale-down that has not finished in time, with what it waits for.
@@ -228,6 +245,9 @@ pub struct Stuck {
     pub pending: Vec<Move>,
     /// Nodes that report hand-offs in progress, with how many.
     pub busy: Vec<(NodeName, u32)>,
+    /// Nodes whose new followed shards were still catching up, with how many: past the
+    /// timeout the pods are removed without waiting for them.
+    pub catching_up: Vec<(NodeName, u32)>,
     /// The table epoch the drain waits on.
     pub epoch: u64,
 }
@@ -270,6 +290,18 @@ impl fmt::Display for Stuck {
                 .map(|(n, k)| format!("{n} ({k})"))
                 .collect();
             write!(f, "; hand-offs in progress on {}", busy.join(", "))?;
+        }
+        if !self.catching_up.is_empty() {
+            let copying: Vec<String> = self
+                .catching_up
+                .iter()
+                .map(|(n, k)| format!("{n} ({k})"))
+                .collect();
+            write!(
+                f,
+                "; followers still catching up on {}: removed without waiting for them",
+                copying.join(", ")
+            )?;
         }
         Ok(())
     }
@@ -387,7 +419,22 @@ pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, S
             })
         })
         .collect();
-    let step = drain_step(desired_replicas, &names, &table, &reports);
+    let mut step = drain_step(desired_replicas, &names, &table, &reports);
+    let catching_up = if options.plan.copies() >= 2 {
+        replication::catching_up(pods, &table)
+    } else {
+        Vec::new()
+    };
+    let mut followers_late = Vec::new();
+    if matches!(step, DrainStep::Remove(_)) && !catching_up.is_empty() {
+        if drain_elapsed < options.drain_timeout {
+            step = DrainStep::WaitForMoves {
+                pending: Vec::new(),
+            };
+        } else {
+            followers_late.clone_from(&catching_up);
+        }
+    }
     let current = u32::try_from(pods.len()).unwrap_or(u32::MAX);
     let (replicas, stop) = match &step {
         DrainStep::Remove(nodes) => (desired_replicas, nodes.clone()),
@@ -406,8 +453,14 @@ pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, S
     }
 
     // 6. Stuck.
-    let stuck = (draining_in_progress(&step) && drain_elapsed >= options.drain_timeout)
+    let mut stuck = (draining_in_progress(&step) && drain_elapsed >= options.drain_timeout)
         .then(|| stuck(&step, &membership.draining, drain_elapsed, &table, &reports));
+    if !followers_late.is_empty() {
+        let mut late = self::stuck(&step, &membership.draining, drain_elapsed, &table, &reports);
+        late.catching_up = followers_late;
+        stuck = Some(late);
+    }
+    let followers = replication::summarize(pods, &table, options.plan.copies());
 
     Ok(Decision {
         table,
@@ -418,6 +471,8 @@ pub fn decide(inputs: Inputs<'_>, options: &DecideOptions) -> Result<Decision, S
         stop,
         stuck,
         exiting,
+        followers,
+        catching_up,
     })
 }
 
@@ -443,6 +498,7 @@ fn stuck(
             .filter(|r| r.moves_pending > 0 && table.nodes.contains_key(&r.name))
             .map(|r| (r.name.clone(), r.moves_pending))
             .collect(),
+        catching_up: Vec::new(),
         epoch: table.epoch,
     }
 }

@@ -21,6 +21,8 @@
 //!   that acts on [`decide()`] with a ConfigMap and a StatefulSet, leader election, metrics
 //!   and the list of API calls for RBAC.
 //! - [`placement`]: the per-shard loads the nodes report, merged for load-aware planning.
+//! - [`replication`]: how many shards have a live follower (replication 2), the `Replicated`
+//!   condition, and which nodes a drain still waits on while they copy shards.
 //! - [`http`]: the small HTTP/1.1 client the driver, the CLI and tests use on loopback.
 //! - [`map`]: the live shard map (`GET /map`, `GET /map.json`) both drivers serve: pods,
 //!   shards by owner, moves, drain and rollout progress, load.
@@ -34,6 +36,7 @@ pub mod k8s;
 pub mod local;
 pub mod map;
 pub mod placement;
+pub mod replication;
 
 pub use decide::{Decision, Inputs, PodView, Report, Stuck, decide};
 pub use local::{ClusterView, LocalCluster, LocalOptions, NodeView};

@@ -148,6 +148,10 @@ struct LocalArgs {
     /// percentage of max(mean node load, hottest shard); 0 plans by shard count only.
     #[arg(long, default_value_t = 125)]
     load_trigger_percent: u32,
+    /// Copies of every shard's rooms: 2 gives each shard a follower on another node (a killed
+    /// node loses no acknowledged message), 1 keeps owners only.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    replication: u8,
     /// Write each node's log to DIR/NAME.log instead of this terminal.
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -209,6 +213,7 @@ async fn local(args: LocalArgs) -> Result<(), Error> {
         shutdown_grace: args.shutdown_grace,
         drain_timeout: args.drain_timeout,
         max_moves_per_node: args.max_moves_per_node,
+        replication: args.replication,
         balance: load_policy(args.load_trigger_percent),
         node_args: args.node_args,
         log_dir: args.log_dir,

@@ -93,6 +93,10 @@ async fn scaling_3_to_5_to_2_under_load_loses_and_repeats_nothing() {
         })
         .await
         .expect("5 nodes settle");
+    cluster
+        .wait_for(Duration::from_secs(30), |v| v.replication.replicated)
+        .await
+        .expect("every shard has a live follower on 5 nodes");
     cluster.scale(2).expect("scale down");
     let settled = cluster
         .wait_for(Duration::from_secs(40), |v| {
@@ -101,6 +105,20 @@ async fn scaling_3_to_5_to_2_under_load_loses_and_repeats_nothing() {
         .await
         .expect("2 nodes settle after the drain");
     assert_eq!(settled.nodes.len(), 2);
+    // Replication 2 is the default: once the followers of the moved shards have their copies,
+    // every shard has a live follower on the other node.
+    let replicated = cluster
+        .wait_for(Duration::from_secs(30), |v| {
+            v.desired_replicas == 2 && v.is_settled() && v.replication.replicated
+        })
+        .await
+        .expect("every shard gets a live follower after the drain");
+    assert_eq!(replicated.replication.copies, 2);
+    assert_eq!(
+        replicated.replication.shards_with_follower,
+        replicated.shards
+    );
+    assert_eq!(replicated.replication.reason, "AllShardsFollowed");
     let output = tokio::time::timeout(Duration::from_secs(90), async {
         let mut stdout = bench.stdout.take().expect("stdout");
         let mut text = String::new();

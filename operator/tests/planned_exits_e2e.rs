@@ -162,6 +162,15 @@ async fn a_rolling_restart_of_every_node_under_load_loses_and_repeats_nothing() 
         "no exit counted as a crash"
     );
 
+    let replicated = cluster
+        .wait_for(Duration::from_secs(30), |v| v.replication.replicated)
+        .await
+        .expect("every shard has a live follower again after the rolling restart");
+    assert_eq!(
+        replicated.replication.shards_with_follower,
+        replicated.shards
+    );
+
     let report = report(bench).await;
     assert_nothing_lost(&report, "a rolling restart");
     assert!(

@@ -460,6 +460,18 @@ async fn the_api_server_refuses_specs_the_schema_forbids() -> TestResult {
             422,
             "spec.auth.mode",
         ),
+        (
+            "three-copies",
+            json!({"replicas": 1, "replication": 3}),
+            422,
+            "spec.replication",
+        ),
+        (
+            "no-copies",
+            json!({"replicas": 1, "replication": 0}),
+            422,
+            "spec.replication",
+        ),
     ] {
         // Created as kubectl creates, with `fieldValidation=Strict`: a client that does not
         // ask gets unknown fields dropped with a warning by the real API server.

@@ -18,6 +18,8 @@ pub struct Checked {
     pub shards: u32,
     /// `spec.handoffTimeout`, parsed.
     pub handoff_timeout: Duration,
+    /// `spec.replication`: copies of every shard's rooms, 1 or 2 (what the planner gets).
+    pub replication: u8,
     /// The token signing key, when authentication is on.
     pub auth_key: Option<SecretKeyRef>,
     /// `spec.autoscaling` as the autoscaler's policy, when set.
@@ -41,6 +43,10 @@ pub fn check(spec: &ChatClusterSpec) -> Result<Checked, String> {
     if handoff_timeout.is_zero() {
         return Err("spec.handoffTimeout must be longer than zero".into());
     }
+    let replication = u8::try_from(spec.replication)
+        .ok()
+        .filter(|r| (1..=2).contains(r))
+        .ok_or_else(|| format!("spec.replication must be 1 or 2 (is {})", spec.replication))?;
     let auth_key = match spec.auth.mode {
         AuthMode::Disabled => None,
         AuthMode::Token => Some(spec.auth.secret_ref.clone().ok_or_else(|| {
@@ -54,6 +60,7 @@ pub fn check(spec: &ChatClusterSpec) -> Result<Checked, String> {
         replicas,
         shards,
         handoff_timeout,
+        replication,
         auth_key,
         autoscaling,
     })
@@ -114,6 +121,17 @@ mod tests {
         assert_eq!(checked.shards, 256);
         assert_eq!(checked.handoff_timeout, Duration::from_secs(30));
         assert_eq!(checked.auth_key, None);
+        assert_eq!(checked.replication, 2);
+    }
+
+    #[test]
+    fn a_replication_other_than_one_or_two_that_slipped_past_the_schema_is_refused() {
+        for bad in [0, 3, -1] {
+            let err = check(&spec(json!({"replicas": 1, "replication": bad}))).expect_err("bad");
+            assert!(err.contains("spec.replication must be 1 or 2"), "{err}");
+        }
+        let one = check(&spec(json!({"replicas": 1, "replication": 1}))).expect("valid");
+        assert_eq!(one.replication, 1);
     }
 
     #[test]

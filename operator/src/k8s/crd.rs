@@ -85,6 +85,12 @@ pub struct ChatClusterSpec {
     #[serde(default = "default_handoff_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub handoff_timeout: String,
+    /// Copies of every shard's rooms. 2 (the default): each shard has an owner and a follower
+    /// on another pod that holds every acknowledged message, so a crashed pod loses none. 1:
+    /// owners only, as before replication (a crashed pod's rooms restart empty elsewhere).
+    #[serde(default = "default_replication")]
+    #[schemars(range(min = 1, max = 2))]
+    pub replication: i32,
     /// Client authentication.
     #[serde(default)]
     pub auth: AuthSpec,
@@ -291,13 +297,17 @@ pub struct ChatClusterStatus {
     /// Hand-offs in flight.
     #[serde(default)]
     pub moves_in_flight: i32,
+    /// Shards whose follower reports a live copy of their rooms (0 with `replication: 1`);
+    /// the `Replicated` condition says how many have none.
+    #[serde(default)]
+    pub shards_with_follower: i32,
     /// Pods being drained before a scale-down.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub draining: Vec<String>,
     /// When the current drain started (RFC 3339), to detect a stuck drain across restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_started: Option<String>,
-    /// Ready, Progressing, Degraded and UpToDate.
+    /// Ready, Progressing, Degraded, UpToDate and Replicated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Node pods that exist (ready or not, draining included): the scale subresource's
@@ -358,6 +368,10 @@ fn default_handoff_timeout() -> String {
     "30s".to_owned()
 }
 
+fn default_replication() -> i32 {
+    2
+}
+
 fn default_scale_up_window() -> String {
     "0s".to_owned()
 }
@@ -416,6 +430,7 @@ mod tests {
             ("shards", 1.0, 65536.0),
             ("historyPerRoom", 1.0, 100_000.0),
             ("maxMessageBytes", 1.0, 1_048_576.0),
+            ("replication", 1.0, 2.0),
         ] {
             let prop = spec_prop(field);
             assert_eq!(prop["minimum"].as_f64(), Some(min), "{field} minimum");
@@ -432,6 +447,7 @@ mod tests {
         assert_eq!(spec["required"], json!(["replicas"]));
         assert_eq!(spec_prop("shards")["default"], json!(256));
         assert_eq!(spec_prop("handoffTimeout")["default"], json!("30s"));
+        assert_eq!(spec_prop("replication")["default"], json!(2));
     }
 
     #[test]
@@ -565,6 +581,7 @@ mod tests {
         assert_eq!(spec.history_per_room, 100);
         assert_eq!(spec.max_message_bytes, 16 * 1024);
         assert_eq!(spec.handoff_timeout, "30s");
+        assert_eq!(spec.replication, 2);
         assert_eq!(spec.service, ServiceSpec::default());
         assert_eq!(spec.service.port, 80);
         assert_eq!(spec.service.type_, ServiceType::ClusterIP);

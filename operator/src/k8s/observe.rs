@@ -119,6 +119,20 @@ pub fn node_info(ip: &str) -> NodeInfo {
     }
 }
 
+/// The label holding a pod's failure zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The pod's zone, from its own `topology.kubernetes.io/zone` label: Kubernetes copies the
+/// node's topology labels onto the pod when it binds it (the `PodTopologyLabelsAdmission`
+/// feature), and a label set by hand counts too. Reading it from the Node instead would need
+/// cluster-wide `get` on nodes, which the operator's namespaced RBAC does not have.
+pub fn pod_zone(pod: &Pod) -> Option<String> {
+    pod.labels()
+        .get(ZONE_LABEL)
+        .filter(|z| !z.is_empty())
+        .cloned()
+}
+
 /// The views of pods `0..replicas` of the StatefulSet `prefix`, with the reports of the ready
 /// ones read concurrently through `reader`. A pod that does not exist (yet) is a view that is
 /// neither running nor ready; pods at or above `replicas` (still terminating after a removal)
@@ -142,7 +156,10 @@ pub async fn pod_views(
         views.push(PodView {
             running: pod.is_some_and(is_running),
             ready: pod.is_some_and(is_ready) && ip.is_some(),
-            info: ip.map(node_info),
+            info: ip.map(|ip| NodeInfo {
+                zone: pod.and_then(pod_zone),
+                ..node_info(ip)
+            }),
             report: None,
             terminating: pod.is_some_and(is_terminating),
             name,
@@ -198,6 +215,18 @@ mod tests {
         let err = parse_status(&name("chat-1"), r#"{"node":"chat-7","epoch":1}"#)
             .expect_err("wrong node");
         assert!(err.contains("answers as chat-7"));
+    }
+
+    #[test]
+    fn a_pods_zone_comes_from_its_zone_label_and_an_empty_one_is_no_zone() {
+        let mut pod = Pod::default();
+        assert_eq!(pod_zone(&pod), None);
+        pod.labels_mut()
+            .insert(ZONE_LABEL.to_owned(), "eu-west-1a".to_owned());
+        assert_eq!(pod_zone(&pod).as_deref(), Some("eu-west-1a"));
+        pod.labels_mut()
+            .insert(ZONE_LABEL.to_owned(), String::new());
+        assert_eq!(pod_zone(&pod), None);
     }
 
     #[test]

@@ -311,7 +311,7 @@ async fn pass(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let options = DecideOptions {
         plan: PlanOptions {
             max_moves_per_node: ctx.options.max_moves_per_node,
-            ..PlanOptions::default()
+            replication: checked.replication,
         },
         balance: ctx.options.balance.clone(),
         drain_timeout: checked.handoff_timeout,
@@ -711,7 +711,11 @@ async fn transition_events(
     if let Some(stuck) = &decision.stuck
         && !stuck_before
     {
-        let note = format!("{stuck}; the pods stay until it finishes");
+        let note = if matches!(decision.step, DrainStep::Remove(_)) {
+            stuck.to_string()
+        } else {
+            format!("{stuck}; the pods stay until it finishes")
+        };
         event(
             ctx,
             cluster,

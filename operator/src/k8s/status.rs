@@ -25,6 +25,9 @@ pub mod types {
     pub const DEGRADED: &str = "Degraded";
     /// Every pod runs the current pod template (False while a rolling update goes on).
     pub const UP_TO_DATE: &str = "UpToDate";
+    /// Every shard has a live follower (replication 2); False names how many have none, or
+    /// says replication is off (`replication: 1`). Reasons in [`crate::replication::reasons`].
+    pub const REPLICATED: &str = "Replicated";
 }
 
 /// Condition reasons.
@@ -240,6 +243,13 @@ pub fn summarize(pass: &Pass<'_>) -> ChatClusterStatus {
         None => ("False", reasons::AS_EXPECTED, String::new()),
     };
     set_condition(&mut conditions, types::DEGRADED, degraded, generation, now);
+    set_condition(
+        &mut conditions,
+        types::REPLICATED,
+        crate::replication::condition(&decision.followers),
+        generation,
+        now,
+    );
     if let Some(updated) = rollout.updated {
         let up_to_date = if rollout.in_progress {
             (
@@ -277,6 +287,7 @@ pub fn summarize(pass: &Pass<'_>) -> ChatClusterStatus {
             .map(|(n, k)| (n.to_string(), i32::try_from(k).unwrap_or(i32::MAX)))
             .collect::<BTreeMap<_, _>>(),
         moves_in_flight: i32::try_from(moves).unwrap_or(i32::MAX),
+        shards_with_follower: i32::try_from(decision.followers.with_follower).unwrap_or(i32::MAX),
         draining: if draining_now {
             draining.iter().map(ToString::to_string).collect()
         } else {
@@ -373,6 +384,7 @@ fn rfc3339(t: Timestamp) -> String {
 mod tests {
     use super::*;
     use crate::decide::Stuck;
+    use crate::replication::FollowerSummary;
     use k8s_openapi::api::apps::v1::StatefulSet;
     use shard::{AssignmentTable, DrainStep, NodeInfo};
     use std::collections::BTreeSet;
@@ -408,6 +420,13 @@ mod tests {
             stop: BTreeSet::new(),
             stuck: None,
             exiting: BTreeSet::new(),
+            followers: FollowerSummary {
+                replication: 2,
+                assigned: 4,
+                with_follower: 4,
+                catching_up: 0,
+            },
+            catching_up: vec![],
         }
     }
 
@@ -566,6 +585,26 @@ mod tests {
     }
 
     #[test]
+    fn the_replicated_condition_names_how_many_shards_have_no_live_follower() {
+        let mut d = decision(&["c-0", "c-1"], DrainStep::Steady);
+        let all = summarize(&pass(&d, None, at(0)));
+        assert_eq!(all.shards_with_follower, 4);
+        let replicated = condition(Some(&all), types::REPLICATED).expect("replicated");
+        assert_eq!(
+            (replicated.status.as_str(), replicated.reason.as_str()),
+            ("True", "AllShardsFollowed")
+        );
+        d.followers.with_follower = 1;
+        let some = summarize(&pass(&d, Some(&all), at(10)));
+        assert_eq!(some.shards_with_follower, 1);
+        let replicated = condition(Some(&some), types::REPLICATED).expect("replicated");
+        assert_eq!(replicated.status, "False");
+        assert_eq!(replicated.reason, "FollowersMissing");
+        assert_eq!(replicated.message, "3 of 4 shards have no live follower");
+        assert_eq!(replicated.last_transition_time, Time(at(10)));
+    }
+
+    #[test]
     fn a_stuck_drain_is_degraded_with_the_stuck_message() {
         let mut d = decision(&["c-0", "c-1"], DrainStep::WaitForMoves { pending: vec![] });
         d.stuck = Some(Stuck {
@@ -574,6 +613,7 @@ mod tests {
             lagging: vec![],
             pending: vec![],
             busy: vec![(name("c-0"), 1)],
+            catching_up: vec![],
             epoch: 3,
         });
         let status = summarize(&pass(&d, None, at(0)));

@@ -70,7 +70,7 @@ pub use autoscaler::AutoscalingView;
 pub use options::{LocalOptions, MAX_REPLICAS, parse_bounds};
 use pods::State;
 use rollout::Rollout;
-pub use view::{ClusterView, DrainView, NodeView, RolloutView};
+pub use view::{ClusterView, DrainView, NodeView, ReplicationView, RolloutView};
 use workdir::WorkDir;
 
 /// Pod names are `node-{ordinal}`.
@@ -173,7 +173,7 @@ impl LocalCluster {
             decide: DecideOptions {
                 plan: PlanOptions {
                     max_moves_per_node: options.max_moves_per_node,
-                    ..PlanOptions::default()
+                    replication: options.replication,
                 },
                 balance: options.balance.clone(),
                 drain_timeout: options

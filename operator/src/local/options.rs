@@ -33,6 +33,9 @@ pub struct LocalOptions {
     pub drain_timeout: Option<Duration>,
     /// Cap on the moves one node takes part in per table (see [`shard::PlanOptions`]).
     pub max_moves_per_node: usize,
+    /// Copies of every shard's rooms (`--replication`): 2 gives each shard a follower on
+    /// another node, so a killed node loses no acknowledged message; 1 owners only.
+    pub replication: u8,
     /// Load-aware placement by the per-shard load nodes report (see [`shard::balance`]).
     pub balance: shard::LoadPolicy,
     /// Extra arguments appended to every node's command line.
@@ -58,6 +61,7 @@ impl Default for LocalOptions {
             shutdown_grace: Duration::from_secs(10),
             drain_timeout: None,
             max_moves_per_node: 64,
+            replication: 2,
             balance: shard::LoadPolicy::default(),
             node_args: Vec::new(),
             log_dir: None,
@@ -102,6 +106,9 @@ pub(super) fn validate(options: &LocalOptions) -> Result<(), Error> {
                 "--autoscale: the maximum must not exceed {MAX_REPLICAS}"
             )));
         }
+    }
+    if !(1..=2).contains(&options.replication) {
+        return Err(Error::Config("--replication must be 1 or 2".into()));
     }
     if options.max_moves_per_node == 0 {
         return Err(Error::Config(

@@ -27,6 +27,10 @@ pub(super) struct State {
     pub pods: BTreeMap<u32, Pod>,
     pub step: DrainStep,
     pub stuck: Option<Stuck>,
+    /// How many shards have a live follower, from the last pass.
+    pub followers: crate::replication::FollowerSummary,
+    /// Nodes the drain waits on while they catch up followed shards, from the last pass.
+    pub catching_up: Vec<(NodeName, u32)>,
     pub drain_since: Option<Instant>,
     pub stuck_logged: Option<Instant>,
     pub started: Instant,
@@ -123,6 +127,8 @@ impl State {
             pods: BTreeMap::new(),
             step: DrainStep::Steady,
             stuck: None,
+            followers: crate::replication::FollowerSummary::default(),
+            catching_up: Vec::new(),
             drain_since: None,
             stuck_logged: None,
             started: Instant::now(),

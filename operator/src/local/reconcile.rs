@@ -127,9 +127,13 @@ fn track_drain(st: &mut State, decision: &Decision, now: Instant) {
                 .stuck_logged
                 .is_none_or(|t| now.duration_since(t) >= STUCK_LOG_EVERY)
             {
-                tracing::error!(
-                    "{stuck}; not stopping anything, still retrying (Kubernetes: Degraded)"
-                );
+                if matches!(decision.step, shard::DrainStep::Remove(_)) {
+                    tracing::error!("{stuck} (Kubernetes: Degraded)");
+                } else {
+                    tracing::error!(
+                        "{stuck}; not stopping anything, still retrying (Kubernetes: Degraded)"
+                    );
+                }
                 st.stuck_logged = Some(now);
             }
         }
@@ -142,6 +146,8 @@ fn track_drain(st: &mut State, decision: &Decision, now: Instant) {
     }
     st.step = decision.step.clone();
     st.stuck = decision.stuck.clone();
+    st.followers = decision.followers.clone();
+    st.catching_up.clone_from(&decision.catching_up);
 }
 
 /// One autoscaler step (`--autoscale`): a change sets the desired count, as `POST /scale`

@@ -41,6 +41,10 @@ pub struct ClusterView {
     /// Where a rolling restart stands.
     #[serde(default)]
     pub rollout: RolloutView,
+    /// Replication: copies per shard, how many shards have a live follower, and the
+    /// `Replicated` condition as the Kubernetes status would show it.
+    #[serde(default)]
+    pub replication: ReplicationView,
     /// The autoscaler, when `--autoscale` is on: its bounds, its last change and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<super::AutoscalingView>,
@@ -60,6 +64,30 @@ pub struct RolloutView {
     pub current: Option<String>,
     /// Rolling restarts finished since the driver started.
     pub completed: u32,
+}
+
+/// Replication as `/cluster` shows it (see [`crate::replication`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationView {
+    /// Copies of every shard (`--replication`): 1 or 2.
+    pub copies: u8,
+    /// Shards with an owner.
+    pub assigned_shards: u32,
+    /// Shards whose follower reports a live copy.
+    pub shards_with_follower: u32,
+    /// Shards whose follower is still receiving its copy.
+    pub catching_up: u32,
+    /// Every assigned shard has a live follower (the `Replicated` condition's status).
+    pub replicated: bool,
+    /// The condition's reason (`AllShardsFollowed`, `CatchingUp`, `FollowersMissing`,
+    /// `NoAssignment`, `ReplicationOff`).
+    pub reason: String,
+    /// The condition's message.
+    pub message: String,
+    /// Nodes a scale-down waits on while they catch up followed shards (`node (shards)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
 }
 
 /// One node process.
@@ -155,6 +183,18 @@ impl ClusterView {
             self.admin_url, self.replicas, self.desired_replicas, self.epoch, self.shards
         );
         let _ = writeln!(out, "phase: {}", self.drain.phase);
+        let _ = writeln!(
+            out,
+            "replication {}: {}",
+            self.replication.copies, self.replication.message
+        );
+        if !self.replication.waiting_for.is_empty() {
+            let _ = writeln!(
+                out,
+                "scale-down waits for followers catching up on {}",
+                self.replication.waiting_for.join(", ")
+            );
+        }
         if self.rollout.in_progress {
             let _ = writeln!(
                 out,
@@ -320,6 +360,27 @@ pub(super) fn build(st: &State, table: &AssignmentTable, config: &Config) -> Clu
             stuck: st.stuck.as_ref().map(ToString::to_string),
         },
         rollout,
+        replication: replication_view(st),
         autoscaling: st.autoscaler.as_ref().map(|a| a.view(st.scalings)),
+    }
+}
+
+/// The replication part of the view, from the last pass.
+fn replication_view(st: &State) -> ReplicationView {
+    let summary = &st.followers;
+    let (status, reason, message) = crate::replication::condition(summary);
+    ReplicationView {
+        copies: summary.replication,
+        assigned_shards: summary.assigned,
+        shards_with_follower: summary.with_follower,
+        catching_up: summary.catching_up,
+        replicated: status == "True",
+        reason: reason.to_owned(),
+        message,
+        waiting_for: st
+            .catching_up
+            .iter()
+            .map(|(n, k)| format!("{n} ({k})"))
+            .collect(),
     }
 }

@@ -93,7 +93,8 @@ impl FakeNodes {
     }
 
     /// Every listed pod reports that it applied `table`, with nothing in flight and, as the
-    /// source, every move of `table` done when `moves_done`.
+    /// source, every move of `table` done when `moves_done`; it holds a live copy of every
+    /// shard `table` gives it to follow (replication 2), none still catching up.
     pub fn applied(&self, pods: &[&str], table: &AssignmentTable, moves_done: bool) {
         for pod in pods {
             let done = if moves_done {
@@ -112,6 +113,7 @@ impl FakeNodes {
                     epoch: table.epoch,
                     moves_in_flight: 0,
                     moves_done: done,
+                    following: u32::try_from(table.followed_by(&n(pod)).len()).unwrap_or(u32::MAX),
                     ..Report::default()
                 },
             );
