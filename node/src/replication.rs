@@ -79,6 +79,46 @@ pub enum Answer {
     NoCopy,
 }
 
+/// What a follower does with a change, judged against its own table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Apply it to the copy.
+    Apply,
+    /// The sender has no role for the shard here: refuse it for good ([`Answer::Fenced`]).
+    Fenced,
+    /// The sender is the shard's owner (or still handing it off), but this node does not
+    /// follow the shard in its table: the two tables differ for a moment. Ask the owner to
+    /// try again ([`Answer::NoCopy`]); by then one of them has the other's table.
+    NotFollower,
+}
+
+/// The follower's rule (fencing): a change is applied when its sender owns the shard in this
+/// node's table, or is the source of the shard's hand-off in flight (its last changes before
+/// the freeze are in the snapshot the new owner installs, so they are not stale), and this
+/// node follows the shard. A sender whose table is newer than ours is taken at its word: an
+/// owner that lost its role has an older table than the one that took it away, never a newer
+/// one. Anyone else is fenced out.
+pub fn judge(
+    table: &shard::AssignmentTable,
+    me: &NodeName,
+    from: &NodeName,
+    shard: ShardId,
+    epoch: u64,
+) -> Verdict {
+    if epoch > table.epoch {
+        return Verdict::Apply;
+    }
+    let owner = table.owner(shard) == Some(from);
+    let handing_off = table.move_of(shard).is_some_and(|m| &m.from == from);
+    if !owner && !handing_off {
+        Verdict::Fenced
+    } else if table.follower(shard) == Some(me) {
+        Verdict::Apply
+    } else {
+        Verdict::NotFollower
+    }
+}
+
 /// Who a room's changes go to: the follower and the table epoch that named it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowerRef {
@@ -369,6 +409,74 @@ mod tests {
         r.hold(11, 1, vec![event(2)], sender(2));
         assert_eq!(conns(&r.no_follower()), [1, 2]);
         assert_eq!(r.in_flight(), 0);
+    }
+
+    fn table(
+        epoch: u64,
+        owner: &str,
+        follower: &str,
+        moving_from: Option<&str>,
+    ) -> shard::AssignmentTable {
+        let nodes = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|n| (node(n), shard::NodeInfo::new("127.0.0.1:9")))
+            .collect();
+        let mut t = shard::AssignmentTable::with_roles(
+            vec![Some(node(owner))],
+            vec![Some(node(follower))],
+            nodes,
+        )
+        .expect("valid table");
+        t.epoch = epoch;
+        if let Some(from) = moving_from {
+            t.moves.push(shard::Move {
+                shard: ShardId(0),
+                from: node(from),
+                to: node(owner),
+            });
+        }
+        t
+    }
+
+    #[test]
+    fn a_follower_applies_its_owners_changes_and_fences_anyone_else() {
+        let t = table(5, "a", "b", None);
+        let me = node("b");
+        assert_eq!(judge(&t, &me, &node("a"), ShardId(0), 5), Verdict::Apply);
+        assert_eq!(judge(&t, &me, &node("a"), ShardId(0), 4), Verdict::Apply);
+        assert_eq!(
+            judge(&t, &me, &node("c"), ShardId(0), 5),
+            Verdict::Fenced,
+            "an old owner at an older or equal table is fenced"
+        );
+        assert_eq!(
+            judge(&t, &me, &node("c"), ShardId(0), 6),
+            Verdict::Apply,
+            "a sender with a newer table is taken at its word"
+        );
+    }
+
+    #[test]
+    fn a_hand_off_source_is_not_fenced_while_its_move_is_in_flight() {
+        let t = table(5, "a", "b", Some("c"));
+        assert_eq!(
+            judge(&t, &node("b"), &node("c"), ShardId(0), 4),
+            Verdict::Apply
+        );
+        let done = table(6, "a", "b", None);
+        assert_eq!(
+            judge(&done, &node("b"), &node("c"), ShardId(0), 5),
+            Verdict::Fenced
+        );
+    }
+
+    #[test]
+    fn the_owner_is_asked_to_retry_by_a_node_that_no_longer_follows_the_shard() {
+        let t = table(5, "a", "d", None);
+        assert_eq!(
+            judge(&t, &node("b"), &node("a"), ShardId(0), 5),
+            Verdict::NotFollower
+        );
     }
 
     #[test]

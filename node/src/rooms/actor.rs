@@ -21,6 +21,10 @@ use crate::snowflake::unix_ms;
 /// down) sends its whole state again.
 const RESEND: Duration = Duration::from_millis(250);
 
+/// How long a room waits before it sends its whole state again to a follower that had no
+/// copy of it (or does not follow the shard in its table yet).
+const RETRY_WHOLE: Duration = Duration::from_millis(20);
+
 /// Refusals kept for the actor at most; the follower answers each change once, so more means
 /// a confused peer, and the next resend settles the room anyway.
 const MAX_REFUSALS: usize = 16;
@@ -408,7 +412,9 @@ impl RoomActor {
             );
         }
         if settled.resend_whole {
-            self.sync();
+            // Not at once: a node that does not follow the shard (yet) in its table answers
+            // the same way, and needs a moment for the tables to agree.
+            self.resend_at = Some(tokio::time::Instant::now() + RETRY_WHOLE);
         }
     }
 

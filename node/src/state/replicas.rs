@@ -5,11 +5,9 @@
 //! every room of the shard send its whole state, then tells the follower the shard is whole
 //! ([`PeerMsg::CaughtUp`]).
 //!
-//! Follower: [`NodeState::on_replicate`] applies a change to the copy only if the sender owns
-//! the shard in this node's table and this node follows it (fencing: an old owner cannot get a
-//! message acknowledged once the follower knows it lost the role). A sender whose table is
-//! newer than ours is taken at its word: an owner that lost its role has an older table than
-//! the one that took it away, never a newer one.
+//! Follower: [`NodeState::on_replicate`] applies a change to the copy only as
+//! [`judge`] allows (fencing: an old owner cannot get a message acknowledged once the follower
+//! knows it lost the role).
 //!
 //! Failover: when a table makes this node the owner of a shard it followed, with no hand-off,
 //! [`NodeState::promote`] starts the shard's rooms from the copy, so seq continues and every
@@ -24,7 +22,7 @@ use shard::{AssignmentTable, NodeName, RoomId, ShardId};
 use super::{NodeState, lock};
 use crate::copies::FollowCounts;
 use crate::peer::wire::PeerMsg;
-use crate::replication::{Answer, Change, ChangeFor, FollowerRef};
+use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Verdict, judge};
 
 impl NodeState {
     /// The follower of `shard` in the table in force, with that table's epoch.
@@ -58,13 +56,6 @@ impl NodeState {
         peers.send(to, msg).is_ok()
     }
 
-    /// Whether `from` may change this node's copy of `shard` (see the module doc).
-    fn may_replicate(&self, from: &NodeName, shard: ShardId, epoch: u64) -> bool {
-        let table = self.table();
-        epoch > table.epoch
-            || (table.owner(shard) == Some(from) && table.follower(shard) == Some(self.me()))
-    }
-
     /// A change from an owner: apply it to the copy if the sender may make it, and answer.
     pub(super) fn on_replicate(
         &self,
@@ -75,12 +66,14 @@ impl NodeState {
         rid: u64,
         change: Change,
     ) {
-        let answer = if self.may_replicate(from, shard, epoch) {
-            lock(&self.copies).apply(shard, &room, change)
-        } else {
-            self.metrics.replication_fenced.inc();
-            tracing::warn!(%shard, %from, epoch, "refused a change from a node that does not own the shard here");
-            Answer::Fenced
+        let answer = match judge(&self.table(), self.me(), from, shard, epoch) {
+            Verdict::Apply => lock(&self.copies).apply(shard, &room, change),
+            Verdict::NotFollower => Answer::NoCopy,
+            Verdict::Fenced => {
+                self.metrics.replication_fenced.inc();
+                tracing::warn!(%shard, %from, epoch, "refused a change from a node that does not own the shard here");
+                Answer::Fenced
+            }
         };
         let reply = PeerMsg::Replicated {
             shard,
@@ -105,7 +98,7 @@ impl NodeState {
         floor: u64,
         resting: Vec<(RoomId, u64)>,
     ) {
-        if self.may_replicate(from, shard, epoch) {
+        if judge(&self.table(), self.me(), from, shard, epoch) == Verdict::Apply {
             lock(&self.copies).caught_up(shard, floor, resting);
             tracing::info!(%shard, %from, "copy of the shard is live");
         }
