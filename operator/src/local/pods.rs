@@ -31,6 +31,8 @@ pub(super) struct State {
     pub followers: crate::replication::FollowerSummary,
     /// Nodes the drain waits on while they catch up followed shards, from the last pass.
     pub catching_up: Vec<(NodeName, u32)>,
+    /// Since when a rolling restart has waited for followers catching up (none: not waiting).
+    pub rollout_followers_since: Option<Instant>,
     pub drain_since: Option<Instant>,
     pub stuck_logged: Option<Instant>,
     pub started: Instant,
@@ -129,6 +131,7 @@ impl State {
             stuck: None,
             followers: crate::replication::FollowerSummary::default(),
             catching_up: Vec::new(),
+            rollout_followers_since: None,
             drain_since: None,
             stuck_logged: None,
             started: Instant::now(),
@@ -230,6 +233,11 @@ impl State {
                 running: pod.proc.is_some(),
                 ready: pod.proc.as_ref().is_some_and(|p| p.ready && !p.leaving()),
                 name: pod.name.clone(),
+                catching_up: pod
+                    .proc
+                    .as_ref()
+                    .and_then(|p| p.report.as_ref())
+                    .map_or(0, |r| r.catching_up),
             })
             .collect()
     }

@@ -100,7 +100,7 @@ pub(super) fn pass(shared: &Arc<Shared>) {
     st.pods
         .retain(|&ordinal, pod| ordinal < replicas || pod.proc.is_some());
 
-    step_rollout(shared, &mut st, &next);
+    step_rollout(shared, &mut st, &next, now);
 
     for name in &decision.start {
         start(shared, &mut st, name, now);
@@ -178,8 +178,27 @@ fn autoscale(
 }
 
 /// One step of the rolling restart in progress, if any.
-fn step_rollout(shared: &Shared, st: &mut State, table: &shard::AssignmentTable) {
-    let pods = st.rollout_pods();
+fn step_rollout(shared: &Shared, st: &mut State, table: &shard::AssignmentTable, now: Instant) {
+    let mut pods = st.rollout_pods();
+    let copying: Vec<String> = pods
+        .iter()
+        .filter(|p| p.ready && p.catching_up > 0)
+        .map(|p| format!("{} ({})", p.name, p.catching_up))
+        .collect();
+    if copying.is_empty() || st.rollout.is_none() {
+        st.rollout_followers_since = None;
+    } else {
+        let since = *st.rollout_followers_since.get_or_insert(now);
+        // Bounded like a drain: past the drain timeout a follower that does not catch up no
+        // longer holds the restart up.
+        if now.duration_since(since) >= shared.config.decide.drain_timeout {
+            tracing::warn!(followers = %copying.join(", "),
+                "rolling restart: followers still catching up past the drain timeout; going on");
+            for p in &mut pods {
+                p.catching_up = 0;
+            }
+        }
+    }
     let Some(rollout) = st.rollout.as_mut() else {
         return;
     };

@@ -9,9 +9,12 @@
 //!    `deletionTimestamp`): [`crate::decide()`] plans its shards off it and the node hands them
 //!    off before it exits.
 //! 2. **Wait** until a new process (a later generation) runs, is ready, owns its share again by
-//!    hand-off, and no move is left in the table. Waiting for the moves, not only for
-//!    readiness, keeps the next pod's drain from overlapping this one's rebalance, so no room
-//!    is handed off twice at once.
+//!    hand-off, no move is left in the table, and no ready pod reports followed shards still
+//!    catching up (replication 2). Waiting for the moves, not only for readiness, keeps the
+//!    next pod's drain from overlapping this one's rebalance, so no room is handed off twice
+//!    at once; waiting for the followers keeps the next pod from going while shards have only
+//!    one copy. The driver bounds the follower wait (it reports pods it stopped waiting for as
+//!    caught up, see `local::reconcile`).
 //! 3. Next pod; when none is left, [`Step::Done`].
 //!
 //! A pod that no longer exists (the cluster was scaled down meanwhile) is skipped. The rollout
@@ -33,6 +36,8 @@ pub(super) struct RolloutPod {
     pub ready: bool,
     /// The pod's name in the table.
     pub name: shard::NodeName,
+    /// Followed shards its process reports still receiving their copy (0 with no report).
+    pub catching_up: u32,
 }
 
 /// What the driver should do now.
@@ -105,7 +110,8 @@ impl Rollout {
             let replaced = pod.generation > current.old_generation && pod.running && pod.ready;
             let settled = table.nodes.contains_key(&pod.name)
                 && !table.shards_of(&pod.name).is_empty()
-                && table.moves.is_empty();
+                && table.moves.is_empty()
+                && pods.iter().all(|p| !p.ready || p.catching_up == 0);
             if !(replaced && settled) {
                 return Step::Wait;
             }
@@ -131,6 +137,7 @@ mod tests {
             running: true,
             ready,
             name: name(i),
+            catching_up: 0,
         }
     }
 
@@ -214,6 +221,19 @@ mod tests {
         );
         assert_eq!(rollout.updated, 2);
         assert_eq!(rollout.total, 2);
+    }
+
+    #[test]
+    fn a_rollout_waits_while_a_ready_pod_still_catches_up_followed_shards() {
+        let all = table(&[0, 1]);
+        let mut rollout = Rollout::new(2);
+        let mut pods = vec![pod(0, 1, true), pod(1, 1, true)];
+        assert_eq!(rollout.step(&pods, &all), Step::Stop(1));
+        pods[1] = pod(1, 2, true);
+        pods[0].catching_up = 2;
+        assert_eq!(rollout.step(&pods, &all), Step::Wait);
+        pods[0].catching_up = 0;
+        assert_eq!(rollout.step(&pods, &all), Step::Stop(0));
     }
 
     #[test]
