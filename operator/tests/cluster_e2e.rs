@@ -59,18 +59,15 @@ async fn three_nodes_deliver_every_message_in_order_to_members_on_every_node() {
     cluster.shutdown().await.expect("clean shutdown");
 }
 
-// Under load, with replication 2 a few sends are still answered `room_unavailable` during
-// planned moves (a node-side fencing race: a follower at another table than the owner refuses
-// its changes), so the load test runs with replication 1, as before replication, and its
-// replication-2 variant is ignored until the node side is fixed. The test after them checks the
-// replication side of scaling with real nodes, without load.
+// The load test runs with replication 1 (owners only) and 2 (the default): planned moves lose,
+// repeat and refuse nothing either way. The test after them checks the replication side of
+// scaling with real nodes, without load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_3_to_5_to_2_under_load_loses_and_repeats_nothing() {
     scale_under_load(1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "node: a follower at another table refuses the owner; a few room_unavailable"]
 async fn scaling_3_to_5_to_2_under_load_with_two_copies_of_every_room_refuses_no_send() {
     scale_under_load(2).await;
 }

@@ -132,11 +132,9 @@ async fn assert_histories_whole(cluster: &LocalCluster, prefix: &str) -> u64 {
     total
 }
 
-// The planned-exit tests run with replication 1, what they guarded before replication; their
-// replication-2 variants are ignored for now: under load a few sends are answered
-// `room_unavailable` (the node logs "the follower refused this node as the room's owner" and
-// "refused a change from a node that does not own the shard here": a follower still at an
-// older table refuses the shard's new owner). No message is lost or repeated in those runs.
+// The planned-exit tests run with replication 1 (owners only) and 2 (the default, where a
+// hand-off's source and the shard's follower may read different tables for a moment: the
+// follower must neither fence the source nor refuse an owner whose follower role moved).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_node_under_load_loses_and_repeats_nothing() {
@@ -144,7 +142,6 @@ async fn a_rolling_restart_of_every_node_under_load_loses_and_repeats_nothing() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "node: a follower at an older table refuses the new owner; a few room_unavailable"]
 async fn a_rolling_restart_with_two_copies_of_every_room_refuses_no_send() {
     rolling_restart(2).await;
 }
@@ -155,7 +152,6 @@ async fn a_node_sent_sigterm_by_hand_hands_its_rooms_off_and_is_started_again() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "node: a follower at an older table refuses the new owner; a few room_unavailable"]
 async fn a_node_sent_sigterm_by_hand_with_two_copies_of_every_room_refuses_no_send() {
     sigterm_by_hand(2).await;
 }
