@@ -70,6 +70,10 @@ pub struct Args {
     /// what a room gets).
     #[arg(long)]
     pub audit_history: bool,
+    /// Told `reconnect`, close the old connection before opening the new one (what clients
+    /// did before make-before-break), to compare the two.
+    #[arg(long)]
+    pub break_before_make: bool,
 }
 
 /// A WebSocket node address that passed the loopback check.
@@ -128,6 +132,8 @@ pub struct LoadPlan {
     pub metrics: Vec<HttpTarget>,
     /// Read every room's history afterwards.
     pub audit_history: bool,
+    /// Close a told connection before opening the next one.
+    pub break_before_make: bool,
 }
 
 /// A checked idle run.
@@ -220,6 +226,7 @@ impl Args {
             pids: self.pids.clone(),
             metrics,
             audit_history: self.audit_history,
+            break_before_make: self.break_before_make,
         }))
     }
 }

@@ -30,6 +30,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::NodeAddr;
+use crate::handover::{Marks, Pause};
 use crate::histogram::Histogram;
 use crate::wire::{self, ServerFrame, WireMsg};
 
@@ -45,6 +46,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Cap on a node's `after_ms`: a bench run is short and must stay bounded.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
+/// How long a node that told a user to reconnect (or refused one) is left out of every user's
+/// choice of the next node.
+const GONE_FOR: Duration = Duration::from_secs(5);
 /// Wait before asking again after a refused `join` (e.g. `room_unavailable`).
 const REJOIN_DELAY: Duration = Duration::from_millis(250);
 /// Latency samples kept locally before they are added to the shared histogram, so the lock
@@ -80,6 +84,11 @@ pub struct Shared {
     pub stop: CancellationToken,
     /// Handshakes in progress at once.
     pub handshakes: Semaphore,
+    /// Close a connection told to reconnect before opening the next one.
+    pub break_before_make: bool,
+    /// Per node, until when (µs) users leave it out of their choice: it told a user to
+    /// reconnect or refused a connection, as a terminating pod leaves a Service's endpoints.
+    pub gone_until_us: Vec<AtomicU64>,
     /// Start of the measured window (µs on [`Shared::clock`]); `u64::MAX` until planned.
     pub measure_from_us: AtomicU64,
     /// End of the send phase (µs); pauses are only counted inside the window.
@@ -169,6 +178,10 @@ pub struct UserReport {
     pub room_resets: u64,
     /// Longest time in the send phase without a delivery, in µs.
     pub longest_pause_us: u64,
+    /// That pause, and the move that fell inside it.
+    pub longest_pause: Pause,
+    /// Every move from one connection to another, with its steps' times.
+    pub moves: Vec<Marks>,
     /// Frames that were not protocol v1 server frames.
     pub bad_frames: u64,
     /// Whether the user was in its room when the run stopped.
@@ -179,14 +192,86 @@ pub struct UserReport {
     pub room: Option<usize>,
 }
 
-/// Why a connection's serve loop ended.
-enum Exit {
-    /// The run is over.
-    Stop,
+/// Which of a user's connections a frame came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The connection we joined (or are joining) on.
+    Current,
+    /// The connection told to reconnect, read until the current one has joined.
+    Old,
+}
+
+/// What a socket read means for its connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Continue,
+    Rejoin,
     /// The node asked us to reconnect, after this long, for this reason.
     Reconnect(Duration, String),
     /// The connection failed or was closed.
     Dropped(String),
+}
+
+/// A connection attempt in progress.
+type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ws, String>> + Send>>;
+
+/// How long the old connection waits, after the new one has joined, for the answers to the
+/// sends made on it before it is closed anyway (they come back in the re-join's replay too).
+const OLD_LINGER: Duration = Duration::from_secs(2);
+
+/// The next read of `ws`, or never when there is none.
+async fn next_frame(
+    ws: &mut Option<Ws>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match ws.as_mut() {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Open a connection for user `name` to node `node`; `throttled` waits for a handshake slot.
+async fn connect(
+    shared: Arc<Shared>,
+    name: String,
+    node: usize,
+    throttled: bool,
+) -> Result<Ws, String> {
+    let addr = &shared.nodes[node];
+    let url = format!("{}/ws?user={name}", addr.base);
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    let stop = shared.stop.clone();
+    let attempt = async {
+        let _permit = if throttled {
+            Some(
+                shared
+                    .handshakes
+                    .acquire()
+                    .await
+                    .map_err(|_| "stopping".to_owned())?,
+            )
+        } else {
+            None
+        };
+        // Nagle off: a paced stream of small frames must not wait for ACKs.
+        let connecting =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+            Ok(Ok((ws, _response))) => Ok(ws),
+            Ok(Err(e)) => Err(format!("{}: {e}", addr.base)),
+            Err(_) => Err(format!("{}: handshake timed out", addr.base)),
+        }
+    };
+    tokio::select! {
+        () = stop.cancelled() => Err("stopping".to_owned()),
+        result = attempt => result,
+    }
 }
 
 /// What a frame asks of the serve loop.
@@ -219,6 +304,11 @@ pub async fn run_user(
         seen: HashSet::new(),
         last_delivery_us: 0,
         latencies: Vec::with_capacity(LATENCY_BATCH),
+        old_joined: false,
+        old_cids: HashSet::new(),
+        current_cids: HashSet::new(),
+        linger_until: None,
+        moving: None,
     };
     user.run(&mut orders).await;
     user.finish()
@@ -243,9 +333,24 @@ struct User {
     seen: HashSet<u64>,
     last_delivery_us: u64,
     latencies: Vec<u64>,
+    /// Whether the old connection (told to reconnect) was in the room.
+    old_joined: bool,
+    /// Sends made on the old connection and not answered yet.
+    old_cids: HashSet<String>,
+    /// Sends made on the current connection and not answered yet.
+    current_cids: HashSet<String>,
+    /// After the new connection joined: when the old one is closed even with sends unanswered.
+    linger_until: Option<tokio::time::Instant>,
+    /// The move under way (or the last one), for the account of the pauses.
+    moving: Option<Marks>,
 }
 
 impl User {
+    /// The user's connections over the run. A `reconnect` from the node is make-before-break:
+    /// the told connection stays open and is still read (the node keeps serving it) while the
+    /// next node's connection opens and re-joins with `since`; sends keep going out on the old
+    /// one until then. Once the new one has joined and every send made on the old one is
+    /// answered, the old one is closed. Repeats from the overlap are dropped by message id.
     async fn run(&mut self, orders: &mut mpsc::Receiver<SendOrder>) {
         let stop = self.shared.stop.clone();
         let nodes = self.shared.nodes.len();
@@ -253,154 +358,309 @@ impl User {
         let mut failures: u32 = 0;
         let mut ever_connected = false;
         let mut last_error = String::from("not tried");
-        while !stop.is_cancelled() {
+        // The connection we join and (once the old one is gone) send on.
+        let mut current: Option<Ws> = None;
+        // The connection told to reconnect, still read until `current` has joined.
+        let mut old: Option<Ws> = None;
+        let mut connecting: Option<Connecting> = None;
+        let mut connect_at = Some(tokio::time::Instant::now());
+        let mut rejoin_at: Option<tokio::time::Instant> = None;
+        loop {
             if self.ready.is_some() && Instant::now() >= self.spec.up_deadline {
                 self.tell_ready(Ready::Failed(last_error));
                 return;
             }
-            // Only the first connect waits its turn: clients that were told to reconnect are
-            // independent and come back at once, as real ones would.
-            let wait = match self.connect(node, !ever_connected).await {
-                Ok(ws) => {
-                    if ever_connected {
-                        self.report.reconnects += 1;
-                        self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                    }
-                    ever_connected = true;
-                    failures = 0;
-                    let exit = self.serve(ws, orders).await;
-                    if !matches!(exit, Exit::Stop) {
-                        self.joined = false;
-                    }
-                    match exit {
-                        // `joined` is left as it was: the report says whether we were in.
-                        Exit::Stop => return,
-                        // The next node in the list: never the one that told us to go.
-                        Exit::Reconnect(after, reason) => {
-                            last_error = format!("node {node} asked to reconnect: {reason}");
-                            after
-                        }
-                        Exit::Dropped(reason) => {
-                            last_error = reason;
-                            FIRST_BACKOFF
-                        }
-                    }
+            if connecting.is_none()
+                && current.is_none()
+                && connect_at.is_some_and(|at| at <= tokio::time::Instant::now())
+            {
+                connect_at = None;
+                if let Some(marks) = &mut self.moving {
+                    marks.attempts += 1;
                 }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    last_error = e;
-                    FIRST_BACKOFF
-                        .saturating_mul(1 << failures.min(5).saturating_sub(1))
-                        .min(MAX_BACKOFF)
-                }
-            };
-            node = (node + 1) % nodes;
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+                connecting = Some(Box::pin(connect(
+                    self.shared.clone(),
+                    self.spec.name.clone(),
+                    node,
+                    !ever_connected,
+                )));
             }
-        }
-    }
-
-    async fn connect(&self, node: usize, throttled: bool) -> Result<Ws, String> {
-        let addr = &self.shared.nodes[node];
-        let url = format!("{}/ws?user={}", addr.base, self.spec.name);
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-        let stop = self.shared.stop.clone();
-        let attempt = async {
-            let _permit = if throttled {
-                Some(
-                    self.shared
-                        .handshakes
-                        .acquire()
-                        .await
-                        .map_err(|_| "stopping".to_owned())?,
-                )
+            // The old connection goes once the new one has joined and its sends are answered.
+            if self.joined
+                && old.is_some()
+                && (self.old_cids.is_empty() || self.linger_over())
+                && let Some(ws) = old.take()
+            {
+                self.old_gone();
+                tokio::spawn(async move {
+                    let mut ws = ws;
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                });
+            }
+            if let Some(ws) = current.as_mut()
+                && self.joined
+                && old.is_none()
+                && let Some(order) = self.unsent.take()
+                && let Err(e) = self.send(ws, order, false).await
+            {
+                last_error = e;
+                current = None;
+                self.lost_current(old.is_some(), &mut connect_at, &mut node);
+                continue;
+            }
+            // Orders go to the joined connection; while a move is under way, to the old one
+            // until the new one has joined.
+            let send_on_old = !self.joined && old.is_some() && self.old_joined;
+            let take_orders = self.orders_open && ((self.joined && old.is_none()) || send_on_old);
+            let rejoin = sleep_until_some(rejoin_at);
+            let connect_wait = sleep_until_some(if connecting.is_none() && current.is_none() {
+                connect_at
             } else {
                 None
-            };
-            // Nagle off: a paced stream of small frames must not wait for ACKs.
-            let connecting =
-                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-                Ok(Ok((ws, _response))) => Ok(ws),
-                Ok(Err(e)) => Err(format!("{}: {e}", addr.base)),
-                Err(_) => Err(format!("{}: handshake timed out", addr.base)),
-            }
-        };
-        tokio::select! {
-            () = stop.cancelled() => Err("stopping".to_owned()),
-            result = attempt => result,
-        }
-    }
-
-    /// Serve one connection: join (or resume), then read, send orders, until it ends.
-    async fn serve(&mut self, mut ws: Ws, orders: &mut mpsc::Receiver<SendOrder>) -> Exit {
-        let stop = self.shared.stop.clone();
-        if let Err(e) = ws.send(Message::text(self.hello())).await {
-            return Exit::Dropped(e.to_string());
-        }
-        let mut rejoin_at: Option<tokio::time::Instant> = None;
-        loop {
-            if self.joined
-                && let Some(order) = self.unsent.take()
-                && let Err(e) = self.send(&mut ws, order).await
-            {
-                return Exit::Dropped(e);
-            }
-            let take_orders = self.joined && self.orders_open;
-            let rejoin = async move {
-                match rejoin_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
+            });
+            let linger = sleep_until_some(if self.joined && old.is_some() {
+                self.linger_until
+            } else {
+                None
+            });
+            let connected = async {
+                match connecting.as_mut() {
+                    Some(attempt) => attempt.await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
-                    return Exit::Stop;
+                    for mut ws in [current.take(), old.take()].into_iter().flatten() {
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                    }
+                    return;
                 }
-                frame = ws.next() => match frame {
-                    Some(Ok(Message::Text(text))) => {
-                        let now_us = self.shared.now_us();
-                        match self.on_frame(text.as_str(), now_us) {
-                            Next::Continue => {}
-                            Next::Rejoin => {
-                                rejoin_at = Some(tokio::time::Instant::now() + REJOIN_DELAY);
+                frame = next_frame(&mut old) => {
+                    if self.on_socket(frame, Via::Old) != Step::Continue {
+                        old = None;
+                        self.old_gone();
+                    }
+                }
+                frame = next_frame(&mut current) => match self.on_socket(frame, Via::Current) {
+                    Step::Continue => {}
+                    Step::Rejoin => {
+                        rejoin_at = Some(tokio::time::Instant::now() + REJOIN_DELAY);
+                    }
+                    Step::Reconnect(after, reason) => {
+                        last_error = format!("node {node} asked to reconnect: {reason}");
+                        let told = current.take();
+                        if old.is_none() && self.joined && !self.shared.break_before_make {
+                            // Make-before-break: keep reading it while the next one comes up.
+                            old = told;
+                            self.old_joined = true;
+                            self.old_cids = std::mem::take(&mut self.current_cids);
+                            self.begin_move(true);
+                        } else if let Some(mut ws) = told {
+                            if old.is_none() {
+                                self.begin_move(false);
                             }
-                            Next::Reconnect(after, reason) => {
+                            tokio::spawn(async move {
                                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
-                                return Exit::Reconnect(after, reason);
+                            });
+                        }
+                        self.joined = false;
+                        node = self.next_node(node);
+                        connect_at = Some(tokio::time::Instant::now() + after);
+                    }
+                    Step::Dropped(reason) => {
+                        last_error = reason;
+                        current = None;
+                        self.lost_current(old.is_some(), &mut connect_at, &mut node);
+                    }
+                },
+                result = connected => {
+                    connecting = None;
+                    match result {
+                        Ok(mut ws) => {
+                            if ever_connected {
+                                self.report.reconnects += 1;
+                                self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                            }
+                            ever_connected = true;
+                            failures = 0;
+                            if let Some(marks) = &mut self.moving {
+                                marks.open_us = Some(self.shared.now_us());
+                            }
+                            match ws.send(Message::text(self.hello())).await {
+                                Ok(()) => current = Some(ws),
+                                Err(e) => {
+                                    last_error = e.to_string();
+                                    self.lost_current(old.is_some(), &mut connect_at, &mut node);
+                                }
                             }
                         }
+                        Err(e) => {
+                            failures = failures.saturating_add(1);
+                            last_error = e;
+                            node = self.next_node(node);
+                            // While the old connection still serves us, the next node is tried
+                            // at once; otherwise back off.
+                            let wait = if old.is_some() {
+                                Duration::ZERO
+                            } else {
+                                FIRST_BACKOFF
+                                    .saturating_mul(1 << failures.min(5).saturating_sub(1))
+                                    .min(MAX_BACKOFF)
+                            };
+                            connect_at = Some(tokio::time::Instant::now() + wait);
+                        }
                     }
-                    Some(Ok(Message::Close(frame))) => {
-                        let why = frame.map(|f| format!("{} {}", f.code, f.reason));
-                        return Exit::Dropped(format!(
-                            "closed by the node ({})",
-                            why.unwrap_or_else(|| "no reason".into())
-                        ));
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Exit::Dropped(e.to_string()),
-                    None => return Exit::Dropped("connection ended".into()),
-                },
+                }
+                () = connect_wait => {}
+                () = linger => {}
                 () = rejoin => {
                     rejoin_at = None;
-                    if let Err(e) = ws.send(Message::text(self.hello())).await {
-                        return Exit::Dropped(e.to_string());
+                    if let Some(ws) = current.as_mut()
+                        && let Err(e) = ws.send(Message::text(self.hello())).await
+                    {
+                        last_error = e.to_string();
+                        current = None;
+                        self.lost_current(old.is_some(), &mut connect_at, &mut node);
                     }
                 }
                 order = orders.recv(), if take_orders => match order {
                     Some(order) => {
-                        if let Err(e) = self.send(&mut ws, order).await {
-                            return Exit::Dropped(e);
+                        let ws = if send_on_old { old.as_mut() } else { current.as_mut() };
+                        if send_on_old && let Some(marks) = &mut self.moving {
+                            marks.old_sends += 1;
+                        }
+                        if let Some(ws) = ws
+                            && let Err(e) = self.send(ws, order, send_on_old).await
+                        {
+                            last_error = e;
+                            if send_on_old {
+                                old = None;
+                                self.old_gone();
+                            } else {
+                                current = None;
+                                self.lost_current(old.is_some(), &mut connect_at, &mut node);
+                            }
                         }
                     }
                     None => self.orders_open = false,
                 },
             }
+        }
+    }
+
+    /// The current connection is gone without a `reconnect`: try the next node, at once while
+    /// an old connection still serves us, after the first backoff otherwise.
+    fn lost_current(
+        &mut self,
+        old_alive: bool,
+        connect_at: &mut Option<tokio::time::Instant>,
+        node: &mut usize,
+    ) {
+        self.joined = false;
+        if self.moving.is_none() {
+            self.begin_move(old_alive);
+        }
+        // Sends made on it are answered through the re-join's replay, or never.
+        self.current_cids.clear();
+        *node = self.next_node(*node);
+        let wait = if old_alive {
+            Duration::ZERO
+        } else {
+            FIRST_BACKOFF
+        };
+        *connect_at = Some(tokio::time::Instant::now() + wait);
+    }
+
+    /// The node to try after `from` failed us (told us to reconnect, refused or dropped us):
+    /// `from` is left out for [`GONE_FOR`] by every user, and the next one is picked at random
+    /// among the others that are not, as a Service spreads new connections over its ready pods.
+    fn next_node(&self, from: usize) -> usize {
+        let shared = &self.shared;
+        let now = shared.now_us();
+        let gone_for = u64::try_from(GONE_FOR.as_micros()).unwrap_or(u64::MAX);
+        if let Some(until) = shared.gone_until_us.get(from) {
+            until.fetch_max(now.saturating_add(gone_for), Ordering::Relaxed);
+        }
+        let nodes = shared.nodes.len();
+        let up: Vec<usize> = (0..nodes)
+            .filter(|&n| n != from && shared.gone_until_us[n].load(Ordering::Relaxed) <= now)
+            .collect();
+        let others: Vec<usize> = (0..nodes).filter(|&n| n != from).collect();
+        let pool = if !up.is_empty() {
+            up
+        } else if !others.is_empty() {
+            others
+        } else {
+            return from;
+        };
+        let pick = std::hash::BuildHasher::hash_one(
+            &std::hash::RandomState::new(),
+            (&self.spec.name, now),
+        );
+        pool[usize::try_from(pick % pool.len() as u64).unwrap_or(0)]
+    }
+
+    /// A move starts: remember when, for the account of the pauses.
+    fn begin_move(&mut self, overlapped: bool) {
+        if let Some(done) = self.moving.take() {
+            self.report.moves.push(done);
+        }
+        self.moving = Some(Marks {
+            told_us: self.shared.now_us(),
+            overlapped,
+            ..Marks::default()
+        });
+        self.linger_until = None;
+    }
+
+    /// The old connection is closed (by us or the node).
+    fn old_gone(&mut self) {
+        self.old_joined = false;
+        self.old_cids.clear();
+        self.linger_until = None;
+        if let Some(marks) = &mut self.moving {
+            marks.old_closed_us = Some(self.shared.now_us());
+        }
+    }
+
+    /// Whether the old connection has waited long enough for its last answers.
+    fn linger_over(&self) -> bool {
+        self.linger_until
+            .is_some_and(|at| at <= tokio::time::Instant::now())
+    }
+
+    /// What one socket read means for the connection it came on.
+    fn on_socket(
+        &mut self,
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        via: Via,
+    ) -> Step {
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let now_us = self.shared.now_us();
+                match self.on_frame(text.as_str(), now_us, via) {
+                    Next::Continue => Step::Continue,
+                    Next::Rejoin if via == Via::Current => Step::Rejoin,
+                    Next::Rejoin => Step::Continue,
+                    Next::Reconnect(after, reason) if via == Via::Current => {
+                        Step::Reconnect(after, reason)
+                    }
+                    // The old connection repeating itself: we are already moving.
+                    Next::Reconnect(..) => Step::Continue,
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let why = frame.map(|f| format!("{} {}", f.code, f.reason));
+                Step::Dropped(format!(
+                    "closed by the node ({})",
+                    why.unwrap_or_else(|| "no reason".into())
+                ))
+            }
+            Some(Ok(_)) => Step::Continue,
+            Some(Err(e)) => Step::Dropped(e.to_string()),
+            None => Step::Dropped("connection ended".into()),
         }
     }
 
@@ -413,7 +673,7 @@ impl User {
         }
     }
 
-    async fn send(&mut self, ws: &mut Ws, order: SendOrder) -> Result<(), String> {
+    async fn send(&mut self, ws: &mut Ws, order: SendOrder, on_old: bool) -> Result<(), String> {
         let Some(room) = self.spec.room else {
             return Ok(());
         };
@@ -431,6 +691,11 @@ impl User {
             self.report.sent += 1;
             self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         }
+        if on_old {
+            self.old_cids.insert(cid.clone());
+        } else {
+            self.current_cids.insert(cid.clone());
+        }
         self.pending.insert(cid, measured);
         Ok(())
     }
@@ -439,15 +704,22 @@ impl User {
         self.shared.measure_from_us.load(Ordering::Relaxed)
     }
 
-    fn on_frame(&mut self, text: &str, now_us: u64) -> Next {
+    fn on_frame(&mut self, text: &str, now_us: u64, via: Via) -> Next {
         let Ok(frame) = wire::parse(text) else {
             self.report.bad_frames += 1;
             return Next::Continue;
         };
         match frame {
-            ServerFrame::Msg(msg) => self.on_msg(msg, now_us),
+            ServerFrame::Msg(msg) => {
+                if via == Via::Old
+                    && let Some(marks) = &mut self.moving
+                {
+                    marks.old_last_msg_us = Some(now_us);
+                }
+                self.on_msg(msg, now_us);
+            }
             ServerFrame::Joined { room, seq, history } => {
-                self.on_joined(&room, seq, history, now_us);
+                self.on_joined(&room, seq, history, now_us, via);
             }
             ServerFrame::Error {
                 code,
@@ -460,9 +732,9 @@ impl User {
                 return Next::Reconnect(after.min(MAX_RECONNECT_WAIT), reason);
             }
             ServerFrame::Pong { cid } => {
-                if self.spec.room.is_none() && cid.as_deref() == Some(UP_CID) {
-                    self.joined = true;
-                    self.tell_ready(Ready::Up);
+                if self.spec.room.is_none() && cid.as_deref() == Some(UP_CID) && via == Via::Current
+                {
+                    self.now_joined(now_us);
                 }
             }
             ServerFrame::Other => {}
@@ -470,10 +742,25 @@ impl User {
         Next::Continue
     }
 
-    fn on_joined(&mut self, room: &str, seq: u64, history: Vec<WireMsg>, now_us: u64) {
+    /// The current connection is in the room (or answered, when idle).
+    fn now_joined(&mut self, now_us: u64) {
+        self.joined = true;
+        if let Some(marks) = &mut self.moving
+            && marks.joined_us.is_none()
+        {
+            marks.joined_us = Some(now_us);
+            self.linger_until = Some(tokio::time::Instant::now() + OLD_LINGER);
+        }
+        self.tell_ready(Ready::Up);
+    }
+
+    fn on_joined(&mut self, room: &str, seq: u64, history: Vec<WireMsg>, now_us: u64, via: Via) {
         let Some(index) = self.spec.room else {
             return;
         };
+        if via == Via::Old {
+            return;
+        }
         let shared = self.shared.clone();
         let slot = &shared.rooms[index];
         if room != slot.name {
@@ -488,7 +775,9 @@ impl User {
                 slot.members.fetch_add(1, Ordering::Relaxed);
             }
             // The room is behind what we saw: it lost its state. Nothing to replay or compare.
-            Some(last) if seq < last => {
+            // Not while the old connection is still read: it may simply have delivered past
+            // the point at which the owner answered our re-join.
+            Some(last) if seq < last && !self.old_joined => {
                 self.report.room_resets += 1;
                 self.report.last_seq = Some(seq);
                 self.seen.clear();
@@ -509,8 +798,7 @@ impl User {
                 }
             }
         }
-        self.joined = true;
-        self.tell_ready(Ready::Up);
+        self.now_joined(now_us);
     }
 
     fn on_msg(&mut self, msg: WireMsg, now_us: u64) {
@@ -530,8 +818,15 @@ impl User {
         let measure_from = self.measure_from();
         let sent_us = wire::sent_at(&msg.text);
         let measured = sent_us.is_some_and(|sent| sent >= measure_from);
+        if msg.user == self.spec.name
+            && let Some(cid) = &msg.cid
+        {
+            self.old_cids.remove(cid);
+            self.current_cids.remove(cid);
+        }
         if !self.seen.insert(id) {
-            if measured {
+            // While two connections overlap, both deliver the same messages: expected.
+            if measured && !self.old_joined {
                 self.report.duplicates += 1;
             }
             return;
@@ -567,7 +862,7 @@ impl User {
                 self.flush_latencies();
             }
         }
-        self.note_delivery(now_us);
+        self.note_delivery(now_us, sent_us, msg.user == self.spec.name);
     }
 
     fn on_error(
@@ -587,6 +882,8 @@ impl User {
             .or_insert(message);
         *self.report.errors.entry(code).or_default() += 1;
         if let Some(cid) = cid {
+            self.old_cids.remove(&cid);
+            self.current_cids.remove(&cid);
             if let Some(true) = self.pending.remove(&cid) {
                 self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
@@ -600,8 +897,13 @@ impl User {
     }
 
     /// Track the longest silence inside the send phase.
-    fn note_delivery(&mut self, now_us: u64) {
+    fn note_delivery(&mut self, now_us: u64, sent_us: Option<u64>, own: bool) {
         self.close_pause(now_us);
+        if self.report.longest_pause.until_us
+            == now_us.min(self.shared.send_until_us.load(Ordering::Relaxed))
+        {
+            self.report.longest_pause.ended_by = sent_us.map(|sent| (sent, own));
+        }
         self.last_delivery_us = now_us;
     }
 
@@ -610,8 +912,17 @@ impl User {
         let until = self.shared.send_until_us.load(Ordering::Relaxed);
         let start = self.last_delivery_us.max(from);
         let end = now_us.min(until);
-        if end > start {
-            self.report.longest_pause_us = self.report.longest_pause_us.max(end - start);
+        if end > start && end - start > self.report.longest_pause_us {
+            self.report.longest_pause_us = end - start;
+            let marks = self
+                .moving
+                .filter(|m| m.told_us <= end && m.joined_us.is_none_or(|j| j >= start));
+            self.report.longest_pause = Pause {
+                from_us: start,
+                until_us: end,
+                marks,
+                ended_by: None,
+            };
         }
     }
 
@@ -654,6 +965,9 @@ impl User {
             self.close_pause(u64::MAX);
         }
         self.report.unanswered = self.pending.values().filter(|&&m| m).count() as u64;
+        if let Some(done) = self.moving.take() {
+            self.report.moves.push(done);
+        }
         self.report.up_at_end = self.joined;
         self.report
     }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{IdlePlan, LoadPlan, NodeAddr, Plan};
 use crate::client::{self, Ready, RoomShared, SendOrder, Shared, UserReport, UserSpec};
+use crate::handover::{MovesSummary, PauseAccount};
 use crate::histogram::Histogram;
 use crate::{procfs, scrape};
 
@@ -96,6 +97,12 @@ struct LoadReport {
     duplicates: u64,
     reconnects: u64,
     longest_pause_ms: f64,
+    /// Each user's longest pause: p50, p99 over the users (the headline is their max).
+    pause_per_user_ms: [f64; 2],
+    /// Where the longest pause went (the move inside it, if any), from its last delivery.
+    longest_pause: Option<PauseAccount>,
+    /// Users' moves between connections (told `reconnect` or dropped), step by step.
+    moves: MovesSummary,
     server_cpu_s: Option<f64>,
     server_cpu_s_per_million: Option<f64>,
     server_rss_kib: Option<u64>,
@@ -145,13 +152,17 @@ fn new_shared(
     text_bytes: usize,
     concurrency: usize,
     room_names: Vec<String>,
+    break_before_make: bool,
 ) -> Arc<Shared> {
+    let gone_until_us = nodes.iter().map(|_| AtomicU64::new(0)).collect();
     Arc::new(Shared {
         clock: Instant::now(),
         nodes,
         text_bytes,
         stop: CancellationToken::new(),
         handshakes: Semaphore::new(concurrency),
+        break_before_make,
+        gone_until_us,
         measure_from_us: AtomicU64::new(u64::MAX),
         send_until_us: AtomicU64::new(u64::MAX),
         delivered: AtomicU64::new(0),
@@ -273,6 +284,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         plan.text_bytes,
         plan.connect_concurrency,
         room_names,
+        plan.break_before_make,
     );
     let total = plan.rooms * plan.users;
     eprintln!(
@@ -427,6 +439,18 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         (0, 0, 0, 0, 0);
     let mut room_resets = 0;
     let mut longest_pause_us = 0;
+    let mut longest_pause = None;
+    let mut moves = Vec::new();
+    let mut pauses: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.room.is_some())
+        .map(|r| r.longest_pause_us)
+        .collect();
+    pauses.sort_unstable();
+    let pause_at = |q: f64| {
+        let i = ((pauses.len().saturating_sub(1)) as f64 * q).round() as usize;
+        pauses.get(i).copied().unwrap_or(0)
+    };
     for report in &reports {
         sent += report.sent;
         accepted += report.accepted;
@@ -438,7 +462,11 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         reconnects += report.reconnects;
         room_resets += report.room_resets;
         bad_frames += report.bad_frames;
-        longest_pause_us = longest_pause_us.max(report.longest_pause_us);
+        if report.longest_pause_us > longest_pause_us {
+            longest_pause_us = report.longest_pause_us;
+            longest_pause = Some(report.longest_pause);
+        }
+        moves.extend_from_slice(&report.moves);
         for (code, n) in &report.errors {
             *errors.entry(code.clone()).or_insert(0) += n;
         }
@@ -502,6 +530,15 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         duplicates,
         reconnects,
         longest_pause_ms: ms(longest_pause_us),
+        pause_per_user_ms: [ms(pause_at(0.5)), ms(pause_at(0.99))],
+        longest_pause: longest_pause.map(|pause| {
+            PauseAccount::of(
+                &pause,
+                u64::try_from(Duration::from_secs_f64(1.0 / plan.rate).as_micros())
+                    .unwrap_or(u64::MAX),
+            )
+        }),
+        moves: MovesSummary::of(&moves),
         server_cpu_s: server_cpu_s.map(round3),
         server_cpu_s_per_million: server_cpu_s
             .filter(|_| delivered > 0)
@@ -604,7 +641,13 @@ async fn run_idle(plan: IdlePlan) -> Result<String, String> {
         eprintln!("roomshard-bench: no --pids: the nodes' memory cannot be measured");
     }
     let rss_before = procfs::total_rss_kib(&plan.pids).filter(|_| !plan.pids.is_empty());
-    let shared = new_shared(plan.nodes.clone(), 0, plan.connect_concurrency, Vec::new());
+    let shared = new_shared(
+        plan.nodes.clone(),
+        0,
+        plan.connect_concurrency,
+        Vec::new(),
+        false,
+    );
     eprintln!(
         "roomshard-bench: opening {} idle connections to {} node(s)",
         plan.connections,

@@ -31,6 +31,7 @@ pub mod connection;
 pub mod edge;
 pub mod error;
 pub mod exit;
+pub mod listen;
 pub mod load;
 mod lock;
 pub mod metrics;
