@@ -4,17 +4,23 @@
 //! What a user checks, as a receiver:
 //! - order: each `msg` in its room must have `seq = last + 1`; a jump is a gap (lost messages),
 //!   a `seq` at or below the last one under a new id is out of order;
-//! - duplicates: an `id` seen twice;
+//! - duplicates: an `id` seen twice on the same connection (around a move the old and the new
+//!   connection may both deliver a message: that is expected and dropped);
 //! - latency: the send time embedded in the text (see [`crate::wire`]) against the receive time.
 //!
 //! As a sender it keeps every `cid` it sent until the node answers: its own `msg` coming back
 //! means accepted, an `error` with that `cid` means refused; anything left at the end was never
 //! answered, which the report counts as lost.
 //!
-//! When the node says `reconnect` (drain, shutdown) or the connection drops (node killed), the
-//! user connects to the next node in the list with a bounded backoff and re-joins with
-//! `since` = the last seq it saw, so the replayed history fills the gap instead of counting as
-//! lost. Sends the pacer asks for while the user is away wait in its bounded order queue.
+//! When the node says `reconnect` (drain, shutdown) the user moves make-before-break: it keeps
+//! reading (and sending on) the told connection while it connects to another node, picked at
+//! random among those that have not told anyone to go lately (as a Service spreads connections
+//! over its ready pods), and re-joins with `since` = the last seq it saw; once joined there and
+//! its sends on the old connection are answered, it closes the old one. `--break-before-make`
+//! closes first instead. When the connection drops (node killed), it reconnects with a bounded
+//! backoff and re-joins with `since`, so the replayed history fills the gap instead of counting
+//! as lost. Sends the pacer asks for while the user has no joined connection wait in its
+//! bounded order queue. Each move's steps are timed ([`crate::handover`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -301,7 +307,9 @@ pub async fn run_user(
         unsent: None,
         next_cid: 0,
         pending: HashMap::new(),
-        seen: HashSet::new(),
+        seen: HashMap::new(),
+        conn_serial: 0,
+        old_serial: 0,
         last_delivery_us: 0,
         latencies: Vec::with_capacity(LATENCY_BATCH),
         old_joined: false,
@@ -330,7 +338,12 @@ struct User {
     /// cid -> whether the send is measured, until the node answers.
     pending: HashMap<String, bool>,
     /// Every message id received, for duplicates.
-    seen: HashSet<u64>,
+    /// Every message id received, with the serial of the connection it first came on.
+    seen: HashMap<u64, u32>,
+    /// Serial of the current connection (one per connection opened).
+    conn_serial: u32,
+    /// Serial of the old connection, while one is read.
+    old_serial: u32,
     last_delivery_us: u64,
     latencies: Vec<u64>,
     /// Whether the old connection (told to reconnect) was in the room.
@@ -454,6 +467,7 @@ impl User {
                         if old.is_none() && self.joined && !self.shared.break_before_make {
                             // Make-before-break: keep reading it while the next one comes up.
                             old = told;
+                            self.old_serial = self.conn_serial;
                             self.old_joined = true;
                             self.old_cids = std::mem::take(&mut self.current_cids);
                             self.begin_move(true);
@@ -489,7 +503,10 @@ impl User {
                                 marks.open_us = Some(self.shared.now_us());
                             }
                             match ws.send(Message::text(self.hello())).await {
-                                Ok(()) => current = Some(ws),
+                                Ok(()) => {
+                                    self.conn_serial = self.conn_serial.wrapping_add(1);
+                                    current = Some(ws);
+                                }
                                 Err(e) => {
                                     last_error = e.to_string();
                                     self.lost_current(old.is_some(), &mut connect_at, &mut node);
@@ -716,7 +733,11 @@ impl User {
                 {
                     marks.old_last_msg_us = Some(now_us);
                 }
-                self.on_msg(msg, now_us);
+                let serial = match via {
+                    Via::Current => self.conn_serial,
+                    Via::Old => self.old_serial,
+                };
+                self.on_msg(msg, now_us, serial);
             }
             ServerFrame::Joined { room, seq, history } => {
                 self.on_joined(&room, seq, history, now_us, via);
@@ -785,7 +806,7 @@ impl User {
             // Resuming: the replay fills what we missed while away.
             Some(_) => {
                 for msg in history {
-                    self.on_msg(msg, now_us);
+                    self.on_msg(msg, now_us, self.conn_serial);
                 }
                 if let Some(last) = self.report.last_seq
                     && seq > last
@@ -801,7 +822,7 @@ impl User {
         self.now_joined(now_us);
     }
 
-    fn on_msg(&mut self, msg: WireMsg, now_us: u64) {
+    fn on_msg(&mut self, msg: WireMsg, now_us: u64, serial: u32) {
         let Some(index) = self.spec.room else {
             return;
         };
@@ -824,13 +845,15 @@ impl User {
             self.old_cids.remove(cid);
             self.current_cids.remove(cid);
         }
-        if !self.seen.insert(id) {
-            // While two connections overlap, both deliver the same messages: expected.
-            if measured && !self.old_joined {
+        if let Some(&first_on) = self.seen.get(&id) {
+            // Around a move, the old and the new connection both deliver some of the same
+            // messages: expected. The same connection delivering one twice is not.
+            if measured && first_on == serial {
                 self.report.duplicates += 1;
             }
             return;
         }
+        self.seen.insert(id, serial);
         if let Some(last) = self.report.last_seq {
             if msg.seq <= last {
                 if measured {

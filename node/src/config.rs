@@ -15,7 +15,7 @@ use crate::state::{ConnectionLimits, HandoffSettings, NodeSettings};
 /// Longest a connection told `reconnect` at shutdown is still served: its client re-joins
 /// elsewhere meanwhile (make-before-break, see docs/protocol.md) and normally closes it within
 /// a few hundred milliseconds; one that never does holds the node's exit up this long at most.
-pub const MAX_RECONNECT_GRACE: Duration = Duration::from_secs(5);
+pub const MAX_RECONNECT_GRACE: Duration = Duration::from_secs(3);
 
 /// Longest window over which a shutting-down node tells its clients `reconnect`.
 pub const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(1);

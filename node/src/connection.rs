@@ -361,3 +361,34 @@ fn not_joined(room: RoomId, cid: Option<String>) -> Refusal {
         room: Some(room),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn reconnects_are_spread_over_a_window_that_grows_with_the_connections_up_to_its_bound() {
+        let max = Duration::from_secs(1);
+        // 1,000 connections: a 400 ms window, and the ids fill it rather than bunching up.
+        let delays: Vec<Duration> = (0..1000)
+            .map(|id| reconnect_delay(ConnId(id), 1000, max))
+            .collect();
+        assert!(delays.iter().all(|d| *d < Duration::from_millis(400)));
+        let early = delays
+            .iter()
+            .filter(|d| **d < Duration::from_millis(200))
+            .count();
+        assert!(
+            (400..600).contains(&early),
+            "{early} of 1000 in the first half"
+        );
+        // Many connections: never past the bound; one connection: told at once.
+        assert!(reconnect_delay(ConnId(7), 1_000_000, max) < max);
+        assert!(reconnect_delay(ConnId(7), 1, max) < Duration::from_millis(1));
+        assert_eq!(
+            reconnect_delay(ConnId(7), 1000, Duration::ZERO),
+            Duration::ZERO
+        );
+    }
+}
