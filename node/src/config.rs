@@ -18,7 +18,7 @@ use crate::state::{ConnectionLimits, HandoffSettings, NodeSettings};
 pub const MAX_RECONNECT_GRACE: Duration = Duration::from_secs(3);
 
 /// Longest window over which a shutting-down node tells its clients `reconnect`.
-pub const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(1);
+pub const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(2);
 
 /// A roomshard chat node.
 #[derive(Debug, Clone, Parser)]

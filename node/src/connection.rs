@@ -147,7 +147,7 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
 /// `connections` × this (at most the node's `reconnect_spread`), so the nodes they come back
 /// to take their handshakes and re-joins as a stream rather than a spike.
 pub const RECONNECT_SPREAD_PER_CONNECTION: std::time::Duration =
-    std::time::Duration::from_micros(400);
+    std::time::Duration::from_micros(1500);
 
 /// How long after shutdown starts connection `id` is told to reconnect, with `open` connections
 /// on the node: spread evenly (by a hash of its id) over the window, bounded by `max`.
