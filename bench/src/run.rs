@@ -34,6 +34,8 @@ use crate::{procfs, scrape};
 /// Send orders a user may have waiting (while it reconnects, say) before its pacer counts
 /// further ones as not sent: a bounded backlog, and a visible one.
 const ORDER_QUEUE: usize = 64;
+/// Interval of the tick that measures the bench's own stalls (`bench_stall_ms`).
+const STALL_TICK: Duration = Duration::from_millis(10);
 /// Time between the pacers' creation and their first tick, so they all start on schedule.
 const PACER_LEAD: Duration = Duration::from_millis(200);
 /// Longest wait for the user tasks to close their connections and report.
@@ -97,6 +99,9 @@ struct LoadReport {
     duplicates: u64,
     reconnects: u64,
     longest_pause_ms: f64,
+    /// Longest the load generator itself was held up in the send phase (a 10 ms tick that came
+    /// late): part of every latency and pause measured at that moment is the bench's, not a node's.
+    bench_stall_ms: f64,
     /// Each user's longest pause: p50, p99 over the users (the headline is their max).
     pause_per_user_ms: [f64; 2],
     /// Where the longest pause went (the move inside it, if any), from its last delivery.
@@ -381,9 +386,17 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
     let mut last_delivered = 0;
     let send_end = tokio::time::sleep_until(tokio::time::Instant::from_std(send_until));
     tokio::pin!(send_end);
+    // The bench's own stalls: a tick every STALL_TICK that comes late says the load generator
+    // (not a node) was held up, which every latency and pause it measured then includes.
+    let mut stall_tick = tokio::time::interval(STALL_TICK);
+    stall_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut bench_stall = Duration::ZERO;
     loop {
         tokio::select! {
             () = &mut send_end => break,
+            due = stall_tick.tick() => {
+                bench_stall = bench_stall.max(due.elapsed());
+            }
             _ = progress.tick() => {
                 let delivered = shared.delivered.load(Ordering::Relaxed);
                 eprintln!(
@@ -531,6 +544,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         reconnects,
         longest_pause_ms: ms(longest_pause_us),
         pause_per_user_ms: [ms(pause_at(0.5)), ms(pause_at(0.99))],
+        bench_stall_ms: round1(bench_stall.as_secs_f64() * 1000.0),
         longest_pause: longest_pause.map(|pause| {
             PauseAccount::of(
                 &pause,
