@@ -52,6 +52,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Cap on a node's `after_ms`: a bench run is short and must stay bounded.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
+/// Seconds of the measured window whose worst latency is kept.
+pub const LATENCY_SECONDS: usize = 120;
 /// How long a node that told a user to reconnect (or refused one) is left out of every user's
 /// choice of the next node.
 const GONE_FOR: Duration = Duration::from_secs(5);
@@ -113,6 +115,9 @@ pub struct Shared {
     pub rooms: Vec<RoomShared>,
     /// End-to-end latency of measured deliveries, in µs.
     pub latency: Mutex<Histogram>,
+    /// Worst latency (µs) of the deliveries received in each second of the measured window,
+    /// so a slow moment shows when it happened (the first [`LATENCY_SECONDS`] seconds).
+    pub worst_by_second: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -881,6 +886,13 @@ impl User {
             self.report.delivered += 1;
             shared.delivered.fetch_add(1, Ordering::Relaxed);
             self.latencies.push(now_us.saturating_sub(sent));
+            let second = now_us.saturating_sub(measure_from) / 1_000_000;
+            if let Some(worst) = usize::try_from(second)
+                .ok()
+                .and_then(|s| shared.worst_by_second.get(s))
+            {
+                worst.fetch_max(now_us.saturating_sub(sent), Ordering::Relaxed);
+            }
             if self.latencies.len() >= LATENCY_BATCH {
                 self.flush_latencies();
             }

@@ -102,6 +102,8 @@ struct LoadReport {
     /// Longest the load generator itself was held up in the send phase (a 10 ms tick that came
     /// late): part of every latency and pause measured at that moment is the bench's, not a node's.
     bench_stall_ms: f64,
+    /// Worst latency of each second of the measured window, in ms: when a slow moment was.
+    worst_latency_by_second_ms: Vec<f64>,
     /// Each user's longest pause: p50, p99 over the users (the headline is their max).
     pause_per_user_ms: [f64; 2],
     /// Where the longest pause went (the move inside it, if any), from its last delivery.
@@ -184,6 +186,9 @@ fn new_shared(
             })
             .collect(),
         latency: Mutex::new(Histogram::default()),
+        worst_by_second: (0..client::LATENCY_SECONDS)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
     })
 }
 
@@ -545,6 +550,12 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         longest_pause_ms: ms(longest_pause_us),
         pause_per_user_ms: [ms(pause_at(0.5)), ms(pause_at(0.99))],
         bench_stall_ms: round1(bench_stall.as_secs_f64() * 1000.0),
+        worst_latency_by_second_ms: shared
+            .worst_by_second
+            .iter()
+            .take(plan.duration.as_secs().try_into().unwrap_or(usize::MAX))
+            .map(|w| round1(w.load(Ordering::Relaxed) as f64 / 1000.0))
+            .collect(),
         longest_pause: longest_pause.map(|pause| {
             PauseAccount::of(
                 &pause,
