@@ -1,11 +1,13 @@
 //! The node's listening sockets, with an accept queue deep enough for a reconnect burst.
 //!
-//! When a node is drained and exits, every one of its clients is told `reconnect` at the same
-//! moment and comes back on the remaining nodes within milliseconds. With the usual queue of
-//! 1,024 pending connections (tokio's default), a burst of a few thousand overflows it: the
-//! kernel drops the SYNs it cannot queue, and those clients send theirs again only after TCP's
-//! initial retransmission timeout of one second. That second was most of the longest pause a
-//! room saw in a scale-down (see docs/data-path.md).
+//! When a node is drained and exits, its clients are told `reconnect` (over a window of up to
+//! 2 s, see [`crate::connection::reconnect_delay`]) and come back on the remaining nodes, which
+//! may also get the clients of other drained nodes and of anything else going on. With the
+//! usual queue of 1,024 pending connections (tokio's default), a burst of a few thousand
+//! overflows it: the kernel drops the SYNs it cannot queue, and those clients send theirs again
+//! only after TCP's initial retransmission timeout of one second. Before the spread and this
+//! queue, that second was a large part of the longest pause a room saw in a scale-down (see
+//! docs/data-path.md).
 
 use std::net::SocketAddr;
 
@@ -36,7 +38,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_listener_bound_with_the_deep_queue_accepts_connections() {
+    async fn a_listener_bound_here_accepts_connections() {
         let listener = bind("127.0.0.1:0".parse().expect("a literal address")).expect("bind");
         let addr = listener.local_addr().expect("bound address");
         let client = tokio::net::TcpStream::connect(addr);
