@@ -72,7 +72,7 @@ pub struct Args {
     pub audit_history: bool,
     /// Told `reconnect`, close the old connection before opening the new one (what clients
     /// did before make-before-break), to compare the two.
-    #[arg(long)]
+    #[arg(long, env = "ROOMSHARD_BENCH_BREAK_BEFORE_MAKE")]
     pub break_before_make: bool,
 }
 
