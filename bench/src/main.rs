@@ -25,6 +25,7 @@
 mod args;
 mod audit;
 mod client;
+mod handover;
 mod histogram;
 mod procfs;
 mod run;
