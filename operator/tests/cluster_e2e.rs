@@ -7,11 +7,10 @@
 mod real_nodes;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use operator::LocalOptions;
-use real_nodes::{Client, binary, cluster, cluster_with, options, ws_urls};
+use real_nodes::{Client, bench, bench_report, cluster, cluster_with, options, ws_urls};
 use serde_json::{Value, json};
 use shard::RoomId;
 
@@ -104,30 +103,7 @@ async fn scale_under_load(replication: u8) {
         ..options()
     })
     .await;
-    let nodes: Vec<String> = ws_urls(&cluster)
-        .into_iter()
-        .map(|(_, u)| u.trim_end_matches("/ws").to_owned())
-        .collect();
-    let mut bench = tokio::process::Command::new(binary("roomshard-bench"))
-        .args([
-            "--nodes",
-            &nodes.join(","),
-            "--rooms",
-            "60",
-            "--users",
-            "4",
-            "--rate",
-            "10",
-            "--duration",
-            "24s",
-            "--warmup",
-            "1s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start roomshard-bench");
+    let bench = bench(&cluster, "load", 60, "24s", &[]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     cluster.scale(5).expect("scale up");
     cluster
@@ -166,19 +142,7 @@ async fn scale_under_load(replication: u8) {
         );
         assert_eq!(replicated.replication.reason, "AllShardsFollowed");
     }
-    let output = tokio::time::timeout(Duration::from_secs(90), async {
-        let mut stdout = bench.stdout.take().expect("stdout");
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
-            .await
-            .expect("read bench output");
-        let _ = bench.wait().await;
-        text
-    })
-    .await
-    .expect("bench finishes");
-    let report: Value = serde_json::from_str(output.lines().last().expect("a JSON line"))
-        .expect("bench prints JSON");
+    let report = bench_report(bench, Duration::from_secs(90)).await;
     eprintln!("scale 3 -> 5 -> 2 under load: {report}");
     assert!(
         report["delivered"].as_u64().unwrap_or(0) > 10_000,

@@ -8,14 +8,11 @@
 
 mod real_nodes;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use operator::ClusterView;
 use operator::local::{LocalCluster, LocalOptions};
-use real_nodes::{binary, cluster_with, options, ws_urls};
-use serde_json::Value;
-use tokio::process::Child;
+use real_nodes::{bench, bench_report, cluster_with, options};
 
 const ROOMS: usize = 60;
 
@@ -36,54 +33,6 @@ async fn three_replicated_nodes() -> LocalCluster {
     .await
 }
 
-/// `roomshard-bench` on every node: `ROOMS` rooms of 4 users, 10 messages/s per room, with
-/// the history audit at the end.
-fn bench(cluster: &LocalCluster, prefix: &str, duration: &str) -> Child {
-    let nodes: Vec<String> = ws_urls(cluster)
-        .into_iter()
-        .map(|(_, u)| u.trim_end_matches("/ws").to_owned())
-        .collect();
-    tokio::process::Command::new(binary("roomshard-bench"))
-        .args([
-            "--nodes",
-            &nodes.join(","),
-            "--rooms",
-            &ROOMS.to_string(),
-            "--users",
-            "4",
-            "--rate",
-            "10",
-            "--duration",
-            duration,
-            "--warmup",
-            "1s",
-            "--room-prefix",
-            prefix,
-            "--audit-history",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start roomshard-bench")
-}
-
-/// The bench's JSON report, once it has finished.
-async fn report(mut bench: Child) -> Value {
-    let output = tokio::time::timeout(Duration::from_secs(180), async {
-        let mut stdout = bench.stdout.take().expect("stdout");
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
-            .await
-            .expect("read bench output");
-        let _ = bench.wait().await;
-        text
-    })
-    .await
-    .expect("bench finishes");
-    serde_json::from_str(output.lines().last().expect("a JSON line")).expect("bench prints JSON")
-}
-
 /// Settled, with every shard's copy live on its follower (from the nodes' `/status`).
 fn replicated(view: &ClusterView) -> bool {
     let field = |n: &operator::NodeView, f: &str| {
@@ -101,7 +50,7 @@ async fn kill_9_of_each_node_in_turn_under_load_loses_no_acknowledged_message() 
         .wait_for(Duration::from_secs(60), replicated)
         .await
         .expect("every shard has a live follower before the first kill");
-    let bench = bench(&cluster, "crash", "60s");
+    let bench = bench(&cluster, "crash", ROOMS, "60s", &["--audit-history"]);
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     for name in ["node-0", "node-1", "node-2"] {
@@ -128,7 +77,7 @@ async fn kill_9_of_each_node_in_turn_under_load_loses_no_acknowledged_message() 
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 
-    let report = report(bench).await;
+    let report = bench_report(bench, Duration::from_secs(180)).await;
     eprintln!("three kills: {report}");
     assert!(
         report["delivered"].as_u64().unwrap_or(0) > 10_000,
@@ -162,7 +111,7 @@ async fn a_short_chaos_soak_of_random_kills_loses_no_acknowledged_message() {
         .wait_for(Duration::from_secs(60), replicated)
         .await
         .expect("every shard has a live follower before the first kill");
-    let bench = bench(&cluster, "chaos", "45s");
+    let bench = bench(&cluster, "chaos", ROOMS, "45s", &["--audit-history"]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     // A small xorshift seeded from the clock, printed so a failing order can be replayed.
     let mut seed = std::time::SystemTime::now()
@@ -182,7 +131,7 @@ async fn a_short_chaos_soak_of_random_kills_loses_no_acknowledged_message() {
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
-    let report = report(bench).await;
+    let report = bench_report(bench, Duration::from_secs(180)).await;
     eprintln!("chaos: {report}");
     eprintln!(
         "chaos figures: acknowledged {} missing {}, duplicates {}, longest pause {} ms, room_unavailable {}",

@@ -8,14 +8,12 @@
 
 mod real_nodes;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use operator::ClusterView;
 use operator::local::{LocalCluster, LocalOptions};
-use real_nodes::{Client, binary, cluster_with, options, ws_urls};
+use real_nodes::{Client, bench, bench_report, cluster_with, options, ws_urls};
 use serde_json::{Value, json};
-use tokio::process::Child;
 
 const ROOMS: usize = 60;
 
@@ -34,52 +32,6 @@ async fn three_nodes(replication: u8) -> LocalCluster {
         ..options()
     })
     .await
-}
-
-/// `roomshard-bench` on every node: `ROOMS` rooms of 4 users, 10 messages/s per room.
-fn bench(cluster: &LocalCluster, prefix: &str, duration: &str) -> Child {
-    let nodes: Vec<String> = ws_urls(cluster)
-        .into_iter()
-        .map(|(_, u)| u.trim_end_matches("/ws").to_owned())
-        .collect();
-    tokio::process::Command::new(binary("roomshard-bench"))
-        .args([
-            "--nodes",
-            &nodes.join(","),
-            "--rooms",
-            &ROOMS.to_string(),
-            "--users",
-            "4",
-            "--rate",
-            "10",
-            "--duration",
-            duration,
-            "--warmup",
-            "1s",
-            "--room-prefix",
-            prefix,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start roomshard-bench")
-}
-
-/// The bench's JSON report, once it has finished.
-async fn report(mut bench: Child) -> Value {
-    let output = tokio::time::timeout(Duration::from_secs(120), async {
-        let mut stdout = bench.stdout.take().expect("stdout");
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
-            .await
-            .expect("read bench output");
-        let _ = bench.wait().await;
-        text
-    })
-    .await
-    .expect("bench finishes");
-    serde_json::from_str(output.lines().last().expect("a JSON line")).expect("bench prints JSON")
 }
 
 /// Nothing lost, repeated, reordered or reset, and no error frame.
@@ -161,7 +113,7 @@ async fn a_node_sent_sigterm_by_hand_with_two_copies_of_every_room_refuses_no_se
 async fn rolling_restart(replication: u8) {
     let cluster = three_nodes(replication).await;
     let before: Vec<u32> = cluster.nodes().iter().filter_map(|n| n.pid).collect();
-    let bench = bench(&cluster, "roll", "30s");
+    let bench = bench(&cluster, "roll", ROOMS, "30s", &[]);
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let started = std::time::Instant::now();
@@ -199,7 +151,7 @@ async fn rolling_restart(replication: u8) {
         );
     }
 
-    let report = report(bench).await;
+    let report = bench_report(bench, Duration::from_secs(120)).await;
     assert_nothing_lost(&report, "a rolling restart");
     assert!(
         report["reconnects"].as_u64().unwrap_or(0) > 0,
@@ -222,7 +174,7 @@ async fn sigterm_by_hand(replication: u8) {
         .node("node-1")
         .and_then(|n| n.pid)
         .expect("node-1 runs");
-    let bench = bench(&cluster, "term", "16s");
+    let bench = bench(&cluster, "term", ROOMS, "16s", &[]);
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     cluster.sigterm("node-1").await.expect("kill -TERM node-1");
@@ -261,7 +213,7 @@ async fn sigterm_by_hand(replication: u8) {
             .expect("every shard has a live follower again after node-1 is back");
     }
 
-    let report = report(bench).await;
+    let report = bench_report(bench, Duration::from_secs(120)).await;
     assert_nothing_lost(&report, "a SIGTERM by hand");
     assert_histories_whole(&cluster, "term").await;
     cluster.shutdown().await.expect("clean shutdown");

@@ -1,9 +1,11 @@
 //! Helpers for tests that run real `roomshard-node` processes under the local driver: the
-//! workspace's binaries, a settled cluster, and a plain WebSocket client.
+//! workspace's binaries, a settled cluster, the real `roomshard-bench` as load, and a plain
+//! WebSocket client.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,6 +13,7 @@ use operator::ClusterView;
 use operator::local::{LocalCluster, LocalOptions};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -62,6 +65,60 @@ pub fn ws_urls(cluster: &LocalCluster) -> Vec<(String, String)> {
         .into_iter()
         .filter_map(|n| n.ws_url.map(|u| (n.name, u)))
         .collect()
+}
+
+/// `roomshard-bench` on every node of `cluster`: `rooms` rooms of 4 users, 10 messages/s per
+/// room, named `{prefix}-N`, for `duration`, with `extra` flags.
+pub fn bench(
+    cluster: &LocalCluster,
+    prefix: &str,
+    rooms: usize,
+    duration: &str,
+    extra: &[&str],
+) -> Child {
+    let nodes: Vec<String> = ws_urls(cluster)
+        .into_iter()
+        .map(|(_, u)| u.trim_end_matches("/ws").to_owned())
+        .collect();
+    tokio::process::Command::new(binary("roomshard-bench"))
+        .args([
+            "--nodes",
+            &nodes.join(","),
+            "--rooms",
+            &rooms.to_string(),
+            "--users",
+            "4",
+            "--rate",
+            "10",
+            "--duration",
+            duration,
+            "--warmup",
+            "1s",
+            "--room-prefix",
+            prefix,
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start roomshard-bench")
+}
+
+/// The bench's JSON report, once it has finished (within `within`).
+pub async fn bench_report(mut bench: Child, within: Duration) -> Value {
+    let output = tokio::time::timeout(within, async {
+        let mut stdout = bench.stdout.take().expect("stdout");
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
+            .await
+            .expect("read bench output");
+        let _ = bench.wait().await;
+        text
+    })
+    .await
+    .expect("bench finishes");
+    serde_json::from_str(output.lines().last().expect("a JSON line")).expect("bench prints JSON")
 }
 
 pub struct Client {
