@@ -20,11 +20,9 @@ else
   bin=target/release
 fi
 work="$(mktemp -d)"
-# KEEP=DIR copies the nodes' and the driver's logs and the bench's stderr there at the end.
 cluster_pid=""
 cleanup() {
   if [ -n "$cluster_pid" ]; then kill -TERM "$cluster_pid" 2>/dev/null || true; wait "$cluster_pid" 2>/dev/null || true; fi
-  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp -r "$work"/. "$KEEP"/; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -100,10 +98,8 @@ idle() {
 scaledown() {
   start_cluster 5
   wait_settled 5 60
-  # BENCH_ARGS adds flags, e.g. `--make-before-break` for clients that re-join elsewhere before
-  # they close a told connection (by default they close first, as the JavaScript client does).
   "$bin/roomshard-bench" --nodes "$(nodes_csv)" --rooms 3000 --users 2 --rate 2 \
-    --duration 30s --warmup 3s ${BENCH_ARGS:-} >"$work/scaledown.json" 2>"$work/bench.log" &
+    --duration 30s --warmup 3s >"$work/scaledown.json" 2>"$work/bench.log" &
   local bench=$!
   sleep 13 # 3 s warm-up and 10 s of steady load before the scale-down
   local started

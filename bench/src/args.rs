@@ -70,10 +70,6 @@ pub struct Args {
     /// what a room gets).
     #[arg(long)]
     pub audit_history: bool,
-    /// Told `reconnect`, open the new connection and re-join there before closing the old one
-    /// (make-before-break). By default a user closes first, as the JavaScript client does.
-    #[arg(long, env = "ROOMSHARD_BENCH_MAKE_BEFORE_BREAK")]
-    pub make_before_break: bool,
 }
 
 /// A WebSocket node address that passed the loopback check.
@@ -132,8 +128,6 @@ pub struct LoadPlan {
     pub metrics: Vec<HttpTarget>,
     /// Read every room's history afterwards.
     pub audit_history: bool,
-    /// Close a told connection before opening the next one.
-    pub break_before_make: bool,
 }
 
 /// A checked idle run.
@@ -226,7 +220,6 @@ impl Args {
             pids: self.pids.clone(),
             metrics,
             audit_history: self.audit_history,
-            break_before_make: !self.make_before_break,
         }))
     }
 }

@@ -4,43 +4,34 @@
 //! What a user checks, as a receiver:
 //! - order: each `msg` in its room must have `seq = last + 1`; a jump is a gap (lost messages),
 //!   a `seq` at or below the last one under a new id is out of order;
-//! - duplicates: an `id` seen twice on the same connection (around a move the old and the new
-//!   connection may both deliver a message: that is expected and dropped);
+//! - duplicates: an `id` seen twice;
 //! - latency: the send time embedded in the text (see [`crate::wire`]) against the receive time.
 //!
 //! As a sender it keeps every `cid` it sent until the node answers: its own `msg` coming back
 //! means accepted, an `error` with that `cid` means refused; anything left at the end was never
 //! answered, which the report counts as lost.
 //!
-//! When the node says `reconnect` (drain, shutdown) the user closes the told connection and
-//! connects to another node, picked at random among those that have not told anyone to go
-//! lately (as a Service spreads connections over its ready pods), and re-joins with `since` =
-//! the last seq it saw. With `--make-before-break` it moves make-before-break instead: it keeps
-//! reading (and sending on) the told connection until it has re-joined on the new one and its
-//! sends on the old one are answered, then closes the old one. When the connection drops (node killed), it reconnects with a bounded
-//! backoff and re-joins with `since`, so the replayed history fills the gap instead of counting
-//! as lost. Sends the pacer asks for while the user has no joined connection wait in its
-//! bounded order queue. Each move's steps are timed ([`crate::handover`]).
+//! When the node says `reconnect` (drain, shutdown) or the connection drops (node killed), the
+//! user connects to the next node in the list with a bounded backoff and re-joins with
+//! `since` = the last seq it saw, so the replayed history fills the gap instead of counting as
+//! lost. Sends the pacer asks for while the user is away wait in its bounded order queue.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::NodeAddr;
-use crate::handover::{Marks, Pause};
-
-mod moves;
 use crate::histogram::Histogram;
 use crate::wire::{self, ServerFrame, WireMsg};
-use moves::{OLD_LINGER, Via};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -54,11 +45,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Cap on a node's `after_ms`: a bench run is short and must stay bounded.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
-/// Seconds of the measured window whose worst latency is kept.
-pub const LATENCY_SECONDS: usize = 120;
-/// How long a node that told a user to reconnect (or refused one) is left out of every user's
-/// choice of the next node.
-const GONE_FOR: Duration = Duration::from_secs(5);
 /// Wait before asking again after a refused `join` (e.g. `room_unavailable`).
 const REJOIN_DELAY: Duration = Duration::from_millis(250);
 /// Latency samples kept locally before they are added to the shared histogram, so the lock
@@ -126,11 +112,6 @@ pub struct Shared {
     pub stop: CancellationToken,
     /// Handshakes in progress at once.
     pub handshakes: Semaphore,
-    /// Close a connection told to reconnect before opening the next one.
-    pub break_before_make: bool,
-    /// Per node, until when (µs) users leave it out of their choice: it told a user to
-    /// reconnect or refused a connection, as a terminating pod leaves a Service's endpoints.
-    pub gone_until_us: Vec<AtomicU64>,
     /// Start of the measured window (µs on [`Shared::clock`]); `u64::MAX` until planned.
     pub measure_from_us: AtomicU64,
     /// End of the send phase (µs); pauses are only counted inside the window.
@@ -151,9 +132,6 @@ pub struct Shared {
     pub latency: Mutex<Histogram>,
     /// Whether rooms record their acknowledged messages (`--audit-history`).
     pub record_acknowledged: bool,
-    /// Worst latency (µs) of the deliveries received in each second of the measured window,
-    /// so a slow moment shows when it happened (the first [`LATENCY_SECONDS`] seconds).
-    pub worst_by_second: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -225,10 +203,6 @@ pub struct UserReport {
     pub room_resets: u64,
     /// Longest time in the send phase without a delivery, in µs.
     pub longest_pause_us: u64,
-    /// That pause, and the move that fell inside it.
-    pub longest_pause: Pause,
-    /// Every move from one connection to another, with its steps' times.
-    pub moves: Vec<Marks>,
     /// Frames that were not protocol v1 server frames.
     pub bad_frames: u64,
     /// Whether the user was in its room when the run stopped.
@@ -237,6 +211,16 @@ pub struct UserReport {
     pub last_seq: Option<u64>,
     /// The room, when not idle.
     pub room: Option<usize>,
+}
+
+/// Why a connection's serve loop ended.
+enum Exit {
+    /// The run is over.
+    Stop,
+    /// The node asked us to reconnect, after this long, for this reason.
+    Reconnect(Duration, String),
+    /// The connection failed or was closed.
+    Dropped(String),
 }
 
 /// What a frame asks of the serve loop.
@@ -266,16 +250,9 @@ pub async fn run_user(
         unsent: None,
         next_cid: 0,
         pending: HashMap::new(),
-        seen: HashMap::new(),
-        conn_serial: 0,
-        old_serial: 0,
+        seen: HashSet::new(),
         last_delivery_us: 0,
         latencies: Vec::with_capacity(LATENCY_BATCH),
-        old_joined: false,
-        old_cids: HashSet::new(),
-        current_cids: HashSet::new(),
-        linger_until: None,
-        moving: None,
     };
     user.run(&mut orders).await;
     user.finish()
@@ -297,27 +274,170 @@ struct User {
     /// cid -> whether the send is measured, until the node answers.
     pending: HashMap<String, bool>,
     /// Every message id received, for duplicates.
-    /// Every message id received, with the serial of the connection it first came on.
-    seen: HashMap<u64, u32>,
-    /// Serial of the current connection (one per connection opened).
-    conn_serial: u32,
-    /// Serial of the old connection, while one is read.
-    old_serial: u32,
+    seen: HashSet<u64>,
     last_delivery_us: u64,
     latencies: Vec<u64>,
-    /// Whether the old connection (told to reconnect) was in the room.
-    old_joined: bool,
-    /// Sends made on the old connection and not answered yet.
-    old_cids: HashSet<String>,
-    /// Sends made on the current connection and not answered yet.
-    current_cids: HashSet<String>,
-    /// After the new connection joined: when the old one is closed even with sends unanswered.
-    linger_until: Option<tokio::time::Instant>,
-    /// The move under way (or the last one), for the account of the pauses.
-    moving: Option<Marks>,
 }
 
 impl User {
+    async fn run(&mut self, orders: &mut mpsc::Receiver<SendOrder>) {
+        let stop = self.shared.stop.clone();
+        let nodes = self.shared.nodes.len();
+        let mut node = self.spec.first_node % nodes;
+        let mut failures: u32 = 0;
+        let mut ever_connected = false;
+        let mut last_error = String::from("not tried");
+        while !stop.is_cancelled() {
+            if self.ready.is_some() && Instant::now() >= self.spec.up_deadline {
+                self.tell_ready(Ready::Failed(last_error));
+                return;
+            }
+            // Only the first connect waits its turn: clients that were told to reconnect are
+            // independent and come back at once, as real ones would.
+            let wait = match self.connect(node, !ever_connected).await {
+                Ok(ws) => {
+                    if ever_connected {
+                        self.report.reconnects += 1;
+                        self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ever_connected = true;
+                    failures = 0;
+                    let exit = self.serve(ws, orders).await;
+                    if !matches!(exit, Exit::Stop) {
+                        self.joined = false;
+                    }
+                    match exit {
+                        // `joined` is left as it was: the report says whether we were in.
+                        Exit::Stop => return,
+                        // The next node in the list: never the one that told us to go.
+                        Exit::Reconnect(after, reason) => {
+                            last_error = format!("node {node} asked to reconnect: {reason}");
+                            after
+                        }
+                        Exit::Dropped(reason) => {
+                            last_error = reason;
+                            FIRST_BACKOFF
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    last_error = e;
+                    FIRST_BACKOFF
+                        .saturating_mul(1 << failures.min(5).saturating_sub(1))
+                        .min(MAX_BACKOFF)
+                }
+            };
+            node = (node + 1) % nodes;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn connect(&self, node: usize, throttled: bool) -> Result<Ws, String> {
+        let addr = &self.shared.nodes[node];
+        let url = format!("{}/ws?user={}", addr.base, self.spec.name);
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let stop = self.shared.stop.clone();
+        let attempt = async {
+            let _permit = if throttled {
+                Some(
+                    self.shared
+                        .handshakes
+                        .acquire()
+                        .await
+                        .map_err(|_| "stopping".to_owned())?,
+                )
+            } else {
+                None
+            };
+            // Nagle off: a paced stream of small frames must not wait for ACKs.
+            let connecting =
+                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+                Ok(Ok((ws, _response))) => Ok(ws),
+                Ok(Err(e)) => Err(format!("{}: {e}", addr.base)),
+                Err(_) => Err(format!("{}: handshake timed out", addr.base)),
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => Err("stopping".to_owned()),
+            result = attempt => result,
+        }
+    }
+
+    /// Serve one connection: join (or resume), then read, send orders, until it ends.
+    async fn serve(&mut self, mut ws: Ws, orders: &mut mpsc::Receiver<SendOrder>) -> Exit {
+        let stop = self.shared.stop.clone();
+        if let Err(e) = ws.send(Message::text(self.hello())).await {
+            return Exit::Dropped(e.to_string());
+        }
+        let mut rejoin_at: Option<tokio::time::Instant> = None;
+        loop {
+            if self.joined
+                && let Some(order) = self.unsent.take()
+                && let Err(e) = self.send(&mut ws, order).await
+            {
+                return Exit::Dropped(e);
+            }
+            let take_orders = self.joined && self.orders_open;
+            let rejoin = async move {
+                match rejoin_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                    return Exit::Stop;
+                }
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        let now_us = self.shared.now_us();
+                        match self.on_frame(text.as_str(), now_us) {
+                            Next::Continue => {}
+                            Next::Rejoin => {
+                                rejoin_at = Some(tokio::time::Instant::now() + REJOIN_DELAY);
+                            }
+                            Next::Reconnect(after, reason) => {
+                                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                                return Exit::Reconnect(after, reason);
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let why = frame.map(|f| format!("{} {}", f.code, f.reason));
+                        return Exit::Dropped(format!(
+                            "closed by the node ({})",
+                            why.unwrap_or_else(|| "no reason".into())
+                        ));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Exit::Dropped(e.to_string()),
+                    None => return Exit::Dropped("connection ended".into()),
+                },
+                () = rejoin => {
+                    rejoin_at = None;
+                    if let Err(e) = ws.send(Message::text(self.hello())).await {
+                        return Exit::Dropped(e.to_string());
+                    }
+                }
+                order = orders.recv(), if take_orders => match order {
+                    Some(order) => {
+                        if let Err(e) = self.send(&mut ws, order).await {
+                            return Exit::Dropped(e);
+                        }
+                    }
+                    None => self.orders_open = false,
+                },
+            }
+        }
+    }
+
     /// The first frame on a connection: `join` (with `since` when resuming), or a `ping` for
     /// an idle connection.
     fn hello(&self) -> String {
@@ -327,7 +447,7 @@ impl User {
         }
     }
 
-    async fn send(&mut self, ws: &mut Ws, order: SendOrder, on_old: bool) -> Result<(), String> {
+    async fn send(&mut self, ws: &mut Ws, order: SendOrder) -> Result<(), String> {
         let Some(room) = self.spec.room else {
             return Ok(());
         };
@@ -345,11 +465,6 @@ impl User {
             self.report.sent += 1;
             self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         }
-        if on_old {
-            self.old_cids.insert(cid.clone());
-        } else {
-            self.current_cids.insert(cid.clone());
-        }
         self.pending.insert(cid, measured);
         Ok(())
     }
@@ -358,26 +473,15 @@ impl User {
         self.shared.measure_from_us.load(Ordering::Relaxed)
     }
 
-    fn on_frame(&mut self, text: &str, now_us: u64, via: Via) -> Next {
+    fn on_frame(&mut self, text: &str, now_us: u64) -> Next {
         let Ok(frame) = wire::parse(text) else {
             self.report.bad_frames += 1;
             return Next::Continue;
         };
         match frame {
-            ServerFrame::Msg(msg) => {
-                if via == Via::Old
-                    && let Some(marks) = &mut self.moving
-                {
-                    marks.old_last_msg_us = Some(now_us);
-                }
-                let serial = match via {
-                    Via::Current => self.conn_serial,
-                    Via::Old => self.old_serial,
-                };
-                self.on_msg(msg, now_us, serial);
-            }
+            ServerFrame::Msg(msg) => self.on_msg(msg, now_us),
             ServerFrame::Joined { room, seq, history } => {
-                self.on_joined(&room, seq, history, now_us, via);
+                self.on_joined(&room, seq, history, now_us);
             }
             ServerFrame::Error {
                 code,
@@ -390,9 +494,9 @@ impl User {
                 return Next::Reconnect(after.min(MAX_RECONNECT_WAIT), reason);
             }
             ServerFrame::Pong { cid } => {
-                if self.spec.room.is_none() && cid.as_deref() == Some(UP_CID) && via == Via::Current
-                {
-                    self.now_joined(now_us);
+                if self.spec.room.is_none() && cid.as_deref() == Some(UP_CID) {
+                    self.joined = true;
+                    self.tell_ready(Ready::Up);
                 }
             }
             ServerFrame::Other => {}
@@ -400,25 +504,10 @@ impl User {
         Next::Continue
     }
 
-    /// The current connection is in the room (or answered, when idle).
-    fn now_joined(&mut self, now_us: u64) {
-        self.joined = true;
-        if let Some(marks) = &mut self.moving
-            && marks.joined_us.is_none()
-        {
-            marks.joined_us = Some(now_us);
-            self.linger_until = Some(tokio::time::Instant::now() + OLD_LINGER);
-        }
-        self.tell_ready(Ready::Up);
-    }
-
-    fn on_joined(&mut self, room: &str, seq: u64, history: Vec<WireMsg>, now_us: u64, via: Via) {
+    fn on_joined(&mut self, room: &str, seq: u64, history: Vec<WireMsg>, now_us: u64) {
         let Some(index) = self.spec.room else {
             return;
         };
-        if via == Via::Old {
-            return;
-        }
         let shared = self.shared.clone();
         let slot = &shared.rooms[index];
         if room != slot.name {
@@ -433,9 +522,7 @@ impl User {
                 slot.members.fetch_add(1, Ordering::Relaxed);
             }
             // The room is behind what we saw: it lost its state. Nothing to replay or compare.
-            // Not while the old connection is still read: it may simply have delivered past
-            // the point at which the owner answered our re-join.
-            Some(last) if seq < last && !self.old_joined => {
+            Some(last) if seq < last => {
                 self.report.room_resets += 1;
                 self.report.last_seq = Some(seq);
                 self.seen.clear();
@@ -449,12 +536,12 @@ impl User {
                     let late = self.report.last_seq.is_some_and(|last| msg.seq <= last);
                     if late
                         && let Ok(id) = msg.id.parse::<u64>()
-                        && !self.seen.contains_key(&id)
+                        && !self.seen.contains(&id)
                     {
-                        self.seen.insert(id, self.conn_serial);
+                        self.seen.insert(id);
                         continue;
                     }
-                    self.on_msg(msg, now_us, self.conn_serial);
+                    self.on_msg(msg, now_us);
                 }
                 if let Some(last) = self.report.last_seq
                     && seq > last
@@ -467,10 +554,11 @@ impl User {
                 }
             }
         }
-        self.now_joined(now_us);
+        self.joined = true;
+        self.tell_ready(Ready::Up);
     }
 
-    fn on_msg(&mut self, msg: WireMsg, now_us: u64, serial: u32) {
+    fn on_msg(&mut self, msg: WireMsg, now_us: u64) {
         let Some(index) = self.spec.room else {
             return;
         };
@@ -487,21 +575,12 @@ impl User {
         let measure_from = self.measure_from();
         let sent_us = wire::sent_at(&msg.text);
         let measured = sent_us.is_some_and(|sent| sent >= measure_from);
-        if msg.user == self.spec.name
-            && let Some(cid) = &msg.cid
-        {
-            self.old_cids.remove(cid);
-            self.current_cids.remove(cid);
-        }
-        if let Some(&first_on) = self.seen.get(&id) {
-            // Around a move, the old and the new connection both deliver some of the same
-            // messages: expected. The same connection delivering one twice is not.
-            if measured && first_on == serial {
+        if !self.seen.insert(id) {
+            if measured {
                 self.report.duplicates += 1;
             }
             return;
         }
-        self.seen.insert(id, serial);
         if let Some(last) = self.report.last_seq {
             if msg.seq <= last {
                 if measured {
@@ -533,18 +612,11 @@ impl User {
             self.report.delivered += 1;
             shared.delivered.fetch_add(1, Ordering::Relaxed);
             self.latencies.push(now_us.saturating_sub(sent));
-            let second = now_us.saturating_sub(measure_from) / 1_000_000;
-            if let Some(worst) = usize::try_from(second)
-                .ok()
-                .and_then(|s| shared.worst_by_second.get(s))
-            {
-                worst.fetch_max(now_us.saturating_sub(sent), Ordering::Relaxed);
-            }
             if self.latencies.len() >= LATENCY_BATCH {
                 self.flush_latencies();
             }
         }
-        self.note_delivery(now_us, sent_us, msg.user == self.spec.name);
+        self.note_delivery(now_us);
     }
 
     fn on_error(
@@ -564,8 +636,6 @@ impl User {
             .or_insert(message);
         *self.report.errors.entry(code).or_default() += 1;
         if let Some(cid) = cid {
-            self.old_cids.remove(&cid);
-            self.current_cids.remove(&cid);
             if let Some(true) = self.pending.remove(&cid) {
                 self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
@@ -579,13 +649,8 @@ impl User {
     }
 
     /// Track the longest silence inside the send phase.
-    fn note_delivery(&mut self, now_us: u64, sent_us: Option<u64>, own: bool) {
+    fn note_delivery(&mut self, now_us: u64) {
         self.close_pause(now_us);
-        if self.report.longest_pause.until_us
-            == now_us.min(self.shared.send_until_us.load(Ordering::Relaxed))
-        {
-            self.report.longest_pause.ended_by = sent_us.map(|sent| (sent, own));
-        }
         self.last_delivery_us = now_us;
     }
 
@@ -594,17 +659,8 @@ impl User {
         let until = self.shared.send_until_us.load(Ordering::Relaxed);
         let start = self.last_delivery_us.max(from);
         let end = now_us.min(until);
-        if end > start && end - start > self.report.longest_pause_us {
-            self.report.longest_pause_us = end - start;
-            let marks = self
-                .moving
-                .filter(|m| m.told_us <= end && m.joined_us.is_none_or(|j| j >= start));
-            self.report.longest_pause = Pause {
-                from_us: start,
-                until_us: end,
-                marks,
-                ended_by: None,
-            };
+        if end > start {
+            self.report.longest_pause_us = self.report.longest_pause_us.max(end - start);
         }
     }
 
@@ -647,9 +703,6 @@ impl User {
             self.close_pause(u64::MAX);
         }
         self.report.unanswered = self.pending.values().filter(|&&m| m).count() as u64;
-        if let Some(done) = self.moving.take() {
-            self.report.moves.push(done);
-        }
         self.report.up_at_end = self.joined;
         self.report
     }

@@ -25,7 +25,6 @@
 mod args;
 mod audit;
 mod client;
-mod handover;
 mod histogram;
 mod procfs;
 mod run;

@@ -27,15 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{IdlePlan, LoadPlan, NodeAddr, Plan};
 use crate::client::{self, Ready, RoomShared, SendOrder, Shared, UserReport, UserSpec};
-use crate::handover::{MovesSummary, PauseAccount};
 use crate::histogram::Histogram;
 use crate::{procfs, scrape};
 
 /// Send orders a user may have waiting (while it reconnects, say) before its pacer counts
 /// further ones as not sent: a bounded backlog, and a visible one.
 const ORDER_QUEUE: usize = 64;
-/// Interval of the tick that measures the bench's own stalls (`bench_stall_ms`).
-const STALL_TICK: Duration = Duration::from_millis(10);
 /// Time between the pacers' creation and their first tick, so they all start on schedule.
 const PACER_LEAD: Duration = Duration::from_millis(200);
 /// Longest wait for the user tasks to close their connections and report.
@@ -99,17 +96,6 @@ struct LoadReport {
     duplicates: u64,
     reconnects: u64,
     longest_pause_ms: f64,
-    /// Longest the load generator itself was held up in the send phase (a 10 ms tick that came
-    /// late): part of every latency and pause measured at that moment is the bench's, not a node's.
-    bench_stall_ms: f64,
-    /// Worst latency of each second of the measured window, in ms: when a slow moment was.
-    worst_latency_by_second_ms: Vec<f64>,
-    /// Each user's longest pause: p50, p99 over the users (the headline is their max).
-    pause_per_user_ms: [f64; 2],
-    /// Where the longest pause went (the move inside it, if any), from its last delivery.
-    longest_pause: Option<PauseAccount>,
-    /// Users' moves between connections (told `reconnect` or dropped), step by step.
-    moves: MovesSummary,
     server_cpu_s: Option<f64>,
     server_cpu_s_per_million: Option<f64>,
     server_rss_kib: Option<u64>,
@@ -160,17 +146,13 @@ fn new_shared(
     concurrency: usize,
     room_names: Vec<String>,
     record_acknowledged: bool,
-    break_before_make: bool,
 ) -> Arc<Shared> {
-    let gone_until_us = nodes.iter().map(|_| AtomicU64::new(0)).collect();
     Arc::new(Shared {
         clock: Instant::now(),
         nodes,
         text_bytes,
         stop: CancellationToken::new(),
         handshakes: Semaphore::new(concurrency),
-        break_before_make,
-        gone_until_us,
         measure_from_us: AtomicU64::new(u64::MAX),
         send_until_us: AtomicU64::new(u64::MAX),
         delivered: AtomicU64::new(0),
@@ -181,9 +163,6 @@ fn new_shared(
         rooms: room_names.into_iter().map(RoomShared::new).collect(),
         latency: Mutex::new(Histogram::default()),
         record_acknowledged,
-        worst_by_second: (0..client::LATENCY_SECONDS)
-            .map(|_| AtomicU64::new(0))
-            .collect(),
     })
 }
 
@@ -290,7 +269,6 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         plan.connect_concurrency,
         room_names,
         plan.audit_history,
-        plan.break_before_make,
     );
     let total = plan.rooms * plan.users;
     eprintln!(
@@ -387,17 +365,9 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
     let mut last_delivered = 0;
     let send_end = tokio::time::sleep_until(tokio::time::Instant::from_std(send_until));
     tokio::pin!(send_end);
-    // The bench's own stalls: a tick every STALL_TICK that comes late says the load generator
-    // (not a node) was held up, which every latency and pause it measured then includes.
-    let mut stall_tick = tokio::time::interval(STALL_TICK);
-    stall_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut bench_stall = Duration::ZERO;
     loop {
         tokio::select! {
             () = &mut send_end => break,
-            due = stall_tick.tick() => {
-                bench_stall = bench_stall.max(due.elapsed());
-            }
             _ = progress.tick() => {
                 let delivered = shared.delivered.load(Ordering::Relaxed);
                 eprintln!(
@@ -453,18 +423,6 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         (0, 0, 0, 0, 0);
     let mut room_resets = 0;
     let mut longest_pause_us = 0;
-    let mut longest_pause = None;
-    let mut moves = Vec::new();
-    let mut pauses: Vec<u64> = reports
-        .iter()
-        .filter(|r| r.room.is_some())
-        .map(|r| r.longest_pause_us)
-        .collect();
-    pauses.sort_unstable();
-    let pause_at = |q: f64| {
-        let i = ((pauses.len().saturating_sub(1)) as f64 * q).round() as usize;
-        pauses.get(i).copied().unwrap_or(0)
-    };
     for report in &reports {
         sent += report.sent;
         accepted += report.accepted;
@@ -476,11 +434,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         reconnects += report.reconnects;
         room_resets += report.room_resets;
         bad_frames += report.bad_frames;
-        if report.longest_pause_us > longest_pause_us {
-            longest_pause_us = report.longest_pause_us;
-            longest_pause = Some(report.longest_pause);
-        }
-        moves.extend_from_slice(&report.moves);
+        longest_pause_us = longest_pause_us.max(report.longest_pause_us);
         for (code, n) in &report.errors {
             *errors.entry(code.clone()).or_insert(0) += n;
         }
@@ -549,22 +503,6 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         duplicates,
         reconnects,
         longest_pause_ms: ms(longest_pause_us),
-        pause_per_user_ms: [ms(pause_at(0.5)), ms(pause_at(0.99))],
-        bench_stall_ms: round1(bench_stall.as_secs_f64() * 1000.0),
-        worst_latency_by_second_ms: shared
-            .worst_by_second
-            .iter()
-            .take(plan.duration.as_secs().try_into().unwrap_or(usize::MAX))
-            .map(|w| round1(w.load(Ordering::Relaxed) as f64 / 1000.0))
-            .collect(),
-        longest_pause: longest_pause.map(|pause| {
-            PauseAccount::of(
-                &pause,
-                u64::try_from(Duration::from_secs_f64(1.0 / plan.rate).as_micros())
-                    .unwrap_or(u64::MAX),
-            )
-        }),
-        moves: MovesSummary::of(&moves),
         server_cpu_s: server_cpu_s.map(round3),
         server_cpu_s_per_million: server_cpu_s
             .filter(|_| delivered > 0)
@@ -672,7 +610,6 @@ async fn run_idle(plan: IdlePlan) -> Result<String, String> {
         0,
         plan.connect_concurrency,
         Vec::new(),
-        false,
         false,
     );
     eprintln!(

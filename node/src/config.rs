@@ -12,14 +12,6 @@ use crate::rooms::RoomSettings;
 use crate::snowflake::MAX_NODE_ID;
 use crate::state::{ConnectionLimits, HandoffSettings, NodeSettings};
 
-/// Longest a connection told `reconnect` at shutdown is still served: its client re-joins
-/// elsewhere meanwhile (make-before-break, see docs/protocol.md) and normally closes it within
-/// a few hundred milliseconds; one that never does holds the node's exit up this long at most.
-pub const MAX_RECONNECT_GRACE: Duration = Duration::from_secs(3);
-
-/// Longest window over which a shutting-down node tells its clients `reconnect`.
-pub const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(2);
-
 /// A roomshard chat node.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "roomshard-node", version, about)]
@@ -184,10 +176,6 @@ impl NodeConfig {
                 rate_burst: self.rate_burst.max(1),
                 outgoing_queue: self.outgoing_queue.max(1),
                 close_timeout: Duration::from_secs(5),
-                // Half the shutdown grace: the rest is for the connections' close and flush.
-                reconnect_grace: (self.shutdown_grace / 2).min(MAX_RECONNECT_GRACE),
-                // A quarter: told, served for the grace, closed, all within the shutdown grace.
-                reconnect_spread: (self.shutdown_grace / 4).min(MAX_RECONNECT_SPREAD),
             },
             handoff: HandoffSettings {
                 timeout: self.handoff_timeout,

@@ -66,11 +66,8 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
         routes: HashMap::new(),
         routed: 0,
     };
-    // Set when the node starts shutting down: when this client is told to reconnect (the
-    // node's clients are told over a short window, not all at once).
-    let mut tell_at: Option<tokio::time::Instant> = None;
-    // Set once told: the connection is still read, answered and delivered to until then,
-    // unless the client closes it first (it re-joins elsewhere meanwhile).
+    // Set when the node starts shutting down: the client was told to reconnect, and frames it
+    // wrote before it saw that are still read and answered until then.
     let mut closing_at: Option<tokio::time::Instant> = None;
     // Made once, not per frame: each wait on a cancellation token takes that token's lock, and
     // the shutdown token is shared by every connection of the node.
@@ -81,14 +78,9 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
         tokio::select! {
             biased;
             () = &mut closed => break,
-            () = &mut shutdown, if tell_at.is_none() => {
-                let open = u64::try_from(node.metrics.connections.get()).unwrap_or(0);
-                let delay = reconnect_delay(conn.handle.id, open, limits.reconnect_spread);
-                tell_at = Some(tokio::time::Instant::now() + delay);
-            }
-            () = sleep_until_some(tell_at), if closing_at.is_none() => {
+            () = &mut shutdown, if closing_at.is_none() => {
                 conn.push(protocol::reconnect_frame("node shutting down", Some(0)));
-                closing_at = Some(tokio::time::Instant::now() + limits.reconnect_grace);
+                closing_at = Some(tokio::time::Instant::now() + RECONNECT_GRACE);
             }
             () = sleep_until_some(closing_at) => {
                 control.close(CloseReason {
@@ -143,22 +135,9 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
     node.metrics.connections.dec();
 }
 
-/// Spread of the `reconnect` burst per open connection: a node's clients are told over
-/// `connections` × this (at most the node's `reconnect_spread`), so the nodes they come back
-/// to take their handshakes and re-joins as a stream rather than a spike.
-pub const RECONNECT_SPREAD_PER_CONNECTION: std::time::Duration =
-    std::time::Duration::from_micros(1500);
-
-/// How long after shutdown starts connection `id` is told to reconnect, with `open` connections
-/// on the node: spread evenly (by a hash of its id) over the window, bounded by `max`.
-pub fn reconnect_delay(id: ConnId, open: u64, max: std::time::Duration) -> std::time::Duration {
-    let window = RECONNECT_SPREAD_PER_CONNECTION
-        .saturating_mul(u32::try_from(open).unwrap_or(u32::MAX))
-        .min(max);
-    // Fibonacci hashing: consecutive ids land far apart in [0, 1).
-    let place = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    window.mul_f64(place)
-}
+/// How long a connection told to reconnect is still served: a `send` the client wrote before it
+/// read `reconnect` is answered (and delivered) rather than silently dropped.
+pub const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -359,36 +338,5 @@ fn not_joined(room: RoomId, cid: Option<String>) -> Refusal {
         message: format!("not a member of room `{room}`: join it first"),
         cid,
         room: Some(room),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn reconnects_are_spread_over_a_window_that_grows_with_the_connections_up_to_its_bound() {
-        let max = Duration::from_secs(2);
-        // 1,000 connections: a 1.5 s window, and the ids fill it rather than bunching up.
-        let delays: Vec<Duration> = (0..1000)
-            .map(|id| reconnect_delay(ConnId(id), 1000, max))
-            .collect();
-        assert!(delays.iter().all(|d| *d < Duration::from_millis(1500)));
-        let early = delays
-            .iter()
-            .filter(|d| **d < Duration::from_millis(750))
-            .count();
-        assert!(
-            (400..600).contains(&early),
-            "{early} of 1000 in the first half"
-        );
-        // Many connections: never past the bound; one connection: told within its 1.5 ms.
-        assert!(reconnect_delay(ConnId(7), 1_000_000, max) < max);
-        assert!(reconnect_delay(ConnId(7), 1, max) < Duration::from_micros(1500));
-        assert_eq!(
-            reconnect_delay(ConnId(7), 1000, Duration::ZERO),
-            Duration::ZERO
-        );
     }
 }

@@ -32,7 +32,6 @@ pub mod copies;
 pub mod edge;
 pub mod error;
 pub mod exit;
-pub mod listen;
 pub mod load;
 mod lock;
 pub mod metrics;

@@ -23,13 +23,6 @@ pub struct ConnectionLimits {
     pub outgoing_queue: usize,
     /// How long a closing connection may take to flush and send its close frame.
     pub close_timeout: Duration,
-    /// How long a connection told `reconnect` at shutdown is still served (read, answered,
-    /// delivered to) unless its client closes it first: a client opens its next connection
-    /// and re-joins before it lets this one go, so its rooms never fall silent.
-    pub reconnect_grace: Duration,
-    /// Longest window over which a shutting-down node tells its clients `reconnect` (see
-    /// [`crate::connection::reconnect_delay`]).
-    pub reconnect_spread: Duration,
 }
 
 /// Hand-off settings.
