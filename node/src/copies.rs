@@ -120,12 +120,7 @@ impl Copies {
             self.resting
                 .take_shard(shard)
                 .into_iter()
-                .map(|(room, seq)| RoomSnapshot {
-                    room,
-                    seq,
-                    history: Vec::new(),
-                    members: Vec::new(),
-                }),
+                .map(|(room, seq)| RoomSnapshot::resting(room, seq)),
         );
         Some(FrozenShard {
             floor: self.resting.floor(shard),

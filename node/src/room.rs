@@ -80,6 +80,18 @@ pub struct RoomSnapshot {
     pub members: Vec<(MemberKey, Arc<str>)>,
 }
 
+impl RoomSnapshot {
+    /// A passivated room: only its seq is remembered, no history and no members.
+    pub fn resting(room: RoomId, seq: u64) -> RoomSnapshot {
+        RoomSnapshot {
+            room,
+            seq,
+            history: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+}
+
 /// One event for one edge node.
 pub type Outbound = (NodeName, EdgeEvent);
 
@@ -199,14 +211,8 @@ impl Room {
                 cid,
             } => self.post(member, user, text, cid, mint),
             RoomCommand::DropNode { node } => {
-                let gone: Vec<MemberKey> = self
-                    .members
-                    .keys()
-                    .filter(|m| m.node == node)
-                    .cloned()
-                    .collect();
                 let mut out = Vec::new();
-                for member in gone {
+                for member in self.members_on(&node) {
                     // Nothing is sent to the departed node itself: it is gone.
                     out.extend(
                         self.leave(member, false)
@@ -227,6 +233,15 @@ impl Room {
     /// Whether a member of `node` is in the room.
     pub fn has_node(&self, node: &NodeName) -> bool {
         self.nodes.contains_key(node)
+    }
+
+    /// The members connected through `node`.
+    fn members_on(&self, node: &NodeName) -> Vec<MemberKey> {
+        self.members
+            .keys()
+            .filter(|m| &m.node == node)
+            .cloned()
+            .collect()
     }
 
     /// The `msg` frame of the last message, if history holds it.
@@ -256,13 +271,7 @@ impl Room {
                 self.remove_member(&member);
             }
             Change::NodeLeft { node } => {
-                let gone: Vec<MemberKey> = self
-                    .members
-                    .keys()
-                    .filter(|m| m.node == node)
-                    .cloned()
-                    .collect();
-                for member in gone {
+                for member in self.members_on(&node) {
                     self.remove_member(&member);
                 }
             }

@@ -145,6 +145,17 @@ struct Registry {
     frozen: HashSet<ShardId>,
 }
 
+impl Registry {
+    /// The queues of `shard`'s running rooms (out of `shards`).
+    fn running_in(&self, shard: ShardId, shards: u32) -> Vec<mpsc::Sender<ActorMsg>> {
+        self.slots
+            .iter()
+            .filter(|(room, _)| shard::shard_of(room, shards) == shard)
+            .map(|(_, slot)| slot.tx.clone())
+            .collect()
+    }
+}
+
 /// How many entries the room registries hold, for tests and `/metrics`: all of them return to
 /// their baseline once clients have left and the rooms passivated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -300,23 +311,12 @@ impl Rooms {
         let (running, mut snapshots, floor) = {
             let mut registry = self.registry();
             registry.frozen.insert(shard);
-            let shards = self.shards;
-            let running: Vec<_> = registry
-                .slots
-                .iter()
-                .filter(|(room, _)| shard::shard_of(room, shards) == shard)
-                .map(|(_, slot)| slot.tx.clone())
-                .collect();
+            let running = registry.running_in(shard, self.shards);
             let passive: Vec<_> = registry
                 .resting
                 .take_shard(shard)
                 .into_iter()
-                .map(|(room, seq)| RoomSnapshot {
-                    room,
-                    seq,
-                    history: Vec::new(),
-                    members: Vec::new(),
-                })
+                .map(|(room, seq)| RoomSnapshot::resting(room, seq))
                 .collect();
             (running, passive, registry.resting.floor(shard))
         };
@@ -445,15 +445,8 @@ impl Rooms {
     pub async fn sync(self: &Arc<Self>, shard: ShardId) -> (u64, Vec<(RoomId, u64)>) {
         let (running, resting, floor) = {
             let registry = self.registry();
-            let shards = self.shards;
-            let running: Vec<_> = registry
-                .slots
-                .iter()
-                .filter(|(room, _)| shard::shard_of(room, shards) == shard)
-                .map(|(_, slot)| slot.tx.clone())
-                .collect();
             (
-                running,
+                registry.running_in(shard, self.shards),
                 registry.resting.peek_shard(shard),
                 registry.resting.floor(shard),
             )

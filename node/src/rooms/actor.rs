@@ -276,9 +276,10 @@ impl RoomActor {
         };
         match (follower, change) {
             (None, _) => {
-                let mut all = self.replication.no_follower();
-                all.extend(out);
-                self.send_out(all);
+                // Anything held for a follower the table no longer names goes first.
+                let held = self.replication.no_follower();
+                self.send_out(held);
+                self.send_out(out);
             }
             (Some(_), None) => {
                 let out = self.replication.after_in_flight(out);
