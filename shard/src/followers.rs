@@ -178,7 +178,21 @@ impl<'a> Ledger<'a> {
             }
         }
         let total = self.group_of_shard.iter().flatten().count() as u32;
-        let targets = targets(&self.owned, &following, &self.node_zone, total);
+        // Each node's own shards that no current follower can keep: a node owning some is a
+        // poor choice for one follow more, as it cannot take them itself.
+        let mut keepable = vec![false; self.group_of_shard.len()];
+        for &s in candidates.iter().flatten() {
+            keepable[s as usize] = true;
+        }
+        let mut waiting = vec![0u32; n];
+        for (shard, g) in self.group_of_shard.iter().enumerate() {
+            if let Some(o) = g.and_then(|g| self.groups[g].node)
+                && !keepable[shard]
+            {
+                waiting[o] += 1;
+            }
+        }
+        let targets = targets(&self.owned, &following, &waiting, &self.node_zone, total);
         // Keep up to the target: the shards of owners short of followed shards first.
         let needy: Vec<bool> = (0..n)
             .map(|i| candidates[i].len() < targets[i] as usize)
@@ -387,8 +401,15 @@ struct Group {
 }
 
 /// How many shards each eligible node should follow: at most `total - owned[i]`, otherwise
-/// ⌊total/N⌋ or one more (see the module doc for who gets the one more).
-fn targets(owned: &[u32], have: &[u32], zones: &[Option<usize>], total: u32) -> Vec<u32> {
+/// ⌊total/N⌋ or one more (see the module doc for who gets the one more). `waiting` counts each
+/// node's own shards that need a new follower.
+fn targets(
+    owned: &[u32],
+    have: &[u32],
+    waiting: &[u32],
+    zones: &[Option<usize>],
+    total: u32,
+) -> Vec<u32> {
     let n = owned.len();
     let caps: Vec<u32> = owned.iter().map(|&o| total.saturating_sub(o)).collect();
     let filled = |c: u32| -> u64 { caps.iter().map(|&cap| u64::from(cap.min(c))).sum() };
@@ -420,7 +441,15 @@ fn targets(owned: &[u32], have: &[u32], zones: &[Option<usize>], total: u32) -> 
     while left_over > 0 {
         let Some(i) = (0..n)
             .filter(|&i| targets[i] == level && caps[i] > level)
-            .min_by_key(|&i| (roles_of(&zone_roles, i), &zones[i], Reverse(have[i]), i))
+            .min_by_key(|&i| {
+                (
+                    roles_of(&zone_roles, i),
+                    &zones[i],
+                    Reverse(have[i]),
+                    waiting[i],
+                    i,
+                )
+            })
         else {
             break;
         };
@@ -440,20 +469,24 @@ mod tests {
     #[test]
     fn targets_are_floor_or_ceil_and_go_to_the_nodes_following_most() {
         let none = vec![None; 3];
-        assert_eq!(targets(&[4, 3, 3], &[0, 0, 0], &none, 10), vec![4, 3, 3]);
-        assert_eq!(targets(&[4, 3, 3], &[0, 5, 0], &none, 10), vec![3, 4, 3]);
+        let zero = [0, 0, 0];
+        assert_eq!(targets(&[4, 3, 3], &zero, &zero, &none, 10), vec![4, 3, 3]);
+        assert_eq!(
+            targets(&[4, 3, 3], &[0, 5, 0], &zero, &none, 10),
+            vec![3, 4, 3]
+        );
     }
 
     #[test]
     fn with_two_nodes_the_node_owning_more_follows_fewer() {
         let none = vec![None; 2];
-        assert_eq!(targets(&[2, 1], &[2, 0], &none, 3), vec![1, 2]);
+        assert_eq!(targets(&[2, 1], &[2, 0], &[0, 0], &none, 3), vec![1, 2]);
     }
 
     #[test]
     fn the_extra_follows_go_to_the_zone_with_fewer_roles() {
         let zones = vec![Some(0), Some(1)];
         // Zone a owns 3 of 5 shards: zone b must follow them, zone a follows the other 2.
-        assert_eq!(targets(&[3, 2], &[0, 0], &zones, 5), vec![2, 3]);
+        assert_eq!(targets(&[3, 2], &[0, 0], &[0, 0], &zones, 5), vec![2, 3]);
     }
 }

@@ -48,9 +48,12 @@
 //!   every follower is in another zone than its owner. Nodes without a zone conflict with none.
 //! - **F4 Fewest changes.** A follower stays while it is eligible, is not the shard's (new)
 //!   owner, is not in the owner's zone and its node is not above its F2 target. So one node
-//!   joining moves only follower roles to it, and one node leaving changes only the roles it
-//!   held (its shards' followers are promoted or hand their copy over; its followed shards get
-//!   new followers).
+//!   joining moves only follower roles to it, and one node leaving changes the roles it held
+//!   (its shards' followers are promoted or hand their copy over; its followed shards get new
+//!   followers) and at most one more: when F2 leaves a node one follow short and every shard
+//!   left without a follower is its own, it takes over one other shard's copy and that
+//!   shard's follower takes one of its shards. (Four nodes where a and b follow each other's
+//!   shard: when a leaves, b owns both shards it could follow.)
 //! - **F5 Failover.** When a shard's owner is no longer ready and its follower is, the follower
 //!   holds the rooms' copy, so it is the hand-off source: it becomes the owner with no move when
 //!   its target allows (promotion), otherwise the new owner gets a `Move` from it, exactly as from

@@ -44,7 +44,11 @@ fn follows(table: &AssignmentTable, eligible: &[NodeName]) -> Vec<u32> {
         .collect()
 }
 
+/// F2, and F1's exception: with fewer than two eligible nodes nothing is followed.
 fn follows_balanced(table: &AssignmentTable, eligible: &[NodeName]) -> bool {
+    if eligible.len() < 2 {
+        return table.followers().iter().all(Option::is_none);
+    }
     let owned = table.owners().iter().flatten().count() as u32;
     let n = eligible.len() as u32;
     let (floor, ceil) = (owned / n, owned.div_ceil(n));
@@ -72,7 +76,8 @@ fn with_replication_two_every_shard_gets_a_follower_on_another_node() {
     let table = balanced_with(64, 3, 2);
     let m = membership(0..3, &[]);
     assert!(every_shard_followed_by_another_node(&table, &m));
-    assert_eq!(follows(&table, &m.eligible()), vec![22, 21, 21]);
+    // node-0 owns the 22nd shard, so the one follow more goes to another node.
+    assert_eq!(follows(&table, &m.eligible()), vec![21, 22, 21]);
     assert_eq!(table.epoch, 1);
     // Each owner's shards are spread over both other nodes, so either can promote some.
     for owner in m.eligible() {
@@ -282,6 +287,53 @@ fn followers_in_two_zones_are_always_across_zones() {
     assert!(follows_balanced(&table, &m.eligible()));
 }
 
+/// Shards whose follower changed though `gone` neither owned nor followed them.
+fn changed_beyond(before: &AssignmentTable, after: &AssignmentTable, gone: &NodeName) -> usize {
+    (0..before.shards)
+        .map(ShardId)
+        .filter(|&s| before.owner(s) != Some(gone) && before.follower(s) != Some(gone))
+        .filter(|&s| before.follower(s) != after.follower(s))
+        .count()
+}
+
+#[test]
+fn a_node_leaving_its_follow_partner_swaps_one_copy_and_no_more() {
+    // 12 nodes each owning one shard and following one; some pairs follow each other's shard.
+    // When one of such a pair leaves, its partner owns both shards it could follow and is one
+    // follow short of its share: one other copy must move to it, and only one.
+    let before = balanced_with(12, 12, 2);
+    let partnered = (0..12).map(node).find(|n| {
+        let mine = before.shards_of(n)[0];
+        let partner = before.follower(mine).cloned();
+        partner.is_some_and(|p| before.follower(before.shards_of(&p)[0]) == Some(n))
+    });
+    let gone = partnered.expect("a balanced 12-node table has a follow pair");
+    let left = (0..12).filter(|&i| node(i) != gone);
+    let m = membership(left, &[]);
+    let after = plan(&before, &m, &replicated(2));
+    assert!(every_shard_followed_by_another_node(&after, &m));
+    assert!(follows_balanced(&after, &m.eligible()));
+    assert_eq!(changed_beyond(&before, &after, &gone), 1);
+}
+
+#[test]
+fn the_extra_follow_goes_to_a_node_that_can_take_the_shards_left_without_one() {
+    // node-3 leaves six shards on five nodes. node-1 takes over shard 4 from node-0's copy and
+    // node-3's followed shard 2 (owned by node-1) needs a follower. The one follow above the
+    // floor goes to a node other than node-1, so no third shard's follower moves.
+    let before = balanced_with(6, 5, 2);
+    let m = membership([0, 1, 2, 4], &[]);
+    let after = plan(&before, &m, &replicated(2));
+    assert!(follows_balanced(&after, &m.eligible()));
+    assert_eq!(changed_beyond(&before, &after, &node(3)), 0);
+    // The same when node-1 of five drains with five shards.
+    let before = balanced_with(5, 5, 2);
+    let m = membership(0..5, &[1]);
+    let after = plan(&before, &m, &replicated(2));
+    assert!(follows_balanced(&after, &m.eligible()));
+    assert_eq!(changed_beyond(&before, &after, &node(1)), 0);
+}
+
 #[test]
 fn switching_back_to_replication_one_drops_every_follower_in_one_epoch() {
     let before = balanced_with(32, 3, 2);
@@ -344,15 +396,14 @@ proptest! {
             membership((0..nodes).filter(|&i| i != which % nodes), &[])
         };
         let after = plan(&before, &m, &replicated(2));
-        for s in (0..shards).map(ShardId) {
-            if before.follower(s) != after.follower(s) {
-                prop_assert!(
-                    before.owner(s) == Some(&gone) || before.follower(s) == Some(&gone),
-                    "shard {} changed follower from {:?} to {:?}", s, before.follower(s),
-                    after.follower(s)
-                );
-            }
-        }
+        // F4: only the roles it held change, and at most one more (a swap F2 forces).
+        let others: Vec<ShardId> = (0..shards)
+            .map(ShardId)
+            .filter(|&s| before.owner(s) != Some(&gone) && before.follower(s) != Some(&gone))
+            .filter(|&s| before.follower(s) != after.follower(s))
+            .collect();
+        prop_assert!(others.len() <= 1, "followers changed beyond the node's roles: {:?}", others);
+        prop_assert!(follows_balanced(&after, &m.eligible()));
         if !drain {
             // F5: every shard of the node that left is taken over from its follower's copy.
             for s in before.shards_of(&gone) {
