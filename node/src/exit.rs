@@ -7,42 +7,87 @@
 //! operator reads like a pod's `deletionTimestamp`: it marks the node draining and publishes a
 //! table that moves its shards away. The node keeps serving meanwhile: its rooms are frozen,
 //! snapshotted and handed to their new owners like in any planned move, and what its clients
-//! send goes to the new owners. [`drain_before_exit`] returns once the node has nothing left to
-//! hand off ([`shard::handed_off`]), or after the exit drain timeout: a node whose operator is
-//! gone must still stop within its grace period, and then behaves as it did before (rooms it
-//! still owns restart empty elsewhere, as after a crash).
+//! send goes to the new owners.
+//!
+//! With two copies of every room the node also follows shards: that table names other
+//! followers for them, which the owners bring up to date. Until they are, the owner holds the
+//! only live copy, so the node stays until the new followers report, on their `/status`, that
+//! they applied that table and have nothing catching up ([`shard::copies_moved_on`]).
+//!
+//! [`drain_before_exit`] returns once both hold, or after the exit drain timeout: a node whose
+//! operator is gone must still stop within its grace period, and then behaves as it did before
+//! (rooms it still owns restart empty elsewhere, as after a crash).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shard::ShardId;
+use tokio::time::Instant;
+
+use crate::peer_status::StatusReader;
 use crate::state::NodeState;
+
+/// How often the new followers' `/status` is read while the node waits for them.
+const COPIES_POLL: Duration = Duration::from_millis(100);
 
 /// How the wait before an exit ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitDrain {
-    /// Every shard was handed off (or the node owned none): nothing is lost.
+    /// Every shard was handed off (or the node owned none) and the shards it followed have live
+    /// copies elsewhere: nothing is lost, and a crash of their owners would lose nothing either.
     HandedOff,
+    /// Every shard was handed off, but when the timeout passed some shards it followed had no
+    /// caught-up follower elsewhere: their owners hold the only copy until one catches up.
+    CopiesBehind,
     /// The timeout passed first; what the node still owns is not handed off.
     TimedOut,
 }
 
-/// Mark `node` as stopping and wait until it has handed everything off, at most `timeout`.
+/// Mark `node` as stopping and wait until it has handed everything off and the shards it
+/// followed are followed elsewhere, at most `timeout`.
 pub async fn drain_before_exit(node: &Arc<NodeState>, timeout: Duration) -> ExitDrain {
     node.exiting.cancel();
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
+    let me = &node.settings.name;
+    let mut followed: BTreeSet<ShardId> = BTreeSet::new();
     loop {
         // Register for the next wake-up before looking, so a change in between is not missed.
         let progress = node.progress.notified();
         tokio::pin!(progress);
         progress.as_mut().enable();
+        followed.extend(node.table().followed_by(me));
         if node.handed_off() {
-            return ExitDrain::HandedOff;
+            break;
         }
         tokio::select! {
             () = progress => {}
             () = tokio::time::sleep_until(deadline) => {
-                return if node.handed_off() { ExitDrain::HandedOff } else { ExitDrain::TimedOut };
+                if node.handed_off() {
+                    break;
+                }
+                return ExitDrain::TimedOut;
             }
         }
+    }
+    let reader = StatusReader::default();
+    loop {
+        let table = node.table();
+        followed.extend(table.followed_by(me));
+        let followers = shard::new_followers(&table, me, &followed);
+        let reports = reader.copy_reports(&table, &followers).await;
+        if shard::copies_moved_on(&table, me, &followed, &reports) {
+            return ExitDrain::HandedOff;
+        }
+        if Instant::now() + COPIES_POLL >= deadline {
+            tracing::warn!(
+                followed = followed.len(),
+                followers = followers.len(),
+                read = reports.len(),
+                "exit drain timed out waiting for the shards this node followed to be copied elsewhere"
+            );
+            return ExitDrain::CopiesBehind;
+        }
+        tokio::time::sleep(COPIES_POLL).await;
     }
 }

@@ -37,6 +37,7 @@ mod lock;
 pub mod metrics;
 pub mod outbox;
 pub mod peer;
+pub mod peer_status;
 pub mod protocol;
 pub mod rate;
 pub mod replication;

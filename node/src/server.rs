@@ -78,7 +78,12 @@ pub async fn run(
                 "stop requested: handing shards off before exiting"
             );
             match exit::drain_before_exit(&exiting, timeout).await {
-                ExitDrain::HandedOff => tracing::info!("every shard handed off"),
+                ExitDrain::HandedOff => {
+                    tracing::info!("every shard handed off, every followed shard copied elsewhere");
+                }
+                ExitDrain::CopiesBehind => tracing::warn!(
+                    "every shard handed off, but some shards this node followed have no live copy elsewhere yet"
+                ),
                 ExitDrain::TimedOut => tracing::warn!(
                     owned = exiting.status().shards_owned,
                     "exit drain timed out: rooms still owned here restart empty elsewhere"

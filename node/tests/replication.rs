@@ -254,3 +254,104 @@ async fn an_owner_that_lost_its_role_cannot_get_a_message_acknowledged() {
     assert_eq!(history_seqs(&joined), [1, 2, 3]);
     assert_eq!(joined["seq"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_asked_to_stop_stays_until_its_shards_are_followed_elsewhere() {
+    // node-2 reads its tables from a server of its own, so the test decides when it learns
+    // that it follows node-0's shards.
+    let server = TableServer::start(SHARDS).await;
+    let late = TableServer::start(SHARDS).await;
+    let quick_exit = ["--exit-drain-timeout", "100ms"];
+    let a = ClusterNode::start("node-0", &server.url, SHARDS, &quick_exit).await;
+    let mut b = ClusterNode::start("node-1", &server.url, SHARDS, &[]).await;
+    let c = ClusterNode::start("node-2", &late.url, SHARDS, &[]).await;
+
+    // node-1 owns nothing and follows every shard; node-0 and node-2 own half each.
+    let owners = (0..SHARDS)
+        .map(|s| Some(if s % 2 == 0 { &a.name } else { &c.name }.clone()))
+        .collect();
+    let followers = vec![Some(b.name.clone()); SHARDS as usize];
+    let infos: BTreeMap<NodeName, shard::NodeInfo> = [&a, &b, &c]
+        .iter()
+        .map(|n| (n.name.clone(), n.info()))
+        .collect();
+    let mut first =
+        AssignmentTable::with_roles(owners, followers, infos.clone()).expect("a valid table");
+    first.epoch = 1;
+    server.publish(first.clone());
+    late.publish(first.clone());
+    wait_applied(&[&a, &b, &c], first.epoch).await;
+    wait_linked(&[&a, &b, &c]).await;
+    wait_caught_up(&b, &first).await;
+    let room = room_owned_by(&first, &a.name);
+    let mut ann = a.client("ann").await;
+    ann.join(&room).await;
+    let acknowledged = say_acknowledged(&mut ann, &room, 1, 5).await;
+
+    // node-1 is asked to stop. It owns nothing, so it has nothing to hand off; the driver marks
+    // it draining, and the shards it followed get the other owner as follower.
+    b.request_stop();
+    let membership = Membership {
+        ready: infos,
+        draining: [b.name.clone()].into(),
+    };
+    let second = shard::plan(&first, &membership, &two_copies());
+    assert!(second.moves.is_empty(), "no owner changes: {second:?}");
+    assert!(second.followed_by(&b.name).is_empty());
+    assert_eq!(second.followed_by(&c.name), first.shards_of(&a.name));
+    server.publish(second.clone());
+    wait_applied(&[&a, &b], second.epoch).await;
+
+    // node-2 has not applied that table, so node-0's shards have no live copy but node-0's own:
+    // node-1 keeps its copies and stays.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !b.exited(),
+        "node-1 stays while its followed shards have no follower that caught up"
+    );
+    assert!(b.state.status().terminating);
+
+    late.publish(second.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !b.exited() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node-1 exits once the new followers caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // When it left, every shard had a live copy on the other node, and nothing changed since.
+    for (node, owner) in [(&a, &c), (&c, &a)] {
+        let status = node.state.status();
+        assert_eq!(status.epoch, second.epoch);
+        assert_eq!(status.catching_up, 0, "{} caught up", node.name);
+        assert_eq!(
+            status.following as usize,
+            second.shards_of(&owner.name).len(),
+            "{} holds a live copy of every shard {} owns",
+            node.name,
+            owner.name
+        );
+    }
+
+    // That copy is whole: node-0 goes without handing anything off (its drain times out at
+    // once), and node-2, promoted from its copy, serves the room's history.
+    a.stop().await;
+    let third = shard::plan(
+        &second,
+        &Membership {
+            ready: [(c.name.clone(), c.info())].into(),
+            draining: Default::default(),
+        },
+        &two_copies(),
+    );
+    assert!(third.moves.is_empty(), "node-2 is promoted, nothing moves");
+    server.publish(third.clone());
+    late.publish(third.clone());
+    wait_applied(&[&c], third.epoch).await;
+    let mut bob = c.client("bob").await;
+    bob.send(json!({"op": "join", "room": room, "since": 0}))
+        .await;
+    let joined = bob.recv_op("joined").await;
+    assert_eq!(history_seqs(&joined), acknowledged);
+}

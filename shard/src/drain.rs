@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ids::{NodeName, ordinal_of};
+use crate::ids::{NodeName, ShardId, ordinal_of};
 use crate::table::{AssignmentTable, Move};
 
 /// What a node's `/status` says about its progress.
@@ -158,4 +158,58 @@ pub fn handed_off(table: &AssignmentTable, me: &NodeName, handoffs_in_progress: 
     handoffs_in_progress == 0
         && table.owners().iter().flatten().all(|owner| owner != me)
         && !table.moves.iter().any(|m| &m.from == me || &m.to == me)
+}
+
+/// What a follower's `/status` says of its copies: the epoch of the table it applied and how
+/// many of the shards it follows there are still receiving their snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyReport {
+    /// The epoch of the last table the follower applied.
+    pub epoch_applied: u64,
+    /// Shards it follows that are not live yet.
+    pub catching_up: u32,
+}
+
+/// Whether a node that is leaving may stop holding the copies it kept of `followed` (the shards
+/// it followed while it was asked to stop): `table`, the table it applied, names it follower of
+/// nothing, and every shard of `followed` that has an owner and a follower in `table` is
+/// followed by a node that applied `table` (or a newer one) and reports nothing catching up.
+///
+/// Until then the shards it followed have one live copy, their owner's: exiting then would make
+/// the owner's crash before its new follower catches up lose acknowledged messages. A shard
+/// `table` gives no follower (replication 1, a single eligible node) has nothing to wait for.
+/// `reports` holds what could be read; a follower missing from it counts as not caught up.
+pub fn copies_moved_on(
+    table: &AssignmentTable,
+    me: &NodeName,
+    followed: &BTreeSet<ShardId>,
+    reports: &BTreeMap<NodeName, CopyReport>,
+) -> bool {
+    if table.followers().iter().flatten().any(|f| f == me) {
+        return false;
+    }
+    followed.iter().all(|&shard| {
+        let (Some(_), Some(follower)) = (table.owner(shard), table.follower(shard)) else {
+            return true;
+        };
+        reports
+            .get(follower)
+            .is_some_and(|r| r.epoch_applied >= table.epoch && r.catching_up == 0)
+    })
+}
+
+/// The nodes whose reports [`copies_moved_on`] needs: the followers `table` names for
+/// `followed`, other than `me`.
+pub fn new_followers(
+    table: &AssignmentTable,
+    me: &NodeName,
+    followed: &BTreeSet<ShardId>,
+) -> BTreeSet<NodeName> {
+    followed
+        .iter()
+        .filter(|&&shard| table.owner(shard).is_some())
+        .filter_map(|&shard| table.follower(shard))
+        .filter(|f| *f != me)
+        .cloned()
+        .collect()
 }

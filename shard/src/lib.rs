@@ -38,7 +38,10 @@ pub mod table;
 mod targets;
 
 pub use balance::{LoadPolicy, plan_with_load};
-pub use drain::{DrainStep, NodeReport, drain_step, handed_off, nodes_to_drain};
+pub use drain::{
+    CopyReport, DrainStep, NodeReport, copies_moved_on, drain_step, handed_off, new_followers,
+    nodes_to_drain,
+};
 pub use following::{FollowerTransition, follower_transition};
 pub use handoff::{Transition, abandoned_handoffs, transition};
 pub use hash::{room_hash, shard_of};

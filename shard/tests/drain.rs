@@ -2,13 +2,13 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Cluster, balanced, event, membership, node};
+use common::{Cluster, balanced, balanced_with, event, membership, node, replicated};
 use proptest::prelude::*;
 use shard::{
-    AssignmentTable, DrainStep, NodeName, NodeReport, PlanOptions, ShardError, complete_moves,
-    drain_step, handed_off, nodes_to_drain, plan,
+    AssignmentTable, CopyReport, DrainStep, NodeName, NodeReport, PlanOptions, ShardError,
+    complete_moves, copies_moved_on, drain_step, handed_off, new_followers, nodes_to_drain, plan,
 };
 
 fn members(n: usize) -> Vec<NodeName> {
@@ -272,4 +272,82 @@ fn a_stopping_node_may_exit_only_once_it_owns_nothing_and_no_move_names_it() {
 fn a_node_the_table_does_not_know_may_exit_at_once() {
     assert!(handed_off(&AssignmentTable::empty(8), &node(0), 0));
     assert!(handed_off(&balanced(8, 2), &node(5), 0));
+}
+
+/// Each node of `table` reporting `catching_up` at `table`'s epoch.
+fn copy_reports(table: &AssignmentTable, catching_up: u32) -> BTreeMap<NodeName, CopyReport> {
+    table
+        .nodes
+        .keys()
+        .map(|n| {
+            let report = CopyReport {
+                epoch_applied: table.epoch,
+                catching_up,
+            };
+            (n.clone(), report)
+        })
+        .collect()
+}
+
+#[test]
+fn a_stopping_follower_keeps_its_copies_until_the_new_followers_caught_up() {
+    let table = balanced_with(12, 3, 2);
+    let leaving = node(2);
+    let followed: BTreeSet<_> = table.followed_by(&leaving).into_iter().collect();
+    assert!(!followed.is_empty());
+    assert!(
+        !copies_moved_on(&table, &leaving, &followed, &copy_reports(&table, 0)),
+        "the table still names it follower"
+    );
+
+    // Marked draining: the shards it followed get followers among the others.
+    let planned = plan(&table, &membership(0..3, &[2]), &replicated(2));
+    let done = complete_moves(&planned, &planned.moves);
+    let waiting_on = new_followers(&done, &leaving, &followed);
+    assert!(!waiting_on.is_empty() && !waiting_on.contains(&leaving));
+    assert!(!copies_moved_on(
+        &done,
+        &leaving,
+        &followed,
+        &copy_reports(&done, 1)
+    ));
+    assert!(
+        !copies_moved_on(&done, &leaving, &followed, &copy_reports(&table, 0)),
+        "a report of an older table says nothing of the new roles"
+    );
+    assert!(
+        !copies_moved_on(&done, &leaving, &followed, &BTreeMap::new()),
+        "a follower that cannot be read is not known to be caught up"
+    );
+    assert!(copies_moved_on(
+        &done,
+        &leaving,
+        &followed,
+        &copy_reports(&done, 0)
+    ));
+    // Only the new followers' reports count.
+    let mut reports = copy_reports(&done, 0);
+    reports.insert(
+        leaving.clone(),
+        CopyReport {
+            epoch_applied: 0,
+            catching_up: 9,
+        },
+    );
+    assert!(copies_moved_on(&done, &leaving, &followed, &reports));
+}
+
+#[test]
+fn a_node_that_followed_nothing_or_runs_with_one_copy_has_no_copies_to_wait_for() {
+    let none = BTreeMap::new();
+    let single = balanced(12, 3);
+    assert!(copies_moved_on(&single, &node(1), &BTreeSet::new(), &none));
+    // A shard the table leaves without a follower (one eligible node left) waits for nobody.
+    let two = balanced_with(4, 2, 2);
+    let followed: BTreeSet<_> = two.followed_by(&node(1)).into_iter().collect();
+    let alone = plan(&two, &membership(0..2, &[1]), &replicated(2));
+    let alone = complete_moves(&alone, &alone.moves);
+    assert!(alone.followers().iter().all(Option::is_none));
+    assert!(new_followers(&alone, &node(1), &followed).is_empty());
+    assert!(copies_moved_on(&alone, &node(1), &followed, &none));
 }

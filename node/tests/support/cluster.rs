@@ -153,6 +153,18 @@ impl ClusterNode {
         Client::connect(&format!("ws://{}/ws?user={user}", self.addr)).await
     }
 
+    /// Ask the node to stop, as SIGTERM does, without waiting for it to exit.
+    pub fn request_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Whether the node has exited.
+    pub fn exited(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
