@@ -70,6 +70,12 @@ pub async fn drain_before_exit(node: &Arc<NodeState>, timeout: Duration) -> Exit
             }
         }
     }
+    if !followed.is_empty() {
+        tracing::info!(
+            followed = followed.len(),
+            "owned shards handed off: waiting for the shards this node followed to be copied elsewhere"
+        );
+    }
     let reader = StatusReader::default();
     loop {
         let table = node.table();

@@ -32,6 +32,7 @@ pub mod copies;
 pub mod edge;
 pub mod error;
 pub mod exit;
+pub mod listen;
 pub mod load;
 mod lock;
 pub mod metrics;

@@ -10,7 +10,6 @@ use node::configmap_source::ConfigMapTableSource;
 use node::peer::{PeerSettings, Peers};
 use node::table_source::{HttpTableSource, TableSource};
 use node::{NodeConfig, NodeState};
-use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let config = NodeConfig::parse();
@@ -39,27 +38,20 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: NodeConfig) -> Result<(), node::Error> {
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| node::Error::Listen {
-                what: "clients",
-                addr: config.listen,
-                source,
-            })?;
+    let listener = node::listen::bind(config.listen).map_err(|source| node::Error::Listen {
+        what: "clients",
+        addr: config.listen,
+        source,
+    })?;
     let bound = listener.local_addr()?;
     let peer_listener = match config.peer_listen {
-        Some(addr) => {
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| node::Error::Listen {
-                        what: "peers",
-                        addr,
-                        source,
-                    })?,
-            )
-        }
+        Some(addr) => Some(
+            node::listen::bind(addr).map_err(|source| node::Error::Listen {
+                what: "peers",
+                addr,
+                source,
+            })?,
+        ),
         None => None,
     };
     let peer_bound = match &peer_listener {
