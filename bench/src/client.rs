@@ -12,9 +12,12 @@
 //! answered, which the report counts as lost.
 //!
 //! When the node says `reconnect` (drain, shutdown) or the connection drops (node killed), the
-//! user connects to the next node in the list with a bounded backoff and re-joins with
+//! user connects to another node with a bounded backoff and re-joins with
 //! `since` = the last seq it saw, so the replayed history fills the gap instead of counting as
 //! lost. Sends the pacer asks for while the user is away wait in its bounded order queue.
+//! The users of one node do not all move to the same next node: each steps through the list
+//! by its own stride ([`reconnect_stride`]), spreading them over the others as a Service's
+//! load balancing spreads real clients.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -279,6 +282,16 @@ struct User {
     latencies: Vec<u64>,
 }
 
+/// How far along the node list a user moves when it reconnects: 1 to `nodes - 1`, by user, so
+/// that the users of one node spread over all the others (user `i` starts on node `i % nodes`;
+/// the next `nodes` users of that node take each stride in turn).
+fn reconnect_stride(user: usize, nodes: usize) -> usize {
+    if nodes < 2 {
+        return 0;
+    }
+    1 + (user / nodes) % (nodes - 1)
+}
+
 impl User {
     async fn run(&mut self, orders: &mut mpsc::Receiver<SendOrder>) {
         let stop = self.shared.stop.clone();
@@ -328,7 +341,7 @@ impl User {
                         .min(MAX_BACKOFF)
                 }
             };
-            node = (node + 1) % nodes;
+            node = (node + reconnect_stride(self.spec.first_node, nodes)) % nodes;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
@@ -705,5 +718,23 @@ impl User {
         self.report.unanswered = self.pending.values().filter(|&&m| m).count() as u64;
         self.report.up_at_end = self.joined;
         self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_users_of_one_node_reconnect_to_every_other_node_in_turn() {
+        let nodes = 5;
+        // The users starting on node 3: 3, 8, 13, 18, ...
+        let next: Vec<usize> = (0..8)
+            .map(|k| 3 + k * nodes)
+            .map(|user| (3 + reconnect_stride(user, nodes)) % nodes)
+            .collect();
+        assert_eq!(next, [4, 0, 1, 2, 4, 0, 1, 2]);
+        assert_eq!(reconnect_stride(7, 1), 0, "alone, it stays");
+        assert!((0..100).all(|u| reconnect_stride(u, 2) == 1));
     }
 }
