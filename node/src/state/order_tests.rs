@@ -1,8 +1,8 @@
-//! One sender's commands keep their order on the new owner while it applies the table that
-//! moves their room to it. Commands from a peer that routes by that table already wait in the
-//! early buffer; the ones that arrive while this node applies it must queue behind them, not
-//! slip past them into the room. Peers are played by the test as in `handoff_tests`; the peer
-//! link's reader runs on its own thread, as it does in a node, so it races `apply_table`.
+//! One sender's commands keep their order while their room changes owner, at the two places
+//! where a new table could let a later command overtake earlier ones: the sender's edge, whose
+//! route fence must route each command by the table it checked, and the new owner, where
+//! commands that arrive while it applies the table must queue behind the ones that waited for
+//! it. Peers are played by the test as in `handoff_tests`.
 
 use std::time::Duration;
 
@@ -57,6 +57,45 @@ fn texts_by_seq(peers: &Peers, edge: &NodeName) -> Vec<usize> {
         .collect();
     messages.sort_unstable();
     messages.into_iter().map(|(_, text)| text).collect()
+}
+
+/// The peer commands waiting in the outbox to `peer`.
+fn commands_to(peers: &Peers, peer: &NodeName) -> usize {
+    peers
+        .outbox(peer)
+        .iter()
+        .filter(|m| matches!(***m, PeerMsg::Command { .. }))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_goes_to_the_owner_named_by_the_table_its_route_fence_checked() {
+    let (state, peers) = node_c(1000);
+    let room = RoomId::new("r").expect("valid room");
+    let shard = shard::shard_of(&room, state.settings.shards);
+    assert!(state.apply_table(table(1, "node-a", None)).await);
+    let checked = state.table();
+    // The move's table arrives between the fence's look and the routing.
+    assert!(
+        state
+            .apply_table(table(2, "node-a", Some((shard, "node-b"))))
+            .await
+    );
+    let post = RoomCommand::Post {
+        member: member(),
+        user: "bob".into(),
+        text: "late".into(),
+        cid: None,
+    };
+    state.route_by(&checked, &room, post).await.expect("routed");
+    assert_eq!(
+        (
+            commands_to(&peers, &name("node-a")),
+            commands_to(&peers, &name("node-b"))
+        ),
+        (1, 0),
+        "to the old owner, behind the connection's earlier commands (it forwards them all)"
+    );
 }
 
 /// The new owner `node-c` receives, from the old owner `node-a`, the snapshot of room `r`'s
