@@ -13,7 +13,9 @@
 //! it waits for their answers (every routed command gets exactly one: `joined`, `left`, an
 //! error, or the message's own echo) before it routes the next one. The wait is bounded by the
 //! hand-off timeout, after which every waiting sender has been answered anyway. Reading the
-//! socket pauses meanwhile, which is what keeps the order.
+//! socket pauses meanwhile, which is what keeps the order. A command goes by the table the
+//! fence looked at: one read a moment later could name the new owner for a command the fence
+//! let through as going to the old one.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -270,26 +272,33 @@ impl Connection {
 
     /// Route `command` to `room`'s owner behind the route fence (see the module doc).
     async fn route(&mut self, room: &RoomId, command: RoomCommand) -> Result<(), RouteError> {
-        let owner = self.node.table().owner_of_room(room).cloned();
-        if let Some(owner) = &owner {
+        // The command goes by the very table the fence let it through with (see
+        // `NodeState::route_by`): after a wait the table is read again, and nothing is awaited
+        // between the last look and the routing.
+        let table = loop {
+            let table = self.node.table();
+            let Some(owner) = table.owner_of_room(room) else {
+                break table;
+            };
             let moved = self.routes.get(room).is_some_and(|last| last != owner);
             let control = &self.handle.control;
             // Answers can outnumber commands (a `joined` after an owner failed, messages from
             // an owner of an earlier version): then nothing is known to be in flight.
             self.routed = self.routed.max(control.answers());
-            if moved && control.answers() < self.routed {
-                let bound = self.node.settings.handoff.timeout;
-                let waited = tokio::time::timeout(bound, control.answered(self.routed)).await;
-                if waited.is_err() {
-                    // What is still unanswered was lost with a node: forget it, or every later
-                    // fence would wait for it again.
-                    tracing::debug!(%room, "route fence timed out; sending on");
-                    self.routed = control.answers();
-                }
+            if !moved || control.answers() >= self.routed {
+                self.routes.insert(room.clone(), owner.clone());
+                break table;
             }
-            self.routes.insert(room.clone(), owner.clone());
-        }
-        self.node.route(room, command).await?;
+            let bound = self.node.settings.handoff.timeout;
+            let waited = tokio::time::timeout(bound, control.answered(self.routed)).await;
+            if waited.is_err() {
+                // What is still unanswered was lost with a node: forget it, or every later
+                // fence would wait for it again.
+                tracing::debug!(%room, "route fence timed out; sending on");
+                self.routed = control.answers();
+            }
+        };
+        self.node.route_by(&table, room, command).await?;
         self.routed += 1;
         Ok(())
     }

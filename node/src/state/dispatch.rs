@@ -23,9 +23,10 @@ impl NodeState {
             } => {
                 // The sender knows a newer table: decide with that one, not ours. The epoch is
                 // read under the lock that `apply_table` takes after swapping tables, so a
-                // command parked here is always seen by the next table's flush.
+                // command parked here is always seen by the next table's flush. While that
+                // flush runs, every command waits behind the parked ones: they came first.
                 let mut handoffs = lock(&self.handoffs);
-                if epoch > self.table().epoch {
+                if epoch > self.table().epoch || handoffs.releasing {
                     if handoffs.early.len() >= self.settings.handoff.buffer {
                         // Bounded like a hand-off's buffer: past it, the sender is answered.
                         drop(handoffs);

@@ -36,6 +36,10 @@ pub(super) struct Handoffs {
     pub(super) done: Vec<Move>,
     /// Commands from peers that already route by a newer table than ours.
     pub(super) early: Vec<Early>,
+    /// Set while `apply_table` installs a table and hands `early` on: a peer's command that
+    /// arrives meanwhile waits in `early` too, although the table is in force already.
+    /// Otherwise it could reach its room ahead of the waiting commands its sender sent first.
+    pub(super) releasing: bool,
     /// Snapshots that arrived before the table that announces their move.
     pub(super) early_snapshots: Vec<EarlySnapshot>,
 }
@@ -107,6 +111,27 @@ impl NodeState {
             match error {
                 RouteError::Moved => self.forward(room, command, 0),
                 error => self.answer_error(&command, error, &room),
+            }
+        }
+    }
+
+    /// Hand the commands that waited for a table up to `epoch` on, in the order they arrived,
+    /// then let peers' commands through directly again. Those that arrive meanwhile wait (see
+    /// [`Handoffs::releasing`]) and are handed on in the next round, after the ones ahead of
+    /// them.
+    pub(super) fn release_early(&self, epoch: u64) {
+        loop {
+            let ready = {
+                let mut handoffs = lock(&self.handoffs);
+                let ready = take_where(&mut handoffs.early, |e| e.epoch <= epoch);
+                handoffs.releasing = !ready.is_empty();
+                ready
+            };
+            if ready.is_empty() {
+                return;
+            }
+            for early in ready {
+                self.accept_as_owner(early.room, early.command, early.hops);
             }
         }
     }

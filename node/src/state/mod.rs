@@ -254,3 +254,5 @@ fn solo_table(settings: &NodeSettings) -> AssignmentTable {
 mod gap_tests;
 #[cfg(test)]
 mod handoff_tests;
+#[cfg(test)]
+mod order_tests;

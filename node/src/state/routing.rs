@@ -4,7 +4,7 @@
 //! disagree for a moment cannot bounce a command forever: past [`MAX_HOPS`] the sender gets
 //! `room_unavailable`. Every path ends in a delivery or an error frame to the sender.
 
-use shard::{NodeName, RoomId};
+use shard::{AssignmentTable, NodeName, RoomId};
 
 use super::NodeState;
 use crate::edge::EdgeEvent;
@@ -22,7 +22,23 @@ impl NodeState {
     /// # Errors
     /// [`RouteError`] when the owner cannot take it; the caller answers the client.
     pub async fn route(&self, room: &RoomId, command: RoomCommand) -> Result<(), RouteError> {
-        let table = self.table();
+        self.route_by(&self.table(), room, command).await
+    }
+
+    /// Send a room operation from a local client to the owner `table` names, even when a newer
+    /// table has replaced it since. A connection's route fence decides whether a command may go
+    /// with the table it read; were the command routed by a newer one, it could go straight to
+    /// a new owner while the fence let it through as going where the connection's earlier
+    /// commands went, and overtake them. (Going to the old owner instead is safe: it forwards.)
+    ///
+    /// # Errors
+    /// [`RouteError`] when the owner cannot take it; the caller answers the client.
+    pub async fn route_by(
+        &self,
+        table: &AssignmentTable,
+        room: &RoomId,
+        command: RoomCommand,
+    ) -> Result<(), RouteError> {
         match table.owner_of_room(room) {
             None => Err(RouteError::Unavailable),
             Some(owner) if owner == self.me() => {

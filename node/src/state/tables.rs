@@ -47,6 +47,9 @@ impl NodeState {
                     },
                 );
             }
+            // From here until `release_early` is through, peers' commands queue behind the
+            // early ones.
+            handoffs.releasing = true;
             handoffs.done.retain(|m| new.moves.contains(m));
             handoffs
                 .outgoing
@@ -89,10 +92,7 @@ impl NodeState {
                 early.rooms,
             );
         }
-        let ready = take_where(&mut lock(&self.handoffs).early, |e| e.epoch <= new.epoch);
-        for early in ready {
-            self.accept_as_owner(early.room, early.command, early.hops);
-        }
+        self.release_early(new.epoch);
         for (shard, to) in change.lost {
             let handed = new
                 .move_of(shard)
