@@ -97,6 +97,21 @@ pub(super) fn table(epoch: u64, owner: &str, moved: Option<(ShardId, &str)>) -> 
     table
 }
 
+/// A post by `member`, signed `user`.
+pub(super) fn post_by(
+    member: MemberKey,
+    user: &str,
+    text: &str,
+    cid: Option<String>,
+) -> RoomCommand {
+    RoomCommand::Post {
+        member,
+        user: user.into(),
+        text: text.into(),
+        cid,
+    }
+}
+
 fn has_snapshot(peers: &Peers, to: &NodeName) -> bool {
     peers
         .outbox(to)
@@ -291,8 +306,8 @@ async fn an_acknowledgement_of_another_epoch_or_node_does_not_confirm_the_move()
     assert_eq!(state.status().moves_in_flight, 1);
 }
 
-/// The `seq`s of chat messages waiting in the outbox to `edge`.
-fn seqs_to(peers: &Peers, edge: &NodeName) -> Vec<u64> {
+/// The chat messages waiting in the outbox to `edge`, as JSON, in the order they were queued.
+pub(super) fn messages_queued_to(peers: &Peers, edge: &NodeName) -> Vec<serde_json::Value> {
     peers
         .outbox(edge)
         .iter()
@@ -301,12 +316,17 @@ fn seqs_to(peers: &Peers, edge: &NodeName) -> Vec<u64> {
                 frame,
                 is_msg: true,
                 ..
-            }) => serde_json::from_str::<serde_json::Value>(frame.as_str())
-                .ok()?
-                .get("seq")?
-                .as_u64(),
+            }) => serde_json::from_str(frame.as_str()).ok(),
             _ => None,
         })
+        .collect()
+}
+
+/// The `seq`s of chat messages waiting in the outbox to `edge`.
+fn seqs_to(peers: &Peers, edge: &NodeName) -> Vec<u64> {
+    messages_queued_to(peers, edge)
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
         .collect()
 }
 
@@ -376,15 +396,11 @@ async fn commands_ahead_of_this_nodes_table_wait_in_a_bounded_buffer_and_the_res
     let buffer = state.settings.handoff.buffer;
     let (edge, room) = (name("node-b"), RoomId::new("r").expect("valid room"));
     for i in 0..buffer + 3 {
-        let command = RoomCommand::Post {
-            member: MemberKey {
-                node: edge.clone(),
-                conn: ConnId(1),
-            },
-            user: "bob".into(),
-            text: format!("{i}"),
-            cid: Some(format!("{i}")),
+        let member = MemberKey {
+            node: edge.clone(),
+            conn: ConnId(1),
         };
+        let command = post_by(member, "bob", &i.to_string(), Some(i.to_string()));
         let early = PeerMsg::Command {
             room: room.clone(),
             command,
@@ -414,12 +430,7 @@ async fn talk_and_leave(state: &NodeState, room: &RoomId, posts: usize) {
     };
     state.route(room, join).await.expect("joined");
     for i in 0..posts {
-        let post = RoomCommand::Post {
-            member: member.clone(),
-            user: "bob".into(),
-            text: format!("{i}"),
-            cid: None,
-        };
+        let post = post_by(member.clone(), "bob", &i.to_string(), None);
         state.route(room, post).await.expect("posted");
     }
     let leave = RoomCommand::Leave {

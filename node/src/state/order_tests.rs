@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use shard::RoomId;
 
-use super::handoff_tests::{name, node_c, table};
+use super::handoff_tests::{messages_queued_to, name, node_c, post_by, table};
 use super::*;
 use crate::room::{MemberKey, RoomSnapshot};
 
@@ -37,23 +37,9 @@ fn snapshot_of(room: RoomId) -> RoomSnapshot {
 
 /// The texts of the messages broadcast to `edge`, in seq order.
 fn texts_by_seq(peers: &Peers, edge: &NodeName) -> Vec<usize> {
-    let mut messages: Vec<(u64, usize)> = peers
-        .outbox(edge)
+    let mut messages: Vec<(u64, usize)> = messages_queued_to(peers, edge)
         .iter()
-        .filter_map(|m| match &**m {
-            PeerMsg::Event(EdgeEvent::Broadcast {
-                frame,
-                is_msg: true,
-                ..
-            }) => {
-                let value: serde_json::Value = serde_json::from_str(frame.as_str()).ok()?;
-                Some((
-                    value["seq"].as_u64()?,
-                    value["text"].as_str()?.parse().ok()?,
-                ))
-            }
-            _ => None,
-        })
+        .filter_map(|m| Some((m["seq"].as_u64()?, m["text"].as_str()?.parse().ok()?)))
         .collect();
     messages.sort_unstable();
     messages.into_iter().map(|(_, text)| text).collect()
@@ -81,12 +67,7 @@ async fn a_command_goes_to_the_owner_named_by_the_table_its_route_fence_checked(
             .apply_table(table(2, "node-a", Some((shard, "node-b"))))
             .await
     );
-    let post = RoomCommand::Post {
-        member: member(),
-        user: "bob".into(),
-        text: "late".into(),
-        cid: None,
-    };
+    let post = post_by(member(), "bob", "late", None);
     state.route_by(&checked, &room, post).await.expect("routed");
     assert_eq!(
         (
@@ -131,15 +112,9 @@ async fn posts_forwarded_while_the_move_is_applied() -> Vec<usize> {
         let (state, source, room) = (state.clone(), source.clone(), room.clone());
         tokio::task::spawn_blocking(move || {
             for k in 0..POSTS {
-                let command = RoomCommand::Post {
-                    member: member(),
-                    user: "bob".into(),
-                    text: k.to_string(),
-                    cid: None,
-                };
                 let msg = PeerMsg::Command {
                     room: room.clone(),
-                    command,
+                    command: post_by(member(), "bob", &k.to_string(), None),
                     hops: 1,
                     epoch: 2,
                 };
