@@ -188,10 +188,7 @@ pub fn copies_moved_on(
     if table.followers().iter().flatten().any(|f| f == me) {
         return false;
     }
-    followed.iter().all(|&shard| {
-        let (Some(_), Some(follower)) = (table.owner(shard), table.follower(shard)) else {
-            return true;
-        };
+    new_followers(table, me, followed).iter().all(|follower| {
         reports
             .get(follower)
             .is_some_and(|r| r.epoch_applied >= table.epoch && r.catching_up == 0)
