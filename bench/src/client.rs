@@ -206,6 +206,8 @@ pub struct UserReport {
     pub room_resets: u64,
     /// Longest time in the send phase without a delivery, in µs.
     pub longest_pause_us: u64,
+    /// When that pause began (µs on [`Shared::clock`]).
+    pub longest_pause_from_us: u64,
     /// Frames that were not protocol v1 server frames.
     pub bad_frames: u64,
     /// Whether the user was in its room when the run stopped.
@@ -672,8 +674,9 @@ impl User {
         let until = self.shared.send_until_us.load(Ordering::Relaxed);
         let start = self.last_delivery_us.max(from);
         let end = now_us.min(until);
-        if end > start {
-            self.report.longest_pause_us = self.report.longest_pause_us.max(end - start);
+        if end > start && end - start > self.report.longest_pause_us {
+            self.report.longest_pause_us = end - start;
+            self.report.longest_pause_from_us = start;
         }
     }
 

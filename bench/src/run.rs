@@ -96,6 +96,10 @@ struct LoadReport {
     duplicates: u64,
     reconnects: u64,
     longest_pause_ms: f64,
+    /// Users whose longest pause passed their room's own interval by more than 100 ms, by the
+    /// tenth of a second (from the start of the measurement) the pause began: where and how
+    /// widely a run's pauses happen.
+    long_pauses_by_start_s: BTreeMap<String, u64>,
     server_cpu_s: Option<f64>,
     server_cpu_s_per_million: Option<f64>,
     server_rss_kib: Option<u64>,
@@ -423,7 +427,15 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         (0, 0, 0, 0, 0);
     let mut room_resets = 0;
     let mut longest_pause_us = 0;
+    let mut long_pauses_by_start_s = BTreeMap::new();
+    let measured_from = shared.measure_from_us.load(Ordering::Relaxed);
     for report in &reports {
+        if report.longest_pause_us > long_pause_us(plan.rate) {
+            let tenths = report.longest_pause_from_us.saturating_sub(measured_from) / 100_000;
+            // Zero-padded so the JSON object's keys sort in time order.
+            let key = format!("{:05.1}", tenths as f64 / 10.0);
+            *long_pauses_by_start_s.entry(key).or_insert(0) += 1;
+        }
         sent += report.sent;
         accepted += report.accepted;
         delivered += report.delivered;
@@ -503,6 +515,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         duplicates,
         reconnects,
         longest_pause_ms: ms(longest_pause_us),
+        long_pauses_by_start_s,
         server_cpu_s: server_cpu_s.map(round3),
         server_cpu_s_per_million: server_cpu_s
             .filter(|_| delivered > 0)
@@ -679,4 +692,23 @@ fn round1(x: f64) -> f64 {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// A pause a user should count as long, in µs: its room's own interval between messages (with
+/// `rate` messages per second per room) plus the 100 ms the scale-down target allows.
+fn long_pause_us(rate: f64) -> u64 {
+    (1e6 / rate.max(1e-3)) as u64 + 100_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::long_pause_us;
+
+    #[test]
+    fn a_long_pause_is_a_rooms_interval_and_100_ms_more() {
+        assert_eq!(long_pause_us(2.0), 600_000);
+        assert_eq!(long_pause_us(10.0), 200_000);
+        // A rate of 0 (idle) must not divide by zero.
+        assert!(long_pause_us(0.0) > 1_000_000_000);
+    }
 }
