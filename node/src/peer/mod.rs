@@ -118,8 +118,9 @@ impl Peers {
     }
 
     /// The link to `peer`, when the table in force names it. Links are made and dropped only
-    /// by [`Peers::update`], so the registry holds exactly the table's other nodes: a name
-    /// that arrives in a message (a member's node, a forged or departed one) cannot add one.
+    /// by [`Peers::admit`] and [`Peers::update`], so the registry holds the table's other nodes
+    /// (and, while a table is applied, those of the one before): a name that arrives in a
+    /// message (a member's node, a forged or departed one) cannot add one.
     fn link(&self, peer: &NodeName) -> Option<Arc<PeerLink>> {
         read(&self.links).get(peer).cloned()
     }
@@ -205,10 +206,10 @@ impl Peers {
         read(&self.links).values().map(|l| l.pending()).sum()
     }
 
-    /// Follow the table's membership: dial the peers this node dials, and drop the links of
-    /// nodes that left (what was queued for them is bounced).
+    /// Follow the table's membership: [`Peers::admit`] its nodes, and drop the links of nodes
+    /// that left (what was queued for them is bounced).
     pub fn update(self: &Arc<Self>, table: &AssignmentTable) {
-        let me = &self.settings.me;
+        self.admit(table);
         let gone: Vec<NodeName> = read(&self.links)
             .keys()
             .filter(|name| !table.nodes.contains_key(*name))
@@ -230,6 +231,15 @@ impl Peers {
                 }
             }
         }
+    }
+
+    /// Make a link (and, where this node dials, start dialing) for every other node `table`
+    /// names; drop none. A node calls this before the table comes into force and
+    /// [`Peers::update`] after: a command routed by the new table to a node it adds then always
+    /// finds that node's link (an outbox, while it connects) rather than none, which would
+    /// answer the sender `room_unavailable`.
+    pub fn admit(self: &Arc<Self>, table: &AssignmentTable) {
+        let me = &self.settings.me;
         for (name, info) in &table.nodes {
             if name == me {
                 continue;
@@ -437,6 +447,11 @@ impl Peers {
     /// Links in the registry.
     pub(crate) fn link_count(&self) -> usize {
         read(&self.links).len()
+    }
+
+    /// Whether the registry has a link to `peer`.
+    pub(crate) fn has_link(&self, peer: &NodeName) -> bool {
+        self.link(peer).is_some()
     }
 }
 

@@ -255,4 +255,6 @@ mod gap_tests;
 #[cfg(test)]
 mod handoff_tests;
 #[cfg(test)]
+mod membership_tests;
+#[cfg(test)]
 mod order_tests;

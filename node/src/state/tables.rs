@@ -56,6 +56,11 @@ impl NodeState {
                 .retain(|shard, (to, _)| new.move_of(*shard).is_some_and(|m| &m.to == to));
         }
         let new = Arc::new(new);
+        // Links to the nodes the table adds exist before anyone can route by it; links to the
+        // nodes it drops go after, so nothing routed by the old table meanwhile is refused.
+        if let Some(peers) = &self.peers {
+            peers.admit(&new);
+        }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
         if let Some(peers) = &self.peers {
             peers.update(&new);
