@@ -12,6 +12,9 @@ use crate::rooms::RoomSettings;
 use crate::snowflake::MAX_NODE_ID;
 use crate::state::{ConnectionLimits, HandoffSettings, NodeSettings};
 
+/// Longest window over which a shutting-down node tells its clients `reconnect`.
+pub const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(2);
+
 /// A roomshard chat node.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "roomshard-node", version, about)]
@@ -176,6 +179,9 @@ impl NodeConfig {
                 rate_burst: self.rate_burst.max(1),
                 outgoing_queue: self.outgoing_queue.max(1),
                 close_timeout: Duration::from_secs(5),
+                // A quarter of the shutdown grace: told, served a moment longer, closed and
+                // flushed, all within the grace.
+                reconnect_spread: (self.shutdown_grace / 4).min(MAX_RECONNECT_SPREAD),
             },
             handoff: HandoffSettings {
                 timeout: self.handoff_timeout,

@@ -68,8 +68,13 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
         routes: HashMap::new(),
         routed: 0,
     };
-    // Set when the node starts shutting down: the client was told to reconnect, and frames it
-    // wrote before it saw that are still read and answered until then.
+    // Set when the node starts shutting down: when this client is told to reconnect. A node's
+    // clients are told over a short window rather than all at once, so the nodes they come
+    // back to take their handshakes and re-joins as a stream, not a spike; until told, a
+    // connection is served as ever.
+    let mut tell_at: Option<tokio::time::Instant> = None;
+    // Set once told: frames the client wrote before it saw `reconnect` are still read and
+    // answered until then.
     let mut closing_at: Option<tokio::time::Instant> = None;
     // Made once, not per frame: each wait on a cancellation token takes that token's lock, and
     // the shutdown token is shared by every connection of the node.
@@ -80,7 +85,12 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
         tokio::select! {
             biased;
             () = &mut closed => break,
-            () = &mut shutdown, if closing_at.is_none() => {
+            () = &mut shutdown, if tell_at.is_none() => {
+                let open = u64::try_from(node.metrics.connections.get()).unwrap_or(0);
+                let delay = reconnect_delay(conn.handle.id, open, limits.reconnect_spread);
+                tell_at = Some(tokio::time::Instant::now() + delay);
+            }
+            () = sleep_until_some(tell_at), if closing_at.is_none() => {
                 conn.push(protocol::reconnect_frame("node shutting down", Some(0)));
                 closing_at = Some(tokio::time::Instant::now() + RECONNECT_GRACE);
             }
@@ -140,6 +150,24 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
 /// How long a connection told to reconnect is still served: a `send` the client wrote before it
 /// read `reconnect` is answered (and delivered) rather than silently dropped.
 pub const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Spread of the `reconnect` burst per open connection: a node's clients are told over
+/// `connections` × this, at most the node's `reconnect_spread` (1,200 clients: 0.9 s). Measured
+/// on a 5 → 3 scale-down of 6,000 clients: at 0 the longest silence of a room was 1.09-1.14 s,
+/// at 0.75 ms 0.66 s, and twice as long a window gained nothing but a longer exit.
+pub const RECONNECT_SPREAD_PER_CONNECTION: std::time::Duration =
+    std::time::Duration::from_micros(750);
+
+/// How long after shutdown starts connection `id` is told to reconnect, with `open` connections
+/// on the node: spread evenly (by a hash of its id) over the window, bounded by `max`.
+pub fn reconnect_delay(id: ConnId, open: u64, max: std::time::Duration) -> std::time::Duration {
+    let window = RECONNECT_SPREAD_PER_CONNECTION
+        .saturating_mul(u32::try_from(open).unwrap_or(u32::MAX))
+        .min(max);
+    // Fibonacci hashing: consecutive ids land far apart in [0, 1).
+    let place = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    window.mul_f64(place)
+}
 
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -347,5 +375,37 @@ fn not_joined(room: RoomId, cid: Option<String>) -> Refusal {
         message: format!("not a member of room `{room}`: join it first"),
         cid,
         room: Some(room),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn reconnects_are_spread_over_a_window_that_grows_with_the_connections_up_to_its_bound() {
+        let max = Duration::from_secs(2);
+        // 1,000 connections: a 750 ms window, and the ids fill it rather than bunching up.
+        let delays: Vec<Duration> = (0..1000)
+            .map(|id| reconnect_delay(ConnId(id), 1000, max))
+            .collect();
+        assert!(delays.iter().all(|d| *d < Duration::from_millis(750)));
+        let early = delays
+            .iter()
+            .filter(|d| **d < Duration::from_millis(375))
+            .count();
+        assert!(
+            (400..600).contains(&early),
+            "{early} of 1000 in the first half"
+        );
+        // Many connections: never past the bound; one connection: told within its 0.75 ms.
+        assert!(reconnect_delay(ConnId(7), 1_000_000, max) < max);
+        assert!(reconnect_delay(ConnId(7), 1, max) < Duration::from_micros(750));
+        assert_eq!(
+            reconnect_delay(ConnId(7), 1000, Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }

@@ -93,11 +93,15 @@ pub async fn run(
         tracing::info!("shutting down: telling clients to reconnect");
         stop.cancel();
     };
+    // Tables are followed until the connections are gone, not only until shutdown starts: the
+    // clients not yet told to reconnect are still served, and a send of theirs that waits for a
+    // newer table (a move in flight elsewhere) would otherwise wait for one that never comes.
+    let tables_until = tokio_util::sync::CancellationToken::new();
     let follower = source.map(|source| {
         tokio::spawn(table_source::follow(
             source,
             node.clone(),
-            node.shutdown.clone(),
+            tables_until.clone(),
         ))
     });
     let peer_server = peer_listener.map(|peer_listener| {
@@ -141,6 +145,7 @@ pub async fn run(
         }
         peers.close();
     }
+    tables_until.cancel();
     if let Some(follower) = follower {
         follower.abort();
     }

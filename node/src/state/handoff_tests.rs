@@ -64,6 +64,7 @@ fn node_c_with(outbox: usize, rooms: RoomSettings) -> (Arc<NodeState>, Arc<Peers
             rate_burst: 100,
             outgoing_queue: 64,
             close_timeout: Duration::from_secs(1),
+            reconnect_spread: Duration::ZERO,
         },
         handoff: HandoffSettings {
             timeout: HANDOFF_TIMEOUT,

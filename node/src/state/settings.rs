@@ -23,6 +23,9 @@ pub struct ConnectionLimits {
     pub outgoing_queue: usize,
     /// How long a closing connection may take to flush and send its close frame.
     pub close_timeout: Duration,
+    /// Longest window over which a shutting-down node tells its clients `reconnect` (see
+    /// [`crate::connection::reconnect_delay`]).
+    pub reconnect_spread: Duration,
 }
 
 /// Hand-off settings.
