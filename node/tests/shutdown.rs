@@ -4,8 +4,9 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use node::connection::RECONNECT_SPREAD_PER_CONNECTION;
 use support::{Client, Ending, TestNode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,6 +33,72 @@ async fn shutdown_tells_every_client_to_reconnect_closes_them_and_returns() {
             }
         );
     }
+}
+
+/// A stopping node tells its clients over a window that grows with them (0.75 ms each here,
+/// 300 clients: 225 ms), so the nodes they come back to are not hit by all at once; each one is
+/// served until told, then closed as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_tells_its_clients_to_reconnect_over_a_window_not_at_once() {
+    const CLIENTS: u32 = 300;
+    let node = TestNode::start(&[]).await;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut client = node.client(&format!("u{i}")).await;
+        client.join(&format!("r{i}")).await;
+        clients.push(client);
+    }
+    let started = Instant::now();
+    let stopping = tokio::spawn(node.shutdown());
+    let told: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            tokio::spawn(async move {
+                // A send written as the node starts stopping is answered, told or not.
+                client.say(&format!("r{i}"), "last words", "c1").await;
+                let mut echoed = false;
+                let mut told_at = None;
+                while !(echoed && told_at.is_some()) {
+                    let frame = client.recv().await;
+                    match frame["op"].as_str() {
+                        Some("msg") => echoed |= frame["cid"] == "c1",
+                        Some("reconnect") => told_at = Some(started.elapsed()),
+                        _ => panic!("client {i} got {frame}"),
+                    }
+                }
+                let ending = client.ending(Duration::from_secs(5)).await;
+                (told_at.unwrap_or_default(), ending)
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for client in told {
+        let (at, ending) = client.await.expect("client task");
+        assert_eq!(
+            ending,
+            Ending::Closed {
+                code: 1001,
+                reason: "node shutting down".into()
+            }
+        );
+        times.push(at);
+    }
+    stopping.await.expect("node stops");
+    times.sort_unstable();
+    let window = RECONNECT_SPREAD_PER_CONNECTION * CLIENTS;
+    let span = times[times.len() - 1] - times[0];
+    // Spread over the window (the ids hash evenly into it), not told in one burst; a busy
+    // machine only stretches it.
+    assert!(
+        span >= window / 2,
+        "told over {span:?}, expected most of {window:?}"
+    );
+    let first_half = times.iter().filter(|t| **t - times[0] < span / 2).count();
+    assert!(
+        (CLIENTS as usize / 5..CLIENTS as usize * 4 / 5).contains(&first_half),
+        "{first_half} of {CLIENTS} told in the first half of {span:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
