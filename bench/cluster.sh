@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario="${1:-all}"
+# DRIVER_ARGS="..." adds flags to the local driver (e.g. --max-moves-per-node 16).
 # BIN=DIR runs the binaries in DIR (roomshard-operator, roomshard-node, roomshard-bench) without
 # building: keep a copy of a build to compare it with another one back to back.
 if [ -n "${BIN:-}" ]; then
@@ -31,7 +32,7 @@ trap cleanup EXIT
 start_cluster() {
   # REPLICATION=1|2 sets the copies of every room (the driver's default is 2); unset, the
   # flag is not passed, so a build from before it can still be measured with BIN=.
-  "$bin/roomshard-operator" local --nodes "$1" --port 0 --log-dir "$work/logs" ${REPLICATION:+--replication "$REPLICATION"} \
+  "$bin/roomshard-operator" local --nodes "$1" --port 0 --log-dir "$work/logs" ${REPLICATION:+--replication "$REPLICATION"} ${DRIVER_ARGS:-} \
     -- --rate-per-sec 1000 --rate-burst 1000 --worker-threads "${WORKER_THREADS:-1}" ${EXTRA_NODE_ARGS:-} >"$work/banner" 2>"$work/driver.log" &
   cluster_pid=$!
   for _ in $(seq 1 300); do
