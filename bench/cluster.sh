@@ -24,6 +24,8 @@ work="$(mktemp -d)"
 cluster_pid=""
 cleanup() {
   if [ -n "$cluster_pid" ]; then kill -TERM "$cluster_pid" 2>/dev/null || true; wait "$cluster_pid" 2>/dev/null || true; fi
+  # KEEP_LOGS=DIR keeps the nodes', driver's and bench's logs of the run there.
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp -r "$work"/. "$KEEP_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
