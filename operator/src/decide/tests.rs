@@ -1,4 +1,3 @@
-
 use super::*;
 
 const SHARDS: u32 = 12;

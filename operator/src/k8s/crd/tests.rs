@@ -1,4 +1,3 @@
-
 use super::*;
 use kube::CustomResourceExt;
 use serde_json::{Value, json};

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::decide::Stuck;
 use crate::replication::FollowerSummary;
