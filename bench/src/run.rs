@@ -429,8 +429,9 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
     let mut longest_pause_us = 0;
     let mut long_pauses_by_start_s = BTreeMap::new();
     let measured_from = shared.measure_from_us.load(Ordering::Relaxed);
+    let long_pause = long_pause_us(plan.rate);
     for report in &reports {
-        if report.longest_pause_us > long_pause_us(plan.rate) {
+        if report.longest_pause_us > long_pause {
             let tenths = report.longest_pause_from_us.saturating_sub(measured_from) / 100_000;
             // Zero-padded so the JSON object's keys sort in time order.
             let key = format!("{:05.1}", tenths as f64 / 10.0);

@@ -93,15 +93,15 @@ pub async fn run(
         tracing::info!("shutting down: telling clients to reconnect");
         stop.cancel();
     };
-    // Tables are followed until the connections are gone, not only until shutdown starts: the
-    // clients not yet told to reconnect are still served, and a send of theirs that waits for a
-    // newer table (a move in flight elsewhere) would otherwise wait for one that never comes.
-    let tables_until = tokio_util::sync::CancellationToken::new();
+    // Tables are followed until the connections are gone (the follower is aborted below), not
+    // only until shutdown starts: the clients not yet told to reconnect are still served, and a
+    // send of theirs that waits for a newer table (a move in flight elsewhere) would otherwise
+    // wait for one that never comes.
     let follower = source.map(|source| {
         tokio::spawn(table_source::follow(
             source,
             node.clone(),
-            tables_until.clone(),
+            tokio_util::sync::CancellationToken::new(),
         ))
     });
     let peer_server = peer_listener.map(|peer_listener| {
@@ -145,7 +145,6 @@ pub async fn run(
         }
         peers.close();
     }
-    tables_until.cancel();
     if let Some(follower) = follower {
         follower.abort();
     }

@@ -8,9 +8,9 @@
 //!    Water-filling under those caps gives every node ⌊S/N⌋ and the remainder one more each, to
 //!    the nodes whose zone has the fewest roles (owned + followed) so far, then to the nodes
 //!    following the most now (fewest changes), then to those owning the fewest shards that need
-//!    a new follower (they cannot follow those themselves), then by name. With no pins (hand-offs in flight
-//!    piling shards on one node) the caps never bind below ⌈S/N⌉ except where they must (two
-//!    nodes and an odd shard count: the node owning more follows fewer).
+//!    a new follower (they cannot follow those themselves), then by name. With no pins
+//!    (hand-offs in flight piling shards on one node) the caps never bind below ⌈S/N⌉ except
+//!    where they must (two nodes and an odd shard count: the node owning more follows fewer).
 //! 2. **Keep.** A current follower stays if it is eligible, is not the shard's new owner, is not
 //!    in the owner's zone, and its node is not above its target. A node above its target keeps
 //!    first the shards owned by nodes that are short of followed shards themselves (those could

@@ -118,7 +118,7 @@ impl Peers {
     }
 
     /// The link to `peer`, when the table in force names it. Links are made and dropped only
-    /// by [`Peers::admit`] and [`Peers::update`], so the registry holds the table's other nodes
+    /// by [`Peers::admit`] and [`Peers::retire`], so the registry holds the table's other nodes
     /// (and, while a table is applied, those of the one before): a name that arrives in a
     /// message (a member's node, a forged or departed one) cannot add one.
     fn link(&self, peer: &NodeName) -> Option<Arc<PeerLink>> {
@@ -206,10 +206,9 @@ impl Peers {
         read(&self.links).values().map(|l| l.pending()).sum()
     }
 
-    /// Follow the table's membership: [`Peers::admit`] its nodes, and drop the links of nodes
-    /// that left (what was queued for them is bounced).
-    pub fn update(self: &Arc<Self>, table: &AssignmentTable) {
-        self.admit(table);
+    /// Drop the links of nodes `table` does not name (what was queued for them is bounced).
+    /// With [`Peers::admit`], this is how links follow the table's membership.
+    pub fn retire(&self, table: &AssignmentTable) {
         let gone: Vec<NodeName> = read(&self.links)
             .keys()
             .filter(|name| !table.nodes.contains_key(*name))
@@ -235,7 +234,7 @@ impl Peers {
 
     /// Make a link (and, where this node dials, start dialing) for every other node `table`
     /// names; drop none. A node calls this before the table comes into force and
-    /// [`Peers::update`] after: a command routed by the new table to a node it adds then always
+    /// [`Peers::retire`] after: a command routed by the new table to a node it adds then always
     /// finds that node's link (an outbox, while it connects) rather than none, which would
     /// answer the sender `room_unavailable`.
     pub fn admit(self: &Arc<Self>, table: &AssignmentTable) {

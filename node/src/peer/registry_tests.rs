@@ -39,6 +39,12 @@ fn table(epoch: u64, nodes: &[&str]) -> AssignmentTable {
     table
 }
 
+/// Follow `table` as a node applying it does: links to its nodes first, then the others go.
+fn follow(peers: &Arc<Peers>, table: &AssignmentTable) {
+    peers.admit(table);
+    peers.retire(table);
+}
+
 fn event() -> PeerMsg {
     PeerMsg::Event(EdgeEvent::ToConn {
         conn: ConnId(1),
@@ -56,7 +62,7 @@ async fn links_exist_only_for_the_tables_nodes_and_departed_ones_bounce_their_ou
     let bounces = Arc::new(Bounces::default());
     let handler: Arc<dyn PeerHandler> = bounces.clone();
     peers.set_handler(Arc::downgrade(&handler));
-    peers.update(&table(1, &["node-a", "node-b", "node-z"]));
+    follow(&peers, &table(1, &["node-a", "node-b", "node-z"]));
     assert_eq!(peers.link_count(), 2, "one link per other node");
     // Names that arrive in messages do not add links: the message comes back instead.
     for n in 0..1000 {
@@ -67,7 +73,7 @@ async fn links_exist_only_for_the_tables_nodes_and_departed_ones_bounce_their_ou
     // node-a leaves with two messages queued: its link goes, and they are bounced.
     peers.send(&name("node-a"), event()).expect("queued");
     peers.send(&name("node-a"), event()).expect("queued");
-    peers.update(&table(2, &["node-b", "node-z"]));
+    follow(&peers, &table(2, &["node-b", "node-z"]));
     assert_eq!(peers.link_count(), 1);
     assert_eq!(
         *bounces.0.lock().expect("lock"),

@@ -63,7 +63,7 @@ impl NodeState {
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
         if let Some(peers) = &self.peers {
-            peers.update(&new);
+            peers.retire(&new);
         }
         for (shard, from) in abandoned {
             let refused = {
