@@ -7,7 +7,8 @@
 //! - [`rollout`]: the operator-driven rolling update: which pod to delete next.
 //! - [`status`]: the status summary, condition types and reasons.
 //! - [`reconcile`](mod@reconcile): one pass over a cluster, its [`reconcile::Context`] and
-//!   error policy.
+//!   error policy; its writes to the children and its status and events are in two files
+//!   under it (`reconcile/apply.rs`, `reconcile/report.rs`).
 //! - [`autoscaler`]: `spec.autoscaling`: the load-driven change of `spec.replicas`, through the
 //!   scale subresource.
 //! - [`metrics`]: reconcile counters and per-cluster gauges for `/metrics`.

@@ -65,34 +65,35 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ObjectReference, Pod, Secret, Service, ServiceAccount,
-};
-use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use serde_json::json;
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::{Client, ResourceExt};
 use shard::{AssignmentTable, DrainStep, LoadPolicy, NodeName, PlanOptions, nodes_to_drain};
 
 use super::autoscaler;
 use super::checks;
-use super::children::{self, FIELD_MANAGER, Owner, TABLE_KEY};
-use super::crd::{ChatCluster, ChatClusterStatus};
+use super::children::{self, Owner, TABLE_KEY};
+use super::crd::ChatCluster;
 use super::map;
 use super::metrics::{ClusterView, Metrics};
 use super::observe::{StatusReader, pod_views};
 use super::rollout::{self, Observed, PodState};
 use super::status::{self, Pass, reasons, types};
 use crate::Error;
-use crate::decide::{DecideOptions, Decision, Inputs, decide};
+use crate::decide::{DecideOptions, Inputs, decide};
 use crate::map::{MapInputs, MapStore};
+
+mod apply;
+mod report;
+
+pub use apply::ROLLOUT_REASON;
+pub(super) use report::publish;
+
+use apply::{apply, apply_static_children, replace_pod, switch_to_on_delete};
+use report::{count, drain_finished, event, transition_events, write_status};
 
 /// Knobs of the reconciler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -478,287 +479,4 @@ fn lingering(
                 && table.nodes.contains_key(name)
         })
         .collect()
-}
-
-/// Switches a StatefulSet created with `updateStrategy: RollingUpdate` to `OnDelete`, once.
-///
-/// A server-side apply of `{type: OnDelete}` alone would leave the API server's defaulted
-/// `rollingUpdate.maxUnavailable` (owned by no manager) in place, which validation refuses
-/// with `OnDelete`; a merge patch removes the whole `rollingUpdate`.
-async fn switch_to_on_delete(api: &Api<StatefulSet>, name: &str) -> Result<(), Error> {
-    let patch = json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}});
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    api.patch(name, &params, &Patch::Merge(&patch)).await?;
-    tracing::info!(statefulset = name, "update strategy switched to OnDelete");
-    Ok(())
-}
-
-/// Deletes `pod` (gracefully: it drains through its `deletionTimestamp`) so the StatefulSet
-/// recreates it from the revision `update`, and publishes an event on it. True when this pass
-/// deleted it; false when it was already gone or replaced by a newer pod of the same name.
-async fn replace_pod(
-    ctx: &Context,
-    api: &Api<Pod>,
-    pod: &Pod,
-    update: Option<&str>,
-) -> Result<bool, Error> {
-    let name = pod.name_any();
-    let params = DeleteParams {
-        // Only this pod, never a replacement that took its name meanwhile.
-        preconditions: Some(Preconditions {
-            uid: pod.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&name, &params).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
-            tracing::debug!(pod = %name, error = %e, "pod to replace already gone");
-            return Ok(false);
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let old = pod
-        .labels()
-        .get(rollout::REVISION_LABEL)
-        .map_or("?", String::as_str);
-    let note = format!(
-        "deleted to update it from revision {old} to {}: it hands its shards off, then the \
-         StatefulSet recreates it",
-        update.unwrap_or("?")
-    );
-    tracing::info!(pod = %name, from = old, to = update, "rollout: replacing pod");
-    publish(
-        ctx,
-        &pod.object_ref(&()),
-        &name,
-        (EventType::Normal, "Reconcile"),
-        ROLLOUT_REASON,
-        &note,
-    )
-    .await;
-    Ok(true)
-}
-
-/// The reason of the event on a pod the rollout deletes.
-pub const ROLLOUT_REASON: &str = "RolloutReplacing";
-
-/// Applies every child that does not depend on the table or the pods.
-async fn apply_static_children(
-    ctx: &Context,
-    cluster: &ChatCluster,
-    owner: &Owner,
-) -> Result<(), Error> {
-    let client = &ctx.client;
-    let ns = owner.namespace.as_str();
-    let names = &owner.names;
-    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    apply(
-        &sa,
-        &names.node_access,
-        &children::access::node_service_account(owner)?,
-    )
-    .await?;
-    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
-    apply(
-        &roles,
-        &names.node_access,
-        &children::access::node_role(owner)?,
-    )
-    .await?;
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
-    let binding = children::access::node_role_binding(owner)?;
-    apply(&bindings, &names.node_access, &binding).await?;
-
-    // Generated once: applying a new random key on every pass would break every peer link.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    if secrets.get_opt(&names.secret).await?.is_none() {
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PostParams::default()
-        };
-        match secrets
-            .create(&params, &children::config::peer_secret(owner)?)
-            .await
-        {
-            Ok(_) => tracing::info!(cluster = %owner.name, "created the peer-link secret"),
-            // Another pass created it first; keep that one.
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    apply(
-        &services,
-        &names.peers_service,
-        &children::network::peers_service(owner)?,
-    )
-    .await?;
-    let client_service = children::network::client_service(owner, &cluster.spec)?;
-    apply(&services, &names.client_service, &client_service).await?;
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-    apply(
-        &pdbs,
-        &names.pdb,
-        &children::config::disruption_budget(owner)?,
-    )
-    .await?;
-
-    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
-    match children::network::ingress(owner, &cluster.spec)? {
-        Some(ingress) => {
-            apply(&ingresses, &names.ingress, &ingress).await?;
-        }
-        None => {
-            // Disabled after being enabled: remove ours, never someone else's.
-            let ours = ingresses.get_opt(&names.ingress).await?.is_some_and(|i| {
-                i.owner_references()
-                    .iter()
-                    .any(|r| r.uid == owner.reference.uid)
-            });
-            if ours {
-                ingresses
-                    .delete(&names.ingress, &Default::default())
-                    .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Server-side apply of `object` as `roomshard-operator`, taking over conflicting fields (the
-/// operator is the authority on its children).
-async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
-where
-    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
-{
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api.patch(name, &params, &Patch::Apply(object)).await?)
-}
-
-/// Writes `new` to the status subresource by server-side apply, unless it equals `old`.
-async fn write_status(
-    ctx: &Context,
-    owner: &Owner,
-    old: Option<&ChatClusterStatus>,
-    new: &ChatClusterStatus,
-) -> Result<(), Error> {
-    if old == Some(new) {
-        return Ok(());
-    }
-    let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
-    // `autoscaling` belongs to the autoscaler's field manager (see `autoscaler::step`).
-    let new = ChatClusterStatus {
-        autoscaling: None,
-        ..new.clone()
-    };
-    let patch = json!({
-        "apiVersion": "roomshard.dev/v1alpha1",
-        "kind": "ChatCluster",
-        "status": new,
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&owner.name, &params, &Patch::Apply(&patch))
-        .await?;
-    Ok(())
-}
-
-/// Whether the drain recorded in `old` ended with this pass (completed or cancelled: the caller
-/// tells them apart by the replicas it keeps).
-fn drain_finished(old: Option<&ChatClusterStatus>, new: &ChatClusterStatus) -> bool {
-    old.is_some_and(|s| !s.draining.is_empty()) && new.draining.is_empty()
-}
-
-/// Counts what `items` yields, saturating at `u32::MAX`.
-fn count<T>(items: impl Iterator<Item = T>) -> u32 {
-    u32::try_from(items.count()).unwrap_or(u32::MAX)
-}
-
-/// Events for what changed between `old` and `new`; nothing when nothing changed.
-async fn transition_events(
-    ctx: &Context,
-    cluster: &ChatCluster,
-    old: Option<&ChatClusterStatus>,
-    new: &ChatClusterStatus,
-    decision: &Decision,
-    desired: u32,
-) {
-    let was_draining = old.is_some_and(|s| !s.draining.is_empty());
-    if !was_draining && !new.draining.is_empty() {
-        let note = format!(
-            "draining {} before scaling down to {desired}",
-            new.draining.join(", ")
-        );
-        event(ctx, cluster, EventType::Normal, "DrainStarted", &note).await;
-    }
-    if was_draining && new.draining.is_empty() {
-        let drained = old.map(|s| s.draining.join(", ")).unwrap_or_default();
-        if decision.replicas <= desired {
-            let note = format!("{drained} drained; replicas lowered to {desired}");
-            event(ctx, cluster, EventType::Normal, "DrainFinished", &note).await;
-        } else {
-            let note = format!("drain of {drained} cancelled: replicas raised to {desired}");
-            event(ctx, cluster, EventType::Normal, "DrainCancelled", &note).await;
-        }
-    }
-    let stuck_before = status::condition(old, types::DEGRADED)
-        .is_some_and(|c| c.status == "True" && c.reason == reasons::DRAIN_STUCK);
-    if let Some(stuck) = &decision.stuck
-        && !stuck_before
-    {
-        let note = if matches!(decision.step, DrainStep::Remove(_)) {
-            stuck.to_string()
-        } else {
-            format!("{stuck}; the pods stay until it finishes")
-        };
-        event(
-            ctx,
-            cluster,
-            EventType::Warning,
-            reasons::DRAIN_STUCK,
-            &note,
-        )
-        .await;
-    }
-}
-
-/// Publishes one event on `cluster`; a failure is logged, not fatal (events are best effort).
-async fn event(ctx: &Context, cluster: &ChatCluster, type_: EventType, reason: &str, note: &str) {
-    let name = cluster.name_any();
-    publish(
-        ctx,
-        &cluster.object_ref(&()),
-        &name,
-        (type_, "Reconcile"),
-        reason,
-        note,
-    )
-    .await;
-}
-
-/// Publishes one event of `(type, action)` on the object `reference` (named `name` in the
-/// log); best effort.
-pub(super) async fn publish(
-    ctx: &Context,
-    reference: &ObjectReference,
-    name: &str,
-    (type_, action): (EventType, &str),
-    reason: &str,
-    note: &str,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
-        tracing::warn!(object = %name, error = %e, reason, "cannot publish event");
-    }
 }
