@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario="${1:-all}"
+# ROOMS=N sets the scale-down's room count (default 3000).
 # DRIVER_ARGS="..." adds flags to the local driver (e.g. --max-moves-per-node 16).
 # BIN=DIR runs the binaries in DIR (roomshard-operator, roomshard-node, roomshard-bench) without
 # building: keep a copy of a build to compare it with another one back to back.
@@ -101,7 +102,7 @@ idle() {
 scaledown() {
   start_cluster 5
   wait_settled 5 60
-  "$bin/roomshard-bench" --nodes "$(nodes_csv)" --rooms 3000 --users 2 --rate 2 \
+  "$bin/roomshard-bench" --nodes "$(nodes_csv)" --rooms "${ROOMS:-3000}" --users 2 --rate 2 \
     --duration 30s --warmup 3s >"$work/scaledown.json" 2>"$work/bench.log" &
   local bench=$!
   sleep 13 # 3 s warm-up and 10 s of steady load before the scale-down
@@ -112,7 +113,7 @@ scaledown() {
   local drained
   drained=$(python3 -c "print(round($(date +%s.%N) - $started, 3))")
   wait "$bench"
-  python3 -c "import json,sys; r=json.load(open('$work/scaledown.json')); r['scenario']='scale-down 5 -> 3, 3000 rooms'; r['scale_down_s']=$drained; print(json.dumps(r))"
+  python3 -c "import json,sys; r=json.load(open('$work/scaledown.json')); r['scenario']='scale-down 5 -> 3, ${ROOMS:-3000} rooms'; r['scale_down_s']=$drained; print(json.dumps(r))"
   stop_cluster
 }
 

@@ -212,6 +212,9 @@ pub struct UserReport {
     pub bad_frames: u64,
     /// Whether the user was in its room when the run stopped.
     pub up_at_end: bool,
+    /// For each reconnect, µs from losing the room (the old connection ended) to the new
+    /// connection's `joined`.
+    pub rejoins_us: Vec<u64>,
     /// Last seq seen, for the tail check against the room.
     pub last_seq: Option<u64>,
     /// The room, when not idle.
@@ -257,6 +260,7 @@ pub async fn run_user(
         pending: HashMap::new(),
         seen: HashSet::new(),
         last_delivery_us: 0,
+        away_from_us: None,
         latencies: Vec::with_capacity(LATENCY_BATCH),
     };
     user.run(&mut orders).await;
@@ -281,6 +285,8 @@ struct User {
     /// Every message id received, for duplicates.
     seen: HashSet<u64>,
     last_delivery_us: u64,
+    /// When the last connection in the room ended, until the next `joined`.
+    away_from_us: Option<u64>,
     latencies: Vec<u64>,
 }
 
@@ -319,6 +325,9 @@ impl User {
                     failures = 0;
                     let exit = self.serve(ws, orders).await;
                     if !matches!(exit, Exit::Stop) {
+                        if self.joined {
+                            self.away_from_us = Some(self.shared.now_us());
+                        }
                         self.joined = false;
                     }
                     match exit {
@@ -528,6 +537,9 @@ impl User {
         if room != slot.name {
             self.report.bad_frames += 1;
             return;
+        }
+        if let Some(away) = self.away_from_us.take() {
+            self.report.rejoins_us.push(now_us.saturating_sub(away));
         }
         match self.report.last_seq {
             // First join: the history predates the run; count from the room's current seq.

@@ -100,6 +100,14 @@ struct LoadReport {
     /// tenth of a second (from the start of the measurement) the pause began: where and how
     /// widely a run's pauses happen.
     long_pauses_by_start_s: BTreeMap<String, u64>,
+    /// How many of those users reconnected during the run (their node left, say): the rest
+    /// paused with their connection up, on the hand-off of their room alone.
+    long_pauses_reconnected: u64,
+    /// The longest pause of a user that never reconnected: what a hand-off alone costs.
+    longest_pause_without_reconnect_ms: f64,
+    /// From a connection's end to the next connection's `joined`, over every reconnect: how
+    /// long a user told to move is out of its room.
+    rejoin_ms: Option<RejoinMs>,
     server_cpu_s: Option<f64>,
     server_cpu_s_per_million: Option<f64>,
     server_rss_kib: Option<u64>,
@@ -428,14 +436,23 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
     let mut room_resets = 0;
     let mut longest_pause_us = 0;
     let mut long_pauses_by_start_s = BTreeMap::new();
+    let (mut long_pauses_reconnected, mut longest_pause_without_reconnect_us) = (0, 0);
+    let mut rejoins_us: Vec<u64> = Vec::new();
     let measured_from = shared.measure_from_us.load(Ordering::Relaxed);
     let long_pause = long_pause_us(plan.rate);
+    log_longest_pauses(&shared, &reports);
     for report in &reports {
         if report.longest_pause_us > long_pause {
             let tenths = report.longest_pause_from_us.saturating_sub(measured_from) / 100_000;
             // Zero-padded so the JSON object's keys sort in time order.
             let key = format!("{:05.1}", tenths as f64 / 10.0);
             *long_pauses_by_start_s.entry(key).or_insert(0) += 1;
+            long_pauses_reconnected += u64::from(report.reconnects > 0);
+        }
+        rejoins_us.extend(&report.rejoins_us);
+        if report.reconnects == 0 {
+            longest_pause_without_reconnect_us =
+                longest_pause_without_reconnect_us.max(report.longest_pause_us);
         }
         sent += report.sent;
         accepted += report.accepted;
@@ -517,6 +534,9 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         reconnects,
         longest_pause_ms: ms(longest_pause_us),
         long_pauses_by_start_s,
+        long_pauses_reconnected,
+        longest_pause_without_reconnect_ms: ms(longest_pause_without_reconnect_us),
+        rejoin_ms: RejoinMs::of(rejoins_us),
         server_cpu_s: server_cpu_s.map(round3),
         server_cpu_s_per_million: server_cpu_s
             .filter(|_| delivered > 0)
@@ -697,13 +717,58 @@ fn round3(x: f64) -> f64 {
 
 /// A pause a user should count as long, in µs: its room's own interval between messages (with
 /// `rate` messages per second per room) plus the 100 ms the scale-down target allows.
+/// How long reconnecting users were out of their room.
+#[derive(Debug, Serialize)]
+struct RejoinMs {
+    count: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl RejoinMs {
+    fn of(mut us: Vec<u64>) -> Option<Self> {
+        us.sort_unstable();
+        let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+        (!us.is_empty()).then(|| Self {
+            count: us.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        })
+    }
+}
+
+/// The ten longest pauses on stderr, with the wall-clock time each began and its room, to
+/// find them in the nodes' logs.
+fn log_longest_pauses(shared: &Shared, reports: &[UserReport]) {
+    let mut longest: Vec<&UserReport> = reports.iter().collect();
+    longest.sort_by_key(|r| std::cmp::Reverse(r.longest_pause_us));
+    let now_us = shared.now_us();
+    let wall_now = std::time::SystemTime::now();
+    for report in longest.iter().take(10) {
+        let ago = Duration::from_micros(now_us.saturating_sub(report.longest_pause_from_us));
+        let began = wall_now
+            .checked_sub(ago)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        let room = report.room.map_or("-", |r| shared.rooms[r].name.as_str());
+        eprintln!(
+            "roomshard-bench: pause of {:.0} ms from {:.3} (unix s), room {room}, {} reconnects",
+            report.longest_pause_us as f64 / 1000.0,
+            began.as_secs_f64(),
+            report.reconnects,
+        );
+    }
+}
+
 fn long_pause_us(rate: f64) -> u64 {
     (1e6 / rate.max(1e-3)) as u64 + 100_000
 }
 
 #[cfg(test)]
 mod tests {
-    use super::long_pause_us;
+    use super::{RejoinMs, long_pause_us};
 
     #[test]
     fn a_long_pause_is_a_rooms_interval_and_100_ms_more() {
@@ -711,5 +776,17 @@ mod tests {
         assert_eq!(long_pause_us(10.0), 200_000);
         // A rate of 0 (idle) must not divide by zero.
         assert!(long_pause_us(0.0) > 1_000_000_000);
+    }
+
+    #[test]
+    fn rejoin_times_are_summarised_by_rank_and_absent_without_reconnects() {
+        assert!(RejoinMs::of(Vec::new()).is_none());
+        // 1..=100 ms, in reverse order: the median is the 51st (rounded rank 49.5 -> 50), p99 the 99th.
+        let us: Vec<u64> = (1..=100).rev().map(|ms| ms * 1000).collect();
+        let r = RejoinMs::of(us).expect("reconnects were made");
+        assert_eq!(r.count, 100);
+        assert_eq!((r.p50, r.p99, r.max), (51.0, 99.0, 100.0));
+        let one = RejoinMs::of(vec![2500]).expect("one reconnect");
+        assert_eq!((one.p50, one.p99, one.max), (2.5, 2.5, 2.5));
     }
 }
