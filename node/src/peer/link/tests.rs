@@ -1,5 +1,8 @@
 //! Delivery state of one link: outbox bounds, resends, restarts, settled marks and gaps.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use super::*;
 use crate::edge::{ConnId, EdgeEvent};
 
@@ -176,4 +179,126 @@ fn a_gap_is_announced_once_the_outbox_has_room_and_stays_bounded() {
     }
     link.ack_all();
     assert_eq!(gaps(&link), [(0, true)]);
+}
+
+/// What a writer did to its connection: frames fed, and writes (flushes).
+#[derive(Debug, Clone, PartialEq)]
+enum Wrote {
+    Data(u64),
+    Ack(u64),
+    Flush,
+}
+
+/// A connection that records what the writer feeds and when it flushes.
+struct Recording(Arc<Mutex<Vec<Wrote>>>);
+
+impl Sink<Vec<u8>> for Recording {
+    type Error = std::convert::Infallible;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: std::pin::Pin<&mut Self>, frame: Vec<u8>) -> Result<(), Self::Error> {
+        let wrote = match PeerFrame::decode(&frame) {
+            Ok(PeerFrame::Data { seq, .. }) => Wrote::Data(seq),
+            Ok(PeerFrame::Ack { seq }) => Wrote::Ack(seq),
+            other => panic!("the writer sent {other:?}"),
+        };
+        self.0.lock().expect("not poisoned").push(wrote);
+        Ok(())
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.lock().expect("not poisoned").push(Wrote::Flush);
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn queued_messages_and_the_acknowledgement_leave_in_one_write() {
+    let link = link();
+    for n in 1..=3 {
+        link.push(msg(n)).expect("room");
+    }
+    // The peer's messages 1 and 2 arrived: the next wake acknowledges them.
+    assert!(link.accept(1) && link.accept(2));
+    let wrote = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (link, wrote) = (link.clone(), wrote.clone());
+        let incoming = futures_util::stream::pending::<Bytes>();
+        tokio::spawn(async move { link.run(Recording(wrote), incoming, 0, &|_| {}).await })
+    };
+    let first_write = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let so_far = wrote.lock().expect("not poisoned").clone();
+            if let Some(end) = so_far.iter().position(|w| *w == Wrote::Flush) {
+                return so_far[..=end].to_vec();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the writer wrote within 5 s");
+    writer.abort();
+    assert_eq!(
+        first_write,
+        [
+            Wrote::Data(1),
+            Wrote::Data(2),
+            Wrote::Data(3),
+            Wrote::Ack(2),
+            Wrote::Flush
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_full_batch_is_written_before_the_next_one_is_read() {
+    let link = Arc::new(PeerLink::new(
+        NodeName::new("peer").expect("valid"),
+        BATCH + 10,
+    ));
+    for n in 1..=(BATCH as u64 + 1) {
+        link.push(msg(n)).expect("room");
+    }
+    let wrote = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (link, wrote) = (link.clone(), wrote.clone());
+        let incoming = futures_util::stream::pending::<Bytes>();
+        tokio::spawn(async move { link.run(Recording(wrote), incoming, 0, &|_| {}).await })
+    };
+    let writes = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let so_far = wrote.lock().expect("not poisoned").clone();
+            if so_far.iter().filter(|w| **w == Wrote::Flush).count() >= 2 {
+                return so_far;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the writer wrote within 5 s");
+    writer.abort();
+    let first_flush = writes.iter().position(|w| *w == Wrote::Flush);
+    assert_eq!(
+        first_flush,
+        Some(BATCH),
+        "a flush right after the full batch"
+    );
+    assert_eq!(writes[BATCH + 1], Wrote::Data(BATCH as u64 + 1));
+    assert_eq!(writes[BATCH + 2], Wrote::Flush);
 }
