@@ -228,24 +228,23 @@ impl Sink<Vec<u8>> for Recording {
     }
 }
 
-#[tokio::test]
-async fn queued_messages_and_the_acknowledgement_leave_in_one_write() {
-    let link = link();
-    for n in 1..=3 {
-        link.push(msg(n)).expect("room");
-    }
-    // The peer's messages 1 and 2 arrived: the next wake acknowledges them.
-    assert!(link.accept(1) && link.accept(2));
+/// Run `link`'s writer over a recording connection (the peer sends nothing) until it has
+/// flushed `flushes` times; what it wrote up to then.
+async fn writes_until(link: &Arc<PeerLink>, flushes: usize) -> Vec<Wrote> {
     let wrote = Arc::new(Mutex::new(Vec::new()));
     let writer = {
         let (link, wrote) = (link.clone(), wrote.clone());
         let incoming = futures_util::stream::pending::<Bytes>();
         tokio::spawn(async move { link.run(Recording(wrote), incoming, 0, &|_| {}).await })
     };
-    let first_write = tokio::time::timeout(Duration::from_secs(5), async {
+    let writes = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let so_far = wrote.lock().expect("not poisoned").clone();
-            if let Some(end) = so_far.iter().position(|w| *w == Wrote::Flush) {
+            let mut ends = so_far
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| **w == Wrote::Flush);
+            if let Some((end, _)) = ends.nth(flushes - 1) {
                 return so_far[..=end].to_vec();
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -254,8 +253,19 @@ async fn queued_messages_and_the_acknowledgement_leave_in_one_write() {
     .await
     .expect("the writer wrote within 5 s");
     writer.abort();
+    writes
+}
+
+#[tokio::test]
+async fn queued_messages_and_the_acknowledgement_leave_in_one_write() {
+    let link = link();
+    for n in 1..=3 {
+        link.push(msg(n)).expect("room");
+    }
+    // The peer's messages 1 and 2 arrived: the next wake acknowledges them.
+    assert!(link.accept(1) && link.accept(2));
     assert_eq!(
-        first_write,
+        writes_until(&link, 1).await,
         [
             Wrote::Data(1),
             Wrote::Data(2),
@@ -275,24 +285,7 @@ async fn a_full_batch_is_written_before_the_next_one_is_read() {
     for n in 1..=(BATCH as u64 + 1) {
         link.push(msg(n)).expect("room");
     }
-    let wrote = Arc::new(Mutex::new(Vec::new()));
-    let writer = {
-        let (link, wrote) = (link.clone(), wrote.clone());
-        let incoming = futures_util::stream::pending::<Bytes>();
-        tokio::spawn(async move { link.run(Recording(wrote), incoming, 0, &|_| {}).await })
-    };
-    let writes = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let so_far = wrote.lock().expect("not poisoned").clone();
-            if so_far.iter().filter(|w| **w == Wrote::Flush).count() >= 2 {
-                return so_far;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("the writer wrote within 5 s");
-    writer.abort();
+    let writes = writes_until(&link, 2).await;
     let first_flush = writes.iter().position(|w| *w == Wrote::Flush);
     assert_eq!(
         first_flush,
