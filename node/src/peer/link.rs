@@ -373,7 +373,8 @@ impl PeerLink {
                     () = self.wake.notified() => {}
                     _ = tick.tick() => {}
                 }
-                let mut fed = false;
+                // Frames fed since the last flush.
+                let mut unflushed = 0;
                 loop {
                     let Some(batch) = self.unsent(sent, generation) else {
                         return; // a newer connection took over
@@ -381,7 +382,7 @@ impl PeerLink {
                     if batch.is_empty() {
                         break;
                     }
-                    let full = batch.len() == BATCH;
+                    unflushed += batch.len();
                     for (seq, msg) in batch {
                         if sink
                             .feed(super::wire::encode_data(seq, &msg))
@@ -392,15 +393,15 @@ impl PeerLink {
                         }
                         sent = seq;
                     }
-                    fed = true;
-                    // A full batch may have more behind it: write this one out first. A
-                    // partial one waits for the acknowledgement below, so both leave in one
-                    // write (a system call saved on nearly every wake of a busy link).
-                    if full {
+                    // A batch's worth is written out at once, however it came (one full batch,
+                    // or several small ones while other threads kept queueing). Less waits for
+                    // the acknowledgement below, so both leave in one write: a system call
+                    // saved on nearly every wake of a busy link.
+                    if unflushed >= BATCH {
                         if sink.flush().await.is_err() {
                             return;
                         }
-                        fed = false;
+                        unflushed = 0;
                     }
                 }
                 let received = self.received();
@@ -413,9 +414,9 @@ impl PeerLink {
                         return;
                     }
                     acked = received;
-                    fed = true;
+                    unflushed += 1;
                 }
-                if fed && sink.flush().await.is_err() {
+                if unflushed > 0 && sink.flush().await.is_err() {
                     return;
                 }
             }
