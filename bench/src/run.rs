@@ -715,8 +715,6 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// A pause a user should count as long, in µs: its room's own interval between messages (with
-/// `rate` messages per second per room) plus the 100 ms the scale-down target allows.
 /// How long reconnecting users were out of their room.
 #[derive(Debug, Serialize)]
 struct RejoinMs {
@@ -762,6 +760,8 @@ fn log_longest_pauses(shared: &Shared, reports: &[UserReport]) {
     }
 }
 
+/// A pause a user should count as long, in µs: its room's own interval between messages (with
+/// `rate` messages per second per room) plus the 100 ms the scale-down target allows.
 fn long_pause_us(rate: f64) -> u64 {
     (1e6 / rate.max(1e-3)) as u64 + 100_000
 }
