@@ -97,13 +97,7 @@ pub async fn run(
     // only until shutdown starts: the clients not yet told to reconnect are still served, and a
     // send of theirs that waits for a newer table (a move in flight elsewhere) would otherwise
     // wait for one that never comes.
-    let follower = source.map(|source| {
-        tokio::spawn(table_source::follow(
-            source,
-            node.clone(),
-            tokio_util::sync::CancellationToken::new(),
-        ))
-    });
+    let follower = source.map(|source| tokio::spawn(table_source::follow(source, node.clone())));
     let peer_server = peer_listener.map(|peer_listener| {
         let app = peer_router(state.clone());
         let stop = node.shutdown.clone();

@@ -17,7 +17,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use shard::AssignmentTable;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::state::NodeState;
@@ -72,19 +71,13 @@ impl TableSource for HttpTableSource {
     }
 }
 
-/// Apply every table `source` yields to `node` until `shutdown`.
-pub async fn follow(
-    source: Arc<dyn TableSource>,
-    node: Arc<NodeState>,
-    shutdown: CancellationToken,
-) {
+/// Apply every table `source` yields to `node`, for as long as the task runs: the server aborts
+/// it once its last connection is gone, not when shutdown starts (see `server::run`).
+pub async fn follow(source: Arc<dyn TableSource>, node: Arc<NodeState>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let after = node.table().epoch;
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return,
-            next = source.next(after) => next,
-        };
+        let next = source.next(after).await;
         match next {
             Ok(table) => {
                 backoff = Duration::from_millis(100);
@@ -92,10 +85,7 @@ pub async fn follow(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fetch the assignment table; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
+                tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
