@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 scenario="${1:-all}"
 # ROOMS=N sets the scale-down's room count (default 3000).
 # DRIVER_ARGS="..." adds flags to the local driver (e.g. --max-moves-per-node 16).
+# BENCH_ARGS="..." adds flags to the scale-down's load (e.g. --on-reconnect close).
 # BIN=DIR runs the binaries in DIR (roomshard-operator, roomshard-node, roomshard-bench) without
 # building: keep a copy of a build to compare it with another one back to back.
 if [ -n "${BIN:-}" ]; then
@@ -103,7 +104,7 @@ scaledown() {
   start_cluster 5
   wait_settled 5 60
   "$bin/roomshard-bench" --nodes "$(nodes_csv)" --rooms "${ROOMS:-3000}" --users 2 --rate 2 \
-    --duration 30s --warmup 3s >"$work/scaledown.json" 2>"$work/bench.log" &
+    --duration 30s --warmup 3s ${BENCH_ARGS:-} >"$work/scaledown.json" 2>"$work/bench.log" &
   local bench=$!
   sleep 13 # 3 s warm-up and 10 s of steady load before the scale-down
   local started

@@ -70,6 +70,20 @@ pub struct Args {
     /// what a room gets).
     #[arg(long)]
     pub audit_history: bool,
+    /// What a user does when its node says `reconnect`: `overlap` joins its room on the next
+    /// node first and leaves the old connection once in (make-before-break); `close` closes
+    /// first and re-joins after (break-before-make), for comparison.
+    #[arg(long, value_enum, default_value_t = OnReconnect::Overlap)]
+    pub on_reconnect: OnReconnect,
+}
+
+/// How a user moves when its node says `reconnect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnReconnect {
+    /// Open the next connection and re-join there, then close the old one.
+    Overlap,
+    /// Close the old connection, then open the next one and re-join.
+    Close,
 }
 
 /// A WebSocket node address that passed the loopback check.
@@ -128,6 +142,8 @@ pub struct LoadPlan {
     pub metrics: Vec<HttpTarget>,
     /// Read every room's history afterwards.
     pub audit_history: bool,
+    /// How users move when told to reconnect.
+    pub on_reconnect: OnReconnect,
 }
 
 /// A checked idle run.
@@ -220,6 +236,7 @@ impl Args {
             pids: self.pids.clone(),
             metrics,
             audit_history: self.audit_history,
+            on_reconnect: self.on_reconnect,
         }))
     }
 }

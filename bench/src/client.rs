@@ -11,15 +11,18 @@
 //! means accepted, an `error` with that `cid` means refused; anything left at the end was never
 //! answered, which the report counts as lost.
 //!
-//! When the node says `reconnect` (drain, shutdown) or the connection drops (node killed), the
-//! user connects to another node with a bounded backoff and re-joins with
-//! `since` = the last seq it saw, so the replayed history fills the gap instead of counting as
-//! lost. Sends the pacer asks for while the user is away wait in its bounded order queue.
+//! When the node says `reconnect` (drain, shutdown) with no wait, the user joins its room on
+//! another node first and closes the old connection once in ([`successor`]: make-before-break),
+//! so it never leaves the room. When the connection drops (node killed), or with
+//! `--on-reconnect close`, the user connects to another node with a bounded backoff and
+//! re-joins with `since` = the last seq it saw, so the replayed history fills the gap instead
+//! of counting as lost. Sends the pacer asks for while the user is away wait in its bounded
+//! order queue.
 //! The users of one node do not all move to the same next node: each steps through the list
 //! by its own stride ([`reconnect_stride`]), spreading them over the others as a Service's
 //! load balancing spreads real clients.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,9 +35,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::args::NodeAddr;
+use crate::args::{NodeAddr, OnReconnect};
 use crate::histogram::Histogram;
-use crate::wire::{self, ServerFrame, WireMsg};
+use crate::wire;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -135,6 +138,8 @@ pub struct Shared {
     pub latency: Mutex<Histogram>,
     /// Whether rooms record their acknowledged messages (`--audit-history`).
     pub record_acknowledged: bool,
+    /// How users move when their node says `reconnect`.
+    pub on_reconnect: OnReconnect,
 }
 
 impl Shared {
@@ -215,6 +220,9 @@ pub struct UserReport {
     /// For each reconnect, µs from losing the room (the old connection ended) to the new
     /// connection's `joined`.
     pub rejoins_us: Vec<u64>,
+    /// For each move made without leaving the room (make-before-break), µs from the node's
+    /// `reconnect` to the switch to the new connection.
+    pub handovers_us: Vec<u64>,
     /// Last seq seen, for the tail check against the room.
     pub last_seq: Option<u64>,
     /// The room, when not idle.
@@ -234,8 +242,19 @@ enum Exit {
 /// What a frame asks of the serve loop.
 enum Next {
     Continue,
+    /// The connection is in: its `joined` for our room (or, idle, the answer to our ping).
+    Joined,
     Rejoin,
     Reconnect(Duration, String),
+}
+
+/// Which connection a frame came on, as the checks need to know it.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    /// Its number among the user's connections.
+    id: u32,
+    /// Whether it is in the room yet: a refused `join` is asked again only where it is not.
+    joined: bool,
 }
 
 /// Run one user until the run stops, and say what it saw.
@@ -245,11 +264,13 @@ pub async fn run_user(
     mut orders: mpsc::Receiver<SendOrder>,
     ready: oneshot::Sender<Ready>,
 ) -> UserReport {
+    let nodes = shared.nodes.len();
     let mut user = User {
         report: UserReport {
             room: spec.room,
             ..UserReport::default()
         },
+        node: spec.first_node % nodes.max(1),
         spec,
         shared,
         ready: Some(ready),
@@ -258,7 +279,11 @@ pub async fn run_user(
         unsent: None,
         next_cid: 0,
         pending: HashMap::new(),
-        seen: HashSet::new(),
+        seen: HashMap::new(),
+        conns: 0,
+        conn: 0,
+        overlapped: HashMap::new(),
+        asked_since: HashMap::new(),
         last_delivery_us: 0,
         away_from_us: None,
         latencies: Vec::with_capacity(LATENCY_BATCH),
@@ -271,6 +296,8 @@ struct User {
     spec: UserSpec,
     shared: Arc<Shared>,
     report: UserReport,
+    /// The node of the current connection, an index into [`Shared::nodes`].
+    node: usize,
     /// Told once whether this user came up.
     ready: Option<oneshot::Sender<Ready>>,
     /// In the room on the current connection: only then are orders taken.
@@ -280,10 +307,20 @@ struct User {
     /// An order whose write failed with the connection: sent again after the re-join.
     unsent: Option<SendOrder>,
     next_cid: u64,
-    /// cid -> whether the send is measured, until the node answers.
-    pending: HashMap<String, bool>,
-    /// Every message id received, for duplicates.
-    seen: HashSet<u64>,
+    /// cid -> (whether the send is measured, the connection it went out on), until answered.
+    pending: HashMap<String, (bool, u32)>,
+    /// Every message id received, with the connection that first brought it.
+    seen: HashMap<u64, u32>,
+    /// Connections opened so far; each is numbered by the count at its opening.
+    conns: u32,
+    /// The number of the current connection.
+    conn: u32,
+    /// Successor connection -> the connection it overlapped: a message both bring is a copy.
+    overlapped: HashMap<u32, u32>,
+    /// Connection -> the `since` its last `join` asked with, until answered. A room that
+    /// answers below it lost its state; one that answers below the last seq seen since (on
+    /// the connection being left) is only behind it.
+    asked_since: HashMap<u32, u64>,
     last_delivery_us: u64,
     /// When the last connection in the room ended, until the next `joined`.
     away_from_us: Option<u64>,
@@ -303,8 +340,6 @@ fn reconnect_stride(user: usize, nodes: usize) -> usize {
 impl User {
     async fn run(&mut self, orders: &mut mpsc::Receiver<SendOrder>) {
         let stop = self.shared.stop.clone();
-        let nodes = self.shared.nodes.len();
-        let mut node = self.spec.first_node % nodes;
         let mut failures: u32 = 0;
         let mut ever_connected = false;
         let mut last_error = String::from("not tried");
@@ -315,14 +350,16 @@ impl User {
             }
             // Only the first connect waits its turn: clients that were told to reconnect are
             // independent and come back at once, as real ones would.
-            let wait = match self.connect(node, !ever_connected).await {
+            let connecting = connect(self.shared.clone(), self.url(self.node), !ever_connected);
+            let wait = match connecting.await {
                 Ok(ws) => {
                     if ever_connected {
-                        self.report.reconnects += 1;
-                        self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                        self.count_reconnect();
                     }
                     ever_connected = true;
                     failures = 0;
+                    self.conns += 1;
+                    self.conn = self.conns;
                     let exit = self.serve(ws, orders).await;
                     if !matches!(exit, Exit::Stop) {
                         if self.joined {
@@ -335,7 +372,7 @@ impl User {
                         Exit::Stop => return,
                         // The next node in the list: never the one that told us to go.
                         Exit::Reconnect(after, reason) => {
-                            last_error = format!("node {node} asked to reconnect: {reason}");
+                            last_error = format!("node {} asked to reconnect: {reason}", self.node);
                             after
                         }
                         Exit::Dropped(reason) => {
@@ -352,7 +389,7 @@ impl User {
                         .min(MAX_BACKOFF)
                 }
             };
-            node = (node + reconnect_stride(self.spec.first_node, nodes)) % nodes;
+            self.node = self.next_node();
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
@@ -360,45 +397,32 @@ impl User {
         }
     }
 
-    async fn connect(&self, node: usize, throttled: bool) -> Result<Ws, String> {
-        let addr = &self.shared.nodes[node];
-        let url = format!("{}/ws?user={}", addr.base, self.spec.name);
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-        let stop = self.shared.stop.clone();
-        let attempt = async {
-            let _permit = if throttled {
-                Some(
-                    self.shared
-                        .handshakes
-                        .acquire()
-                        .await
-                        .map_err(|_| "stopping".to_owned())?,
-                )
-            } else {
-                None
-            };
-            // Nagle off: a paced stream of small frames must not wait for ACKs.
-            let connecting =
-                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-                Ok(Ok((ws, _response))) => Ok(ws),
-                Ok(Err(e)) => Err(format!("{}: {e}", addr.base)),
-                Err(_) => Err(format!("{}: handshake timed out", addr.base)),
-            }
-        };
-        tokio::select! {
-            () = stop.cancelled() => Err("stopping".to_owned()),
-            result = attempt => result,
-        }
+    fn next_node(&self) -> usize {
+        let nodes = self.shared.nodes.len();
+        (self.node + reconnect_stride(self.spec.first_node, nodes)) % nodes
     }
 
-    /// Serve one connection: join (or resume), then read, send orders, until it ends.
+    fn url(&self, node: usize) -> String {
+        format!(
+            "{}/ws?user={}",
+            self.shared.nodes[node].base, self.spec.name
+        )
+    }
+
+    fn count_reconnect(&mut self) {
+        self.report.reconnects += 1;
+        self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Serve one connection: join (or resume), then read, send orders, until it ends. Told to
+    /// reconnect with no wait, open a [`Successor`] and carry on with it once it is in.
     async fn serve(&mut self, mut ws: Ws, orders: &mut mpsc::Receiver<SendOrder>) -> Exit {
         let stop = self.shared.stop.clone();
-        if let Err(e) = ws.send(Message::text(self.hello())).await {
+        if let Err(e) = ws.send(Message::text(self.hello(self.conn))).await {
             return Exit::Dropped(e.to_string());
         }
         let mut rejoin_at: Option<tokio::time::Instant> = None;
+        let mut successor: Option<Successor> = None;
         loop {
             if self.joined
                 && let Some(order) = self.unsent.take()
@@ -406,31 +430,72 @@ impl User {
             {
                 return Exit::Dropped(e);
             }
-            let take_orders = self.joined && self.orders_open;
+            if successor.as_ref().is_some_and(Successor::is_in)
+                && !self.pending.values().any(|&(_, conn)| conn == self.conn)
+                && let Some(next) = successor.take()
+            {
+                // The new connection is in and nothing sent on the old one is unanswered:
+                // switch, so this user's sends stay in order.
+                ws = self.take_over(ws, next);
+            }
+            // While a successor is in, orders wait for the switch (the old one's last answers).
+            let switching = successor.as_ref().is_some_and(Successor::is_in);
+            let take_orders = self.joined && self.orders_open && !switching;
             let rejoin = async move {
                 match rejoin_at {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
+            let here = Conn {
+                id: self.conn,
+                joined: self.joined,
+            };
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                    if let Some(next) = successor {
+                        next.close();
+                    }
                     return Exit::Stop;
                 }
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Text(text))) => {
                         let now_us = self.shared.now_us();
-                        match self.on_frame(text.as_str(), now_us) {
-                            Next::Continue => {}
+                        match self.on_frame(text.as_str(), now_us, here) {
+                            Next::Continue | Next::Joined => {}
                             Next::Rejoin => {
                                 rejoin_at = Some(tokio::time::Instant::now() + REJOIN_DELAY);
                             }
                             Next::Reconnect(after, reason) => {
+                                if successor.is_none()
+                                    && self.overlaps(after)
+                                {
+                                    successor = Some(self.successor(self.next_node(), 1, now_us));
+                                    continue;
+                                }
+                                if successor.is_some() {
+                                    continue;
+                                }
                                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
                                 return Exit::Reconnect(after, reason);
                             }
+                        }
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None
+                        if successor.as_ref().is_some_and(Successor::is_open) =>
+                    {
+                        // The old node closed before the successor took over: carry on with it
+                        // now; if it is not in yet, the user is out of its room until it is.
+                        if let Some(next) = successor.take() {
+                            let in_already = next.is_in();
+                            if !in_already && self.joined {
+                                self.away_from_us = Some(self.shared.now_us());
+                                self.joined = false;
+                            }
+                            ws = self.take_over(ws, next);
+                            self.joined = in_already;
                         }
                     }
                     Some(Ok(Message::Close(frame))) => {
@@ -444,9 +509,12 @@ impl User {
                     Some(Err(e)) => return Exit::Dropped(e.to_string()),
                     None => return Exit::Dropped("connection ended".into()),
                 },
+                event = successor_event(&mut successor) => {
+                    self.on_successor(&mut successor, event).await;
+                }
                 () = rejoin => {
                     rejoin_at = None;
-                    if let Err(e) = ws.send(Message::text(self.hello())).await {
+                    if let Err(e) = ws.send(Message::text(self.hello(self.conn))).await {
                         return Exit::Dropped(e.to_string());
                     }
                 }
@@ -462,11 +530,16 @@ impl User {
         }
     }
 
-    /// The first frame on a connection: `join` (with `since` when resuming), or a `ping` for
-    /// an idle connection.
-    fn hello(&self) -> String {
+    /// The first frame on connection `conn`: `join` (with `since` when resuming), or a `ping`
+    /// for an idle connection.
+    fn hello(&mut self, conn: u32) -> String {
         match self.spec.room {
-            Some(room) => wire::join(&self.shared.rooms[room].name, self.report.last_seq),
+            Some(room) => {
+                if let Some(since) = self.report.last_seq {
+                    self.asked_since.insert(conn, since);
+                }
+                wire::join(&self.shared.rooms[room].name, self.report.last_seq)
+            }
             None => wire::ping(UP_CID),
         }
     }
@@ -489,252 +562,50 @@ impl User {
             self.report.sent += 1;
             self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         }
-        self.pending.insert(cid, measured);
+        self.pending.insert(cid, (measured, self.conn));
         Ok(())
     }
 
     fn measure_from(&self) -> u64 {
         self.shared.measure_from_us.load(Ordering::Relaxed)
     }
+}
 
-    fn on_frame(&mut self, text: &str, now_us: u64) -> Next {
-        let Ok(frame) = wire::parse(text) else {
-            self.report.bad_frames += 1;
-            return Next::Continue;
+/// Open a WebSocket to `url`; `throttled` waits for a handshake slot first.
+async fn connect(shared: Arc<Shared>, url: String, throttled: bool) -> Result<Ws, String> {
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    let stop = shared.stop.clone();
+    let attempt = async {
+        let _permit = if throttled {
+            Some(
+                shared
+                    .handshakes
+                    .acquire()
+                    .await
+                    .map_err(|_| "stopping".to_owned())?,
+            )
+        } else {
+            None
         };
-        match frame {
-            ServerFrame::Msg(msg) => self.on_msg(msg, now_us),
-            ServerFrame::Joined { room, seq, history } => {
-                self.on_joined(&room, seq, history, now_us);
-            }
-            ServerFrame::Error {
-                code,
-                message,
-                cid,
-                room,
-            } => return self.on_error(code, message, cid, room),
-            ServerFrame::Reconnect { reason, after_ms } => {
-                let after = Duration::from_millis(after_ms.unwrap_or(0));
-                return Next::Reconnect(after.min(MAX_RECONNECT_WAIT), reason);
-            }
-            ServerFrame::Pong { cid } => {
-                if self.spec.room.is_none() && cid.as_deref() == Some(UP_CID) {
-                    self.joined = true;
-                    self.tell_ready(Ready::Up);
-                }
-            }
-            ServerFrame::Other => {}
+        // Nagle off: a paced stream of small frames must not wait for ACKs.
+        let connecting =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+            Ok(Ok((ws, _response))) => Ok(ws),
+            Ok(Err(e)) => Err(format!("{url}: {e}")),
+            Err(_) => Err(format!("{url}: handshake timed out")),
         }
-        Next::Continue
-    }
-
-    fn on_joined(&mut self, room: &str, seq: u64, history: Vec<WireMsg>, now_us: u64) {
-        let Some(index) = self.spec.room else {
-            return;
-        };
-        let shared = self.shared.clone();
-        let slot = &shared.rooms[index];
-        if room != slot.name {
-            self.report.bad_frames += 1;
-            return;
-        }
-        if let Some(away) = self.away_from_us.take() {
-            self.report.rejoins_us.push(now_us.saturating_sub(away));
-        }
-        match self.report.last_seq {
-            // First join: the history predates the run; count from the room's current seq.
-            None => {
-                self.report.last_seq = Some(seq);
-                slot.max_seq.fetch_max(seq, Ordering::Relaxed);
-                slot.members.fetch_add(1, Ordering::Relaxed);
-            }
-            // The room is behind what we saw: it lost its state. Nothing to replay or compare.
-            Some(last) if seq < last => {
-                self.report.room_resets += 1;
-                self.report.last_seq = Some(seq);
-                self.seen.clear();
-            }
-            // Resuming: the replay fills what we missed while away.
-            Some(_) => {
-                for msg in history {
-                    // A message below the last seq we saw, never seen: one this connection
-                    // missed live (an owner that failed before delivering it here), filled in
-                    // by the replay. Late, not out of order; the history audit checks seqs.
-                    let late = self.report.last_seq.is_some_and(|last| msg.seq <= last);
-                    if late
-                        && let Ok(id) = msg.id.parse::<u64>()
-                        && !self.seen.contains(&id)
-                    {
-                        self.seen.insert(id);
-                        continue;
-                    }
-                    self.on_msg(msg, now_us);
-                }
-                if let Some(last) = self.report.last_seq
-                    && seq > last
-                {
-                    // Past what the room still holds: those messages are gone for us.
-                    if now_us >= self.measure_from() {
-                        self.report.gaps += seq - last;
-                    }
-                    self.report.last_seq = Some(seq);
-                }
-            }
-        }
-        self.joined = true;
-        self.tell_ready(Ready::Up);
-    }
-
-    fn on_msg(&mut self, msg: WireMsg, now_us: u64) {
-        let Some(index) = self.spec.room else {
-            return;
-        };
-        let shared = self.shared.clone();
-        let slot = &shared.rooms[index];
-        let Ok(id) = msg.id.parse::<u64>() else {
-            self.report.bad_frames += 1;
-            return;
-        };
-        if msg.room != slot.name {
-            self.report.bad_frames += 1;
-            return;
-        }
-        let measure_from = self.measure_from();
-        let sent_us = wire::sent_at(&msg.text);
-        let measured = sent_us.is_some_and(|sent| sent >= measure_from);
-        if !self.seen.insert(id) {
-            if measured {
-                self.report.duplicates += 1;
-            }
-            return;
-        }
-        if let Some(last) = self.report.last_seq {
-            if msg.seq <= last {
-                if measured {
-                    self.report.out_of_order += 1;
-                }
-                return;
-            }
-            if msg.seq > last + 1 && now_us >= measure_from {
-                self.report.gaps += msg.seq - last - 1;
-            }
-        }
-        self.report.last_seq = Some(msg.seq);
-        slot.max_seq.fetch_max(msg.seq, Ordering::Relaxed);
-        if msg.user == self.spec.name
-            && let Some(cid) = &msg.cid
-            && let Some(was_measured) = self.pending.remove(cid)
-        {
-            if shared.record_acknowledged {
-                slot.acknowledge(msg.seq, &msg.id);
-            }
-            if was_measured {
-                self.report.accepted += 1;
-                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                let members = slot.members.load(Ordering::Relaxed);
-                shared.expected.fetch_add(members, Ordering::Relaxed);
-            }
-        }
-        if let (true, Some(sent)) = (measured, sent_us) {
-            self.report.delivered += 1;
-            shared.delivered.fetch_add(1, Ordering::Relaxed);
-            self.latencies.push(now_us.saturating_sub(sent));
-            if self.latencies.len() >= LATENCY_BATCH {
-                self.flush_latencies();
-            }
-        }
-        self.note_delivery(now_us);
-    }
-
-    fn on_error(
-        &mut self,
-        code: String,
-        message: String,
-        cid: Option<String>,
-        room: Option<String>,
-    ) -> Next {
-        let about_my_room = match (self.spec.room, &room) {
-            (Some(index), Some(room)) => *room == self.shared.rooms[index].name,
-            _ => false,
-        };
-        self.report
-            .error_examples
-            .entry(code.clone())
-            .or_insert(message);
-        *self.report.errors.entry(code).or_default() += 1;
-        if let Some(cid) = cid {
-            if let Some(true) = self.pending.remove(&cid) {
-                self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-            }
-            return Next::Continue;
-        }
-        // A refused join leaves us outside the room: ask again shortly (bounded by the run).
-        if about_my_room && !self.joined {
-            return Next::Rejoin;
-        }
-        Next::Continue
-    }
-
-    /// Track the longest silence inside the send phase.
-    fn note_delivery(&mut self, now_us: u64) {
-        self.close_pause(now_us);
-        self.last_delivery_us = now_us;
-    }
-
-    fn close_pause(&mut self, now_us: u64) {
-        let from = self.measure_from();
-        let until = self.shared.send_until_us.load(Ordering::Relaxed);
-        let start = self.last_delivery_us.max(from);
-        let end = now_us.min(until);
-        if end > start && end - start > self.report.longest_pause_us {
-            self.report.longest_pause_us = end - start;
-            self.report.longest_pause_from_us = start;
-        }
-    }
-
-    fn flush_latencies(&mut self) {
-        if self.latencies.is_empty() {
-            return;
-        }
-        // A poisoned lock only means another user task panicked mid-record; the counts are
-        // still usable.
-        let mut histogram = self
-            .shared
-            .latency
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for &latency in &self.latencies {
-            histogram.record(latency);
-        }
-        drop(histogram);
-        self.latencies.clear();
-    }
-
-    fn tell_ready(&mut self, ready: Ready) {
-        if let Some(tell) = self.ready.take() {
-            if matches!(ready, Ready::Up) {
-                self.shared.up.fetch_add(1, Ordering::Relaxed);
-            }
-            // The run stops listening after its connect timeout; then nobody needs to know.
-            let _ = tell.send(ready);
-        }
-    }
-
-    fn finish(mut self) -> UserReport {
-        self.flush_latencies();
-        if self.ready.is_some() {
-            self.tell_ready(Ready::Failed("stopped before it was up".into()));
-        }
-        let was_up = self.report.last_seq.is_some() || self.spec.room.is_none();
-        if self.report.room.is_some() && was_up {
-            // A room that went silent until the end of the send phase paused that long.
-            self.close_pause(u64::MAX);
-        }
-        self.report.unanswered = self.pending.values().filter(|&&m| m).count() as u64;
-        self.report.up_at_end = self.joined;
-        self.report
+    };
+    tokio::select! {
+        () = stop.cancelled() => Err("stopping".to_owned()),
+        result = attempt => result,
     }
 }
+
+mod receive;
+mod successor;
+
+use successor::{Successor, successor_event};
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{IdlePlan, LoadPlan, NodeAddr, Plan};
+use crate::args::{IdlePlan, LoadPlan, NodeAddr, OnReconnect, Plan};
 use crate::client::{self, Ready, RoomShared, SendOrder, Shared, UserReport, UserSpec};
 use crate::histogram::Histogram;
 use crate::{procfs, scrape};
@@ -107,7 +107,11 @@ struct LoadReport {
     longest_pause_without_reconnect_ms: f64,
     /// From a connection's end to the next connection's `joined`, over every reconnect: how
     /// long a user told to move is out of its room.
-    rejoin_ms: Option<RejoinMs>,
+    rejoin_ms: Option<RankedMs>,
+    /// Over the moves made without leaving the room (told to reconnect, the user joined on the
+    /// next node before closing the old connection: `--on-reconnect overlap`), the time from
+    /// the node's `reconnect` to the switch to the new connection.
+    handover_ms: Option<RankedMs>,
     server_cpu_s: Option<f64>,
     server_cpu_s_per_million: Option<f64>,
     server_rss_kib: Option<u64>,
@@ -158,6 +162,7 @@ fn new_shared(
     concurrency: usize,
     room_names: Vec<String>,
     record_acknowledged: bool,
+    on_reconnect: OnReconnect,
 ) -> Arc<Shared> {
     Arc::new(Shared {
         clock: Instant::now(),
@@ -175,6 +180,7 @@ fn new_shared(
         rooms: room_names.into_iter().map(RoomShared::new).collect(),
         latency: Mutex::new(Histogram::default()),
         record_acknowledged,
+        on_reconnect,
     })
 }
 
@@ -281,6 +287,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         plan.connect_concurrency,
         room_names,
         plan.audit_history,
+        plan.on_reconnect,
     );
     let total = plan.rooms * plan.users;
     eprintln!(
@@ -438,6 +445,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
     let mut long_pauses_by_start_s = BTreeMap::new();
     let (mut long_pauses_reconnected, mut longest_pause_without_reconnect_us) = (0, 0);
     let mut rejoins_us: Vec<u64> = Vec::new();
+    let mut handovers_us: Vec<u64> = Vec::new();
     let measured_from = shared.measure_from_us.load(Ordering::Relaxed);
     let long_pause = long_pause_us(plan.rate);
     log_longest_pauses(&shared, &reports);
@@ -450,6 +458,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
             long_pauses_reconnected += u64::from(report.reconnects > 0);
         }
         rejoins_us.extend(&report.rejoins_us);
+        handovers_us.extend(&report.handovers_us);
         if report.reconnects == 0 {
             longest_pause_without_reconnect_us =
                 longest_pause_without_reconnect_us.max(report.longest_pause_us);
@@ -536,7 +545,8 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         long_pauses_by_start_s,
         long_pauses_reconnected,
         longest_pause_without_reconnect_ms: ms(longest_pause_without_reconnect_us),
-        rejoin_ms: RejoinMs::of(rejoins_us),
+        rejoin_ms: RankedMs::of(rejoins_us),
+        handover_ms: RankedMs::of(handovers_us),
         server_cpu_s: server_cpu_s.map(round3),
         server_cpu_s_per_million: server_cpu_s
             .filter(|_| delivered > 0)
@@ -645,6 +655,7 @@ async fn run_idle(plan: IdlePlan) -> Result<String, String> {
         plan.connect_concurrency,
         Vec::new(),
         false,
+        OnReconnect::Overlap,
     );
     eprintln!(
         "roomshard-bench: opening {} idle connections to {} node(s)",
@@ -715,16 +726,17 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// How long reconnecting users were out of their room.
+/// Durations over a run's users, by rank: how long reconnecting users were out of their room,
+/// how long moves took.
 #[derive(Debug, Serialize)]
-struct RejoinMs {
+struct RankedMs {
     count: usize,
     p50: f64,
     p99: f64,
     max: f64,
 }
 
-impl RejoinMs {
+impl RankedMs {
     fn of(mut us: Vec<u64>) -> Option<Self> {
         us.sort_unstable();
         let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
@@ -768,7 +780,7 @@ fn long_pause_us(rate: f64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{RejoinMs, long_pause_us};
+    use super::{RankedMs, long_pause_us};
 
     #[test]
     fn a_long_pause_is_a_rooms_interval_and_100_ms_more() {
@@ -780,13 +792,13 @@ mod tests {
 
     #[test]
     fn rejoin_times_are_summarised_by_rank_and_absent_without_reconnects() {
-        assert!(RejoinMs::of(Vec::new()).is_none());
+        assert!(RankedMs::of(Vec::new()).is_none());
         // 1..=100 ms, in reverse order: the median is the 51st (rounded rank 49.5 -> 50), p99 the 99th.
         let us: Vec<u64> = (1..=100).rev().map(|ms| ms * 1000).collect();
-        let r = RejoinMs::of(us).expect("reconnects were made");
+        let r = RankedMs::of(us).expect("reconnects were made");
         assert_eq!(r.count, 100);
         assert_eq!((r.p50, r.p99, r.max), (51.0, 99.0, 100.0));
-        let one = RejoinMs::of(vec![2500]).expect("one reconnect");
+        let one = RankedMs::of(vec![2500]).expect("one reconnect");
         assert_eq!((one.p50, one.p99, one.max), (2.5, 2.5, 2.5));
     }
 }

@@ -52,6 +52,11 @@ export interface ClientOptions {
   sendTimeoutMs?: number;
   /** Message ids remembered per room to drop duplicates (default 2048). */
   dedupeWindow?: number;
+  /**
+   * When a node asks the client to move (`reconnect` with no wait), the old connection keeps
+   * delivering until every room is joined on the new one, at most this long (ms, default 5000).
+   */
+  retireMs?: number;
   /** Random source in [0, 1) for jitter (tests pass a fixed one). */
   random?: () => number;
 }

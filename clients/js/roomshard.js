@@ -27,6 +27,9 @@ const DEFAULTS = {
   sendTimeoutMs: 10_000,
   // Enough to recognise a replayed message: the node keeps 100 messages per room by default.
   dedupeWindow: 2048,
+  // How long a connection the node asked us to leave is kept while the next one joins (the
+  // node serves it for at least a second after asking).
+  retireMs: 5_000,
 };
 
 /** An error the server answered with (an `error` frame), or one the client raised itself. */
@@ -128,6 +131,7 @@ export class RoomshardClient {
   close() {
     this.wanted = false;
     clearTimeout(this.retryTimer);
+    this.closeRetiring();
     this.retryTimer = null;
     const socket = this.socket;
     this.detach();
@@ -261,6 +265,7 @@ export class RoomshardClient {
     this.attempt = 0;
     this.setState('open');
     for (const r of this.rooms.values()) this.sendJoin(r);
+    if (this.rooms.size === 0) this.closeRetiring();
     clearInterval(this.pingTimer);
     if (this.options.pingIntervalMs > 0) {
       let awaiting = false;
@@ -309,6 +314,34 @@ export class RoomshardClient {
       this.retryTimer = null;
       if (this.wanted) void this.open();
     }, delayMs);
+  }
+
+  /**
+   * Keep `socket`, which the node asked us to leave, delivering messages (and answers to sends
+   * made on it) until the new connection has joined every room, or at most `retireMs`.
+   */
+  retire(socket) {
+    this.closeRetiring();
+    this.retiring = socket;
+    socket.onmessage = (ev) => {
+      let f;
+      try { f = JSON.parse(typeof ev.data === 'string' ? ev.data : String(ev.data)); } catch { return; }
+      // Its messages are dropped by id when the new connection brings them too.
+      if (f.op === 'msg') { const r = this.rooms.get(f.room); if (r) this.deliver(r, f, false); }
+      else if (f.op === 'error' && f.cid != null) this.onError(f);
+    };
+    socket.onclose = () => { if (this.retiring === socket) this.retiring = null; };
+    this.retireTimer = setTimeout(() => this.closeRetiring(), this.options.retireMs);
+  }
+
+  /** Close the connection being left, if any. */
+  closeRetiring() {
+    clearTimeout(this.retireTimer);
+    const socket = this.retiring;
+    this.retiring = null;
+    if (!socket) return;
+    socket.onmessage = socket.onclose = null;
+    socket.close(1000, 'moved');
   }
 
   detach() {
@@ -372,15 +405,27 @@ export class RoomshardClient {
       }
       case 'error': return this.onError(f);
       case 'reconnect': {
-        // The node is going away: leave before it closes us, and come back through the
-        // cluster's entry point after a short, jittered wait.
+        // The node is going away. Asked to come back at once, connect again through the
+        // cluster's entry point while this connection still delivers, and close it once every
+        // room is joined on the new one (make-before-break): the rooms never go quiet. Asked to
+        // wait, leave now and come back after a jittered wait of at least that long.
         const socket = this.socket;
         this.detach();
         for (const r of this.rooms.values()) if (r.state === 'joined') r.state = 'joining';
+        this.attempt = 0;
+        const reason = `server asked to reconnect (${f.reason ?? 'no reason'})`;
+        if (socket && this.wanted && !(f.after_ms > 0)) {
+          // Sends already written stay written: their echo (a message carrying their cid)
+          // comes on either connection, so none is posted twice.
+          this.retire(socket);
+          this.setState('reconnecting');
+          this.emit('reconnecting', { delayMs: 0, reason, code: undefined, attempt: 0 });
+          void this.open();
+          return undefined;
+        }
         for (const p of this.pending.values()) p.written = false;
         if (socket) socket.close(1000, 'reconnecting');
-        this.attempt = 0;
-        if (this.wanted) this.scheduleReconnect(`server asked to reconnect (${f.reason ?? 'no reason'})`, undefined, f.after_ms);
+        if (this.wanted) this.scheduleReconnect(reason, undefined, f.after_ms);
         return undefined;
       }
       default: return undefined; // ops from a later protocol version are ignored
@@ -417,6 +462,8 @@ export class RoomshardClient {
     r.joinWaiters = [];
     // Sends queued while this room was not joined go out now, in the order they were made.
     for (const p of this.pending.values()) if (p.room === r.name && !p.written) this.writeSend(p);
+    // Moving: the connection being left is no longer needed once every room is joined here.
+    if (this.retiring && [...this.rooms.values()].every((room) => room.state === 'joined')) this.closeRetiring();
   }
 
   deliver(r, m, replayed) {

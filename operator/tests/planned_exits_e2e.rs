@@ -215,6 +215,15 @@ async fn sigterm_by_hand(replication: u8) {
 
     let report = bench_report(bench, Duration::from_secs(120)).await;
     assert_nothing_lost(&report, "a SIGTERM by hand");
+    // Its clients joined their rooms on another node before leaving it: none was out.
+    assert!(
+        report["handover_ms"]["count"].as_u64().unwrap_or(0) > 0,
+        "clients of node-1 moved by make-before-break: {report}"
+    );
+    assert!(
+        report["rejoin_ms"].is_null(),
+        "no client was out of its room: {report}"
+    );
     assert_histories_whole(&cluster, "term").await;
     cluster.shutdown().await.expect("clean shutdown");
 }

@@ -86,6 +86,43 @@ test('a reconnect frame makes the client come back and re-join with since set to
   assert.equal(c.seen.reconnecting[0].reason, 'server asked to reconnect (draining)');
 });
 
+test('told to reconnect with no wait, the client joins on a new connection before leaving the old one, which delivers until then', async () => {
+  const c = newClient();
+  const first = await connectAndJoin(c, 'lobby', joined('lobby', 3, [1, 2, 3]));
+  const early = c.send('lobby', 'just before the move');
+  const earlyFrame = await first.next('send');
+  first.send({ op: 'reconnect', reason: 'draining', after_ms: 0 });
+  const second = await server.accept();
+  assert.deepEqual(await second.next('join'), { op: 'join', room: 'lobby', since: 3 });
+  // The old connection still delivers while the new one joins: the echo of the early send too.
+  first.send(msg('lobby', 4, { cid: earlyFrame.cid, user: 'alice', text: 'just before the move' }));
+  assert.equal((await early).seq, 4);
+  first.send(msg('lobby', 5));
+  await until(() => c.lastSeq('lobby') === 5, 'seq 5 on the old connection');
+  // The new one's replay repeats 4 and 5: each reaches the application once.
+  second.send(joined('lobby', 6, [4, 5, 6]));
+  assert.equal(await first.closed, 1000, 'the old connection is closed once the room is joined');
+  await until(() => c.seen.message.length === 6, 'six messages');
+  assert.deepEqual(c.seen.message.map((m) => m.seq), [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(c.seen.gap, []);
+  const late = c.send('lobby', 'after the move');
+  // The first send on the new connection is the late one: the early one was written once.
+  const lateFrame = await second.next('send');
+  assert.equal(lateFrame.text, 'after the move');
+  second.send(msg('lobby', 7, { cid: lateFrame.cid, user: 'alice', text: 'after the move' }));
+  assert.equal((await late).seq, 7);
+});
+
+test('told to reconnect after a wait, the client leaves first and comes back no sooner', async () => {
+  const c = newClient();
+  const first = await connectAndJoin(c, 'lobby', joined('lobby', 1, [1]));
+  first.send({ op: 'reconnect', reason: 'busy', after_ms: 120 });
+  assert.equal(await first.closed, 1000, 'closed before reconnecting');
+  assert.equal(c.seen.reconnecting[0].delayMs >= 120, true);
+  const second = await server.accept();
+  assert.deepEqual(await second.next('join'), { op: 'join', room: 'lobby', since: 1 });
+});
+
 test('a dropped connection is retried with growing, jittered delays until a node answers', async () => {
   const c = newClient({ random: () => 0 });
   const first = await connectAndJoin(c, 'lobby', joined('lobby', 2, [1, 2]));
