@@ -314,11 +314,13 @@ impl PeerLink {
         if state.generation != generation {
             return None;
         }
+        // Numbers grow along the queue: find the first one past `after` by halving, not by
+        // walking a backlog that a slow peer may have let grow to the outbox's bound.
+        let first = state.unacked.partition_point(|(seq, _)| *seq <= after);
         Some(
             state
                 .unacked
-                .iter()
-                .filter(|(seq, _)| *seq > after)
+                .range(first..)
                 .take(BATCH)
                 .map(|(seq, m)| (*seq, m.clone()))
                 .collect(),

@@ -42,6 +42,46 @@ fn a_full_outbox_hands_the_message_back() {
 }
 
 #[test]
+fn what_is_unsent_is_the_batch_after_the_last_number_written() {
+    let link = Arc::new(PeerLink::new(
+        NodeName::new("peer").expect("valid"),
+        4 * BATCH,
+    ));
+    for n in 0..(3 * BATCH as u64) {
+        link.push(msg(n)).expect("room");
+    }
+    let generation = link.state().generation;
+    let seqs = |after| -> Vec<u64> {
+        link.unsent(after, generation)
+            .expect("same connection")
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect()
+    };
+    let from_start = seqs(0);
+    assert_eq!(from_start.len(), BATCH, "one batch at a time");
+    assert_eq!(from_start.first(), Some(&1));
+    let last = *from_start.last().expect("a batch");
+    assert_eq!(
+        seqs(last).first(),
+        Some(&(last + 1)),
+        "the next batch follows on"
+    );
+    assert_eq!(seqs(3 * BATCH as u64 - 10).len(), 10, "the tail");
+    assert!(seqs(3 * BATCH as u64).is_empty(), "all written");
+    link.ack(2 * BATCH as u64);
+    assert_eq!(
+        seqs(0).first(),
+        Some(&(2 * BATCH as u64 + 1)),
+        "acknowledged ones are gone"
+    );
+    assert!(
+        link.unsent(0, generation + 1).is_none(),
+        "another connection's"
+    );
+}
+
+#[test]
 fn repeats_after_a_resend_are_dropped() {
     let link = link();
     assert!(link.accept(1));
