@@ -2,7 +2,8 @@
 // beyond a WebSocket implementation (the platform's in browsers; pass one in on Node.js 20).
 //
 // What it does for the application: keeps one connection to the cluster, reconnects on close
-// or on a `reconnect` frame with exponential backoff and jitter, re-joins every room with
+// with exponential backoff and jitter, moves to another node without leaving its rooms when
+// one says `reconnect` (the new connection joins before the old one closes), re-joins every room with
 // `since` = the last seq it saw, drops a message delivered twice (by `id`), reports a gap when
 // the room's history no longer reaches back, and turns each `send` into a promise that
 // resolves with the message's `seq` and `id` (from the sender's own echo) or rejects with the
