@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use operator::autoscale::{Policy, Targets};
-use operator::local::{LocalCluster, LocalOptions, RestartAnswer, ScaleRequest};
-use operator::{ClusterView, Error, http};
+use operator::local::{LocalCluster, LocalOptions};
+use operator::{ClusterView, Error};
 use tokio_util::sync::CancellationToken;
+
+mod admin_client;
 
 /// How long the CLI waits for the admin port to answer.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -185,9 +187,9 @@ async fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Local(args) => local(args).await,
-        Command::Scale { admin, replicas } => scale(&admin, replicas).await,
-        Command::Restart { admin, timeout } => restart(&admin, timeout).await,
-        Command::Status { admin, json } => status(&admin, json).await,
+        Command::Scale { admin, replicas } => admin_client::scale(&admin, replicas).await,
+        Command::Restart { admin, timeout } => admin_client::restart(&admin, timeout).await,
+        Command::Status { admin, json } => admin_client::status(&admin, json).await,
         Command::Crd => crd(),
         Command::Rbac => rbac(),
         Command::Render { file, namespace } => render(&file, &namespace),
@@ -380,105 +382,6 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         Ok(served) => served,
         Err(e) => Err(Error::Config(format!("metrics server task: {e}"))),
     }
-}
-
-async fn scale(admin: &str, replicas: u32) -> Result<(), Error> {
-    let (authority, base) = http::split_url(admin)?;
-    let body = serde_json::to_string(&ScaleRequest { replicas })
-        .map_err(|e| Error::Http(e.to_string()))?;
-    let response =
-        http::post_json(&authority, &format!("{base}/scale"), &body, ADMIN_TIMEOUT).await?;
-    if !response.is_success() {
-        return Err(Error::Http(format!(
-            "{admin}/scale answered {}: {}",
-            response.status, response.body
-        )));
-    }
-    println!(
-        "desired replicas set to {replicas}; follow it with: roomshard-operator status --admin {admin}"
-    );
-    Ok(())
-}
-
-/// How often `restart` looks at the cluster while it waits.
-const RESTART_POLL: Duration = Duration::from_millis(500);
-
-async fn restart(admin: &str, timeout: Duration) -> Result<(), Error> {
-    let (authority, base) = http::split_url(admin)?;
-    let before = cluster_view(admin).await?.rollout.completed;
-    let response =
-        http::post_json(&authority, &format!("{base}/restart"), "{}", ADMIN_TIMEOUT).await?;
-    if !response.is_success() {
-        return Err(Error::Http(format!(
-            "{admin}/restart answered {}: {}",
-            response.status, response.body
-        )));
-    }
-    let answer: RestartAnswer = serde_json::from_str(&response.body)
-        .map_err(|e| Error::Http(format!("cannot read {admin}/restart: {e}")))?;
-    println!("rolling restart of {} nodes started", answer.nodes);
-    let started = std::time::Instant::now();
-    let mut last = None;
-    loop {
-        let view = cluster_view(admin).await?;
-        if view.rollout.completed > before {
-            println!(
-                "rolling restart done in {:.1}s: {} nodes, table epoch {}",
-                started.elapsed().as_secs_f64(),
-                answer.nodes,
-                view.epoch
-            );
-            return Ok(());
-        }
-        let now = (view.rollout.updated, view.rollout.current.clone());
-        if last.as_ref() != Some(&now) {
-            println!(
-                "  {}/{} updated, now {}",
-                now.0,
-                answer.nodes,
-                now.1.as_deref().unwrap_or("-")
-            );
-            last = Some(now);
-        }
-        if started.elapsed() > timeout {
-            return Err(Error::Timeout(format!(
-                "rolling restart not done after {timeout:?}; it goes on: roomshard-operator status --admin {admin}"
-            )));
-        }
-        tokio::time::sleep(RESTART_POLL).await;
-    }
-}
-
-async fn cluster_view(admin: &str) -> Result<ClusterView, Error> {
-    let (authority, base) = http::split_url(admin)?;
-    let response = http::get(&authority, &format!("{base}/cluster"), ADMIN_TIMEOUT).await?;
-    if !response.is_success() {
-        return Err(Error::Http(format!(
-            "{admin}/cluster answered {}",
-            response.status
-        )));
-    }
-    serde_json::from_str(&response.body)
-        .map_err(|e| Error::Http(format!("cannot read {admin}/cluster: {e}")))
-}
-
-async fn status(admin: &str, json: bool) -> Result<(), Error> {
-    let (authority, base) = http::split_url(admin)?;
-    let response = http::get(&authority, &format!("{base}/cluster"), ADMIN_TIMEOUT).await?;
-    if !response.is_success() {
-        return Err(Error::Http(format!(
-            "{admin}/cluster answered {}",
-            response.status
-        )));
-    }
-    if json {
-        println!("{}", response.body);
-        return Ok(());
-    }
-    let view: ClusterView = serde_json::from_str(&response.body)
-        .map_err(|e| Error::Http(format!("cannot read {admin}/cluster: {e}")))?;
-    print!("{}", view.summary());
-    Ok(())
 }
 
 async fn shutdown_signal() {
