@@ -83,11 +83,10 @@ pub(super) fn close_behind(mut ws: Ws) {
 
 impl User {
     /// Whether a `reconnect` asking for a wait of `after` is met with a successor: when this
-    /// user moves that way, the node asks for no wait, and there is another node to go to.
+    /// user moves that way and the node asks for no wait. With one address (a Service) the
+    /// successor dials it again, and the Service routes it to a ready node.
     pub(super) fn overlaps(&self, after: Duration) -> bool {
-        self.shared.on_reconnect == OnReconnect::Overlap
-            && after.is_zero()
-            && self.shared.nodes.len() > 1
+        self.shared.on_reconnect == OnReconnect::Overlap && after.is_zero()
     }
 
     /// Start a successor connection to `node`, the `tries`-th node tried for this move.

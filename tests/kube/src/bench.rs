@@ -81,6 +81,13 @@ impl Report {
         self.0[key].as_u64().unwrap_or(0)
     }
 
+    /// Clients that moved to another pod without leaving their rooms: told `reconnect`, they
+    /// joined through the Service again before closing the old connection.
+    #[must_use]
+    pub fn moves_without_leaving(&self) -> u64 {
+        self.0["handover_ms"]["count"].as_u64().unwrap_or(0)
+    }
+
     /// All error answers, summed.
     #[must_use]
     pub fn errors(&self) -> u64 {

@@ -65,6 +65,11 @@ async fn scale(cluster: &Cluster) -> TestResult {
         "clients of drained pods reconnected: {}",
         report.0
     );
+    assert!(
+        report.moves_without_leaving() > 0,
+        "clients of drained pods joined through the Service again before leaving: {}",
+        report.0
+    );
     stop.cancel();
 
     // The order, as etcd saw it: each removed pod was emptied in a published table before the
