@@ -437,6 +437,7 @@ impl User {
                 // The new connection is in and nothing sent on the old one is unanswered:
                 // switch, so this user's sends stay in order.
                 ws = self.take_over(ws, next);
+                rejoin_at = None;
             }
             // While a successor is in, orders wait for the switch (the old one's last answers).
             let switching = successor.as_ref().is_some_and(Successor::is_in);
@@ -469,9 +470,7 @@ impl User {
                                 rejoin_at = Some(tokio::time::Instant::now() + REJOIN_DELAY);
                             }
                             Next::Reconnect(after, reason) => {
-                                if successor.is_none()
-                                    && self.overlaps(after)
-                                {
+                                if successor.is_none() && self.overlaps(after) {
                                     successor = Some(self.successor(self.next_node(), 1, now_us));
                                     continue;
                                 }
@@ -496,6 +495,7 @@ impl User {
                             }
                             ws = self.take_over(ws, next);
                             self.joined = in_already;
+                            rejoin_at = None;
                         }
                     }
                     Some(Ok(Message::Close(frame))) => {

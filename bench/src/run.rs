@@ -105,8 +105,9 @@ struct LoadReport {
     long_pauses_reconnected: u64,
     /// The longest pause of a user that never reconnected: what a hand-off alone costs.
     longest_pause_without_reconnect_ms: f64,
-    /// From a connection's end to the next connection's `joined`, over every reconnect: how
-    /// long a user told to move is out of its room.
+    /// From a connection's end to the next connection's `joined`, over every reconnect that
+    /// left the room first (the connection dropped, the user closed first, or the old
+    /// connection ended before the new one was in): how long users were out of their room.
     rejoin_ms: Option<RankedMs>,
     /// Over the moves made without leaving the room (told to reconnect, the user joined on the
     /// next node before closing the old connection: `--on-reconnect overlap`), the time from

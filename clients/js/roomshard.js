@@ -327,9 +327,12 @@ export class RoomshardClient {
     socket.onmessage = (ev) => {
       let f;
       try { f = JSON.parse(typeof ev.data === 'string' ? ev.data : String(ev.data)); } catch { return; }
-      // Its messages are dropped by id when the new connection brings them too.
+      // Its messages are dropped by id when the new connection brings them too; answers to
+      // what was sent on it (refusals, pongs) are still answers. Its other frames (a `joined`,
+      // another `reconnect`) are the new connection's business now.
       if (f.op === 'msg') { const r = this.rooms.get(f.room); if (r) this.deliver(r, f, false); }
       else if (f.op === 'error' && f.cid != null) this.onError(f);
+      else if (f.op === 'pong') this.onFrame(ev.data);
     };
     socket.onclose = () => { if (this.retiring === socket) this.retiring = null; };
     this.retireTimer = setTimeout(() => this.closeRetiring(), this.options.retireMs);

@@ -16,9 +16,7 @@ use crate::args::OnReconnect;
 // Boxed: a WebSocket is a few hundred bytes, and a successor is rare.
 type Connecting = Pin<Box<dyn Future<Output = Result<Box<Ws>, String>> + Send>>;
 
-/// The connection a user opens when told to `reconnect` with no wait: it joins the room on the
-/// next node while the old connection still serves, and replaces it once in, so the user is
-/// never out of its room (make-before-break). Until then orders still go out on the old one.
+/// A connection opened to take over from the current one (see the module doc).
 pub(super) struct Successor {
     node: usize,
     /// Nodes tried for this move so far, this one included.
