@@ -103,7 +103,10 @@ async fn scale_under_load(replication: u8) {
         ..options()
     })
     .await;
-    let bench = bench(&cluster, "load", 60, "24s", &[]);
+    // Long enough that the drain below happens under load even when the machine is busy
+    // (this file's tests run side by side): with 24 s, a slow 3 -> 5 step once let the load
+    // end before the drained node told its clients to move. Checked below.
+    let mut bench = bench(&cluster, "load", 60, "40s", &[]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     cluster.scale(5).expect("scale up");
     cluster
@@ -126,6 +129,10 @@ async fn scale_under_load(replication: u8) {
         .await
         .expect("2 nodes settle after the drain");
     assert_eq!(settled.nodes.len(), 2);
+    assert!(
+        bench.try_wait().expect("the bench's state").is_none(),
+        "the load still ran when the drain was over"
+    );
     if replication == 2 {
         // Replication 2 is the default: once the followers of the moved shards have their copies,
         // every shard has a live follower on the other node.
