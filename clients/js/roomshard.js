@@ -198,10 +198,12 @@ export class RoomshardClient {
       const timer = setTimeout(() => {
         this.pending.delete(cid);
         reject(new RoomshardError('timeout', `no answer within ${this.options.sendTimeoutMs} ms; it may still be delivered`, room));
+        this.settleMove();
       }, this.options.sendTimeoutMs);
-      const entry = { room, text, cid, resolve, reject, timer, written: false };
+      const entry = { room, text, cid, resolve, reject, timer, written: false, socket: null };
       this.pending.set(cid, entry);
-      if (this.connected && r.state === 'joined') this.writeSend(entry);
+      // While moving, a send waits: the ones written on the old connection go first.
+      if (this.connected && r.state === 'joined' && !this.retiring) this.writeSend(entry);
     });
   }
 
@@ -266,7 +268,7 @@ export class RoomshardClient {
     this.attempt = 0;
     this.setState('open');
     for (const r of this.rooms.values()) this.sendJoin(r);
-    if (this.rooms.size === 0) this.closeRetiring();
+    if (this.rooms.size === 0) this.settleMove();
     clearInterval(this.pingTimer);
     if (this.options.pingIntervalMs > 0) {
       let awaiting = false;
@@ -334,8 +336,30 @@ export class RoomshardClient {
       else if (f.op === 'error' && f.cid != null) this.onError(f);
       else if (f.op === 'pong') this.onFrame(ev.data);
     };
-    socket.onclose = () => { if (this.retiring === socket) this.retiring = null; };
-    this.retireTimer = setTimeout(() => this.closeRetiring(), this.options.retireMs);
+    socket.onclose = () => {
+      if (this.retiring !== socket) return;
+      this.retiring = null;
+      this.settleMove();
+    };
+    this.retireTimer = setTimeout(() => { this.closeRetiring(); this.settleMove(); }, this.options.retireMs);
+  }
+
+  /**
+   * Finish a move once every room is joined on the new connection and every send written on
+   * the old one is answered (so one user's sends keep their order): close the old connection.
+   * Then, moving or not, the sends that waited go out, in the order they were made.
+   */
+  settleMove() {
+    if (this.retiring) {
+      const everyRoomIn = [...this.rooms.values()].every((room) => room.state === 'joined');
+      const oldUnanswered = [...this.pending.values()].some((p) => p.written && p.socket === this.retiring);
+      if (!everyRoomIn || oldUnanswered) return;
+      this.closeRetiring();
+    }
+    if (!this.connected) return;
+    for (const p of this.pending.values()) {
+      if (!p.written && this.rooms.get(p.room)?.state === 'joined') this.writeSend(p);
+    }
   }
 
   /** Close the connection being left, if any. */
@@ -389,6 +413,7 @@ export class RoomshardClient {
 
   writeSend(entry) {
     entry.written = this.write({ op: 'send', room: entry.room, text: entry.text, cid: entry.cid });
+    entry.socket = entry.written ? this.socket : null;
   }
 
   onFrame(data) {
@@ -464,10 +489,9 @@ export class RoomshardClient {
     this.emit('joined', payload);
     for (const w of r.joinWaiters) w.resolve(payload);
     r.joinWaiters = [];
-    // Sends queued while this room was not joined go out now, in the order they were made.
-    for (const p of this.pending.values()) if (p.room === r.name && !p.written) this.writeSend(p);
-    // Moving: the connection being left is no longer needed once every room is joined here.
-    if (this.retiring && [...this.rooms.values()].every((room) => room.state === 'joined')) this.closeRetiring();
+    // Sends queued while this room was not joined go out now, in the order they were made (when
+    // moving, once the old connection's sends are answered too).
+    this.settleMove();
   }
 
   deliver(r, m, replayed) {
@@ -486,6 +510,7 @@ export class RoomshardClient {
       clearTimeout(mine.timer);
       this.pending.delete(m.cid);
       mine.resolve({ seq: m.seq, id, ts: m.ts, user: m.user });
+      if (this.retiring) this.settleMove();
     }
     this.emit('message', { room: r.name, seq: m.seq, id, user: m.user, text: m.text, ts: m.ts, cid: m.cid, mine: Boolean(mine), replayed });
   }
@@ -505,6 +530,7 @@ export class RoomshardClient {
       clearTimeout(p.timer);
       this.pending.delete(f.cid);
       p.reject(err);
+      if (this.retiring) this.settleMove();
       return;
     }
     const r = f.room != null ? this.rooms.get(f.room) : undefined;

@@ -113,6 +113,33 @@ test('told to reconnect with no wait, the client joins on a new connection befor
   assert.equal((await late).seq, 7);
 });
 
+test('while moving, a new send waits until the sends written on the old connection are answered, so they keep their order', async () => {
+  const c = newClient();
+  const first = await connectAndJoin(c, 'lobby', joined('lobby', 2, [1, 2]));
+  const early = c.send('lobby', 'first');
+  const earlyFrame = await first.next('send');
+  first.send({ op: 'reconnect', reason: 'draining' });
+  const second = await server.accept();
+  await second.next('join');
+  second.send(joined('lobby', 2, []));
+  await until(() => c.seen.message.length === 2 && c.connected, 'joined on the new connection');
+  const late = c.send('lobby', 'second');
+  // The early send is unanswered: the late one is held, and the old connection stays open.
+  const heldFor = await Promise.race([
+    first.closed.then(() => 'closed'),
+    new Promise((resolve) => setTimeout(() => resolve('held'), 60)),
+  ]);
+  assert.equal(heldFor, 'held', 'the old connection stays while a send written on it is unanswered');
+  // Its echo arrives (here on the new connection, as a room message carrying its cid).
+  second.send(msg('lobby', 3, { cid: earlyFrame.cid, user: 'alice', text: 'first' }));
+  assert.equal((await early).seq, 3);
+  assert.equal(await first.closed, 1000, 'then the old connection is closed');
+  const lateFrame = await second.next('send');
+  assert.equal(lateFrame.text, 'second');
+  second.send(msg('lobby', 4, { cid: lateFrame.cid, user: 'alice', text: 'second' }));
+  assert.equal((await late).seq, 4);
+});
+
 test('told to reconnect after a wait, the client leaves first and comes back no sooner', async () => {
   const c = newClient();
   const first = await connectAndJoin(c, 'lobby', joined('lobby', 1, [1]));
