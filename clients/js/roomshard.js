@@ -33,6 +33,11 @@ const DEFAULTS = {
   retireMs: 5_000,
 };
 
+/** A server frame parsed, or null when it is not JSON. */
+function parseFrame(data) {
+  try { return JSON.parse(typeof data === 'string' ? data : String(data)); } catch { return null; }
+}
+
 /** An error the server answered with (an `error` frame), or one the client raised itself. */
 export class RoomshardError extends Error {
   /**
@@ -327,14 +332,11 @@ export class RoomshardClient {
     this.closeRetiring();
     this.retiring = socket;
     socket.onmessage = (ev) => {
-      let f;
-      try { f = JSON.parse(typeof ev.data === 'string' ? ev.data : String(ev.data)); } catch { return; }
+      const f = parseFrame(ev.data);
       // Its messages are dropped by id when the new connection brings them too; answers to
       // what was sent on it (refusals, pongs) are still answers. Its other frames (a `joined`,
       // another `reconnect`) are the new connection's business now.
-      if (f.op === 'msg') { const r = this.rooms.get(f.room); if (r) this.deliver(r, f, false); }
-      else if (f.op === 'error' && f.cid != null) this.onError(f);
-      else if (f.op === 'pong') this.onFrame(ev.data);
+      if (f && (f.op === 'msg' || f.op === 'pong' || (f.op === 'error' && f.cid != null))) this.handle(f);
     };
     socket.onclose = () => {
       if (this.retiring !== socket) return;
@@ -417,11 +419,16 @@ export class RoomshardClient {
   }
 
   onFrame(data) {
-    let f;
-    try { f = JSON.parse(typeof data === 'string' ? data : String(data)); } catch {
+    const f = parseFrame(data);
+    if (f === null) {
       this.emit('error', new RoomshardError('bad_frame', 'the server sent a frame that is not JSON'));
-      return;
+      return undefined;
     }
+    return this.handle(f);
+  }
+
+  /** Act on one parsed server frame. */
+  handle(f) {
     switch (f.op) {
       case 'joined': return this.onJoined(f);
       case 'msg': { const r = this.rooms.get(f.room); if (r) this.deliver(r, f, false); return; }

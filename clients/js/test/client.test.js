@@ -34,6 +34,13 @@ async function connectAndJoin(c, room, frame) {
   return conn;
 }
 
+/** Reads the next `send` on `conn`, checks its text, and echoes it as message `seq` of lobby. */
+async function echoNextSend(conn, seq, text) {
+  const frame = await conn.next('send');
+  assert.equal(frame.text, text);
+  conn.send(msg('lobby', seq, { cid: frame.cid, user: 'alice', text }));
+}
+
 /** Waits until `pred()` holds (checked on every event-loop turn), at most 3 s. */
 async function until(pred, what) {
   const deadline = Date.now() + 3_000;
@@ -107,9 +114,7 @@ test('told to reconnect with no wait, the client joins on a new connection befor
   assert.deepEqual(c.seen.gap, []);
   const late = c.send('lobby', 'after the move');
   // The first send on the new connection is the late one: the early one was written once.
-  const lateFrame = await second.next('send');
-  assert.equal(lateFrame.text, 'after the move');
-  second.send(msg('lobby', 7, { cid: lateFrame.cid, user: 'alice', text: 'after the move' }));
+  await echoNextSend(second, 7, 'after the move');
   assert.equal((await late).seq, 7);
 });
 
@@ -134,9 +139,7 @@ test('while moving, a new send waits until the sends written on the old connecti
   second.send(msg('lobby', 3, { cid: earlyFrame.cid, user: 'alice', text: 'first' }));
   assert.equal((await early).seq, 3);
   assert.equal(await first.closed, 1000, 'then the old connection is closed');
-  const lateFrame = await second.next('send');
-  assert.equal(lateFrame.text, 'second');
-  second.send(msg('lobby', 4, { cid: lateFrame.cid, user: 'alice', text: 'second' }));
+  await echoNextSend(second, 4, 'second');
   assert.equal((await late).seq, 4);
 });
 
