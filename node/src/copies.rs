@@ -78,6 +78,11 @@ impl Copies {
                 Answer::Held
             }
             change => match copy.rooms.get_mut(room) {
+                // The copy missed a message (a change that never came, or a copy kept across
+                // a hand-off that is behind the new owner): only the whole room mends it.
+                Some(copy_of_room) if matches!(change, Change::Message { seq, .. } if seq > copy_of_room.seq() + 1) => {
+                    Answer::NoCopy
+                }
                 Some(copy_of_room) => {
                     copy_of_room.apply_change(change);
                     Answer::Held
@@ -125,6 +130,7 @@ impl Copies {
         Some(FrozenShard {
             floor: self.resting.floor(shard),
             rooms,
+            copy_on: None,
         })
     }
 

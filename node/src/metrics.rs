@@ -90,6 +90,9 @@ pub struct Metrics {
     /// Changes this node refused as a follower because their sender does not own the shard in
     /// its table (an old owner fenced out).
     pub replication_fenced: Counter,
+    /// Rooms this node sent whole to a follower: a follower new to them, or a copy that
+    /// missed a change. A follower the table keeps through a hand-off gets none.
+    pub rooms_sent_whole: Counter,
     /// Per-code error counters, in [`ErrorCode::ALL`] order (clones of the family's members,
     /// so counting one is an index and an atomic add, no lookup).
     errors: [Counter; ErrorCode::ALL.len()],
@@ -154,6 +157,7 @@ impl Metrics {
             peer_drops: Counter::default(),
             snapshot_resends: Counter::default(),
             replication_fenced: Counter::default(),
+            rooms_sent_whole: Counter::default(),
             peer_gaps: Counter::default(),
             gap_reconnects: Counter::default(),
             sends_refused_overloaded: Counter::default(),
@@ -255,6 +259,11 @@ impl Metrics {
             "roomshard_replication_fenced",
             "Changes refused as a follower because their sender does not own the shard here",
             m.replication_fenced.clone(),
+        );
+        r.register(
+            "roomshard_rooms_sent_whole",
+            "Rooms sent whole to a follower (a follower new to them, or a copy that missed a change)",
+            m.rooms_sent_whole.clone(),
         );
         r.register(
             "roomshard_errors",
@@ -399,7 +408,7 @@ mod tests {
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(helps, types, "every metric has help text");
         // 26: the hand-off histogram shows once a shard has been handed here.
-        assert_eq!(types, 26);
+        assert_eq!(types, 27);
         assert!(!text.contains(".."), "help text ends with one period");
     }
 

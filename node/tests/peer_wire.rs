@@ -69,12 +69,12 @@ async fn a_peer_of_another_wire_version_is_refused_naming_both_versions() {
     let node = one_node(&server).await;
     let reason = close_reason(&node, |nonce| {
         let mut bytes = proof("node-1", nonce);
-        bytes[0] = 2;
+        bytes[0] = 1;
         bytes
     })
     .await;
     assert!(
-        reason.contains("version 2") && reason.contains("speaks 1"),
+        reason.contains("version 1") && reason.contains("speaks 2"),
         "{reason}"
     );
 }

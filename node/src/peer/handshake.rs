@@ -321,14 +321,14 @@ mod tests {
         let (mut sink, _challenge) = pipe();
         let (mut to_acceptor, mut stream) = pipe();
         let mut proof = PeerFrame::Ack { seq: 1 }.encode();
-        proof[0] = 2;
+        proof[0] = 1;
         to_acceptor.send(proof).await.expect("queued");
         let met = accept(identity(&me, b"s"), &mut sink, &mut stream, |_, _| Ok(0)).await;
         let err = met.expect_err("refused");
-        assert!(matches!(err, Error::PeerVersion { found: 2 }));
+        assert!(matches!(err, Error::PeerVersion { found: 1 }));
         assert_eq!(
             err.to_string(),
-            "peer speaks wire format version 2, this node speaks 1: refused"
+            "peer speaks wire format version 1, this node speaks 2: refused"
         );
     }
 

@@ -31,7 +31,7 @@ use messages::{get_msg, put_msg};
 /// The peer wire format this node speaks. A frame with another version is refused as a whole
 /// (there is no partial understanding), and a peer whose handshake uses another version is
 /// refused with a log line saying which.
-pub const PEER_WIRE_VERSION: u8 = 1;
+pub const PEER_WIRE_VERSION: u8 = 2;
 
 /// The kind bytes, one namespace per level. Never reuse a retired number.
 pub mod kind {
@@ -197,6 +197,10 @@ pub enum PeerMsg {
         /// rises to at least this, so a forgotten room never repeats a seq after the move.
         floor: u64,
         rooms: Vec<RoomSnapshot>,
+        /// The shard's follower, when every running room's copy on it is current (it has
+        /// handled every change the old owner sent) and the table keeps it: the new owner
+        /// replicates on to it without sending the rooms again.
+        copy_on: Option<NodeName>,
     },
     /// The new owner confirms it started the shard from the snapshot.
     SnapshotAck { shard: ShardId, epoch: u64 },

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shard::NodeName;
 use tokio::sync::{Notify, mpsc};
 
-use super::{ActorMsg, Rooms};
+use super::{ActorMsg, FrozenRoom, Rooms};
 use crate::edge::EdgeEvent;
 use crate::protocol::{self, ErrorCode};
 use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Replication, Settled, next_rid};
@@ -92,12 +92,17 @@ pub(super) struct RoomActor {
 impl RoomActor {
     pub(super) fn new(
         room: Room,
+        copy_on: Option<FollowerRef>,
         seq: Arc<AtomicU64>,
         rx: mpsc::Receiver<ActorMsg>,
         weak: mpsc::WeakSender<ActorMsg>,
         answers: Arc<Answers>,
         rooms: Arc<Rooms>,
     ) -> RoomActor {
+        let mut replication = Replication::default();
+        if let Some(follower) = copy_on {
+            replication.synced(follower, 0);
+        }
         RoomActor {
             shard: rooms.shard(room.id()).0,
             counted: 0,
@@ -107,7 +112,7 @@ impl RoomActor {
             rx,
             weak,
             answers,
-            replication: Replication::default(),
+            replication,
             resend_at: None,
             rooms,
         }
@@ -134,7 +139,10 @@ impl RoomActor {
                         Some(ActorMsg::Command(command, received)) => self.handle(command, received),
                         Some(ActorMsg::HandOff(reply)) => {
                             if !self.forwarding {
-                                let _ = reply.send(self.room.snapshot());
+                                let _ = reply.send(FrozenRoom {
+                                    snapshot: self.room.snapshot(),
+                                    copy_on: self.replication.copy_on().cloned(),
+                                });
                                 self.forwarding = true;
                                 // The new owner holds the state now (it acknowledges the
                                 // snapshot before the move ends): what waited for this
@@ -330,6 +338,7 @@ impl RoomActor {
         let rid = next_rid();
         let change = if self.replication.needs_whole(&follower) {
             self.replication.synced(follower.clone(), rid);
+            self.rooms.metrics.rooms_sent_whole.inc();
             Change::Whole(self.room.snapshot())
         } else {
             change
@@ -379,6 +388,7 @@ impl RoomActor {
                 self.replication.synced(follower.clone(), rid);
                 self.replication
                     .hold(rid, self.room.seq(), Vec::new(), None);
+                self.rooms.metrics.rooms_sent_whole.inc();
                 self.send_change(&follower, rid, Change::Whole(self.room.snapshot()));
             }
             Some(_) => {}

@@ -32,7 +32,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 incarnation: 5,
                 nonce: "ab".into(),
             },
-            "0101026e3105026162",
+            "0201026e3105026162",
         ),
         (
             "proof",
@@ -43,7 +43,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 nonce: "cd".into(),
                 last_received: 2,
             },
-            "0102026e3206016d02636402",
+            "0202026e3206016d02636402",
         ),
         (
             "welcome",
@@ -51,9 +51,9 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 mac: "m".into(),
                 last_received: 128,
             },
-            "0103016d8001",
+            "0203016d8001",
         ),
-        ("ack", PeerFrame::Ack { seq: 1 }, "010501"),
+        ("ack", PeerFrame::Ack { seq: 1 }, "020501"),
         (
             "join",
             data(PeerMsg::Command {
@@ -66,7 +66,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 hops: 1,
                 epoch: 9,
             }),
-            "0104ac02010172010901026e32070175 0104"
+            "0204ac02010172010901026e32070175 0104"
                 .replace(' ', "")
                 .leak(),
         ),
@@ -81,7 +81,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 hops: 0,
                 epoch: 1,
             }),
-            "0104ac02010172000102026e320701",
+            "0204ac02010172000102026e320701",
         ),
         (
             "post",
@@ -96,7 +96,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 hops: 0,
                 epoch: 1,
             }),
-            "0104ac02010172000103026e3207017502686900",
+            "0204ac02010172000103026e3207017502686900",
         ),
         (
             "drop node",
@@ -106,7 +106,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 hops: 0,
                 epoch: 1,
             }),
-            "0104ac0201017200010402 6e33".replace(' ', "").leak(),
+            "0204ac0201017200010402 6e33".replace(' ', "").leak(),
         ),
         (
             "joined",
@@ -115,7 +115,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 conn: ConnId(3),
                 frame: "{}".into(),
             })),
-            "0104ac020201017203027b7d",
+            "0204ac020201017203027b7d",
         ),
         (
             "left",
@@ -124,7 +124,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 conn: ConnId(3),
                 frame: None,
             })),
-            "0104ac02020201720300",
+            "0204ac02020201720300",
         ),
         (
             "to conn",
@@ -132,7 +132,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 conn: ConnId(3),
                 frame: "{}".into(),
             })),
-            "0104ac02020303027b7d",
+            "0204ac02020303027b7d",
         ),
         (
             "broadcast",
@@ -142,7 +142,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 skip: Some(ConnId(3)),
                 is_msg: true,
             })),
-            "0104ac0202040172027b7d010301",
+            "0204ac0202040172027b7d010301",
         ),
         (
             "snapshot",
@@ -156,10 +156,22 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                     history: vec![(4, "{}".into())],
                     members: vec![(member(), "u".into())],
                 }],
+                copy_on: None,
             }),
-            "0104ac020302030501017204010402 7b7d 01 026e32 07 0175"
+            "0204ac020302030501017204010402 7b7d 01 026e32 07 0175 00"
                 .replace(' ', "")
                 .leak(),
+        ),
+        (
+            "snapshot whose follower keeps its copy",
+            data(PeerMsg::Snapshot {
+                shard: ShardId(2),
+                epoch: 3,
+                floor: 5,
+                rooms: Vec::new(),
+                copy_on: Some(NodeName::new("n2").expect("valid node name")),
+            }),
+            "0204ac02 03 02 03 05 00 01 026e32".replace(' ', "").leak(),
         ),
         (
             "snapshot ack",
@@ -167,7 +179,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 shard: ShardId(2),
                 epoch: 3,
             }),
-            "0104ac02040203",
+            "0204ac02040203",
         ),
         (
             "gap",
@@ -175,7 +187,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 rooms: vec![room("r")],
                 all: false,
             }),
-            "0104ac0205000101 72".replace(' ', "").leak(),
+            "0204ac0205000101 72".replace(' ', "").leak(),
         ),
         (
             "replicate whole",
@@ -185,7 +197,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 history: vec![(4, "{}".into())],
                 members: vec![(member(), "u".into())],
             })),
-            "0104ac02 06 02 03 0172 09 01 0172 04 01 04 027b7d 01 026e32 07 0175"
+            "0204ac02 06 02 03 0172 09 01 0172 04 01 04 027b7d 01 026e32 07 0175"
                 .replace(' ', "")
                 .leak(),
         ),
@@ -195,7 +207,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 seq: 4,
                 frame: "{}".into(),
             }),
-            "0104ac02 06 02 03 0172 09 02 04 027b7d"
+            "0204ac02 06 02 03 0172 09 02 04 027b7d"
                 .replace(' ', "")
                 .leak(),
         ),
@@ -205,28 +217,28 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 member: member(),
                 user: "u".into(),
             }),
-            "0104ac02 06 02 03 0172 09 03 026e32 07 0175"
+            "0204ac02 06 02 03 0172 09 03 026e32 07 0175"
                 .replace(' ', "")
                 .leak(),
         ),
         (
             "replicate left",
             replicate(Change::Left { member: member() }),
-            "0104ac02 06 02 03 0172 09 04 026e32 07"
+            "0204ac02 06 02 03 0172 09 04 026e32 07"
                 .replace(' ', "")
                 .leak(),
         ),
         (
             "replicate node left",
             replicate(Change::NodeLeft { node: name("n2") }),
-            "0104ac02 06 02 03 0172 09 05 026e32"
+            "0204ac02 06 02 03 0172 09 05 026e32"
                 .replace(' ', "")
                 .leak(),
         ),
         (
             "replicate rested",
             replicate(Change::Rested { seq: 4 }),
-            "0104ac02 06 02 03 0172 09 06 04".replace(' ', "").leak(),
+            "0204ac02 06 02 03 0172 09 06 04".replace(' ', "").leak(),
         ),
         (
             "replicated",
@@ -236,7 +248,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 rid: 9,
                 answer: Answer::Fenced,
             }),
-            "0104ac02 07 02 0172 09 02".replace(' ', "").leak(),
+            "0204ac02 07 02 0172 09 02".replace(' ', "").leak(),
         ),
         (
             "caught up",
@@ -246,7 +258,7 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 floor: 5,
                 resting: vec![(room("r"), 4)],
             }),
-            "0104ac02 08 02 03 05 01 0172 04".replace(' ', "").leak(),
+            "0204ac02 08 02 03 05 01 0172 04".replace(' ', "").leak(),
         ),
     ]
 }
@@ -344,11 +356,12 @@ fn trailing_bytes_are_an_error() {
 
 #[test]
 fn another_version_is_refused_by_number() {
-    let err = PeerFrame::decode(&[2, kind::ACK, 1]).expect_err("version 2");
-    assert_eq!(err, WireError::UnsupportedVersion { found: 2 });
+    // Version 1: a node from before snapshots named the follower that keeps its copy.
+    let err = PeerFrame::decode(&[1, kind::ACK, 1]).expect_err("version 1");
+    assert_eq!(err, WireError::UnsupportedVersion { found: 1 });
     assert_eq!(
         err.to_string(),
-        "peer wire format version 2 is not supported (this node speaks 1)"
+        "peer wire format version 1 is not supported (this node speaks 2)"
     );
     // What a node from before this format sent first (a postcard challenge) is refused too.
     assert_eq!(
@@ -362,28 +375,28 @@ fn another_version_is_refused_by_number() {
 fn unknown_kinds_are_errors_naming_the_kind() {
     let unknown = |bytes: &[u8]| PeerFrame::decode(bytes).expect_err("unknown kind");
     assert_eq!(
-        unknown(&[1, 0x7f]),
+        unknown(&[2, 0x7f]),
         WireError::UnknownKind {
             what: "frame",
             kind: 0x7f
         }
     );
     assert_eq!(
-        unknown(&[1, kind::DATA, 1, 0x19]),
+        unknown(&[2, kind::DATA, 1, 0x19]),
         WireError::UnknownKind {
             what: "message",
             kind: 0x19
         }
     );
     assert_eq!(
-        unknown(&[1, kind::DATA, 1, kind::msg::EVENT, 0]),
+        unknown(&[2, kind::DATA, 1, kind::msg::EVENT, 0]),
         WireError::UnknownKind {
             what: "event",
             kind: 0
         }
     );
     assert_eq!(
-        unknown(&[1, kind::DATA, 1, kind::msg::COMMAND, 1, b'r', 0, 1, 9]),
+        unknown(&[2, kind::DATA, 1, kind::msg::COMMAND, 1, b'r', 0, 1, 9]),
         WireError::UnknownKind {
             what: "command",
             kind: 9
@@ -391,7 +404,7 @@ fn unknown_kinds_are_errors_naming_the_kind() {
     );
     assert_eq!(
         unknown(&[
-            1,
+            2,
             kind::DATA,
             1,
             kind::msg::REPLICATE,
@@ -408,19 +421,19 @@ fn unknown_kinds_are_errors_naming_the_kind() {
         }
     );
     assert_eq!(
-        unknown(&[1, kind::DATA, 1, kind::msg::REPLICATED, 2, 1, b'r', 9, 0]),
+        unknown(&[2, kind::DATA, 1, kind::msg::REPLICATED, 2, 1, b'r', 9, 0]),
         WireError::UnknownKind {
             what: "answer",
             kind: 0
         }
     );
-    assert_eq!(unknown(&[1, 0x7f]).to_string(), "unknown frame kind 0x7f");
+    assert_eq!(unknown(&[2, 0x7f]).to_string(), "unknown frame kind 0x7f");
 }
 
 #[test]
 fn a_forged_length_or_count_is_refused_before_allocating() {
     // A frame text claiming 2^62 bytes.
-    let mut forged = vec![1, kind::DATA, 1, kind::msg::EVENT, kind::event::TO_CONN, 1];
+    let mut forged = vec![2, kind::DATA, 1, kind::msg::EVENT, kind::event::TO_CONN, 1];
     forged.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
     forged.extend(b"{}");
     assert!(matches!(
@@ -429,7 +442,7 @@ fn a_forged_length_or_count_is_refused_before_allocating() {
     ));
     // A snapshot claiming four billion rooms in a few bytes.
     let forged = [
-        1,
+        2,
         kind::DATA,
         1,
         kind::msg::SNAPSHOT,
@@ -451,7 +464,7 @@ fn a_forged_length_or_count_is_refused_before_allocating() {
     // A varint that never ends, and one past 64 bits.
     assert!(matches!(
         PeerFrame::decode(&[
-            1,
+            2,
             kind::ACK,
             0xff,
             0xff,
@@ -469,7 +482,7 @@ fn a_forged_length_or_count_is_refused_before_allocating() {
     ));
     assert!(matches!(
         PeerFrame::decode(&[
-            1,
+            2,
             kind::ACK,
             0xff,
             0xff,
@@ -490,7 +503,7 @@ fn a_forged_length_or_count_is_refused_before_allocating() {
 fn invalid_names_text_and_tags_are_errors() {
     // A room name with a control character.
     let bad_room = [
-        1,
+        2,
         kind::DATA,
         1,
         kind::msg::EVENT,
@@ -506,7 +519,7 @@ fn invalid_names_text_and_tags_are_errors() {
     ));
     // A frame that is not UTF-8.
     let bad_text = [
-        1,
+        2,
         kind::DATA,
         1,
         kind::msg::EVENT,
@@ -521,7 +534,7 @@ fn invalid_names_text_and_tags_are_errors() {
     );
     // An option tag of 2.
     let bad_tag = [
-        1,
+        2,
         kind::DATA,
         1,
         kind::msg::EVENT,
@@ -537,7 +550,7 @@ fn invalid_names_text_and_tags_are_errors() {
     ));
     // A shard number past u32.
     let bad_shard = [
-        1,
+        2,
         kind::DATA,
         1,
         kind::msg::SNAPSHOT_ACK,
