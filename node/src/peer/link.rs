@@ -192,6 +192,12 @@ impl PeerLink {
 
     /// A mark of everything queued for the peer so far.
     pub fn sent(&self) -> Sent {
+        // With something unacknowledged, ask the peer to acknowledge at once rather than on
+        // its next tick (20 ms at most): whoever takes this mark waits for that. A full outbox
+        // skips the request; the tick still comes.
+        if !self.state().unacked.is_empty() {
+            let _ = self.push(PeerMsg::AckNow);
+        }
         let state = self.state();
         Sent {
             resets: state.resets,
@@ -350,7 +356,14 @@ impl PeerLink {
             while let Some(bytes) = stream.next().await {
                 match PeerFrame::decode_shared(&bytes) {
                     Ok(PeerFrame::Data { seq, msg }) => {
-                        if self.accept(seq) {
+                        if !self.accept(seq) {
+                            continue;
+                        }
+                        if matches!(msg, PeerMsg::AckNow) {
+                            // Everything before it was handled (delivery is synchronous):
+                            // the writer acknowledges it now rather than on its next tick.
+                            self.wake.notify_one();
+                        } else {
                             deliver(msg);
                         }
                     }

@@ -64,6 +64,8 @@ pub mod kind {
         pub const REPLICATED: u8 = 0x07;
         /// Owner -> follower: the whole shard has been sent.
         pub const CAUGHT_UP: u8 = 0x08;
+        /// Acknowledge at once (a sender waits for it).
+        pub const ACK_NOW: u8 = 0x09;
     }
 
     /// Change kinds inside a replicate message.
@@ -232,6 +234,10 @@ pub enum PeerMsg {
         floor: u64,
         resting: Vec<(RoomId, u64)>,
     },
+    /// Acknowledge what you handled at once, this included, rather than on the next tick:
+    /// the sender waits for it (a hand-off's old owner, before its snapshot leaves). The
+    /// receiving link handles it; it goes no further.
+    AckNow,
 }
 
 /// A frame on a peer link.

@@ -70,6 +70,8 @@ impl NodeState {
                 floor,
                 resting,
             } => self.on_caught_up(from, shard, epoch, floor, resting),
+            // The link answers it with an acknowledgement and does not pass it on.
+            PeerMsg::AckNow => {}
             PeerMsg::SnapshotAck { shard, epoch } => {
                 let mut handoffs = lock(&self.handoffs);
                 // Only the acknowledgement of this move's snapshot ends it (a late one from an
@@ -193,7 +195,8 @@ impl NodeState {
             | PeerMsg::Gap { .. }
             | PeerMsg::Replicate { .. }
             | PeerMsg::Replicated { .. }
-            | PeerMsg::CaughtUp { .. } => {}
+            | PeerMsg::CaughtUp { .. }
+            | PeerMsg::AckNow => {}
         }
     }
 }

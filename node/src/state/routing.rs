@@ -123,7 +123,8 @@ impl NodeState {
                 | PeerMsg::Gap { .. }
                 | PeerMsg::Replicate { .. }
                 | PeerMsg::Replicated { .. }
-                | PeerMsg::CaughtUp { .. },
+                | PeerMsg::CaughtUp { .. }
+                | PeerMsg::AckNow,
             ) => Ok(()),
             Err(PeerMsg::Command { command, .. }) => Err(command),
         }

@@ -163,13 +163,21 @@ async fn messages_lost_with_a_broken_connection_are_resent_on_the_next_one() {
 async fn a_sent_mark_is_delivered_once_acknowledged_or_bounced() {
     let link = link();
     link.push(msg(1)).expect("room");
+    // Taking a mark asks the peer to acknowledge at once: 1, then that request (2).
     let first = link.sent();
     link.push(msg(2)).expect("room");
     let second = link.sent();
+    assert_eq!(link.outbox().len(), 4, "two messages and two requests");
+    assert!(matches!(*link.outbox()[1], PeerMsg::AckNow));
     assert!(!link.is_delivered(first));
     link.ack(1);
+    assert!(
+        !link.is_delivered(first),
+        "the request is not acknowledged yet"
+    );
+    link.ack(2);
     link.delivered(first).await;
-    assert!(!link.is_delivered(second), "2 is not acknowledged yet");
+    assert!(!link.is_delivered(second), "3 is not acknowledged yet");
     let waiter = {
         let link = link.clone();
         tokio::spawn(async move { link.delivered(second).await })
@@ -334,4 +342,57 @@ async fn a_full_batch_is_written_before_the_next_one_is_read() {
     );
     assert_eq!(writes[BATCH + 1], Wrote::Data(BATCH as u64 + 1));
     assert_eq!(writes[BATCH + 2], Wrote::Flush);
+}
+
+/// Run `link` with the peer sending `frames` (data frames numbered from 1) 1 ms in, for 5 ms
+/// of a paused clock (the acknowledgement tick comes every 20 ms); what it wrote by then.
+async fn writes_within_5_ms_of(link: &Arc<PeerLink>, frames: Vec<PeerMsg>) -> Vec<Wrote> {
+    let wrote = Arc::new(Mutex::new(Vec::new()));
+    let incoming: Vec<Bytes> = frames
+        .iter()
+        .zip(1..)
+        .map(|(msg, seq)| Bytes::from(super::super::wire::encode_data(seq, msg)))
+        .collect();
+    // They arrive 1 ms in, after the writer's first tick (an interval's first is at once).
+    let incoming = futures_util::stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        futures_util::stream::iter(incoming)
+    })
+    .flatten()
+    .chain(futures_util::stream::pending())
+    .boxed();
+    let delivered = Arc::new(Mutex::new(0usize));
+    let writer = {
+        let (link, wrote, delivered) = (link.clone(), wrote.clone(), delivered.clone());
+        tokio::spawn(async move {
+            let count = move |_: PeerMsg| *delivered.lock().expect("not poisoned") += 1;
+            link.run(Recording(wrote), incoming, 0, &count).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    writer.abort();
+    assert_eq!(
+        *delivered.lock().expect("not poisoned"),
+        frames
+            .iter()
+            .filter(|m| !matches!(m, PeerMsg::AckNow))
+            .count(),
+        "everything but the request is passed on"
+    );
+    let wrote = wrote.lock().expect("not poisoned").clone();
+    wrote
+}
+
+#[tokio::test(start_paused = true)]
+async fn asked_to_acknowledge_at_once_a_link_does_not_wait_for_its_tick() {
+    let quiet = writes_within_5_ms_of(&link(), vec![msg(1)]).await;
+    assert!(
+        !quiet.contains(&Wrote::Ack(1)),
+        "an acknowledgement waits for the tick: {quiet:?}"
+    );
+    let asked = writes_within_5_ms_of(&link(), vec![msg(1), PeerMsg::AckNow]).await;
+    assert!(
+        asked.contains(&Wrote::Ack(2)),
+        "the request and everything before it acknowledged at once: {asked:?}"
+    );
 }

@@ -184,6 +184,7 @@ pub(super) fn put_msg(w: &mut Writer, msg: &PeerMsg) {
                 Answer::NoCopy => kind::answer::NO_COPY,
             });
         }
+        PeerMsg::AckNow => w.u8(kind::msg::ACK_NOW),
         PeerMsg::CaughtUp {
             shard,
             epoch,
@@ -293,6 +294,7 @@ pub(super) fn get_msg(r: &mut Reader<'_>) -> Result<PeerMsg, WireError> {
                 resting,
             }
         }
+        kind::msg::ACK_NOW => PeerMsg::AckNow,
         kind::msg::SNAPSHOT_ACK => PeerMsg::SnapshotAck {
             shard: get_shard(r)?,
             epoch: r.varint("epoch")?,

@@ -174,6 +174,11 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
             "0204ac02 03 02 03 05 00 01 026e32".replace(' ', "").leak(),
         ),
         (
+            "ack now",
+            data(PeerMsg::AckNow),
+            "0204ac02 09".replace(' ', "").leak(),
+        ),
+        (
             "snapshot ack",
             data(PeerMsg::SnapshotAck {
                 shard: ShardId(2),
