@@ -379,8 +379,7 @@ async fn writes_within_5_ms_of(link: &Arc<PeerLink>, frames: Vec<PeerMsg>) -> Ve
             .count(),
         "everything but the request is passed on"
     );
-    let wrote = wrote.lock().expect("not poisoned").clone();
-    wrote
+    wrote.lock().expect("not poisoned").clone()
 }
 
 #[tokio::test(start_paused = true)]
