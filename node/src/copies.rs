@@ -130,7 +130,6 @@ impl Copies {
         Some(FrozenShard {
             floor: self.resting.floor(shard),
             rooms,
-            copy_on: None,
         })
     }
 

@@ -91,7 +91,7 @@ pub struct Metrics {
     /// its table (an old owner fenced out).
     pub replication_fenced: Counter,
     /// Rooms this node sent whole to a follower: a follower new to them, or a copy that
-    /// missed a change. A follower the table keeps through a hand-off gets none.
+    /// missed a change.
     pub rooms_sent_whole: Counter,
     /// Per-code error counters, in [`ErrorCode::ALL`] order (clones of the family's members,
     /// so counting one is an index and an atomic add, no lookup).

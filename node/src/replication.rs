@@ -172,14 +172,7 @@ impl Replication {
         self.synced_to.as_ref().map(|f| &f.node) != Some(&follower.node)
     }
 
-    /// The follower the room's copy is current on: every change since its whole state was
-    /// sent there (the ones still in flight included). `None` after a change was lost.
-    pub fn copy_on(&self) -> Option<&NodeName> {
-        self.synced_to.as_ref().map(|f| &f.node)
-    }
-
-    /// The copy is now on `follower`: its whole state was just sent as change `rid` (0: it
-    /// got the room from the old owner, see [`crate::rooms::FrozenShard::copy_on`]).
+    /// The copy is now on `follower`: its whole state was just sent as change `rid`.
     pub fn synced(&mut self, follower: FollowerRef, rid: u64) {
         self.synced_to = Some(follower);
         self.whole_rid = rid;

@@ -670,7 +670,6 @@ mod tests {
             epoch: 1,
             floor: 0,
             rooms: vec![snapshot],
-            copy_on: None,
         };
         let wire = crate::peer::wire::encode_data(1, &msg);
         let back = match PeerFrame::decode(&wire).expect("snapshot parses") {

@@ -69,7 +69,7 @@ enum ActorMsg {
     /// send-to-fan-out histogram).
     Command(RoomCommand, Instant),
     /// Snapshot the room for a hand-off, then forward everything after.
-    HandOff(oneshot::Sender<FrozenRoom>),
+    HandOff(oneshot::Sender<RoomSnapshot>),
     /// Bring the room's copy on the shard's follower up to date (the table named a new one),
     /// then answer.
     Sync(oneshot::Sender<()>),
@@ -122,29 +122,6 @@ pub struct FrozenShard {
     pub floor: u64,
     /// Every room of the shard still known here, running or passivated.
     pub rooms: Vec<RoomSnapshot>,
-    /// The follower every running room's copy is current on, once it has handled what was
-    /// sent to it: when the table keeps that follower, the new owner goes on replicating to
-    /// it without sending the rooms again. `None` when a room's copy is not current anywhere
-    /// (or the shard has no running room).
-    pub copy_on: Option<NodeName>,
-}
-
-/// One running room's part of a [`FrozenShard`].
-#[derive(Debug)]
-pub struct FrozenRoom {
-    /// The room's state.
-    pub snapshot: RoomSnapshot,
-    /// The follower its copy is current on, if any.
-    pub copy_on: Option<NodeName>,
-}
-
-/// The follower every room's copy is current on, if they agree on one.
-fn common_copy(rooms: &[FrozenRoom]) -> Option<NodeName> {
-    let first = rooms.first()?.copy_on.clone()?;
-    rooms
-        .iter()
-        .all(|r| r.copy_on.as_ref() == Some(&first))
-        .then_some(first)
 }
 
 /// A running room.
@@ -312,7 +289,7 @@ impl Rooms {
                 };
                 let seq = Arc::new(AtomicU64::new(last));
                 let state = Room::new(room.clone(), last, self.settings.history_limit);
-                let slot = self.spawn_actor(state, seq, None);
+                let slot = self.spawn_actor(state, seq);
                 let tx = slot.tx.clone();
                 registry.slots.insert(room.clone(), slot);
                 tx
@@ -350,17 +327,15 @@ impl Rooms {
             tx.send(ActorMsg::HandOff(reply)).await.ok()?;
             snapshot.await.ok()
         });
-        let frozen: Vec<FrozenRoom> = futures_util::future::join_all(asked)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        let copy_on = common_copy(&frozen);
-        snapshots.extend(frozen.into_iter().map(|r| r.snapshot));
+        snapshots.extend(
+            futures_util::future::join_all(asked)
+                .await
+                .into_iter()
+                .flatten(),
+        );
         FrozenShard {
             floor,
             rooms: snapshots,
-            copy_on,
         }
     }
 
@@ -371,15 +346,7 @@ impl Rooms {
 
     /// Open `shard` on this node (it owns it now), starting rooms from `snapshots`, its floor
     /// raised to at least `floor` (the old owner's, so rooms it forgot never repeat a seq).
-    /// With `copy_on`, the rooms' copies are current on that follower already (the old owner
-    /// kept them so): their changes go on to it without the whole room first.
-    pub fn install(
-        self: &Arc<Self>,
-        shard: ShardId,
-        floor: u64,
-        snapshots: Vec<RoomSnapshot>,
-        copy_on: Option<FollowerRef>,
-    ) {
+    pub fn install(self: &Arc<Self>, shard: ShardId, floor: u64, snapshots: Vec<RoomSnapshot>) {
         let mut registry = self.registry();
         registry.frozen.remove(&shard);
         registry.resting.raise_floor(shard, floor);
@@ -392,7 +359,7 @@ impl Rooms {
             }
             let seq = Arc::new(AtomicU64::new(snapshot.seq));
             let state = Room::from_snapshot(snapshot, self.settings.history_limit);
-            let slot = self.spawn_actor(state, seq, copy_on.clone());
+            let slot = self.spawn_actor(state, seq);
             registry.slots.insert(room, slot);
         }
     }
@@ -447,17 +414,11 @@ impl Rooms {
         self.tracker.wait().await;
     }
 
-    fn spawn_actor(
-        self: &Arc<Self>,
-        room: Room,
-        seq: Arc<AtomicU64>,
-        copy_on: Option<FollowerRef>,
-    ) -> Slot {
+    fn spawn_actor(self: &Arc<Self>, room: Room, seq: Arc<AtomicU64>) -> Slot {
         let (tx, rx) = mpsc::channel(self.settings.queue.max(1));
         let answers = Arc::new(Answers::default());
         let actor = RoomActor::new(
             room,
-            copy_on,
             seq.clone(),
             rx,
             tx.downgrade(),

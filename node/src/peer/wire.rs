@@ -199,10 +199,6 @@ pub enum PeerMsg {
         /// rises to at least this, so a forgotten room never repeats a seq after the move.
         floor: u64,
         rooms: Vec<RoomSnapshot>,
-        /// The shard's follower, when every running room's copy on it is current (it has
-        /// handled every change the old owner sent) and the table keeps it: the new owner
-        /// replicates on to it without sending the rooms again.
-        copy_on: Option<NodeName>,
     },
     /// The new owner confirms it started the shard from the snapshot.
     SnapshotAck { shard: ShardId, epoch: u64 },

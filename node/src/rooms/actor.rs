@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shard::NodeName;
 use tokio::sync::{Notify, mpsc};
 
-use super::{ActorMsg, FrozenRoom, Rooms};
+use super::{ActorMsg, Rooms};
 use crate::edge::EdgeEvent;
 use crate::protocol::{self, ErrorCode};
 use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Replication, Settled, next_rid};
@@ -92,17 +92,12 @@ pub(super) struct RoomActor {
 impl RoomActor {
     pub(super) fn new(
         room: Room,
-        copy_on: Option<FollowerRef>,
         seq: Arc<AtomicU64>,
         rx: mpsc::Receiver<ActorMsg>,
         weak: mpsc::WeakSender<ActorMsg>,
         answers: Arc<Answers>,
         rooms: Arc<Rooms>,
     ) -> RoomActor {
-        let mut replication = Replication::default();
-        if let Some(follower) = copy_on {
-            replication.synced(follower, 0);
-        }
         RoomActor {
             shard: rooms.shard(room.id()).0,
             counted: 0,
@@ -112,7 +107,7 @@ impl RoomActor {
             rx,
             weak,
             answers,
-            replication,
+            replication: Replication::default(),
             resend_at: None,
             rooms,
         }
@@ -139,10 +134,7 @@ impl RoomActor {
                         Some(ActorMsg::Command(command, received)) => self.handle(command, received),
                         Some(ActorMsg::HandOff(reply)) => {
                             if !self.forwarding {
-                                let _ = reply.send(FrozenRoom {
-                                    snapshot: self.room.snapshot(),
-                                    copy_on: self.replication.copy_on().cloned(),
-                                });
+                                let _ = reply.send(self.room.snapshot());
                                 self.forwarding = true;
                                 // The new owner holds the state now (it acknowledges the
                                 // snapshot before the move ends): what waited for this

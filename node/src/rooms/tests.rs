@@ -139,7 +139,7 @@ async fn a_forgotten_rooms_floor_goes_with_its_shard_and_the_new_owner_starts_ab
     );
     assert_eq!(frozen.floor, 3, "the floor is `r`'s last seq");
     assert_eq!(owner.last_seq(&room), 0, "the new owner never saw `r`");
-    owner.install(shard, frozen.floor, frozen.rooms, None);
+    owner.install(shard, frozen.floor, frozen.rooms);
     assert_eq!(owner.last_seq(&room), 3, "`r` continues above its old seq");
 }
 
@@ -178,7 +178,7 @@ async fn the_owner_counts_deliveries_and_members_per_shard_until_the_shard_is_ha
     assert_eq!(frozen.rooms.len(), 1);
     assert_eq!(counters.members(shard.0 as usize), 0);
     // Installed elsewhere (here, on the same registry): counted again.
-    rooms.install(shard, frozen.floor, frozen.rooms, None);
+    rooms.install(shard, frozen.floor, frozen.rooms);
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(counters.members(shard.0 as usize), 2);
 }

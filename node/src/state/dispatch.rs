@@ -52,8 +52,7 @@ impl NodeState {
                 epoch,
                 floor,
                 rooms,
-                copy_on,
-            } => self.on_snapshot(from, shard, epoch, floor, rooms, copy_on),
+            } => self.on_snapshot(from, shard, epoch, floor, rooms),
             PeerMsg::Replicate {
                 shard,
                 epoch,
@@ -102,7 +101,6 @@ impl NodeState {
         epoch: u64,
         floor: u64,
         rooms: Vec<RoomSnapshot>,
-        copy_on: Option<NodeName>,
     ) {
         let incoming = {
             let mut handoffs = lock(&self.handoffs);
@@ -121,7 +119,6 @@ impl NodeState {
                     epoch,
                     floor,
                     rooms,
-                    copy_on,
                 });
                 return;
             }
@@ -136,25 +133,19 @@ impl NodeState {
                     // here in between would otherwise start a room afresh (from seq 0) or get
                     // ahead of the commands that waited for the snapshot.
                     let count = rooms.len();
-                    // The follower the table keeps for the shard holds every room already
-                    // (the old owner waited until it had handled its last changes).
-                    let kept = self
-                        .follower_of(shard)
-                        .filter(|f| copy_on.as_ref() == Some(&f.node) && f.node != *self.me());
-                    let copy_kept = kept.is_some();
-                    self.rooms.install(shard, floor, rooms, kept);
+                    self.rooms.install(shard, floor, rooms);
                     let refused = self.replay(incoming.buffer);
-                    Some((incoming.started, count, refused, copy_kept))
+                    Some((incoming.started, count, refused))
                 }
                 None => None,
             }
         };
         match incoming {
-            Some((started, count, refused, copy_kept)) => {
+            Some((started, count, refused)) => {
                 self.settle_refused(refused);
                 tokio::spawn(self.clone().sync_follower(shard));
                 let took = started.elapsed();
-                tracing::info!(%shard, %from, rooms = count, ?took, copy_kept, "shard received");
+                tracing::info!(%shard, %from, rooms = count, ?took, "shard received");
                 self.metrics.handoff_completed(shard, took);
             }
             None if self.table().owner(shard) == Some(self.me()) => {

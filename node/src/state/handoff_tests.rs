@@ -356,7 +356,6 @@ async fn a_repeated_snapshot_is_acknowledged_again_without_reinstalling_the_shar
             history: Vec::new(),
             members: vec![(member.clone(), "bob".into())],
         }],
-        copy_on: None,
     };
     let post = || RoomCommand::Post {
         member: member.clone(),

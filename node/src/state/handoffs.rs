@@ -52,7 +52,6 @@ pub(super) struct EarlySnapshot {
     pub(super) epoch: u64,
     pub(super) floor: u64,
     pub(super) rooms: Vec<RoomSnapshot>,
-    pub(super) copy_on: Option<NodeName>,
 }
 
 /// A command that waits for this node's table to reach `epoch`.

@@ -103,7 +103,6 @@ async fn posts_forwarded_while_the_move_is_applied() -> Vec<usize> {
         epoch: 2,
         floor: 0,
         rooms,
-        copy_on: None,
     };
     state.on_peer_message(&source, snapshot);
 

@@ -53,35 +53,24 @@ impl NodeState {
         shard: ShardId,
         to: NodeName,
         epoch: u64,
-        FrozenShard {
-            floor,
-            rooms,
-            copy_on,
-        }: FrozenShard,
+        FrozenShard { floor, rooms }: FrozenShard,
     ) {
         let started = std::time::Instant::now();
         lock(&self.handoffs)
             .outgoing
             .insert(shard, (to.clone(), epoch));
         let Some(peers) = &self.peers else { return };
-        // A follower the table keeps holds the rooms already: once it has handled our last
-        // changes, the new owner can go on replicating to it without sending them again.
-        let copy_on = copy_on
-            .filter(|f| self.table().follower(shard) == Some(f) && f != &to && f != self.me());
-        self.flush_edges(peers, shard, &to, &rooms, copy_on.as_ref())
-            .await;
+        self.flush_edges(peers, shard, &to, &rooms).await;
         let flushed = started.elapsed();
         let count = rooms.len();
-        let copy_kept = copy_on.is_some();
         let snapshot = Arc::new(PeerMsg::Snapshot {
             shard,
             epoch,
             floor,
             rooms,
-            copy_on,
         });
         // The steps of the pause this shard's rooms see, for finding where it goes.
-        tracing::info!(%shard, %to, rooms = count, ?flushed, copy_kept, "handing the shard off");
+        tracing::info!(%shard, %to, rooms = count, ?flushed, "handing the shard off");
         self.send_until_acknowledged(peers, shard, &to, epoch, snapshot)
             .await;
     }
@@ -145,23 +134,18 @@ impl NodeState {
     /// sent it. The new owner's events reach those edges over other links than ours, so
     /// without the wait its first message could overtake our last ones (a member would see
     /// seq 31 before 30). The new owner itself needs no wait: our events to it travel ahead of
-    /// the snapshot on the same link. The same holds for the follower that keeps its copy
-    /// (`copy_on`): the new owner's first change must find our last ones applied. Bounded by
-    /// half the hand-off timeout, so an edge that stays unreachable delays the hand-off but
-    /// does not stop it (a copy missing a change then refuses the new owner's next message,
-    /// which sends the whole room).
+    /// the snapshot on the same link. Bounded by half the hand-off timeout, so an edge that
+    /// stays unreachable delays the hand-off but does not stop it.
     async fn flush_edges(
         &self,
         peers: &Peers,
         shard: ShardId,
         to: &NodeName,
         rooms: &[RoomSnapshot],
-        copy_on: Option<&NodeName>,
     ) {
         let edges: BTreeSet<&NodeName> = rooms
             .iter()
             .flat_map(|room| room.members.iter().map(|(member, _)| &member.node))
-            .chain(copy_on)
             .filter(|node| *node != self.me() && *node != to)
             .collect();
         let flush = peers.sent_to(edges);

@@ -159,11 +159,11 @@ impl NodeState {
                 Some(copy) => {
                     // A copy still catching up may miss rooms the owner had not sent yet.
                     tracing::info!(%shard, rooms = copy.rooms.len(), live, "owner left: serving the shard from its copy");
-                    self.rooms.install(shard, copy.floor, copy.rooms, None);
+                    self.rooms.install(shard, copy.floor, copy.rooms);
                 }
                 None => {
                     tracing::warn!(%shard, "owner left and this node holds no copy of the shard: it starts empty");
-                    self.rooms.install(shard, 0, Vec::new(), None);
+                    self.rooms.install(shard, 0, Vec::new());
                 }
             }
             promoted.insert(shard);

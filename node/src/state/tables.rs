@@ -74,7 +74,7 @@ impl NodeState {
                 // lock, as in `on_snapshot`.
                 if incoming.is_some() && new.owner(shard) == Some(&me) {
                     tracing::warn!(%shard, %from, "hand-off abandoned (source gone): starting the shard empty");
-                    self.rooms.install(shard, 0, Vec::new(), None);
+                    self.rooms.install(shard, 0, Vec::new());
                 }
                 self.replay(incoming.map(|i| i.buffer).unwrap_or_default())
             };
@@ -83,7 +83,7 @@ impl NodeState {
         // Shards whose owner left: served from this node's copy where it followed them.
         let promoted = self.apply_follower_roles(&old, &new);
         for shard in change.gained_fresh.iter().filter(|s| !promoted.contains(s)) {
-            self.rooms.install(*shard, 0, Vec::new(), None);
+            self.rooms.install(*shard, 0, Vec::new());
         }
         let snapshots = take_where(&mut lock(&self.handoffs).early_snapshots, |e| {
             e.epoch <= new.epoch
@@ -95,7 +95,6 @@ impl NodeState {
                 early.epoch,
                 early.floor,
                 early.rooms,
-                early.copy_on,
             );
         }
         self.release_early(new.epoch);

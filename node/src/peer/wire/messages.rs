@@ -142,7 +142,6 @@ pub(super) fn put_msg(w: &mut Writer, msg: &PeerMsg) {
             epoch,
             floor,
             rooms,
-            copy_on,
         } => {
             w.u8(kind::msg::SNAPSHOT);
             w.varint(u64::from(shard.0));
@@ -152,7 +151,6 @@ pub(super) fn put_msg(w: &mut Writer, msg: &PeerMsg) {
             for room in rooms {
                 put_room(w, room);
             }
-            w.option(copy_on.as_ref(), |w, node| w.str(node.as_str()));
         }
         PeerMsg::Replicate {
             shard,
@@ -251,7 +249,6 @@ pub(super) fn get_msg(r: &mut Reader<'_>) -> Result<PeerMsg, WireError> {
                 epoch,
                 floor,
                 rooms,
-                copy_on: r.option("copy on", |r| r.node("copy on"))?,
             }
         }
         kind::msg::REPLICATE => PeerMsg::Replicate {

@@ -156,22 +156,10 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                     history: vec![(4, "{}".into())],
                     members: vec![(member(), "u".into())],
                 }],
-                copy_on: None,
             }),
-            "0204ac020302030501017204010402 7b7d 01 026e32 07 0175 00"
+            "0204ac020302030501017204010402 7b7d 01 026e32 07 0175"
                 .replace(' ', "")
                 .leak(),
-        ),
-        (
-            "snapshot whose follower keeps its copy",
-            data(PeerMsg::Snapshot {
-                shard: ShardId(2),
-                epoch: 3,
-                floor: 5,
-                rooms: Vec::new(),
-                copy_on: Some(NodeName::new("n2").expect("valid node name")),
-            }),
-            "0204ac02 03 02 03 05 00 01 026e32".replace(' ', "").leak(),
         ),
         (
             "ack now",
@@ -361,7 +349,7 @@ fn trailing_bytes_are_an_error() {
 
 #[test]
 fn another_version_is_refused_by_number() {
-    // Version 1: a node from before snapshots named the follower that keeps its copy.
+    // Version 1: a node from before the ack-now request.
     let err = PeerFrame::decode(&[1, kind::ACK, 1]).expect_err("version 1");
     assert_eq!(err, WireError::UnsupportedVersion { found: 1 });
     assert_eq!(
