@@ -78,8 +78,8 @@ impl Copies {
                 Answer::Held
             }
             change => match copy.rooms.get_mut(room) {
-                // The copy missed a message (a change that never came, or a copy kept across
-                // a hand-off that is behind the new owner): only the whole room mends it.
+                // The copy missed a message (a change that never came): applying the next
+                // one would leave a hole in its history, so ask for the whole room instead.
                 Some(copy_of_room) if matches!(change, Change::Message { seq, .. } if seq > copy_of_room.seq() + 1) => {
                     Answer::NoCopy
                 }

@@ -407,7 +407,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(helps, types, "every metric has help text");
-        // 26: the hand-off histogram shows once a shard has been handed here.
+        // 27: the hand-off histogram shows once a shard has been handed here.
         assert_eq!(types, 27);
         assert!(!text.contains(".."), "help text ends with one period");
     }

@@ -48,7 +48,7 @@ fn a_copy_that_missed_a_message_asks_for_the_whole_room_and_takes_it() {
     let mut copies = Copies::new(SHARDS, 10, 100);
     let (r, s) = (room("lobby"), shard_of("lobby"));
     assert_eq!(copies.apply(s, &r, whole("lobby", 4)), Answer::Held);
-    // Seq 5 never came (a copy kept across a hand-off whose last change was lost).
+    // Seq 5 never came.
     assert_eq!(copies.apply(s, &r, message(6)), Answer::NoCopy);
     assert_eq!(copies.seq(&r), Some(4), "nothing applied over the gap");
     assert_eq!(copies.apply(s, &r, whole("lobby", 6)), Answer::Held);
