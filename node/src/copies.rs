@@ -13,6 +13,7 @@
 //! follower.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use shard::{RoomId, ShardId};
 
@@ -22,12 +23,15 @@ use crate::room::{Room, RoomSnapshot};
 use crate::rooms::FrozenShard;
 
 /// One followed shard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ShardCopy {
     /// Copies of the shard's running rooms.
     rooms: HashMap<RoomId, Room>,
     /// Whether the owner has sent the whole shard (every room, the floor, the resting seqs).
     live: bool,
+    /// Since when the copy has been waiting for that (or since it last asked the owner for
+    /// it, see [`Copies::overdue`]); `None` once live.
+    waiting_since: Option<Instant>,
 }
 
 /// The copies this node keeps as a follower.
@@ -62,7 +66,7 @@ impl Copies {
 
     /// Apply one change to `room`'s copy (the caller checked that its sender owns the shard).
     pub fn apply(&mut self, shard: ShardId, room: &RoomId, change: Change) -> Answer {
-        let copy = self.followed.entry(shard).or_default();
+        let copy = Self::copy_of(&mut self.followed, shard);
         match change {
             Change::Whole(snapshot) => {
                 let room = snapshot.room.clone();
@@ -95,7 +99,7 @@ impl Copies {
     /// The owner sent the whole shard: its floor and the seqs of its passivated rooms. From
     /// now on the copy is live.
     pub fn caught_up(&mut self, shard: ShardId, floor: u64, resting: Vec<(RoomId, u64)>) {
-        let copy = self.followed.entry(shard).or_default();
+        let copy = Self::copy_of(&mut self.followed, shard);
         self.resting.raise_floor(shard, floor);
         for (room, seq) in resting {
             if !copy.rooms.contains_key(&room) {
@@ -103,6 +107,34 @@ impl Copies {
             }
         }
         copy.live = true;
+        copy.waiting_since = None;
+    }
+
+    /// The copy of `shard`, made empty (catching up since now) when there is none.
+    fn copy_of(followed: &mut HashMap<ShardId, ShardCopy>, shard: ShardId) -> &mut ShardCopy {
+        followed.entry(shard).or_insert_with(|| ShardCopy {
+            rooms: HashMap::new(),
+            live: false,
+            waiting_since: Some(Instant::now()),
+        })
+    }
+
+    /// Shards whose copy has waited `patience` or more to become live at `now`: their owner
+    /// may not know this node holds nothing (it skipped the table that took the role away, so
+    /// for it the follower never changed). Each is marked as asked at `now`, so it is named
+    /// again only after another `patience`.
+    pub fn overdue(&mut self, now: Instant, patience: Duration) -> Vec<ShardId> {
+        let mut overdue = Vec::new();
+        for (shard, copy) in &mut self.followed {
+            if let Some(since) = copy.waiting_since
+                && now.saturating_duration_since(since) >= patience
+            {
+                copy.waiting_since = Some(now);
+                overdue.push(*shard);
+            }
+        }
+        overdue.sort_unstable();
+        overdue
     }
 
     /// Keep only the shards in `following` (the table stopped naming this node follower of
@@ -110,7 +142,7 @@ impl Copies {
     pub fn retain(&mut self, following: &HashSet<ShardId>) {
         self.followed.retain(|shard, _| following.contains(shard));
         for shard in following {
-            self.followed.entry(*shard).or_default();
+            Self::copy_of(&mut self.followed, *shard);
         }
         self.resting
             .retain_shards(|shard| following.contains(&shard));

@@ -93,6 +93,9 @@ pub struct Metrics {
     /// Rooms this node sent whole to a follower: a follower new to them, or a copy that
     /// missed a change.
     pub rooms_sent_whole: Counter,
+    /// Followed shards sent whole again because their follower said it held no live copy
+    /// (it lost its copy in a table this node skipped).
+    pub copies_resent: Counter,
     /// Per-code error counters, in [`ErrorCode::ALL`] order (clones of the family's members,
     /// so counting one is an index and an atomic add, no lookup).
     errors: [Counter; ErrorCode::ALL.len()],
@@ -158,6 +161,7 @@ impl Metrics {
             snapshot_resends: Counter::default(),
             replication_fenced: Counter::default(),
             rooms_sent_whole: Counter::default(),
+            copies_resent: Counter::default(),
             peer_gaps: Counter::default(),
             gap_reconnects: Counter::default(),
             sends_refused_overloaded: Counter::default(),
@@ -264,6 +268,11 @@ impl Metrics {
             "roomshard_rooms_sent_whole",
             "Rooms sent whole to a follower (a follower new to them, or a copy that missed a change)",
             m.rooms_sent_whole.clone(),
+        );
+        r.register(
+            "roomshard_copies_resent",
+            "Shards sent whole again to a follower that said it held no live copy of them",
+            m.copies_resent.clone(),
         );
         r.register(
             "roomshard_errors",
@@ -407,8 +416,8 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(helps, types, "every metric has help text");
-        // 27: the hand-off histogram shows once a shard has been handed here.
-        assert_eq!(types, 27);
+        // 28: the hand-off histogram shows once a shard has been handed here.
+        assert_eq!(types, 28);
         assert!(!text.contains(".."), "help text ends with one period");
     }
 

@@ -71,8 +71,12 @@ enum ActorMsg {
     /// Snapshot the room for a hand-off, then forward everything after.
     HandOff(oneshot::Sender<RoomSnapshot>),
     /// Bring the room's copy on the shard's follower up to date (the table named a new one),
-    /// then answer.
-    Sync(oneshot::Sender<()>),
+    /// then answer. With `again`, the whole room goes even to a follower it was sent to (that
+    /// follower says it holds no copy).
+    Sync {
+        again: bool,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Room actor settings.
@@ -442,7 +446,8 @@ impl Rooms {
     /// (each running room sends its whole state if the follower is new to it, through its own
     /// queue), then give the shard's floor and passivated rooms, for the follower's
     /// [`PeerMsg::CaughtUp`](crate::peer::wire::PeerMsg::CaughtUp).
-    pub async fn sync(self: &Arc<Self>, shard: ShardId) -> (u64, Vec<(RoomId, u64)>) {
+    /// With `again`, every room is sent whole, even to a follower it was sent to before.
+    pub async fn sync(self: &Arc<Self>, shard: ShardId, again: bool) -> (u64, Vec<(RoomId, u64)>) {
         let (running, resting, floor) = {
             let registry = self.registry();
             (
@@ -453,7 +458,7 @@ impl Rooms {
         };
         let asked = running.into_iter().map(|tx| async move {
             let (reply, synced) = oneshot::channel();
-            if tx.send(ActorMsg::Sync(reply)).await.is_ok() {
+            if tx.send(ActorMsg::Sync { again, reply }).await.is_ok() {
                 let _ = synced.await;
             }
         });

@@ -364,3 +364,70 @@ async fn a_follower_asked_to_stop_stays_until_its_shards_are_followed_elsewhere(
     let joined = bob.recv_op("joined").await;
     assert_eq!(history_seqs(&joined), acknowledged);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_named_again_after_a_table_its_owner_skipped_gets_the_rooms_again() {
+    // node-0 (the owner) reads its tables from a server of its own, so it can skip a table the
+    // others apply, as a node does when tables come faster than it fetches them.
+    let owner_server = TableServer::start(SHARDS).await;
+    let server = TableServer::start(SHARDS).await;
+    let quick_exit = ["--exit-drain-timeout", "100ms"];
+    let mut owner =
+        Some(ClusterNode::start("node-0", &owner_server.url, SHARDS, &quick_exit).await);
+    let b = ClusterNode::start("node-1", &server.url, SHARDS, &[]).await;
+    let c = ClusterNode::start("node-2", &server.url, SHARDS, &[]).await;
+    let a = owner.as_ref().expect("owner");
+    let infos: BTreeMap<NodeName, shard::NodeInfo> = [a, &b, &c]
+        .iter()
+        .map(|n| (n.name.clone(), n.info()))
+        .collect();
+    let table = |epoch: u64, follower: &NodeName| {
+        let owners = vec![Some(a.name.clone()); SHARDS as usize];
+        let followers = vec![Some(follower.clone()); SHARDS as usize];
+        let mut t = AssignmentTable::with_roles(owners, followers, infos.clone()).expect("valid");
+        t.epoch = epoch;
+        t
+    };
+    let first = table(1, &b.name);
+    owner_server.publish(first.clone());
+    server.publish(first.clone());
+    wait_applied(&[a, &b, &c], 1).await;
+    wait_linked(&[a, &b, &c]).await;
+    wait_caught_up(&b, &first).await;
+    let room = room_owned_by(&first, &a.name);
+    let mut ann = c.client("ann").await;
+    ann.join(&room).await;
+    let mut acknowledged = say_acknowledged(&mut ann, &room, 1, 5).await;
+
+    // node-1 and node-2 apply a table that moves every copy to node-2; node-1 drops its
+    // copies. The owner never sees it.
+    server.publish(table(2, &c.name));
+    wait_applied(&[&b, &c], 2).await;
+    assert_eq!(b.state.status().following, 0, "node-1 dropped its copies");
+    // The next table names node-1 again: for the owner nothing changed (1 -> 3).
+    let third = table(3, &b.name);
+    owner_server.publish(third.clone());
+    server.publish(third.clone());
+    wait_applied(&[a, &b, &c], 3).await;
+    // node-1 asks the owner for the shards it holds no copy of, and gets them.
+    wait_caught_up(&b, &third).await;
+    assert!(
+        a.state.metrics.copies_resent.get() >= 1,
+        "the owner sent them again"
+    );
+    acknowledged.extend(say_acknowledged(&mut ann, &room, 6, 5).await);
+
+    // The owner goes: node-1's copy serves every acknowledged message.
+    owner.take().expect("owner").stop().await;
+    let mut fourth = AssignmentTable::with_roles(
+        vec![Some(b.name.clone()); SHARDS as usize],
+        vec![Some(c.name.clone()); SHARDS as usize],
+        infos.clone(),
+    )
+    .expect("valid");
+    fourth.epoch = 4;
+    server.publish(fourth.clone());
+    wait_applied(&[&b, &c], 4).await;
+    let joined = ann.join_since(&room, 0).await;
+    assert_eq!(history_seqs(&joined), acknowledged);
+}

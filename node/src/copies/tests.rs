@@ -57,6 +57,30 @@ fn a_copy_that_missed_a_message_asks_for_the_whole_room_and_takes_it() {
 }
 
 #[test]
+fn a_copy_still_waiting_after_the_patience_is_named_once_per_patience_until_live() {
+    let mut copies = Copies::new(SHARDS, 10, 100);
+    let (a, b) = (ShardId(1), ShardId(2));
+    copies.retain(&[a, b].into_iter().collect());
+    let start = std::time::Instant::now();
+    let patience = std::time::Duration::from_secs(2);
+    assert!(copies.overdue(start, patience).is_empty(), "not yet");
+    copies.caught_up(a, 0, Vec::new());
+    let later = start + patience;
+    assert_eq!(
+        copies.overdue(later, patience),
+        [b],
+        "the live one is not named"
+    );
+    assert!(
+        copies.overdue(later + patience / 2, patience).is_empty(),
+        "asked once per patience"
+    );
+    assert_eq!(copies.overdue(later + patience, patience), [b]);
+    copies.caught_up(b, 0, Vec::new());
+    assert!(copies.overdue(later + patience * 3, patience).is_empty());
+}
+
+#[test]
 fn a_copy_follows_its_owners_changes_in_order_and_ignores_a_repeat() {
     let mut copies = Copies::new(SHARDS, 10, 100);
     let (r, s) = (room("lobby"), shard_of("lobby"));

@@ -66,6 +66,8 @@ pub mod kind {
         pub const CAUGHT_UP: u8 = 0x08;
         /// Acknowledge at once (a sender waits for it).
         pub const ACK_NOW: u8 = 0x09;
+        /// Follower -> owner: send the shard whole, this node holds no live copy.
+        pub const SEND_COPY: u8 = 0x0a;
     }
 
     /// Change kinds inside a replicate message.
@@ -234,6 +236,11 @@ pub enum PeerMsg {
     /// the sender waits for it (a hand-off's old owner, before its snapshot leaves). The
     /// receiving link handles it; it goes no further.
     AckNow,
+    /// Follower -> owner: this node follows `shard` in its table at `epoch` and still has no
+    /// live copy of it. An owner that skipped the table that took the role away never saw
+    /// the follower change, and would go on believing its copy current: it sends the shard
+    /// whole again.
+    SendCopy { shard: ShardId, epoch: u64 },
 }
 
 /// A frame on a peer link.

@@ -148,8 +148,11 @@ impl RoomActor {
                                 idle.as_mut().reset(last + self.idle_after());
                             }
                         }
-                        Some(ActorMsg::Sync(reply)) => {
+                        Some(ActorMsg::Sync { again, reply }) => {
                             if !self.forwarding {
+                                if again {
+                                    self.replication.unsynced();
+                                }
                                 self.sync();
                             }
                             let _ = reply.send(());

@@ -71,6 +71,7 @@ impl NodeState {
             } => self.on_caught_up(from, shard, epoch, floor, resting),
             // The link answers it with an acknowledgement and does not pass it on.
             PeerMsg::AckNow => {}
+            PeerMsg::SendCopy { shard, epoch } => self.on_send_copy(from, shard, epoch),
             PeerMsg::SnapshotAck { shard, epoch } => {
                 let mut handoffs = lock(&self.handoffs);
                 // Only the acknowledgement of this move's snapshot ends it (a late one from an
@@ -187,7 +188,8 @@ impl NodeState {
             | PeerMsg::Replicate { .. }
             | PeerMsg::Replicated { .. }
             | PeerMsg::CaughtUp { .. }
-            | PeerMsg::AckNow => {}
+            | PeerMsg::AckNow
+            | PeerMsg::SendCopy { .. } => {}
         }
     }
 }

@@ -172,7 +172,8 @@ impl NodeState {
     }
 }
 
-pub(super) async fn watch_handoff_deadlines(node: Weak<NodeState>) {
+/// Every 100 ms: expire overdue hand-offs, and ask for followed shards whose copy is overdue.
+pub(super) async fn watch_deadlines(node: Weak<NodeState>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
@@ -181,6 +182,7 @@ pub(super) async fn watch_handoff_deadlines(node: Weak<NodeState>) {
             return;
         }
         node.expire_handoffs(Instant::now());
+        node.ask_for_overdue_copies();
     }
 }
 

@@ -44,7 +44,7 @@ mod tables;
 pub use routing::MAX_HOPS;
 pub use settings::{ConnectionLimits, HandoffSettings, NodeSettings};
 
-use handoffs::{Handoffs, watch_handoff_deadlines};
+use handoffs::{Handoffs, watch_deadlines};
 
 /// How long a command routed by a newer table than ours waits for ours to catch up.
 const TABLE_CATCH_UP: Duration = Duration::from_secs(3);
@@ -168,7 +168,7 @@ impl NodeState {
         if let Some(handler) = &state.peer_handler {
             peers.set_handler(Arc::downgrade(handler));
         }
-        tokio::spawn(watch_handoff_deadlines(Arc::downgrade(&state)));
+        tokio::spawn(watch_deadlines(Arc::downgrade(&state)));
         state
     }
 

@@ -20,6 +20,11 @@ use std::sync::Arc;
 use shard::{AssignmentTable, NodeName, RoomId, ShardId};
 
 use super::{NodeState, lock};
+
+/// How long a followed shard may wait for its owner's whole copy before the follower asks the
+/// owner for it (and again after as long, until it comes). A sync normally takes well under a
+/// second; a generous wait keeps a slow one from being sent twice.
+pub(super) const COPY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::copies::FollowCounts;
 use crate::peer::wire::PeerMsg;
 use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Verdict, judge};
@@ -107,12 +112,18 @@ impl NodeState {
     /// Owner: bring `shard`'s follower up to date (every room whole), then tell it the
     /// shard is whole. A table that changes the follower meanwhile starts another sync.
     pub(super) async fn sync_follower(self: Arc<Self>, shard: ShardId) {
+        self.send_follower_the_shard(shard, false).await;
+    }
+
+    /// [`Self::sync_follower`]; with `again`, every room goes whole even if it was sent to
+    /// this follower before.
+    async fn send_follower_the_shard(self: Arc<Self>, shard: ShardId, again: bool) {
         let Some(follower) = self.follower_of(shard) else {
             // No follower: the rooms release what they held.
-            self.rooms.sync(shard).await;
+            self.rooms.sync(shard, again).await;
             return;
         };
-        let (floor, resting) = self.rooms.sync(shard).await;
+        let (floor, resting) = self.rooms.sync(shard, again).await;
         let msg = PeerMsg::CaughtUp {
             shard,
             epoch: follower.epoch,
@@ -123,6 +134,47 @@ impl NodeState {
             && peers.send(&follower.node, msg).is_err()
         {
             tracing::warn!(%shard, follower = %follower.node, "could not tell the follower its copy is whole (outbox full or peer gone)");
+        }
+    }
+
+    /// A follower says it has no live copy of `shard` (see [`PeerMsg::SendCopy`]): when this
+    /// node owns the shard and its table names that follower, the shard goes to it whole
+    /// again. A follower this node's table does not name (yet) is not answered: it asks again.
+    pub(super) fn on_send_copy(self: &Arc<Self>, from: &NodeName, shard: ShardId, epoch: u64) {
+        let table = self.table();
+        if table.owner(shard) != Some(self.me()) || table.follower(shard) != Some(from) {
+            tracing::debug!(%shard, %from, epoch, "a copy asked for by a node this table does not name follower");
+            return;
+        }
+        tracing::warn!(%shard, %from, epoch, "the follower holds no live copy of the shard: sending it whole again");
+        self.metrics.copies_resent.inc();
+        tokio::spawn(self.clone().send_follower_the_shard(shard, true));
+    }
+
+    /// Follower: ask the owner of every followed shard whose copy has not become live within
+    /// [`COPY_PATIENCE`] to send it (again).
+    pub(super) fn ask_for_overdue_copies(&self) {
+        let overdue = lock(&self.copies).overdue(std::time::Instant::now(), COPY_PATIENCE);
+        if overdue.is_empty() {
+            return;
+        }
+        let table = self.table();
+        let Some(peers) = &self.peers else { return };
+        for shard in overdue {
+            let Some(owner) = table.owner(shard) else {
+                continue;
+            };
+            if owner == self.me() || table.follower(shard) != Some(self.me()) {
+                continue;
+            }
+            tracing::info!(%shard, %owner, "no live copy of a followed shard yet: asking its owner for it");
+            let msg = PeerMsg::SendCopy {
+                shard,
+                epoch: table.epoch,
+            };
+            if peers.send(owner, msg).is_err() {
+                tracing::warn!(%shard, %owner, "could not ask for the shard's copy (outbox full or peer gone): asking again later");
+            }
         }
     }
 

@@ -124,7 +124,8 @@ impl NodeState {
                 | PeerMsg::Replicate { .. }
                 | PeerMsg::Replicated { .. }
                 | PeerMsg::CaughtUp { .. }
-                | PeerMsg::AckNow,
+                | PeerMsg::AckNow
+                | PeerMsg::SendCopy { .. },
             ) => Ok(()),
             Err(PeerMsg::Command { command, .. }) => Err(command),
         }

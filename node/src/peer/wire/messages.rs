@@ -183,6 +183,11 @@ pub(super) fn put_msg(w: &mut Writer, msg: &PeerMsg) {
             });
         }
         PeerMsg::AckNow => w.u8(kind::msg::ACK_NOW),
+        PeerMsg::SendCopy { shard, epoch } => {
+            w.u8(kind::msg::SEND_COPY);
+            w.varint(u64::from(shard.0));
+            w.varint(*epoch);
+        }
         PeerMsg::CaughtUp {
             shard,
             epoch,
@@ -292,6 +297,10 @@ pub(super) fn get_msg(r: &mut Reader<'_>) -> Result<PeerMsg, WireError> {
             }
         }
         kind::msg::ACK_NOW => PeerMsg::AckNow,
+        kind::msg::SEND_COPY => PeerMsg::SendCopy {
+            shard: get_shard(r)?,
+            epoch: r.varint("epoch")?,
+        },
         kind::msg::SNAPSHOT_ACK => PeerMsg::SnapshotAck {
             shard: get_shard(r)?,
             epoch: r.varint("epoch")?,

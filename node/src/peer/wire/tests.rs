@@ -162,6 +162,14 @@ fn golden() -> Vec<(&'static str, PeerFrame, &'static str)> {
                 .leak(),
         ),
         (
+            "send copy",
+            data(PeerMsg::SendCopy {
+                shard: ShardId(2),
+                epoch: 3,
+            }),
+            "0204ac02 0a 02 03".replace(' ', "").leak(),
+        ),
+        (
             "ack now",
             data(PeerMsg::AckNow),
             "0204ac02 09".replace(' ', "").leak(),
