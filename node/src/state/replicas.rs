@@ -7,7 +7,9 @@
 //!
 //! Follower: [`NodeState::on_replicate`] applies a change to the copy only as
 //! [`judge`] allows (fencing: an old owner cannot get a message acknowledged once the follower
-//! knows it lost the role).
+//! knows it lost the role). A copy that does not become live in time (its owner skipped the
+//! table that took the role away, so it never saw the follower change) is asked for again
+//! ([`NodeState::ask_for_overdue_copies`], [`NodeState::on_send_copy`]).
 //!
 //! Failover: when a table makes this node the owner of a shard it followed, with no hand-off,
 //! [`NodeState::promote`] starts the shard's rooms from the copy, so seq continues and every
@@ -20,14 +22,14 @@ use std::sync::Arc;
 use shard::{AssignmentTable, NodeName, RoomId, ShardId};
 
 use super::{NodeState, lock};
+use crate::copies::FollowCounts;
+use crate::peer::wire::PeerMsg;
+use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Verdict, judge};
 
 /// How long a followed shard may wait for its owner's whole copy before the follower asks the
 /// owner for it (and again after as long, until it comes). A sync normally takes well under a
 /// second; a generous wait keeps a slow one from being sent twice.
 pub(super) const COPY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
-use crate::copies::FollowCounts;
-use crate::peer::wire::PeerMsg;
-use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Verdict, judge};
 
 impl NodeState {
     /// The follower of `shard` in the table in force, with that table's epoch.
