@@ -113,10 +113,16 @@ async fn a_short_chaos_soak_of_random_kills_loses_no_acknowledged_message() {
         .expect("every shard has a live follower before the first kill");
     let bench = bench(&cluster, "chaos", ROOMS, "45s", &["--audit-history"]);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    // A small xorshift seeded from the clock, printed so a failing order can be replayed.
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
+    // A small xorshift seeded from the clock, printed so a failing order can be replayed
+    // (`CHAOS_SEED=<seed>`).
+    let mut seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
         | 1;
     eprintln!("chaos seed {seed}");
     for _ in 0..4 {
