@@ -27,11 +27,16 @@ use crate::rooms::FrozenShard;
 struct ShardCopy {
     /// Copies of the shard's running rooms.
     rooms: HashMap<RoomId, Room>,
-    /// Whether the owner has sent the whole shard (every room, the floor, the resting seqs).
-    live: bool,
-    /// Since when the copy has been waiting for that (or since it last asked the owner for
-    /// it, see [`Copies::overdue`]); `None` once live.
+    /// `None` once the copy is live (the owner has sent the whole shard: every room, the
+    /// floor, the resting seqs); until then, since when it has been waiting for that (or
+    /// since it last asked the owner for it, see [`Copies::overdue`]).
     waiting_since: Option<Instant>,
+}
+
+impl ShardCopy {
+    fn is_live(&self) -> bool {
+        self.waiting_since.is_none()
+    }
 }
 
 /// The copies this node keeps as a follower.
@@ -106,7 +111,6 @@ impl Copies {
                 self.resting.remember(room, seq);
             }
         }
-        copy.live = true;
         copy.waiting_since = None;
     }
 
@@ -114,7 +118,6 @@ impl Copies {
     fn copy_of(followed: &mut HashMap<ShardId, ShardCopy>, shard: ShardId) -> &mut ShardCopy {
         followed.entry(shard).or_insert_with(|| ShardCopy {
             rooms: HashMap::new(),
-            live: false,
             waiting_since: Some(Instant::now()),
         })
     }
@@ -167,12 +170,12 @@ impl Copies {
 
     /// Whether this node holds a live copy of `shard`.
     pub fn is_live(&self, shard: ShardId) -> bool {
-        self.followed.get(&shard).is_some_and(|c| c.live)
+        self.followed.get(&shard).is_some_and(ShardCopy::is_live)
     }
 
     /// Live and catching-up followed shards.
     pub fn counts(&self) -> FollowCounts {
-        let live = self.followed.values().filter(|c| c.live).count() as u32;
+        let live = self.followed.values().filter(|c| c.is_live()).count() as u32;
         FollowCounts {
             live,
             catching_up: self.followed.len() as u32 - live,
