@@ -62,6 +62,18 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// The cid of the `ping` an idle connection uses to learn it is served.
 const UP_CID: &str = "up";
 
+/// The latency histograms every user adds its deliveries to.
+#[derive(Debug, Default, Clone)]
+pub struct Latency {
+    /// From when the message was due: the bench's own lateness in sending counts.
+    pub from_due: Histogram,
+    /// From when it was written to the sender's socket: the nodes' part (and the receiving
+    /// task's wake-up).
+    pub from_write: Histogram,
+    /// How late the sender wrote it (write time less due time): the bench's own part.
+    pub send_lag: Histogram,
+}
+
 /// A room as every user in it and the run see it.
 #[derive(Debug)]
 pub struct RoomShared {
@@ -134,8 +146,8 @@ pub struct Shared {
     pub reconnects: AtomicU64,
     /// Every room, by index.
     pub rooms: Vec<RoomShared>,
-    /// End-to-end latency of measured deliveries, in µs.
-    pub latency: Mutex<Histogram>,
+    /// End-to-end latency of measured deliveries, in µs: from the due time, and from the write.
+    pub latency: Mutex<Latency>,
     /// Whether rooms record their acknowledged messages (`--audit-history`).
     pub record_acknowledged: bool,
     /// How users move when their node says `reconnect`.
@@ -324,7 +336,8 @@ struct User {
     last_delivery_us: u64,
     /// When the last connection in the room ended, until the next `joined`.
     away_from_us: Option<u64>,
-    latencies: Vec<u64>,
+    /// The embedded stamps and the receive time of measured deliveries, in µs.
+    latencies: Vec<(wire::Stamps, u64)>,
 }
 
 /// How far along the node list a user moves when it reconnects: 1 to `nodes - 1`, by user, so
@@ -550,7 +563,11 @@ impl User {
         };
         self.next_cid += 1;
         let cid = self.next_cid.to_string();
-        let text = wire::message_text(order.scheduled_us, self.shared.text_bytes);
+        let stamps = wire::Stamps {
+            due_us: order.scheduled_us,
+            written_us: self.shared.now_us(),
+        };
+        let text = wire::message_text(stamps, self.shared.text_bytes);
         let frame = wire::send(&self.shared.rooms[room].name, &text, &cid);
         if let Err(e) = ws.send(Message::text(frame)).await {
             // The client knows this one failed: it is sent again after the re-join.

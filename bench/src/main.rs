@@ -18,6 +18,7 @@
 //! - [`client`]: one simulated user, its connection, reconnects and what it observed;
 //! - [`wire`]: the protocol v1 frames the bench sends and reads;
 //! - [`audit`]: after the run, every room's whole history, checked for cuts;
+//! - [`pacer`]: the thread that tells each room's users when to send;
 //! - [`histogram`]: latency percentiles in fixed memory;
 //! - [`procfs`]: the nodes' CPU time and memory from `/proc`, and our own file limit;
 //! - [`scrape`]: optional before/after reads of the nodes' `/metrics`.
@@ -26,6 +27,7 @@ mod args;
 mod audit;
 mod client;
 mod histogram;
+mod pacer;
 mod procfs;
 mod run;
 mod scrape;

@@ -1,9 +1,9 @@
 //! The phases of a run, and the JSON line it ends with.
 //!
-//! Load: connect every user (bounded by `--connect-timeout`), then start one pacer per room:
-//! an interval timer that hands one send order per tick to the room's users in turn, so each
-//! room offers exactly `--rate` messages per second, evenly spaced, with the rooms' ticks
-//! staggered across the period instead of all firing at once. The first `--warmup` of sending
+//! Load: connect every user (bounded by `--connect-timeout`), then start the pacer (a thread
+//! that hands one send order per room tick to the room's users in turn, so each room offers
+//! exactly `--rate` messages per second, evenly spaced, with the rooms' ticks staggered across
+//! the period instead of all firing at once: [`crate::pacer`]). The first `--warmup` of sending
 //! is not measured; then `--duration` is. After the pacers stop, the drain waits (at most
 //! `--drain`) until every measured send is answered and every accepted message has reached
 //! every member. Then every connection is closed and the users' reports are added up.
@@ -26,9 +26,9 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{IdlePlan, LoadPlan, NodeAddr, OnReconnect, Plan};
-use crate::client::{self, Ready, RoomShared, SendOrder, Shared, UserReport, UserSpec};
+use crate::client::{self, Latency, Ready, RoomShared, SendOrder, Shared, UserReport, UserSpec};
 use crate::histogram::Histogram;
-use crate::{procfs, scrape};
+use crate::{pacer, procfs, scrape};
 
 /// Send orders a user may have waiting (while it reconnects, say) before its pacer counts
 /// further ones as not sent: a bounded backlog, and a visible one.
@@ -67,6 +67,20 @@ struct LatencyMs {
     samples: u64,
 }
 
+impl LatencyMs {
+    fn of(histogram: &Histogram) -> LatencyMs {
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencyMs {
+            p50: ms(histogram.quantile(0.50)),
+            p90: ms(histogram.quantile(0.90)),
+            p99: ms(histogram.quantile(0.99)),
+            p999: ms(histogram.quantile(0.999)),
+            max: ms(histogram.max()),
+            samples: histogram.len(),
+        }
+    }
+}
+
 /// How `lost` was counted.
 #[derive(Debug, Serialize)]
 struct LostDetail {
@@ -91,6 +105,12 @@ struct LoadReport {
     delivered_per_s: f64,
     expected_deliveries: u64,
     latency_ms: LatencyMs,
+    /// The same deliveries from the moment the sender wrote each message to its socket, not
+    /// from when it was due: without the bench's timer (which fires up to a millisecond late)
+    /// and the hop from the room's pacer to the sending user.
+    latency_from_write_ms: LatencyMs,
+    /// How late the bench wrote those messages (write less due time), over the same deliveries.
+    send_lag_ms: LatencyMs,
     errors: BTreeMap<String, u64>,
     lost: u64,
     duplicates: u64,
@@ -179,7 +199,7 @@ fn new_shared(
         up: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         rooms: room_names.into_iter().map(RoomShared::new).collect(),
-        latency: Mutex::new(Histogram::default()),
+        latency: Mutex::new(Latency::default()),
         record_acknowledged,
         on_reconnect,
     })
@@ -351,23 +371,13 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
     shared
         .send_until_us
         .store(shared.us_at(send_until), Ordering::Relaxed);
-    let rooms = per_room.len().max(1) as u32;
-    let pacers: Vec<JoinHandle<u64>> = per_room
-        .into_iter()
-        .enumerate()
-        .filter(|(_, users)| !users.is_empty())
-        .map(|(room, users)| {
-            // Stagger the rooms across one period so the nodes see a steady stream.
-            let offset = period.mul_f64(f64::from(room as u32 % rooms) / f64::from(rooms));
-            tokio::spawn(pace_room(
-                shared.clone(),
-                users,
-                period,
-                start + offset,
-                send_until,
-            ))
+    // Rooms with no live user keep their place in the stagger and send nothing.
+    let pacer = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            pacer::pace(&shared, per_room, period, start, send_until)
         })
-        .collect();
+    };
     eprintln!(
         "roomshard-bench: sending {:.0} msg/s ({} rooms x {} msg/s), warmup {:?}, measuring {:?}",
         plan.rate * plan.rooms as f64,
@@ -401,10 +411,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
             }
         }
     }
-    let mut not_sent = 0;
-    for pacer in pacers {
-        not_sent += pacer.await.unwrap_or(0);
-    }
+    let not_sent = pacer.await.unwrap_or(0);
 
     eprintln!(
         "roomshard-bench: send phase over, draining (at most {:?})",
@@ -530,14 +537,9 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         delivered,
         delivered_per_s: round1(delivered as f64 / duration_s),
         expected_deliveries: shared.expected.load(Ordering::Relaxed),
-        latency_ms: LatencyMs {
-            p50: ms(latency.quantile(0.50)),
-            p90: ms(latency.quantile(0.90)),
-            p99: ms(latency.quantile(0.99)),
-            p999: ms(latency.quantile(0.999)),
-            max: ms(latency.max()),
-            samples: latency.len(),
-        },
+        latency_ms: LatencyMs::of(&latency.from_due),
+        latency_from_write_ms: LatencyMs::of(&latency.from_write),
+        send_lag_ms: LatencyMs::of(&latency.send_lag),
         errors,
         lost: gaps + unanswered + tail,
         duplicates,
@@ -583,52 +585,6 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
         report.lost
     );
     serde_json::to_string(&report).map_err(|e| format!("cannot write the report: {e}"))
-}
-
-/// One room's pacer: every `period` from `first`, give the next user (in turn) an order to
-/// send, until `until`. Returns how many orders found the user's queue full.
-async fn pace_room(
-    shared: Arc<Shared>,
-    mut users: Vec<mpsc::Sender<SendOrder>>,
-    period: Duration,
-    first: Instant,
-    until: Instant,
-) -> u64 {
-    let until = tokio::time::Instant::from_std(until);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(first), period);
-    // Catch up after a stall: the offered load stays what was asked for, and the late
-    // messages carry their due time, so the stall shows in the latency, not hidden by it.
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let measure_from = shared.measure_from_us.load(Ordering::Relaxed);
-    let mut next = 0usize;
-    let mut not_sent = 0;
-    loop {
-        let due = tokio::select! {
-            due = ticks.tick() => due,
-            () = shared.stop.cancelled() => break,
-        };
-        if due >= until || users.is_empty() {
-            break;
-        }
-        let order = SendOrder {
-            scheduled_us: shared.us_at(due.into_std()),
-        };
-        let at = next % users.len();
-        next = next.wrapping_add(1);
-        match users[at].try_send(order) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if order.scheduled_us >= measure_from {
-                    not_sent += 1;
-                }
-            }
-            // The user is gone for good: the room goes on with the others.
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                users.swap_remove(at);
-            }
-        }
-    }
-    not_sent
 }
 
 async fn scrape_or_warn(targets: &[crate::args::HttpTarget]) -> Option<BTreeMap<String, f64>> {

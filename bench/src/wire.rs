@@ -4,13 +4,26 @@
 //! `protocol` module, so a silent change on the node side shows up here as a failure.
 //!
 //! Latency is measured without shared state: a message's text starts with its scheduled send
-//! time (microseconds since the bench started, one clock for every task), so each receiver
-//! computes `now - sent` on its own.
+//! time and the time it was written to the socket (microseconds since the bench started, one
+//! clock for every task), so each receiver computes both on its own: from the due time (a late
+//! send is not flattering) and from the write (what the nodes took, without the bench's own
+//! timer and task hops before the write).
 
 use serde::{Deserialize, Serialize};
 
-/// Separates the embedded send time from the padding in a message's text.
+/// Separates the embedded times from the padding in a message's text.
 const TIME_MARK: char = '|';
+/// Separates the due time from the write time.
+const STAMP_MARK: char = ',';
+
+/// When a message was due and when it was written, in µs on the bench's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamps {
+    /// When the room's pacer asked for it.
+    pub due_us: u64,
+    /// When the sender wrote it to its socket.
+    pub written_us: u64,
+}
 
 #[derive(Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -50,18 +63,25 @@ pub fn ping(cid: &str) -> String {
     to_text(&ClientFrame::Ping { cid })
 }
 
-/// A message text of `len` bytes (or just the time stamp, if longer) carrying `sent_us`.
-pub fn message_text(sent_us: u64, len: usize) -> String {
-    let mut text = format!("{sent_us}{TIME_MARK}");
+/// A message text of `len` bytes (or just the time stamps, if longer) carrying `stamps`.
+pub fn message_text(stamps: Stamps, len: usize) -> String {
+    let mut text = format!(
+        "{}{STAMP_MARK}{}{TIME_MARK}",
+        stamps.due_us, stamps.written_us
+    );
     if text.len() < len {
         text.extend(std::iter::repeat_n('x', len - text.len()));
     }
     text
 }
 
-/// The send time embedded by [`message_text`], if the text is one of ours.
-pub fn sent_at(text: &str) -> Option<u64> {
-    text.split_once(TIME_MARK)?.0.parse().ok()
+/// The times embedded by [`message_text`], if the text is one of ours.
+pub fn stamps(text: &str) -> Option<Stamps> {
+    let (due, written) = text.split_once(TIME_MARK)?.0.split_once(STAMP_MARK)?;
+    Some(Stamps {
+        due_us: due.parse().ok()?,
+        written_us: written.parse().ok()?,
+    })
 }
 
 /// A frame from a node, as far as the bench cares; unknown ops are tolerated.
@@ -145,14 +165,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_send_time_survives_the_text_at_any_length() {
+    fn the_send_times_survive_the_text_at_any_length() {
+        let sent = Stamps {
+            due_us: 123_456,
+            written_us: 123_789,
+        };
         for len in [0, 5, 64, 1000] {
-            let text = message_text(123_456, len);
-            assert_eq!(sent_at(&text), Some(123_456));
-            assert_eq!(text.len(), len.max("123456|".len()));
+            let text = message_text(sent, len);
+            assert_eq!(stamps(&text), Some(sent));
+            assert_eq!(text.len(), len.max("123456,123789|".len()));
         }
-        assert_eq!(sent_at("hello"), None);
-        assert_eq!(sent_at("x|y"), None);
+        assert_eq!(stamps("hello"), None);
+        assert_eq!(stamps("x|y"), None);
+        assert_eq!(stamps("1|y"), None);
+        assert_eq!(stamps("1,x|y"), None);
     }
 
     #[test]

@@ -128,8 +128,8 @@ impl User {
             return;
         }
         let measure_from = self.measure_from();
-        let sent_us = wire::sent_at(&msg.text);
-        let measured = sent_us.is_some_and(|sent| sent >= measure_from);
+        let stamps = wire::stamps(&msg.text);
+        let measured = stamps.is_some_and(|sent| sent.due_us >= measure_from);
         if let Some(first) = self.seen.get(&id).copied() {
             if measured && !is_copy(&self.overlapped, first, conn) {
                 self.report.duplicates += 1;
@@ -164,10 +164,10 @@ impl User {
                 shared.expected.fetch_add(members, Ordering::Relaxed);
             }
         }
-        if let (true, Some(sent)) = (measured, sent_us) {
+        if let (true, Some(sent)) = (measured, stamps) {
             self.report.delivered += 1;
             shared.delivered.fetch_add(1, Ordering::Relaxed);
-            self.latencies.push(now_us.saturating_sub(sent));
+            self.latencies.push((sent, now_us));
             if self.latencies.len() >= LATENCY_BATCH {
                 self.flush_latencies();
             }
@@ -228,15 +228,23 @@ impl User {
         }
         // A poisoned lock only means another user task panicked mid-record; the counts are
         // still usable.
-        let mut histogram = self
+        let mut latency = self
             .shared
             .latency
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for &latency in &self.latencies {
-            histogram.record(latency);
+        for &(sent, received_us) in &self.latencies {
+            latency
+                .from_due
+                .record(received_us.saturating_sub(sent.due_us));
+            latency
+                .from_write
+                .record(received_us.saturating_sub(sent.written_us));
+            latency
+                .send_lag
+                .record(sent.written_us.saturating_sub(sent.due_us));
         }
-        drop(histogram);
+        drop(latency);
         self.latencies.clear();
     }
 
