@@ -10,7 +10,8 @@
 //! Events for one room arrive in the owner's order and are applied in that order under a lock,
 //! so a member sees its `joined` before any message after it, and messages in `seq` order.
 //! Across a hand-off too: the old owner sends its snapshot only once the edges have handled
-//! its last events (see `state::outgoing`), so the new owner's first ones come after them.
+//! its last events for the shard's rooms (see `state::outgoing`), so the new owner's first
+//! ones come after them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,6 +163,18 @@ pub enum EdgeEvent {
         skip: Option<ConnId>,
         is_msg: bool,
     },
+}
+
+impl EdgeEvent {
+    /// The room the event is about; `None` for a frame to one connection.
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            EdgeEvent::Joined { room, .. }
+            | EdgeEvent::Left { room, .. }
+            | EdgeEvent::Broadcast { room, .. } => Some(room),
+            EdgeEvent::ToConn { .. } => None,
+        }
+    }
 }
 
 /// Rooms and connections are spread over stripes so that owners delivering to different rooms

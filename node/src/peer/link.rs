@@ -26,6 +26,10 @@ const BATCH: usize = 256;
 const MAX_GAP_ROOMS: usize = 256;
 /// How often a receiver acknowledges what it got, at the latest.
 const ACK_EVERY: Duration = Duration::from_millis(20);
+/// Buckets of rooms a link remembers its last event for (see [`RoomMark`]): fixed, so the
+/// memory stays bounded whatever the number of rooms. A multiple of every shard count that
+/// divides it, so a bucket's rooms are then all in one shard.
+const ROOM_MARK_BUCKETS: usize = 1024;
 
 #[derive(Debug, Default)]
 struct LinkState {
@@ -44,6 +48,21 @@ struct LinkState {
     resets: u64,
     /// Events the full outbox could not take, to announce once it has room.
     gap: Option<Gap>,
+    /// The last event queued for each bucket of rooms, allocated with the first one.
+    room_marks: Vec<Sent>,
+}
+
+/// Which of a link's room buckets a room's events count in: a hand-off's old owner waits only
+/// for the last events of the shard's own rooms (see [`PeerLink::sent_for_rooms`]), not for
+/// everything else queued on the link before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomMark(usize);
+
+impl RoomMark {
+    /// The bucket of `room`.
+    pub fn of(room: &RoomId) -> RoomMark {
+        RoomMark((shard::room_hash(room.as_str()) % ROOM_MARK_BUCKETS as u64) as usize)
+    }
 }
 
 /// What a full outbox refused: the rooms of the events, or all rooms.
@@ -139,6 +158,20 @@ impl PeerLink {
     /// # Errors
     /// The message back when the outbox is full.
     pub fn push_shared(&self, msg: Arc<PeerMsg>) -> Result<(), Arc<PeerMsg>> {
+        self.push_marked(msg, None)
+    }
+
+    /// Queue an event for the room of `mark`, remembering its place for
+    /// [`PeerLink::sent_for_rooms`].
+    ///
+    /// # Errors
+    /// The message back when the outbox is full.
+    pub fn push_for_room(&self, msg: PeerMsg, mark: RoomMark) -> Result<(), PeerMsg> {
+        self.push_marked(Arc::new(msg), Some(mark))
+            .map_err(Arc::unwrap_or_clone)
+    }
+
+    fn push_marked(&self, msg: Arc<PeerMsg>, mark: Option<RoomMark>) -> Result<(), Arc<PeerMsg>> {
         let mut state = self.state();
         Self::announce_gap(&mut state, self.max_unacked);
         if state.unacked.len() >= self.max_unacked {
@@ -148,6 +181,15 @@ impl PeerLink {
         let seq = state.next_seq;
         state.next_seq += 1;
         state.unacked.push_back((seq, msg));
+        if let Some(RoomMark(bucket)) = mark {
+            if state.room_marks.is_empty() {
+                state.room_marks = vec![Sent { resets: 0, seq: 0 }; ROOM_MARK_BUCKETS];
+            }
+            state.room_marks[bucket] = Sent {
+                resets: state.resets,
+                seq,
+            };
+        }
         self.note_fill(&state);
         drop(state);
         self.wake.notify_one();
@@ -203,6 +245,30 @@ impl PeerLink {
             resets: state.resets,
             seq: state.next_seq - 1,
         }
+    }
+
+    /// A mark of the last event queued for any of `rooms`, to wait for with
+    /// [`PeerLink::delivered`]; `None` when those are all settled already (or none was sent).
+    /// Like [`PeerLink::sent`], it asks the peer to acknowledge at once when there is a wait.
+    pub fn sent_for_rooms(&self, rooms: impl IntoIterator<Item = RoomMark>) -> Option<Sent> {
+        let state = self.state();
+        let last = rooms
+            .into_iter()
+            .filter_map(|RoomMark(bucket)| state.room_marks.get(bucket))
+            .filter(|mark| mark.resets == state.resets)
+            .map(|mark| mark.seq)
+            .max()?;
+        // Acknowledged, or older than everything waiting: nothing to wait for.
+        if state.unacked.front().is_none_or(|(seq, _)| *seq > last) {
+            return None;
+        }
+        let mark = Sent {
+            resets: state.resets,
+            seq: last,
+        };
+        drop(state);
+        let _ = self.push(PeerMsg::AckNow);
+        Some(mark)
     }
 
     /// Whether everything queued up to `mark` is settled: the peer acknowledged it, so it has

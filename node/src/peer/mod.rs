@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use handshake::{Identity, Met};
-use link::{PeerLink, Sent};
+use link::{PeerLink, RoomMark, Sent};
 use wire::PeerMsg;
 
 /// Read buffer of a peer link's WebSocket. tungstenite zero-fills its read buffer's free space
@@ -137,6 +137,22 @@ impl Peers {
         }
     }
 
+    /// Queue an event for the room of `mark` (see [`PeerLink::push_for_room`]).
+    ///
+    /// # Errors
+    /// The message back when `to`'s outbox is full or the table does not name `to`.
+    pub fn send_for_room(
+        &self,
+        to: &NodeName,
+        msg: PeerMsg,
+        mark: RoomMark,
+    ) -> Result<(), PeerMsg> {
+        match self.link(to) {
+            Some(link) => link.push_for_room(msg, mark),
+            None => Err(msg),
+        }
+    }
+
     /// Whether each of `peers`' outboxes has room for another message (true for a node
     /// without a link). One registry read for all of them: room owners ask for every message.
     pub fn can_take(&self, peers: &mut dyn Iterator<Item = &NodeName>) -> bool {
@@ -177,6 +193,27 @@ impl Peers {
                 .into_iter()
                 .filter_map(|peer| links.get(peer))
                 .map(|link| (link.clone(), link.sent()))
+                .collect(),
+        )
+    }
+
+    /// The last events queued for `rooms` to each of `peers` that has not handled them yet
+    /// (see [`PeerLink::sent_for_rooms`]): a hand-off's old owner waits for these, so that
+    /// nothing the new owner sends those peers for the rooms overtakes what it sent itself,
+    /// without waiting behind the rest of each link's traffic.
+    pub fn sent_for_rooms<'a>(
+        &self,
+        peers: impl IntoIterator<Item = &'a NodeName>,
+        rooms: &[RoomMark],
+    ) -> Flush {
+        let links = read(&self.links);
+        Flush(
+            peers
+                .into_iter()
+                .filter_map(|peer| links.get(peer))
+                .filter_map(|link| {
+                    Some((link.clone(), link.sent_for_rooms(rooms.iter().copied())?))
+                })
                 .collect(),
         )
     }

@@ -6,8 +6,10 @@
 //! the new owner's events reach the same edge over another link, and nothing orders two links.
 //! So the snapshot leaves only when every edge with members in the shard's rooms (other than
 //! the new owner, whose events from us travel ahead of the snapshot on the same link) has
-//! acknowledged everything we queued for it, and a peer acknowledges a message only after it
-//! has handled it.
+//! acknowledged the last events we queued for it for those rooms, and a peer acknowledges a
+//! message only after it has handled it. Only those: the rest of the link's traffic (other
+//! rooms' messages, copies for followers) does not hold the hand-off up; the link remembers
+//! where each room's last event went (`peer::link::RoomMark`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tokio::time::Instant;
 
 use super::{NodeState, lock};
 use crate::peer::Peers;
+use crate::peer::link::RoomMark;
 use crate::peer::wire::PeerMsg;
 use crate::room::RoomSnapshot;
 use crate::rooms::FrozenShard;
@@ -148,7 +151,8 @@ impl NodeState {
             .flat_map(|room| room.members.iter().map(|(member, _)| &member.node))
             .filter(|node| *node != self.me() && *node != to)
             .collect();
-        let flush = peers.sent_to(edges);
+        let marks: Vec<RoomMark> = rooms.iter().map(|room| RoomMark::of(&room.room)).collect();
+        let flush = peers.sent_for_rooms(edges, &marks);
         let bound = self.settings.handoff.timeout / 2;
         if tokio::time::timeout(bound, flush.delivered())
             .await

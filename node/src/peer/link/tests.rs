@@ -395,3 +395,59 @@ async fn asked_to_acknowledge_at_once_a_link_does_not_wait_for_its_tick() {
         "the request and everything before it acknowledged at once: {asked:?}"
     );
 }
+
+fn room(name: &str) -> RoomMark {
+    RoomMark::of(&RoomId::new(name).expect("room"))
+}
+
+/// Two room names in different buckets (found, not assumed).
+fn two_rooms() -> (RoomMark, RoomMark) {
+    let a = room("a");
+    let b = (0..)
+        .map(|n| room(&format!("b{n}")))
+        .find(|b| *b != a)
+        .expect("another bucket");
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_rooms_mark_waits_for_that_rooms_last_event_only() {
+    let link = Arc::new(PeerLink::new(NodeName::new("peer").expect("valid"), 16));
+    let (a, b) = two_rooms();
+    assert_eq!(link.sent_for_rooms([a]), None, "nothing sent for the room");
+    link.push_for_room(msg(1), a).expect("room");
+    link.push_for_room(msg(2), b).expect("room");
+    link.push(msg(3)).expect("room");
+    let mark = link.sent_for_rooms([a]).expect("1 is not acknowledged");
+    assert!(
+        matches!(*link.outbox()[3], PeerMsg::AckNow),
+        "a wait asks the peer to acknowledge at once"
+    );
+    assert!(!link.is_delivered(mark));
+    link.ack(1);
+    assert!(
+        link.is_delivered(mark),
+        "room a's event is handled; what came after it for others does not hold the mark"
+    );
+    assert_eq!(link.sent_for_rooms([a]), None, "settled already: no wait");
+    let both = link.sent_for_rooms([a, b]).expect("2 is not acknowledged");
+    link.ack(2);
+    link.delivered(both).await;
+}
+
+#[test]
+fn a_rooms_mark_from_before_a_peer_restart_is_settled() {
+    let link = link();
+    let (a, _) = two_rooms();
+    link.meet(1);
+    link.push_for_room(msg(1), a).expect("room");
+    assert!(link.sent_for_rooms([a]).is_some());
+    // A new process of the peer: its outbox is bounced and numbering starts over.
+    assert_eq!(link.meet(2).len(), 2, "the event and the request bounced");
+    link.push(msg(2)).expect("room");
+    assert_eq!(
+        link.sent_for_rooms([a]),
+        None,
+        "the old number must not be waited for in the new numbering"
+    );
+}
