@@ -182,13 +182,7 @@ impl PeerLink {
         state.next_seq += 1;
         state.unacked.push_back((seq, msg));
         if let Some(RoomMark(bucket)) = mark {
-            if state.room_marks.is_empty() {
-                state.room_marks = vec![Sent { resets: 0, seq: 0 }; ROOM_MARK_BUCKETS];
-            }
-            state.room_marks[bucket] = Sent {
-                resets: state.resets,
-                seq,
-            };
+            Self::mark_rooms(&mut state, [bucket], seq);
         }
         self.note_fill(&state);
         drop(state);
@@ -216,8 +210,30 @@ impl PeerLink {
         };
         let seq = state.next_seq;
         state.next_seq += 1;
+        // The announcement stands for the refused events: a hand-off of their rooms waits for
+        // it as it would have for them.
+        let buckets: Vec<usize> = if gap.all {
+            (0..ROOM_MARK_BUCKETS).collect()
+        } else {
+            gap.rooms.iter().map(|room| RoomMark::of(room).0).collect()
+        };
+        Self::mark_rooms(state, buckets, seq);
         state.unacked.push_back((seq, Arc::new(gap.into_msg())));
         true
+    }
+
+    /// Note `seq` as the last event queued for the rooms of `buckets`.
+    fn mark_rooms(state: &mut LinkState, buckets: impl IntoIterator<Item = usize>, seq: u64) {
+        let mark = Sent {
+            resets: state.resets,
+            seq,
+        };
+        for bucket in buckets {
+            if state.room_marks.is_empty() {
+                state.room_marks = vec![Sent { resets: 0, seq: 0 }; ROOM_MARK_BUCKETS];
+            }
+            state.room_marks[bucket] = mark;
+        }
     }
 
     /// Whether the outbox is full (a push now would fail). Lock-free: room owners ask it for

@@ -451,3 +451,24 @@ fn a_rooms_mark_from_before_a_peer_restart_is_settled() {
         "the old number must not be waited for in the new numbering"
     );
 }
+
+#[test]
+fn a_gap_announced_for_a_room_is_what_its_mark_waits_for() {
+    let link = link();
+    let (a, b) = two_rooms();
+    for n in 0..4 {
+        link.push(msg(n)).expect("room");
+    }
+    // Room a's event is refused by the full outbox; nothing was queued for it.
+    assert_eq!(link.sent_for_rooms([a]), None);
+    link.mark_gap(Some(RoomId::new("a").expect("room")));
+    link.ack(4);
+    // The announcement (5) went out with the room freed: it stands for a's refused event.
+    assert_eq!(gaps(&link), [(1, false)]);
+    let mark = link
+        .sent_for_rooms([a])
+        .expect("the gap is not acknowledged");
+    assert_eq!(link.sent_for_rooms([b]), None, "other rooms are not held");
+    link.ack(5);
+    assert!(link.is_delivered(mark));
+}
