@@ -209,6 +209,56 @@ async fn the_snapshot_waits_until_the_rooms_edges_have_handled_the_old_owners_la
     );
 }
 
+/// The hand-off waits for the moved rooms' last events only: another room's message queued
+/// on the same edge's link after them does not hold the snapshot back.
+#[tokio::test(start_paused = true)]
+async fn the_snapshot_does_not_wait_for_other_rooms_events_on_the_edges_link() {
+    let (state, peers) = old_owner();
+    let (edge, new_owner) = (name("node-b"), name("node-a"));
+    let moved = RoomId::new("r").expect("valid room");
+    let shard = shard::shard_of(&moved, SHARDS);
+    let other = (0..)
+        .map(|n| RoomId::new(format!("q{n}")).expect("valid room"))
+        .find(|room| shard::shard_of(room, SHARDS) != shard)
+        .expect("a room of another shard");
+    assert!(state.apply_table(table(1, "node-c", None)).await);
+    let member = MemberKey {
+        node: edge.clone(),
+        conn: ConnId(1),
+    };
+    for room in [&moved, &other] {
+        let join = RoomCommand::Join {
+            member: member.clone(),
+            user: "bob".into(),
+            since: None,
+        };
+        state.route(room, join).await.expect("joined");
+    }
+    state
+        .route(&moved, post_by(member.clone(), "bob", "moved room", None))
+        .await
+        .expect("posted");
+    until(|| messages_to(&peers, &edge) == 1).await;
+    peers.ack_all(&edge);
+    // The edge handled the moved room's events; another room's message is on its way now.
+    state
+        .route(&other, post_by(member, "bob", "other room", None))
+        .await
+        .expect("posted");
+    until(|| messages_to(&peers, &edge) == 1).await;
+    assert!(
+        state
+            .apply_table(table(2, "node-c", Some((shard, "node-a"))))
+            .await
+    );
+    until(|| has_snapshot(&peers, &new_owner)).await;
+    assert_eq!(
+        messages_to(&peers, &edge),
+        1,
+        "the other room's message is still unacknowledged: the snapshot did not wait for it"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_edge_that_never_confirms_delays_the_snapshot_by_at_most_half_the_handoff_timeout() {
     let (_state, peers, _shard) = owner_with_a_message_in_flight().await;
