@@ -7,7 +7,7 @@
 //! restarted or left the cluster and can never take it — handed back ("bounced") so that its
 //! sender can be answered with an error instead of silence.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,17 +19,17 @@ use tokio::sync::Notify;
 
 use super::wire::{PeerFrame, PeerMsg};
 
+mod gap;
+mod room_marks;
+
+use gap::Gap;
+pub use room_marks::RoomMark;
+use room_marks::RoomMarks;
+
 /// How many data frames a writer sends before it flushes.
 const BATCH: usize = 256;
-/// Rooms a gap names one by one; past this many it covers every room (bounded whatever the
-/// number of rooms whose events were refused).
-const MAX_GAP_ROOMS: usize = 256;
 /// How often a receiver acknowledges what it got, at the latest.
 const ACK_EVERY: Duration = Duration::from_millis(20);
-/// Buckets of rooms a link remembers its last event for (see [`RoomMark`]): fixed, so the
-/// memory stays bounded whatever the number of rooms. A multiple of every shard count that
-/// divides it, so a bucket's rooms are then all in one shard.
-const ROOM_MARK_BUCKETS: usize = 1024;
 
 #[derive(Debug, Default)]
 struct LinkState {
@@ -48,50 +48,8 @@ struct LinkState {
     resets: u64,
     /// Events the full outbox could not take, to announce once it has room.
     gap: Option<Gap>,
-    /// The last event queued for each bucket of rooms, allocated with the first one.
-    room_marks: Vec<Sent>,
-}
-
-/// Which of a link's room buckets a room's events count in: a hand-off's old owner waits only
-/// for the last events of the shard's own rooms (see [`PeerLink::sent_for_rooms`]), not for
-/// everything else queued on the link before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoomMark(usize);
-
-impl RoomMark {
-    /// The bucket of `room`.
-    pub fn of(room: &RoomId) -> RoomMark {
-        RoomMark((shard::room_hash(room.as_str()) % ROOM_MARK_BUCKETS as u64) as usize)
-    }
-}
-
-/// What a full outbox refused: the rooms of the events, or all rooms.
-#[derive(Debug, Default)]
-struct Gap {
-    rooms: BTreeSet<RoomId>,
-    all: bool,
-}
-
-impl Gap {
-    fn add(&mut self, room: Option<RoomId>) {
-        match room {
-            Some(room) if !self.all && self.rooms.len() < MAX_GAP_ROOMS => {
-                self.rooms.insert(room);
-            }
-            Some(room) if self.rooms.contains(&room) => {}
-            _ => {
-                self.all = true;
-                self.rooms.clear();
-            }
-        }
-    }
-
-    fn into_msg(self) -> PeerMsg {
-        PeerMsg::Gap {
-            rooms: self.rooms.into_iter().collect(),
-            all: self.all,
-        }
-    }
+    /// Where each room's last event went.
+    room_marks: RoomMarks,
 }
 
 /// How far this node's stream to a peer had got at one moment: what [`PeerLink::delivered`]
@@ -181,8 +139,12 @@ impl PeerLink {
         let seq = state.next_seq;
         state.next_seq += 1;
         state.unacked.push_back((seq, msg));
-        if let Some(RoomMark(bucket)) = mark {
-            Self::mark_rooms(&mut state, [bucket], seq);
+        if let Some(mark) = mark {
+            let sent = Sent {
+                resets: state.resets,
+                seq,
+            };
+            state.room_marks.mark([mark], sent);
         }
         self.note_fill(&state);
         drop(state);
@@ -212,28 +174,18 @@ impl PeerLink {
         state.next_seq += 1;
         // The announcement stands for the refused events: a hand-off of their rooms waits for
         // it as it would have for them.
-        let buckets: Vec<usize> = if gap.all {
-            (0..ROOM_MARK_BUCKETS).collect()
-        } else {
-            gap.rooms.iter().map(|room| RoomMark::of(room).0).collect()
-        };
-        Self::mark_rooms(state, buckets, seq);
-        state.unacked.push_back((seq, Arc::new(gap.into_msg())));
-        true
-    }
-
-    /// Note `seq` as the last event queued for the rooms of `buckets`.
-    fn mark_rooms(state: &mut LinkState, buckets: impl IntoIterator<Item = usize>, seq: u64) {
-        let mark = Sent {
+        let sent = Sent {
             resets: state.resets,
             seq,
         };
-        for bucket in buckets {
-            if state.room_marks.is_empty() {
-                state.room_marks = vec![Sent { resets: 0, seq: 0 }; ROOM_MARK_BUCKETS];
-            }
-            state.room_marks[bucket] = mark;
+        if gap.all {
+            state.room_marks.mark(RoomMark::all(), sent);
+        } else {
+            let marks: Vec<RoomMark> = gap.rooms.iter().map(RoomMark::of).collect();
+            state.room_marks.mark(marks, sent);
         }
+        state.unacked.push_back((seq, Arc::new(gap.into_msg())));
+        true
     }
 
     /// Whether the outbox is full (a push now would fail). Lock-free: room owners ask it for
@@ -268,12 +220,7 @@ impl PeerLink {
     /// Like [`PeerLink::sent`], it asks the peer to acknowledge at once when there is a wait.
     pub fn sent_for_rooms(&self, rooms: impl IntoIterator<Item = RoomMark>) -> Option<Sent> {
         let state = self.state();
-        let last = rooms
-            .into_iter()
-            .filter_map(|RoomMark(bucket)| state.room_marks.get(bucket))
-            .filter(|mark| mark.resets == state.resets)
-            .map(|mark| mark.seq)
-            .max()?;
+        let last = state.room_marks.last(rooms, state.resets)?;
         // Acknowledged, or older than everything waiting: nothing to wait for.
         if state.unacked.front().is_none_or(|(seq, _)| *seq > last) {
             return None;

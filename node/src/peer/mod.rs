@@ -6,6 +6,7 @@
 //! with 1008. A dialer that loses its connection dials again with backoff; delivery state
 //! lives in [`link::PeerLink`], so nothing in flight is lost across a reconnect.
 
+mod flush;
 pub mod handshake;
 pub mod link;
 #[cfg(test)]
@@ -28,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::lock::lock;
+pub use flush::Flush;
 use handshake::{Identity, Met};
-use link::{PeerLink, RoomMark, Sent};
+use link::{PeerLink, RoomMark};
 use wire::PeerMsg;
 
 /// Read buffer of a peer link's WebSocket. tungstenite zero-fills its read buffer's free space
@@ -488,29 +490,6 @@ impl Peers {
     /// Whether the registry has a link to `peer`.
     pub(crate) fn has_link(&self, peer: &NodeName) -> bool {
         self.link(peer).is_some()
-    }
-}
-
-/// Messages queued for several peers up to one moment; see [`Peers::sent_to`].
-#[derive(Debug)]
-pub struct Flush(Vec<(Arc<PeerLink>, Sent)>);
-
-impl Flush {
-    /// Resolves once every peer has handled (or bounced) its part. A peer that stays
-    /// unreachable keeps it waiting: callers bound the wait.
-    pub async fn delivered(&self) {
-        for (link, mark) in &self.0 {
-            link.delivered(*mark).await;
-        }
-    }
-
-    /// The peers that have not handled their part yet.
-    pub fn waiting(&self) -> Vec<NodeName> {
-        self.0
-            .iter()
-            .filter(|(link, mark)| !link.is_delivered(*mark))
-            .map(|(link, _)| link.peer.clone())
-            .collect()
     }
 }
 

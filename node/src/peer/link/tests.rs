@@ -3,6 +3,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::gap::MAX_GAP_ROOMS;
 use super::*;
 use crate::edge::{ConnId, EdgeEvent};
 
