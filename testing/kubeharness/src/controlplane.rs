@@ -75,6 +75,15 @@ pub fn find_binaries() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("ROOMSHARD_CONTROLPLANE_BIN").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
+    // Tests of one binary run on parallel threads: one of them builds, the others wait for it
+    // and reuse its answer (two builds at once would share, and wreck, one partial directory).
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(dir) = built.as_ref() {
+        return Ok(dir.clone());
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../controlplane/build.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)
@@ -93,7 +102,9 @@ pub fn find_binaries() -> Result<PathBuf> {
         .lines()
         .last()
         .ok_or_else(|| Error::Command("build.sh printed no directory".to_owned()))?;
-    Ok(PathBuf::from(dir.trim()))
+    let dir = PathBuf::from(dir.trim());
+    *built = Some(dir.clone());
+    Ok(dir)
 }
 
 /// A port nobody listens on right now.
