@@ -4,7 +4,7 @@
 //! that hands one send order per room tick to the room's users in turn, so each room offers
 //! exactly `--rate` messages per second, evenly spaced, with the rooms' ticks staggered across
 //! the period instead of all firing at once: [`crate::pacer`]). The first `--warmup` of sending
-//! is not measured; then `--duration` is. After the pacers stop, the drain waits (at most
+//! is not measured; then `--duration` is. After the pacer stops, the drain waits (at most
 //! `--drain`) until every measured send is answered and every accepted message has reached
 //! every member. Then every connection is closed and the users' reports are added up.
 //!
@@ -30,10 +30,10 @@ use crate::client::{self, Latency, Ready, RoomShared, SendOrder, Shared, UserRep
 use crate::histogram::Histogram;
 use crate::{pacer, procfs, scrape};
 
-/// Send orders a user may have waiting (while it reconnects, say) before its pacer counts
+/// Send orders a user may have waiting (while it reconnects, say) before the pacer counts
 /// further ones as not sent: a bounded backlog, and a visible one.
 const ORDER_QUEUE: usize = 64;
-/// Time between the pacers' creation and their first tick, so they all start on schedule.
+/// Time between the pacer's start and its first tick, so every room starts on schedule.
 const PACER_LEAD: Duration = Duration::from_millis(200);
 /// Longest wait for the user tasks to close their connections and report.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,8 +106,8 @@ struct LoadReport {
     expected_deliveries: u64,
     latency_ms: LatencyMs,
     /// The same deliveries from the moment the sender wrote each message to its socket, not
-    /// from when it was due: without the bench's timer (which fires up to a millisecond late)
-    /// and the hop from the room's pacer to the sending user.
+    /// from when it was due: without the bench's own lateness (the pacer's wake-up and the
+    /// hop from the pacer to the sending user).
     latency_from_write_ms: LatencyMs,
     /// How late the bench wrote those messages (write less due time), over the same deliveries.
     send_lag_ms: LatencyMs,
@@ -205,7 +205,7 @@ fn new_shared(
     })
 }
 
-/// A started user: its task, its order queue (until handed to a pacer) and its readiness.
+/// A started user: its task, its order queue (until handed to the pacer) and its readiness.
 struct Started {
     task: JoinHandle<UserReport>,
     orders: mpsc::Sender<SendOrder>,
@@ -351,7 +351,7 @@ async fn run_load(plan: LoadPlan) -> Result<String, String> {
     }
     eprintln!("roomshard-bench: {connected} connections up in {connect_s:.1} s");
 
-    // Hand each room's live users to its pacer; the others' queues are dropped.
+    // Hand each room's live users to the pacer; the others' queues are dropped.
     let mut per_room: Vec<Vec<mpsc::Sender<SendOrder>>> = vec![Vec::new(); plan.rooms];
     let mut tasks = Vec::with_capacity(total);
     for (s, is_up) in started.into_iter().zip(up) {
