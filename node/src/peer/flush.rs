@@ -7,7 +7,8 @@ use shard::NodeName;
 
 use super::link::{PeerLink, Sent};
 
-/// Messages queued for several peers up to one moment; see [`Peers::sent_to`].
+/// Messages queued for several peers up to one moment; see [`super::Peers::sent_to`] and
+/// [`super::Peers::sent_for_rooms`].
 #[derive(Debug)]
 pub struct Flush(pub(super) Vec<(Arc<PeerLink>, Sent)>);
 

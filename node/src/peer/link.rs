@@ -52,6 +52,16 @@ struct LinkState {
     room_marks: RoomMarks,
 }
 
+impl LinkState {
+    /// The mark of message `seq` in the current numbering.
+    fn mark(&self, seq: u64) -> Sent {
+        Sent {
+            resets: self.resets,
+            seq,
+        }
+    }
+}
+
 /// How far this node's stream to a peer had got at one moment: what [`PeerLink::delivered`]
 /// waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,25 +121,17 @@ impl PeerLink {
             .map_err(Arc::unwrap_or_clone)
     }
 
-    /// Queue a message that the caller keeps a handle to (to send it again later).
+    /// Queue a message that the caller keeps a handle to (to send it again later). An event
+    /// for a room is remembered as that room's last one, for [`PeerLink::sent_for_rooms`].
     ///
     /// # Errors
     /// The message back when the outbox is full.
     pub fn push_shared(&self, msg: Arc<PeerMsg>) -> Result<(), Arc<PeerMsg>> {
-        self.push_marked(msg, None)
-    }
-
-    /// Queue an event for the room of `mark`, remembering its place for
-    /// [`PeerLink::sent_for_rooms`].
-    ///
-    /// # Errors
-    /// The message back when the outbox is full.
-    pub fn push_for_room(&self, msg: PeerMsg, mark: RoomMark) -> Result<(), PeerMsg> {
-        self.push_marked(Arc::new(msg), Some(mark))
-            .map_err(Arc::unwrap_or_clone)
-    }
-
-    fn push_marked(&self, msg: Arc<PeerMsg>, mark: Option<RoomMark>) -> Result<(), Arc<PeerMsg>> {
+        // Hashed before the lock is taken.
+        let mark = match &*msg {
+            PeerMsg::Event(event) => event.room().map(RoomMark::of),
+            _ => None,
+        };
         let mut state = self.state();
         Self::announce_gap(&mut state, self.max_unacked);
         if state.unacked.len() >= self.max_unacked {
@@ -140,10 +142,7 @@ impl PeerLink {
         state.next_seq += 1;
         state.unacked.push_back((seq, msg));
         if let Some(mark) = mark {
-            let sent = Sent {
-                resets: state.resets,
-                seq,
-            };
+            let sent = state.mark(seq);
             state.room_marks.mark([mark], sent);
         }
         self.note_fill(&state);
@@ -174,15 +173,13 @@ impl PeerLink {
         state.next_seq += 1;
         // The announcement stands for the refused events: a hand-off of their rooms waits for
         // it as it would have for them.
-        let sent = Sent {
-            resets: state.resets,
-            seq,
-        };
+        let sent = state.mark(seq);
         if gap.all {
             state.room_marks.mark(RoomMark::all(), sent);
         } else {
-            let marks: Vec<RoomMark> = gap.rooms.iter().map(RoomMark::of).collect();
-            state.room_marks.mark(marks, sent);
+            state
+                .room_marks
+                .mark(gap.rooms.iter().map(RoomMark::of), sent);
         }
         state.unacked.push_back((seq, Arc::new(gap.into_msg())));
         true
@@ -209,10 +206,7 @@ impl PeerLink {
             let _ = self.push(PeerMsg::AckNow);
         }
         let state = self.state();
-        Sent {
-            resets: state.resets,
-            seq: state.next_seq - 1,
-        }
+        state.mark(state.next_seq - 1)
     }
 
     /// A mark of the last event queued for any of `rooms`, to wait for with
@@ -225,10 +219,7 @@ impl PeerLink {
         if state.unacked.front().is_none_or(|(seq, _)| *seq > last) {
             return None;
         }
-        let mark = Sent {
-            resets: state.resets,
-            seq: last,
-        };
+        let mark = state.mark(last);
         drop(state);
         let _ = self.push(PeerMsg::AckNow);
         Some(mark)

@@ -139,22 +139,6 @@ impl Peers {
         }
     }
 
-    /// Queue an event for the room of `mark` (see [`PeerLink::push_for_room`]).
-    ///
-    /// # Errors
-    /// The message back when `to`'s outbox is full or the table does not name `to`.
-    pub fn send_for_room(
-        &self,
-        to: &NodeName,
-        msg: PeerMsg,
-        mark: RoomMark,
-    ) -> Result<(), PeerMsg> {
-        match self.link(to) {
-            Some(link) => link.push_for_room(msg, mark),
-            None => Err(msg),
-        }
-    }
-
     /// Whether each of `peers`' outboxes has room for another message (true for a node
     /// without a link). One registry read for all of them: room owners ask for every message.
     pub fn can_take(&self, peers: &mut dyn Iterator<Item = &NodeName>) -> bool {

@@ -8,7 +8,6 @@ use shard::{AssignmentTable, NodeName, RoomId};
 
 use super::NodeState;
 use crate::edge::EdgeEvent;
-use crate::peer::link::RoomMark;
 use crate::peer::wire::PeerMsg;
 use crate::protocol::{self, ErrorCode};
 use crate::room::{MemberKey, RoomCommand};
@@ -136,14 +135,10 @@ impl NodeState {
     pub(super) fn deliver(&self, node: &NodeName, event: EdgeEvent) {
         if node == self.me() {
             self.hub.deliver(event);
-        } else if let Some(peers) = &self.peers {
-            let sent = match event.room().map(RoomMark::of) {
-                Some(mark) => peers.send_for_room(node, PeerMsg::Event(event), mark),
-                None => peers.send(node, PeerMsg::Event(event)),
-            };
-            if let Err(PeerMsg::Event(event)) = sent {
-                self.gap(peers, node, &event);
-            }
+        } else if let Some(peers) = &self.peers
+            && let Err(PeerMsg::Event(event)) = peers.send(node, PeerMsg::Event(event))
+        {
+            self.gap(peers, node, &event);
         }
     }
 

@@ -36,10 +36,10 @@ pub(super) struct RoomMarks(Vec<Sent>);
 impl RoomMarks {
     /// Note `sent` as the last event queued for the rooms of `marks`.
     pub(super) fn mark(&mut self, marks: impl IntoIterator<Item = RoomMark>, sent: Sent) {
+        if self.0.is_empty() {
+            self.0 = vec![Sent { resets: 0, seq: 0 }; BUCKETS];
+        }
         for RoomMark(bucket) in marks {
-            if self.0.is_empty() {
-                self.0 = vec![Sent { resets: 0, seq: 0 }; BUCKETS];
-            }
             self.0[bucket] = sent;
         }
     }

@@ -397,27 +397,38 @@ async fn asked_to_acknowledge_at_once_a_link_does_not_wait_for_its_tick() {
     );
 }
 
-fn room(name: &str) -> RoomMark {
-    RoomMark::of(&RoomId::new(name).expect("room"))
+fn room(name: &str) -> RoomId {
+    RoomId::new(name).expect("room")
 }
 
-/// Two room names in different buckets (found, not assumed).
-fn two_rooms() -> (RoomMark, RoomMark) {
+/// Two rooms in different buckets (found, not assumed).
+fn two_rooms() -> (RoomId, RoomId) {
     let a = room("a");
     let b = (0..)
         .map(|n| room(&format!("b{n}")))
-        .find(|b| *b != a)
+        .find(|b| RoomMark::of(b) != RoomMark::of(&a))
         .expect("another bucket");
     (a, b)
+}
+
+/// A chat message for the members of `room`.
+fn event_in(room: &RoomId) -> PeerMsg {
+    PeerMsg::Event(EdgeEvent::Broadcast {
+        room: room.clone(),
+        frame: "x".into(),
+        skip: None,
+        is_msg: true,
+    })
 }
 
 #[tokio::test]
 async fn a_rooms_mark_waits_for_that_rooms_last_event_only() {
     let link = Arc::new(PeerLink::new(NodeName::new("peer").expect("valid"), 16));
-    let (a, b) = two_rooms();
+    let (room_a, room_b) = two_rooms();
+    let (a, b) = (RoomMark::of(&room_a), RoomMark::of(&room_b));
     assert_eq!(link.sent_for_rooms([a]), None, "nothing sent for the room");
-    link.push_for_room(msg(1), a).expect("room");
-    link.push_for_room(msg(2), b).expect("room");
+    link.push(event_in(&room_a)).expect("room");
+    link.push(event_in(&room_b)).expect("room");
     link.push(msg(3)).expect("room");
     let mark = link.sent_for_rooms([a]).expect("1 is not acknowledged");
     assert!(
@@ -439,9 +450,10 @@ async fn a_rooms_mark_waits_for_that_rooms_last_event_only() {
 #[test]
 fn a_rooms_mark_from_before_a_peer_restart_is_settled() {
     let link = link();
-    let (a, _) = two_rooms();
+    let (room_a, _) = two_rooms();
+    let a = RoomMark::of(&room_a);
     link.meet(1);
-    link.push_for_room(msg(1), a).expect("room");
+    link.push(event_in(&room_a)).expect("room");
     assert!(link.sent_for_rooms([a]).is_some());
     // A new process of the peer: its outbox is bounced and numbering starts over.
     assert_eq!(link.meet(2).len(), 2, "the event and the request bounced");
@@ -456,13 +468,14 @@ fn a_rooms_mark_from_before_a_peer_restart_is_settled() {
 #[test]
 fn a_gap_announced_for_a_room_is_what_its_mark_waits_for() {
     let link = link();
-    let (a, b) = two_rooms();
+    let (room_a, room_b) = two_rooms();
+    let (a, b) = (RoomMark::of(&room_a), RoomMark::of(&room_b));
     for n in 0..4 {
         link.push(msg(n)).expect("room");
     }
     // Room a's event is refused by the full outbox; nothing was queued for it.
     assert_eq!(link.sent_for_rooms([a]), None);
-    link.mark_gap(Some(RoomId::new("a").expect("room")));
+    link.mark_gap(Some(room_a));
     link.ack(4);
     // The announcement (5) went out with the room freed: it stands for a's refused event.
     assert_eq!(gaps(&link), [(1, false)]);
