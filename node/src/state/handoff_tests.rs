@@ -15,7 +15,7 @@ use crate::peer::PeerSettings;
 use crate::room::{MemberKey, RoomSnapshot};
 use crate::rooms::RoomSettings;
 
-const SHARDS: u32 = 8;
+pub(super) const SHARDS: u32 = 8;
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) fn name(n: &str) -> NodeName {

@@ -82,6 +82,8 @@ pub struct NodeState {
     shard_load: ShardMeter,
     /// Tables are applied one at a time, in order.
     applying: tokio::sync::Mutex<()>,
+    /// Whole-shard copies to followers go one at a time (see [`replicas`]).
+    follower_syncs: tokio::sync::Mutex<()>,
     next_conn: AtomicU64,
 }
 
@@ -213,6 +215,7 @@ impl NodeState {
                 handoffs: Mutex::default(),
                 copies,
                 applying: tokio::sync::Mutex::new(()),
+                follower_syncs: tokio::sync::Mutex::new(()),
                 next_conn: AtomicU64::new(1),
             }
         })
@@ -258,3 +261,5 @@ mod handoff_tests;
 mod membership_tests;
 #[cfg(test)]
 mod order_tests;
+#[cfg(test)]
+mod sync_tests;

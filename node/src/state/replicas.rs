@@ -31,6 +31,10 @@ use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Verdict, judge}
 /// second; a generous wait keeps a slow one from being sent twice.
 pub(super) const COPY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a shard's whole copy may keep the next shard's waiting for its turn (see
+/// [`NodeState::sync_follower`]): a follower that does not answer must not stall the others'.
+pub(super) const SYNC_TURN: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl NodeState {
     /// The follower of `shard` in the table in force, with that table's epoch.
     pub(super) fn follower_of(&self, shard: ShardId) -> Option<FollowerRef> {
@@ -120,8 +124,18 @@ impl NodeState {
     /// [`Self::sync_follower`]; with `again`, every room goes whole even if it was sent to
     /// this follower before.
     async fn send_follower_the_shard(self: Arc<Self>, shard: ShardId, again: bool) {
-        let Some(follower) = self.follower_of(shard) else {
+        if self.follower_of(shard).is_none() {
             // No follower: the rooms release what they held.
+            self.rooms.sync(shard, again).await;
+            return;
+        }
+        // One shard at a time, each handled by its follower before the next goes: a drain
+        // gives a node dozens of shards to copy whole at once, and queued together they sit
+        // ahead of every live change on the same links (a room's message waits for its
+        // follower's answer). Rooms with traffic do not wait for their turn: their next change
+        // carries the whole room first (`Replication::needs_whole`).
+        let _turn = self.follower_syncs.lock().await;
+        let Some(follower) = self.follower_of(shard) else {
             self.rooms.sync(shard, again).await;
             return;
         };
@@ -132,10 +146,16 @@ impl NodeState {
             floor,
             resting,
         };
-        if let Some(peers) = &self.peers
-            && peers.send(&follower.node, msg).is_err()
-        {
+        let Some(peers) = &self.peers else { return };
+        if peers.send(&follower.node, msg).is_err() {
             tracing::warn!(%shard, follower = %follower.node, "could not tell the follower its copy is whole (outbox full or peer gone)");
+        }
+        let copied = peers.sent_to([&follower.node]);
+        if tokio::time::timeout(SYNC_TURN, copied.delivered())
+            .await
+            .is_err()
+        {
+            tracing::debug!(%shard, follower = %follower.node, "the follower has not handled the shard's copy yet: copying the next shard");
         }
     }
 
