@@ -213,10 +213,12 @@ impl RoomActor {
         let Some((reply, _)) = self.handing_off.take() else {
             return;
         };
-        // Taken now, not when asked: a fenced change rolled the room back meanwhile.
-        let _ = reply.send(self.room.snapshot());
+        // What the changes held is queued to the edges before the snapshot is handed over,
+        // so that the hand-off's wait for the edges covers it.
         let held = self.replication.no_follower();
         self.send_out(held);
+        // Taken now, not when asked: a fenced change rolled the room back meanwhile.
+        let _ = reply.send(self.room.snapshot());
         self.resend_at = None;
         // The members went with the state.
         self.count_members(0);

@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use shard::{AssignmentTable, Move, NodeInfo, RoomId, ShardId};
 
-use super::handoff_tests::{SHARDS, name, node_c, post_by, until};
+use super::handoff_tests::{SHARDS, join_from_b, name, node_c, post_by, until};
 use super::*;
-use crate::edge::ConnId;
 use crate::replication::{Answer, Change};
-use crate::room::MemberKey;
 
 /// Every shard owned by `node-c` and followed by `node-a`; `moved` goes to `node-b`.
 fn followed_by_a(epoch: u64, moved: Option<ShardId>) -> AssignmentTable {
@@ -68,6 +66,17 @@ fn to_new_owner(peers: &Peers) -> String {
         .collect()
 }
 
+/// node-a answers that it holds change `rid` of `room` (and every one before it).
+fn follower_holds(state: &Arc<NodeState>, room: &RoomId, rid: u64) {
+    let answer = PeerMsg::Replicated {
+        shard: shard::shard_of(room, SHARDS),
+        room: room.clone(),
+        rid,
+        answer: Answer::Held,
+    };
+    state.on_peer_message(&name("node-a"), answer);
+}
+
 /// `node-c` owns room `r` (its member on `node-b`); the member's message is on its way to
 /// the follower when the table moves the shard to `node-b`. Returns the message's change id.
 async fn hand_off_with_a_message_unconfirmed() -> (Arc<NodeState>, Arc<Peers>, RoomId, u64) {
@@ -75,26 +84,11 @@ async fn hand_off_with_a_message_unconfirmed() -> (Arc<NodeState>, Arc<Peers>, R
     let room = RoomId::new("r").expect("valid room");
     let shard = shard::shard_of(&room, SHARDS);
     assert!(state.apply_table(followed_by_a(1, None)).await);
-    let member = MemberKey {
-        node: name("node-b"),
-        conn: ConnId(1),
-    };
-    let join = RoomCommand::Join {
-        member: member.clone(),
-        user: "bob".into(),
-        since: None,
-    };
-    state.route(&room, join).await.expect("joined");
+    let member = join_from_b(&state, &room, 1).await;
     // The follower holds the room (its whole state went with the join) before the message.
     until(|| !changes_to_follower(&peers, &room).is_empty()).await;
     for (rid, _) in changes_to_follower(&peers, &room) {
-        let answer = PeerMsg::Replicated {
-            shard,
-            room: room.clone(),
-            rid,
-            answer: Answer::Held,
-        };
-        state.on_peer_message(&name("node-a"), answer);
+        follower_holds(&state, &room, rid);
     }
     peers.ack_all(&name("node-a"));
     peers.ack_all(&name("node-b"));
@@ -111,20 +105,13 @@ async fn hand_off_with_a_message_unconfirmed() -> (Arc<NodeState>, Arc<Peers>, R
 #[tokio::test(start_paused = true)]
 async fn the_snapshot_waits_for_the_follower_to_hold_the_rooms_last_message() {
     let (state, peers, room, rid) = hand_off_with_a_message_unconfirmed().await;
-    let shard = shard::shard_of(&room, SHARDS);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         to_new_owner(&peers),
         "",
         "neither the message nor the snapshot goes before the follower holds the message"
     );
-    let answer = PeerMsg::Replicated {
-        shard,
-        room: room.clone(),
-        rid,
-        answer: Answer::Held,
-    };
-    state.on_peer_message(&name("node-a"), answer);
+    follower_holds(&state, &room, rid);
     until(|| to_new_owner(&peers) == "ms").await;
     let seq = peers
         .outbox(&name("node-b"))

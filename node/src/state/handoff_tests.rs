@@ -467,11 +467,11 @@ async fn commands_ahead_of_this_nodes_table_wait_in_a_bounded_buffer_and_the_res
     );
 }
 
-/// Joins `room` from edge `node-b`, says `posts` messages and leaves, so that it passivates.
-async fn talk_and_leave(state: &NodeState, room: &RoomId, posts: usize) {
+/// Joins `room` as user bob on connection `conn` of edge `node-b`.
+pub(super) async fn join_from_b(state: &NodeState, room: &RoomId, conn: u64) -> MemberKey {
     let member = MemberKey {
         node: name("node-b"),
-        conn: ConnId(1),
+        conn: ConnId(conn),
     };
     let join = RoomCommand::Join {
         member: member.clone(),
@@ -479,6 +479,12 @@ async fn talk_and_leave(state: &NodeState, room: &RoomId, posts: usize) {
         since: None,
     };
     state.route(room, join).await.expect("joined");
+    member
+}
+
+/// Joins `room` from edge `node-b`, says `posts` messages and leaves, so that it passivates.
+async fn talk_and_leave(state: &NodeState, room: &RoomId, posts: usize) {
+    let member = join_from_b(state, room, 1).await;
     for i in 0..posts {
         let post = post_by(member.clone(), "bob", &i.to_string(), None);
         state.route(room, post).await.expect("posted");

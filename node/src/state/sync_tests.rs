@@ -3,16 +3,13 @@
 //! no connection, so what it sends waits in the outbox until the test acknowledges it).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use shard::{AssignmentTable, NodeInfo, RoomId, ShardId};
 
-use super::handoff_tests::{SHARDS, name, node_c, until};
+use super::handoff_tests::{SHARDS, join_from_b, name, node_c, until};
 use super::replicas::SYNC_TURN;
 use super::*;
-use crate::edge::ConnId;
 use crate::replication::Change;
-use crate::room::MemberKey;
 
 /// Every shard owned by `node-c`, followed by `follower` (or by nobody).
 fn owned_by_c(epoch: u64, follower: Option<&str>) -> AssignmentTable {
@@ -66,17 +63,8 @@ async fn a_new_follower_gets_one_shard_whole_at_a_time_each_after_it_handled_the
         .map(|n| RoomId::new(format!("q{n}")).expect("valid room"))
         .find(|room| shard::shard_of(room, SHARDS) > first_shard)
         .expect("a room of a later shard");
-    for (n, room) in [&first, &second].into_iter().enumerate() {
-        let join = RoomCommand::Join {
-            member: MemberKey {
-                node: name("node-b"),
-                conn: ConnId(n as u64 + 1),
-            },
-            user: "bob".into(),
-            since: None,
-        };
-        state.route(room, join).await.expect("joined");
-    }
+    join_from_b(&state, &first, 1).await;
+    join_from_b(&state, &second, 2).await;
     // The rooms have handled the joins (each told node-b) before the follower is named.
     until(|| peers.outbox(&name("node-b")).len() >= 2).await;
     assert!(state.apply_table(owned_by_c(2, Some("node-a"))).await);
