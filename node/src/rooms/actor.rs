@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shard::NodeName;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
 use super::{ActorMsg, Rooms};
 use crate::edge::EdgeEvent;
 use crate::protocol::{self, ErrorCode};
 use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Replication, Settled, next_rid};
-use crate::room::{MemberKey, Outbound, Room, RoomCommand, RoomSnapshot};
+use crate::room::{MemberKey, Outbound, Room, RoomCommand};
 use crate::snowflake::unix_ms;
 
 /// How often a room whose change could not be queued to its follower (full outbox, link
@@ -24,11 +24,6 @@ const RESEND: Duration = Duration::from_millis(250);
 /// How long a room waits before it sends its whole state again to a follower that had no
 /// copy of it (or does not follow the shard in its table yet).
 const RETRY_WHOLE: Duration = Duration::from_millis(20);
-
-/// How long a hand-off's snapshot waits for the follower to hold the room's last changes.
-/// Past it the snapshot goes anyway (a follower that stopped answering must not stall the
-/// move), and what the changes held is released as before this wait existed.
-const HANDOFF_HOLD: Duration = Duration::from_millis(500);
 
 /// Refusals kept for the actor at most; the follower answers each change once, so more means
 /// a confused peer, and the next resend settles the room anyway.
@@ -91,9 +86,6 @@ pub(super) struct RoomActor {
     replication: Replication,
     /// A change could not be queued to the follower: resend the whole room at this time.
     resend_at: Option<tokio::time::Instant>,
-    /// A hand-off waiting for the follower to hold the room's last changes: the reply for
-    /// the snapshot, and until when it waits (see [`HANDOFF_HOLD`]).
-    handing_off: Option<(oneshot::Sender<RoomSnapshot>, tokio::time::Instant)>,
     rooms: Arc<Rooms>,
 }
 
@@ -117,7 +109,6 @@ impl RoomActor {
             answers,
             replication: Replication::default(),
             resend_at: None,
-            handing_off: None,
             rooms,
         }
     }
@@ -133,7 +124,6 @@ impl RoomActor {
         let answers = self.answers.clone();
         loop {
             let resend_at = self.resend_at;
-            let handing_off_until = self.handing_off.as_ref().map(|(_, until)| *until);
             tokio::select! {
                 message = self.rx.recv() => {
                     last = tokio::time::Instant::now();
@@ -144,12 +134,16 @@ impl RoomActor {
                         Some(ActorMsg::Command(command, received)) => self.handle(command, received),
                         Some(ActorMsg::HandOff(reply)) => {
                             if !self.forwarding {
-                                // From now on commands follow the state to the new owner,
-                                // which buffers them until the snapshot is installed.
+                                let _ = reply.send(self.room.snapshot());
                                 self.forwarding = true;
-                                let until = tokio::time::Instant::now() + HANDOFF_HOLD;
-                                self.handing_off = Some((reply, until));
-                                self.hand_off_when_held(false);
+                                // The new owner holds the state now (it acknowledges the
+                                // snapshot before the move ends): what waited for this
+                                // node's follower goes out.
+                                let held = self.replication.no_follower();
+                                self.send_out(held);
+                                self.resend_at = None;
+                                // The members went with the state.
+                                self.count_members(0);
                                 // A forwarding actor lingers briefly: bring the timer forward.
                                 idle.as_mut().reset(last + self.idle_after());
                             }
@@ -166,19 +160,12 @@ impl RoomActor {
                         None => break,
                     }
                 }
-                () = answers.notify.notified() => {
-                    self.on_answers();
-                    self.hand_off_when_held(false);
-                }
+                () = answers.notify.notified() => self.on_answers(),
                 () = tokio::time::sleep_until(resend_at.unwrap_or_else(tokio::time::Instant::now)), if resend_at.is_some() => {
                     self.resend_at = None;
                     self.sync();
                 }
-                () = tokio::time::sleep_until(handing_off_until.unwrap_or_else(tokio::time::Instant::now)), if handing_off_until.is_some() => {
-                    tracing::warn!(room = %self.room.id(), "the follower did not confirm the room's last changes in time: handing it off anyway");
-                    self.hand_off_when_held(true);
-                }
-                () = &mut idle, if self.handing_off.is_none() && (self.forwarding || (self.room.is_empty() && self.replication.in_flight() == 0)) => {
+                () = &mut idle, if self.forwarding || (self.room.is_empty() && self.replication.in_flight() == 0) => {
                     let now = tokio::time::Instant::now();
                     let due = last + self.idle_after();
                     if now < due {
@@ -200,28 +187,6 @@ impl RoomActor {
         }
         self.count_members(0);
         rooms.metrics.rooms_active.dec();
-    }
-
-    /// Answer a hand-off once the follower holds every change the room made (or `anyway`,
-    /// when it waited [`HANDOFF_HOLD`]). Until then what those changes produced for members
-    /// stays held: a message is delivered only once it is on two nodes, and before the new
-    /// owner has installed the snapshot the follower's copy is the second.
-    fn hand_off_when_held(&mut self, anyway: bool) {
-        if self.replication.in_flight() > 0 && !anyway {
-            return;
-        }
-        let Some((reply, _)) = self.handing_off.take() else {
-            return;
-        };
-        // What the changes held is queued to the edges before the snapshot is handed over,
-        // so that the hand-off's wait for the edges covers it.
-        let held = self.replication.no_follower();
-        self.send_out(held);
-        // Taken now, not when asked: a fenced change rolled the room back meanwhile.
-        let _ = reply.send(self.room.snapshot());
-        self.resend_at = None;
-        // The members went with the state.
-        self.count_members(0);
     }
 
     /// How long the room waits idle before it passivates: briefly once it only forwards, and

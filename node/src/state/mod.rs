@@ -256,8 +256,6 @@ fn solo_table(settings: &NodeSettings) -> AssignmentTable {
 #[cfg(test)]
 mod gap_tests;
 #[cfg(test)]
-mod handoff_follower_tests;
-#[cfg(test)]
 mod handoff_tests;
 #[cfg(test)]
 mod membership_tests;
