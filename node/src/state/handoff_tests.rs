@@ -76,11 +76,16 @@ fn node_c_with(outbox: usize, rooms: RoomSettings) -> (Arc<NodeState>, Arc<Peers
     (state, peers)
 }
 
-pub(super) fn table(epoch: u64, owner: &str, moved: Option<(ShardId, &str)>) -> AssignmentTable {
-    let nodes: BTreeMap<NodeName, NodeInfo> = ["node-a", "node-b", "node-c"]
+/// The three nodes of these tests, as a table names them.
+pub(super) fn three_nodes() -> BTreeMap<NodeName, NodeInfo> {
+    ["node-a", "node-b", "node-c"]
         .into_iter()
         .map(|n| (name(n), NodeInfo::new("127.0.0.1:9")))
-        .collect();
+        .collect()
+}
+
+pub(super) fn table(epoch: u64, owner: &str, moved: Option<(ShardId, &str)>) -> AssignmentTable {
+    let nodes = three_nodes();
     let mut owners = vec![Some(name(owner)); SHARDS as usize];
     let mut moves = Vec::new();
     if let Some((shard, to)) = moved {

@@ -124,18 +124,19 @@ impl NodeState {
     /// [`Self::sync_follower`]; with `again`, every room goes whole even if it was sent to
     /// this follower before.
     async fn send_follower_the_shard(self: Arc<Self>, shard: ShardId, again: bool) {
-        if self.follower_of(shard).is_none() {
-            // No follower: the rooms release what they held.
-            self.rooms.sync(shard, again).await;
-            return;
-        }
         // One shard at a time, each handled by its follower before the next goes: a drain
         // gives a node dozens of shards to copy whole at once, and queued together they sit
         // ahead of every live change on the same links (a room's message waits for its
         // follower's answer). Rooms with traffic do not wait for their turn: their next change
-        // carries the whole room first (`Replication::needs_whole`).
-        let _turn = self.follower_syncs.lock().await;
+        // carries the whole room first (`Replication::needs_whole`). A shard with no follower
+        // copies nothing and does not queue.
+        let _turn = match self.follower_of(shard) {
+            Some(_) => Some(self.follower_syncs.lock().await),
+            None => None,
+        };
+        // Read again after the wait: the table may have changed meanwhile.
         let Some(follower) = self.follower_of(shard) else {
+            // No follower: the rooms release what they held.
             self.rooms.sync(shard, again).await;
             return;
         };

@@ -2,21 +2,16 @@
 //! follower handled the last: the follower is played by the test (the owner's link to it has
 //! no connection, so what it sends waits in the outbox until the test acknowledges it).
 
-use std::collections::BTreeMap;
+use shard::{AssignmentTable, RoomId, ShardId};
 
-use shard::{AssignmentTable, NodeInfo, RoomId, ShardId};
-
-use super::handoff_tests::{SHARDS, join_from_b, name, node_c, until};
+use super::handoff_tests::{SHARDS, join_from_b, name, node_c, three_nodes, until};
 use super::replicas::SYNC_TURN;
 use super::*;
 use crate::replication::Change;
 
 /// Every shard owned by `node-c`, followed by `follower` (or by nobody).
 fn owned_by_c(epoch: u64, follower: Option<&str>) -> AssignmentTable {
-    let nodes: BTreeMap<NodeName, NodeInfo> = ["node-a", "node-b", "node-c"]
-        .into_iter()
-        .map(|n| (name(n), NodeInfo::new("127.0.0.1:9")))
-        .collect();
+    let nodes = three_nodes();
     let owners = vec![Some(name("node-c")); SHARDS as usize];
     let followers = vec![follower.map(name); SHARDS as usize];
     let mut table = AssignmentTable::with_roles(owners, followers, nodes).expect("valid table");
