@@ -269,8 +269,8 @@ impl PeerLink {
 
     /// Note which process the peer is. A different one than before restarted with no memory
     /// of this link: numbering starts over both ways and what it never acknowledged is
-    /// returned, to be answered with errors.
-    pub fn meet(&self, incarnation: u64) -> Vec<Arc<PeerMsg>> {
+    /// returned (`Some`), to be answered with errors. `None`: the same process, or the first.
+    pub fn meet(&self, incarnation: u64) -> Option<Vec<Arc<PeerMsg>>> {
         let mut state = self.state();
         match state.peer_incarnation {
             Some(known) if known != incarnation => {
@@ -284,11 +284,11 @@ impl PeerLink {
                 self.note_fill(&state);
                 drop(state);
                 self.settled.notify_waiters();
-                bounced
+                Some(bounced)
             }
             _ => {
                 state.peer_incarnation = Some(incarnation);
-                Vec::new()
+                None
             }
         }
     }

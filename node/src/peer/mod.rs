@@ -51,6 +51,9 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn on_message(&self, from: &NodeName, msg: PeerMsg);
     /// A message that can never reach `to` (it left or restarted): answer its sender.
     fn on_bounce(&self, to: &NodeName, msg: &PeerMsg);
+    /// `peer` is a new process under the same name (after what it never acknowledged was
+    /// bounced): it remembers nothing the old one held.
+    fn on_restart(&self, peer: &NodeName);
 }
 
 /// Settings of the peer layer.
@@ -402,7 +405,8 @@ impl Peers {
     }
 
     /// A handshake named the peer's process: bounce what a restarted one will never
-    /// acknowledge, and say how far this node got in its stream.
+    /// acknowledge and tell the node it restarted, and say how far this node got in its
+    /// stream.
     ///
     /// # Errors
     /// [`Error::UnknownPeer`] when the table in force does not name `peer` (it left, or this
@@ -411,7 +415,12 @@ impl Peers {
         let link = self
             .link(peer)
             .ok_or_else(|| Error::UnknownPeer { peer: peer.clone() })?;
-        self.bounce(peer, link.meet(incarnation));
+        if let Some(bounced) = link.meet(incarnation) {
+            self.bounce(peer, bounced);
+            if let Some(handler) = self.handler() {
+                handler.on_restart(peer);
+            }
+        }
         Ok(link.received())
     }
 
@@ -457,6 +466,13 @@ impl Peers {
         self.link(peer)
             .map(|link| link.outbox())
             .unwrap_or_default()
+    }
+
+    /// A handshake with `peer`'s process `incarnation` (a new one after another is a
+    /// restart): noted as a real handshake notes it.
+    pub(crate) fn met(&self, peer: &NodeName, incarnation: u64) {
+        self.meet(peer, incarnation)
+            .expect("the table names the peer");
     }
 
     /// `peer` acknowledges everything queued for it so far.

@@ -25,6 +25,8 @@ impl PeerHandler for Bounces {
     fn on_bounce(&self, to: &NodeName, _msg: &PeerMsg) {
         self.0.lock().expect("lock").push(to.clone());
     }
+
+    fn on_restart(&self, _peer: &NodeName) {}
 }
 
 /// A table naming `nodes` (this node, `node-z`, sorts last: it dials nobody).

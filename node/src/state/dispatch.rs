@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::handoffs::{Early, EarlySnapshot};
 use super::{NodeState, TABLE_CATCH_UP, lock};
 use crate::peer::wire::PeerMsg;
+use crate::replication::Answer;
 use crate::room::RoomSnapshot;
 use crate::rooms::RouteError;
 
@@ -181,11 +182,15 @@ impl NodeState {
             PeerMsg::Snapshot { shard, .. } => {
                 tracing::error!(%shard, %to, "a snapshot could not be delivered: the target left or restarted");
             }
-            // A change that never reaches the follower stays held on the owner until the
-            // table names another follower (or none), which syncs the room again.
+            // The follower restarted (its copy went with the old process) or left: answered
+            // as a follower with no copy answers, the room sends itself whole again, to
+            // whichever follower the table names by then, and that answer releases what the
+            // change held. Unanswered, the room would hold its sends until the table changed.
+            PeerMsg::Replicate { room, rid, .. } => {
+                self.rooms.answered(room, to, *rid, Answer::NoCopy);
+            }
             PeerMsg::SnapshotAck { .. }
             | PeerMsg::Gap { .. }
-            | PeerMsg::Replicate { .. }
             | PeerMsg::Replicated { .. }
             | PeerMsg::CaughtUp { .. }
             | PeerMsg::AckNow

@@ -125,7 +125,7 @@ fn has_snapshot(peers: &Peers, to: &NodeName) -> bool {
 }
 
 /// Chat messages waiting in the outbox to `edge`.
-fn messages_to(peers: &Peers, edge: &NodeName) -> usize {
+pub(super) fn messages_to(peers: &Peers, edge: &NodeName) -> usize {
     peers
         .outbox(edge)
         .iter()

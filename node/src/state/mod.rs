@@ -146,6 +146,12 @@ impl PeerHandler for Handler {
             state.on_bounce(to, msg);
         }
     }
+
+    fn on_restart(&self, peer: &NodeName) {
+        if let Some(state) = self.0.upgrade() {
+            state.on_peer_restarted(peer);
+        }
+    }
 }
 
 /// The window `/status` load rates are averaged over: long enough to smooth a burst, short

@@ -174,6 +174,27 @@ impl NodeState {
         tokio::spawn(self.clone().send_follower_the_shard(shard, true));
     }
 
+    /// `peer` restarted: the new process holds none of the copies the old one did. Every
+    /// shard this node owns and `peer` follows goes to it whole again, one at a time as for a
+    /// new follower; otherwise those shards would have one live copy until the follower asked
+    /// for them ([`COPY_PATIENCE`]).
+    pub(super) fn on_peer_restarted(self: &Arc<Self>, peer: &NodeName) {
+        let table = self.table();
+        let me = self.me();
+        let followed: Vec<ShardId> = (0..table.shards)
+            .map(ShardId)
+            .filter(|&shard| table.owner(shard) == Some(me) && table.follower(shard) == Some(peer))
+            .collect();
+        if followed.is_empty() {
+            return;
+        }
+        tracing::warn!(%peer, shards = followed.len(), "the follower restarted with no copies: sending its shards whole again");
+        for shard in followed {
+            self.metrics.copies_resent.inc();
+            tokio::spawn(self.clone().send_follower_the_shard(shard, true));
+        }
+    }
+
     /// Follower: ask the owner of every followed shard whose copy has not become live within
     /// [`COPY_PATIENCE`] to send it (again).
     pub(super) fn ask_for_overdue_copies(&self) {
