@@ -84,6 +84,19 @@ fn offer(tx: &watch::Sender<Option<Arc<AssignmentTable>>>, name: &str, cm: &Conf
 }
 
 impl TableSource for ConfigMapTableSource {
+    fn current(&self) -> BoxedTable<'_> {
+        Box::pin(async move {
+            let mut latest = self.latest.clone();
+            match latest.wait_for(Option::is_some).await {
+                Ok(table) => table
+                    .as_ref()
+                    .map(|t| (**t).clone())
+                    .ok_or(Error::NoTable("none in the ConfigMap yet")),
+                Err(_) => Err(Error::NoTable("the ConfigMap watch ended")),
+            }
+        })
+    }
+
     fn next(&self, after: u64) -> BoxedTable<'_> {
         Box::pin(async move {
             let mut latest = self.latest.clone();

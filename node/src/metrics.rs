@@ -94,8 +94,11 @@ pub struct Metrics {
     /// missed a change.
     pub rooms_sent_whole: Counter,
     /// Followed shards sent whole again because their follower said it held no live copy
-    /// (it lost its copy in a table this node skipped).
+    /// (it lost its copy in a table this node skipped, or restarted).
     pub copies_resent: Counter,
+    /// Shards the table still gives this node that its previous process owned: left to their
+    /// followers, and the node not ready, until the table gives them elsewhere.
+    pub shards_inherited: Gauge,
     /// Per-code error counters, in [`ErrorCode::ALL`] order (clones of the family's members,
     /// so counting one is an index and an atomic add, no lookup).
     errors: [Counter; ErrorCode::ALL.len()],
@@ -162,6 +165,7 @@ impl Metrics {
             replication_fenced: Counter::default(),
             rooms_sent_whole: Counter::default(),
             copies_resent: Counter::default(),
+            shards_inherited: Gauge::default(),
             peer_gaps: Counter::default(),
             gap_reconnects: Counter::default(),
             sends_refused_overloaded: Counter::default(),
@@ -271,8 +275,13 @@ impl Metrics {
         );
         r.register(
             "roomshard_copies_resent",
-            "Shards sent whole again to a follower that said it held no live copy of them",
+            "Shards sent whole again to a follower that said it held no live copy of them, or restarted",
             m.copies_resent.clone(),
+        );
+        r.register(
+            "roomshard_shards_inherited",
+            "Shards the table still gives this node that its previous process owned (left to their followers; the node is not ready until none is left)",
+            m.shards_inherited.clone(),
         );
         r.register(
             "roomshard_errors",
@@ -416,8 +425,8 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(helps, types, "every metric has help text");
-        // 28: the hand-off histogram shows once a shard has been handed here.
-        assert_eq!(types, 28);
+        // 29: the hand-off histogram shows once a shard has been handed here.
+        assert_eq!(types, 29);
         assert!(!text.contains(".."), "help text ends with one period");
     }
 

@@ -97,6 +97,9 @@ pub async fn run(
     // only until shutdown starts: the clients not yet told to reconnect are still served, and a
     // send of theirs that waits for a newer table (a move in flight elsewhere) would otherwise
     // wait for one that never comes.
+    if source.is_none() {
+        node.inherit(None);
+    }
     let follower = source.map(|source| tokio::spawn(table_source::follow(source, node.clone())));
     let peer_server = peer_listener.map(|peer_listener| {
         let app = peer_router(state.clone());
@@ -194,6 +197,9 @@ async fn client_module() -> Response {
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.node.shutdown.is_cancelled() || state.node.exiting.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if !state.node.inheritance_settled() {
+        let why = "restarted: the shards of the previous process go to their followers first";
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
     } else {
         "ready".into_response()
     }

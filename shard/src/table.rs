@@ -230,6 +230,23 @@ impl AssignmentTable {
             .and_then(|i| self.moves.get(i))
     }
 
+    /// This table as a node reads it that must not own `shards`: each of them that `node` owns
+    /// is left with no owner, no follower and no move, so the node routes its rooms nowhere
+    /// (`room_unavailable`) rather than serving them. A node restarted in place uses it for the
+    /// shards its predecessor owned (their rooms died with it; the followers hold the copies).
+    #[must_use]
+    pub fn disowned(&self, node: &NodeName, shards: &BTreeSet<ShardId>) -> AssignmentTable {
+        let mut table = self.clone();
+        for &shard in shards {
+            if table.owner(shard) == Some(node) {
+                table.set_owner(shard, None);
+                table.set_follower(shard, None);
+                table.moves.retain(|m| m.shard != shard);
+            }
+        }
+        table
+    }
+
     /// Sets the owner of `shard` (ignored when out of range). Crate-internal: the planner is the
     /// only writer, and it keeps the table consistent.
     pub(crate) fn set_owner(&mut self, shard: ShardId, owner: Option<NodeName>) {
@@ -375,6 +392,54 @@ mod tests {
         assert_eq!(table.owner(ShardId(5)), None);
         assert!(table.counts().is_empty());
         assert!(table.validate().is_ok());
+    }
+
+    #[test]
+    fn a_disowned_shard_has_no_owner_follower_or_move_and_others_keep_theirs()
+    -> Result<(), ShardError> {
+        let (a, b, c) = (node("a")?, node("b")?, node("c")?);
+        let nodes = [&a, &b, &c]
+            .into_iter()
+            .map(|n| (n.clone(), NodeInfo::new("h:1")))
+            .collect();
+        let mut table = AssignmentTable::with_roles(
+            vec![
+                Some(a.clone()),
+                Some(a.clone()),
+                Some(b.clone()),
+                Some(a.clone()),
+            ],
+            vec![
+                Some(b.clone()),
+                Some(c.clone()),
+                Some(a.clone()),
+                Some(b.clone()),
+            ],
+            nodes,
+        )?;
+        table.epoch = 7;
+        table.moves = vec![Move {
+            shard: ShardId(1),
+            from: c.clone(),
+            to: a.clone(),
+        }];
+        let shards: BTreeSet<ShardId> = [ShardId(1), ShardId(2), ShardId(3)].into();
+        let seen = table.disowned(&a, &shards);
+        assert!(seen.validate().is_ok());
+        assert_eq!(seen.epoch, 7);
+        // Shards 1 and 3 were a's: nobody's now. Shard 2 is b's and stays so; shard 0 was not
+        // asked for.
+        assert_eq!(
+            seen.owners(),
+            [Some(a.clone()), None, Some(b.clone()), None]
+        );
+        assert_eq!(
+            seen.followers(),
+            [Some(b.clone()), None, Some(a.clone()), None]
+        );
+        assert!(seen.moves.is_empty(), "the move into a went with it");
+        assert_eq!(table.disowned(&c, &shards), table, "c owns none of them");
+        Ok(())
     }
 
     #[test]

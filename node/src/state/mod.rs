@@ -34,6 +34,7 @@ use crate::snowflake::Snowflake;
 mod dispatch;
 mod gaps;
 mod handoffs;
+mod inherited;
 mod outgoing;
 mod replicas;
 mod routing;
@@ -45,6 +46,7 @@ pub use routing::MAX_HOPS;
 pub use settings::{ConnectionLimits, HandoffSettings, NodeSettings};
 
 use handoffs::{Handoffs, watch_deadlines};
+use inherited::Inherited;
 
 /// How long a command routed by a newer table than ours waits for ours to catch up.
 const TABLE_CATCH_UP: Duration = Duration::from_secs(3);
@@ -84,6 +86,8 @@ pub struct NodeState {
     applying: tokio::sync::Mutex<()>,
     /// Whole-shard copies to followers go one at a time (see [`replicas`]).
     follower_syncs: tokio::sync::Mutex<()>,
+    /// Shards the previous process owned (see [`inherited`]).
+    inherited: Mutex<Inherited>,
     next_conn: AtomicU64,
 }
 
@@ -162,7 +166,10 @@ impl NodeState {
     /// A node alone: it owns every shard itself.
     pub fn new(settings: NodeSettings, auth: Authenticator) -> Arc<NodeState> {
         let table = solo_table(&settings);
-        Self::build(settings, auth, None, table)
+        let state = Self::build(settings, auth, None, table);
+        // Alone, it has no source and no predecessor's table.
+        state.inherit(None);
+        state
     }
 
     /// A cluster member: it owns nothing until the first assignment table arrives.
@@ -222,6 +229,7 @@ impl NodeState {
                 copies,
                 applying: tokio::sync::Mutex::new(()),
                 follower_syncs: tokio::sync::Mutex::new(()),
+                inherited: Mutex::default(),
                 next_conn: AtomicU64::new(1),
             }
         })
@@ -263,6 +271,8 @@ fn solo_table(settings: &NodeSettings) -> AssignmentTable {
 mod gap_tests;
 #[cfg(test)]
 mod handoff_tests;
+#[cfg(test)]
+mod inherited_tests;
 #[cfg(test)]
 mod membership_tests;
 #[cfg(test)]

@@ -28,6 +28,8 @@ impl NodeState {
             );
             return false;
         }
+        // Shards the previous process owned stay unowned here (see `inherited`).
+        let new = self.without_inherited(new);
         let me = self.me().clone();
         let change = shard::transition(&old, &new, &me);
         let abandoned = shard::abandoned_handoffs(&old, &new, &me);

@@ -513,3 +513,29 @@ fn deciding_again_on_its_own_output_publishes_nothing() {
     assert!(!again.publish);
     assert_eq!(again.table, first.table);
 }
+
+/// A node process restarted in place while the table names it an owner is not ready until the
+/// table gives its old shards away (`node/src/state/inherited.rs`). When every pod restarts
+/// so (a whole cluster power-cycled), none is ready: the operator must still publish a table
+/// that gives those shards away (to nobody), or the nodes would wait for it forever.
+#[test]
+fn with_every_pod_unready_the_next_table_gives_every_shard_away() {
+    let table = settled(3);
+    let pods: Vec<PodView> = (0..3).map(starting).collect();
+    let decision = run(3, &pods, &table);
+    assert!(decision.publish);
+    assert!(decision.table.epoch > table.epoch);
+    for i in 0..3 {
+        assert!(decision.table.shards_of(&name(i)).is_empty());
+    }
+    // Once they are ready again, they share the shards afresh.
+    let pods: Vec<PodView> = (0..3).map(|i| ready(i, decision.table.epoch)).collect();
+    let next = run(3, &pods, &decision.table);
+    assert!(next.publish);
+    assert_eq!(
+        (0..3)
+            .map(|i| next.table.shards_of(&name(i)).len())
+            .sum::<usize>(),
+        SHARDS as usize
+    );
+}

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use shard::AssignmentTable;
@@ -66,11 +67,13 @@ impl History {
         let sts: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
         let (h, s, name) = (history.clone(), stop.clone(), cluster.to_owned());
         tokio::spawn(async move {
-            let mut events = watcher(sts, watcher::Config::default()).boxed();
+            let mut events = watcher(sts, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             loop {
                 let event = tokio::select! { () = s.cancelled() => break, e = events.next() => e };
-                let Some(Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))) = event
-                else {
+                let Some(event) = event else { break };
+                let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event else {
                     continue;
                 };
                 if o.name_any() == name {
@@ -86,11 +89,13 @@ impl History {
             format!("{cluster}-assignments"),
         );
         tokio::spawn(async move {
-            let mut events = watcher(cms, watcher::Config::default()).boxed();
+            let mut events = watcher(cms, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             loop {
                 let event = tokio::select! { () = s.cancelled() => break, e = events.next() => e };
-                let Some(Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))) = event
-                else {
+                let Some(event) = event else { break };
+                let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event else {
                     continue;
                 };
                 if o.name_any() != name {
@@ -106,7 +111,9 @@ impl History {
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let (h, s) = (history.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut events = watcher(pods, watcher::Config::default()).boxed();
+            let mut events = watcher(pods, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             loop {
                 let event = tokio::select! { () = s.cancelled() => break, e = events.next() => e };
                 match event {
@@ -118,6 +125,7 @@ impl History {
                     Some(Ok(watcher::Event::Delete(o))) => {
                         h.record(rv(&o.metadata), Seen::PodDeleted(o.name_any()));
                     }
+                    None => break,
                     _ => {}
                 }
             }

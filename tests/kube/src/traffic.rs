@@ -111,6 +111,28 @@ impl Traffic {
         traffic
     }
 
+    /// [`Traffic::verify`], then prints what it counted under `label`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Traffic::verify`], and when no more than `least` messages were acknowledged: the
+    /// traffic did not flow, so the check proved nothing.
+    pub async fn verify_flowed(self, label: &str, least: usize) -> TestResult<Outcome> {
+        let outcome = self.verify().await?;
+        eprintln!(
+            "{label}: {} acknowledged messages kept, {} sends cut by a reconnect before their answer",
+            outcome.acknowledged, outcome.cut
+        );
+        if outcome.acknowledged <= least {
+            return Err(format!(
+                "{label}: the traffic did not flow: {} acknowledged, {least} expected at least",
+                outcome.acknowledged
+            )
+            .into());
+        }
+        Ok(outcome)
+    }
+
     /// Waits for the traffic to end and checks every room's history against what was
     /// acknowledged and what the listener saw.
     ///

@@ -102,17 +102,8 @@ async fn rollout(cluster: &Cluster) -> TestResult {
         table.lines().next().unwrap_or_default().contains("UPDATED"),
         "kubectl get chat shows the rollout: {table}"
     );
-    let outcome = traffic.verify().await?;
+    traffic.verify_flowed("rollout", 8 * 50).await?;
     stop.cancel();
-    eprintln!(
-        "rollout: {} acknowledged messages kept, {} sends cut by a reconnect",
-        outcome.acknowledged, outcome.cut
-    );
-    assert!(
-        outcome.acknowledged > 8 * 50,
-        "traffic flowed: {}",
-        outcome.acknowledged
-    );
     drained_while_alive(&history, &["minimal-0", "minimal-1", "minimal-2"])?;
     // One pod at a time: never two terminating at once.
     let mut going: std::collections::BTreeSet<String> = Default::default();
@@ -182,16 +173,7 @@ async fn evict_and_delete(cluster: &Cluster) -> TestResult {
         },
     )
     .await?;
-    let outcome = traffic.verify().await?;
+    traffic.verify_flowed("eviction and delete", 6 * 40).await?;
     stop.cancel();
-    eprintln!(
-        "eviction and delete: {} acknowledged messages kept, {} sends cut by a reconnect",
-        outcome.acknowledged, outcome.cut
-    );
-    assert!(
-        outcome.acknowledged > 6 * 40,
-        "traffic flowed: {}",
-        outcome.acknowledged
-    );
     drained_while_alive(&history, &["minimal-1", "minimal-2"])
 }
