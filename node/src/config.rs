@@ -97,6 +97,12 @@ pub struct NodeConfig {
     /// How long shutdown waits for connections to close after telling them to reconnect.
     #[arg(long, env = "ROOMSHARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// A file in storage that outlives the process but not its pod (the operator points it into
+    /// the pod's `emptyDir`). Found at start, it means the kubelet restarted this process in
+    /// its pod, and the shards the table still gives this node were the old process's: they are
+    /// left to their followers (see `docs/replication.md`). Unset: never treated so.
+    #[arg(long, env = "ROOMSHARD_RESTART_MARKER")]
+    pub restart_marker: Option<PathBuf>,
     /// File holding the HS256 key that signs client tokens; when set, `?token=` is required.
     #[arg(long, env = "ROOMSHARD_AUTH_KEY_FILE")]
     pub auth_key_file: Option<PathBuf>,

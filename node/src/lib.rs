@@ -42,6 +42,7 @@ pub mod peer_status;
 pub mod protocol;
 pub mod rate;
 pub mod replication;
+pub mod restart_marker;
 pub mod resting;
 pub mod room;
 pub mod rooms;

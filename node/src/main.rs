@@ -88,6 +88,11 @@ async fn serve(config: NodeConfig) -> Result<(), node::Error> {
         }
         None => NodeState::new(settings, auth),
     };
+    if let Some(marker) = &config.restart_marker
+        && node::restart_marker::note_start(marker)
+    {
+        node.restarted_in_place();
+    }
     tracing::info!(node = %node.settings.name, %bound, clustered = source.is_some(), tokens = node.auth.requires_token(), "node starting");
     // Scripts and tests read these lines to learn the ports when listening on port 0.
     println!("roomshard-node listening on http://{bound} (chat page: http://{bound}/)");

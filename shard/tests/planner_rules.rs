@@ -514,12 +514,17 @@ proptest! {
             check_cap(&new)?;
             let eligible: BTreeSet<NodeName> = cluster.eligible().into_iter().collect();
             // A shard is only ever given to an eligible node; one left elsewhere was deferred
-            // and stays where it was (with its follower's copy when its owner is gone).
+            // and stays where it was: with its owner, or when the owner is gone, with the
+            // source of the hand-off to it (which still holds the rooms) or its follower's copy.
             let ready = &cluster.membership.ready;
             for s in (0..shards).map(ShardId) {
                 if let Some(owner) = new.owner(s).filter(|o| !eligible.contains(*o)) {
                     let holder = match old.owner(s) {
-                        Some(o) if !ready.contains_key(o) => old.follower(s),
+                        Some(o) if !ready.contains_key(o) => old
+                            .move_of(s)
+                            .map(|m| &m.from)
+                            .filter(|from| ready.contains_key(*from))
+                            .or(old.follower(s)),
                         o => o,
                     };
                     prop_assert_eq!(holder, Some(owner));

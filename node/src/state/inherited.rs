@@ -8,14 +8,14 @@
 //! and send that empty room whole to the follower, replacing its copy: every acknowledged
 //! message of those rooms lost.
 //!
-//! So a process notes which shards the table held by its source *when it started* gives it
-//! ([`NodeState::inherit`]); a fresh node is named in no such table, since the operator gives
-//! shards only to pods that were ready, and a node is not ready before it has looked. Every table
-//! it applies is read with those shards unowned ([`AssignmentTable::disowned`]): their rooms are
-//! answered `room_unavailable`, nothing is sent to their followers, and `/readyz` fails. The
-//! unready pod leaves membership; the operator's next table makes each follower the owner,
-//! serving from its copy; once no table gives this node an inherited shard any more, it is
-//! ready, and gets shards again by hand-off, like any new member.
+//! So a process that finds it follows another in the same pod ([`crate::restart_marker`]) notes
+//! which shards the table held by its source *when it started* gives it ([`NodeState::inherit`]);
+//! no node is ready before it has looked. Every table it applies is read with those shards
+//! unowned ([`AssignmentTable::disowned`]): their rooms are answered `room_unavailable`, nothing
+//! is sent to their followers, and `/readyz` fails. The unready pod leaves membership; the
+//! operator's next table makes each follower the owner, serving from its copy; once no table
+//! gives this node an inherited shard any more, it is ready, and gets shards again by hand-off,
+//! like any new member.
 
 use std::collections::BTreeSet;
 
@@ -29,6 +29,9 @@ pub(super) enum Inherited {
     /// It has not looked at its source's table yet (a cluster member, just started).
     #[default]
     Unknown,
+    /// The kubelet restarted it in its pod (see [`crate::restart_marker`]); it has not looked
+    /// at its source's table yet.
+    Restarted,
     /// Shards the starting table gave this node that no table since has given anyone else.
     Known(BTreeSet<ShardId>),
 }
@@ -38,8 +41,9 @@ impl NodeState {
     /// not be read): the shards it gives this node were its predecessor's. Called once, before
     /// the first table is applied.
     pub fn inherit(&self, starting: Option<&AssignmentTable>) {
+        let restarted = matches!(&*lock(&self.inherited), Inherited::Restarted);
         let shards: BTreeSet<ShardId> = starting
-            .filter(|table| table.epoch > 0)
+            .filter(|table| restarted && table.epoch > 0)
             .map(|table| table.shards_of(self.me()).into_iter().collect())
             .unwrap_or_default();
         if !shards.is_empty() {
@@ -50,6 +54,12 @@ impl NodeState {
             self.metrics.shards_inherited.set(shards.len() as i64);
         }
         *lock(&self.inherited) = Inherited::Known(shards);
+    }
+
+    /// The kubelet restarted this process in its pod: another process of this node ran before
+    /// it (see [`crate::restart_marker`]). Called before [`Self::inherit`].
+    pub fn restarted_in_place(&self) {
+        *lock(&self.inherited) = Inherited::Restarted;
     }
 
     /// Whether `/readyz` may say ready: the starting table was read and no shard of the

@@ -48,6 +48,10 @@ pub const TERMINATION_MARGIN_SECONDS: i64 = 10;
 /// replacement's hand-offs themselves.
 pub const MIN_READY_SECONDS: i64 = 10;
 
+/// The node's restart marker, in the pod's `/tmp` emptyDir (see the node's
+/// `--restart-marker`).
+pub const RESTART_MARKER: &str = "/tmp/roomshard-started";
+
 /// Seconds from the start of termination to SIGKILL for an exit drain of `exit_drain_seconds`:
 /// `preStop`, the exit drain, the shutdown grace and the margin.
 pub fn termination_grace_seconds(exit_drain_seconds: i64) -> i64 {
@@ -152,6 +156,9 @@ pub fn statefulset(
              "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "ROOMSHARD_NAMESPACE",
              "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            // In the pod's emptyDir: a process the kubelet restarts in the pod finds it, and
+            // leaves the shards the table still gives its node to their followers.
+            {"name": "ROOMSHARD_RESTART_MARKER", "value": RESTART_MARKER},
         ],
         "ports": [
             {"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
@@ -276,6 +283,33 @@ mod tests {
         for (k, v) in &selector {
             assert_eq!(pod_labels.get(k), Some(v));
         }
+    }
+
+    #[test]
+    fn the_restart_marker_is_in_the_pods_empty_dir() {
+        let sts = build(json!({"replicas": 1}), 1);
+        let env = node(&sts).env.expect("env");
+        let marker = env
+            .iter()
+            .find(|e| e.name == "ROOMSHARD_RESTART_MARKER")
+            .and_then(|e| e.value.clone())
+            .expect("a restart marker");
+        let mount = node(&sts)
+            .volume_mounts
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| marker.starts_with(&format!("{}/", m.mount_path)))
+            .expect("the marker is on a mounted volume");
+        let volume = pod(&sts)
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == mount.name)
+            .expect("the mount's volume");
+        assert!(
+            volume.empty_dir.is_some(),
+            "an emptyDir outlives the container, not the pod"
+        );
     }
 
     #[test]
