@@ -223,13 +223,7 @@ async fn sender(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        if ws
-            .send(Message::text(
-                json!({"op": "join", "room": room}).to_string(),
-            ))
-            .await
-            .is_err()
-        {
+        if !joined(&mut ws, &room).await {
             continue;
         }
         while Instant::now() < until {
@@ -268,6 +262,37 @@ async fn sender(
         }
     }
     Ok(cut)
+}
+
+/// How long a client waits before it asks again for a room that refused its join.
+const JOIN_RETRY: Duration = Duration::from_millis(300);
+
+/// Joins `room` on `ws` and waits for the answer: false when the join was refused (after
+/// [`JOIN_RETRY`], so the caller reconnects and asks again, as a client does), not answered in
+/// time, or the connection failed.
+async fn joined(ws: &mut Socket, room: &str) -> bool {
+    let join = json!({"op": "join", "room": room});
+    if ws.send(Message::text(join.to_string())).await.is_err() {
+        return false;
+    }
+    loop {
+        let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+        else {
+            return false;
+        };
+        let Message::Text(t) = frame else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&t) else {
+            return false;
+        };
+        match v["op"].as_str() {
+            Some("joined") if v["room"] == room => return true,
+            Some("error") if v["room"] == room => {
+                tokio::time::sleep(JOIN_RETRY).await;
+                return false;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Follows `room` until `until`, resuming with `since` after every reconnect; returns the seqs
@@ -312,6 +337,12 @@ async fn listener(
                     .for_each(&mut take),
                 Some("msg") => take(&v),
                 Some("reconnect") => continue 'connect,
+                // The join was refused (the room is between owners): ask again shortly, as a
+                // client does.
+                Some("error") if v["room"] == room.as_str() => {
+                    tokio::time::sleep(JOIN_RETRY).await;
+                    continue 'connect;
+                }
                 _ => {}
             }
         }
