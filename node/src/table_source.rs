@@ -51,9 +51,7 @@ impl HttpTableSource {
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
-}
 
-impl HttpTableSource {
     /// `GET uri`, the answer read as a table.
     async fn get(&self, uri: hyper::Uri) -> Result<AssignmentTable> {
         let response = tokio::time::timeout(Duration::from_secs(60), self.client.get(uri))

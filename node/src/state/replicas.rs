@@ -181,9 +181,10 @@ impl NodeState {
     pub(super) fn on_peer_restarted(self: &Arc<Self>, peer: &NodeName) {
         let table = self.table();
         let me = self.me();
-        let followed: Vec<ShardId> = (0..table.shards)
-            .map(ShardId)
-            .filter(|&shard| table.owner(shard) == Some(me) && table.follower(shard) == Some(peer))
+        let followed: Vec<ShardId> = table
+            .followed_by(peer)
+            .into_iter()
+            .filter(|&shard| table.owner(shard) == Some(me))
             .collect();
         if followed.is_empty() {
             return;
