@@ -11,7 +11,9 @@
 //!    a new follower (they cannot follow those themselves), then by name. With no pins
 //!    (hand-offs in flight piling shards on one node) the caps never bind below ⌈S/N⌉ except
 //!    where they must (two nodes and an odd shard count: the node owning more follows fewer).
-//! 2. **Keep.** A current follower stays if it is eligible, is not the shard's new owner, is not
+//! 2. **Keep.** The current follower of a shard with a move in flight stays if it is eligible
+//!    and not the shard's new owner, and its node's target rises to cover such pins. Any other
+//!    current follower stays if it is eligible, is not the shard's new owner, is not
 //!    in the owner's zone, and its node is not above its target. A node above its target keeps
 //!    first the shards owned by nodes that are short of followed shards themselves (those could
 //!    not take them over), then the lowest shard ids, and gives up the rest.
@@ -55,8 +57,9 @@ pub(crate) fn fill_followers(
                 .copied()
         })
         .collect();
-    let mut kept = ledger.keep(&previous);
-    ledger.make_feasible(&mut kept);
+    let moving: BTreeSet<u32> = next.moves.iter().map(|m| m.shard.0).collect();
+    let mut kept = ledger.keep(&previous, &moving);
+    ledger.make_feasible(&mut kept, &moving);
     for &(s, i) in &kept {
         next.set_follower(ShardId(s), Some(eligible[i].clone()));
     }
@@ -165,15 +168,19 @@ impl<'a> Ledger<'a> {
 
     /// Targets, then the current followers that stay (rule 2 of the module doc), as
     /// (shard, node) in shard order; sets free places and shards to place accordingly.
-    fn keep(&mut self, previous: &[Option<usize>]) -> Vec<(u32, usize)> {
+    fn keep(&mut self, previous: &[Option<usize>], moving: &BTreeSet<u32>) -> Vec<(u32, usize)> {
         let n = self.free.len();
         let mut candidates: Vec<Vec<u32>> = vec![Vec::new(); n];
+        // Followers of moving shards: kept whatever the targets say (F4).
+        let mut pinned: Vec<Vec<u32>> = vec![Vec::new(); n];
         let mut following = vec![0u32; n];
         for (shard, (&g, &i)) in self.group_of_shard.iter().zip(previous).enumerate() {
             let (Some(g), Some(i)) = (g, i) else { continue };
             if self.groups[g].node != Some(i) {
                 following[i] += 1;
-                if !Ledger::same_zone(self.node_zone[i], self.groups[g].zone) {
+                if moving.contains(&(shard as u32)) {
+                    pinned[i].push(shard as u32);
+                } else if !Ledger::same_zone(self.node_zone[i], self.groups[g].zone) {
                     candidates[i].push(shard as u32);
                 }
             }
@@ -193,7 +200,15 @@ impl<'a> Ledger<'a> {
                 waiting[o] += 1;
             }
         }
-        let targets = targets(&self.owned, &following, &waiting, &self.node_zone, total);
+        let pins: Vec<u32> = pinned.iter().map(|p| p.len() as u32).collect();
+        let targets = targets(
+            &self.owned,
+            &following,
+            &waiting,
+            &self.node_zone,
+            total,
+            &pins,
+        );
         // Keep up to the target: the shards of owners short of followed shards first.
         let needy: Vec<bool> = (0..n)
             .map(|i| candidates[i].len() < targets[i] as usize)
@@ -206,7 +221,8 @@ impl<'a> Ledger<'a> {
         let mut kept: Vec<(u32, usize)> = Vec::new();
         for (i, mut list) in candidates.into_iter().enumerate() {
             list.sort_by_key(|&s| (!owner_needy(s), s));
-            list.truncate(targets[i] as usize);
+            list.truncate((targets[i] as usize).saturating_sub(pinned[i].len()));
+            kept.extend(pinned[i].iter().map(|&s| (s, i)));
             kept.extend(list.into_iter().map(|s| (s, i)));
         }
         kept.sort_unstable();
@@ -247,23 +263,34 @@ impl<'a> Ledger<'a> {
 
     /// Releases kept followers until every node's pressure, then as far as possible every zone's,
     /// is within the places left (rule 3 of the module doc).
-    fn make_feasible(&mut self, kept: &mut Vec<(u32, usize)>) {
+    fn make_feasible(&mut self, kept: &mut Vec<(u32, usize)>, moving: &BTreeSet<u32>) {
         let n = self.free.len();
+        // Followers of moving shards are released last: a shard with no follower at all is
+        // worse than a moving shard whose copy changes node.
+        let last = |kept: &[(u32, usize)], fits: &dyn Fn(u32, usize) -> bool| {
+            kept.iter()
+                .rposition(|&(s, x)| fits(s, x) && !moving.contains(&s))
+                .or_else(|| kept.iter().rposition(|&(s, x)| fits(s, x)))
+        };
         while let Some(o) = (0..n).find(|&k| self.pressure(k) > self.places) {
-            let victim = kept.iter().rposition(|&(s, x)| {
-                x != o && self.group_of_shard[s as usize] != self.own_group[o]
-            });
-            let Some(at) = victim else { break };
+            let fits =
+                |s: u32, x: usize| x != o && self.group_of_shard[s as usize] != self.own_group[o];
+            let Some(at) = last(kept, &fits) else { break };
             let (s, x) = kept.remove(at);
             self.release(s, x);
         }
         while let Some(z) =
             (0..self.zone_pressure.len()).find(|&z| self.zone_pressure[z] > self.places)
         {
-            let victim = kept
-                .iter()
-                .rposition(|&(s, x)| self.owner_zone(s) != Some(z) && self.node_zone[x] != Some(z));
-            let Some(at) = victim else { break };
+            // Zones are best effort while a shard moves: its follower is not released for them.
+            let fits = |s: u32, x: usize| {
+                self.owner_zone(s) != Some(z)
+                    && self.node_zone[x] != Some(z)
+                    && !moving.contains(&s)
+            };
+            let Some(at) = kept.iter().rposition(|&(s, x)| fits(s, x)) else {
+                break;
+            };
             let (s, x) = kept.remove(at);
             self.release(s, x);
         }
@@ -402,7 +429,8 @@ struct Group {
 }
 
 /// How many shards each eligible node should follow: at most `total - owned[i]`, otherwise
-/// ⌊total/N⌋ or one more (see the module doc for who gets the one more). `waiting` counts each
+/// ⌊total/N⌋ or one more (see the module doc for who gets the one more), and never fewer than
+/// its `pins` (followers of moving shards, kept whatever the balance). `waiting` counts each
 /// node's own shards that need a new follower.
 fn targets(
     owned: &[u32],
@@ -410,6 +438,7 @@ fn targets(
     waiting: &[u32],
     zones: &[Option<usize>],
     total: u32,
+    pins: &[u32],
 ) -> Vec<u32> {
     let n = owned.len();
     let caps: Vec<u32> = owned.iter().map(|&o| total.saturating_sub(o)).collect();
@@ -424,8 +453,15 @@ fn targets(
         }
     }
     let level = lo;
-    let mut targets: Vec<u32> = caps.iter().map(|&cap| cap.min(level)).collect();
-    let mut left_over = u64::from(total).saturating_sub(filled(level));
+    // A node whose pins reach above the level takes them instead of its share (and no one
+    // more): the others share what is left as before, so planning again gives the same.
+    let mut targets: Vec<u32> = caps
+        .iter()
+        .zip(pins)
+        .map(|(&cap, &pinned)| cap.min(level).max(pinned))
+        .collect();
+    let mut left_over =
+        u64::from(total).saturating_sub(targets.iter().map(|&t| u64::from(t)).sum());
     // Roles already in each zone (owned + followed); nodes without a zone are apart (0).
     let mut zone_roles: BTreeMap<usize, u32> = BTreeMap::new();
     for i in 0..n {
@@ -441,7 +477,7 @@ fn targets(
     };
     while left_over > 0 {
         let Some(i) = (0..n)
-            .filter(|&i| targets[i] == level && caps[i] > level)
+            .filter(|&i| targets[i] == level && caps[i] > level && pins[i] <= level)
             .min_by_key(|&i| {
                 (
                     roles_of(&zone_roles, i),
@@ -471,9 +507,12 @@ mod tests {
     fn targets_are_floor_or_ceil_and_go_to_the_nodes_following_most() {
         let none = vec![None; 3];
         let zero = [0, 0, 0];
-        assert_eq!(targets(&[4, 3, 3], &zero, &zero, &none, 10), vec![4, 3, 3]);
         assert_eq!(
-            targets(&[4, 3, 3], &[0, 5, 0], &zero, &none, 10),
+            targets(&[4, 3, 3], &zero, &zero, &none, 10, &zero),
+            vec![4, 3, 3]
+        );
+        assert_eq!(
+            targets(&[4, 3, 3], &[0, 5, 0], &zero, &none, 10, &zero),
             vec![3, 4, 3]
         );
     }
@@ -481,13 +520,19 @@ mod tests {
     #[test]
     fn with_two_nodes_the_node_owning_more_follows_fewer() {
         let none = vec![None; 2];
-        assert_eq!(targets(&[2, 1], &[2, 0], &[0, 0], &none, 3), vec![1, 2]);
+        assert_eq!(
+            targets(&[2, 1], &[2, 0], &[0, 0], &none, 3, &[0, 0]),
+            vec![1, 2]
+        );
     }
 
     #[test]
     fn the_extra_follows_go_to_the_zone_with_fewer_roles() {
         let zones = vec![Some(0), Some(1)];
         // Zone a owns 3 of 5 shards: zone b must follow them, zone a follows the other 2.
-        assert_eq!(targets(&[3, 2], &[0, 0], &[0, 0], &zones, 5), vec![2, 3]);
+        assert_eq!(
+            targets(&[3, 2], &[0, 0], &[0, 0], &zones, 5, &[0, 0]),
+            vec![2, 3]
+        );
     }
 }

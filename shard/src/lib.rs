@@ -17,6 +17,8 @@
 //! - [`balance`]: [`plan_with_load`] also balances per-shard load (deliveries per second) under a
 //!   [`LoadPolicy`], moving the fewest shards.
 //! - [`followers`]: how the planner chooses each shard's follower (replication 2).
+//! - [`custody`]: [`duty`] tells one node what applying a new table means for a shard, from
+//!   what it holds of it: the rule that frozen rooms always have a holder.
 //! - [`handoff`]: [`transition`] tells one node what applying a new table means for it.
 //! - [`following`]: [`follower_transition`], the same for the copies it keeps as a follower.
 //! - [`drain`]: [`drain_step`] decides the next safe step of a scale-down.
@@ -25,6 +27,7 @@
 //! All fallible functions return [`ShardError`].
 
 pub mod balance;
+pub mod custody;
 pub mod drain;
 pub mod followers;
 pub mod following;
@@ -38,6 +41,7 @@ pub mod table;
 mod targets;
 
 pub use balance::{LoadPolicy, plan_with_load};
+pub use custody::{Duty, Holding, RoomsDuty, duty, shards_to_visit};
 pub use drain::{
     CopyReport, DrainStep, NodeReport, copies_moved_on, drain_step, handed_off, new_followers,
     nodes_to_drain,

@@ -4,7 +4,11 @@
 //! it produced gives the same table back, epoch included. Its rules:
 //!
 //! 1. **Owners.** Eligible nodes are the ready ones that are not draining. Every shard gets exactly
-//!    one eligible owner; with no eligible node every shard is unassigned and nothing moves.
+//!    one eligible owner. With no eligible node (every ready node draining, as when every pod is
+//!    deleted at once) nothing is dropped: a shard stays with its ready owner (its move in
+//!    flight going on while both ends are ready), or goes to its ready follower, or to the ready
+//!    source of its move; only a shard none of whose holders is ready is unassigned. Nothing
+//!    new moves and no shard has a follower until a node is eligible again.
 //! 2. **Balance.** With S shards and N eligible nodes, every node ends with floor(S/N) or
 //!    ceil(S/N) shards. The one exception is a hand-off still in flight: it is never redirected
 //!    (rule 6), so a node receiving more in-flight shards than its share keeps them, and the other
@@ -20,9 +24,13 @@
 //! 6. **Moves.** An owner change from a node that is still ready records a [`Move`] so the old
 //!    owner hands the rooms over; from a node that is gone there is no move (the new owner starts
 //!    the shard fresh), unless the shard's follower holds a copy (F5). A move in flight stays
-//!    while its source is ready and its target eligible; if the source is gone the move is
-//!    dropped (the target keeps the shard); if the target is no longer eligible the shard is
-//!    planned again, moving from the original source.
+//!    while both its ends are ready, draining or not: it is never redirected or cancelled while
+//!    its snapshot may be on its way (a draining target installs the rooms, then hands them on
+//!    like any shard it owns). When one end leaves, the shard's ready follower stands in for it,
+//!    because its copy holds every acknowledged message: a move whose source left goes on from
+//!    the follower, a move whose target left goes to the follower (which merges the source's
+//!    rooms with its copy). With no such follower, a move whose source left is dropped (the
+//!    target keeps the shard) and a shard whose target left is planned again from the source.
 //! 7. **Members.** `nodes` is the ready set, `draining` the draining nodes that are ready.
 //! 8. **Cap.** With [`PlanOptions::max_moves_per_node`] = k, no node is source or target of more
 //!    than k moves in the result; shards that would exceed it stay with their current owner (even a
@@ -53,7 +61,9 @@
 //!   followers) and at most one more: when F2 leaves a node one follow short and every shard
 //!   left without a follower is its own, it takes over one other shard's copy and that
 //!   shard's follower takes one of its shards. (Four nodes where a and b follow each other's
-//!   shard: when a leaves, b owns both shards it could follow.)
+//!   shard: when a leaves, b owns both shards it could follow.) A shard with a move in flight
+//!   keeps its follower whatever F2 and F3 say, while the follower is eligible and not the
+//!   move's target: its copy is what stands in for an end of the move that fails.
 //! - **F5 Failover.** When a shard's owner is no longer ready and its follower is, the follower
 //!   holds the rooms' copy, so it is the hand-off source: it becomes the owner with no move when
 //!   its target allows (promotion), otherwise the new owner gets a `Move` from it, exactly as from
@@ -155,7 +165,9 @@ pub(crate) fn plan_inner(
     next.epoch = current.epoch;
     next.nodes = ready.clone();
     next.draining = draining;
-    if !eligible.is_empty() {
+    if eligible.is_empty() {
+        keep_with_holders(current, &mut next, ready);
+    } else {
         assign(
             current,
             &mut next,
@@ -194,6 +206,82 @@ struct Homeless {
     source: Option<NodeName>,
 }
 
+/// With no eligible node, every shard stays with a ready node that holds its rooms (rule 1):
+/// the ends of its move in flight, its owner, its follower, or its move's source.
+fn keep_with_holders(
+    current: &AssignmentTable,
+    next: &mut AssignmentTable,
+    ready: &BTreeMap<NodeName, NodeInfo>,
+) {
+    let mut moves = Vec::new();
+    for s in (0..current.shards).map(ShardId) {
+        let the_move = current.move_of(s);
+        if let Some(Kept::Move(m)) = kept_move(current, s, ready) {
+            next.set_owner(s, Some(m.to.clone()));
+            moves.push(m);
+            continue;
+        }
+        let holder = [
+            current.owner(s),
+            current.follower(s),
+            the_move.map(|m| &m.from),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|n| ready.contains_key(*n));
+        next.set_owner(s, holder.cloned());
+    }
+    moves.sort();
+    next.moves = moves;
+}
+
+/// What becomes of the move in flight of one shard (rule 6).
+enum Kept {
+    /// A move that goes on: as it was, or with the shard's follower standing in for the end
+    /// that left.
+    Move(Move),
+    /// The target left and no follower can take its place: the source still holds the rooms.
+    Replan(NodeName),
+}
+
+/// The move in flight of `shard` in `current`, as the next table keeps it (rule 6): unchanged
+/// while both ends are ready (draining or not); with the shard's follower as the new source
+/// when the source left (the follower's copy holds every acknowledged message), or as the new
+/// target when the target left (it merges the source's rooms with its copy); `None` when the
+/// shard has no such move, or the move ends with the target keeping the shard.
+fn kept_move(
+    current: &AssignmentTable,
+    shard: ShardId,
+    ready: &BTreeMap<NodeName, NodeInfo>,
+) -> Option<Kept> {
+    let m = current
+        .move_of(shard)
+        .filter(|m| Some(&m.to) == current.owner(shard) && m.from != m.to)?;
+    let follower = current
+        .follower(shard)
+        .filter(|f| ready.contains_key(*f) && **f != m.from && **f != m.to)
+        .cloned();
+    match (ready.contains_key(&m.from), ready.contains_key(&m.to)) {
+        (true, true) => Some(Kept::Move(m.clone())),
+        (true, false) => Some(match follower {
+            Some(f) => Kept::Move(Move {
+                shard,
+                from: m.from.clone(),
+                to: f,
+            }),
+            None => Kept::Replan(m.from.clone()),
+        }),
+        (false, true) => follower.map(|f| {
+            Kept::Move(Move {
+                shard,
+                from: f,
+                to: m.to.clone(),
+            })
+        }),
+        (false, false) => None,
+    }
+}
+
 /// Fills `next`'s owners and moves; `eligible` is non-empty and sorted by name.
 fn assign(
     current: &AssignmentTable,
@@ -217,24 +305,28 @@ fn assign(
     let mut homeless: Vec<Homeless> = Vec::new();
     for shard in 0..shards {
         let owner = current.owner(ShardId(shard));
-        let in_flight = current
-            .move_of(ShardId(shard))
-            .filter(|m| Some(&m.to) == owner && m.from != m.to && ready.contains_key(&m.from));
-        if let Some(m) = in_flight {
-            match index.get(&m.to) {
-                Some(&i) => {
+        match kept_move(current, ShardId(shard), ready) {
+            Some(Kept::Move(m)) => {
+                // Pinned: the move goes on even when its target is draining (rule 6).
+                next.set_owner(ShardId(shard), Some(m.to.clone()));
+                if let Some(&i) = index.get(&m.to) {
                     pinned[i] += 1;
-                    next.set_owner(ShardId(shard), Some(m.to.clone()));
-                    kept_moves.push(m.clone());
                 }
-                // The target left or is draining: plan the shard again from the source, which
-                // still has the rooms.
-                None => homeless.push(Homeless {
-                    shard,
-                    source: Some(m.from.clone()),
-                }),
+                kept_moves.push(m);
+                continue;
             }
-            continue;
+            // The target left and no follower holds a copy: plan the shard again from the
+            // source, which still holds the rooms.
+            Some(Kept::Replan(source)) => {
+                homeless.push(Homeless {
+                    shard,
+                    source: Some(source),
+                });
+                continue;
+            }
+            // The source left and no follower holds a copy (the target keeps the shard), or
+            // both ends left (rule F5): planned below from the owner.
+            None => {}
         }
         match owner {
             Some(o) => match index.get(o) {

@@ -184,6 +184,21 @@ impl AssignmentTable {
             .collect()
     }
 
+    /// Owned shards whose rooms this table keeps on one node only: those without a follower,
+    /// and those whose follower is also the source of their hand-off in flight (until the
+    /// target has installed the rooms, that node holds both the frozen rooms and the copy).
+    /// A `Replicated` cluster has none.
+    pub fn single_copy_shards(&self) -> Vec<ShardId> {
+        (0..self.shards)
+            .map(ShardId)
+            .filter(|&s| self.owner(s).is_some())
+            .filter(|&s| match self.follower(s) {
+                None => true,
+                Some(f) => self.move_of(s).is_some_and(|m| m.from == *f),
+            })
+            .collect()
+    }
+
     /// Followed shards per node, for status summaries. Nodes following nothing are absent.
     pub fn follower_counts(&self) -> BTreeMap<NodeName, u32> {
         let mut counts = BTreeMap::new();

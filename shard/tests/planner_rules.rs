@@ -68,10 +68,25 @@ fn check_plan(
         .collect();
     prop_assert_eq!(&new.draining, &draining);
 
-    // Rule 1: owners.
+    // Rule 1: owners. With nobody eligible, a shard stays with a ready holder.
     if eligible.is_empty() {
-        prop_assert!(new.owners().iter().all(Option::is_none));
-        prop_assert!(new.moves.is_empty());
+        for s in (0..new.shards).map(ShardId) {
+            if let Some(o) = new.owner(s) {
+                prop_assert!(ready.contains_key(o));
+                let holders = [
+                    old.owner(s),
+                    old.follower(s),
+                    old.move_of(s).map(|m| &m.from),
+                ];
+                prop_assert!(
+                    holders.contains(&Some(o)),
+                    "shard {} went to {}, which holds nothing",
+                    s,
+                    o
+                );
+            }
+        }
+        prop_assert!(new.followers().iter().all(Option::is_none));
     } else {
         for owner in new.owners() {
             prop_assert!(owner.as_ref().is_some_and(|o| eligible_set.contains(o)));
@@ -257,16 +272,30 @@ fn draining_a_node_hands_each_of_its_shards_off() {
 }
 
 #[test]
-fn without_eligible_nodes_every_shard_is_unassigned() {
+fn without_eligible_nodes_every_shard_stays_with_its_draining_owner() {
     let before = common::balanced(64, 2);
     let after = plan(
         &before,
         &common::membership(0..2, &[0, 1]),
         &PlanOptions::default(),
     );
-    assert!(after.owners().iter().all(Option::is_none));
+    assert_eq!(
+        after.owners(),
+        before.owners(),
+        "nothing is dropped or moved"
+    );
     assert!(after.moves.is_empty());
     assert_eq!(after.draining.len(), 2);
+    // Once the owner of half of them is gone too, those are unassigned (nobody holds them).
+    let gone = plan(
+        &after,
+        &common::membership(1..2, &[1]),
+        &PlanOptions::default(),
+    );
+    for s in (0..64).map(ShardId) {
+        let expected = before.owner(s).filter(|o| **o == node(1));
+        assert_eq!(gone.owner(s), expected);
+    }
 }
 
 #[test]
