@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Cluster, counts_of, event, node, owner_changes};
+use common::{Cluster, InFlight, counts_of, event, in_flight, node, owner_changes};
 use proptest::prelude::*;
 use shard::{
     AssignmentTable, LoadPolicy, Membership, NodeName, PlanOptions, ShardId, complete_moves, plan,
@@ -93,25 +93,25 @@ fn check(
     // from it.
     for s in (0..new.shards).map(ShardId) {
         let (before, after) = (old.owner(s), new.owner(s));
-        let in_flight = old
-            .move_of(s)
-            .filter(|m| Some(&m.to) == before && membership.ready.contains_key(&m.from));
-        match in_flight {
-            Some(m) if eligible_set.contains(&m.to) => {
+        match in_flight(old, s, membership) {
+            InFlight::Kept(m) => {
                 prop_assert_eq!(after, Some(&m.to), "a move in flight is redirected");
-                prop_assert_eq!(new.move_of(s), Some(m));
+                prop_assert_eq!(new.move_of(s), Some(&m));
+                continue;
             }
-            Some(m) => {
-                if after.is_some() && after != Some(&m.from) {
+            InFlight::Replan(source) => {
+                if after.is_some() && after != Some(&source) {
                     prop_assert_eq!(
                         new.move_of(s).map(|x| &x.from),
-                        Some(&m.from),
+                        Some(&source),
                         "re-planned from its source"
                     );
                 }
             }
-            None if before == after || after.is_none() => prop_assert!(new.move_of(s).is_none()),
-            None => {
+            InFlight::Ends if before == after || after.is_none() => {
+                prop_assert!(new.move_of(s).is_none())
+            }
+            InFlight::Ends => {
                 // The ready owner holds the rooms; when it is gone, its ready follower (F5).
                 let ready = |n: &&NodeName| membership.ready.contains_key(*n);
                 let holder = match before {
@@ -128,9 +128,7 @@ fn check(
             // Only a shard the cap deferred stays off the eligible nodes, with the node that
             // holds its rooms.
             let source = old.move_of(s).map(|m| &m.from);
-            let copy = old
-                .follower(s)
-                .filter(|_| before.is_some_and(|o| !membership.ready.contains_key(o)));
+            let copy = old.follower(s);
             prop_assert!(before == Some(owner) || source == Some(owner) || copy == Some(owner));
             prop_assert!(membership.ready.contains_key(owner));
         }

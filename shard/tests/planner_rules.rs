@@ -6,7 +6,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{
-    Cluster, Event, counts_of, event, info, node, node_count, owner_changes, shard_count,
+    Cluster, Event, InFlight, counts_of, event, in_flight, info, node, node_count, owner_changes,
+    shard_count,
 };
 use proptest::prelude::*;
 use shard::{AssignmentTable, Membership, Move, NodeName, PlanOptions, ShardId, plan};
@@ -88,8 +89,17 @@ fn check_plan(
         }
         prop_assert!(new.followers().iter().all(Option::is_none));
     } else {
-        for owner in new.owners() {
-            prop_assert!(owner.as_ref().is_some_and(|o| eligible_set.contains(o)));
+        // An owner is eligible, or the target of a move that goes on (rule 6), which may be
+        // draining.
+        for (s, owner) in new.owners().iter().enumerate() {
+            let pinned = new
+                .move_of(ShardId(s as u32))
+                .is_some_and(|m| old.moves.iter().any(|o| o.shard == m.shard));
+            prop_assert!(
+                owner
+                    .as_ref()
+                    .is_some_and(|o| eligible_set.contains(o) || (pinned && ready.contains_key(o)))
+            );
         }
     }
 
@@ -104,33 +114,30 @@ fn check_plan(
         let mut expected_moves = Vec::new();
         for s in (0..old.shards).map(ShardId) {
             let (old_owner, new_owner) = (old.owner(s), new.owner(s));
-            let in_flight = old
-                .move_of(s)
-                .filter(|m| Some(&m.to) == old_owner && ready.contains_key(&m.from));
-            let source = match in_flight {
-                Some(m) if eligible_set.contains(&m.to) => {
+            let source = match in_flight(old, s, membership) {
+                InFlight::Kept(m) => {
                     prop_assert_eq!(new_owner, Some(&m.to), "a move in flight is redirected");
-                    expected_moves.push(m.clone());
+                    expected_moves.push(m);
                     continue;
                 }
-                Some(m) => {
-                    prop_assert_ne!(new_owner, Some(&m.to));
-                    Some(&m.from)
+                InFlight::Replan(source) => {
+                    prop_assert_ne!(new_owner, old_owner);
+                    Some(source)
                 }
-                None if new_owner == old_owner => continue,
+                InFlight::Ends if new_owner == old_owner => continue,
                 // F5: an owner that is gone hands off through its ready follower.
-                None => match old_owner {
-                    Some(o) if ready.contains_key(o) => Some(o),
-                    Some(_) => old.follower(s).filter(|f| ready.contains_key(*f)),
+                InFlight::Ends => match old_owner {
+                    Some(o) if ready.contains_key(o) => Some(o.clone()),
+                    Some(_) => old.follower(s).filter(|f| ready.contains_key(*f)).cloned(),
                     None => None,
                 },
             };
             if let (Some(from), Some(to)) = (source, new_owner)
-                && from != to
+                && from != *to
             {
                 expected_moves.push(Move {
                     shard: s,
-                    from: from.clone(),
+                    from,
                     to: to.clone(),
                 });
             }

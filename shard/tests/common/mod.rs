@@ -178,3 +178,44 @@ impl Cluster {
             .collect()
     }
 }
+
+/// What rule 6 of the planner says becomes of `old`'s move in flight of `shard`, given the
+/// ready nodes: kept as it is while both ends are ready; with the ready follower (other than
+/// the ends) standing in for an end that left; `Replan(source)` when the target left with no
+/// such follower; `Ends` when there is no move or it ends (the source left with no follower
+/// standing in, or both ends left).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InFlight {
+    Kept(shard::Move),
+    Replan(NodeName),
+    Ends,
+}
+
+pub fn in_flight(old: &AssignmentTable, shard: shard::ShardId, ready: &Membership) -> InFlight {
+    let ready = |n: &NodeName| ready.ready.contains_key(n);
+    let Some(m) = old
+        .move_of(shard)
+        .filter(|m| Some(&m.to) == old.owner(shard))
+    else {
+        return InFlight::Ends;
+    };
+    let stand_in = old
+        .follower(shard)
+        .filter(|f| ready(f) && **f != m.from && **f != m.to)
+        .cloned();
+    match (ready(&m.from), ready(&m.to), stand_in) {
+        (true, true, _) => InFlight::Kept(m.clone()),
+        (true, false, Some(f)) => InFlight::Kept(shard::Move {
+            shard,
+            from: m.from.clone(),
+            to: f,
+        }),
+        (true, false, None) => InFlight::Replan(m.from.clone()),
+        (false, true, Some(f)) => InFlight::Kept(shard::Move {
+            shard,
+            from: f,
+            to: m.to.clone(),
+        }),
+        (false, _, _) => InFlight::Ends,
+    }
+}
