@@ -33,7 +33,9 @@
 //!    target keeps the shard) and a shard whose target left is planned again from the source.
 //! 7. **Members.** `nodes` is the ready set, `draining` the draining nodes that are ready.
 //! 8. **Cap.** With [`PlanOptions::max_moves_per_node`] = k, no node is source or target of more
-//!    than k moves in the result; shards that would exceed it stay with their current owner (even a
+//!    than k moves in the result, or of more than the moves that go on from the current table
+//!    (rule 6 never drops one, and a follower standing in for an end of a move takes it on
+//!    whatever its budget); shards that would exceed it stay with their current owner (even a
 //!    draining one) for a later plan. Planning and completing moves repeatedly converges to the
 //!    balanced table.
 //! 9. **Load.** [`plan`] counts shards only. [`plan_with_load`](crate::plan_with_load) takes
