@@ -73,12 +73,25 @@ impl Copies {
     pub fn apply(&mut self, shard: ShardId, room: &RoomId, change: Change) -> Answer {
         let copy = Self::copy_of(&mut self.followed, shard);
         match change {
+            // A copy never goes back: an older state of the room (a late resend from a node
+            // that owned it before) holds nothing the copy lacks.
+            Change::Whole(snapshot)
+                if copy
+                    .rooms
+                    .get(&snapshot.room)
+                    .is_some_and(|held| held.seq() > snapshot.seq) =>
+            {
+                Answer::Held
+            }
             Change::Whole(snapshot) => {
                 let room = snapshot.room.clone();
                 let seq = self.resting.take(&room).max(snapshot.seq);
                 let mut copy_of_room = Room::from_snapshot(snapshot, self.history_limit);
                 copy_of_room.apply_change(Change::Rested { seq });
                 copy.rooms.insert(room, copy_of_room);
+                Answer::Held
+            }
+            Change::Rested { seq } if copy.rooms.get(room).is_some_and(|held| held.seq() > seq) => {
                 Answer::Held
             }
             Change::Rested { seq } => {
@@ -140,26 +153,55 @@ impl Copies {
         overdue
     }
 
-    /// Keep only the shards in `following` (the table stopped naming this node follower of
-    /// the others); a shard newly named starts catching up.
-    pub fn retain(&mut self, following: &HashSet<ShardId>) {
-        self.followed.retain(|shard, _| following.contains(shard));
-        for shard in following {
-            Self::copy_of(&mut self.followed, *shard);
+    /// Start a copy of `shard`, empty and catching up (the table names this node its
+    /// follower); nothing changes if there is one already.
+    pub fn start(&mut self, shard: ShardId) {
+        Self::copy_of(&mut self.followed, shard);
+    }
+
+    /// Forget the copy of `shard` (this node neither follows nor receives it any more).
+    pub fn drop_copy(&mut self, shard: ShardId) {
+        self.followed.remove(&shard);
+        self.resting.retain_shards(|s| s != shard);
+    }
+
+    /// The shards this node keeps a copy of.
+    pub fn shards(&self) -> HashSet<ShardId> {
+        self.followed.keys().copied().collect()
+    }
+
+    /// Whether this node keeps a copy of `shard`, live or catching up.
+    pub fn holds(&self, shard: ShardId) -> bool {
+        self.followed.contains_key(&shard)
+    }
+
+    /// Every copy waits for its owner's whole shard again, as if it had been waiting since
+    /// `since`: after skipped tables this node cannot tell whether it stopped following a
+    /// shard in between (and missed changes) before it was named again.
+    pub fn unsettle(&mut self, since: Instant) {
+        for copy in self.followed.values_mut() {
+            copy.waiting_since = Some(since);
         }
-        self.resting
-            .retain_shards(|shard| following.contains(&shard));
     }
 
     /// Hand over the copy of `shard` (to serve it, or to send it to a new owner): its rooms,
     /// its passivated rooms' seqs and its floor. `None` when this node holds no copy of it.
     pub fn take(&mut self, shard: ShardId) -> Option<FrozenShard> {
-        let copy = self.followed.remove(&shard)?;
+        let copy = self.snapshot(shard)?;
+        self.drop_copy(shard);
+        Some(copy)
+    }
+
+    /// The copy of `shard` as it stands, kept: what a follower standing in for a hand-off's
+    /// source that left sends the new owner while it goes on following.
+    pub fn snapshot(&self, shard: ShardId) -> Option<FrozenShard> {
+        let copy = self.followed.get(&shard)?;
         let mut rooms: Vec<RoomSnapshot> = copy.rooms.values().map(Room::snapshot).collect();
         rooms.extend(
             self.resting
-                .take_shard(shard)
+                .peek_shard(shard)
                 .into_iter()
+                .filter(|(room, _)| !copy.rooms.contains_key(room))
                 .map(|(room, seq)| RoomSnapshot::resting(room, seq)),
         );
         Some(FrozenShard {

@@ -119,13 +119,42 @@ pub struct Refused {
 }
 
 /// What a shard hands to its new owner: its rooms' snapshots and its floor.
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 pub struct FrozenShard {
     /// The highest seq this node forgot in the shard (see [`crate::resting`]): a room of it
     /// with nothing in `rooms` must start above it on the new owner.
     pub floor: u64,
     /// Every room of the shard still known here, running or passivated.
     pub rooms: Vec<RoomSnapshot>,
+}
+
+impl FrozenShard {
+    /// This state of the shard and `other`, room by room: the room's state with the higher
+    /// seq wins, `self`'s on a tie, and the higher floor. A room's states on different nodes
+    /// are prefixes of one history (one node at a time gives out its seqs), so the higher seq
+    /// holds everything the lower one does. What a hand-off's target installs: the snapshot it
+    /// received merged with whatever it held itself (its follower's copy, frozen rooms).
+    #[must_use]
+    pub fn merged(self, other: FrozenShard) -> FrozenShard {
+        let mut rooms: HashMap<RoomId, RoomSnapshot> = HashMap::new();
+        for room in self.rooms {
+            rooms.insert(room.room.clone(), room);
+        }
+        for room in other.rooms {
+            match rooms.get(&room.room) {
+                Some(mine) if mine.seq >= room.seq => {}
+                _ => {
+                    rooms.insert(room.room.clone(), room);
+                }
+            }
+        }
+        let mut rooms: Vec<RoomSnapshot> = rooms.into_values().collect();
+        rooms.sort_by(|a, b| a.room.as_str().cmp(b.room.as_str()));
+        FrozenShard {
+            floor: self.floor.max(other.floor),
+            rooms,
+        }
+    }
 }
 
 /// A running room.

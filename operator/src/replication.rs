@@ -51,25 +51,34 @@ fn counted<'a>(pod: &'a PodView, table: &AssignmentTable) -> Option<&'a crate::R
 /// Shards with a live follower: the sum over ready member pods of what they report following.
 ///
 /// A node at the table's epoch is counted for at most the shards the table says it follows (a
-/// copy it still keeps of a shard it no longer follows is no follower); a node whose epoch lags
-/// is counted as it reports. The total never exceeds the assigned shards.
+/// copy it still keeps of a shard it no longer follows is no follower). A node whose epoch lags
+/// counts no live copy: the tables it has not seen may have moved a role away and back, so its
+/// copies may be stale until it applies the table (it then asks their owners to send them
+/// whole again). Shards the table itself keeps on one node ([`single_copy_shards`]: no
+/// follower, or a follower that is also the source of the shard's hand-off) never count. The
+/// total never exceeds the assigned shards.
+///
+/// [`single_copy_shards`]: AssignmentTable::single_copy_shards
 pub fn summarize(pods: &[PodView], table: &AssignmentTable, replication: u8) -> FollowerSummary {
     let assigned = count(table.owners().iter().filter(|o| o.is_some()).count());
     let mut with_follower = 0u32;
     let mut copying = 0u32;
     if replication >= 2 {
+        let single: std::collections::BTreeSet<shard::ShardId> =
+            table.single_copy_shards().into_iter().collect();
         for pod in pods {
             let Some(report) = counted(pod, table) else {
                 continue;
             };
+            let follows = table.followed_by(&pod.name);
+            let countable = count(follows.iter().filter(|s| !single.contains(s)).count());
             let (live, catching) = if report.epoch == table.epoch {
-                let follows = count(table.followed_by(&pod.name).len());
                 (
-                    report.following.min(follows),
-                    report.catching_up.min(follows),
+                    report.following.min(countable),
+                    report.catching_up.min(count(follows.len())),
                 )
             } else {
-                (report.following, report.catching_up)
+                (0, report.catching_up.max(report.following))
             };
             with_follower = with_follower.saturating_add(live);
             copying = copying.saturating_add(catching);

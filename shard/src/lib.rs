@@ -19,8 +19,6 @@
 //! - [`followers`]: how the planner chooses each shard's follower (replication 2).
 //! - [`custody`]: [`duty`] tells one node what applying a new table means for a shard, from
 //!   what it holds of it: the rule that frozen rooms always have a holder.
-//! - [`handoff`]: [`transition`] tells one node what applying a new table means for it.
-//! - [`following`]: [`follower_transition`], the same for the copies it keeps as a follower.
 //! - [`drain`]: [`drain_step`] decides the next safe step of a scale-down.
 //! - [`status`]: [`NodeStatus`], what a node's `/status` tells the operator (progress and load).
 //!
@@ -30,9 +28,7 @@ pub mod balance;
 pub mod custody;
 pub mod drain;
 pub mod followers;
-pub mod following;
 pub mod format;
-pub mod handoff;
 pub mod hash;
 pub mod ids;
 pub mod planner;
@@ -46,8 +42,6 @@ pub use drain::{
     CopyReport, DrainStep, NodeReport, copies_moved_on, drain_step, handed_off, new_followers,
     nodes_to_drain,
 };
-pub use following::{FollowerTransition, follower_transition};
-pub use handoff::{Transition, abandoned_handoffs, transition};
 pub use hash::{room_hash, shard_of};
 pub use ids::{NodeName, RoomId, ShardId, ordinal_of};
 pub use planner::{Membership, PlanOptions, complete_moves, plan};

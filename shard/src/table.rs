@@ -245,10 +245,12 @@ impl AssignmentTable {
             .and_then(|i| self.moves.get(i))
     }
 
-    /// This table as a node reads it that must not own `shards`: each of them that `node` owns
-    /// is left with no owner, no follower and no move, so the node routes its rooms nowhere
-    /// (`room_unavailable`) rather than serving them. A node restarted in place uses it for the
-    /// shards its predecessor owned (their rooms died with it; the followers hold the copies).
+    /// This table as a node reads it that must not hold `shards`: each of them that `node`
+    /// owns is left with no owner, no follower and no move, so the node routes its rooms
+    /// nowhere (`room_unavailable`) rather than serving them, and a move of one of them from
+    /// `node` is left out, so the node sends nothing for it. A node restarted in place uses it
+    /// for the shards its predecessor owned or was handing off (their rooms died with it; the
+    /// followers hold the copies).
     #[must_use]
     pub fn disowned(&self, node: &NodeName, shards: &BTreeSet<ShardId>) -> AssignmentTable {
         let mut table = self.clone();
@@ -257,6 +259,8 @@ impl AssignmentTable {
                 table.set_owner(shard, None);
                 table.set_follower(shard, None);
                 table.moves.retain(|m| m.shard != shard);
+            } else {
+                table.moves.retain(|m| m.shard != shard || m.from != *node);
             }
         }
         table
@@ -453,7 +457,15 @@ mod tests {
             [Some(b.clone()), None, Some(a.clone()), None]
         );
         assert!(seen.moves.is_empty(), "the move into a went with it");
-        assert_eq!(table.disowned(&c, &shards), table, "c owns none of them");
+        let from_c = table.disowned(&c, &shards);
+        assert!(from_c.moves.is_empty(), "c sends none of them");
+        assert_eq!(from_c.owners(), table.owners(), "c owns none of them");
+        let not_b: BTreeSet<ShardId> = [ShardId(1), ShardId(3)].into();
+        assert_eq!(
+            table.disowned(&b, &not_b),
+            table,
+            "b neither owns nor sends them"
+        );
         Ok(())
     }
 

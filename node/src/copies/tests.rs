@@ -60,7 +60,8 @@ fn a_copy_that_missed_a_message_asks_for_the_whole_room_and_takes_it() {
 fn a_copy_still_waiting_after_the_patience_is_named_once_per_patience_until_live() {
     let mut copies = Copies::new(SHARDS, 10, 100);
     let (a, b) = (ShardId(1), ShardId(2));
-    copies.retain(&[a, b].into_iter().collect());
+    copies.start(a);
+    copies.start(b);
     let start = std::time::Instant::now();
     let patience = std::time::Duration::from_secs(2);
     assert!(copies.overdue(start, patience).is_empty(), "not yet");
@@ -136,7 +137,7 @@ fn a_passivated_room_leaves_its_seq_and_a_promotion_continues_above_it() {
 fn a_shard_is_live_only_after_its_owner_sent_all_of_it_and_is_dropped_when_unfollowed() {
     let mut copies = Copies::new(SHARDS, 10, 100);
     let (r, s) = (room("lobby"), shard_of("lobby"));
-    copies.retain(&[s].into_iter().collect());
+    copies.start(s);
     assert_eq!(
         copies.counts(),
         FollowCounts {
@@ -155,8 +156,60 @@ fn a_shard_is_live_only_after_its_owner_sent_all_of_it_and_is_dropped_when_unfol
             catching_up: 0
         }
     );
-    copies.retain(&HashSet::new());
+    copies.drop_copy(s);
     assert_eq!(copies.counts(), FollowCounts::default());
     assert_eq!(copies.rooms(), 0);
     assert!(copies.take(s).is_none());
+}
+
+#[test]
+fn a_copy_never_goes_back_to_an_older_state_of_a_room() {
+    let mut copies = Copies::new(SHARDS, 10, 100);
+    let (r, s) = (room("lobby"), shard_of("lobby"));
+    copies.start(s);
+    assert_eq!(copies.apply(s, &r, whole("lobby", 3)), Answer::Held);
+    assert_eq!(copies.apply(s, &r, message(4)), Answer::Held);
+    // A late resend from a node that owned the room before: already held.
+    assert_eq!(copies.apply(s, &r, whole("lobby", 2)), Answer::Held);
+    assert_eq!(copies.seq(&r), Some(4), "the newer state stays");
+    assert_eq!(copies.apply(s, &r, Change::Rested { seq: 3 }), Answer::Held);
+    assert_eq!(
+        copies.seq(&r),
+        Some(4),
+        "an older passivation does not drop it"
+    );
+    assert_eq!(copies.apply(s, &r, whole("lobby", 4)), Answer::Held);
+    assert_eq!(copies.seq(&r), Some(4));
+}
+
+#[test]
+fn a_copy_sent_on_by_a_follower_that_goes_on_following_stays() {
+    let mut copies = Copies::new(SHARDS, 10, 100);
+    let (r, s) = (room("lobby"), shard_of("lobby"));
+    copies.start(s);
+    copies.apply(s, &r, whole("lobby", 5));
+    copies.caught_up(s, 2, Vec::new());
+    let sent = copies.snapshot(s).expect("a copy");
+    assert!(sent.rooms.iter().any(|x| x.room == r && x.seq == 5));
+    assert_eq!(sent.floor, 2);
+    assert!(copies.holds(s) && copies.is_live(s), "kept, still live");
+    assert_eq!(copies.seq(&r), Some(5));
+}
+
+#[test]
+fn after_skipped_tables_every_copy_waits_for_its_owner_again() {
+    let mut copies = Copies::new(SHARDS, 10, 100);
+    let s = shard_of("lobby");
+    copies.start(s);
+    copies.caught_up(s, 0, Vec::new());
+    assert!(copies.is_live(s));
+    let patience = std::time::Duration::from_secs(5);
+    let since = std::time::Instant::now() - patience;
+    copies.unsettle(since);
+    assert!(!copies.is_live(s));
+    assert_eq!(
+        copies.overdue(std::time::Instant::now(), patience),
+        [s],
+        "asked for at once"
+    );
 }

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shard::NodeName;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{ActorMsg, Rooms};
 use crate::edge::EdgeEvent;
 use crate::protocol::{self, ErrorCode};
 use crate::replication::{Answer, Change, ChangeFor, FollowerRef, Replication, Settled, next_rid};
-use crate::room::{MemberKey, Outbound, Room, RoomCommand};
+use crate::room::{MemberKey, Outbound, Room, RoomCommand, RoomSnapshot};
 use crate::snowflake::unix_ms;
 
 /// How often a room whose change could not be queued to its follower (full outbox, link
@@ -24,6 +24,11 @@ const RESEND: Duration = Duration::from_millis(250);
 /// How long a room waits before it sends its whole state again to a follower that had no
 /// copy of it (or does not follow the shard in its table yet).
 const RETRY_WHOLE: Duration = Duration::from_millis(20);
+
+/// How often a room waiting to be frozen for a hand-off looks at whether the table named
+/// another follower (or none) meanwhile, and sends its whole state to it: the `Sync` that
+/// would say so waits in the room's queue behind the hand-off.
+const FREEZE_CHECK: Duration = Duration::from_millis(250);
 
 /// Refusals kept for the actor at most; the follower answers each change once, so more means
 /// a confused peer, and the next resend settles the room anyway.
@@ -86,6 +91,9 @@ pub(super) struct RoomActor {
     replication: Replication,
     /// A change could not be queued to the follower: resend the whole room at this time.
     resend_at: Option<tokio::time::Instant>,
+    /// A hand-off waiting for the follower to answer the changes in flight. Meanwhile the
+    /// queue is not read: what comes after the hand-off follows the room to its new owner.
+    freezing: Option<oneshot::Sender<RoomSnapshot>>,
     rooms: Arc<Rooms>,
 }
 
@@ -109,6 +117,7 @@ impl RoomActor {
             answers,
             replication: Replication::default(),
             resend_at: None,
+            freezing: None,
             rooms,
         }
     }
@@ -125,7 +134,7 @@ impl RoomActor {
         loop {
             let resend_at = self.resend_at;
             tokio::select! {
-                message = self.rx.recv() => {
+                message = self.rx.recv(), if self.freezing.is_none() => {
                     last = tokio::time::Instant::now();
                     match message {
                         Some(ActorMsg::Command(command, _)) if self.forwarding => {
@@ -134,18 +143,7 @@ impl RoomActor {
                         Some(ActorMsg::Command(command, received)) => self.handle(command, received),
                         Some(ActorMsg::HandOff(reply)) => {
                             if !self.forwarding {
-                                let _ = reply.send(self.room.snapshot());
-                                self.forwarding = true;
-                                // The new owner holds the state now (it acknowledges the
-                                // snapshot before the move ends): what waited for this
-                                // node's follower goes out.
-                                let held = self.replication.no_follower();
-                                self.send_out(held);
-                                self.resend_at = None;
-                                // The members went with the state.
-                                self.count_members(0);
-                                // A forwarding actor lingers briefly: bring the timer forward.
-                                idle.as_mut().reset(last + self.idle_after());
+                                self.freezing = Some(reply);
                             }
                         }
                         Some(ActorMsg::Sync { again, reply }) => {
@@ -165,7 +163,7 @@ impl RoomActor {
                     self.resend_at = None;
                     self.sync();
                 }
-                () = &mut idle, if self.forwarding || (self.room.is_empty() && self.replication.in_flight() == 0) => {
+                () = &mut idle, if self.forwarding || (self.room.is_empty() && self.replication.in_flight() == 0 && self.freezing.is_none()) => {
                     let now = tokio::time::Instant::now();
                     let due = last + self.idle_after();
                     if now < due {
@@ -184,9 +182,49 @@ impl RoomActor {
                     idle.as_mut().reset(now + self.idle_after());
                 }
             }
+            if self.freezing.is_some() {
+                self.hand_off();
+                if self.freezing.is_some() && self.resend_at.is_none() {
+                    self.resend_at = Some(tokio::time::Instant::now() + FREEZE_CHECK);
+                }
+                if self.forwarding {
+                    // A forwarding actor lingers briefly: bring the timer forward.
+                    idle.as_mut().reset(last + self.idle_after());
+                }
+            }
         }
         self.count_members(0);
         rooms.metrics.rooms_active.dec();
+    }
+
+    /// A hand-off freezes the room only once the follower holds every change in flight, so
+    /// that every acknowledged message is on two nodes while the snapshot travels (custody,
+    /// see `shard::custody`): the snapshot goes when nothing is in flight, or when the table
+    /// names no follower but this node (nobody else can answer; the table then says the shard
+    /// is on one node until the target holds it, see `single_copy_shards`). A follower that
+    /// stops answering is replaced by the operator, and the room sends itself whole to the
+    /// new one (`FREEZE_CHECK`). Then the actor only forwards.
+    fn hand_off(&mut self) {
+        let answerable = self
+            .rooms
+            .fanout
+            .follower(shard::ShardId(self.shard))
+            .is_some();
+        if answerable && self.replication.in_flight() > 0 {
+            return;
+        }
+        let Some(reply) = self.freezing.take() else {
+            return;
+        };
+        let _ = reply.send(self.room.snapshot());
+        self.forwarding = true;
+        // Held back for nothing any more (nothing in flight), or for no follower: it goes out
+        // with the state on its way to the new owner.
+        let held = self.replication.no_follower();
+        self.send_out(held);
+        self.resend_at = None;
+        // The members went with the state.
+        self.count_members(0);
     }
 
     /// How long the room waits idle before it passivates: briefly once it only forwards, and

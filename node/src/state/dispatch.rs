@@ -11,7 +11,7 @@ use super::{NodeState, TABLE_CATCH_UP, lock};
 use crate::peer::wire::PeerMsg;
 use crate::replication::Answer;
 use crate::room::RoomSnapshot;
-use crate::rooms::RouteError;
+use crate::rooms::{FrozenShard, RouteError};
 
 impl NodeState {
     pub(super) fn on_peer_message(self: &Arc<Self>, from: &NodeName, msg: PeerMsg) {
@@ -73,29 +73,46 @@ impl NodeState {
             // The link answers it with an acknowledgement and does not pass it on.
             PeerMsg::AckNow => {}
             PeerMsg::SendCopy { shard, epoch } => self.on_send_copy(from, shard, epoch),
-            PeerMsg::SnapshotAck { shard, epoch } => {
-                let mut handoffs = lock(&self.handoffs);
-                // Only the acknowledgement of this move's snapshot ends it (a late one from an
-                // earlier move of the same shard does not).
-                let this_move = handoffs
-                    .outgoing
-                    .get(&shard)
-                    .is_some_and(|(to, sent)| to == from && *sent == epoch);
-                if this_move {
-                    handoffs.outgoing.remove(&shard);
-                    handoffs.done.push(Move {
-                        shard,
-                        from: self.me().clone(),
-                        to: from.clone(),
-                    });
-                    tracing::info!(%shard, to = %from, epoch, "hand-off confirmed");
-                }
-                drop(handoffs);
-                self.progress.notify_waiters();
-            }
+            PeerMsg::SnapshotAck { shard, epoch } => self.on_snapshot_ack(from, shard, epoch),
         }
     }
 
+    /// The target holds what this node sent it (and so does its follower): the frozen rooms
+    /// are let go. Only the acknowledgement of what is kept now counts (a late one for an
+    /// earlier target or epoch does not), and the move is reported done only while the table
+    /// shows it, so an old acknowledgement never completes a later move between the same
+    /// nodes.
+    fn on_snapshot_ack(&self, from: &NodeName, shard: ShardId, epoch: u64) {
+        let table = self.table();
+        let mut handoffs = lock(&self.handoffs);
+        let this_move = handoffs
+            .outgoing
+            .get(&shard)
+            .is_some_and(|o| o.to == *from && o.epoch == epoch && o.frozen.is_some());
+        if this_move {
+            handoffs.outgoing.remove(&shard);
+            handoffs.handed.insert(shard, from.clone());
+            let done = Move {
+                shard,
+                from: self.me().clone(),
+                to: from.clone(),
+            };
+            if table.moves.contains(&done) {
+                handoffs.done.push(done);
+            }
+            tracing::info!(%shard, to = %from, epoch, "hand-off confirmed");
+        }
+        drop(handoffs);
+        self.progress.notify_waiters();
+    }
+
+    /// A hand-off's snapshot. A shard this node waits for is installed from it merged with
+    /// whatever the node holds itself (custody: a follower's copy it kept, frozen rooms), and
+    /// the buffered commands go to the rooms; the acknowledgement follows once the node's own
+    /// follower holds the shard. One for a shard it serves already (a resend, or a follower
+    /// standing in for a source whose snapshot came first) is acknowledged at once. One that
+    /// came ahead of the table announcing its move waits for that table; any other is not
+    /// acknowledged, so its sender keeps the rooms.
     pub(super) fn on_snapshot(
         self: &Arc<Self>,
         from: &NodeName,
@@ -104,13 +121,41 @@ impl NodeState {
         floor: u64,
         rooms: Vec<RoomSnapshot>,
     ) {
-        let incoming = {
+        enum Outcome {
+            Installed {
+                started: Instant,
+                count: usize,
+                refused: Vec<(shard::RoomId, crate::rooms::Refused)>,
+            },
+            Served,
+            Early,
+            Unwanted,
+        }
+        let outcome = {
             let mut handoffs = lock(&self.handoffs);
-            let expected = handoffs
-                .incoming
-                .get(&shard)
-                .is_some_and(|i| &i.from == from);
-            if !expected && epoch > self.table().epoch {
+            if let Some(incoming) = handoffs.incoming.remove(&shard) {
+                // Installed and replayed before the lock is released: a command routed here
+                // in between would otherwise start a room afresh (from seq 0) or get ahead of
+                // the commands that waited for the snapshot.
+                let mut received = FrozenShard { floor, rooms };
+                if let Some(frozen) = handoffs.outgoing.remove(&shard).and_then(|o| o.frozen) {
+                    received = received.merged(Arc::unwrap_or_clone(frozen));
+                }
+                if let Some(copy) = lock(&self.copies).take(shard) {
+                    received = received.merged(copy);
+                }
+                let count = received.rooms.len();
+                self.rooms.install(shard, received.floor, received.rooms);
+                handoffs.serving.insert(shard);
+                let refused = self.replay(incoming.buffer);
+                Outcome::Installed {
+                    started: incoming.started,
+                    count,
+                    refused,
+                }
+            } else if handoffs.serving.contains(&shard) {
+                Outcome::Served
+            } else if epoch > self.table().epoch {
                 // The source applied the move's table before this node did: keep the snapshot
                 // until that table arrives here (read under the lock `apply_table` takes). One
                 // per shard at most: a newer one for the same shard replaces it.
@@ -122,53 +167,69 @@ impl NodeState {
                     floor,
                     rooms,
                 });
-                return;
-            }
-            let incoming = if expected {
-                handoffs.incoming.remove(&shard)
+                Outcome::Early
             } else {
-                None
-            };
-            match incoming {
-                Some(incoming) => {
-                    // Installed and replayed before the lock is released: a command routed
-                    // here in between would otherwise start a room afresh (from seq 0) or get
-                    // ahead of the commands that waited for the snapshot.
-                    let count = rooms.len();
-                    self.rooms.install(shard, floor, rooms);
-                    let refused = self.replay(incoming.buffer);
-                    Some((incoming.started, count, refused))
-                }
-                None => None,
+                Outcome::Unwanted
             }
         };
-        match incoming {
-            Some((started, count, refused)) => {
+        match outcome {
+            Outcome::Installed {
+                started,
+                count,
+                refused,
+            } => {
                 self.settle_refused(refused);
-                tokio::spawn(self.clone().sync_follower(shard));
                 let took = started.elapsed();
                 tracing::info!(%shard, %from, rooms = count, ?took, "shard received");
                 self.metrics.handoff_completed(shard, took);
+                tokio::spawn(
+                    self.clone()
+                        .acknowledge_when_followed(from.clone(), shard, epoch),
+                );
             }
-            None if self.table().owner(shard) == Some(self.me()) => {
-                // The old owner did not get our acknowledgement and sent the snapshot again:
-                // the shard is installed already, so only the acknowledgement is repeated.
-                tracing::info!(%shard, %from, epoch, "repeated snapshot of an installed shard: acknowledged again");
+            Outcome::Served => {
+                // The source did not get our acknowledgement and sent the snapshot again, or a
+                // stand-in's came after the source's: only the acknowledgement is repeated.
+                tracing::info!(%shard, %from, epoch, "snapshot of a shard served here: acknowledged again");
+                self.acknowledge(from, shard, epoch);
             }
-            None => {
-                tracing::warn!(%shard, %from, epoch, "a snapshot nobody waits for (the move was cancelled)")
+            Outcome::Early => {}
+            Outcome::Unwanted => {
+                tracing::warn!(%shard, %from, epoch, "a snapshot of a shard this node does not receive: not acknowledged, its sender keeps the rooms");
             }
-        }
-        // A lost acknowledgement (full outbox) is not retried here: the old owner sends the
-        // snapshot again, and this answers it again.
-        if let Some(peers) = &self.peers
-            && peers
-                .send(from, PeerMsg::SnapshotAck { shard, epoch })
-                .is_err()
-        {
-            tracing::warn!(%shard, %from, "could not queue the snapshot's acknowledgement (outbox full or peer gone): it waits for the resend");
         }
         self.progress.notify_waiters();
+    }
+
+    /// Acknowledge a snapshot installed here once this node's follower holds the shard (every
+    /// room sent whole, handled by the follower; bounded by half the hand-off timeout, so a
+    /// follower that does not answer delays the move but does not stop it): the source lets
+    /// its frozen rooms go only when two nodes hold them again.
+    async fn acknowledge_when_followed(self: Arc<Self>, to: NodeName, shard: ShardId, epoch: u64) {
+        self.clone().sync_follower(shard).await;
+        if let (Some(peers), Some(follower)) = (&self.peers, self.follower_of(shard)) {
+            let copied = peers.sent_to([&follower.node]);
+            let bound = self.settings.handoff.timeout / 2;
+            if tokio::time::timeout(bound, copied.delivered())
+                .await
+                .is_err()
+            {
+                tracing::warn!(%shard, follower = %follower.node, "the follower did not confirm the received shard in time: acknowledging it anyway");
+            }
+        }
+        self.acknowledge(&to, shard, epoch);
+    }
+
+    /// Queue a snapshot's acknowledgement. A lost one (full outbox) is not retried here: the
+    /// source sends the snapshot again, and this answers it again.
+    fn acknowledge(&self, to: &NodeName, shard: ShardId, epoch: u64) {
+        if let Some(peers) = &self.peers
+            && peers
+                .send(to, PeerMsg::SnapshotAck { shard, epoch })
+                .is_err()
+        {
+            tracing::warn!(%shard, %to, "could not queue the snapshot's acknowledgement (outbox full or peer gone): it waits for the resend");
+        }
     }
 
     pub(super) fn on_bounce(&self, to: &NodeName, msg: &PeerMsg) {

@@ -2,8 +2,8 @@
 //! both wait in bounded buffers until the snapshot or the table arrives, or their deadline
 //! passes and their senders are answered.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Weak;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use shard::{Move, NodeName, RoomId, ShardId};
@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{NodeState, lock};
 use crate::room::{RoomCommand, RoomSnapshot};
-use crate::rooms::{Refused, RouteError};
+use crate::rooms::{FrozenShard, Refused, RouteError};
 
 /// A shard this node is receiving: commands wait here for the snapshot.
 #[derive(Debug)]
@@ -26,12 +26,34 @@ pub(super) struct Incoming {
     pub(super) overdue: bool,
 }
 
+/// Frozen rooms this node keeps after a hand-off from here, until the target acknowledges
+/// them: custody's rule that frozen rooms always have a holder ([`shard::custody`]).
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    /// Which keeping this is (see `custody::outgoing_id`): a sending task stops when its
+    /// entry is replaced.
+    pub(super) id: u64,
+    /// The node they go to now (a table may send them elsewhere, see [`shard::RoomsDuty`]).
+    pub(super) to: NodeName,
+    /// The epoch of the table that sent them there, which the acknowledgement echoes.
+    pub(super) epoch: u64,
+    /// The frozen rooms, once frozen (`None` while the running rooms are being frozen).
+    pub(super) frozen: Option<Arc<FrozenShard>>,
+    /// A table gave the shard back while its rooms were being frozen: serve them once frozen.
+    pub(super) serve_when_frozen: bool,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Handoffs {
     pub(super) incoming: HashMap<ShardId, Incoming>,
-    /// Shards handed away whose snapshot the new owner has not confirmed yet: to whom, and
-    /// the epoch the snapshot carries (which its acknowledgement echoes).
-    pub(super) outgoing: HashMap<ShardId, (NodeName, u64)>,
+    /// Shards handed away whose rooms this node keeps until the new owner confirms them.
+    pub(super) outgoing: HashMap<ShardId, Outgoing>,
+    /// Shards whose rooms run here: installed from a snapshot, a copy or frozen rooms, or
+    /// started empty. Commands for an owned shard outside it are buffered or refused.
+    pub(super) serving: HashSet<ShardId>,
+    /// Shards whose last hand-off from here was acknowledged, with the node that did: while
+    /// a table still shows that move, there is nothing to send.
+    pub(super) handed: HashMap<ShardId, NodeName>,
     /// Moves of the current table this node finished as the source, until the table drops them.
     pub(super) done: Vec<Move>,
     /// Commands from peers that already route by a newer table than ours.

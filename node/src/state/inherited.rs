@@ -9,7 +9,9 @@
 //! message of those rooms lost.
 //!
 //! So a process that finds it follows another in the same pod ([`crate::restart_marker`]) notes
-//! which shards the table held by its source *when it started* gives it ([`NodeState::inherit`]);
+//! which shards the table held by its source *when it started* gives it, as owner or as the
+//! source of a hand-off ([`NodeState::inherit`]: the old process's frozen rooms died with it
+//! too, and sending nothing in their place would make the target install empty rooms);
 //! no node is ready before it has looked. Every table it applies is read with those shards
 //! unowned ([`AssignmentTable::disowned`]): their rooms are answered `room_unavailable`, nothing
 //! is sent to their followers, and `/readyz` fails. The unready pod leaves membership; the
@@ -44,7 +46,7 @@ impl NodeState {
         let restarted = matches!(&*lock(&self.inherited), Inherited::Restarted);
         let shards: BTreeSet<ShardId> = starting
             .filter(|table| restarted && table.epoch > 0)
-            .map(|table| table.shards_of(self.me()).into_iter().collect())
+            .map(|table| held_by(table, self.me()).collect())
             .unwrap_or_default();
         if !shards.is_empty() {
             tracing::warn!(
@@ -79,7 +81,8 @@ impl NodeState {
             return new;
         }
         let me = self.me();
-        shards.retain(|&shard| new.owner(shard) == Some(me));
+        let still: BTreeSet<ShardId> = held_by(&new, me).collect();
+        shards.retain(|shard| still.contains(shard));
         self.metrics.shards_inherited.set(shards.len() as i64);
         if shards.is_empty() {
             tracing::info!(
@@ -95,4 +98,14 @@ impl NodeState {
         );
         new.disowned(me, shards)
     }
+}
+
+/// The shards `table` has `me` hold: those it owns, and those it is handing off.
+fn held_by<'a>(
+    table: &'a AssignmentTable,
+    me: &'a shard::NodeName,
+) -> impl Iterator<Item = ShardId> + 'a {
+    (0..table.shards).map(ShardId).filter(move |&shard| {
+        table.owner(shard) == Some(me) || table.move_of(shard).is_some_and(|m| m.from == *me)
+    })
 }

@@ -6,6 +6,8 @@
 //! - `gaps`: events a full peer outbox could not take, announced and answered, never lost
 //!   quietly;
 //! - `tables`: applying a new assignment table;
+//! - `custody`: what this node holds of each shard and what a new table asks of it (the rule
+//!   is `shard::duty`);
 //! - `handoffs`: the new owner's buffers and deadlines; `outgoing`: the old owner's side;
 //! - `status`: the `/status` report.
 
@@ -31,6 +33,7 @@ use crate::rooms::{Fanout, Rooms};
 use crate::shard_load::ShardMeter;
 use crate::snowflake::Snowflake;
 
+mod custody;
 mod dispatch;
 mod gaps;
 mod handoffs;
@@ -167,6 +170,7 @@ impl NodeState {
     pub fn new(settings: NodeSettings, auth: Authenticator) -> Arc<NodeState> {
         let table = solo_table(&settings);
         let state = Self::build(settings, auth, None, table);
+        lock(&state.handoffs).serving = (0..state.settings.shards).map(ShardId).collect();
         // Alone, it has no source and no predecessor's table.
         state.inherit(None);
         state
@@ -267,6 +271,8 @@ fn solo_table(settings: &NodeSettings) -> AssignmentTable {
     )
 }
 
+#[cfg(test)]
+mod custody_tests;
 #[cfg(test)]
 mod gap_tests;
 #[cfg(test)]

@@ -23,112 +23,113 @@ use crate::peer::Peers;
 use crate::peer::link::RoomMark;
 use crate::peer::wire::PeerMsg;
 use crate::room::RoomSnapshot;
-use crate::rooms::FrozenShard;
 
 /// How long the old owner waits for the acknowledgement of a snapshot the new owner has
 /// handled before it sends the snapshot again.
 pub(super) const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
 impl NodeState {
-    /// The old owner's side of a hand-off: freeze the shard, wait until its rooms' other edges
-    /// have handled what the rooms sent them, then send the snapshot to `to` (when the table
-    /// moves the shard there; otherwise the new owner starts it fresh and nothing is sent).
-    pub(super) async fn hand_off(
-        self: Arc<Self>,
-        shard: ShardId,
-        to: NodeName,
-        handed: bool,
-        epoch: u64,
-    ) {
+    /// The old owner's side of a hand-off: freeze the shard (each room once its follower holds
+    /// every change, see `rooms::actor`), keep the frozen rooms in the shard's outgoing entry,
+    /// and send them. A table that gave the shard back meanwhile has them served instead; one
+    /// that needs them no more (the entry is gone) has them dropped.
+    pub(super) async fn hand_off(self: Arc<Self>, shard: ShardId) {
         let started = std::time::Instant::now();
-        let frozen_shard = self.rooms.freeze(shard).await;
+        let frozen = Arc::new(self.rooms.freeze(shard).await);
         tracing::debug!(%shard, frozen = ?started.elapsed(), "shard frozen");
-        if handed {
-            self.send_shard(shard, to, epoch, frozen_shard).await;
+        let serve = {
+            let mut handoffs = lock(&self.handoffs);
+            match handoffs.outgoing.get_mut(&shard) {
+                None => return,
+                Some(outgoing) => {
+                    outgoing.frozen = Some(frozen);
+                    outgoing.serve_when_frozen
+                }
+            }
+        };
+        if serve {
+            self.serve(shard);
+        } else {
+            self.send_held(shard).await;
         }
     }
 
-    /// Send a frozen shard (this node's rooms, or its copy of a shard whose owner left) to
-    /// its new owner `to`, once the edges have handled what the rooms sent them, until the
-    /// new owner acknowledges it.
-    pub(super) async fn send_shard(
-        self: Arc<Self>,
-        shard: ShardId,
-        to: NodeName,
-        epoch: u64,
-        FrozenShard { floor, rooms }: FrozenShard,
-    ) {
-        let started = std::time::Instant::now();
-        lock(&self.handoffs)
-            .outgoing
-            .insert(shard, (to.clone(), epoch));
-        let Some(peers) = &self.peers else { return };
-        self.flush_edges(peers, shard, &to, &rooms).await;
-        let flushed = started.elapsed();
-        let count = rooms.len();
-        let snapshot = Arc::new(PeerMsg::Snapshot {
-            shard,
-            epoch,
-            floor,
-            rooms,
-        });
-        // The steps of the pause this shard's rooms see, for finding where it goes.
-        tracing::info!(%shard, %to, rooms = count, ?flushed, "handing the shard off");
-        self.send_until_acknowledged(peers, shard, &to, epoch, snapshot)
-            .await;
-    }
-
-    /// Send the snapshot, and again whenever the new owner handled (or bounced) the last copy
-    /// and its acknowledgement has not come [`SNAPSHOT_RETRY`] later, until it comes or the
-    /// table drops the move. The acknowledgement can be lost (the new owner's outbox to this
-    /// node was full) and a node cannot drain until it comes; a new owner answers a repeated
-    /// snapshot with the acknowledgement again without reinstalling anything. A copy that is
-    /// still on its way (the link resends it across reconnects) is not sent twice.
-    async fn send_until_acknowledged(
-        &self,
-        peers: &Peers,
-        shard: ShardId,
-        to: &NodeName,
-        epoch: u64,
-        snapshot: Arc<PeerMsg>,
-    ) {
-        let awaiting = || {
-            lock(&self.handoffs)
-                .outgoing
-                .get(&shard)
-                .is_some_and(|(t, e)| t == to && *e == epoch)
+    /// Send the rooms kept in `shard`'s outgoing entry to the node it names, once the edges
+    /// have handled what the rooms sent them; again to a new target when a table changes it
+    /// (`Resend`), and again when the target handled a copy without acknowledging it; until
+    /// the acknowledgement removes the entry, or a table makes it needless.
+    pub(super) async fn send_held(self: Arc<Self>, shard: ShardId) {
+        let Some(peers) = self.peers.clone() else {
+            return;
         };
+        let Some(id) = lock(&self.handoffs).outgoing.get(&shard).map(|o| o.id) else {
+            return;
+        };
+        let current = || {
+            let handoffs = lock(&self.handoffs);
+            let outgoing = handoffs.outgoing.get(&shard).filter(|o| o.id == id)?;
+            Some((
+                outgoing.to.clone(),
+                outgoing.epoch,
+                outgoing.frozen.clone()?,
+            ))
+        };
+        let mut flushed = false;
+        let mut sent: Option<(NodeName, u64)> = None;
         let mut copies = 0u32;
-        while awaiting() && !self.shutdown.is_cancelled() {
-            let queued = match peers.send_shared(to, snapshot.clone()) {
-                Ok(()) => true,
-                Err(_) => {
-                    tracing::warn!(%shard, %to, "could not queue the snapshot (outbox full or peer gone): trying again");
-                    false
-                }
+        let mut deadline = Instant::now();
+        let mut mark = peers.sent_to(std::iter::empty::<&NodeName>());
+        loop {
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let Some((to, epoch, frozen)) = current() else {
+                return;
             };
-            if queued && copies > 0 {
-                self.metrics.snapshot_resends.inc();
-                tracing::warn!(%shard, %to, copies, "no acknowledgement of the snapshot: sent it again");
+            if self.shutdown.is_cancelled() {
+                return;
             }
-            copies += u32::from(queued);
-            let mark = peers.sent_to([to]);
-            let mut deadline = Instant::now() + SNAPSHOT_RETRY;
-            loop {
-                let progress = self.progress.notified();
-                tokio::pin!(progress);
-                progress.as_mut().enable();
-                if !awaiting() || self.shutdown.is_cancelled() {
-                    return;
+            if !flushed {
+                let started = std::time::Instant::now();
+                self.flush_edges(&peers, shard, &to, &frozen.rooms).await;
+                flushed = true;
+                tracing::info!(%shard, %to, rooms = frozen.rooms.len(), flushed = ?started.elapsed(), "handing the shard off");
+                continue;
+            }
+            let retry = Instant::now() >= deadline;
+            let due =
+                sent.as_ref() != Some(&(to.clone(), epoch)) || (retry && mark.waiting().is_empty());
+            if retry && !due {
+                // The last copy is still on its way (the link resends it across reconnects):
+                // look again later.
+                deadline = Instant::now() + SNAPSHOT_RETRY;
+            }
+            if due {
+                let snapshot = Arc::new(PeerMsg::Snapshot {
+                    shard,
+                    epoch,
+                    floor: frozen.floor,
+                    rooms: frozen.rooms.clone(),
+                });
+                match peers.send_shared(&to, snapshot) {
+                    Ok(()) => {
+                        if sent.as_ref() == Some(&(to.clone(), epoch)) {
+                            self.metrics.snapshot_resends.inc();
+                            tracing::warn!(%shard, %to, copies, "no acknowledgement of the snapshot: sent it again");
+                        }
+                        copies += 1;
+                        sent = Some((to.clone(), epoch));
+                        mark = peers.sent_to([&to]);
+                    }
+                    Err(_) => {
+                        tracing::warn!(%shard, %to, "could not queue the snapshot (outbox full or peer gone): trying again");
+                    }
                 }
-                tokio::select! {
-                    () = progress => continue,
-                    () = tokio::time::sleep_until(deadline) => {}
-                }
-                if !queued || mark.waiting().is_empty() {
-                    break;
-                }
-                deadline += SNAPSHOT_RETRY;
+                deadline = Instant::now() + SNAPSHOT_RETRY;
+            }
+            tokio::select! {
+                () = progress => {}
+                () = tokio::time::sleep_until(deadline) => {}
             }
         }
     }

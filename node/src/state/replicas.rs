@@ -12,11 +12,11 @@
 //! ([`NodeState::ask_for_overdue_copies`], [`NodeState::on_send_copy`]).
 //!
 //! Failover: when a table makes this node the owner of a shard it followed, with no hand-off,
-//! [`NodeState::promote`] starts the shard's rooms from the copy, so seq continues and every
+//! the shard's rooms start from the copy (custody's `Serve`), so seq continues and every
 //! acknowledged message is there. When the table moves such a shard on to another node, the
-//! copy is handed to it like an owner's snapshot.
+//! copy is sent to it like an owner's snapshot (`SendCopy`), and kept while this node goes on
+//! following the shard.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use shard::{AssignmentTable, NodeName, RoomId, ShardId};
@@ -36,13 +36,19 @@ pub(super) const COPY_PATIENCE: std::time::Duration = std::time::Duration::from_
 pub(super) const SYNC_TURN: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl NodeState {
-    /// The follower of `shard` in the table in force, with that table's epoch.
+    /// The follower of `shard` in the table in force, with that table's epoch. `None` when it
+    /// names none, or this node: the source of a hand-off may be named the shard's follower,
+    /// and a node never counts itself as a copy.
     pub(super) fn follower_of(&self, shard: ShardId) -> Option<FollowerRef> {
         let table = self.table();
-        table.follower(shard).map(|node| FollowerRef {
-            node: node.clone(),
-            epoch: table.epoch,
-        })
+        let me = self.me();
+        table
+            .follower(shard)
+            .filter(|f| *f != me)
+            .map(|node| FollowerRef {
+                node: node.clone(),
+                epoch: table.epoch,
+            })
     }
 
     /// Queue a change for a room's follower; false when it cannot be queued.
@@ -77,7 +83,15 @@ impl NodeState {
         rid: u64,
         change: Change,
     ) {
-        let answer = match judge(&self.table(), self.me(), from, shard, epoch) {
+        // A hand-off's target that kept its follower's copy of the shard (it followed it)
+        // holds the source's last changes in it until the snapshot comes to merge with.
+        let receiving =
+            lock(&self.handoffs).incoming.contains_key(&shard) && lock(&self.copies).holds(shard);
+        let mut verdict = judge(&self.table(), self.me(), from, shard, epoch);
+        if verdict == Verdict::NotFollower && receiving {
+            verdict = Verdict::Apply;
+        }
+        let answer = match verdict {
             Verdict::Apply => lock(&self.copies).apply(shard, &room, change),
             Verdict::NotFollower => Answer::NoCopy,
             Verdict::Fenced => {
@@ -226,48 +240,6 @@ impl NodeState {
     /// Followed shards, live and catching up, for `/status`.
     pub fn follow_counts(&self) -> FollowCounts {
         lock(&self.copies).counts()
-    }
-
-    /// Applying `new`: serve from the copy each shard this node followed and now owns with no
-    /// hand-off (the owner left), hand on the copies the table moves to another node, and
-    /// keep copies only of the shards it follows now. Returns the promoted shards.
-    pub(super) fn apply_follower_roles(
-        self: &Arc<Self>,
-        old: &AssignmentTable,
-        new: &AssignmentTable,
-    ) -> HashSet<ShardId> {
-        let me = self.me().clone();
-        let change = shard::follower_transition(old, new, &me);
-        for (shard, to) in change.hand_off {
-            let Some(copy) = lock(&self.copies).take(shard) else {
-                tracing::warn!(%shard, %to, "to hand on a copy this node does not hold: the new owner starts it when the move times out");
-                continue;
-            };
-            tracing::info!(%shard, %to, rooms = copy.rooms.len(), "handing on the copy of a shard whose owner left");
-            tokio::spawn(self.clone().send_shard(shard, to, new.epoch, copy));
-        }
-        let mut promoted = HashSet::new();
-        for shard in change.promoted {
-            let (live, copy) = {
-                let mut copies = lock(&self.copies);
-                (copies.is_live(shard), copies.take(shard))
-            };
-            match copy {
-                Some(copy) => {
-                    // A copy still catching up may miss rooms the owner had not sent yet.
-                    tracing::info!(%shard, rooms = copy.rooms.len(), live, "owner left: serving the shard from its copy");
-                    self.rooms.install(shard, copy.floor, copy.rooms);
-                }
-                None => {
-                    tracing::warn!(%shard, "owner left and this node holds no copy of the shard: it starts empty");
-                    self.rooms.install(shard, 0, Vec::new());
-                }
-            }
-            promoted.insert(shard);
-        }
-        let following: HashSet<ShardId> = new.followed_by(&me).into_iter().collect();
-        lock(&self.copies).retain(&following);
-        promoted
     }
 
     /// Shards this node owns whose follower is new to them in `new` (or that it just gained):

@@ -1,13 +1,11 @@
 //! Applying a new assignment table: start, receive, hand off and drop shards as it says, then
 //! re-join members of rooms whose owner vanished.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use shard::AssignmentTable;
-use tokio::time::Instant;
 
-use super::handoffs::{Incoming, take_where};
+use super::handoffs::take_where;
 use super::{NodeState, lock};
 use crate::room::{MemberKey, RoomCommand};
 
@@ -30,32 +28,16 @@ impl NodeState {
         }
         // Shards the previous process owned stay unowned here (see `inherited`).
         let new = self.without_inherited(new);
-        let me = self.me().clone();
-        let change = shard::transition(&old, &new, &me);
-        let abandoned = shard::abandoned_handoffs(&old, &new, &me);
+        let skipped = old.epoch > 0 && new.epoch > old.epoch + 1;
+        // What the table asks of every shard this node touches (custody); hand-offs to this
+        // node buffer from here on.
+        let duties = self.duties(&new);
         {
             let mut handoffs = lock(&self.handoffs);
-            let started = Instant::now();
-            let deadline = started + self.settings.handoff.timeout;
-            for (shard, from) in &change.gained_by_handoff {
-                handoffs.incoming.insert(
-                    *shard,
-                    Incoming {
-                        from: from.clone(),
-                        buffer: VecDeque::new(),
-                        started,
-                        deadline,
-                        overdue: false,
-                    },
-                );
-            }
             // From here until `release_early` is through, peers' commands queue behind the
             // early ones.
             handoffs.releasing = true;
             handoffs.done.retain(|m| new.moves.contains(m));
-            handoffs
-                .outgoing
-                .retain(|shard, (to, _)| new.move_of(*shard).is_some_and(|m| &m.to == to));
         }
         let new = Arc::new(new);
         // Links to the nodes the table adds exist before anyone can route by it; links to the
@@ -67,26 +49,15 @@ impl NodeState {
         if let Some(peers) = &self.peers {
             peers.retire(&new);
         }
-        for (shard, from) in abandoned {
-            let refused = {
-                let mut handoffs = lock(&self.handoffs);
-                let incoming = handoffs.incoming.remove(&shard);
-                // A snapshot already received is not abandoned: the source handed it off and
-                // left before the operator cleared the move. Installed and replayed under the
-                // lock, as in `on_snapshot`.
-                if incoming.is_some() && new.owner(shard) == Some(&me) {
-                    tracing::warn!(%shard, %from, "hand-off abandoned (source gone): starting the shard empty");
-                    self.rooms.install(shard, 0, Vec::new());
-                }
-                self.replay(incoming.map(|i| i.buffer).unwrap_or_default())
-            };
-            self.settle_refused(refused);
+        if skipped {
+            // Tables in between may have taken a followed shard away and given it back: each
+            // copy is live again only once its owner sends it whole, and is asked for at once.
+            let since = std::time::Instant::now()
+                .checked_sub(super::replicas::COPY_PATIENCE)
+                .unwrap_or_else(std::time::Instant::now);
+            lock(&self.copies).unsettle(since);
         }
-        // Shards whose owner left: served from this node's copy where it followed them.
-        let promoted = self.apply_follower_roles(&old, &new);
-        for shard in change.gained_fresh.iter().filter(|s| !promoted.contains(s)) {
-            self.rooms.install(*shard, 0, Vec::new());
-        }
+        self.carry_out(duties, new.epoch);
         let snapshots = take_where(&mut lock(&self.handoffs).early_snapshots, |e| {
             e.epoch <= new.epoch
         });
@@ -100,18 +71,6 @@ impl NodeState {
             );
         }
         self.release_early(new.epoch);
-        for (shard, to) in change.lost {
-            let handed = new
-                .move_of(shard)
-                .is_some_and(|m| m.from == me && m.to == to);
-            tokio::spawn(self.clone().hand_off(shard, to, handed, new.epoch));
-        }
-        for shard in change.lost_unassigned {
-            let rooms = self.rooms.clone();
-            tokio::spawn(async move {
-                rooms.freeze(shard).await;
-            });
-        }
         for node in old.nodes.keys().filter(|n| !new.nodes.contains_key(*n)) {
             self.rooms
                 .tell_all(&RoomCommand::DropNode { node: node.clone() });
@@ -127,7 +86,7 @@ impl NodeState {
         }
         tracing::info!(
             epoch = new.epoch,
-            owned = new.shards_of(&me).len(),
+            owned = new.shards_of(self.me()).len(),
             "assignment table applied"
         );
         self.progress.notify_waiters();
@@ -149,10 +108,13 @@ impl NodeState {
             // too: members re-join so they get what the old owner acknowledged but never
             // delivered to their node.
             let handed_by_owner = new.move_of(shard).is_some_and(|m| Some(&m.from) == before);
-            let orphaned = before != after
-                && after.is_some()
-                && !handed_by_owner
-                && before.is_none_or(|o| !new.nodes.contains_key(o));
+            let gone = |node: &shard::NodeName| !new.nodes.contains_key(node);
+            // So is a shard whose hand-off source left before its snapshot (the follower's copy
+            // stands in for it): what the source delivered last may not have reached us.
+            let source_left = old.move_of(shard).is_some_and(|m| gone(&m.from));
+            let orphaned = after.is_some()
+                && (source_left
+                    || (before != after && !handed_by_owner && before.is_none_or(gone)));
             if !orphaned {
                 continue;
             }
