@@ -89,14 +89,34 @@ async fn run(exit: Exit, round: usize) {
     let cluster = defaults().await;
     let prefix = format!("{exit:?}-{round}").to_lowercase();
     let bench = writers_on_node_0(&cluster, &prefix);
-    // Load-aware moves start once the nodes' load windows show the imbalance.
-    let moving = cluster
-        .wait_for(Duration::from_secs(20), |v| !v.moves_in_flight.is_empty())
-        .await;
+    // Load-aware moves start once the nodes' load windows show the imbalance. The exit goes
+    // best while moves into the node that goes away are in flight (a restart drains the
+    // highest ordinal first): those are the moves a drain used to redirect.
+    let victim = match exit {
+        Exit::Restart => "node-2",
+        Exit::Term | Exit::Kill => "node-1",
+    };
+    let into_victim =
+        |v: &operator::ClusterView| v.moves_in_flight.iter().any(|m| m.to.as_str() == victim);
+    let moving = match cluster.wait_for(Duration::from_secs(15), into_victim).await {
+        Ok(view) => Ok(view),
+        Err(_) => {
+            cluster
+                .wait_for(Duration::from_secs(10), |v| !v.moves_in_flight.is_empty())
+                .await
+        }
+    };
     let during_moves = moving
         .as_ref()
-        .map(|v| v.moves_in_flight.len())
-        .unwrap_or(0);
+        .map(|v| {
+            let into = v
+                .moves_in_flight
+                .iter()
+                .filter(|m| m.to.as_str() == victim)
+                .count();
+            format!("{} ({into} into {victim})", v.moves_in_flight.len())
+        })
+        .unwrap_or_else(|_| "no".to_owned());
     match exit {
         Exit::Term => {
             cluster.sigterm("node-1").await.expect("kill -TERM node-1");
