@@ -45,8 +45,11 @@ fn roles(
     t
 }
 
-/// The snapshots queued for `to`: (shard, epoch, rooms with their seq).
-fn snapshots_to(peers: &Peers, to: &str) -> Vec<(ShardId, u64, Vec<(RoomId, u64)>)> {
+/// A snapshot as the test reads it: (shard, epoch, rooms with their seq).
+type SentSnapshot = (ShardId, u64, Vec<(RoomId, u64)>);
+
+/// The snapshots queued for `to`.
+fn snapshots_to(peers: &Peers, to: &str) -> Vec<SentSnapshot> {
     peers
         .outbox(&name(to))
         .iter()
