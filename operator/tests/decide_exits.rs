@@ -22,6 +22,7 @@ fn ready(i: u32, epoch: u64) -> PodView {
             peer_addr: format!("127.0.0.1:{}", 7000 + i),
             client_addr: None,
             zone: None,
+            member_since: 0,
         }),
         report: Some(Report {
             epoch,

@@ -32,6 +32,8 @@
 //!    rooms with its copy). With no such follower, a move whose source left is dropped (the
 //!    target keeps the shard) and a shard whose target left is planned again from the source.
 //! 7. **Members.** `nodes` is the ready set, `draining` the draining nodes that are ready.
+//!    Each keeps the epoch it became a member at ([`NodeInfo::member_since`]): the epoch of
+//!    the table that added it.
 //! 8. **Cap.** With [`PlanOptions::max_moves_per_node`] = k, no node is source or target of more
 //!    than k moves in the result, or of more than the moves that go on from the current table
 //!    (rule 6 never drops one, and a follower standing in for an end of a move takes it on
@@ -182,8 +184,16 @@ pub(crate) fn plan_inner(
             fill_followers(current, &mut next, &eligible);
         }
     }
+    // A node keeps the epoch it became a member at; one new to the table gets the new epoch.
+    let new_epoch = current.epoch.saturating_add(1);
+    for (name, info) in &mut next.nodes {
+        info.member_since = current
+            .nodes
+            .get(name)
+            .map_or(new_epoch, |was| was.member_since);
+    }
     if next != *current {
-        next.epoch = current.epoch.saturating_add(1);
+        next.epoch = new_epoch;
     }
     next
 }

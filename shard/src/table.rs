@@ -31,6 +31,15 @@ pub struct NodeInfo {
     /// a node is treated as being in no zone in particular.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The epoch of the table that made the node a member this time (the planner sets it). A
+    /// node that finds it changed between two tables it applied was out of the cluster in
+    /// between (a pause, a partition from the operator) and the others forgot its members.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub member_since: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl NodeInfo {
@@ -40,6 +49,7 @@ impl NodeInfo {
             peer_addr: peer_addr.into(),
             client_addr: None,
             zone: None,
+            member_since: 0,
         }
     }
 

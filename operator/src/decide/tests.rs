@@ -21,6 +21,7 @@ fn info(i: u32) -> NodeInfo {
         peer_addr: format!("127.0.0.1:{}", 7000 + i),
         client_addr: Some(format!("127.0.0.1:{}", 8000 + i)),
         zone: None,
+        member_since: 0,
     }
 }
 

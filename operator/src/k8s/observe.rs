@@ -116,6 +116,7 @@ pub fn node_info(ip: &str) -> NodeInfo {
         peer_addr: format!("{host}:{PEER_PORT}"),
         client_addr: Some(format!("{host}:{CLIENT_PORT}")),
         zone: None,
+        member_since: 0,
     }
 }
 

@@ -209,6 +209,7 @@ impl State {
                 peer_addr: p.peer?.to_string(),
                 client_addr: p.client.map(|a| a.to_string()),
                 zone: None,
+                member_since: 0,
             })
         });
         Some(PodView {

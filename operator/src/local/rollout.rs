@@ -150,6 +150,7 @@ mod tests {
                         peer_addr: format!("127.0.0.1:{}", 7000 + i),
                         client_addr: None,
                         zone: None,
+                        member_since: 0,
                     };
                     (name(i), info)
                 })

@@ -18,7 +18,36 @@ pub fn info(name: &NodeName) -> NodeInfo {
         peer_addr: format!("{name}.chat:7001"),
         client_addr: Some(format!("{name}.chat:8080")),
         zone: None,
+        member_since: 0,
     }
+}
+
+/// Rule 7: `new` lists exactly the ready nodes, with what they published, and each keeps the
+/// epoch it became a member at (`old`'s for a node `old` lists, `new`'s epoch for one it adds).
+pub fn members_are_the_ready_nodes(
+    old: &AssignmentTable,
+    new: &AssignmentTable,
+    ready: &BTreeMap<NodeName, NodeInfo>,
+) -> Result<(), TestCaseError> {
+    let published = |nodes: &BTreeMap<NodeName, NodeInfo>| -> BTreeMap<NodeName, NodeInfo> {
+        nodes
+            .iter()
+            .map(|(name, info)| {
+                let mut info = info.clone();
+                info.member_since = 0;
+                (name.clone(), info)
+            })
+            .collect()
+    };
+    prop_assert_eq!(published(&new.nodes), published(ready));
+    for (name, info) in &new.nodes {
+        let since = old
+            .nodes
+            .get(name)
+            .map_or(new.epoch, |was| was.member_since);
+        prop_assert_eq!(info.member_since, since, "{} keeps its member_since", name);
+    }
+    Ok(())
 }
 
 /// Ready nodes `ready` (by number), of which `draining` are draining.
