@@ -12,21 +12,23 @@
 //! when the table names another owner and commands of this connection are still unanswered,
 //! it waits for their answers (every routed command gets exactly one: `joined`, `left`, an
 //! error, or the message's own echo) before it routes the next one. The wait is bounded by the
-//! hand-off timeout, after which every waiting sender has been answered anyway. Reading the
-//! socket pauses meanwhile, which is what keeps the order. A command goes by the table the
+//! hand-off timeout; past it an earlier command may still be on its way (a link that cannot
+//! deliver yet) and could be given a seq after this one, so the connection ends instead (a
+//! `reconnect`, then close 1013) and the client re-joins with `since`. Reading the socket
+//! pauses meanwhile, which is what keeps the order. A command goes by the table the
 //! fence looked at: one read a moment later could name the new owner for a command the fence
 //! let through as going to the old one.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use tracing::Instrument;
 
 use axum::extract::ws::Message;
 use shard::{NodeName, RoomId};
 use tokio::net::TcpStream;
 
 use crate::edge::{CLOSE_GOING_AWAY, CloseReason, ConnControl, ConnHandle, ConnId};
+use crate::hashing::{HashMap, HashSet};
 use crate::outbox::Outbox;
 use crate::protocol::{self, ClientOp, ErrorCode, Refusal};
 use crate::rate::TokenBucket;
@@ -43,31 +45,13 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
     let mut stream = ClientStream::new(tcp.clone(), already_read, limits.max_frame_bytes);
     let out = Arc::new(Outbox::new(tcp, limits.outgoing_queue));
     let control = Arc::new(ConnControl::default());
-    let user: Arc<str> = user.into();
-    let handle = ConnHandle {
-        id: node.next_conn_id(),
-        user: user.clone(),
-        out: out.clone(),
-        control: control.clone(),
-    };
-    node.hub.register(handle.clone());
-    node.metrics.connections.inc();
-    node.metrics.connections_total.inc();
+    let mut conn = Connection::open(node.clone(), &user, out.clone(), control.clone());
     let writer = {
         let control = control.clone();
         let close_timeout = limits.close_timeout;
-        tokio::spawn(async move { out.run(&control, close_timeout).await })
+        tokio::spawn(async move { out.run(&control, close_timeout).await }.in_current_span())
     };
 
-    let mut conn = Connection {
-        node: node.clone(),
-        handle,
-        user,
-        joined: HashSet::new(),
-        bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst, Instant::now()),
-        routes: HashMap::new(),
-        routed: 0,
-    };
     // Set when the node starts shutting down: when this client is told to reconnect. A node's
     // clients are told over a short window rather than all at once, so the nodes they come
     // back to take their handshakes and re-joins as a stream, not a spike; until told, a
@@ -147,6 +131,59 @@ pub async fn serve(tcp: Arc<TcpStream>, already_read: &[u8], node: Arc<NodeState
     node.metrics.connections.dec();
 }
 
+/// A client connection without a socket: the per-connection logic of [`serve`] (frame
+/// parsing, limits, the rooms joined, the route fence) over an outbox that only queues. The
+/// cluster simulation (`testing/sim`) runs its clients as sessions, so they reach the node
+/// exactly as a WebSocket client's frames do once read off the socket.
+pub struct Session {
+    conn: Connection,
+    out: Arc<Outbox>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("conn", &self.conn.handle.id)
+            .field("user", &self.conn.user)
+            .finish()
+    }
+}
+
+impl Session {
+    /// A new connection of `user` on `node`.
+    pub fn open(node: Arc<NodeState>, user: &str) -> Session {
+        let limits = node.settings.limits.clone();
+        let out = Arc::new(Outbox::detached(limits.outgoing_queue));
+        let conn = Connection::open(node, user, out.clone(), Arc::default());
+        Session { conn, out }
+    }
+
+    /// The client sent the text frame `text`.
+    pub async fn text(&mut self, text: &str) {
+        self.conn.on_text(text).await;
+    }
+
+    /// The frames the node delivered since the last call, in order.
+    pub fn take_frames(&self) -> Vec<String> {
+        self.out.take_queued()
+    }
+
+    /// Whether the node closed the connection (a slow consumer).
+    pub fn is_closed(&self) -> bool {
+        self.conn.handle.control.is_closed()
+    }
+
+    /// The client goes away: leave every room, as a closed socket does.
+    pub async fn close(mut self) {
+        self.conn.depart().await;
+        self.conn.node.metrics.connections.dec();
+    }
+}
+
+/// What a connection whose route fence timed out says, in the frame and the close frame.
+const FENCE_REASON: &str =
+    "earlier sends are still on their way to a room's old owner: reconnect and re-join with since";
+
 /// How long a connection told to reconnect is still served: a `send` the client wrote before it
 /// read `reconnect` is answered (and delivered) rather than silently dropped, and a client that
 /// joins its rooms on another node before leaving (make-before-break) keeps receiving here
@@ -205,6 +242,41 @@ struct Connection {
 }
 
 impl Connection {
+    /// A new connection of `user` whose frames go out through `out`, registered with the
+    /// node's edge under an id of its own.
+    fn open(
+        node: Arc<NodeState>,
+        user: &str,
+        out: Arc<Outbox>,
+        control: Arc<ConnControl>,
+    ) -> Connection {
+        let limits = &node.settings.limits;
+        let user: Arc<str> = user.into();
+        let handle = ConnHandle {
+            id: node.next_conn_id(),
+            user: user.clone(),
+            out,
+            control,
+        };
+        node.hub.register(handle.clone());
+        node.metrics.connections.inc();
+        node.metrics.connections_total.inc();
+        let bucket = TokenBucket::new(
+            limits.rate_per_sec,
+            limits.rate_burst,
+            tokio::time::Instant::now().into_std(),
+        );
+        Connection {
+            node,
+            handle,
+            user,
+            joined: HashSet::default(),
+            bucket,
+            routes: HashMap::default(),
+            routed: 0,
+        }
+    }
+
     fn member(&self) -> MemberKey {
         MemberKey {
             node: self.node.settings.name.clone(),
@@ -234,7 +306,7 @@ impl Connection {
             Ok(op) => op,
             Err(refusal) => return self.refuse(refusal),
         };
-        if !self.bucket.try_take(Instant::now()) {
+        if !self.bucket.try_take(tokio::time::Instant::now().into_std()) {
             let wait = self.bucket.retry_after().as_millis();
             return self.refuse(refusal_for(
                 &op,
@@ -325,14 +397,25 @@ impl Connection {
             let bound = self.node.settings.handoff.timeout;
             let waited = tokio::time::timeout(bound, control.answered(self.routed)).await;
             if waited.is_err() {
-                // What is still unanswered was lost with a node: forget it, or every later
-                // fence would wait for it again.
-                tracing::debug!(%room, "route fence timed out; sending on");
-                self.routed = control.answers();
+                // What is still unanswered was lost with a node, or is still on its way (a
+                // link that cannot deliver yet): sent on now, this command could get a seq
+                // before it. The connection cannot keep its order any more, so it ends: the
+                // client reconnects and re-joins with `since`, which shows what was delivered.
+                tracing::debug!(%room, "route fence timed out: the connection ends");
+                self.push(protocol::reconnect_frame(FENCE_REASON, Some(0)));
+                control.close(CloseReason {
+                    code: crate::edge::CLOSE_SLOW_CONSUMER,
+                    reason: FENCE_REASON.to_owned(),
+                    flush: true,
+                });
+                return Err(RouteError::Unavailable);
             }
         };
         self.node.route_by(&table, room, command).await?;
         self.routed += 1;
+        if let Some(owner) = table.owner_of_room(room) {
+            self.handle.control.routed_to(owner, self.routed);
+        }
         Ok(())
     }
 

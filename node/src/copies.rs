@@ -12,11 +12,12 @@
 //! history limit, and drops a shard's copies as soon as the table stops naming this node its
 //! follower.
 
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shard::{RoomId, ShardId};
+use tokio::time::Instant;
 
+use crate::hashing::{HashMap, HashSet};
 use crate::replication::{Answer, Change};
 use crate::resting::RestingSeqs;
 use crate::room::{Room, RoomSnapshot};
@@ -64,7 +65,7 @@ impl Copies {
         Copies {
             shards,
             history_limit,
-            followed: HashMap::new(),
+            followed: HashMap::default(),
             resting: RestingSeqs::new(shards, remembered),
         }
     }
@@ -130,7 +131,7 @@ impl Copies {
     /// The copy of `shard`, made empty (catching up since now) when there is none.
     fn copy_of(followed: &mut HashMap<ShardId, ShardCopy>, shard: ShardId) -> &mut ShardCopy {
         followed.entry(shard).or_insert_with(|| ShardCopy {
-            rooms: HashMap::new(),
+            rooms: HashMap::default(),
             waiting_since: Some(Instant::now()),
         })
     }

@@ -13,19 +13,24 @@
 //! its last events for the shard's rooms (see `state::outgoing`), so the new owner's first
 //! ones come after them.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use shard::RoomId;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
+use crate::hashing::HashMap;
 use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pushed};
 use crate::ws::frame::WireFrame;
+
+mod control;
+mod order;
+
+pub use control::{
+    CLOSE_GOING_AWAY, CLOSE_NOT_UTF8, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG, CloseReason, ConnControl,
+};
 
 /// A connection's id, unique within its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,95 +39,6 @@ pub struct ConnId(pub u64);
 /// A `skip` that skips nobody: what an owner puts in a message's broadcast to the nodes where
 /// its sender is not (see `Room`'s `broadcast_post`).
 pub const NO_CONN: ConnId = ConnId(u64::MAX);
-
-/// Why a connection is being closed by the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseReason {
-    /// WebSocket close code (1001 going away, 1008 policy, 1013 try again later).
-    pub code: u16,
-    /// Human-readable reason, at most 123 bytes on the wire.
-    pub reason: String,
-    /// Whether frames already queued are sent before the close frame (shutdown: yes, so the
-    /// `reconnect` frame gets out; slow consumer: no, the queue is the problem).
-    pub flush: bool,
-}
-
-/// Close code for a client that does not read fast enough.
-pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
-/// Close code for a node going away.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code for a frame over the hard size limit.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code for a policy violation (no identity).
-pub const CLOSE_POLICY: u16 = 1008;
-/// Close code for a client that broke the WebSocket framing rules.
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-/// Close code for a text message that is not UTF-8.
-pub const CLOSE_NOT_UTF8: u16 = 1007;
-
-/// The node's side of one connection's lifecycle: set once, read by its writer task.
-#[derive(Debug, Default)]
-pub struct ConnControl {
-    closed: CancellationToken,
-    reason: Mutex<Option<CloseReason>>,
-    /// Answers delivered to this connection: `joined`, `left`, errors from owners and its own
-    /// messages' echoes. Each command it routes gets exactly one, so the connection knows
-    /// when its commands in flight have all been answered (its route fence).
-    answers: AtomicU64,
-    /// Woken on each answer while the connection waits for one.
-    answered: Notify,
-}
-
-impl ConnControl {
-    /// Ask the connection to close; the first reason wins.
-    pub fn close(&self, reason: CloseReason) {
-        let mut slot = lock(&self.reason);
-        if slot.is_none() {
-            *slot = Some(reason);
-        }
-        drop(slot);
-        self.closed.cancel();
-    }
-
-    /// Resolves once [`ConnControl::close`] was called.
-    pub async fn closed(&self) {
-        self.closed.cancelled().await;
-    }
-
-    /// Whether a close was asked for.
-    pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
-    }
-
-    /// The reason given to [`ConnControl::close`].
-    pub fn reason(&self) -> Option<CloseReason> {
-        lock(&self.reason).clone()
-    }
-
-    /// One answer was delivered.
-    pub fn answer(&self) {
-        self.answers.fetch_add(1, Ordering::Release);
-        self.answered.notify_waiters();
-    }
-
-    /// Answers delivered so far.
-    pub fn answers(&self) -> u64 {
-        self.answers.load(Ordering::Acquire)
-    }
-
-    /// Waits until at least `count` answers were delivered.
-    pub async fn answered(&self, count: u64) {
-        loop {
-            let next = self.answered.notified();
-            tokio::pin!(next);
-            next.as_mut().enable();
-            if self.answers() >= count {
-                return;
-            }
-            next.await;
-        }
-    }
-}
 
 /// What the edge keeps for a connection: where to queue its frames.
 #[derive(Debug, Clone)]
@@ -175,7 +91,31 @@ impl EdgeEvent {
             EdgeEvent::ToConn { .. } => None,
         }
     }
+
+    /// The room the event is about, for a frame to one connection too: the `room` its JSON
+    /// names (an answer to a request about a room).
+    pub fn room_named(&self) -> Option<RoomId> {
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow)]
+            room: Option<std::borrow::Cow<'a, str>>,
+        }
+        match self {
+            EdgeEvent::ToConn { frame, .. } => {
+                let named: Named<'_> = serde_json::from_str(frame.as_str()).ok()?;
+                RoomId::new(named.room?.into_owned()).ok()
+            }
+            _ => self.room().cloned(),
+        }
+    }
 }
+
+/// What a connection that missed messages of a room is told, in the frame and the close frame.
+pub const MISSED_REASON: &str = "events for a room were lost on their way here: re-join with since";
+
+/// What a connection is told when a request of it may have died with a node.
+pub const MISSED_REQUEST_REASON: &str =
+    "a node that held one of your requests failed: re-join with since";
 
 /// Rooms and connections are spread over stripes so that owners delivering to different rooms
 /// rarely contend for one lock.
@@ -183,8 +123,16 @@ const STRIPES: usize = 64;
 
 #[derive(Debug, Default)]
 struct Stripe {
-    rooms: HashMap<RoomId, HashMap<ConnId, ConnHandle>>,
+    rooms: HashMap<RoomId, HashMap<ConnId, Member>>,
     conns: HashMap<ConnId, ConnHandle>,
+}
+
+/// A local member of a room.
+#[derive(Debug, Clone)]
+struct Member {
+    handle: ConnHandle,
+    /// The last seq it was given of the room (see [`order`]).
+    seen: u64,
 }
 
 impl Stripe {
@@ -192,7 +140,7 @@ impl Stripe {
     /// the memory of maps that did (room names come from clients: see [`crate::shrink`]).
     fn remove_member(&mut self, room: &RoomId, conn: ConnId) -> Option<ConnHandle> {
         let members = self.rooms.get_mut(room)?;
-        let removed = members.remove(&conn);
+        let removed = members.remove(&conn).map(|m| m.handle);
         if members.is_empty() {
             self.rooms.remove(room);
             crate::shrink::map_if_sparse(&mut self.rooms);
@@ -265,13 +213,25 @@ impl EdgeHub {
             })
     }
 
+    /// Every local connection.
+    pub fn connections(&self) -> Vec<ConnHandle> {
+        let mut all = Vec::new();
+        for stripe in &self.stripes {
+            all.extend(lock(stripe).conns.values().cloned());
+        }
+        all
+    }
+
     /// Every room with local members, with those members (for re-joining them elsewhere).
     pub fn rooms_with_members(&self) -> Vec<(RoomId, Vec<ConnHandle>)> {
         let mut all = Vec::new();
         for stripe in &self.stripes {
             let stripe = lock(stripe);
             for (room, members) in &stripe.rooms {
-                all.push((room.clone(), members.values().cloned().collect()));
+                all.push((
+                    room.clone(),
+                    members.values().map(|m| m.handle.clone()).collect(),
+                ));
             }
         }
         all
@@ -297,7 +257,12 @@ impl EdgeHub {
                 // room can slip in ahead of `joined`.
                 self.push(&handle, &WireFrame::text(&frame), false);
                 handle.control.answer();
-                stripe.rooms.entry(room).or_default().insert(conn, handle);
+                let seen = order::frame_seq(&frame).unwrap_or(0);
+                stripe
+                    .rooms
+                    .entry(room)
+                    .or_default()
+                    .insert(conn, Member { handle, seen });
             }
             EdgeEvent::Left { room, conn, frame } => {
                 let removed = self.room_stripe(&room).remove_member(&room, conn);
@@ -309,12 +274,43 @@ impl EdgeHub {
             }
             EdgeEvent::ToConn { conn, frame } => {
                 let handle = self.conn_stripe(conn).conns.get(&conn).cloned();
-                if let Some(handle) = handle {
-                    // An error, or the connection's own message (its echo).
-                    let is_msg = frame.as_str().starts_with(r#"{"op":"msg""#);
-                    self.push(&handle, &WireFrame::text(&frame), is_msg);
+                let Some(handle) = handle else {
+                    return;
+                };
+                // An error, or the connection's own message (its echo), which counts in the
+                // room's order for it like any other message.
+                let Some((room, seq)) = order::echo_of(&frame) else {
+                    if frame.starts_with(r#"{"op":"reconnect""#) {
+                        // An owner that passed a request of this connection on to a node
+                        // that then failed: the connection goes, as for a gap.
+                        self.send_away(&handle, MISSED_REQUEST_REASON);
+                        return;
+                    }
+                    self.push(&handle, &WireFrame::text(&frame), false);
                     handle.control.answer();
+                    return;
+                };
+                let mut stripe = self.room_stripe(&room);
+                let step = match stripe.rooms.get_mut(&room).and_then(|m| m.get_mut(&conn)) {
+                    Some(member) => {
+                        let step = order::step(member.seen, seq);
+                        member.seen = member.seen.max(seq);
+                        step
+                    }
+                    // Not a member (any more): it was sent away after a gap, or left. A
+                    // connection that is closing owes no answer; one that stays open gets it.
+                    None if handle.control.is_closed() => return,
+                    None => order::Step::Deliver,
+                };
+                if step == order::Step::Gap {
+                    stripe.remove_member(&room, conn);
+                    drop(stripe);
+                    self.send_away(&handle, MISSED_REASON);
+                    return;
                 }
+                // A repeat is delivered too: it is the answer to the connection's send.
+                self.push(&handle, &WireFrame::text(&frame), true);
+                handle.control.answer();
             }
             EdgeEvent::Broadcast {
                 room,
@@ -322,24 +318,99 @@ impl EdgeHub {
                 skip,
                 is_msg,
             } => {
-                let stripe = self.room_stripe(&room);
-                if let Some(members) = stripe.rooms.get(&room) {
-                    // Encoded once, written to every member as is (server frames are unmasked).
-                    let frame = WireFrame::text(&frame);
-                    // A message with no skip at all comes from an owner of an earlier version,
-                    // which echoes to the sender in the broadcast: it may answer anyone here.
-                    let from_older_owner = is_msg && skip.is_none();
-                    for handle in members.values() {
-                        if Some(handle.id) != skip {
-                            self.push(handle, &frame, is_msg);
-                            if from_older_owner {
-                                handle.control.answer();
+                let seq = if is_msg {
+                    order::frame_seq(&frame)
+                } else {
+                    None
+                };
+                let mut stripe = self.room_stripe(&room);
+                let Some(members) = stripe.rooms.get_mut(&room) else {
+                    return;
+                };
+                // Encoded once, written to every member as is (server frames are unmasked).
+                let wire = WireFrame::text(&frame);
+                // A message with no skip at all comes from an owner of an earlier version,
+                // which echoes to the sender in the broadcast: it may answer anyone here.
+                let from_older_owner = is_msg && skip.is_none();
+                let mut missed = Vec::new();
+                for member in members.values_mut() {
+                    if Some(member.handle.id) == skip {
+                        continue;
+                    }
+                    if let Some(seq) = seq {
+                        match order::step(member.seen, seq) {
+                            order::Step::Deliver => member.seen = seq,
+                            order::Step::Repeat if !from_older_owner => continue,
+                            order::Step::Repeat => {}
+                            order::Step::Gap => {
+                                missed.push(member.handle.clone());
+                                continue;
                             }
                         }
                     }
+                    self.push(&member.handle, &wire, is_msg);
+                    if from_older_owner {
+                        member.handle.control.answer();
+                    }
+                }
+                for handle in &missed {
+                    stripe.remove_member(&room, handle.id);
+                }
+                drop(stripe);
+                for handle in &missed {
+                    self.send_away(handle, MISSED_REASON);
                 }
             }
         }
+    }
+
+    /// Members of `room` here that `which` picks are sent away to re-join (see [`order`]):
+    /// nothing more of the room reaches them on this connection. Returns how many.
+    pub fn send_away_from(
+        &self,
+        room: &RoomId,
+        which: impl Fn(&ConnHandle) -> bool,
+        reason: &str,
+    ) -> u64 {
+        let picked: Vec<ConnHandle> = {
+            let mut stripe = self.room_stripe(room);
+            let picked: Vec<ConnHandle> = stripe
+                .rooms
+                .get(room)
+                .map(|members| {
+                    members
+                        .values()
+                        .filter(|m| which(&m.handle))
+                        .map(|m| m.handle.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for handle in &picked {
+                stripe.remove_member(room, handle.id);
+            }
+            picked
+        };
+        for handle in &picked {
+            self.send_away(handle, reason);
+        }
+        picked.len() as u64
+    }
+
+    /// Tell one connection that it missed something (messages, or the answer to a request): a
+    /// `reconnect` frame, then close 1013. Its client re-joins with `since`, which replays what
+    /// it missed. Counted in `roomshard_gap_reconnects_total`.
+    pub fn send_away(&self, handle: &ConnHandle, reason: &str) {
+        if handle.control.is_closed() {
+            return;
+        }
+        self.metrics.gap_reconnects.inc();
+        let frame = crate::protocol::reconnect_frame(reason, Some(0));
+        self.push(handle, &WireFrame::text(&frame), false);
+        handle.control.close(CloseReason {
+            code: CLOSE_SLOW_CONSUMER,
+            reason: reason.to_owned(),
+            flush: true,
+        });
     }
 
     /// Write (or queue) a frame for one connection without waiting; a full queue disconnects it.

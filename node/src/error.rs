@@ -83,6 +83,15 @@ pub enum Error {
         /// Why.
         source: Box<tokio_tungstenite::tungstenite::Error>,
     },
+    /// A peer could not be reached over another transport than TCP (the simulation's
+    /// network refused the connection).
+    #[error("cannot reach peer at {addr}: {why}")]
+    PeerUnreachable {
+        /// The peer address dialed.
+        addr: String,
+        /// Why.
+        why: String,
+    },
     /// A handshake step took too long (the peer stalls or the network does).
     #[error("peer handshake timed out")]
     HandshakeTimeout,

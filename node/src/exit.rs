@@ -18,11 +18,12 @@
 //! operator is gone must still stop within its grace period, and then behaves as it did before
 //! (rooms it still owns restart empty elsewhere, as after a crash).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shard::ShardId;
+use shard::{AssignmentTable, CopyReport, NodeName, ShardId};
 use tokio::time::Instant;
 
 use crate::peer_status::StatusReader;
@@ -45,8 +46,30 @@ pub enum ExitDrain {
 }
 
 /// Mark `node` as stopping and wait until it has handed everything off and the shards it
-/// followed are followed elsewhere, at most `timeout`.
+/// followed are followed elsewhere, at most `timeout`. The new followers' copies are read from
+/// their `/status`.
 pub async fn drain_before_exit(node: &Arc<NodeState>, timeout: Duration) -> ExitDrain {
+    let reader = StatusReader::default();
+    drain_before_exit_reading(node, timeout, |table, followers| {
+        let reader = reader.clone();
+        let table = table.clone();
+        let followers = followers.clone();
+        async move { reader.copy_reports(&table, &followers).await }
+    })
+    .await
+}
+
+/// [`drain_before_exit`], reading the new followers' copy reports with `read` (the cluster
+/// simulation reads its nodes directly).
+pub async fn drain_before_exit_reading<F, R>(
+    node: &Arc<NodeState>,
+    timeout: Duration,
+    read: F,
+) -> ExitDrain
+where
+    F: Fn(&AssignmentTable, &BTreeSet<NodeName>) -> R,
+    R: Future<Output = BTreeMap<NodeName, CopyReport>>,
+{
     node.exiting.cancel();
     let deadline = Instant::now() + timeout;
     let me = &node.settings.name;
@@ -76,12 +99,11 @@ pub async fn drain_before_exit(node: &Arc<NodeState>, timeout: Duration) -> Exit
             "owned shards handed off: waiting for the shards this node followed to be copied elsewhere"
         );
     }
-    let reader = StatusReader::default();
     loop {
         let table = node.table();
         followed.extend(table.followed_by(me));
         let followers = shard::new_followers(&table, me, &followed);
-        let reports = reader.copy_reports(&table, &followers).await;
+        let reports = read(&table, &followers).await;
         if shard::copies_moved_on(&table, me, &followed, &reports) {
             return ExitDrain::HandedOff;
         }

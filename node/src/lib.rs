@@ -21,7 +21,8 @@
 //! - [`server`]: HTTP routes and [`server::run`] with graceful shutdown; [`exit`]: a stopping
 //!   node hands its shards off before it lets its clients go.
 //! - [`config`]: flags and environment variables.
-//! - [`snowflake`], [`rate`], [`metrics`]: message ids, token buckets, counters.
+//! - [`snowflake`], [`rate`], [`metrics`]: message ids, token buckets, counters;
+//!   [`hashing`]: the node's hash maps (their iteration order fixed in a simulation).
 
 pub mod auth;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod copies;
 pub mod edge;
 pub mod error;
 pub mod exit;
+pub mod hashing;
 pub mod listen;
 pub mod load;
 mod lock;

@@ -80,8 +80,11 @@ pub struct Metrics {
     /// Gap announcements queued for edge nodes (each makes the edge tell the affected
     /// members to reconnect and re-join with `since`).
     pub peer_gaps: Counter,
-    /// Members this edge told to reconnect because an owner announced a gap in their rooms.
+    /// Members this edge told to reconnect because they missed events of a room: an owner
+    /// announced a gap, or a message's seq jumped past the member's (see `edge::order`).
     pub gap_reconnects: Counter,
+    /// Connections told to reconnect because a node they had a request in flight with failed.
+    pub lost_request_reconnects: Counter,
     /// Sends refused with `overloaded` before they got a seq, because a node with members in
     /// the room could not take more (its peer outbox was full).
     pub sends_refused_overloaded: Counter,
@@ -168,6 +171,7 @@ impl Metrics {
             shards_inherited: Gauge::default(),
             peer_gaps: Counter::default(),
             gap_reconnects: Counter::default(),
+            lost_request_reconnects: Counter::default(),
             sends_refused_overloaded: Counter::default(),
             errors,
             peers_connected: Gauge::default(),
@@ -250,8 +254,13 @@ impl Metrics {
         );
         r.register(
             "roomshard_gap_reconnects",
-            "Members told to reconnect and re-join because an owner announced a gap in their room",
+            "Members told to reconnect and re-join because they missed events of a room (an owner announced a gap, or a seq jumped)",
             m.gap_reconnects.clone(),
+        );
+        r.register(
+            "roomshard_lost_request_reconnects",
+            "Connections told to reconnect because a node holding one of their requests failed",
+            m.lost_request_reconnects.clone(),
         );
         r.register(
             "roomshard_sends_refused_overloaded",
@@ -425,8 +434,8 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(helps, types, "every metric has help text");
-        // 29: the hand-off histogram shows once a shard has been handed here.
-        assert_eq!(types, 29);
+        // 30: the hand-off histogram shows once a shard has been handed here.
+        assert_eq!(types, 30);
         assert!(!text.contains(".."), "help text ends with one period");
     }
 

@@ -71,9 +71,9 @@ impl Outbox {
         }
     }
 
-    /// An outbox with no socket: it only queues (for tests of what gets delivered).
-    #[cfg(test)]
-    pub(crate) fn detached(capacity: usize) -> Outbox {
+    /// An outbox with no socket: it only queues, for whoever takes the frames (unit tests of
+    /// what gets delivered, and the simulation's clients, see [`crate::connection::Session`]).
+    pub fn detached(capacity: usize) -> Outbox {
         Outbox {
             socket: None,
             queue: Mutex::default(),
@@ -117,8 +117,7 @@ impl Outbox {
     }
 
     /// Take the queued frames' texts (what a detached outbox was given).
-    #[cfg(test)]
-    pub(crate) fn take_queued(&self) -> Vec<String> {
+    pub fn take_queued(&self) -> Vec<String> {
         let mut queue = lock(&self.queue);
         queue.written = 0;
         queue

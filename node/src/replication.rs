@@ -229,6 +229,21 @@ impl Replication {
         }
     }
 
+    /// This node lost the room's shard without handing it off (the operator gave it to the
+    /// follower while this node was paused or cut off): nothing in flight can be acknowledged
+    /// any more, since the new owner started from a copy that may lack it. Settled as a fence.
+    pub fn deposed(&mut self) -> Settled {
+        self.synced_to = None;
+        let mut settled = Settled {
+            rollback_to: self.in_flight.front().map(|f| f.seq_before),
+            ..Settled::default()
+        };
+        for fenced in self.in_flight.drain(..) {
+            settled.refused.extend(fenced.sender);
+        }
+        settled
+    }
+
     /// The follower answered change `rid`. Answers from another follower, or for changes no
     /// longer in flight, are ignored.
     pub fn answered(&mut self, from: &NodeName, rid: u64, answer: Answer) -> Settled {
@@ -253,13 +268,7 @@ impl Replication {
                 self.synced_to = None;
                 settled.resend_whole = true;
             }
-            Answer::Fenced => {
-                self.synced_to = None;
-                settled.rollback_to = self.in_flight.front().map(|f| f.seq_before);
-                for fenced in self.in_flight.drain(..) {
-                    settled.refused.extend(fenced.sender);
-                }
-            }
+            Answer::Fenced => settled = self.deposed(),
         }
         settled
     }
@@ -379,6 +388,25 @@ mod tests {
         assert!(
             r.needs_whole(&follower("b")),
             "a fenced copy is not trusted"
+        );
+    }
+
+    #[test]
+    fn a_deposed_owner_refuses_what_is_in_flight_and_a_late_answer_releases_nothing() {
+        let mut r = Replication::default();
+        r.synced(follower("b"), 1);
+        r.hold(10, 7, vec![event(1)], sender(1));
+        r.hold(11, 8, vec![event(2)], None);
+        let settled = r.deposed();
+        assert!(settled.release.is_empty(), "nothing in flight is delivered");
+        assert_eq!(settled.rollback_to, Some(7));
+        let refused: Vec<u64> = settled.refused.iter().map(|(m, _)| m.conn.0).collect();
+        assert_eq!(refused, [1]);
+        // The old follower's answer arrives after the deposition (it was on the wire).
+        let late = r.answered(&node("b"), 11, Answer::Held);
+        assert!(
+            late.release.is_empty(),
+            "a late answer acknowledges nothing"
         );
     }
 

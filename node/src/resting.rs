@@ -8,10 +8,11 @@
 //! remembered starts at its shard's floor, so its seqs still never repeat; they may skip some
 //! numbers, which a client sees as a gap, not as a repeat.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use shard::{RoomId, ShardId};
 
+use crate::hashing::HashMap;
 use crate::shrink;
 
 /// Remembered seqs of resting rooms, oldest forgotten first, with a floor per shard.
@@ -34,7 +35,7 @@ impl RestingSeqs {
     /// Empty memory for `shards` shards, remembering at most `capacity` rooms.
     pub fn new(shards: u32, capacity: usize) -> RestingSeqs {
         RestingSeqs {
-            seqs: HashMap::new(),
+            seqs: HashMap::default(),
             order: VecDeque::new(),
             stamp: 0,
             floors: vec![0; shards as usize],

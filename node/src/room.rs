@@ -6,13 +6,14 @@
 //! directly. Fan-out is per node, not per member: a message becomes one
 //! [`EdgeEvent::Broadcast`] for each node that has members in the room.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use shard::{NodeName, RoomId};
 
 use crate::edge::{ConnId, EdgeEvent, NO_CONN};
+use crate::hashing::HashMap;
 use crate::protocol::{self, ChatMessage, ErrorCode, PresenceEvent};
 use crate::replication::Change;
 
@@ -119,7 +120,7 @@ impl Room {
             history_limit,
             history: VecDeque::new(),
             members: BTreeMap::new(),
-            users: HashMap::new(),
+            users: HashMap::default(),
             nodes: BTreeMap::new(),
         }
     }

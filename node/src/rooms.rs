@@ -15,16 +15,17 @@
 //! whatever still reaches it to the new owner. New owner's side: [`Rooms::install`] starts the
 //! rooms from their snapshots.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use shard::{NodeName, RoomId, ShardId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::edge::EdgeEvent;
+use crate::hashing::{HashMap, HashSet};
 use crate::metrics::Metrics;
 use crate::replication::{Answer, ChangeFor, FollowerRef};
 use crate::resting::RestingSeqs;
@@ -55,6 +56,13 @@ pub trait Fanout: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// Whether the table in force took `shard` from this node without a hand-off from it
+    /// (another node owns it, or nobody does, and no move from here is in flight): a room
+    /// of the shard that still runs here must acknowledge nothing more.
+    fn deposed(&self, _shard: ShardId) -> bool {
+        false
+    }
+
     /// Send a change to a room's copy on `to`, without waiting; false when it could not be
     /// queued (the link's outbox is full or the peer unknown).
     fn replicate(&self, _to: &NodeName, _change: ChangeFor) -> bool {
@@ -68,8 +76,13 @@ enum ActorMsg {
     /// A request from a member, with when the registry received it (the start of the
     /// send-to-fan-out histogram).
     Command(RoomCommand, Instant),
-    /// Snapshot the room for a hand-off, then forward everything after.
-    HandOff(oneshot::Sender<RoomSnapshot>),
+    /// Snapshot the room for a hand-off, then forward everything after. With `deposed`, the
+    /// shard was taken from this node without a hand-off: what is in flight to the follower
+    /// is refused first, not waited for.
+    HandOff {
+        reply: oneshot::Sender<RoomSnapshot>,
+        deposed: bool,
+    },
     /// Bring the room's copy on the shard's follower up to date (the table named a new one),
     /// then answer. With `again`, the whole room goes even to a follower it was sent to (that
     /// follower says it holds no copy).
@@ -136,7 +149,7 @@ impl FrozenShard {
     /// received merged with whatever it held itself (its follower's copy, frozen rooms).
     #[must_use]
     pub fn merged(self, other: FrozenShard) -> FrozenShard {
-        let mut rooms: HashMap<RoomId, RoomSnapshot> = HashMap::new();
+        let mut rooms: HashMap<RoomId, RoomSnapshot> = HashMap::default();
         for room in self.rooms {
             rooms.insert(room.room.clone(), room);
         }
@@ -226,9 +239,9 @@ impl Rooms {
     ) -> Arc<Rooms> {
         Arc::new(Rooms {
             registry: Mutex::new(Registry {
-                slots: HashMap::new(),
+                slots: HashMap::default(),
                 resting: RestingSeqs::new(shards, settings.remembered),
-                frozen: HashSet::new(),
+                frozen: HashSet::default(),
             }),
             shards,
             settings,
@@ -341,6 +354,18 @@ impl Rooms {
     /// floor (rooms forgotten here start above it on the new owner). The running actors stay,
     /// only to forward late commands to the new owner.
     pub async fn freeze(self: &Arc<Self>, shard: ShardId) -> FrozenShard {
+        self.freeze_as(shard, false).await
+    }
+
+    /// Stop serving `shard`, which the table gave to another node without a hand-off (this
+    /// node was paused or cut off meanwhile): messages still waiting for the follower are
+    /// refused and the rooms go back to what the follower held, since the new owner started
+    /// from its copy. What comes after is forwarded, as after a freeze.
+    pub async fn depose(self: &Arc<Self>, shard: ShardId) {
+        self.freeze_as(shard, true).await;
+    }
+
+    async fn freeze_as(self: &Arc<Self>, shard: ShardId, deposed: bool) -> FrozenShard {
         let (running, mut snapshots, floor) = {
             let mut registry = self.registry();
             registry.frozen.insert(shard);
@@ -357,7 +382,7 @@ impl Rooms {
         // shard waits for its busiest room, not for the sum of all of them.
         let asked = running.into_iter().map(|tx| async move {
             let (reply, snapshot) = oneshot::channel();
-            tx.send(ActorMsg::HandOff(reply)).await.ok()?;
+            tx.send(ActorMsg::HandOff { reply, deposed }).await.ok()?;
             snapshot.await.ok()
         });
         snapshots.extend(
@@ -459,7 +484,7 @@ impl Rooms {
             self.clone(),
         );
         self.metrics.rooms_active.inc();
-        self.tracker.spawn(actor.run());
+        self.tracker.spawn(actor.run().in_current_span());
         Slot { tx, seq, answers }
     }
 

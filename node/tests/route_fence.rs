@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use futures_util::SinkExt;
 use node::auth::Authenticator;
-use node::edge::{ConnId, EdgeEvent};
+use node::edge::EdgeEvent;
 use node::peer::{PeerSettings, Peers};
 use node::{NodeConfig, NodeState};
 use shard::{AssignmentTable, Move, NodeInfo, NodeName, RoomId, ShardId};
@@ -127,7 +127,10 @@ async fn a_send_after_its_room_changed_owner_waits_for_the_answers_to_the_earlie
     );
 
     // The answers arrive (the `joined`, then the first message's echo): it goes on.
-    let conn = ConnId(1);
+    // The client's connection, the only one on the node (ids start at a per-process base).
+    let conns = node.hub.connections();
+    assert_eq!(conns.len(), 1, "one connection");
+    let conn = conns[0].id;
     let room_id = RoomId::new(room).expect("room");
     node.hub.deliver(EdgeEvent::Joined {
         room: room_id,

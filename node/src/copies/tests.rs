@@ -62,7 +62,7 @@ fn a_copy_still_waiting_after_the_patience_is_named_once_per_patience_until_live
     let (a, b) = (ShardId(1), ShardId(2));
     copies.start(a);
     copies.start(b);
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     let patience = std::time::Duration::from_secs(2);
     assert!(copies.overdue(start, patience).is_empty(), "not yet");
     copies.caught_up(a, 0, Vec::new());
@@ -204,11 +204,11 @@ fn after_skipped_tables_every_copy_waits_for_its_owner_again() {
     copies.caught_up(s, 0, Vec::new());
     assert!(copies.is_live(s));
     let patience = std::time::Duration::from_secs(5);
-    let since = std::time::Instant::now() - patience;
+    let since = tokio::time::Instant::now() - patience;
     copies.unsettle(since);
     assert!(!copies.is_live(s));
     assert_eq!(
-        copies.overdue(std::time::Instant::now(), patience),
+        copies.overdue(tokio::time::Instant::now(), patience),
         [s],
         "asked for at once"
     );

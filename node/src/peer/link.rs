@@ -50,6 +50,10 @@ struct LinkState {
     gap: Option<Gap>,
     /// Where each room's last event went.
     room_marks: RoomMarks,
+    /// Made again for a peer that had left ([`PeerLink::resumed`]) and not met since: all it
+    /// holds was queued for whichever process the table now names, so a new process gets it
+    /// rather than having it bounced.
+    unmet: bool,
 }
 
 impl LinkState {
@@ -68,6 +72,27 @@ impl LinkState {
 pub struct Sent {
     resets: u64,
     seq: u64,
+}
+
+/// Where a departed peer's link stood (see [`PeerLink::retire`]): what a link made again for
+/// the same peer starts from.
+#[derive(Debug)]
+pub struct Numbering {
+    /// The peer process the link was in step with.
+    pub peer_incarnation: Option<u64>,
+    /// Last number received from the peer.
+    pub received: u64,
+    /// Number for the next message to the peer.
+    pub next_seq: u64,
+    /// The rooms of the events the peer never got: announced first if it comes back.
+    lost: Option<Gap>,
+}
+
+impl Numbering {
+    /// An event for `room` the peer never got, to announce if it comes back.
+    pub fn lose(&mut self, room: Option<RoomId>) {
+        self.lost.get_or_insert_default().add(room);
+    }
 }
 
 /// The delivery state of the link to one peer.
@@ -272,7 +297,19 @@ impl PeerLink {
     /// returned (`Some`), to be answered with errors. `None`: the same process, or the first.
     pub fn meet(&self, incarnation: u64) -> Option<Vec<Arc<PeerMsg>>> {
         let mut state = self.state();
+        let unmet = std::mem::take(&mut state.unmet);
         match state.peer_incarnation {
+            Some(known) if known != incarnation && unmet => {
+                // The peer left as one process and came back as another: nothing here was
+                // queued for the old one (that went when the link was retired). The new
+                // process's own stream starts again; ours goes on with its numbers (a peer
+                // takes any number past the last it handled), so the marks of what was queued
+                // still hold. A gap not yet announced was about the old process's members.
+                state.peer_incarnation = Some(incarnation);
+                state.received = 0;
+                state.gap = None;
+                None
+            }
             Some(known) if known != incarnation => {
                 state.peer_incarnation = Some(incarnation);
                 state.received = 0;
@@ -293,17 +330,51 @@ impl PeerLink {
         }
     }
 
-    /// Everything still queued, removed (the peer left the cluster for good).
-    pub fn take_all(&self) -> Vec<Arc<PeerMsg>> {
+    /// The peer left the cluster: everything still queued is removed and returned (to be
+    /// answered), with where the link's two streams stand. The peer remembers both if it is
+    /// still the same process when it comes back, so a link made again for it goes on from
+    /// there ([`PeerLink::resumed`]) and first announces the events it will never get as a
+    /// gap: its members of those rooms re-join rather than see a seq jump.
+    pub fn retire(&self) -> (Numbering, Vec<Arc<PeerMsg>>) {
         let mut state = self.state();
         state.generation += 1;
         state.resets += 1;
-        state.gap = None;
-        let taken = state.unacked.drain(..).map(|(_, m)| m).collect();
+        let mut lost = state.gap.take();
+        let taken: Vec<Arc<PeerMsg>> = state.unacked.drain(..).map(|(_, m)| m).collect();
+        for msg in &taken {
+            if let PeerMsg::Event(event) = &**msg {
+                lost.get_or_insert_default().add(event.room_named());
+            }
+        }
+        let numbering = Numbering {
+            peer_incarnation: state.peer_incarnation,
+            received: state.received,
+            next_seq: state.next_seq,
+            lost,
+        };
         self.note_fill(&state);
         drop(state);
         self.settled.notify_waiters();
-        taken
+        self.reset();
+        (numbering, taken)
+    }
+
+    /// A link with no connection yet that goes on from `numbering` (see [`Self::retire`]):
+    /// the peer, if it is the same process, kept its side of both streams, and a fresh start
+    /// from 1 would have it take our first messages for ones it already saw (and us take its
+    /// word that it got them).
+    pub fn resumed(peer: NodeName, max_unacked: usize, numbering: Numbering) -> PeerLink {
+        let link = PeerLink::new(peer, max_unacked);
+        {
+            let mut state = link.state();
+            state.peer_incarnation = numbering.peer_incarnation;
+            state.received = numbering.received;
+            state.next_seq = numbering.next_seq.max(1);
+            state.gap = numbering.lost;
+            state.unmet = true;
+            Self::announce_gap(&mut state, link.max_unacked);
+        }
+        link
     }
 
     fn ack(&self, upto: u64) {

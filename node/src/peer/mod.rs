@@ -11,27 +11,29 @@ pub mod handshake;
 pub mod link;
 #[cfg(test)]
 mod registry_tests;
+pub mod transport;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
+use tracing::Instrument;
 
 use axum::extract::ws::{CloseFrame, Message as AxumMessage, WebSocket};
 use futures_util::future::ready;
 use futures_util::{SinkExt, StreamExt};
 use shard::{AssignmentTable, NodeName};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message as TungMessage;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::hashing::HashMap;
 use crate::lock::lock;
 pub use flush::Flush;
 use handshake::{Identity, Met};
 use link::{PeerLink, RoomMark};
+pub use transport::{Dialer, FrameSink, FrameStream, WebSocketDialer};
 use wire::PeerMsg;
 
 /// Read buffer of a peer link's WebSocket. tungstenite zero-fills its read buffer's free space
@@ -41,6 +43,8 @@ pub const READ_BUFFER: usize = 8 * 1024;
 
 /// How long each step of a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Links of departed peers whose numbering is remembered (see [`Peers::retire`]).
+const RETIRED_LINKS: usize = 1024;
 /// Dial backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -70,10 +74,18 @@ pub struct PeerSettings {
 /// All links of this node.
 pub struct Peers {
     settings: PeerSettings,
+    /// How connections to peers are opened (TCP, or the simulation's network).
+    dialer: Arc<dyn Dialer>,
+    /// The dialers' jitter, from a seed in a simulation (so a run replays).
+    jitter: Mutex<u64>,
     /// This process; a peer that sees a new one knows we restarted.
     incarnation: u64,
     /// Read on every message (to find a link), written only when a table is applied.
     links: RwLock<HashMap<NodeName, Arc<PeerLink>>>,
+    /// Where the links of peers that left the table stood, so that a link made again when
+    /// one comes back goes on from there (the peer, the same process, remembers; see
+    /// [`PeerLink::resumed`]). Bounded: the oldest are forgotten first.
+    retired: Mutex<VecDeque<(NodeName, link::Numbering)>>,
     dialers: Mutex<HashMap<NodeName, (String, JoinHandle<()>)>>,
     handler: OnceLock<Weak<dyn PeerHandler>>,
     shutdown: CancellationToken,
@@ -100,12 +112,27 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl Peers {
-    /// The peer layer of a node; nothing is dialed until [`Peers::update`].
+    /// The peer layer of a node, dialing over TCP; nothing is dialed until [`Peers::admit`].
     pub fn new(settings: PeerSettings) -> Arc<Peers> {
+        Peers::with_transport(settings, Arc::new(WebSocketDialer), None)
+    }
+
+    /// The peer layer of a node that opens connections with `dialer`, and draws its process
+    /// incarnation and dial jitter from `seed` (at random without one): what the cluster
+    /// simulation runs nodes with, so that a seed replays the same run.
+    pub fn with_transport(
+        settings: PeerSettings,
+        dialer: Arc<dyn Dialer>,
+        seed: Option<u64>,
+    ) -> Arc<Peers> {
+        let seed = seed.unwrap_or_else(rand::random::<u64>) | 1;
         Arc::new(Peers {
             settings,
-            incarnation: rand::random::<u64>() | 1,
+            dialer,
+            jitter: Mutex::new(seed),
+            incarnation: seed,
             links: RwLock::default(),
+            retired: Mutex::default(),
             dialers: Mutex::default(),
             handler: OnceLock::new(),
             shutdown: CancellationToken::new(),
@@ -155,10 +182,17 @@ impl Peers {
     }
 
     /// Note that an event for `room` could not be queued for `to`; see [`PeerLink::mark_gap`].
-    /// Returns true when this starts a gap.
-    /// Nothing is noted for a node the table does not name: it has no clients to tell.
+    /// Returns true when this starts a gap. For a node that left the table, the event is noted
+    /// with its link's numbering: if the same process comes back, it hears of the gap first
+    /// (its members of those rooms may still be there, waiting for the node to rejoin).
     pub fn mark_gap(&self, to: &NodeName, room: Option<shard::RoomId>) -> bool {
-        self.link(to).is_some_and(|link| link.mark_gap(room))
+        if let Some(link) = self.link(to) {
+            return link.mark_gap(room);
+        }
+        if let Some((_, numbering)) = lock(&self.retired).iter_mut().find(|(p, _)| p == to) {
+            numbering.lose(room);
+        }
+        false
     }
 
     /// Queue a message the caller keeps a handle to, to send it again later without copying.
@@ -247,8 +281,14 @@ impl Peers {
             }
             if let Some(link) = link {
                 // An accepted connection from the departed node ends too.
-                link.reset();
-                let bounced = link.take_all();
+                let (numbering, bounced) = link.retire();
+                let mut retired = lock(&self.retired);
+                retired.retain(|(peer, _)| *peer != name);
+                if retired.len() >= RETIRED_LINKS {
+                    retired.pop_front();
+                }
+                retired.push_back((name.clone(), numbering));
+                drop(retired);
                 if let Some(handler) = self.handler() {
                     for msg in bounced {
                         handler.on_bounce(&name, &msg);
@@ -270,7 +310,15 @@ impl Peers {
                 continue;
             }
             write(&self.links).entry(name.clone()).or_insert_with(|| {
-                Arc::new(PeerLink::new(name.clone(), self.settings.max_unacked))
+                let mut retired = lock(&self.retired);
+                let earlier = retired.iter().position(|(peer, _)| peer == name);
+                let link = match earlier.and_then(|i| retired.remove(i)) {
+                    Some((_, numbering)) => {
+                        PeerLink::resumed(name.clone(), self.settings.max_unacked, numbering)
+                    }
+                    None => PeerLink::new(name.clone(), self.settings.max_unacked),
+                };
+                Arc::new(link)
             });
             if me < name {
                 let mut dialers = lock(&self.dialers);
@@ -279,8 +327,11 @@ impl Peers {
                     if let Some((_, old)) = dialers.remove(name) {
                         old.abort();
                     }
-                    let task =
-                        tokio::spawn(self.clone().dial_loop(name.clone(), info.peer_addr.clone()));
+                    let task = tokio::spawn(
+                        self.clone()
+                            .dial_loop(name.clone(), info.peer_addr.clone())
+                            .in_current_span(),
+                    );
                     dialers.insert(name.clone(), (info.peer_addr.clone(), task));
                 }
             }
@@ -305,7 +356,7 @@ impl Peers {
                 }
                 Err(e) => tracing::debug!(%peer, %addr, error = %e, "peer dial failed"),
             }
-            let jitter = Duration::from_millis(rand::random::<u64>() % 25);
+            let jitter = Duration::from_millis(self.next_jitter() % 25);
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
                 () = tokio::time::sleep(backoff + jitter) => {}
@@ -314,35 +365,18 @@ impl Peers {
         }
     }
 
+    /// A number for the dialers' jitter (xorshift over the seed).
+    fn next_jitter(&self) -> u64 {
+        let mut state = lock(&self.jitter);
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
     /// Dial, authenticate both ways, then carry the link until the connection ends.
     async fn dial_once(self: &Arc<Self>, peer: &NodeName, addr: &str) -> Result<()> {
-        let url = format!("ws://{addr}/peer");
-        let (ws, _) = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(
-                &url,
-                Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER)),
-                true,
-            ),
-        )
-        .await
-        .map_err(|_| Error::HandshakeTimeout)?
-        .map_err(|e| Error::PeerConnect {
-            addr: addr.to_owned(),
-            source: Box::new(e),
-        })?;
-        let (sink, stream) = ws.split();
-        let mut stream = stream.filter_map(|m| {
-            ready(match m {
-                Ok(TungMessage::Binary(bytes)) => Some(bytes),
-                _ => None,
-            })
-        });
-        let mut sink = sink.with(|bytes: Vec<u8>| {
-            ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(
-                TungMessage::Binary(bytes.into()),
-            ))
-        });
+        let (mut sink, mut stream) = self.dialer.dial(addr).await?;
         let met = handshake::dial(
             self.identity(),
             peer,
@@ -351,8 +385,36 @@ impl Peers {
             |peer, incarnation| self.meet(peer, incarnation),
         )
         .await?;
-        tracing::info!(%peer, %addr, "peer link up (dialed)");
+        tracing::info!(me = %self.settings.me, %peer, %addr, "peer link up (dialed)");
         self.carry(met, sink, stream).await;
+        Ok(())
+    }
+
+    /// Serve a connection that arrived over the simulation's network (or any transport that
+    /// is not `/peer`): authenticate it, then carry its link until the connection ends. A
+    /// connection that fails the handshake is dropped.
+    pub async fn accept_frames(self: Arc<Self>, mut sink: FrameSink, mut stream: FrameStream) {
+        if let Err(e) = self.accept_on(&mut sink, &mut stream).await {
+            tracing::debug!(error = %e, "peer handshake failed");
+        }
+    }
+
+    /// The accepting side of a connection: the handshake, then the link until it ends (or
+    /// the node shuts down). The handshake's error is returned for the caller to answer.
+    async fn accept_on<S, R>(self: &Arc<Self>, sink: &mut S, stream: &mut R) -> Result<()>
+    where
+        S: futures_util::Sink<Vec<u8>> + Unpin + Send,
+        R: futures_util::Stream<Item = bytes::Bytes> + Unpin + Send,
+    {
+        let met = handshake::accept(self.identity(), sink, stream, |peer, incarnation| {
+            self.meet(peer, incarnation)
+        })
+        .await?;
+        tracing::info!(me = %self.settings.me, peer = %met.peer, "peer link up (accepted)");
+        tokio::select! {
+            () = self.carry(met, sink, stream) => {}
+            () = self.shutdown.cancelled() => {}
+        }
         Ok(())
     }
 
@@ -368,30 +430,14 @@ impl Peers {
         });
         let mut sink = (&mut raw_sink)
             .with(|bytes: Vec<u8>| ready(Ok::<_, axum::Error>(AxumMessage::Binary(bytes.into()))));
-        let met = handshake::accept(
-            self.identity(),
-            &mut sink,
-            &mut stream,
-            |peer, incarnation| self.meet(peer, incarnation),
-        )
-        .await;
-        match met {
-            Ok(met) => {
-                tracing::info!(peer = %met.peer, "peer link up (accepted)");
-                tokio::select! {
-                    () = self.carry(met, sink, stream) => {}
-                    () = self.shutdown.cancelled() => {}
-                }
+        if let Err(e) = self.accept_on(&mut sink, &mut stream).await {
+            if e.is_misconfiguration() {
+                tracing::warn!(error = %e, "refused a peer connection");
+            } else {
+                tracing::debug!(error = %e, "peer handshake failed");
             }
-            Err(e) => {
-                if e.is_misconfiguration() {
-                    tracing::warn!(error = %e, "refused a peer connection");
-                } else {
-                    tracing::debug!(error = %e, "peer handshake failed");
-                }
-                drop(sink);
-                refuse(&mut raw_sink, &e.to_string()).await;
-            }
+            drop(sink);
+            refuse(&mut raw_sink, &e.to_string()).await;
         }
     }
 
@@ -411,6 +457,11 @@ impl Peers {
     /// # Errors
     /// [`Error::UnknownPeer`] when the table in force does not name `peer` (it left, or this
     /// node has not applied the table that adds it yet: the dialer tries again).
+    /// This process's incarnation: drawn once at start, different in every process.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     fn meet(&self, peer: &NodeName, incarnation: u64) -> Result<u64> {
         let link = self
             .link(peer)
@@ -442,7 +493,7 @@ impl Peers {
             }
         };
         link.run(sink, stream, met.resume_from, &deliver).await;
-        tracing::info!(peer = %met.peer, "peer link down");
+        tracing::info!(me = %self.settings.me, peer = %met.peer, "peer link down");
     }
 
     fn bounce(&self, to: &NodeName, msgs: Vec<Arc<PeerMsg>>) {

@@ -88,3 +88,51 @@ async fn links_exist_only_for_the_tables_nodes_and_departed_ones_bounce_their_ou
     assert_eq!(peers.pending(), 0);
     peers.close();
 }
+
+#[tokio::test]
+async fn a_departed_node_that_comes_back_first_hears_what_it_missed() {
+    let peers = Peers::new(PeerSettings {
+        me: name("node-z"),
+        secret: Arc::from(&b"s"[..]),
+        max_unacked: 8,
+    });
+    let room = |n: &str| shard::RoomId::new(n).expect("room");
+    follow(&peers, &table(1, &["node-a", "node-z"]));
+    let broadcast = |r: &str| {
+        PeerMsg::Event(EdgeEvent::Broadcast {
+            room: room(r),
+            frame: "{}".into(),
+            skip: None,
+            is_msg: true,
+        })
+    };
+    peers
+        .send(&name("node-a"), broadcast("lobby"))
+        .expect("queued");
+    // node-a drops out of the table (a pause, a lost readiness probe) with "lobby"'s event
+    // unacknowledged; meanwhile an owner that still counts its members has one for "hall".
+    follow(&peers, &table(2, &["node-z"]));
+    assert!(!peers.mark_gap(&name("node-a"), Some(room("hall"))));
+    // Nothing is noted for a name that never had a link.
+    assert!(!peers.mark_gap(&name("ghost"), Some(room("hall"))));
+    follow(&peers, &table(3, &["node-a", "node-z"]));
+    let outbox = peers.link(&name("node-a")).expect("link again").outbox();
+    match outbox.first().map(|m| &**m) {
+        Some(PeerMsg::Gap { rooms, all }) => {
+            assert!(!*all);
+            assert_eq!(rooms, &[room("hall"), room("lobby")]);
+        }
+        other => panic!("the gap goes first, got {other:?}"),
+    }
+    let ghost_back = table(4, &["node-a", "ghost", "node-z"]);
+    follow(&peers, &ghost_back);
+    assert!(
+        peers
+            .link(&name("ghost"))
+            .expect("link")
+            .outbox()
+            .is_empty(),
+        "a node never seen before has nothing to hear"
+    );
+    peers.close();
+}

@@ -141,8 +141,11 @@ impl RoomActor {
                             rooms.fanout.forward(self.room.id().clone(), command);
                         }
                         Some(ActorMsg::Command(command, received)) => self.handle(command, received),
-                        Some(ActorMsg::HandOff(reply)) => {
+                        Some(ActorMsg::HandOff { reply, deposed }) => {
                             if !self.forwarding {
+                                if deposed {
+                                    self.depose();
+                                }
                                 self.freezing = Some(reply);
                             }
                         }
@@ -262,7 +265,17 @@ impl RoomActor {
     }
 
     fn handle(&mut self, command: RoomCommand, received: Instant) {
-        let follower = self.rooms.fanout.follower(shard::ShardId(self.shard));
+        let shard = shard::ShardId(self.shard);
+        if self.rooms.fanout.deposed(shard) {
+            // The table gave the shard away while this node was paused or cut off, and the
+            // freeze has not reached this actor yet: what waits for the follower is refused
+            // (the new owner started from a copy that may lack it), and the command goes to
+            // the new owner, as it would after the freeze.
+            self.depose();
+            self.rooms.fanout.forward(self.room.id().clone(), command);
+            return;
+        }
+        let follower = self.rooms.fanout.follower(shard);
         if let RoomCommand::Post { member, cid, .. } = &command {
             if !self.rooms.fanout.can_take(&mut self.room.nodes()) {
                 // Refused before it takes a seq: a message some members could not be sent.
@@ -410,8 +423,20 @@ impl RoomActor {
 
     /// Bring the follower's copy up to date: the whole room to a follower new to it, and with
     /// no follower in the table, everything held goes out.
+    /// Refuse what waits for the follower: see [`Replication::deposed`].
+    fn depose(&mut self) {
+        if self.replication.in_flight() > 0 {
+            let settled = self.replication.deposed();
+            self.settle(settled);
+        }
+    }
+
     fn sync(&mut self) {
-        match self.rooms.fanout.follower(shard::ShardId(self.shard)) {
+        let shard = shard::ShardId(self.shard);
+        if self.rooms.fanout.deposed(shard) {
+            return self.depose();
+        }
+        match self.rooms.fanout.follower(shard) {
             None => {
                 let held = self.replication.no_follower();
                 self.send_out(held);

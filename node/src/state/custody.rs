@@ -8,15 +8,16 @@
 //! acknowledged), and [`Copies`](crate::copies::Copies) (a follower's copy). Lock order:
 //! the hand-off lock first, then the copies'.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::Instrument;
 
 use shard::{AssignmentTable, Duty, Holding, NodeName, RoomsDuty, ShardId};
 use tokio::time::Instant;
 
 use super::handoffs::{Handoffs, Incoming, Outgoing};
 use super::{NodeState, lock};
+use crate::hashing::HashSet;
 use crate::rooms::FrozenShard;
 
 /// Numbers for [`Outgoing`] entries, so that a sending task knows its entry from a later one.
@@ -94,7 +95,7 @@ impl NodeState {
     pub(super) fn carry_out(self: &Arc<Self>, duties: Vec<(ShardId, Duty)>, epoch: u64) {
         for (shard, duty) in duties {
             if !matches!(duty.rooms, RoomsDuty::Keep | RoomsDuty::Receive { .. }) {
-                tracing::debug!(%shard, epoch, duty = ?duty.rooms, "custody");
+                tracing::debug!(node = %self.me(), %shard, epoch, duty = ?duty.rooms, "custody");
             }
             match duty.rooms {
                 RoomsDuty::Keep | RoomsDuty::Receive { .. } => {}
@@ -116,13 +117,13 @@ impl NodeState {
                             },
                         );
                     }
-                    tokio::spawn(self.clone().hand_off(shard));
+                    tokio::spawn(self.clone().hand_off(shard).in_current_span());
                 }
                 RoomsDuty::Resend { to } => {
                     let mut handoffs = lock(&self.handoffs);
                     handoffs.done.retain(|m| m.shard != shard);
                     if let Some(outgoing) = handoffs.outgoing.get_mut(&shard) {
-                        tracing::info!(%shard, from = %outgoing.to, %to, "the hand-off's target left: its frozen rooms go to the new target");
+                        tracing::info!(node = %self.me(), %shard, from = %outgoing.to, %to, "the hand-off's target left: its frozen rooms go to the new target");
                         outgoing.to = to;
                         outgoing.epoch = epoch;
                     }
@@ -132,19 +133,22 @@ impl NodeState {
                 }
                 RoomsDuty::SendCopy { to } => {
                     let copy = lock(&self.copies).snapshot(shard).unwrap_or_default();
-                    tracing::info!(%shard, %to, rooms = copy.rooms.len(), "the hand-off's source left: this follower's copy goes to the new owner");
+                    tracing::info!(node = %self.me(), %shard, %to, rooms = copy.rooms.len(), "the hand-off's source left: this follower's copy goes to the new owner");
                     self.send_kept(shard, to, epoch, copy);
                 }
                 RoomsDuty::SendEmpty { to } => {
-                    tracing::info!(%shard, %to, "this node's rooms were acknowledged by a target that left: the new target merges its own copy");
+                    tracing::info!(node = %self.me(), %shard, %to, "this node's rooms were acknowledged by a target that left: the new target merges its own copy");
                     self.send_kept(shard, to, epoch, FrozenShard::default());
                 }
                 RoomsDuty::Stop => {
                     lock(&self.handoffs).serving.remove(&shard);
                     let rooms = self.rooms.clone();
-                    tokio::spawn(async move {
-                        rooms.freeze(shard).await;
-                    });
+                    tokio::spawn(
+                        async move {
+                            rooms.depose(shard).await;
+                        }
+                        .in_current_span(),
+                    );
                 }
                 RoomsDuty::StopReceiving => {
                     let refused = {
@@ -188,7 +192,28 @@ impl NodeState {
                 },
             );
         }
-        tokio::spawn(self.clone().send_held(shard));
+        tokio::spawn(self.clone().send_held(shard).in_current_span());
+    }
+
+    /// Start `shard`'s rooms here from `rooms`. A member on a node the table no longer names
+    /// is dropped as it was from the rooms running when that node left (the rooms' other
+    /// members see it leave): a copy or snapshot taken before can still name it, and without
+    /// this the room would keep sending to a node that is gone, or, if the same process comes
+    /// back, to members it dropped and rejoins itself.
+    pub(super) fn open_shard(&self, shard: ShardId, rooms: FrozenShard) {
+        let table = self.table();
+        let gone: std::collections::BTreeSet<NodeName> = rooms
+            .rooms
+            .iter()
+            .flat_map(|room| room.members.iter().map(|(member, _)| &member.node))
+            .filter(|node| *node != self.me() && !table.nodes.contains_key(*node))
+            .cloned()
+            .collect();
+        self.rooms.install(shard, rooms.floor, rooms.rooms);
+        for node in gone {
+            self.rooms
+                .tell_all(&crate::room::RoomCommand::DropNode { node });
+        }
     }
 
     /// Serve `shard` from what this node holds of it: its frozen rooms and its copy, merged
@@ -219,9 +244,9 @@ impl NodeState {
             let held = frozen.map(Arc::unwrap_or_clone).unwrap_or_default();
             let rooms = held.merged(copy.unwrap_or_default());
             if from_copy {
-                tracing::info!(%shard, rooms = rooms.rooms.len(), "serving the shard from this node's copy");
+                tracing::info!(node = %self.me(), %shard, rooms = rooms.rooms.len(), "serving the shard from this node's copy");
             }
-            self.rooms.install(shard, rooms.floor, rooms.rooms);
+            self.open_shard(shard, rooms);
             handoffs.serving.insert(shard);
             let buffer = handoffs
                 .incoming

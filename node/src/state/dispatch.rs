@@ -2,6 +2,7 @@
 //! edge, and the two halves of a hand-off's snapshot exchange.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use shard::{Move, NodeName, ShardId};
 use tokio::time::Instant;
@@ -100,7 +101,7 @@ impl NodeState {
             if table.moves.contains(&done) {
                 handoffs.done.push(done);
             }
-            tracing::info!(%shard, to = %from, epoch, "hand-off confirmed");
+            tracing::info!(node = %self.me(), %shard, to = %from, epoch, "hand-off confirmed");
         }
         drop(handoffs);
         self.progress.notify_waiters();
@@ -131,6 +132,7 @@ impl NodeState {
             Early,
             Unwanted,
         }
+        tracing::debug!(node = %self.me(), %shard, %from, epoch, rooms = rooms.len(), table = self.table().epoch, "snapshot");
         let outcome = {
             let mut handoffs = lock(&self.handoffs);
             if let Some(incoming) = handoffs.incoming.remove(&shard) {
@@ -145,7 +147,7 @@ impl NodeState {
                     received = received.merged(copy);
                 }
                 let count = received.rooms.len();
-                self.rooms.install(shard, received.floor, received.rooms);
+                self.open_shard(shard, received);
                 handoffs.serving.insert(shard);
                 let refused = self.replay(incoming.buffer);
                 Outcome::Installed {
@@ -180,22 +182,23 @@ impl NodeState {
             } => {
                 self.settle_refused(refused);
                 let took = started.elapsed();
-                tracing::info!(%shard, %from, rooms = count, ?took, "shard received");
+                tracing::info!(node = %self.me(), %shard, %from, rooms = count, ?took, "shard received");
                 self.metrics.handoff_completed(shard, took);
                 tokio::spawn(
                     self.clone()
-                        .acknowledge_when_followed(from.clone(), shard, epoch),
+                        .acknowledge_when_followed(from.clone(), shard, epoch)
+                        .in_current_span(),
                 );
             }
             Outcome::Served => {
                 // The source did not get our acknowledgement and sent the snapshot again, or a
                 // stand-in's came after the source's: only the acknowledgement is repeated.
-                tracing::info!(%shard, %from, epoch, "snapshot of a shard served here: acknowledged again");
+                tracing::info!(node = %self.me(), %shard, %from, epoch, "snapshot of a shard served here: acknowledged again");
                 self.acknowledge(from, shard, epoch);
             }
             Outcome::Early => {}
             Outcome::Unwanted => {
-                tracing::warn!(%shard, %from, epoch, "a snapshot of a shard this node does not receive: not acknowledged, its sender keeps the rooms");
+                tracing::warn!(node = %self.me(), %shard, %from, epoch, "a snapshot of a shard this node does not receive: not acknowledged, its sender keeps the rooms");
             }
         }
         self.progress.notify_waiters();
@@ -214,7 +217,7 @@ impl NodeState {
                 .await
                 .is_err()
             {
-                tracing::warn!(%shard, follower = %follower.node, "the follower did not confirm the received shard in time: acknowledging it anyway");
+                tracing::warn!(node = %self.me(), %shard, follower = %follower.node, "the follower did not confirm the received shard in time: acknowledging it anyway");
             }
         }
         self.acknowledge(&to, shard, epoch);
@@ -228,7 +231,7 @@ impl NodeState {
                 .send(to, PeerMsg::SnapshotAck { shard, epoch })
                 .is_err()
         {
-            tracing::warn!(%shard, %to, "could not queue the snapshot's acknowledgement (outbox full or peer gone): it waits for the resend");
+            tracing::warn!(node = %self.me(), %shard, %to, "could not queue the snapshot's acknowledgement (outbox full or peer gone): it waits for the resend");
         }
     }
 
@@ -241,7 +244,7 @@ impl NodeState {
                 self.metrics.peer_drops.inc();
             }
             PeerMsg::Snapshot { shard, .. } => {
-                tracing::error!(%shard, %to, "a snapshot could not be delivered: the target left or restarted");
+                tracing::error!(node = %self.me(), %shard, %to, "a snapshot could not be delivered: the target left or restarted");
             }
             // The follower restarted (its copy went with the old process) or left: answered
             // as a follower with no copy answers, the room sends itself whole again, to

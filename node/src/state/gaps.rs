@@ -1,4 +1,4 @@
-//! No silent loss on a full peer outbox.
+//! No silent loss on a full peer outbox, nor with a node that failed.
 //!
 //! An owner first refuses what it can before anything is given out: a `send` whose room has
 //! members on a node whose outbox is full is answered `overloaded` before it takes a seq (see
@@ -9,17 +9,16 @@
 //! (a `reconnect` frame, then close 1013); they re-join with `since` and the room's history
 //! replays what they missed. Counted in `roomshard_peer_drops_total` (events not queued),
 //! `roomshard_peer_gaps_total` (gaps opened) and `roomshard_gap_reconnects_total`.
+//!
+//! A request routed to an owner that then fails (it restarted, or left the table) may have
+//! died with it, unanswered: its client is told to reconnect the same way, and the re-join
+//! shows whether its message got in. Counted in `roomshard_lost_request_reconnects_total`.
 
-use std::borrow::Cow;
-
-use serde::Deserialize;
 use shard::{NodeName, RoomId};
 
 use super::NodeState;
-use crate::edge::{CLOSE_SLOW_CONSUMER, CloseReason, EdgeEvent};
+use crate::edge::{EdgeEvent, MISSED_REQUEST_REASON};
 use crate::peer::Peers;
-use crate::protocol;
-use crate::ws::frame::WireFrame;
 
 /// What a reconnect after a gap says, in the frame and in the close frame.
 const GAP_REASON: &str = "events for a room were lost under overload: re-join with since";
@@ -36,7 +35,7 @@ impl NodeState {
     /// `event` for `node` did not fit in its outbox: open (or widen) the link's gap.
     pub(super) fn gap(&self, peers: &Peers, node: &NodeName, event: &EdgeEvent) {
         self.metrics.peer_drops.inc();
-        if peers.mark_gap(node, room_of(event)) {
+        if peers.mark_gap(node, event.room_named()) {
             self.metrics.peer_gaps.inc();
             tracing::warn!(%node, "peer outbox full: events wait as a gap, announced once it drains");
         }
@@ -45,41 +44,33 @@ impl NodeState {
     /// An owner announced a gap: the members of those rooms here (of every room with members
     /// when `all`) reconnect and re-join with `since`, which replays what they missed.
     pub(super) fn on_gap(&self, from: &NodeName, rooms: &[RoomId], all: bool) {
-        let frame = WireFrame::text(&protocol::reconnect_frame(GAP_REASON, Some(0)));
         let mut told = 0u64;
-        for (room, members) in self.hub.rooms_with_members() {
-            if !all && !rooms.contains(&room) {
-                continue;
-            }
-            for member in members {
-                self.hub.push(&member, &frame, false);
-                member.control.close(CloseReason {
-                    code: CLOSE_SLOW_CONSUMER,
-                    reason: GAP_REASON.to_owned(),
-                    flush: true,
-                });
-                told += 1;
+        for (room, _) in self.hub.rooms_with_members() {
+            if all || rooms.contains(&room) {
+                told += self.hub.send_away_from(&room, |_| true, GAP_REASON);
             }
         }
-        self.metrics.gap_reconnects.inc_by(told);
         tracing::warn!(%from, rooms = rooms.len(), all, members = told, "an owner lost events for this edge: its members re-join");
     }
 }
 
-/// The room an event is about; for a frame to one connection, the `room` its JSON names.
-fn room_of(event: &EdgeEvent) -> Option<RoomId> {
-    #[derive(Deserialize)]
-    struct Named<'a> {
-        #[serde(borrow)]
-        room: Option<Cow<'a, str>>,
-    }
-    match event {
-        EdgeEvent::Joined { room, .. }
-        | EdgeEvent::Left { room, .. }
-        | EdgeEvent::Broadcast { room, .. } => Some(room.clone()),
-        EdgeEvent::ToConn { frame, .. } => {
-            let named: Named<'_> = serde_json::from_str(frame.as_str()).ok()?;
-            RoomId::new(named.room?.into_owned()).ok()
+impl NodeState {
+    /// `peer` failed (restarted, or left the table): every local connection with a request
+    /// routed to it still unanswered is told to reconnect. The request may have died with the
+    /// peer (taken, not yet answered), and a connection that stays open owes an answer to
+    /// every send; closed, it owes none, and the client's re-join with `since` shows whether
+    /// the message got in.
+    pub(super) fn release_requests_to(&self, peer: &NodeName) {
+        let mut told = 0u64;
+        for conn in self.hub.connections() {
+            if conn.control.awaits(peer) && !conn.control.is_closed() {
+                self.hub.send_away(&conn, MISSED_REQUEST_REASON);
+                told += 1;
+            }
+        }
+        if told > 0 {
+            self.metrics.lost_request_reconnects.inc_by(told);
+            tracing::warn!(node = %self.me(), %peer, connections = told, "a node failed with requests of these connections in flight: they reconnect");
         }
     }
 }

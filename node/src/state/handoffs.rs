@@ -2,7 +2,7 @@
 //! both wait in bounded buffers until the snapshot or the table arrives, or their deadline
 //! passes and their senders are answered.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use shard::{Move, NodeName, RoomId, ShardId};
 use tokio::time::Instant;
 
 use super::{NodeState, lock};
+use crate::hashing::{HashMap, HashSet};
 use crate::room::{RoomCommand, RoomSnapshot};
 use crate::rooms::{FrozenShard, Refused, RouteError};
 
@@ -183,7 +184,7 @@ impl NodeState {
             for (shard, incoming) in handoffs.incoming.iter_mut() {
                 if !incoming.overdue && now >= incoming.deadline {
                     incoming.overdue = true;
-                    tracing::warn!(%shard, from = %incoming.from, "hand-off overdue: answering waiting senders");
+                    tracing::warn!(node = %self.me(), %shard, from = %incoming.from, "hand-off overdue: answering waiting senders");
                     expired.extend(incoming.buffer.drain(..));
                 }
             }

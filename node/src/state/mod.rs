@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
+use tracing::Instrument;
 
 use shard::{AssignmentTable, Membership, NodeInfo, NodeName, PlanOptions, RoomId, ShardId};
 use tokio_util::sync::CancellationToken;
@@ -91,6 +92,9 @@ pub struct NodeState {
     follower_syncs: tokio::sync::Mutex<()>,
     /// Shards the previous process owned (see [`inherited`]).
     inherited: Mutex<Inherited>,
+    /// This node's `member_since` in the last table that listed it: a change means it was out
+    /// of the cluster in between (see `tables`).
+    member_since: Mutex<Option<u64>>,
     next_conn: AtomicU64,
 }
 
@@ -130,6 +134,12 @@ impl Fanout for Outlet {
 
     fn follower(&self, shard: ShardId) -> Option<FollowerRef> {
         self.node.upgrade()?.follower_of(shard)
+    }
+
+    fn deposed(&self, shard: ShardId) -> bool {
+        self.node
+            .upgrade()
+            .is_some_and(|state| state.deposed_from(shard))
     }
 
     fn replicate(&self, to: &NodeName, change: ChangeFor) -> bool {
@@ -187,7 +197,7 @@ impl NodeState {
         if let Some(handler) = &state.peer_handler {
             peers.set_handler(Arc::downgrade(handler));
         }
-        tokio::spawn(watch_deadlines(Arc::downgrade(&state)));
+        tokio::spawn(watch_deadlines(Arc::downgrade(&state)).in_current_span());
         state
     }
 
@@ -197,6 +207,10 @@ impl NodeState {
         peers: Option<Arc<Peers>>,
         table: AssignmentTable,
     ) -> Arc<NodeState> {
+        // Solo nodes have no peers and no predecessor that peers could remember.
+        let peers_incarnation = peers
+            .as_ref()
+            .map_or_else(rand::random::<u64>, |peers| peers.incarnation());
         Arc::new_cyclic(|weak| {
             let metrics = Arc::new(Metrics::default());
             let hub = Arc::new(EdgeHub::new(metrics.clone()));
@@ -234,12 +248,16 @@ impl NodeState {
                 applying: tokio::sync::Mutex::new(()),
                 follower_syncs: tokio::sync::Mutex::new(()),
                 inherited: Mutex::default(),
-                next_conn: AtomicU64::new(1),
+                member_since: Mutex::default(),
+                next_conn: AtomicU64::new(conn_base(peers_incarnation)),
             }
         })
     }
 
     /// A fresh connection id.
+    /// A connection id no other process of this node has used: a restarted process must not
+    /// reuse its predecessor's ids, or a new connection would inherit a membership a room's
+    /// copy still holds for an old one (and post without joining).
     pub fn next_conn_id(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
@@ -252,7 +270,8 @@ impl NodeState {
             .clone()
     }
 
-    fn me(&self) -> &NodeName {
+    /// This node's name.
+    pub fn me(&self) -> &NodeName {
         &self.settings.name
     }
 }
@@ -285,3 +304,9 @@ mod membership_tests;
 mod order_tests;
 #[cfg(test)]
 mod sync_tests;
+
+/// Where a process's connection ids start: one of 2^20 bases drawn from the process's
+/// incarnation, each with room for 2^40 connections.
+fn conn_base(incarnation: u64) -> u64 {
+    (incarnation >> 44).max(1) << 40
+}

@@ -36,7 +36,7 @@ impl NodeState {
     pub(super) async fn hand_off(self: Arc<Self>, shard: ShardId) {
         let started = std::time::Instant::now();
         let frozen = Arc::new(self.rooms.freeze(shard).await);
-        tracing::debug!(%shard, frozen = ?started.elapsed(), "shard frozen");
+        tracing::debug!(node = %self.me(), %shard, frozen = ?started.elapsed(), "shard frozen");
         let serve = {
             let mut handoffs = lock(&self.handoffs);
             match handoffs.outgoing.get_mut(&shard) {
@@ -93,7 +93,7 @@ impl NodeState {
                 let started = std::time::Instant::now();
                 self.flush_edges(&peers, shard, &to, &frozen.rooms).await;
                 flushed = true;
-                tracing::info!(%shard, %to, rooms = frozen.rooms.len(), flushed = ?started.elapsed(), "handing the shard off");
+                tracing::info!(node = %self.me(), %shard, %to, rooms = frozen.rooms.len(), flushed = ?started.elapsed(), "handing the shard off");
                 continue;
             }
             let retry = Instant::now() >= deadline;
@@ -115,14 +115,14 @@ impl NodeState {
                     Ok(()) => {
                         if sent.as_ref() == Some(&(to.clone(), epoch)) {
                             self.metrics.snapshot_resends.inc();
-                            tracing::warn!(%shard, %to, copies, "no acknowledgement of the snapshot: sent it again");
+                            tracing::warn!(node = %self.me(), %shard, %to, copies, "no acknowledgement of the snapshot: sent it again");
                         }
                         copies += 1;
                         sent = Some((to.clone(), epoch));
                         mark = peers.sent_to([&to]);
                     }
                     Err(_) => {
-                        tracing::warn!(%shard, %to, "could not queue the snapshot (outbox full or peer gone): trying again");
+                        tracing::warn!(node = %self.me(), %shard, %to, "could not queue the snapshot (outbox full or peer gone): trying again");
                     }
                 }
                 deadline = Instant::now() + SNAPSHOT_RETRY;
@@ -159,7 +159,7 @@ impl NodeState {
             .await
             .is_err()
         {
-            tracing::warn!(%shard, %to, waiting = ?flush.waiting(), "edges did not confirm the shard's last events in time; handing off anyway");
+            tracing::warn!(node = %self.me(), %shard, %to, waiting = ?flush.waiting(), "edges did not confirm the shard's last events in time; handing off anyway");
         }
     }
 }

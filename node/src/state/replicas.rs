@@ -18,6 +18,7 @@
 //! following the shard.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use shard::{AssignmentTable, NodeName, RoomId, ShardId};
 
@@ -49,6 +50,17 @@ impl NodeState {
                 node: node.clone(),
                 epoch: table.epoch,
             })
+    }
+
+    /// Whether the table took `shard` from this node without a hand-off from it (see
+    /// `Fanout::deposed`). A node without peers owns everything it serves.
+    pub(super) fn deposed_from(&self, shard: ShardId) -> bool {
+        if self.peers.is_none() {
+            return false;
+        }
+        let table = self.table();
+        let me = self.me();
+        table.owner(shard) != Some(me) && table.move_of(shard).is_none_or(|m| &m.from != me)
     }
 
     /// Queue a change for a room's follower; false when it cannot be queued.
@@ -96,7 +108,7 @@ impl NodeState {
             Verdict::NotFollower => Answer::NoCopy,
             Verdict::Fenced => {
                 self.metrics.replication_fenced.inc();
-                tracing::warn!(%shard, %from, epoch, "refused a change from a node that does not own the shard here");
+                tracing::warn!(node = %self.me(), %shard, %from, epoch, "refused a change from a node that does not own the shard here");
                 Answer::Fenced
             }
         };
@@ -110,7 +122,7 @@ impl NodeState {
             && peers.send(from, reply).is_err()
         {
             // The owner resends the whole room when its changes stay unanswered.
-            tracing::warn!(%shard, %from, "could not queue an answer to a change (outbox full or peer gone)");
+            tracing::warn!(node = %self.me(), %shard, %from, "could not queue an answer to a change (outbox full or peer gone)");
         }
     }
 
@@ -125,7 +137,7 @@ impl NodeState {
     ) {
         if judge(&self.table(), self.me(), from, shard, epoch) == Verdict::Apply {
             lock(&self.copies).caught_up(shard, floor, resting);
-            tracing::info!(%shard, %from, "copy of the shard is live");
+            tracing::info!(node = %self.me(), %shard, %from, "copy of the shard is live");
         }
     }
 
@@ -163,29 +175,36 @@ impl NodeState {
         };
         let Some(peers) = &self.peers else { return };
         if peers.send(&follower.node, msg).is_err() {
-            tracing::warn!(%shard, follower = %follower.node, "could not tell the follower its copy is whole (outbox full or peer gone)");
+            tracing::warn!(node = %self.me(), %shard, follower = %follower.node, "could not tell the follower its copy is whole (outbox full or peer gone)");
         }
         let copied = peers.sent_to([&follower.node]);
         if tokio::time::timeout(SYNC_TURN, copied.delivered())
             .await
             .is_err()
         {
-            tracing::debug!(%shard, follower = %follower.node, "the follower has not handled the shard's copy yet: copying the next shard");
+            tracing::debug!(node = %self.me(), %shard, follower = %follower.node, "the follower has not handled the shard's copy yet: copying the next shard");
         }
     }
 
     /// A follower says it has no live copy of `shard` (see [`PeerMsg::SendCopy`]): when this
-    /// node owns the shard and its table names that follower, the shard goes to it whole
-    /// again. A follower this node's table does not name (yet) is not answered: it asks again.
+    /// node owns and serves the shard (a shard still on its way here has nothing to send) and
+    /// its table names that follower, the shard goes to it whole again. A follower this
+    /// node's table does not name (yet) is not answered: it asks again.
     pub(super) fn on_send_copy(self: &Arc<Self>, from: &NodeName, shard: ShardId, epoch: u64) {
         let table = self.table();
-        if table.owner(shard) != Some(self.me()) || table.follower(shard) != Some(from) {
-            tracing::debug!(%shard, %from, epoch, "a copy asked for by a node this table does not name follower");
+        let serving = lock(&self.handoffs).serving.contains(&shard);
+        if table.owner(shard) != Some(self.me()) || table.follower(shard) != Some(from) || !serving
+        {
+            tracing::debug!(node = %self.me(), %shard, %from, epoch, "a copy asked for by a node this table does not name follower");
             return;
         }
-        tracing::warn!(%shard, %from, epoch, "the follower holds no live copy of the shard: sending it whole again");
+        tracing::warn!(node = %self.me(), %shard, %from, epoch, "the follower holds no live copy of the shard: sending it whole again");
         self.metrics.copies_resent.inc();
-        tokio::spawn(self.clone().send_follower_the_shard(shard, true));
+        tokio::spawn(
+            self.clone()
+                .send_follower_the_shard(shard, true)
+                .in_current_span(),
+        );
     }
 
     /// `peer` restarted: the new process holds none of the copies the old one did. Every
@@ -193,12 +212,14 @@ impl NodeState {
     /// new follower; otherwise those shards would have one live copy until the follower asked
     /// for them ([`COPY_PATIENCE`]).
     pub(super) fn on_peer_restarted(self: &Arc<Self>, peer: &NodeName) {
+        self.release_requests_to(peer);
         let table = self.table();
         let me = self.me();
+        let serving = lock(&self.handoffs).serving.clone();
         let followed: Vec<ShardId> = table
             .followed_by(peer)
             .into_iter()
-            .filter(|&shard| table.owner(shard) == Some(me))
+            .filter(|&shard| table.owner(shard) == Some(me) && serving.contains(&shard))
             .collect();
         if followed.is_empty() {
             return;
@@ -206,14 +227,18 @@ impl NodeState {
         tracing::warn!(%peer, shards = followed.len(), "the follower restarted with no copies: sending its shards whole again");
         for shard in followed {
             self.metrics.copies_resent.inc();
-            tokio::spawn(self.clone().send_follower_the_shard(shard, true));
+            tokio::spawn(
+                self.clone()
+                    .send_follower_the_shard(shard, true)
+                    .in_current_span(),
+            );
         }
     }
 
     /// Follower: ask the owner of every followed shard whose copy has not become live within
     /// [`COPY_PATIENCE`] to send it (again).
     pub(super) fn ask_for_overdue_copies(&self) {
-        let overdue = lock(&self.copies).overdue(std::time::Instant::now(), COPY_PATIENCE);
+        let overdue = lock(&self.copies).overdue(tokio::time::Instant::now(), COPY_PATIENCE);
         if overdue.is_empty() {
             return;
         }
@@ -226,13 +251,13 @@ impl NodeState {
             if owner == self.me() || table.follower(shard) != Some(self.me()) {
                 continue;
             }
-            tracing::info!(%shard, %owner, "no live copy of a followed shard yet: asking its owner for it");
+            tracing::info!(node = %self.me(), %shard, %owner, "no live copy of a followed shard yet: asking its owner for it");
             let msg = PeerMsg::SendCopy {
                 shard,
                 epoch: table.epoch,
             };
             if peers.send(owner, msg).is_err() {
-                tracing::warn!(%shard, %owner, "could not ask for the shard's copy (outbox full or peer gone): asking again later");
+                tracing::warn!(node = %self.me(), %shard, %owner, "could not ask for the shard's copy (outbox full or peer gone): asking again later");
             }
         }
     }

@@ -151,6 +151,7 @@ impl NodeState {
             RouteError::Overloaded => ErrorCode::Overloaded,
             RouteError::Unavailable | RouteError::Moved => ErrorCode::RoomUnavailable,
         };
+        tracing::debug!(node = %self.me(), %room, ?error, to = %member.node, conn = member.conn.0, "a request is answered with an error");
         let frame = protocol::error_frame(code, &error.to_string(), command.cid(), Some(room));
         self.deliver_to_member(member, frame);
         if member.node == *self.me() {

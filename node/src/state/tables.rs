@@ -2,6 +2,7 @@
 //! re-join members of rooms whose owner vanished.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use shard::AssignmentTable;
 
@@ -52,9 +53,10 @@ impl NodeState {
         if skipped {
             // Tables in between may have taken a followed shard away and given it back: each
             // copy is live again only once its owner sends it whole, and is asked for at once.
-            let since = std::time::Instant::now()
+            let now = tokio::time::Instant::now();
+            let since = now
                 .checked_sub(super::replicas::COPY_PATIENCE)
-                .unwrap_or_else(std::time::Instant::now);
+                .unwrap_or(now);
             lock(&self.copies).unsettle(since);
         }
         self.carry_out(duties, new.epoch);
@@ -74,17 +76,33 @@ impl NodeState {
         for node in old.nodes.keys().filter(|n| !new.nodes.contains_key(*n)) {
             self.rooms
                 .tell_all(&RoomCommand::DropNode { node: node.clone() });
+            self.release_requests_to(node);
         }
-        self.rejoin_orphaned_members(&old, &new).await;
+        // A node that was out of the cluster in between (paused, cut off from the operator)
+        // was dropped from every room elsewhere: its members join again everywhere.
+        let member_since = new.nodes.get(self.me()).map(|info| info.member_since);
+        let was_out = {
+            let mut seen = lock(&self.member_since);
+            let out = matches!((*seen, member_since), (Some(before), Some(now)) if before != now);
+            if member_since.is_some() {
+                *seen = member_since;
+            }
+            out
+        };
+        if was_out {
+            tracing::warn!(node = %self.me(), epoch = new.epoch, "this node was out of the cluster in between: its members join their rooms again");
+        }
+        self.rejoin_orphaned_members(&old, &new, was_out).await;
         // Followers new to a shard owned here get its rooms; a shard still waiting for its
         // snapshot is synced once installed (`on_snapshot`).
         let waiting: Vec<_> = lock(&self.handoffs).incoming.keys().copied().collect();
         for shard in self.shards_to_sync(&old, &new) {
             if !waiting.contains(&shard) {
-                tokio::spawn(self.clone().sync_follower(shard));
+                tokio::spawn(self.clone().sync_follower(shard).in_current_span());
             }
         }
         tracing::info!(
+            node = %self.me(),
             epoch = new.epoch,
             owned = new.shards_of(self.me()).len(),
             "assignment table applied"
@@ -95,11 +113,13 @@ impl NodeState {
 
     /// Rooms whose owner vanished (no hand-off from it) go on from the follower's copy, or
     /// restart empty, on a new owner: re-join this edge's members there, so each is told the
-    /// room's state with a `joined`.
+    /// room's state with a `joined`. With `every_room`, every room's members join again (this
+    /// node was out of the cluster, and the owners dropped its members).
     pub(super) async fn rejoin_orphaned_members(
         &self,
         old: &AssignmentTable,
         new: &AssignmentTable,
+        every_room: bool,
     ) {
         for (room, members) in self.hub.rooms_with_members() {
             let shard = new.shard_of(&room);
@@ -113,7 +133,8 @@ impl NodeState {
             // stands in for it): what the source delivered last may not have reached us.
             let source_left = old.move_of(shard).is_some_and(|m| gone(&m.from));
             let orphaned = after.is_some()
-                && (source_left
+                && (every_room
+                    || source_left
                     || (before != after && !handed_by_owner && before.is_none_or(gone)));
             if !orphaned {
                 continue;
@@ -127,7 +148,9 @@ impl NodeState {
                     user: member.user.clone(),
                     since: None,
                 };
+                member.control.expect_unrouted();
                 if let Err(e) = self.route(&room, command).await {
+                    member.control.unrouted_failed();
                     tracing::warn!(%room, error = %e, "could not re-join a member to the room's new owner");
                 }
             }

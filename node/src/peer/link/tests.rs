@@ -183,7 +183,7 @@ async fn a_sent_mark_is_delivered_once_acknowledged_or_bounced() {
         let link = link.clone();
         tokio::spawn(async move { link.delivered(second).await })
     };
-    link.take_all();
+    let _ = link.retire();
     waiter
         .await
         .expect("a bounced message settles the mark too");
@@ -191,6 +191,90 @@ async fn a_sent_mark_is_delivered_once_acknowledged_or_bounced() {
     assert!(
         link.is_delivered(second),
         "later messages do not hold an earlier mark"
+    );
+}
+
+#[test]
+fn a_peer_that_comes_back_as_a_new_process_gets_what_was_queued_for_it_since() {
+    let link = link();
+    assert!(link.meet(7).is_none());
+    link.push(event_in(&room("lobby"))).expect("room");
+    link.accept(5);
+    let (numbering, bounced) = link.retire();
+    assert_eq!(bounced.len(), 1);
+    // Back in the table: a snapshot and a command are queued before any handshake.
+    let back = PeerLink::resumed(link.peer.clone(), 8, numbering);
+    back.push(msg(1)).expect("room");
+    back.push(msg(2)).expect("room");
+    // The handshake names another process: nothing is bounced, and what was queued goes to
+    // it under the numbers it was given (the announcement of the old process's lost events
+    // too: saying too much costs a re-join, never a message).
+    assert!(back.meet(8).is_none(), "nothing bounced for a new process");
+    assert_eq!(
+        back.received(),
+        0,
+        "a new process's stream starts at the beginning"
+    );
+    let unsent = back.unsent(0, 0).expect("a fresh link");
+    let seqs: Vec<u64> = unsent.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        [2, 3, 4],
+        "the gap, then both, numbered on from the old link"
+    );
+    // A later restart of that process bounces as ever.
+    back.push(msg(3)).expect("room");
+    let bounced = back.meet(9).expect("a restart");
+    assert_eq!(bounced.len(), 4);
+}
+
+#[test]
+fn a_peer_that_comes_back_first_hears_of_the_events_it_missed_while_it_was_out() {
+    let link = link();
+    assert!(link.meet(7).is_none());
+    link.push(msg(1)).expect("room");
+    link.push(event_in(&room("lobby"))).expect("room");
+    link.accept(5);
+    // It leaves the table with those two unacknowledged.
+    let (numbering, bounced) = link.retire();
+    assert_eq!(bounced.len(), 2, "what was queued goes back to be answered");
+    let back = PeerLink::resumed(link.peer.clone(), 4, numbering);
+    assert_eq!(back.received(), 5, "the peer's stream goes on where it was");
+    let outbox = back.outbox();
+    let [first] = outbox.as_slice() else {
+        panic!("one announcement, got {outbox:?}");
+    };
+    match &**first {
+        // The frame to one connection names no room: every room's members re-join.
+        PeerMsg::Gap { all, .. } => assert!(*all),
+        other => panic!("a gap first, got {other:?}"),
+    }
+    assert_eq!(
+        back.unsent(0, 0).expect("a fresh link")[0].0,
+        3,
+        "numbering goes on from the old link's"
+    );
+
+    // Only room events lost: the gap names their rooms.
+    let link = PeerLink::new(NodeName::new("peer").expect("valid"), 4);
+    link.push(event_in(&room("lobby"))).expect("room");
+    let (numbering, _) = link.retire();
+    let back = PeerLink::resumed(link.peer.clone(), 4, numbering);
+    match &*back.outbox()[0] {
+        PeerMsg::Gap { rooms, all } => {
+            assert!(!*all);
+            assert_eq!(rooms, &[room("lobby")]);
+        }
+        other => panic!("a gap first, got {other:?}"),
+    }
+
+    // Nothing lost: nothing announced.
+    let link = PeerLink::new(NodeName::new("peer").expect("valid"), 4);
+    let (numbering, _) = link.retire();
+    assert!(
+        PeerLink::resumed(link.peer.clone(), 4, numbering)
+            .outbox()
+            .is_empty()
     );
 }
 
