@@ -161,7 +161,8 @@ fn check(
         let n = eligible.len() as u32;
         let (floor, ceil) = (new.shards / n, new.shards.div_ceil(n));
         let mut pinned: BTreeMap<&NodeName, u32> = BTreeMap::new();
-        for m in new.moves.iter().filter(|m| old.moves.contains(m)) {
+        // Moves that go on from `old` (kept, or with a follower standing in for an end).
+        for m in new.moves.iter().filter(|m| old.move_of(m.shard).is_some()) {
             *pinned.entry(&m.to).or_insert(0) += 1;
         }
         let uncapped = options.max_moves_per_node == usize::MAX;

@@ -246,12 +246,17 @@ fn followers_are_written_as_ranges_and_read_back() -> Result<(), ShardError> {
 }
 
 #[test]
-fn a_table_without_followers_or_zones_is_written_exactly_as_before() {
+fn a_table_without_followers_or_zones_is_written_as_before_with_each_members_epoch() {
+    // `memberSince` is the only addition (format 1 still): readers from before ignore it, and
+    // a table without it reads as members since epoch 0.
     let json = common::balanced(8, 2).to_json();
     assert_eq!(
         json,
-        r#"{"format":1,"epoch":1,"shards":8,"nodes":{"node-0":{"peerAddr":"node-0.chat:7001","clientAddr":"node-0.chat:8080"},"node-1":{"peerAddr":"node-1.chat:7001","clientAddr":"node-1.chat:8080"}},"assignments":{"node-0":"0-3","node-1":"4-7"},"moves":[],"draining":[]}"#
+        r#"{"format":1,"epoch":1,"shards":8,"nodes":{"node-0":{"peerAddr":"node-0.chat:7001","clientAddr":"node-0.chat:8080","memberSince":1},"node-1":{"peerAddr":"node-1.chat:7001","clientAddr":"node-1.chat:8080","memberSince":1}},"assignments":{"node-0":"0-3","node-1":"4-7"},"moves":[],"draining":[]}"#
     );
+    let old = r#"{"format":1,"epoch":1,"shards":8,"nodes":{"node-0":{"peerAddr":"node-0.chat:7001","clientAddr":"node-0.chat:8080"},"node-1":{"peerAddr":"node-1.chat:7001","clientAddr":"node-1.chat:8080"}},"assignments":{"node-0":"0-3","node-1":"4-7"},"moves":[],"draining":[]}"#;
+    let read = AssignmentTable::from_json(old).expect("a table from before reads");
+    assert!(read.nodes.values().all(|info| info.member_since == 0));
 }
 
 #[test]
