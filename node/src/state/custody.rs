@@ -101,22 +101,8 @@ impl NodeState {
                 RoomsDuty::Keep | RoomsDuty::Receive { .. } => {}
                 RoomsDuty::Serve => self.serve(shard),
                 RoomsDuty::HandOff { to } => {
-                    {
-                        let mut handoffs = lock(&self.handoffs);
-                        handoffs.serving.remove(&shard);
-                        handoffs.handed.remove(&shard);
-                        handoffs.done.retain(|m| m.shard != shard);
-                        handoffs.outgoing.insert(
-                            shard,
-                            Outgoing {
-                                id: outgoing_id(),
-                                to,
-                                epoch,
-                                frozen: None,
-                                serve_when_frozen: false,
-                            },
-                        );
-                    }
+                    lock(&self.handoffs).serving.remove(&shard);
+                    self.begin_outgoing(shard, to, epoch, None);
                     tokio::spawn(self.clone().hand_off(shard).in_current_span());
                 }
                 RoomsDuty::Resend { to } => {
@@ -175,23 +161,34 @@ impl NodeState {
         }
     }
 
+    /// A hand-off of `shard` from here to `to` begins: its rooms, `frozen` already or not yet,
+    /// are held until `to` acknowledges them, in place of whatever this node did with the shard
+    /// before.
+    fn begin_outgoing(
+        &self,
+        shard: ShardId,
+        to: NodeName,
+        epoch: u64,
+        frozen: Option<Arc<FrozenShard>>,
+    ) {
+        let mut handoffs = lock(&self.handoffs);
+        handoffs.handed.remove(&shard);
+        handoffs.done.retain(|m| m.shard != shard);
+        handoffs.outgoing.insert(
+            shard,
+            Outgoing {
+                id: outgoing_id(),
+                to,
+                epoch,
+                frozen,
+                serve_when_frozen: false,
+            },
+        );
+    }
+
     /// Keep `kept` as the rooms a hand-off from here sends to `to`, and send them.
     fn send_kept(self: &Arc<Self>, shard: ShardId, to: NodeName, epoch: u64, kept: FrozenShard) {
-        {
-            let mut handoffs = lock(&self.handoffs);
-            handoffs.handed.remove(&shard);
-            handoffs.done.retain(|m| m.shard != shard);
-            handoffs.outgoing.insert(
-                shard,
-                Outgoing {
-                    id: outgoing_id(),
-                    to,
-                    epoch,
-                    frozen: Some(Arc::new(kept)),
-                    serve_when_frozen: false,
-                },
-            );
-        }
+        self.begin_outgoing(shard, to, epoch, Some(Arc::new(kept)));
         tokio::spawn(self.clone().send_held(shard).in_current_span());
     }
 

@@ -94,15 +94,20 @@ async fn c_owns_r_after(posts: usize) -> (Arc<NodeState>, Arc<Peers>, RoomId, Sh
     (state, peers, room, shard)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_hand_off_whose_target_left_sends_the_rooms_it_froze_to_the_new_target() {
-    let (state, peers, room, shard) = c_owns_r_after(2).await;
+/// Table 2 moves `shard` from node-c to node-a; returns once the snapshot is queued for node-a.
+async fn hand_to_a(state: &Arc<NodeState>, peers: &Peers, shard: ShardId) {
     assert!(
         state
             .apply_table(table(2, "node-c", Some((shard, "node-a"))))
             .await
     );
-    until(|| !snapshots_to(&peers, "node-a").is_empty()).await;
+    until(|| !snapshots_to(peers, "node-a").is_empty()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hand_off_whose_target_left_sends_the_rooms_it_froze_to_the_new_target() {
+    let (state, peers, room, shard) = c_owns_r_after(2).await;
+    hand_to_a(&state, &peers, shard).await;
     // node-a leaves before it acknowledged; the move now goes to node-b.
     assert!(
         state
@@ -132,12 +137,7 @@ async fn a_hand_off_whose_target_left_sends_the_rooms_it_froze_to_the_new_target
 #[tokio::test(start_paused = true)]
 async fn a_shard_given_back_to_its_source_is_served_from_the_rooms_it_froze() {
     let (state, peers, room, shard) = c_owns_r_after(2).await;
-    assert!(
-        state
-            .apply_table(table(2, "node-c", Some((shard, "node-a"))))
-            .await
-    );
-    until(|| !snapshots_to(&peers, "node-a").is_empty()).await;
+    hand_to_a(&state, &peers, shard).await;
     assert!(state.apply_table(table(3, "node-c", None)).await);
     until(|| state.rooms.last_seq(&room) == 2).await;
     let member = join_from_b(&state, &room, 2).await;
