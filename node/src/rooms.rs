@@ -15,7 +15,7 @@
 //! whatever still reaches it to the new owner. New owner's side: [`Rooms::install`] starts the
 //! rooms from their snapshots.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -179,6 +179,9 @@ struct Slot {
     seq: Arc<AtomicU64>,
     /// The follower's answers to the room's changes, for its actor.
     answers: Arc<Answers>,
+    /// Set when the room's shard is deposed here (see [`Rooms::depose`]), before the actor
+    /// reads its queue again: from then on it gives out no seq.
+    deposed: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -193,6 +196,15 @@ struct Registry {
 
 impl Registry {
     /// The queues of `shard`'s running rooms (out of `shards`).
+    /// Mark every running room of `shard` deposed (see [`Slot::deposed`]).
+    fn depose(&self, shard: ShardId, shards: u32) {
+        for (room, slot) in &self.slots {
+            if shard::shard_of(room, shards) == shard {
+                slot.deposed.store(true, Ordering::Release);
+            }
+        }
+    }
+
     fn running_in(&self, shard: ShardId, shards: u32) -> Vec<mpsc::Sender<ActorMsg>> {
         self.slots
             .iter()
@@ -361,14 +373,28 @@ impl Rooms {
     /// node was paused or cut off meanwhile): messages still waiting for the follower are
     /// refused and the rooms go back to what the follower held, since the new owner started
     /// from its copy. What comes after is forwarded, as after a freeze.
-    pub async fn depose(self: &Arc<Self>, shard: ShardId) {
-        self.freeze_as(shard, true).await;
+    ///
+    /// The rooms are marked deposed at the call, not when the returned future first runs: a
+    /// snapshot installed meanwhile replaces them, and what they still have queued must not
+    /// take a seq (their table may name this node the owner again).
+    pub fn depose(self: &Arc<Self>, shard: ShardId) -> impl Future<Output = ()> + use<> {
+        let frozen = self.freeze_as(shard, true);
+        async move {
+            frozen.await;
+        }
     }
 
-    async fn freeze_as(self: &Arc<Self>, shard: ShardId, deposed: bool) -> FrozenShard {
+    fn freeze_as(
+        self: &Arc<Self>,
+        shard: ShardId,
+        deposed: bool,
+    ) -> impl Future<Output = FrozenShard> + use<> {
         let (running, mut snapshots, floor) = {
             let mut registry = self.registry();
             registry.frozen.insert(shard);
+            if deposed {
+                registry.depose(shard, self.shards);
+            }
             let running = registry.running_in(shard, self.shards);
             let passive: Vec<_> = registry
                 .resting
@@ -380,21 +406,41 @@ impl Rooms {
         };
         // Every room is asked at once and answers as soon as its own queue is through: the
         // shard waits for its busiest room, not for the sum of all of them.
-        let asked = running.into_iter().map(|tx| async move {
+        let asked = running.into_iter().map(move |tx| async move {
             let (reply, snapshot) = oneshot::channel();
             tx.send(ActorMsg::HandOff { reply, deposed }).await.ok()?;
             snapshot.await.ok()
         });
-        snapshots.extend(
-            futures_util::future::join_all(asked)
-                .await
-                .into_iter()
-                .flatten(),
-        );
-        FrozenShard {
-            floor,
-            rooms: snapshots,
+        let asked: Vec<_> = asked.collect();
+        async move {
+            snapshots.extend(
+                futures_util::future::join_all(asked)
+                    .await
+                    .into_iter()
+                    .flatten(),
+            );
+            FrozenShard {
+                floor,
+                rooms: snapshots,
+            }
         }
+    }
+
+    /// The shards with rooms running here (serving, freezing or forwarding).
+    pub fn running_shards(&self) -> HashSet<ShardId> {
+        let registry = self.registry();
+        registry
+            .slots
+            .keys()
+            .map(|room| shard::shard_of(room, self.shards))
+            .collect()
+    }
+
+    /// Mark `shard`'s running rooms deposed without freezing them (a freeze under way goes on):
+    /// what waits for the follower is refused, nothing more gets a seq. For a hand-off's
+    /// source that was out of the cluster while its rooms waited to freeze.
+    pub fn mark_deposed(&self, shard: ShardId) {
+        self.registry().depose(shard, self.shards);
     }
 
     /// Whether `shard` is closed here because it was handed away.
@@ -407,6 +453,14 @@ impl Rooms {
     pub fn install(self: &Arc<Self>, shard: ShardId, floor: u64, snapshots: Vec<RoomSnapshot>) {
         let mut registry = self.registry();
         registry.frozen.remove(&shard);
+        // What still runs of the shard here was frozen or deposed (it was not served here):
+        // those actors only forward, and the rooms from `snapshots` take their place, a
+        // resting one too (else its commands would go on to a forwarder whose owner is this
+        // node, and its seq would be read from the old actor).
+        let shards = self.shards;
+        registry
+            .slots
+            .retain(|room, _| shard::shard_of(room, shards) != shard);
         registry.resting.raise_floor(shard, floor);
         for snapshot in snapshots {
             let room = snapshot.room.clone();
@@ -475,17 +529,24 @@ impl Rooms {
     fn spawn_actor(self: &Arc<Self>, room: Room, seq: Arc<AtomicU64>) -> Slot {
         let (tx, rx) = mpsc::channel(self.settings.queue.max(1));
         let answers = Arc::new(Answers::default());
+        let deposed = Arc::new(AtomicBool::new(false));
         let actor = RoomActor::new(
             room,
             seq.clone(),
             rx,
             tx.downgrade(),
             answers.clone(),
+            deposed.clone(),
             self.clone(),
         );
         self.metrics.rooms_active.inc();
         self.tracker.spawn(actor.run().in_current_span());
-        Slot { tx, seq, answers }
+        Slot {
+            tx,
+            seq,
+            answers,
+            deposed,
+        }
     }
 
     /// The follower of `room`'s shard answered one of its changes: pass it to the room's actor.

@@ -47,6 +47,12 @@ pub struct Holding {
     /// The node's last hand-off of the shard went to this node and was acknowledged (the
     /// table may show the move until the operator has seen it done).
     pub handed_to: Option<NodeName>,
+    /// The rooms it serves are from before a change of owner it took no part in: it was out
+    /// of the cluster in between (paused, cut off from the operator), or the table in force
+    /// here did not show the shard moving to it. Only a node that owned the shard since can be
+    /// a move's source, so a move to this node means another one gave out seqs meanwhile, from
+    /// this node's follower's copy: its rooms are the shard's, these are an old prefix.
+    pub stale: bool,
 }
 
 impl Holding {
@@ -100,6 +106,13 @@ pub enum RoomsDuty {
     /// table took this node for gone, or left the shard without an owner), and its follower's
     /// copy is what goes on. Freeze the rooms and drop them.
     Stop,
+    /// Stop serving the stale rooms (see [`Holding::stale`]) as for [`Stop`](Self::Stop), and
+    /// wait for the shard's snapshot from `from`, the node that owned it since, as for
+    /// [`Receive`](Self::Receive).
+    Reclaim {
+        /// The node sending the snapshot.
+        from: NodeName,
+    },
     /// Stop waiting for a snapshot: the shard went elsewhere. What was buffered follows the
     /// table to the new owner.
     StopReceiving,
@@ -123,7 +136,8 @@ pub struct Duty {
 ///
 /// | `me` in `table` | holds | rooms duty |
 /// |---|---|---|
-/// | owner, move to it | serves, or waits for that source | keep |
+/// | owner, move to it | serves (not stale), or waits for that source | keep |
+/// | owner, move to it | serves stale rooms | drop them, receive from the move's source |
 /// | owner, move to it | anything else | receive from the move's source |
 /// | owner, no move | serves | keep |
 /// | owner, no move | anything else | serve from what it holds |
@@ -144,6 +158,9 @@ pub fn duty(table: &AssignmentTable, me: &NodeName, shard: ShardId, held: &Holdi
     let source = the_move.filter(|m| m.from == *me);
     let rooms = if owner {
         match the_move {
+            Some(m) if held.serving && held.stale => RoomsDuty::Reclaim {
+                from: m.from.clone(),
+            },
             Some(m) if held.serving || held.receiving.as_ref() == Some(&m.from) => RoomsDuty::Keep,
             Some(m) => RoomsDuty::Receive {
                 from: m.from.clone(),
@@ -175,7 +192,7 @@ pub fn duty(table: &AssignmentTable, me: &NodeName, shard: ShardId, held: &Holdi
     } else {
         RoomsDuty::Keep
     };
-    let receives = owner && !held.serving && the_move.is_some();
+    let receives = owner && (!held.serving || held.stale) && the_move.is_some();
     let served = matches!(rooms, RoomsDuty::Serve);
     Duty {
         // A source keeps what it sends (the frozen rooms it has, or makes now) until it is

@@ -74,6 +74,41 @@ fn the_old_owner_hands_off_and_the_new_one_receives_from_it() {
     assert!(again.keep_frozen);
 }
 
+/// Seed 620 of the simulation: an owner paused past its failover comes back to a table
+/// that moves the shard back to it from the node that served it meanwhile. Its own rooms
+/// are an old prefix: it drops them and receives, and a served shard's owner that merely
+/// sees the same move again keeps what it installed.
+#[test]
+fn an_owner_back_from_an_absence_drops_its_stale_rooms_for_the_snapshot() {
+    let (_, after) = joined();
+    let m = after.moves[0].clone();
+    let stale = Holding {
+        serving: true,
+        stale: true,
+        ..Holding::default()
+    };
+    let back = duty(&after, &m.to, m.shard, &stale);
+    assert_eq!(
+        back.rooms,
+        RoomsDuty::Reclaim {
+            from: m.from.clone()
+        }
+    );
+    assert!(!back.keep_frozen);
+    // The same rooms are the shard's when the table moves nothing to it.
+    let unmoved = (0..64)
+        .map(ShardId)
+        .find(|&s| after.owner(s) == Some(&m.to) && after.move_of(s).is_none());
+    if let Some(shard) = unmoved {
+        assert_eq!(duty(&after, &m.to, shard, &stale).rooms, RoomsDuty::Keep);
+    }
+    // Rooms installed from this very move are not stale: only acknowledged again.
+    assert_eq!(
+        duty(&after, &m.to, m.shard, &serving()).rooms,
+        RoomsDuty::Keep
+    );
+}
+
 #[test]
 fn a_draining_target_keeps_receiving() {
     let (_, after) = joined();
@@ -236,6 +271,7 @@ fn a_node_with_no_role_stops_serving_stops_receiving_and_drops_what_it_kept() {
         frozen_for: Some(node(3)),
         copy: true,
         handed_to: None,
+        stale: true,
     };
     let d = duty(&after, &outsider, shard, &everything);
     assert_eq!(d.rooms, RoomsDuty::Stop);

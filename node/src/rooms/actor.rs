@@ -3,7 +3,7 @@
 //! holds it (see [`crate::replication`]), answers hand-off and sync requests, and passivates
 //! when idle and empty.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,8 @@ pub(super) struct RoomActor {
     rx: mpsc::Receiver<ActorMsg>,
     weak: mpsc::WeakSender<ActorMsg>,
     answers: Arc<Answers>,
+    /// Set by [`Rooms::depose`] (the registry's side of it): see [`RoomActor::deposed`].
+    deposed: Arc<AtomicBool>,
     replication: Replication,
     /// A change could not be queued to the follower: resend the whole room at this time.
     resend_at: Option<tokio::time::Instant>,
@@ -104,6 +106,7 @@ impl RoomActor {
         rx: mpsc::Receiver<ActorMsg>,
         weak: mpsc::WeakSender<ActorMsg>,
         answers: Arc<Answers>,
+        deposed: Arc<AtomicBool>,
         rooms: Arc<Rooms>,
     ) -> RoomActor {
         RoomActor {
@@ -115,6 +118,7 @@ impl RoomActor {
             rx,
             weak,
             answers,
+            deposed,
             replication: Replication::default(),
             resend_at: None,
             freezing: None,
@@ -266,7 +270,7 @@ impl RoomActor {
 
     fn handle(&mut self, command: RoomCommand, received: Instant) {
         let shard = shard::ShardId(self.shard);
-        if self.rooms.fanout.deposed(shard) {
+        if self.deposed(shard) {
             // The table gave the shard away while this node was paused or cut off, and the
             // freeze has not reached this actor yet: what waits for the follower is refused
             // (the new owner started from a copy that may lack it), and the command goes to
@@ -423,6 +427,14 @@ impl RoomActor {
 
     /// Bring the follower's copy up to date: the whole room to a follower new to it, and with
     /// no follower in the table, everything held goes out.
+    /// Whether this room no longer gives out seqs here: the table gave its shard to another
+    /// node without a hand-off from this one, or the node deposed its rooms (their table may
+    /// name this node the owner again, waiting for the newer rooms of the node that owned the
+    /// shard meanwhile).
+    fn deposed(&self, shard: shard::ShardId) -> bool {
+        self.deposed.load(Ordering::Acquire) || self.rooms.fanout.deposed(shard)
+    }
+
     /// Refuse what waits for the follower: see [`Replication::deposed`].
     fn depose(&mut self) {
         if self.replication.in_flight() > 0 {
@@ -433,7 +445,7 @@ impl RoomActor {
 
     fn sync(&mut self) {
         let shard = shard::ShardId(self.shard);
-        if self.rooms.fanout.deposed(shard) {
+        if self.deposed(shard) {
             return self.depose();
         }
         match self.rooms.fanout.follower(shard) {
@@ -455,6 +467,13 @@ impl RoomActor {
 
     fn on_answers(&mut self) {
         let inbox = self.answers.take();
+        if self.deposed.load(Ordering::Acquire) {
+            // Deposed while waiting (a hand-off's source back from an absence): a follower
+            // that holds the changes now may hold them under a table that gave the shard
+            // back to this node, and its `Held` would release seqs the owner of the shard
+            // meanwhile gave to others. What waits is refused first.
+            self.depose();
+        }
         for (from, rid, answer) in inbox.refusals {
             let settled = self.replication.answered(&from, rid, answer);
             self.settle(settled);

@@ -29,15 +29,38 @@ pub(super) fn outgoing_id() -> u64 {
 }
 
 /// What this node holds of `shard`, from its hand-off bookkeeping and the shards it keeps
-/// copies of.
-fn holding(handoffs: &Handoffs, copies: &HashSet<ShardId>, shard: ShardId) -> Holding {
+/// copies of. `in_force` is the table applied last, `was_out` whether this node left the
+/// cluster since (see [`Holding::stale`]).
+fn holding(
+    handoffs: &Handoffs,
+    copies: &HashSet<ShardId>,
+    shard: ShardId,
+    stale: Staleness<'_>,
+) -> Holding {
+    let serving = handoffs.serving.contains(&shard);
+    let moved_here = stale
+        .in_force
+        .move_of(shard)
+        .is_some_and(|m| m.to == *stale.me);
     Holding {
-        serving: handoffs.serving.contains(&shard),
+        serving,
         receiving: handoffs.incoming.get(&shard).map(|i| i.from.clone()),
         frozen_for: handoffs.outgoing.get(&shard).map(|o| o.to.clone()),
         copy: copies.contains(&shard),
         handed_to: handoffs.handed.get(&shard).cloned(),
+        stale: serving && (stale.was_out || !moved_here),
     }
+}
+
+/// What tells rooms served here from an older ownership (see [`Holding::stale`]).
+#[derive(Clone, Copy)]
+pub(super) struct Staleness<'a> {
+    /// This node.
+    pub me: &'a NodeName,
+    /// The table in force before the new one.
+    pub in_force: &'a AssignmentTable,
+    /// This node was out of the cluster between the two tables.
+    pub was_out: bool,
 }
 
 impl NodeState {
@@ -45,8 +68,14 @@ impl NodeState {
     /// holds. Called under the one-table-at-a-time lock, before `new` is in force: the
     /// hand-offs to this node start buffering here, so that a command routed by `new` finds
     /// its shard's buffer.
-    pub(super) fn duties(&self, new: &AssignmentTable) -> Vec<(ShardId, Duty)> {
+    pub(super) fn duties(&self, new: &AssignmentTable, was_out: bool) -> Vec<(ShardId, Duty)> {
         let me = self.me().clone();
+        let in_force = self.table();
+        let staleness = Staleness {
+            me: &me,
+            in_force: &in_force,
+            was_out,
+        };
         let mut handoffs = lock(&self.handoffs);
         let copies = lock(&self.copies).shards();
         let held: Vec<ShardId> = handoffs
@@ -59,8 +88,9 @@ impl NodeState {
             .collect();
         let mut duties = Vec::new();
         for shard in shard::shards_to_visit(new, &me, held) {
-            let duty = shard::duty(new, &me, shard, &holding(&handoffs, &copies, shard));
-            if let RoomsDuty::Receive { from } = &duty.rooms {
+            let held = holding(&handoffs, &copies, shard, staleness);
+            let duty = shard::duty(new, &me, shard, &held);
+            if let RoomsDuty::Receive { from } | RoomsDuty::Reclaim { from } = &duty.rooms {
                 let now = Instant::now();
                 let deadline = now + self.settings.handoff.timeout;
                 handoffs
@@ -126,15 +156,12 @@ impl NodeState {
                     tracing::info!(node = %self.me(), %shard, %to, "this node's rooms were acknowledged by a target that left: the new target merges its own copy");
                     self.send_kept(shard, to, epoch, FrozenShard::default());
                 }
-                RoomsDuty::Stop => {
+                RoomsDuty::Stop | RoomsDuty::Reclaim { .. } => {
                     lock(&self.handoffs).serving.remove(&shard);
-                    let rooms = self.rooms.clone();
-                    tokio::spawn(
-                        async move {
-                            rooms.depose(shard).await;
-                        }
-                        .in_current_span(),
-                    );
+                    if matches!(duty.rooms, RoomsDuty::Reclaim { .. }) {
+                        tracing::warn!(node = %self.me(), %shard, epoch, "the rooms served here are older than the shard's (another node owned it since): dropped, its snapshot comes from that node");
+                    }
+                    tokio::spawn(self.rooms.depose(shard).in_current_span());
                 }
                 RoomsDuty::StopReceiving => {
                     let refused = {

@@ -30,9 +30,20 @@ impl NodeState {
         // Shards the previous process owned stay unowned here (see `inherited`).
         let new = self.without_inherited(new);
         let skipped = old.epoch > 0 && new.epoch > old.epoch + 1;
+        // A node that was out of the cluster in between (paused, cut off from the operator)
+        // lost every role it had, whatever the tables it saw say.
+        let member_since = new.nodes.get(self.me()).map(|info| info.member_since);
+        let was_out = {
+            let mut seen = lock(&self.member_since);
+            let out = matches!((*seen, member_since), (Some(before), Some(now)) if before != now);
+            if member_since.is_some() {
+                *seen = member_since;
+            }
+            out
+        };
         // What the table asks of every shard this node touches (custody); hand-offs to this
         // node buffer from here on.
-        let duties = self.duties(&new);
+        let duties = self.duties(&new, was_out);
         {
             let mut handoffs = lock(&self.handoffs);
             // From here until `release_early` is through, peers' commands queue behind the
@@ -47,6 +58,7 @@ impl NodeState {
             peers.admit(&new);
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        self.depose_stale_rooms(was_out);
         if let Some(peers) = &self.peers {
             peers.retire(&new);
         }
@@ -78,17 +90,8 @@ impl NodeState {
                 .tell_all(&RoomCommand::DropNode { node: node.clone() });
             self.release_requests_to(node);
         }
-        // A node that was out of the cluster in between (paused, cut off from the operator)
-        // was dropped from every room elsewhere: its members join again everywhere.
-        let member_since = new.nodes.get(self.me()).map(|info| info.member_since);
-        let was_out = {
-            let mut seen = lock(&self.member_since);
-            let out = matches!((*seen, member_since), (Some(before), Some(now)) if before != now);
-            if member_since.is_some() {
-                *seen = member_since;
-            }
-            out
-        };
+        // A node that was out of the cluster in between was dropped from every room elsewhere:
+        // its members join again everywhere.
         if was_out {
             tracing::warn!(node = %self.me(), epoch = new.epoch, "this node was out of the cluster in between: its members join their rooms again");
         }
@@ -109,6 +112,23 @@ impl NodeState {
         );
         self.progress.notify_waiters();
         true
+    }
+
+    /// Rooms running here that will never give out a seq again are marked so at once, for
+    /// good (see `Rooms::mark_deposed`): those of a shard the table in force took from this
+    /// node without a hand-off, and, when the node was out of the cluster in between, those of
+    /// every shard it does not serve (rooms still freezing for a hand-off the follower took
+    /// over meanwhile). A later table that gives the shard back must not revive them: the
+    /// actor only checks the table when it wakes, and by then the table may name it owner
+    /// again (seed 593 of the simulation), and a follower's `Held` for what they had in flight
+    /// would release seqs the shard's owner meanwhile gave to others.
+    fn depose_stale_rooms(&self, was_out: bool) {
+        let serving = lock(&self.handoffs).serving.clone();
+        for shard in self.rooms.running_shards() {
+            if self.deposed_from(shard) || (was_out && !serving.contains(&shard)) {
+                self.rooms.mark_deposed(shard);
+            }
+        }
     }
 
     /// Rooms whose owner vanished (no hand-off from it) go on from the follower's copy, or
