@@ -131,8 +131,9 @@ struct Stripe {
 #[derive(Debug, Clone)]
 struct Member {
     handle: ConnHandle,
-    /// The last seq it was given of the room (see [`order`]).
-    seen: u64,
+    /// The last seq it was given of the room (see [`order`]); `None` when its `joined`
+    /// carried none.
+    seen: Option<u64>,
 }
 
 impl Stripe {
@@ -257,7 +258,7 @@ impl EdgeHub {
                 // room can slip in ahead of `joined`.
                 self.push(&handle, &WireFrame::text(&frame), false);
                 handle.control.answer();
-                let seen = order::frame_seq(&frame).unwrap_or(0);
+                let seen = order::frame_seq(&frame);
                 stripe
                     .rooms
                     .entry(room)
@@ -294,7 +295,7 @@ impl EdgeHub {
                 let step = match stripe.rooms.get_mut(&room).and_then(|m| m.get_mut(&conn)) {
                     Some(member) => {
                         let step = order::step(member.seen, seq);
-                        member.seen = member.seen.max(seq);
+                        member.seen = Some(member.seen.map_or(seq, |seen| seen.max(seq)));
                         step
                     }
                     // Not a member (any more): it was sent away after a gap, or left. A
@@ -339,7 +340,7 @@ impl EdgeHub {
                     }
                     if let Some(seq) = seq {
                         match order::step(member.seen, seq) {
-                            order::Step::Deliver => member.seen = seq,
+                            order::Step::Deliver => member.seen = Some(seq),
                             order::Step::Repeat if !from_older_owner => continue,
                             order::Step::Repeat => {}
                             order::Step::Gap => {

@@ -11,7 +11,7 @@ use super::handoffs::{Early, EarlySnapshot};
 use super::{NodeState, TABLE_CATCH_UP, lock};
 use crate::peer::wire::PeerMsg;
 use crate::replication::Answer;
-use crate::room::RoomSnapshot;
+use crate::room::{RoomCommand, RoomSnapshot};
 use crate::rooms::{FrozenShard, RouteError};
 
 impl NodeState {
@@ -237,9 +237,16 @@ impl NodeState {
 
     pub(super) fn on_bounce(&self, to: &NodeName, msg: &PeerMsg) {
         match msg {
-            PeerMsg::Command { room, command, .. } => {
-                self.answer_error(command, RouteError::Unavailable, room);
-            }
+            // The peer left or restarted before it acknowledged the command, which does not
+            // say it never got it: it may have passed it on (a node outside the table
+            // forwards to the owner once it reaches it). A send told `room_unavailable` would
+            // be sent again and could be in the room twice, so its connection is sent away
+            // instead, and the re-join with `since` shows whether it got in. Anything else is
+            // safe to ask again.
+            PeerMsg::Command { room, command, .. } => match command {
+                RoomCommand::Post { .. } => self.answer_unknown(command, room),
+                _ => self.answer_error(command, RouteError::Unavailable, room),
+            },
             PeerMsg::Event(_) => {
                 self.metrics.peer_drops.inc();
             }

@@ -42,7 +42,9 @@ impl NodeState {
     }
 
     /// An owner announced a gap: the members of those rooms here (of every room with members
-    /// when `all`) reconnect and re-join with `since`, which replays what they missed.
+    /// when `all`) reconnect and re-join with `since`, which replays what they missed. So do
+    /// connections still waiting for an answer from it: the answer may have been among the
+    /// lost events (an error to a connection that is no member of the room it names, say).
     pub(super) fn on_gap(&self, from: &NodeName, rooms: &[RoomId], all: bool) {
         let mut told = 0u64;
         for (room, _) in self.hub.rooms_with_members() {
@@ -50,7 +52,24 @@ impl NodeState {
                 told += self.hub.send_away_from(&room, |_| true, GAP_REASON);
             }
         }
-        tracing::warn!(%from, rooms = rooms.len(), all, members = told, "an owner lost events for this edge: its members re-join");
+        let waiting = self.send_away_awaiting(from);
+        tracing::warn!(%from, rooms = rooms.len(), all, members = told, waiting, "an owner lost events for this edge: its members re-join");
+    }
+
+    /// Tell every open local connection with a request routed to `peer` still unanswered to
+    /// reconnect; returns how many.
+    fn send_away_awaiting(&self, peer: &NodeName) -> u64 {
+        let mut told = 0u64;
+        for conn in self.hub.connections() {
+            if conn.control.awaits(peer) && !conn.control.is_closed() {
+                self.hub.send_away(&conn, MISSED_REQUEST_REASON);
+                told += 1;
+            }
+        }
+        if told > 0 {
+            self.metrics.lost_request_reconnects.inc_by(told);
+        }
+        told
     }
 }
 
@@ -61,15 +80,8 @@ impl NodeState {
     /// every send; closed, it owes none, and the client's re-join with `since` shows whether
     /// the message got in.
     pub(super) fn release_requests_to(&self, peer: &NodeName) {
-        let mut told = 0u64;
-        for conn in self.hub.connections() {
-            if conn.control.awaits(peer) && !conn.control.is_closed() {
-                self.hub.send_away(&conn, MISSED_REQUEST_REASON);
-                told += 1;
-            }
-        }
+        let told = self.send_away_awaiting(peer);
         if told > 0 {
-            self.metrics.lost_request_reconnects.inc_by(told);
             tracing::warn!(node = %self.me(), %peer, connections = told, "a node failed with requests of these connections in flight: they reconnect");
         }
     }

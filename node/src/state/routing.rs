@@ -159,6 +159,19 @@ impl NodeState {
         }
     }
 
+    /// A request whose outcome this node cannot know (it may have reached the owner): its
+    /// connection is sent away, and the client's re-join with `since` shows whether it got
+    /// in. The edge closes the connection on the `reconnect` frame.
+    pub(super) fn answer_unknown(&self, command: &RoomCommand, room: &RoomId) {
+        let Some(member) = command.member() else {
+            return;
+        };
+        tracing::debug!(node = %self.me(), %room, to = %member.node, conn = member.conn.0, "a request's outcome is unknown: its connection re-joins");
+        self.metrics.lost_request_reconnects.inc();
+        let frame = protocol::reconnect_frame(crate::edge::MISSED_REQUEST_REASON, Some(0));
+        self.deliver_to_member(member, frame);
+    }
+
     pub(super) fn deliver_to_member(&self, member: &MemberKey, frame: String) {
         self.deliver(
             &member.node,
