@@ -11,7 +11,9 @@
 //!    `joined` tells it: its history covers what came before);
 //! 4. one connection's messages to a room get seqs in the order it sent them;
 //! 5. nothing was silently reset: a room whose seq went back is reported (within the promise
-//!    there is none).
+//!    there is none);
+//! 6. a send answered with an error was not taken: it is never delivered (a client that
+//!    retries it would post it twice).
 
 use std::collections::BTreeMap;
 
@@ -154,6 +156,16 @@ pub fn check(seen: &Observations, rooms: &BTreeMap<String, Vec<(u64, u64)>>) -> 
             }
         }
     }
+
+    // 6. A refused send is never delivered.
+    for ack in &seen.acks {
+        if let Some(code) = seen.refused.get(&ack.cid) {
+            fail(format!(
+                "{} in room {} was refused ({code}) and delivered too, at seq {}",
+                ack.cid, ack.room, ack.seq
+            ));
+        }
+    }
     verdict
 }
 
@@ -197,6 +209,19 @@ mod tests {
         let verdict = check(&seen, &rooms(&[(1, 10), (2, 11)]));
         assert!(verdict.violations.is_empty(), "{verdict:?}");
         assert_eq!(verdict.acknowledged, 2);
+    }
+
+    #[test]
+    fn a_refused_send_that_was_delivered_is_found() {
+        let mut seen = Observations {
+            acks: vec![ack("r", "c1-1", 1, 10)],
+            ..Observations::default()
+        };
+        seen.refused
+            .insert("c1-1".to_owned(), "room_unavailable".to_owned());
+        let verdict = check(&seen, &rooms(&[(1, 10)]));
+        assert_eq!(verdict.violations.len(), 1, "{verdict:?}");
+        assert!(verdict.violations[0].contains("refused (room_unavailable)"));
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! some node, speaking protocol v1 in JSON text frames, and records everything it sees for the
 //! checker. A client that loses its node (it crashed, was paused, or is exiting) connects to
 //! another ready node and re-joins its rooms with `since` = the last seq it saw, as the
-//! JavaScript client does.
+//! JavaScript client does. Like that client, it sends to a room only once joined on the
+//! connection, and asks again shortly when a join is refused for now (`room_unavailable`,
+//! `overloaded`, `rate_limited`); it also joins again when a send is refused `not_joined`
+//! (the owner forgot its member).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument;
@@ -50,6 +53,9 @@ pub struct Observations {
     pub seen: BTreeMap<(u32, u32, String), Vec<Seen>>,
     /// Error frames by code.
     pub errors: BTreeMap<String, u64>,
+    /// Sends answered with an error: cid -> the error's code. An error says the message
+    /// was not taken.
+    pub refused: BTreeMap<String, String>,
     /// Sends that got neither an echo nor an error on a connection that stayed open.
     pub unanswered: u64,
     /// Their cids, with the node the connection was on.
@@ -101,6 +107,29 @@ struct Connection {
     session: Session,
     /// Sends not answered yet on this connection: cid -> room.
     waiting: BTreeMap<String, String>,
+    /// Rooms joined on this connection (a `joined` came).
+    joined: BTreeSet<String>,
+    /// Rooms to join again, and when.
+    rejoin: BTreeMap<String, tokio::time::Instant>,
+}
+
+/// Error codes that mean "try again", not "no" (the JavaScript client's list).
+const TRANSIENT: [&str; 3] = ["room_unavailable", "overloaded", "rate_limited"];
+
+/// How long a refused join waits before it is asked again (the JavaScript client waits a
+/// quarter to half a second).
+const REJOIN_AFTER: Duration = Duration::from_millis(375);
+
+/// Ask to join `room` on `c`, with `since` when the client saw some of it.
+async fn join(c: &mut Connection, room: &str, last: &BTreeMap<String, u64>) {
+    let join = match last.get(room) {
+        Some(since) => json!({"op": "join", "room": room, "since": since}),
+        None => json!({"op": "join", "room": room}),
+    };
+    c.session
+        .text(&join.to_string())
+        .instrument(crate::span_of(c.node.me()))
+        .await;
 }
 
 /// Runs client `plan` until `stop`, then answers what is left and returns.
@@ -172,18 +201,11 @@ pub async fn run(
                 node: node.clone(),
                 session: Session::open(node, &user),
                 waiting: BTreeMap::new(),
+                joined: BTreeSet::new(),
+                rejoin: BTreeMap::new(),
             };
             for room in &plan.rooms {
-                let since = last.get(room).copied();
-                let join = match since {
-                    Some(since) => json!({"op": "join", "room": room, "since": since}),
-                    None => json!({"op": "join", "room": room}),
-                };
-                fresh
-                    .session
-                    .text(&join.to_string())
-                    .instrument(crate::span_of(fresh.node.me()))
-                    .await;
+                join(&mut fresh, room, &last).await;
             }
             trace(&format!(
                 "connected to node-{ordinal} (connection {connections})"
@@ -195,7 +217,19 @@ pub async fn run(
         for frame in take(c, plan.id, &seen, &mut last) {
             trace(&format!("got {frame}"));
         }
-        // Send now and then, at most 8 unanswered at once.
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = c
+            .rejoin
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in due {
+            c.rejoin.remove(&room);
+            trace(&format!("joins {room} again on node-{}", c.ordinal));
+            join(c, &room, &last).await;
+        }
+        // Send now and then to a joined room, at most 8 unanswered at once.
         let every = plan.every.as_millis().max(1) as u64;
         if !quiet.is_cancelled()
             && c.waiting.len() < 8
@@ -204,6 +238,9 @@ pub async fn run(
             let Some(room) = rng.pick(&plan.rooms).cloned() else {
                 continue;
             };
+            if !c.joined.contains(&room) {
+                continue;
+            }
             sent += 1;
             let cid = format!("c{}-{sent}", plan.id);
             lock(&seen)
@@ -264,6 +301,8 @@ fn take(
                     .unwrap_or_default();
                 let top = history.last().map_or(seq, |(s, _)| (*s).max(seq));
                 last.insert(room.clone(), top);
+                c.joined.insert(room.clone());
+                c.rejoin.remove(&room);
                 obs.seen
                     .entry((client, c.number, room))
                     .or_default()
@@ -294,10 +333,21 @@ fn take(
             Some("reconnect") => c.told_to_reconnect = true,
             Some("error") => {
                 let code = frame["code"].as_str().unwrap_or("?").to_owned();
-                *obs.errors.entry(code).or_insert(0) += 1;
-                if let Some(cid) = frame["cid"].as_str() {
+                let cid = frame["cid"].as_str();
+                if let Some(cid) = cid {
                     c.waiting.remove(cid);
+                    obs.refused.insert(cid.to_owned(), code.clone());
                 }
+                // A refused join (no cid) for now, or a send to a room the owner does not
+                // know this member of: join again shortly.
+                let refused_join = cid.is_none() && TRANSIENT.contains(&code.as_str());
+                if !room.is_empty() && (refused_join || code == "not_joined") {
+                    c.joined.remove(&room);
+                    c.rejoin
+                        .entry(room.clone())
+                        .or_insert_with(|| tokio::time::Instant::now() + REJOIN_AFTER);
+                }
+                *obs.errors.entry(code).or_insert(0) += 1;
             }
             _ => {}
         }
