@@ -41,9 +41,6 @@ struct LinkState {
     next_seq: u64,
     /// Sent or not yet, but not acknowledged.
     unacked: VecDeque<(u64, Arc<PeerMsg>)>,
-    /// The highest number a connection's writer was given: what may have reached the peer.
-    /// Anything above it in `unacked` cannot have.
-    written: u64,
     /// Bumped by each new connection, so an old one stops writing.
     generation: u64,
     /// Bumped whenever the outbox is emptied without acknowledgement (the peer restarted or
@@ -317,7 +314,6 @@ impl PeerLink {
                 state.peer_incarnation = Some(incarnation);
                 state.received = 0;
                 state.next_seq = 1;
-                state.written = 0;
                 state.resets += 1;
                 // Its clients reconnected to a new process anyway.
                 state.gap = None;
@@ -411,38 +407,21 @@ impl PeerLink {
     }
 
     fn unsent(&self, after: u64, generation: u64) -> Option<Vec<(u64, Arc<PeerMsg>)>> {
-        let mut state = self.state();
+        let state = self.state();
         if state.generation != generation {
             return None;
         }
         // Numbers grow along the queue: find the first one past `after` by halving, not by
         // walking a backlog that a slow peer may have let grow to the outbox's bound.
         let first = state.unacked.partition_point(|(seq, _)| *seq <= after);
-        let batch: Vec<_> = state
-            .unacked
-            .range(first..)
-            .take(BATCH)
-            .map(|(seq, m)| (*seq, m.clone()))
-            .collect();
-        if let Some((last, _)) = batch.last() {
-            state.written = state.written.max(*last);
-        }
-        Some(batch)
-    }
-
-    /// Take back, in order, the queued messages `wanted` picks that no connection's writer was
-    /// ever given: the peer cannot have them. Each leaves an [`PeerMsg::AckNow`] in its place,
-    /// so the numbering the peer sees stays whole.
-    pub fn take_unwritten(&self, wanted: &dyn Fn(&PeerMsg) -> bool) -> Vec<Arc<PeerMsg>> {
-        let mut state = self.state();
-        let written = state.written;
-        let mut taken = Vec::new();
-        for (seq, msg) in &mut state.unacked {
-            if *seq > written && wanted(msg) {
-                taken.push(std::mem::replace(msg, Arc::new(PeerMsg::AckNow)));
-            }
-        }
-        taken
+        Some(
+            state
+                .unacked
+                .range(first..)
+                .take(BATCH)
+                .map(|(seq, m)| (*seq, m.clone()))
+                .collect(),
+        )
     }
 
     /// Carry the link over one established connection until it breaks. `resume_from` is how far

@@ -266,15 +266,6 @@ impl Peers {
         read(&self.links).values().map(|l| l.pending()).sum()
     }
 
-    /// Take back the queued messages `wanted` picks that no link ever wrote to its peer (see
-    /// [`PeerLink::take_unwritten`]), link by link.
-    pub fn take_unwritten(&self, wanted: &dyn Fn(&PeerMsg) -> bool) -> Vec<Arc<PeerMsg>> {
-        read(&self.links)
-            .values()
-            .flat_map(|link| link.take_unwritten(wanted))
-            .collect()
-    }
-
     /// Drop the links of nodes `table` does not name (what was queued for them is bounced).
     /// With [`Peers::admit`], this is how links follow the table's membership.
     pub fn retire(&self, table: &AssignmentTable) {

@@ -18,7 +18,6 @@ use tokio::time::Instant;
 use super::handoffs::{Handoffs, Incoming, Outgoing};
 use super::{NodeState, lock};
 use crate::hashing::HashSet;
-use crate::peer::wire::PeerMsg;
 use crate::rooms::FrozenShard;
 
 /// Numbers for [`Outgoing`] entries, so that a sending task knows its entry from a later one.
@@ -100,7 +99,7 @@ impl NodeState {
                     .and_modify(|incoming| incoming.from = from.clone())
                     .or_insert_with(|| Incoming {
                         from: from.clone(),
-                        buffer: self.passed_on_unsent(new.shards, shard),
+                        buffer: Default::default(),
                         started: now,
                         deadline,
                         overdue: false,
@@ -120,31 +119,6 @@ impl NodeState {
                 .is_some_and(|m| m.from == me && m.to == *to)
         });
         duties
-    }
-
-    /// Commands for `shard`'s rooms this node passed on to another node (the owner by its
-    /// last table) that are still queued and never written: the shard comes here now, and
-    /// they go first in its buffer. Sent on, they would reach the old owner after its freeze
-    /// and come back behind what this node buffers meanwhile, out of their senders' order
-    /// (seed 687 of the simulation: a restarted node passing on a client's sends while its
-    /// links were not up yet).
-    fn passed_on_unsent(
-        &self,
-        shards: u32,
-        shard: ShardId,
-    ) -> std::collections::VecDeque<(shard::RoomId, crate::room::RoomCommand)> {
-        let Some(peers) = &self.peers else {
-            return Default::default();
-        };
-        let ours = |msg: &PeerMsg| matches!(msg, PeerMsg::Command { room, .. } if shard::shard_of(room, shards) == shard);
-        peers
-            .take_unwritten(&ours)
-            .into_iter()
-            .filter_map(|msg| match Arc::unwrap_or_clone(msg) {
-                PeerMsg::Command { room, command, .. } => Some((room, command)),
-                _ => None,
-            })
-            .collect()
     }
 
     /// Carry out `duties` once the table of `epoch` is in force.

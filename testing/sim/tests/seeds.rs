@@ -56,14 +56,12 @@ fn every_seed_of_the_band_keeps_the_promises() {
 /// that gave the shard back to it); 333 and 418 delivered a send that had been answered
 /// `room_unavailable` (a command bounced by a link to a departed node had reached it); 303
 /// let a member that joined an empty room miss two messages unannounced; 550 and 858 left a
-/// send unanswered (its answer was among the events a link lost); 687 gave a client's sends
-/// seqs out of their order (a restarted node passed them on to an owner it could not reach
-/// yet, then received the shard and buffered the next ones ahead of them). The simulated client
+/// send unanswered (its answer was among the events a link lost). The simulated client
 /// changed since some of them were found (it joins again after a refused join, as the
 /// JavaScript client does), so not every one replays its bug exactly: the node's unit tests
 /// hold those (`an_owner_back_to_a_move_to_it_drops_its_old_rooms_for_the_snapshot`, the
 /// edge's order tests).
-const FOUND: [u64; 9] = [303, 333, 418, 550, 593, 620, 687, 858, 909];
+const FOUND: [u64; 8] = [303, 333, 418, 550, 593, 620, 858, 909];
 
 #[test]
 fn the_seeds_that_found_bugs_keep_the_promises() {

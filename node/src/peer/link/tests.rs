@@ -82,49 +82,6 @@ fn what_is_unsent_is_the_batch_after_the_last_number_written() {
     );
 }
 
-/// Seed 687 of the simulation: what a node passed on to an owner it could not reach yet
-/// comes back to it when the shard moves here. Only messages no writer was ever given are
-/// taken (the peer cannot have them), and each leaves a no-op under its number.
-#[test]
-fn only_messages_never_written_are_taken_back_and_their_numbers_stay() {
-    let link = link();
-    for n in 1..=2 {
-        link.push(msg(n)).expect("room");
-    }
-    // A writer was given the first two (whether they arrived is unknown).
-    let generation = link.state().generation;
-    assert_eq!(
-        link.unsent(0, generation).expect("same connection").len(),
-        2
-    );
-    for n in 3..=4 {
-        link.push(msg(n)).expect("room");
-    }
-    let odd = |m: &PeerMsg| conn_of(m) % 2 == 1;
-    let taken: Vec<u64> = link
-        .take_unwritten(&odd)
-        .iter()
-        .map(|m| conn_of(m))
-        .collect();
-    assert_eq!(
-        taken,
-        vec![3],
-        "1 may have reached the peer; 2 and 4 are not wanted"
-    );
-    let queued: Vec<(u64, bool)> = link
-        .state()
-        .unacked
-        .iter()
-        .map(|(seq, m)| (*seq, matches!(**m, PeerMsg::AckNow)))
-        .collect();
-    assert_eq!(
-        queued,
-        vec![(1, false), (2, false), (3, true), (4, false)],
-        "numbering stays whole"
-    );
-    assert!(link.take_unwritten(&odd).is_empty(), "taken once");
-}
-
 #[test]
 fn repeats_after_a_resend_are_dropped() {
     let link = link();
