@@ -93,8 +93,9 @@ pub enum Verdict {
 }
 
 /// The follower's rule (fencing): a change is applied when its sender owns the shard in this
-/// node's table, or is the source of the shard's hand-off in flight (its last changes before
-/// the freeze are in the snapshot the new owner installs, so they are not stale), and this
+/// node's table, or is the source of the shard's hand-off in flight and still a member (its
+/// last changes before the freeze are in the snapshot the new owner installs, so they are not
+/// stale; a source that left is stood in for by the follower), and this
 /// node follows the shard. A sender whose table is newer than ours is taken at its word: an
 /// owner that lost its role has an older table than the one that took it away, never a newer
 /// one. Anyone else is fenced out.
@@ -109,7 +110,11 @@ pub fn judge(
         return Verdict::Apply;
     }
     let owner = table.owner(shard) == Some(from);
-    let handing_off = table.move_of(shard).is_some_and(|m| &m.from == from);
+    // A source the table no longer lists left: its follower stood in for it and sends its
+    // copy to the new owner, so what the source sends now would be in no snapshot.
+    let handing_off = table
+        .move_of(shard)
+        .is_some_and(|m| &m.from == from && table.nodes.contains_key(from));
     if !owner && !handing_off {
         Verdict::Fenced
     } else if table.follower(shard) == Some(me) {
@@ -495,6 +500,21 @@ mod tests {
         assert_eq!(
             judge(&done, &node("b"), &node("c"), ShardId(0), 5),
             Verdict::Fenced
+        );
+    }
+
+    #[test]
+    fn changes_from_a_hand_off_source_that_left_are_fenced() {
+        let mut t = table(13, "a", "b", Some("c"));
+        assert_eq!(
+            judge(&t, &node("b"), &node("c"), ShardId(0), 12),
+            Verdict::Apply
+        );
+        t.nodes.remove(&node("c"));
+        assert_eq!(
+            judge(&t, &node("b"), &node("c"), ShardId(0), 12),
+            Verdict::Fenced,
+            "a source that left is stood in for by the follower"
         );
     }
 

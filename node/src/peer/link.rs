@@ -424,6 +424,21 @@ impl PeerLink {
         )
     }
 
+    /// Replace every queued message `unwanted` picks with an [`PeerMsg::AckNow`] (so the
+    /// numbering the peer sees stays whole); returns how many. For changes of rooms that were
+    /// deposed: their owner refused them, and a late one must not reach a copy.
+    pub fn withdraw(&self, unwanted: &dyn Fn(&PeerMsg) -> bool) -> usize {
+        let mut state = self.state();
+        let mut withdrawn = 0;
+        for (_, msg) in &mut state.unacked {
+            if unwanted(msg) {
+                *msg = Arc::new(PeerMsg::AckNow);
+                withdrawn += 1;
+            }
+        }
+        withdrawn
+    }
+
     /// Carry the link over one established connection until it breaks. `resume_from` is how far
     /// the peer got in our stream; `deliver` gets every new message from the peer, in order.
     pub async fn run<W, R>(

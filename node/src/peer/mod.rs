@@ -266,6 +266,15 @@ impl Peers {
         read(&self.links).values().map(|l| l.pending()).sum()
     }
 
+    /// Withdraw the queued messages `unwanted` picks from every link (see
+    /// [`PeerLink::withdraw`]); returns how many.
+    pub fn withdraw(&self, unwanted: &dyn Fn(&PeerMsg) -> bool) -> usize {
+        read(&self.links)
+            .values()
+            .map(|link| link.withdraw(unwanted))
+            .sum()
+    }
+
     /// Drop the links of nodes `table` does not name (what was queued for them is bounced).
     /// With [`Peers::admit`], this is how links follow the table's membership.
     pub fn retire(&self, table: &AssignmentTable) {

@@ -161,6 +161,7 @@ impl NodeState {
                     if matches!(duty.rooms, RoomsDuty::Reclaim { .. }) {
                         tracing::warn!(node = %self.me(), %shard, epoch, "the rooms served here are older than the shard's (another node owned it since): dropped, its snapshot comes from that node");
                     }
+                    self.depose_rooms(shard);
                     tokio::spawn(self.rooms.depose(shard).in_current_span());
                 }
                 RoomsDuty::StopReceiving => {

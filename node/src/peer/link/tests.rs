@@ -82,6 +82,27 @@ fn what_is_unsent_is_the_batch_after_the_last_number_written() {
     );
 }
 
+/// Seed 2412 of the simulation: changes of deposed rooms still queued for a follower are
+/// withdrawn; each leaves a no-op under its number, so the stream the peer sees stays whole.
+#[test]
+fn withdrawn_messages_leave_a_no_op_under_their_number() {
+    let link = link();
+    for n in 1..=4 {
+        link.push(msg(n)).expect("room");
+    }
+    assert_eq!(link.withdraw(&|m| conn_of(m).is_multiple_of(2)), 2);
+    let queued: Vec<(u64, u64, bool)> = link
+        .state()
+        .unacked
+        .iter()
+        .map(|(seq, m)| (*seq, conn_of(m), matches!(**m, PeerMsg::AckNow)))
+        .collect();
+    assert_eq!(
+        queued,
+        vec![(1, 1, false), (2, 0, true), (3, 3, false), (4, 0, true)]
+    );
+}
+
 #[test]
 fn repeats_after_a_resend_are_dropped() {
     let link = link();
