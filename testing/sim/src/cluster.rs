@@ -171,8 +171,12 @@ impl Cluster {
             drain_elapsed: self.drain_since.map_or(Duration::ZERO, |t| now - t),
             age: now - self.started,
         };
-        let Ok(decision) = decide(inputs, &self.options) else {
-            return;
+        let decision = match decide(inputs, &self.options) {
+            Ok(decision) => decision,
+            Err(e) => {
+                tracing::debug!(error = %e, "the operator decided nothing this pass");
+                return;
+            }
         };
         let lingering: Vec<NodeName> = self
             .pods
@@ -182,6 +186,9 @@ impl Cluster {
             .filter(|n| published.nodes.contains_key(n))
             .collect();
         let next = keep_lingering(&published, &decision.table, &lingering);
+        if !decision.publish {
+            tracing::trace!(step = ?decision.step, "the operator holds the table");
+        }
         if decision.publish && next.epoch != published.epoch {
             tracing::debug!(epoch = next.epoch, moves = next.moves.len(), "published");
             self.published.send_replace(Arc::new(next));
@@ -305,6 +312,11 @@ impl Cluster {
             .instrument(span),
         );
         self.exits.push((ordinal, generation, task));
+    }
+
+    /// Processes in their exit drain (SIGTERMed, not stopped yet).
+    pub fn exits_in_progress(&self) -> usize {
+        self.exits.len()
     }
 
     /// Processes whose exit drain has finished: they stop now.

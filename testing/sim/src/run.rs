@@ -272,7 +272,10 @@ async fn world(seed: u64, options: Options) -> Report {
                 c.start(victim, true);
                 log(&mut events, format!("node-{victim} restarted in its pod"));
             }
-            20..=29 => {
+            // A planned exit at a time, as a rolling restart does: with every node leaving at
+            // once there is nowhere to hand the rooms, and the last copies leave with the
+            // processes when their exit drains run out (seed 2908 sent three in 7 s).
+            20..=29 if c.exits_in_progress() == 0 => {
                 c.sigterm(victim);
                 log(&mut events, format!("kill -TERM node-{victim}"));
             }
