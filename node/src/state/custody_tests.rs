@@ -94,6 +94,23 @@ async fn c_owns_r_after(posts: usize) -> (Arc<NodeState>, Arc<Peers>, RoomId, Sh
     (state, peers, room, shard)
 }
 
+/// node-a sends `shard`'s snapshot of the table of `epoch`: `room` resting at `seq`.
+fn resting_snapshot_from_a(
+    state: &Arc<NodeState>,
+    shard: ShardId,
+    epoch: u64,
+    room: &RoomId,
+    seq: u64,
+) {
+    let snapshot = PeerMsg::Snapshot {
+        shard,
+        epoch,
+        floor: 0,
+        rooms: vec![RoomSnapshot::resting(room.clone(), seq)],
+    };
+    state.on_peer_message(&name("node-a"), snapshot);
+}
+
 /// Table 2 moves `shard` from node-c to node-a; returns once the snapshot is queued for node-a.
 async fn hand_to_a(state: &Arc<NodeState>, peers: &Peers, shard: ShardId) {
     assert!(
@@ -212,13 +229,7 @@ async fn a_target_merges_the_copy_it_kept_with_the_snapshot_and_acknowledges_onc
             ))
             .await
     );
-    let snapshot = PeerMsg::Snapshot {
-        shard,
-        epoch: 2,
-        floor: 0,
-        rooms: vec![RoomSnapshot::resting(sent.clone(), 7)],
-    };
-    state.on_peer_message(&name("node-a"), snapshot);
+    resting_snapshot_from_a(&state, shard, 2, &sent, 7);
     until(|| state.rooms.last_seq(&sent) == 7).await;
     assert_eq!(
         state.rooms.last_seq(&kept),
@@ -348,12 +359,6 @@ async fn an_owner_back_to_a_move_to_it_drops_its_old_rooms_for_the_snapshot() {
         2,
         "nothing is given a seq before the snapshot"
     );
-    let newer = PeerMsg::Snapshot {
-        shard,
-        epoch: 5,
-        floor: 0,
-        rooms: vec![RoomSnapshot::resting(room.clone(), 7)],
-    };
-    state.on_peer_message(&name("node-a"), newer);
+    resting_snapshot_from_a(&state, shard, 5, &room, 7);
     until(|| state.rooms.last_seq(&room) == 8).await;
 }

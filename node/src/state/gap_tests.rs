@@ -29,6 +29,19 @@ fn take(peers: &Peers, peer: &NodeName) -> Vec<serde_json::Value> {
     frames
 }
 
+/// A local connection registered with the node's hub: its outbox and control.
+fn connect(state: &NodeState, conn: u64, user: &str) -> (Arc<Outbox>, Arc<ConnControl>) {
+    let out = Arc::new(Outbox::detached(8));
+    let control = Arc::new(ConnControl::default());
+    state.hub.register(ConnHandle {
+        id: ConnId(conn),
+        user: user.into(),
+        out: out.clone(),
+        control: control.clone(),
+    });
+    (out, control)
+}
+
 fn join(conn: u64, node: &str, user: &str) -> RoomCommand {
     RoomCommand::Join {
         member: MemberKey {
@@ -141,14 +154,7 @@ async fn an_announced_gap_makes_the_rooms_local_members_reconnect_and_no_one_els
     );
     let mut outs = Vec::new();
     for (conn, room) in [(1, &lost), (2, &kept)] {
-        let out = Arc::new(Outbox::detached(8));
-        let control = Arc::new(ConnControl::default());
-        state.hub.register(ConnHandle {
-            id: ConnId(conn),
-            user: "ann".into(),
-            out: out.clone(),
-            control: control.clone(),
-        });
+        let (out, control) = connect(&state, conn, "ann");
         state.hub.deliver(EdgeEvent::Joined {
             room: room.clone(),
             conn: ConnId(conn),
@@ -184,23 +190,9 @@ async fn an_announced_gap_makes_the_rooms_local_members_reconnect_and_no_one_els
 #[tokio::test(start_paused = true)]
 async fn a_gap_sends_away_connections_waiting_for_the_owners_answers() {
     let (state, _peers) = node_c(16);
-    let out = Arc::new(Outbox::detached(8));
-    let control = Arc::new(ConnControl::default());
-    state.hub.register(ConnHandle {
-        id: ConnId(3),
-        user: "ann".into(),
-        out: out.clone(),
-        control: control.clone(),
-    });
+    let (out, control) = connect(&state, 3, "ann");
     control.routed_to(&name("node-a"), 1);
-    let idle = Arc::new(Outbox::detached(8));
-    let idle_control = Arc::new(ConnControl::default());
-    state.hub.register(ConnHandle {
-        id: ConnId(4),
-        user: "bo".into(),
-        out: idle.clone(),
-        control: idle_control.clone(),
-    });
+    let (_, idle_control) = connect(&state, 4, "bo");
     state.on_peer_message(
         &name("node-a"),
         PeerMsg::Gap {
@@ -229,14 +221,7 @@ async fn a_gap_sends_away_connections_waiting_for_the_owners_answers() {
 async fn a_send_held_by_a_node_that_left_sends_its_connection_away_rather_than_refusing_it() {
     let (state, peers) = node_c(16);
     assert!(state.apply_table(table(1, "node-a", None)).await);
-    let out = Arc::new(Outbox::detached(8));
-    let control = Arc::new(ConnControl::default());
-    state.hub.register(ConnHandle {
-        id: ConnId(1),
-        user: "ann".into(),
-        out: out.clone(),
-        control: control.clone(),
-    });
+    let (out, control) = connect(&state, 1, "ann");
     let room = RoomId::new("r").expect("room");
     state
         .route(&room, post(1, "node-c"))
