@@ -189,3 +189,32 @@ async fn every_shard_copied(peers: &Peers) -> Vec<ShardId> {
     told.sort();
     told
 }
+
+/// Seed 2412 of the simulation: once a shard's rooms are deposed here (the table gave the
+/// shard to another node without a hand-off from this one), their changes still queued for
+/// the follower are withdrawn, so none can reach a copy late, under a table that names this
+/// node the owner again.
+#[tokio::test(start_paused = true)]
+async fn a_deposed_rooms_changes_still_queued_for_the_follower_are_withdrawn() {
+    let (state, peers) = node_c(1000);
+    assert!(state.apply_table(owned_by_c(1, Some("node-a"))).await);
+    let room = RoomId::new("r").expect("valid room");
+    let member = join_from_b(&state, &room, 1).await;
+    state
+        .route(&room, post_by(member, "bob", "hi", None))
+        .await
+        .expect("posted");
+    until(|| changes_for_a(&peers, &room).len() >= 2).await;
+    // node-c was cut off: the table gives every shard to node-b, with no hand-off.
+    let owners = vec![Some(name("node-b")); SHARDS as usize];
+    let followers = vec![Some(name("node-a")); SHARDS as usize];
+    let mut taken =
+        AssignmentTable::with_roles(owners, followers, three_nodes()).expect("valid table");
+    taken.epoch = 2;
+    assert!(state.apply_table(taken).await);
+    assert_eq!(
+        changes_for_a(&peers, &room),
+        Vec::new(),
+        "the deposed room's changes are withdrawn from the link"
+    );
+}
