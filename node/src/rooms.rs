@@ -195,19 +195,16 @@ struct Registry {
 }
 
 impl Registry {
-    /// Mark every running room of `shard` (out of `shards`) deposed (see [`Slot::deposed`]);
-    /// true when one of them was not yet.
-    fn depose(&self, shard: ShardId, shards: u32) -> bool {
-        let mut newly = false;
+    /// The queues of `shard`'s running rooms (out of `shards`).
+    /// Mark every running room of `shard` deposed (see [`Slot::deposed`]).
+    fn depose(&self, shard: ShardId, shards: u32) {
         for (room, slot) in &self.slots {
             if shard::shard_of(room, shards) == shard {
-                newly |= !slot.deposed.swap(true, Ordering::AcqRel);
+                slot.deposed.store(true, Ordering::Release);
             }
         }
-        newly
     }
 
-    /// The queues of `shard`'s running rooms (out of `shards`).
     fn running_in(&self, shard: ShardId, shards: u32) -> Vec<mpsc::Sender<ActorMsg>> {
         self.slots
             .iter()
@@ -441,10 +438,9 @@ impl Rooms {
 
     /// Mark `shard`'s running rooms deposed without freezing them (a freeze under way goes on):
     /// what waits for the follower is refused, nothing more gets a seq. For a hand-off's
-    /// source that was out of the cluster while its rooms waited to freeze. True when some
-    /// room was not marked yet.
-    pub fn mark_deposed(&self, shard: ShardId) -> bool {
-        self.registry().depose(shard, self.shards)
+    /// source that was out of the cluster while its rooms waited to freeze.
+    pub fn mark_deposed(&self, shard: ShardId) {
+        self.registry().depose(shard, self.shards);
     }
 
     /// Whether `shard` is closed here because it was handed away.

@@ -425,6 +425,8 @@ impl RoomActor {
         }
     }
 
+    /// Bring the follower's copy up to date: the whole room to a follower new to it, and with
+    /// no follower in the table, everything held goes out.
     /// Whether this room no longer gives out seqs here: the table gave its shard to another
     /// node without a hand-off from this one, or the node deposed its rooms (their table may
     /// name this node the owner again, waiting for the newer rooms of the node that owned the
@@ -441,8 +443,6 @@ impl RoomActor {
         }
     }
 
-    /// Bring the follower's copy up to date: the whole room to a follower new to it, and with
-    /// no follower in the table, everything held goes out.
     fn sync(&mut self) {
         let shard = shard::ShardId(self.shard);
         if self.deposed(shard) {

@@ -161,10 +161,8 @@ impl NodeState {
                     if matches!(duty.rooms, RoomsDuty::Reclaim { .. }) {
                         tracing::warn!(node = %self.me(), %shard, epoch, "the rooms served here are older than the shard's (another node owned it since): dropped, its snapshot comes from that node");
                     }
-                    // Marks the rooms deposed at once (see `Rooms::depose`).
-                    let deposing = self.rooms.depose(shard);
-                    self.withdraw_changes(shard);
-                    tokio::spawn(deposing.in_current_span());
+                    self.depose_rooms(shard);
+                    tokio::spawn(self.rooms.depose(shard).in_current_span());
                 }
                 RoomsDuty::StopReceiving => {
                     let refused = {

@@ -125,23 +125,20 @@ impl NodeState {
     fn depose_stale_rooms(&self, was_out: bool) {
         let serving = lock(&self.handoffs).serving.clone();
         for shard in self.rooms.running_shards() {
-            // Rooms marked before had their changes withdrawn then (a deposed room sends
-            // none), so a table that finds them deposed again scans no outbox.
-            if (self.deposed_from(shard) || (was_out && !serving.contains(&shard)))
-                && self.rooms.mark_deposed(shard)
-            {
-                self.withdraw_changes(shard);
+            if self.deposed_from(shard) || (was_out && !serving.contains(&shard)) {
+                self.depose_rooms(shard);
             }
         }
     }
 
-    /// Withdraw `shard`'s changes still queued for followers: its rooms here are deposed and
-    /// refuse what they had in flight, and a change delivered late could reach a copy under a
-    /// table that names this node the shard's owner again, as a new tenure (seed 2412 of the
-    /// simulation: a paused owner's queued changes reached its old follower after such a
-    /// table, and that copy, holding messages their senders had been refused, won a merge
-    /// with the shard's rooms).
-    pub(super) fn withdraw_changes(&self, shard: shard::ShardId) {
+    /// Mark `shard`'s running rooms deposed (see `Rooms::mark_deposed`), and withdraw their
+    /// changes still queued for followers: the rooms refuse what they had in flight, and a
+    /// change delivered late could reach a copy under a table that names this node the
+    /// shard's owner again, as a new tenure (seed 2412 of the simulation: a paused owner's
+    /// queued changes reached its old follower after such a table, and that copy, holding
+    /// messages their senders had been refused, won a merge with the shard's rooms).
+    pub(super) fn depose_rooms(&self, shard: shard::ShardId) {
+        self.rooms.mark_deposed(shard);
         if let Some(peers) = &self.peers {
             let withdrawn = peers.withdraw(&|msg| {
                 matches!(msg, crate::peer::wire::PeerMsg::Replicate { shard: s, .. } if *s == shard)
